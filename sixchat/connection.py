@@ -1,0 +1,340 @@
+"""
+One End2End Direct connection, sans-IO: bytes in, events and bytes out (in the style of h11).
+
+L{Connection} owns the record layer, runs the handshake machine of its role, then carries
+application stanzas (§8): it answers C{ping}, switches keys on C{rekey}, rekeys its own
+direction before the limits of §8.5, answers bad stanzas with C{<error/>}, and turns every
+fatal failure into an alert in the form of the §7.1 table. It never reads a clock or a socket;
+the Twisted adapter (L{sixchat.protocol}) supplies bytes and timeouts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sixchat.errors import AlertError, PeerAlert, ProtocolError, StanzaError
+from sixchat.handshake import (
+    HandshakeResult,
+    InitiatorHandshake,
+    PeerConfig,
+    ResponderHandshake,
+)
+from sixchat.record import (
+    MAX_PLAINTEXT,
+    MAX_SEQ,
+    PLAIN,
+    CipherState,
+    RecordReader,
+    plain_record,
+    strip_padding,
+)
+from sixchat.stanzas import (
+    APPLICATION_STANZAS,
+    HANDSHAKE_TAGS,
+    Alert,
+    ApplicationStanza,
+    Close,
+    ErrorStanza,
+    Ping,
+    Pong,
+    Receipt,
+    Rekey,
+)
+from sixchat.xmlcodec import Element, parse, serialize
+
+INITIATOR = "initiator"
+RESPONDER = "responder"
+
+#: §8.5: a UA SHOULD rekey after this many bytes under one key.
+REKEY_BYTES = 2**30
+
+
+# ---------------------------------------------------------------------------------------------
+# Events
+
+
+@dataclass(frozen=True)
+class HandshakeComplete:
+    result: HandshakeResult
+
+
+@dataclass(frozen=True)
+class StanzaReceived:
+    """An application stanza for the user: C{Message}, C{Receipt}, C{Pong}, C{Typing},
+    C{ErrorStanza}. (Pings, rekeys and closes are handled here.)"""
+
+    stanza: ApplicationStanza
+
+
+@dataclass(frozen=True)
+class CloseReceived:
+    """
+    The peer announced a graceful end. If C{answered} is false we still owe our own
+    C{close}: send pending receipts, then call L{Connection.close}, then drop the transport.
+    """
+
+    answered: bool
+
+
+@dataclass(frozen=True)
+class AlertReceived:
+    """The peer sent a fatal alert; the connection is over."""
+
+    alert: PeerAlert
+
+
+@dataclass(frozen=True)
+class ConnectionFailed:
+    """
+    We detected a fatal error and queued an alert; send what is queued, then close.
+    C{truncated} is true when the failure means "treat as truncation" (§7.1, §11.4).
+    """
+
+    error: AlertError
+    truncated: bool = False
+
+
+Event = HandshakeComplete | StanzaReceived | CloseReceived | AlertReceived | ConnectionFailed
+
+
+class ConnectionClosedError(Exception):
+    """Raised when sending on a connection that can no longer send that stanza."""
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+class Connection:
+    """
+    @ivar state: C{handshaking}, C{open}, C{closing} (we sent C{close}) or C{closed}.
+    @ivar result: the L{HandshakeResult} once the handshake is complete.
+    """
+
+    def __init__(
+        self,
+        config: PeerConfig,
+        role: str,
+        *,
+        to: str | None = None,
+        responder_cert: bytes | None = None,
+        groups: Sequence[str] | None = None,
+        suites: Sequence[str] | None = None,
+        rekey_bytes: int = REKEY_BYTES,
+    ) -> None:
+        self.config = config
+        self.role = role
+        self.rekey_bytes = rekey_bytes
+        self._reader = RecordReader()
+        self._read: CipherState | None = None
+        self._write: CipherState | None = None
+        self._out: list[bytes] = []
+        self.state = "handshaking"
+        self.result: HandshakeResult | None = None
+        self.close_sent = False
+        self.peer_closed = False
+        self.handshake: InitiatorHandshake | ResponderHandshake
+        if role == INITIATOR:
+            self.handshake = InitiatorHandshake(
+                config, self, to=to, responder_cert=responder_cert, groups=groups, suites=suites
+            )
+        elif role == RESPONDER:
+            self.handshake = ResponderHandshake(config, self)
+        else:
+            raise ValueError(f"unknown role {role!r}")
+
+    # RecordIO, for the handshake machine ---------------------------------------------------
+
+    def send_plain(self, payload: bytes) -> None:
+        self._out.append(plain_record(payload))
+
+    def send_sealed(self, payload: bytes) -> bytes:
+        assert self._write is not None
+        plaintext = self._pad(payload)
+        self._out.append(self._write.seal(plaintext))
+        return plaintext
+
+    def install_read(self, state: CipherState) -> None:
+        self._read = state
+
+    def install_write(self, state: CipherState) -> None:
+        self._write = state
+
+    # outgoing -----------------------------------------------------------------------------
+
+    def _pad(self, payload: bytes) -> bytes:
+        block = self.config.padding
+        if block <= 1:
+            return payload
+        padded = -(-len(payload) // block) * block
+        return payload + b" " * (min(padded, MAX_PLAINTEXT) - len(payload))
+
+    def start(self) -> None:
+        """The initiator sends M1; a responder waits for it."""
+        if isinstance(self.handshake, InitiatorHandshake) and self.handshake.state == "start":
+            self.handshake.start()
+
+    def data_to_send(self) -> bytes:
+        """Everything queued for the transport, in order; empties the queue."""
+        out, self._out = self._out, []
+        return b"".join(out)
+
+    def send(self, stanza: ApplicationStanza) -> None:
+        """
+        Seal one application stanza.
+
+        @raise ConnectionClosedError: before the handshake, after a failure, or (for anything
+            but a receipt) after we sent C{close} (§11.12).
+        @raise ValueError: if the stanza does not fit in one record; split the text.
+        """
+        if self.state == "closing" and isinstance(stanza, Receipt):
+            pass
+        elif self.state != "open":
+            raise ConnectionClosedError(f"cannot send {type(stanza).__name__} while {self.state}")
+        if isinstance(stanza, Close | Rekey):
+            raise ValueError("use close() or rekey()")
+        self._send_element(stanza.to_element())
+
+    def _send_element(self, element: Element) -> None:
+        plaintext = self._pad(serialize(element))
+        if len(plaintext) > MAX_PLAINTEXT:
+            raise ValueError("stanza does not fit in one record (65,536 bytes)")
+        write = self._write
+        assert write is not None
+        if write.seq >= MAX_SEQ or write.bytes_sealed >= self.rekey_bytes:
+            self.rekey()
+        self._out.append(write.seal(plaintext))
+
+    def rekey(self) -> None:
+        """Send C{<rekey/>} and switch our write key (§8.5)."""
+        if self.state not in ("open", "closing"):
+            raise ConnectionClosedError("rekey needs an established session")
+        write = self._write
+        assert write is not None
+        self._out.append(write.seal(self._pad(serialize(Rekey().to_element()))))
+        write.rekey()
+
+    def close(self) -> None:
+        """Announce a graceful end (§8.8); afterwards only receipts may be sent."""
+        if self.state != "open":
+            return
+        self._send_element(Close().to_element())
+        self.close_sent = True
+        self.state = "closing"
+
+    def fail(self, error: AlertError) -> list[Event]:
+        """Abort with C{error} (e.g. a timeout noticed by the adapter): queue the alert."""
+        if self.state == "closed":
+            return []
+        return [self._fatal(error)]
+
+    def _fatal(self, error: AlertError, truncated: bool = False) -> ConnectionFailed:
+        alert = Alert(error.reason, error.text, error.extra).to_element()
+        payload = serialize(alert)
+        if self._write is None:
+            self._out.append(plain_record(payload))
+        else:
+            try:
+                self._out.append(self._write.seal(self._pad(payload)))
+            except ValueError:  # sequence numbers exhausted: nothing more can be sealed
+                pass
+        self.state = "closed"
+        return ConnectionFailed(error, truncated or self.result is not None)
+
+    # incoming -----------------------------------------------------------------------------
+
+    @property
+    def buffered(self) -> int:
+        """Received bytes not yet processed (at most one partial record)."""
+        return self._reader.buffered
+
+    def receive_data(self, data: bytes) -> list[Event]:
+        if self.state == "closed":
+            return []
+        self._reader.feed(data)
+        events: list[Event] = []
+        try:
+            while self.state != "closed":
+                record = self._reader.next_record(self._read is not None)
+                if record is None:
+                    break
+                self._receive_record(*record, events)
+        except AlertError as error:
+            events.append(self._fatal(error))
+        return events
+
+    def _receive_record(
+        self, record_type: int, head: bytes, payload: bytes, events: list[Event]
+    ) -> None:
+        if record_type == PLAIN:
+            element = parse(payload)
+            if self.result is not None:
+                # §11.4: unauthenticated; answer with a sealed protocol_error, truncate.
+                events.append(self._fatal(ProtocolError("PLAIN record after the handshake"), True))
+                return
+            if element.tag == "alert":
+                self._peer_alert(element, events)
+                return
+            if element.tag != "hello" or self.handshake.state not in ("wait_m1", "wait_m2"):
+                raise ProtocolError(f"PLAIN <{element.tag}> not allowed here")
+            self._handshake(element, payload, events)
+            return
+        assert self._read is not None
+        plaintext = self._read.open(head, payload)
+        element = parse(strip_padding(plaintext))
+        if element.tag == "alert":
+            self._peer_alert(element, events)
+        elif self.result is None:
+            self._handshake(element, plaintext, events)
+        else:
+            self._application(element, events)
+
+    def _peer_alert(self, element: Element, events: list[Event]) -> None:
+        alert = Alert.from_element(element) if element.get("reason") else Alert("protocol_error")
+        self.state = "closed"
+        events.append(AlertReceived(PeerAlert(alert.reason, alert.text)))
+
+    def _handshake(self, element: Element, payload: bytes, events: list[Event]) -> None:
+        self.handshake.receive(element, payload)
+        if self.handshake.complete:
+            self.result = self.handshake.result
+            self.state = "open"
+            assert self.result is not None
+            events.append(HandshakeComplete(self.result))
+
+    def _application(self, element: Element, events: list[Event]) -> None:
+        tag = element.tag
+        if tag in HANDSHAKE_TAGS:
+            raise ProtocolError(f"<{tag}> after the handshake")
+        if tag == "rekey":
+            assert self._read is not None
+            self._read.rekey()
+            return
+        if tag == "close":
+            if self.close_sent:
+                self.state = "closed"  # both closes exchanged (§11.12: we do not answer)
+                events.append(CloseReceived(answered=True))
+            else:
+                self.peer_closed = True
+                events.append(CloseReceived(answered=False))
+            return
+        cls = APPLICATION_STANZAS.get(tag)
+        if cls is None:
+            self._stanza_error(StanzaError("unsupported", f"<{tag}> is not supported"), events)
+            return
+        try:
+            stanza = cls.from_element(element)
+        except StanzaError as error:
+            if tag != "error":
+                self._stanza_error(error, events)
+            return
+        if isinstance(stanza, Ping):
+            if self.state == "open":
+                self._send_element(Pong(stanza.id).to_element())
+            return
+        events.append(StanzaReceived(stanza))
+
+    def _stanza_error(self, error: StanzaError, events: list[Event]) -> None:
+        """§8.6: answer with an error, never to an error (§11.1), never after our close."""
+        if self.state == "open":
+            self._send_element(ErrorStanza(error.reason, error.ref, error.text).to_element())

@@ -1,0 +1,1 @@
+"""Tests for sixchat; run with C{python -m twisted.trial sixchat}."""

@@ -1,0 +1,270 @@
+"""
+The hardened XML codec of spec §3: one element in, one element out.
+
+Why expat directly and not ElementTree through defusedxml: the profile is stricter than what
+defusedxml forbids (it also refuses an XML declaration, a byte-order mark, processing
+instructions, prefixed names and C{xmlns}), and defusedxml's ElementTree route forces the
+pure-Python tree builder, which costs more than the AEAD per stanza. We install the same
+refusals defusedxml installs (DTD, entity declarations, external entities, parameter entities
+never parsed) plus ours on a bare C{pyexpat} parser, and build a minimal tree ourselves.
+See C{docs/protocol.md} "XML".
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from collections.abc import Iterator
+from typing import NoReturn
+from xml.parsers import expat
+
+from sixchat.errors import ProtocolError
+
+__all__ = ["Element", "parse", "serialize", "b64encode", "b64decode", "is_xml_text"]
+
+
+class Element:
+    """
+    A parsed or to-be-sent XML element.
+
+    C{text} is all of the element's own character data concatenated (comments removed, CDATA
+    unwrapped), which is how the spec reads tokens, base64 and bodies (§11.10). Attributes keep
+    the order they were given in, so serialisation is byte-for-byte reproducible.
+    """
+
+    __slots__ = ("tag", "attrs", "children", "text")
+
+    def __init__(
+        self,
+        tag: str,
+        attrs: dict[str, str] | None = None,
+        children: list[Element] | None = None,
+        text: str = "",
+    ) -> None:
+        self.tag = tag
+        self.attrs = attrs if attrs is not None else {}
+        self.children = children if children is not None else []
+        self.text = text
+
+    def get(self, name: str) -> str | None:
+        return self.attrs.get(name)
+
+    def find(self, tag: str) -> Element | None:
+        for child in self.children:
+            if child.tag == tag:
+                return child
+        return None
+
+    def findall(self, tag: str) -> list[Element]:
+        return [child for child in self.children if child.tag == tag]
+
+    def iter(self) -> Iterator[Element]:
+        yield self
+        for child in self.children:
+            yield from child.iter()
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Element):
+            return NotImplemented
+        return (
+            self.tag == other.tag
+            and self.attrs == other.attrs
+            and self.text == other.text
+            and self.children == other.children
+        )
+
+    def __repr__(self) -> str:
+        return f"Element({self.tag!r}, {self.attrs!r}, {len(self.children)} children)"
+
+
+# ---------------------------------------------------------------------------------------------
+# Parsing
+
+
+def _refuse(what: str) -> NoReturn:
+    raise ProtocolError(f"XML {what} not allowed")
+
+
+class _TreeBuilder:
+    """expat callbacks building L{Element}s; refuses everything §3 forbids."""
+
+    __slots__ = ("stack", "root", "texts")
+
+    def __init__(self) -> None:
+        self.stack: list[Element] = []
+        self.texts: list[list[str]] = []
+        self.root: Element | None = None
+
+    def start(self, tag: str, attrs: dict[str, str]) -> None:
+        if ":" in tag:
+            _refuse("prefixed name")
+        for name in attrs:
+            if ":" in name or name == "xmlns":
+                _refuse("namespace or prefixed attribute")
+        element = Element(tag, attrs)
+        if self.stack:
+            self.stack[-1].children.append(element)
+        elif self.root is not None:
+            _refuse("second root element")
+        else:
+            self.root = element
+        self.stack.append(element)
+        self.texts.append([])
+
+    def end(self, tag: str) -> None:
+        element = self.stack.pop()
+        parts = self.texts.pop()
+        if parts:
+            element.text = "".join(parts)
+
+    def data(self, text: str) -> None:
+        if self.texts:
+            self.texts[-1].append(text)
+        # Character data outside the root can only be whitespace (expat rejects the rest).
+
+
+def _forbidden(what: str):  # type: ignore[no-untyped-def]
+    def handler(*args: object) -> NoReturn:
+        _refuse(what)
+
+    return handler
+
+
+_XML_DECL = _forbidden("declaration")
+_DOCTYPE = _forbidden("DOCTYPE")
+_ENTITY = _forbidden("entity declaration")
+_PI = _forbidden("processing instruction")
+_EXTERNAL = _forbidden("external entity")
+_DECLARATION = _forbidden("DTD declaration")
+
+
+def parse(data: bytes) -> Element:
+    """
+    Parse exactly one element from a record payload (padding already stripped).
+
+    @raise ProtocolError: on anything §3 makes a C{protocol_error}.
+    """
+    if data[:3] == b"\xef\xbb\xbf":
+        _refuse("byte-order mark")
+    builder = _TreeBuilder()
+    # Forcing UTF-8 makes any other encoding (or a UTF-16 BOM) invalid input.
+    parser = expat.ParserCreate("UTF-8")
+    parser.buffer_text = True
+    parser.ordered_attributes = False
+    parser.SetParamEntityParsing(expat.XML_PARAM_ENTITY_PARSING_NEVER)
+    parser.StartElementHandler = builder.start
+    parser.EndElementHandler = builder.end
+    parser.CharacterDataHandler = builder.data
+    parser.XmlDeclHandler = _XML_DECL
+    parser.StartDoctypeDeclHandler = _DOCTYPE
+    parser.EntityDeclHandler = _ENTITY
+    parser.UnparsedEntityDeclHandler = _ENTITY
+    parser.NotationDeclHandler = _DECLARATION
+    parser.ElementDeclHandler = _DECLARATION
+    parser.AttlistDeclHandler = _DECLARATION
+    parser.ExternalEntityRefHandler = _EXTERNAL
+    parser.ProcessingInstructionHandler = _PI
+    try:
+        parser.Parse(data, True)
+    except expat.ExpatError as e:
+        raise ProtocolError(f"malformed XML: {expat.ErrorString(e.code)}") from None
+    except RecursionError:  # pragma: no cover - expat nests iteratively; belt and braces
+        raise ProtocolError("XML nested too deeply") from None
+    if builder.root is None:
+        _refuse("payload without an element")
+    return builder.root
+
+
+# ---------------------------------------------------------------------------------------------
+# Serialising
+
+# XML 1.0 Char, spec §3: anything outside it must never be sent.
+_NOT_XML_CHAR = re.compile("[^\t\n\r\u0020-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
+
+def is_xml_text(text: str) -> bool:
+    """True if every code point of C{text} may travel in XML (§3 C{Char})."""
+    return _NOT_XML_CHAR.search(text) is None
+
+
+def _check(text: str) -> str:
+    if _NOT_XML_CHAR.search(text) is not None:
+        raise ValueError("text contains a code point XML cannot carry")
+    return text
+
+
+def _escape_text(text: str) -> str:
+    if "&" in text:
+        text = text.replace("&", "&amp;")
+    if "<" in text:
+        text = text.replace("<", "&lt;")
+    if ">" in text:
+        text = text.replace(">", "&gt;")
+    if "\r" in text:
+        text = text.replace("\r", "&#13;")
+    return text
+
+
+_ATTR_ESCAPES = str.maketrans(
+    {
+        "&": "&amp;",
+        "<": "&lt;",
+        ">": "&gt;",
+        '"': "&quot;",
+        "\t": "&#9;",
+        "\n": "&#10;",
+        "\r": "&#13;",
+    }
+)
+
+
+def _write(element: Element, out: list[str]) -> None:
+    out.append("<" + element.tag)
+    for name, value in element.attrs.items():
+        out.append(f' {name}="{_check(value).translate(_ATTR_ESCAPES)}"')
+    if not element.children and not element.text:
+        out.append("/>")
+        return
+    out.append(">")
+    if element.text:
+        out.append(_escape_text(_check(element.text)))
+    for child in element.children:
+        _write(child, out)
+    out.append(f"</{element.tag}>")
+
+
+def serialize(element: Element) -> bytes:
+    """
+    The exact bytes we send for C{element}: attributes in the given order, text before
+    children, empty elements self-closed, CR written as C{&#13;} (§3).
+
+    @raise ValueError: if any text or attribute holds a code point outside XML C{Char}.
+    """
+    out: list[str] = []
+    _write(element, out)
+    return "".join(out).encode("utf-8")
+
+
+# ---------------------------------------------------------------------------------------------
+# base64 (§3: the RFC 4648 §4 alphabet, '=' padding, no whitespace)
+
+_B64 = re.compile(r"(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?\Z")
+
+
+def b64encode(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def b64decode(text: str) -> bytes:
+    """
+    Strict base64 decoding.
+
+    @raise ValueError: on anything that is not canonical padded RFC 4648 §4 base64.
+    """
+    if _B64.match(text) is None:
+        raise ValueError("invalid base64")
+    try:
+        return base64.b64decode(text, validate=True)
+    except binascii.Error:  # pragma: no cover - the pattern already excludes these
+        raise ValueError("invalid base64") from None
