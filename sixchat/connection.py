@@ -133,6 +133,8 @@ class Connection:
         self.result: HandshakeResult | None = None
         self.close_sent = False
         self.peer_closed = False
+        #: Records received so far (the adapter's idle timer counts records, §11.13).
+        self.records_received = 0
         self.handshake: InitiatorHandshake | ResponderHandshake
         if role == INITIATOR:
             self.handshake = InitiatorHandshake(
@@ -229,19 +231,28 @@ class Connection:
         return [self._fatal(error)]
 
     def _fatal(self, error: AlertError, truncated: bool = False) -> ConnectionFailed:
-        alert = Alert(error.reason, error.text, error.extra).to_element()
+        # The reason token (and the §7.3 hints) only: our diagnostic text stays in our log,
+        # so an alert never tells a peer more than the spec requires.
+        alert = Alert(error.reason, "", error.extra).to_element()
         payload = serialize(alert)
         if self._write is None:
             self._out.append(plain_record(payload))
         else:
             try:
-                self._out.append(self._write.seal(self._pad(payload)))
+                # Alerts are never padded (the padded-access-denied vector): they end the
+                # connection, so their length hides nothing worth the bytes.
+                self._out.append(self._write.seal(payload))
             except ValueError:  # sequence numbers exhausted: nothing more can be sealed
                 pass
         self.state = "closed"
         return ConnectionFailed(error, truncated or self.result is not None)
 
     # incoming -----------------------------------------------------------------------------
+
+    @property
+    def closed_cleanly(self) -> bool:
+        """Both sides sent C{close} (§8.8); anything else is a truncation."""
+        return self.close_sent and self.peer_closed
 
     @property
     def buffered(self) -> int:
@@ -258,9 +269,12 @@ class Connection:
                 record = self._reader.next_record(self._read is not None)
                 if record is None:
                     break
+                self.records_received += 1
                 self._receive_record(*record, events)
         except AlertError as error:
             events.append(self._fatal(error))
+        if self.state == "closed":
+            self._reader = RecordReader()  # nothing more will be read: hold no bytes
         return events
 
     def _receive_record(
@@ -311,11 +325,11 @@ class Connection:
             self._read.rekey()
             return
         if tag == "close":
+            self.peer_closed = True
             if self.close_sent:
                 self.state = "closed"  # both closes exchanged (§11.12: we do not answer)
                 events.append(CloseReceived(answered=True))
             else:
-                self.peer_closed = True
                 events.append(CloseReceived(answered=False))
             return
         cls = APPLICATION_STANZAS.get(tag)

@@ -32,6 +32,7 @@ from sixchat.errors import (
     ProtocolError,
     UnsupportedVersion,
 )
+from sixchat.identity import normalize_identity, same_identity
 from sixchat.keyschedule import HandshakeSecrets, Transcript, finished_verify_data
 from sixchat.record import SUITES, CipherState
 from sixchat.stanzas import ClientHello, Finished, IdentityStanza, ServerHello, Share, Verify
@@ -62,18 +63,6 @@ def allows_key_encipherment(cert: x509.Certificate) -> bool:
     return usage.key_encipherment
 
 
-def identity_key(identity: str) -> str:
-    """§3 comparison key: local part as is, domain ASCII-lowercased."""
-    local, sep, domain = identity.rpartition("@")
-    if not sep:
-        return identity
-    return local + "@" + domain.encode("ascii", "replace").decode("ascii").lower()
-
-
-def same_identity(a: str, b: str) -> bool:
-    return identity_key(a) == identity_key(b)
-
-
 class AccessPolicy:
     """
     Who may open a session with us: identities (C{alice@example.com}) and whole domains
@@ -81,11 +70,14 @@ class AccessPolicy:
     """
 
     def __init__(self, entries: Sequence[str]) -> None:
-        self.identities = {identity_key(e) for e in entries if not e.startswith("@")}
-        self.domains = {e[1:].lower() for e in entries if e.startswith("@")}
+        self.identities = {normalize_identity(e) for e in entries if not e.startswith("@")}
+        self.domains = {normalize_identity(e).lstrip("@") for e in entries if e.startswith("@")}
 
     def allows(self, identity: str) -> bool:
-        key = identity_key(identity)
+        try:
+            key = normalize_identity(identity)
+        except ValueError:
+            return False
         return key in self.identities or key.rpartition("@")[2] in self.domains
 
 
@@ -94,8 +86,11 @@ class PinChecker(Protocol):
 
     policy: str
 
-    def check(self, identity: str, spki_sha256: bytes) -> str:
-        """'new', 'known' or 'changed'."""
+    def enforce(self, identity: str, spki_sha256: bytes) -> str:
+        """'new', 'known' or 'changed'; raises C{BadCertificate} for a refused change."""
+
+    def add(self, identity: str, spki_sha256: bytes) -> None:
+        """Remember a key seen in an accepted handshake."""
 
 
 @dataclass
@@ -234,9 +229,7 @@ class _Machine:
         assert self.peer is not None
         if pins is None:
             return
-        self.pin_status = pins.check(self.peer_name, self.peer.spki_sha256)
-        if self.pin_status == "changed" and pins.policy == "refuse":
-            raise BadCertificate(f"{self.peer_name} presented a key that is not pinned")
+        self.pin_status = pins.enforce(self.peer_name, self.peer.spki_sha256)
 
     def _check_verify(self, element: Element, payload: bytes, context: bytes) -> None:
         stanza = Verify.from_element(element)
@@ -254,6 +247,9 @@ class _Machine:
 
     def _finish(self) -> None:
         assert self.secrets is not None and self.peer is not None
+        if self.config.pins is not None and self.pin_status != "known":
+            # §11.15: every key seen in an accepted handshake joins the identity's set.
+            self.config.pins.add(self.peer_name, self.peer.spki_sha256)
         self.complete = True
         self.result = HandshakeResult(
             version=VERSION,
@@ -429,14 +425,10 @@ class ResponderHandshake(_Machine):
             key = self._rsa_key_for(share, served)
             if key is not None:
                 return share, key
-        raise NoCommonGroup(
-            "no offered group is acceptable", extra={"groups": " ".join(accepted)}
-        )
+        raise NoCommonGroup("no offered group is acceptable", extra={"groups": " ".join(accepted)})
 
     @staticmethod
-    def _rsa_key_for(
-        share: Share, served: tuple[Identity, str] | None
-    ) -> rsa.RSAPrivateKey | None:
+    def _rsa_key_for(share: Share, served: tuple[Identity, str] | None) -> rsa.RSAPrivateKey | None:
         """§11.3: usable only if C{key} names a served leaf with an RSA key-encipherment key."""
         if served is None or share.key is None:
             return None
@@ -483,9 +475,7 @@ class ResponderHandshake(_Machine):
         self.secrets = HandshakeSecrets(secret, self.transcript.digest())
         self.io.install_write(CipherState(suite, self.secrets.r_hs_traffic))
         self.io.install_read(CipherState(suite, self.secrets.i_hs_traffic))
-        self._send_identity_verify_finished(
-            identity, RESPONDER_CONTEXT, self.secrets.r_hs_traffic
-        )
+        self._send_identity_verify_finished(identity, RESPONDER_CONTEXT, self.secrets.r_hs_traffic)
         self.i_ap, r_ap = self.secrets.application(self.transcript.digest())
         self.io.install_write(CipherState(suite, r_ap))
         self.state = "wait_m6"

@@ -13,16 +13,14 @@ import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from sixchat.errors import BadCertificate, IllegalParameter, ProtocolError, StanzaError
+from sixchat.errors import BadCertificate, ProtocolError, StanzaError
 from sixchat.xmlcodec import Element, b64decode, b64encode
 
 MAX_BODY_CHARS = 32_768
 MAX_CERTS = 8
 
 _ID = re.compile(r"[A-Za-z0-9_-]{1,64}\Z")
-_TS = re.compile(
-    r"(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?Z\Z", re.ASCII
-)
+_TS = re.compile(r"(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?Z\Z", re.ASCII)
 
 
 def is_valid_id(value: str | None) -> bool:
@@ -50,7 +48,11 @@ def parse_timestamp(value: str) -> datetime:
 def format_timestamp(when: datetime) -> str:
     """RFC 3339 UTC with milliseconds and C{Z}, as senders write it (§3)."""
     when = when.astimezone(UTC)
-    return when.strftime("%Y-%m-%dT%H:%M:%S.") + f"{when.microsecond // 1000:03d}Z"
+    # Not strftime: its %Y does not zero-pad years before 1000 on every platform.
+    return (
+        f"{when.year:04d}-{when.month:02d}-{when.day:02d}T"
+        f"{when.hour:02d}:{when.minute:02d}:{when.second:02d}.{when.microsecond // 1000:03d}Z"
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -86,10 +88,8 @@ class Share:
         return Element("share", attrs, text=self.text)
 
     def value(self) -> bytes:
-        try:
-            return b64decode(self.text)
-        except ValueError:
-            raise IllegalParameter("share is not valid base64") from None
+        """Decode the chosen share; invalid base64 is a C{protocol_error} (§3)."""
+        return _hs_b64(self.text, "share")
 
 
 def _shares(element: Element) -> list[Share]:

@@ -145,10 +145,14 @@ def parse(data: bytes) -> Element:
 
     @raise ProtocolError: on anything §3 makes a C{protocol_error}.
     """
-    if data[:3] == b"\xef\xbb\xbf":
+    # expat sniffs UTF-16 from a BOM or a NUL in the first two bytes even when UTF-8 is
+    # forced; neither can start a UTF-8 payload (U+0000 is no XML Char), so refuse them here.
+    if data[:3] == b"\xef\xbb\xbf" or data[:2] in (b"\xff\xfe", b"\xfe\xff"):
         _refuse("byte-order mark")
+    if b"\x00" in data[:2]:
+        _refuse("encoding other than UTF-8")
     builder = _TreeBuilder()
-    # Forcing UTF-8 makes any other encoding (or a UTF-16 BOM) invalid input.
+    # Forcing UTF-8 makes any other encoding invalid input (UTF-16 is refused above).
     parser = expat.ParserCreate("UTF-8")
     parser.buffer_text = True
     parser.ordered_attributes = False
@@ -258,13 +262,19 @@ def b64encode(data: bytes) -> str:
 
 def b64decode(text: str) -> bytes:
     """
-    Strict base64 decoding.
+    Strict base64 decoding: the RFC 4648 §4 alphabet, C{=} padding, no whitespace, and zero
+    padding bits (so every value has exactly one spelling).
 
-    @raise ValueError: on anything that is not canonical padded RFC 4648 §4 base64.
+    @raise ValueError: on anything else.
     """
     if _B64.match(text) is None:
         raise ValueError("invalid base64")
     try:
-        return base64.b64decode(text, validate=True)
+        data = base64.b64decode(text, validate=True)
     except binascii.Error:  # pragma: no cover - the pattern already excludes these
         raise ValueError("invalid base64") from None
+    if text[-2:-1] == "=" or text[-1:] == "=":
+        # RFC 4648 §3.5: unused bits must be zero; one spelling per value (no malleability).
+        if base64.b64encode(data).decode("ascii") != text:
+            raise ValueError("invalid base64 (non-zero padding bits)")
+    return data

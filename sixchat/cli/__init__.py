@@ -1,0 +1,115 @@
+"""
+The C{sixchat} command line.
+
+Each subcommand lives in its own module, listed in L{SUBCOMMAND_MODULES}, which defines
+C{register(subparsers)}: it adds its parser(s) to the C{argparse} subparsers object and sets a
+C{handler} default, a callable taking the parsed arguments and returning an exit status (or
+C{None} for 0). Modules are imported only when the parser is built, so heavy imports (Twisted's
+reactor, for instance) belong inside handlers, keeping C{sixchat --help} fast.
+
+Expected failures never show a traceback: a handler raises L{UsageError} (exit 2) or any
+L{SixchatError} / L{CommandError} (exit 1), and L{main} prints one line,
+C{sixchat: error: …}, to standard error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+from typing import NoReturn
+
+from sixchat import __version__
+from sixchat.errors import SixchatError
+
+__all__ = [
+    "SUBCOMMAND_MODULES",
+    "ArgumentParser",
+    "CommandError",
+    "UsageError",
+    "build_parser",
+    "main",
+    "positive_int",
+    "warn",
+]
+
+PROG = "sixchat"
+
+#: Modules contributing subcommands, in the order C{--help} lists them.
+SUBCOMMAND_MODULES: list[str] = [
+    "sixchat.cli.pki",
+    "sixchat.cli.probe",
+]
+
+
+class UsageError(SixchatError):
+    """The command line itself is wrong (exit status 2)."""
+
+
+class CommandError(SixchatError):
+    """The command was understood but could not be carried out (exit status 1)."""
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """An C{argparse} parser whose errors are one line and never exit the process by itself."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message} (see '{self.prog} --help')")
+
+
+def positive_int(text: str) -> int:
+    """An C{argparse} type for counts of days and the like."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def warn(message: str) -> None:
+    """One warning line on standard error, in the same style as errors."""
+    print(f"{PROG}: warning: {message}", file=sys.stderr)
+
+
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(
+        prog=PROG,
+        description="SixChat End2End Direct: serverless, end-to-end encrypted messaging.",
+    )
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in SUBCOMMAND_MODULES:
+        importlib.import_module(name).register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status instead of exiting."""
+    try:
+        parser = build_parser()
+        try:
+            args = parser.parse_args(argv)
+        except SystemExit as e:  # --help and --version
+            return e.code if isinstance(e.code, int) else 0
+        handler = getattr(args, "handler", None)
+        if handler is None:
+            parser.print_help(sys.stderr)
+            return 2
+        status = handler(args)
+        return 0 if status is None else int(status)
+    except UsageError as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return 2
+    except SixchatError as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:
+        where = f": {e.filename}" if e.filename else ""
+        print(f"{PROG}: error: {e.strerror or e}{where}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        return 130

@@ -1,0 +1,243 @@
+"""
+C{sixchat probe}: our C{openssl s_client}. Runs one handshake with a peer and reports what
+was negotiated and who answered; with C{--send}, also one message and its receipt.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Any
+
+from sixchat.groups import GROUPS
+from sixchat.record import SUITES
+
+DEFAULT_PORT = 4605
+
+
+def parse_hostport(text: str, default_port: int = DEFAULT_PORT) -> tuple[str, int]:
+    """C{host}, C{host:port}, C{[v6]}, C{[v6]:port} or a bare IPv6 literal."""
+    if text.startswith("["):
+        host, sep, rest = text[1:].partition("]")
+        if not sep:
+            raise ValueError(f"unclosed '[' in {text!r}")
+        if not rest:
+            return host, default_port
+        if not rest.startswith(":"):
+            raise ValueError(f"expected ':PORT' after ']' in {text!r}")
+        port_text = rest[1:]
+    elif text.count(":") == 1:
+        host, port_text = text.split(":")
+    else:
+        return text, default_port
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ValueError(f"invalid port in {text!r}")
+    return host, int(port_text)
+
+
+def client_endpoint(reactor: Any, host: str, port: int, timeout: float = 10) -> Any:
+    """A literal address connects directly; a name goes through Happy Eyeballs."""
+    import ipaddress
+
+    from twisted.internet import endpoints
+
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return endpoints.HostnameEndpoint(reactor, host.encode("idna"), port, timeout=timeout)
+    if ip.version == 6:
+        return endpoints.TCP6ClientEndpoint(reactor, host, port, timeout=timeout)
+    return endpoints.TCP4ClientEndpoint(reactor, host, port, timeout=timeout)
+
+
+def _address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _read_cert_der(path: str) -> bytes:
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    with open(path, "rb") as f:
+        data = f.read()
+    if b"-----BEGIN CERTIFICATE-----" in data:
+        return x509.load_pem_x509_certificate(data).public_bytes(Encoding.DER)
+    return x509.load_der_x509_certificate(data).public_bytes(Encoding.DER)
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "probe",
+        help="run a handshake with a peer and show what was negotiated",
+        description="Connect to a SixChat user agent, run the handshake and print the "
+        "negotiated version, suite and group, the peer's identity, chain and key "
+        "fingerprint. Exit status 1 on failure, with the alert reason.",
+    )
+    p.add_argument("target", metavar="HOST[:PORT]", help="the peer's address (port 4605)")
+    p.add_argument("--cert", required=True, help="your identity (.p12, or PEM cert+key)")
+    p.add_argument("--key", help="private key file if --cert is a PEM certificate alone")
+    p.add_argument("--password-file", help="file holding the PKCS#12 password")
+    p.add_argument("--trust", required=True, help="trust anchors (PEM bundle or directory)")
+    p.add_argument("--crl", action="append", default=[], help="CRL file; repeatable")
+    p.add_argument("--to", help="the identity you want to reach (sent like TLS SNI)")
+    p.add_argument("--group", choices=GROUPS, action="append", help="offer only this group")
+    p.add_argument("--suite", choices=tuple(SUITES), action="append", help="offer this suite")
+    p.add_argument(
+        "--peer-cert",
+        help="the peer's certificate (PEM or DER), needed to offer rsa-oaep key transport",
+    )
+    p.add_argument("--send", metavar="TEXT", help="also send TEXT and wait for the receipt")
+    p.add_argument("--timeout", type=float, default=15.0, help="seconds for everything")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(handler=run)
+
+
+def _chain(peer: Any) -> list[dict[str, str]]:
+    from cryptography.hazmat.primitives import hashes
+
+    out = []
+    for cert in peer.chain:
+        out.append(
+            {
+                "subject": cert.subject.rfc4514_string(),
+                "issuer": cert.issuer.rfc4514_string(),
+                "not_after": cert.not_valid_after_utc.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                "sha256": cert.fingerprint(hashes.SHA256()).hex(),
+            }
+        )
+    return out
+
+
+def _report(args: argparse.Namespace, info: dict[str, Any]) -> None:
+    if args.json:
+        print(json.dumps(info, indent=2, sort_keys=True))
+        return
+    if not info["ok"]:
+        who = " (sent by the peer)" if info.get("by_peer") else ""
+        text = f": {info['text']}" if info["text"] else ""
+        print(f"handshake with {info['address']} FAILED: {info['alert']}{who}{text}")
+        return
+    print(f"connected to {info['address']}")
+    print(f"version:        {info['version']}")
+    print(f"suite:          {info['suite']}")
+    print(f"group:          {info['group']}")
+    print(f"peer identity:  {info['peer']}")
+    print(f"peer key:       {info['alg']} SPKI SHA-256 {info['spki_sha256']}")
+    print("peer chain:")
+    for i, cert in enumerate(info["chain"]):
+        print(f"  {i} {cert['subject']}  (issuer {cert['issuer']}, until {cert['not_after']})")
+    print(f"handshake time: {info['handshake_ms']:.1f} ms (ping {info['ping_ms']:.1f} ms)")
+    if "receipt_ms" in info:
+        print(f"sent message {info['message_id']}: receipt after {info['receipt_ms']:.1f} ms")
+    elif "send_error" in info:
+        print(f"message NOT delivered: {info['send_error']}")
+
+
+def run(args: argparse.Namespace) -> int:
+    from twisted.internet import defer, task
+
+    from sixchat.errors import SixchatError
+    from sixchat.handshake import PeerConfig
+    from sixchat.identity import load_identity, read_password
+    from sixchat.protocol import HandshakeFailed, SessionLost, connectPeer
+    from sixchat.trust import TrustStore
+
+    try:
+        host, port = parse_hostport(args.target)
+    except ValueError as e:
+        print(f"sixchat: error: {e}", file=sys.stderr)
+        return 2
+    try:
+        identity = load_identity(args.cert, read_password(args.password_file), key_path=args.key)
+        trust = TrustStore.from_paths(args.trust, args.crl)
+    except SixchatError as e:
+        print(f"sixchat: error: {e}", file=sys.stderr)
+        return 1
+    key_transport = bool(args.group and "rsa-oaep" in args.group)
+    peer_cert = None
+    if args.peer_cert:
+        try:
+            peer_cert = _read_cert_der(args.peer_cert)
+        except (OSError, ValueError) as e:
+            print(f"sixchat: error: --peer-cert {args.peer_cert}: {e}", file=sys.stderr)
+            return 1
+    elif key_transport:
+        print("sixchat: error: --group rsa-oaep needs --peer-cert", file=sys.stderr)
+        return 2
+    config = PeerConfig([identity], trust, key_transport=key_transport)
+    info: dict[str, Any] = {"ok": False, "address": _address(host, port), "alert": None, "text": ""}
+
+    async def probe(reactor: Any) -> int:
+        endpoint = client_endpoint(reactor, host, port, timeout=args.timeout)
+        started = time.perf_counter()
+        try:
+            session = await connectPeer(
+                reactor,
+                endpoint,
+                identity,
+                config=config,
+                to=args.to,
+                responder_cert=peer_cert,
+                groups=args.group,
+                suites=args.suite,
+                handshake_timeout=args.timeout,
+            )
+        except HandshakeFailed as e:
+            info.update(alert=e.reason, text=e.text, by_peer=e.sent_by_peer)
+            return 1
+        except Exception as e:  # connection refused, DNS, timeouts: say it in one line
+            info.update(alert="connection_failed", text=str(e) or type(e).__name__)
+            return 1
+        info["handshake_ms"] = (time.perf_counter() - started) * 1000
+        result = session.result
+        peer_addr: Any = session.address()
+        info["address"] = _address(peer_addr.host, peer_addr.port)
+        # The initiator is done once it sent M8; a ping proves the responder accepted us
+        # (it would answer an access-policy refusal with an alert instead).
+        try:
+            info["ping_ms"] = await session.ping() * 1000
+        except SessionLost:
+            reason = session.end_reason
+            if isinstance(reason, HandshakeFailed):
+                info.update(alert=reason.reason, text=reason.text, by_peer=reason.sent_by_peer)
+            else:
+                info.update(alert="connection_lost", text=str(reason or "closed by peer"))
+            return 1
+        info.update(
+            ok=True,
+            version=result.version,
+            suite=result.suite,
+            group=result.group,
+            peer=result.peer_name,
+            alg=result.peer.alg,
+            spki_sha256=result.peer.spki_sha256.hex(),
+            chain=_chain(result.peer),
+            local=result.local_name,
+        )
+        status = 0
+        if args.send is not None:
+            sent = time.perf_counter()
+            try:
+                receipts = await session.sendText(args.send)
+                info["message_id"] = receipts[-1].id
+                info["receipt_ms"] = (time.perf_counter() - sent) * 1000
+            except Exception as e:
+                info["send_error"] = str(e)
+                status = 1
+        await session.close()
+        return status
+
+    def main(reactor: Any) -> defer.Deferred[int]:
+        d = defer.ensureDeferred(probe(reactor))
+        d.addCallback(lambda status: info.__setitem__("status", status))
+        return d
+
+    try:
+        task.react(main)
+    except SystemExit as e:
+        if e.code not in (0, None):
+            info.setdefault("status", 1)
+    _report(args, info)
+    return int(info.get("status", 1))

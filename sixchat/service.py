@@ -1,0 +1,141 @@
+"""
+The peer listener as a Twisted service: accept End2End Direct sessions on an endpoint.
+
+L{PeerListenerService} binds in C{privilegedStartService} (before twistd drops privileges)
+and turns "address in use" into one actionable line instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from twisted.application import service
+from twisted.internet import defer, endpoints, error
+from twisted.internet.interfaces import IListeningPort
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from sixchat.handshake import PeerConfig
+from sixchat.protocol import ISessionObserver, PeerFactory, Session
+from sixchat.stanzas import ErrorStanza, Message, Typing
+
+DEFAULT_LISTEN = "tcp6:4605"
+
+
+@implementer(ISessionObserver)
+class LoggingObserver:
+    """
+    Logs sessions and incoming messages (twisted.logger). Without a message store it
+    receipts each message once it is logged; the user agent's store replaces this.
+    """
+
+    log = Logger()
+
+    def sessionStarted(self, session: Session) -> None:
+        pass  # PeerProtocol already logs the negotiated parameters
+
+    def messageReceived(self, session: Session, message: Message) -> Any:
+        self.log.info(
+            "message {id} from {peer}: {body}",
+            id=message.id,
+            peer=session.peer,
+            body=message.body,
+        )
+        return None
+
+    def stanzaReceived(self, session: Session, stanza: Any) -> None:
+        if isinstance(stanza, ErrorStanza):
+            self.log.info(
+                "error from {peer}: {reason} (ref {ref})",
+                peer=session.peer,
+                reason=stanza.reason,
+                ref=stanza.ref,
+            )
+        elif isinstance(stanza, Typing):
+            self.log.debug("{peer} is {state}", peer=session.peer, state=stanza.state)
+
+    def sessionEnded(self, session: Session, reason: Failure) -> None:
+        self.log.info(
+            "session with {peer} ended: {why}", peer=session.peer, why=reason.getErrorMessage()
+        )
+
+
+class PeerListenerService(service.Service):
+    """Listens on a Twisted endpoint string and accepts peer sessions with one config."""
+
+    log = Logger()
+
+    def __init__(
+        self,
+        reactor: Any,
+        config: PeerConfig,
+        listen: str = DEFAULT_LISTEN,
+        observer: ISessionObserver | None = None,
+        **factory_options: Any,
+    ) -> None:
+        self.reactor = reactor
+        self.config = config
+        self.listen = listen
+        self.factory = PeerFactory(
+            config, reactor, observer or LoggingObserver(), **factory_options
+        )
+        self.port: IListeningPort | None = None
+        self._listening: defer.Deferred[Any] | None = None
+
+    def privilegedStartService(self) -> None:
+        endpoint = endpoints.serverFromString(self.reactor, self.listen)
+        outcome: list[Any] = []
+        self._listening = endpoint.listen(self.factory)
+        self._listening.addBoth(outcome.append)
+        if outcome:  # TCP endpoints bind synchronously: fail before the reactor runs
+            self._outcome(outcome[0])
+        else:
+            self._listening.addCallback(lambda _: self._outcome(outcome[0]))
+        super().privilegedStartService()
+
+    def _outcome(self, result: IListeningPort | Failure) -> None:
+        if isinstance(result, Failure):
+            self._cannotListen(result)
+        else:
+            self._listened(result)
+
+    def startService(self) -> None:
+        if self._listening is None:
+            self.privilegedStartService()
+        super().startService()
+
+    def _listened(self, port: IListeningPort) -> None:
+        self.port = port
+        host = port.getHost()
+        self.log.info(
+            "user agent {names} listening on {host} port {port}",
+            names=", ".join(n for i in self.config.identities for n in i.names),
+            host=getattr(host, "host", host),
+            port=getattr(host, "port", ""),
+        )
+
+    def _cannotListen(self, failure: Failure) -> None:
+        why = failure.getErrorMessage()
+        if failure.check(error.CannotListenError):
+            err = failure.value.socketError
+            why = getattr(err, "strerror", None) or str(err)
+        line = (
+            f"sixchat: error: cannot listen on {self.listen}: {why} "
+            "(is another agent running? choose another --listen)\n"
+        )
+        if self.running:
+            self.log.critical(line.strip())
+            self.reactor.stop()
+            return
+        sys.stderr.write(line)
+        raise SystemExit(1)
+
+    def stopService(self) -> defer.Deferred[None] | None:  # type: ignore[override]
+        super().stopService()
+        self._listening = None
+        if self.port is not None:
+            port, self.port = self.port, None
+            return defer.maybeDeferred(port.stopListening)
+        return None

@@ -1,0 +1,446 @@
+"""
+The Twisted adapters: sessions over iosim with a fake clock, timeouts, limits, back-pressure,
+and real TCP on 127.0.0.1 and ::1 for every suite x group x key type.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+from twisted.internet import defer, endpoints, reactor, task
+from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.test import iosim
+from twisted.trial import unittest
+from zope.interface import implementer
+
+from sixchat.errors import StanzaError
+from sixchat.handshake import AccessPolicy, PeerConfig
+from sixchat.protocol import (
+    INITIATOR,
+    HandshakeFailed,
+    ISessionObserver,
+    PeerFactory,
+    PeerProtocol,
+    SessionLost,
+    SessionObserver,
+    StanzaRefused,
+    connectPeer,
+    source_key,
+    split_text,
+)
+from sixchat.record import SUITES
+from sixchat.stanzas import ErrorStanza, Message, Typing
+from sixchat.test import certs
+
+KEY_TYPES = ("ed25519", "p256", "p384", "rsa2048")
+
+
+def pair_config(key_type: str = "ed25519", **kw: Any) -> tuple[PeerConfig, PeerConfig]:
+    ca = certs.make_ca()
+    alice = certs.make_identity("alice@example.com", ca, key_type=key_type)
+    bob = certs.make_identity("bob@example.com", ca, key_type=key_type)
+    trust = certs.trust_for(ca)
+    return PeerConfig([alice], trust, **kw), PeerConfig([bob], trust, **kw)
+
+
+@implementer(ISessionObserver)
+class Recorder(SessionObserver):
+    """Keeps what it sees; can hold receipts back until told to store."""
+
+    def __init__(self, hold: bool = False) -> None:
+        self.messages: list[Message] = []
+        self.stanzas: list[Any] = []
+        self.started: list[Any] = []
+        self.ended: list[Any] = []
+        self.hold = hold
+        self.held: list[defer.Deferred[None]] = []
+
+    def sessionStarted(self, session: Any) -> None:
+        self.started.append(session)
+
+    def messageReceived(self, session: Any, message: Message) -> Any:
+        self.messages.append(message)
+        if self.hold:
+            d: defer.Deferred[None] = defer.Deferred()
+            self.held.append(d)
+            return d
+        return None
+
+    def stanzaReceived(self, session: Any, stanza: Any) -> None:
+        self.stanzas.append(stanza)
+
+    def sessionEnded(self, session: Any, reason: Any) -> None:
+        self.ended.append(reason)
+
+
+class PumpedPair:
+    """Two PeerProtocols over iosim sharing one task.Clock."""
+
+    def __init__(
+        self,
+        client_config: PeerConfig,
+        server_config: PeerConfig,
+        *,
+        to: str | None = "bob@example.com",
+        server_observer: Any = None,
+        client_observer: Any = None,
+        **client_options: Any,
+    ) -> None:
+        self.clock = task.Clock()
+        self.server_observer = server_observer or Recorder()
+        self.client_observer = client_observer or Recorder()
+        self.server_factory = PeerFactory(server_config, self.clock, self.server_observer)
+        self.client_factory = PeerFactory(
+            client_config, self.clock, self.client_observer, role=INITIATOR, to=to, **client_options
+        )
+        addr = IPv4Address("TCP", "127.0.0.1", 40000)
+        self.client, self.server, self.pump = iosim.connectedServerAndClient(
+            lambda: self.server_factory.buildProtocol(addr),
+            lambda: self.client_factory.buildProtocol(addr),
+            clock=self.clock,
+            greet=False,
+        )
+        self.pump.flush()
+
+    def flush(self) -> None:
+        self.pump.flush()
+
+
+class SessionTests(unittest.TestCase):
+    def setUp(self) -> None:
+        self.alice, self.bob = pair_config()
+
+    def established(self, **kw: Any) -> PumpedPair:
+        pair = PumpedPair(self.alice, self.bob, **kw)
+        self.assertIsNotNone(pair.client.session, "client handshake did not complete")
+        self.assertIsNotNone(pair.server.session, "server handshake did not complete")
+        return pair
+
+    def test_handshake_and_receipt(self) -> None:
+        pair = self.established()
+        client_session = self.successResultOf(pair.client.handshakeDone)
+        self.assertEqual(client_session.peer, "bob@example.com")
+        self.assertEqual(pair.server.session.peer, "alice@example.com")
+        self.assertEqual(client_session.result.group, "x25519-mlkem768")
+        self.assertEqual(client_session.result.suite, "aes-256-gcm")
+        self.assertEqual(
+            client_session.result.exporter_secret, pair.server.session.result.exporter_secret
+        )
+        d = client_session.sendMessage("Hello, Bob")
+        self.assertNoResult(d)
+        pair.flush()
+        receipt = self.successResultOf(d)
+        self.assertEqual([m.body for m in pair.server_observer.messages], ["Hello, Bob"])
+        self.assertEqual(receipt.id, pair.server_observer.messages[0].id)
+
+    def test_receipt_waits_for_storage(self) -> None:
+        pair = self.established(server_observer=Recorder(hold=True))
+        d = pair.client.session.sendMessage("stored?")
+        pair.flush()
+        self.assertNoResult(d)
+        pair.server_observer.held[0].callback(None)
+        pair.flush()
+        self.assertEqual(self.successResultOf(d).id, pair.server_observer.messages[0].id)
+
+    def test_storage_failure_sends_no_receipt(self) -> None:
+        pair = self.established(server_observer=Recorder(hold=True))
+        d = pair.client.session.sendMessage("lost")
+        pair.flush()
+        pair.server_observer.held[0].errback(RuntimeError("disk full"))
+        pair.flush()
+        self.assertNoResult(d)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+    def test_long_text_is_split(self) -> None:
+        pair = self.established()
+        text = "x" * 70_000
+        d = pair.client.session.sendText(text)
+        pair.flush()
+        receipts = self.successResultOf(d)
+        self.assertEqual(len(receipts), 3)
+        self.assertEqual("".join(m.body for m in pair.server_observer.messages), text)
+        self.assertRaises(ValueError, pair.client.session.sendMessage, text)
+
+    def test_split_text(self) -> None:
+        self.assertEqual(split_text("abcde", 2), ["ab", "cd", "e"])
+        self.assertEqual(split_text(""), [""])
+
+    def test_ping_round_trip(self) -> None:
+        pair = self.established()
+        d = pair.client.session.ping()
+        pair.clock.advance(0.25)
+        pair.flush()
+        self.assertEqual(self.successResultOf(d), 0.25)
+
+    def test_error_refuses_send(self) -> None:
+        pair = self.established()
+        message = Message("m1", "2026-11-26T00:00:00.000Z", "hi")
+        d = pair.client.session.send(message)
+        # The server answers this id with an error instead of a receipt.
+        pair.server.connection._send_element(ErrorStanza("too_large", "m1").to_element())
+        pair.server.flush()
+        pair.flush()
+        failure = self.failureResultOf(d, StanzaRefused)
+        self.assertEqual(failure.value.reason, "too_large")
+
+    def test_invalid_message_gets_error(self) -> None:
+        pair = self.established()
+        bad = Message("ok-id", "2026-13-01T00:00:00Z", "bad ts")
+        pair.client.connection._send_element(bad.to_element())
+        pair.client.flush()
+        pair.flush()
+        self.assertEqual(pair.server_observer.messages, [])
+        errors = [s for s in pair.client_observer.stanzas if isinstance(s, ErrorStanza)]
+        self.assertEqual([(e.reason, e.ref) for e in errors], [("bad_request", "ok-id")])
+
+    def test_typing_reaches_observer(self) -> None:
+        pair = self.established()
+        pair.client.session.sendTyping("composing")
+        pair.flush()
+        self.assertEqual(pair.server_observer.stanzas, [Typing("composing")])
+
+    def test_graceful_close(self) -> None:
+        pair = self.established()
+        ended = pair.client.session.close()
+        pair.flush()
+        self.successResultOf(ended)
+        self.assertTrue(pair.client.connection.state == "closed")
+        self.assertEqual(len(pair.server_observer.ended), 1)
+        self.assertEqual(len(pair.client_observer.ended), 1)
+
+    def test_truncation_fails_pending_sends(self) -> None:
+        pair = self.established(server_observer=Recorder(hold=True))
+        d = pair.client.session.sendMessage("never receipted")
+        pair.flush()
+        pair.server.transport.loseConnection()  # ends without <close/>: a truncation
+        pair.flush()
+        self.failureResultOf(d, SessionLost)
+        self.assertEqual(len(pair.server_observer.messages), 1)
+
+    def test_rekey_on_demand_keeps_session(self) -> None:
+        pair = self.established()
+        pair.client.session.rekey()
+        pair.server.session.rekey()
+        d = pair.client.session.sendMessage("after rekey")
+        pair.flush()
+        self.successResultOf(d)
+        self.assertEqual(pair.server.connection._read.seq, 1)
+
+    def test_access_denied(self) -> None:
+        alice, bob = pair_config()
+        bob.access = AccessPolicy(["carol@example.com", "@other.example"])
+        pair = PumpedPair(alice, bob)
+        # The initiator is complete once it sent M8 (§11.4); the refusal ends its session.
+        session = self.successResultOf(pair.client.handshakeDone)
+        self.assertTrue(session.ended)
+        self.assertIsInstance(session.end_reason, HandshakeFailed)
+        self.assertEqual(session.end_reason.reason, "access_denied")
+        self.assertTrue(session.end_reason.sent_by_peer)
+        self.assertIsNone(pair.server.session)
+        self.assertEqual(pair.server_observer.started, [])
+
+    def test_access_allowed_by_domain(self) -> None:
+        alice, bob = pair_config()
+        bob.access = AccessPolicy(["@EXAMPLE.com"])
+        pair = PumpedPair(alice, bob)
+        self.assertEqual(self.successResultOf(pair.client.handshakeDone).peer, "bob@example.com")
+
+    def test_identity_mismatch(self) -> None:
+        pair = PumpedPair(self.alice, self.bob, to="carol@example.com")
+        failure = self.failureResultOf(pair.client.handshakeDone, HandshakeFailed)
+        self.assertEqual(failure.value.reason, "identity_mismatch")
+
+    def test_no_common_group_lists_acceptable(self) -> None:
+        alice, bob = pair_config()
+        bob.groups = ("x25519",)
+        pair = PumpedPair(alice, bob, groups=["secp256r1"])
+        failure = self.failureResultOf(pair.client.handshakeDone, HandshakeFailed)
+        self.assertEqual(failure.value.reason, "no_common_group")
+
+
+class TimeoutTests(unittest.TestCase):
+    def test_handshake_timeout_responder(self) -> None:
+        _, bob = pair_config()
+        clock = task.Clock()
+        factory = PeerFactory(bob, clock)
+        proto = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1))
+        transport = iosim.FakeTransport(proto, isServer=True)
+        proto.makeConnection(transport)
+        clock.advance(14.9)
+        self.assertFalse(transport.disconnecting)
+        clock.advance(0.2)
+        self.assertTrue(transport.disconnecting)
+        written = b"".join(transport.stream)
+        self.assertEqual(written[:1], b"\x01")  # PLAIN: the responder has no keys yet
+        self.assertIn(b'reason="handshake_timeout"', written)
+        self.assertEqual(factory.handshaking, 1)
+        proto.connectionLost(iosim.Failure(Exception("closed")))
+        self.assertEqual(factory.handshaking, 0)
+
+    def test_handshake_timeout_initiator(self) -> None:
+        alice, _ = pair_config()
+        clock = task.Clock()
+        factory = PeerFactory(alice, clock, role=INITIATOR, to="bob@example.com")
+        proto = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1))
+        transport = iosim.FakeTransport(proto, isServer=False)
+        proto.makeConnection(transport)
+        self.assertEqual(b"".join(transport.stream)[:1], b"\x01")  # M1 went out
+        clock.advance(15)
+        self.assertTrue(transport.disconnecting)
+        self.assertIn(b'reason="handshake_timeout"', b"".join(transport.stream))
+
+    def test_idle_close(self) -> None:
+        alice, bob = pair_config()
+        pair = PumpedPair(alice, bob)
+        session = pair.client.session
+        pair.clock.advance(299)
+        pair.flush()
+        self.assertEqual(pair.client.connection.state, "open")
+        pair.client.session.ping()
+        pair.flush()  # the pong is a record received: it resets the client's idle timer
+        pair.clock.advance(299)
+        pair.flush()
+        self.assertEqual(pair.client.connection.state, "open")
+        pair.clock.advance(301)
+        pair.flush()
+        self.assertTrue(session.ended)
+
+    def test_close_wait_is_bounded(self) -> None:
+        alice, bob = pair_config()
+        pair = PumpedPair(alice, bob)
+        pair.client.session.close()
+        # the peer never answers: nothing is pumped
+        pair.clock.advance(5.1)
+        self.assertTrue(pair.client.transport.disconnecting or pair.client.transport.disconnected)
+
+
+class LimitTests(unittest.TestCase):
+    def test_per_source_limit(self) -> None:
+        _, bob = pair_config()
+        factory = PeerFactory(bob, task.Clock(), max_per_source=16)
+        protos = [factory.buildProtocol(IPv4Address("TCP", "192.0.2.7", p)) for p in range(16)]
+        self.assertTrue(all(isinstance(p, PeerProtocol) for p in protos))
+        self.assertIsNone(factory.buildProtocol(IPv4Address("TCP", "192.0.2.7", 99)))
+        self.assertIsInstance(
+            factory.buildProtocol(IPv4Address("TCP", "192.0.2.8", 1)), PeerProtocol
+        )
+        # the same /64 counts as one source
+        v6 = [factory.buildProtocol(IPv6Address("TCP", f"2001:db8::{i:x}", 1)) for i in range(16)]
+        self.assertTrue(all(v6))
+        self.assertIsNone(factory.buildProtocol(IPv6Address("TCP", "2001:db8::ffff:1", 1)))
+        self.assertIsInstance(
+            factory.buildProtocol(IPv6Address("TCP", "2001:db8:0:1::1", 1)), PeerProtocol
+        )
+        self.assertEqual(factory.refused, 2)
+
+    def test_total_limit(self) -> None:
+        _, bob = pair_config()
+        factory = PeerFactory(bob, task.Clock(), max_handshakes=3)
+        for i in range(3):
+            self.assertIsNotNone(factory.buildProtocol(IPv4Address("TCP", f"192.0.2.{i}", 1)))
+        self.assertIsNone(factory.buildProtocol(IPv4Address("TCP", "192.0.2.9", 1)))
+
+    def test_source_key(self) -> None:
+        self.assertEqual(source_key(IPv4Address("TCP", "192.0.2.1", 5)), "192.0.2.1")
+        self.assertEqual(
+            source_key(IPv6Address("TCP", "2001:db8:1:2:3:4:5:6", 5)), "2001:db8:1:2::/64"
+        )
+        self.assertEqual(source_key(IPv6Address("TCP", "::ffff:192.0.2.1", 5)), "192.0.2.1")
+
+    def test_flood_from_one_address_spares_others(self) -> None:
+        """A handshake flood from one address is cut at 16; a legitimate peer still gets in."""
+        alice, bob = pair_config()
+        clock = task.Clock()
+        server_factory = PeerFactory(bob, clock)
+        for port in range(100):
+            server_factory.buildProtocol(IPv4Address("TCP", "198.51.100.66", port))
+        self.assertEqual(server_factory.refused, 84)
+        client_factory = PeerFactory(alice, clock, role=INITIATOR, to="bob@example.com")
+        addr = IPv4Address("TCP", "127.0.0.1", 1)
+        client, server, pump = iosim.connectedServerAndClient(
+            lambda: server_factory.buildProtocol(addr),
+            lambda: client_factory.buildProtocol(addr),
+            clock=clock,
+            greet=False,
+        )
+        pump.flush()
+        self.assertEqual(self.successResultOf(client.handshakeDone).peer, "bob@example.com")
+
+
+def _has_ipv6() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+HAS_IPV6 = _has_ipv6()
+
+
+class RealTCPTests(unittest.TestCase):
+    """Every suite x group x key type over real sockets on 127.0.0.1 and ::1."""
+
+    timeout = 120
+
+    @defer.inlineCallbacks
+    def _session(self, key_type: str, suite: str, group: str, host: str) -> Any:
+        if host == "::1" and not HAS_IPV6:
+            raise unittest.SkipTest("no IPv6 loopback on this machine")
+        alice, bob = pair_config(key_type, key_transport=(group == "rsa-oaep"))
+        received: list[str] = []
+
+        @implementer(ISessionObserver)
+        class Store(SessionObserver):
+            def messageReceived(self, session: Any, message: Message) -> None:
+                received.append(message.body)
+
+        server = PeerFactory(bob, reactor, Store())
+        listen = "tcp6:0:interface=\\:\\:1" if ":" in host else "tcp:0:interface=127.0.0.1"
+        port = yield endpoints.serverFromString(reactor, listen).listen(server)
+        self.addCleanup(port.stopListening)
+        endpoint_cls = endpoints.TCP6ClientEndpoint if ":" in host else endpoints.TCP4ClientEndpoint
+        endpoint = endpoint_cls(reactor, host, port.getHost().port)
+        session = yield connectPeer(
+            reactor,
+            endpoint,
+            alice.identities[0],
+            alice.trust,
+            to="bob@example.com",
+            config=alice,
+            suites=[suite],
+            groups=[group],
+            responder_cert=bob.identities[0].leaf_der,
+        )
+        self.assertEqual((session.result.suite, session.result.group), (suite, group))
+        self.assertEqual(session.result.peer.alg, bob.identities[0].alg)
+        receipt = yield session.sendMessage(f"{key_type} {suite} {group}")
+        self.assertTrue(receipt.id)
+        self.assertEqual(received, [f"{key_type} {suite} {group}"])
+        yield session.close()
+
+
+def _add_real_tcp_tests() -> None:
+    for key_type in KEY_TYPES:
+        groups = ["x25519-mlkem768", "x25519", "secp256r1"]
+        if key_type.startswith("rsa"):
+            groups.append("rsa-oaep")
+        for suite in SUITES:
+            for group in groups:
+                for label, host in (("v4", "127.0.0.1"), ("v6", "::1")):
+                    name = f"test_{key_type}_{suite}_{group}_{label}".replace("-", "_")
+
+                    def test(self: RealTCPTests, k=key_type, s=suite, g=group, h=host) -> Any:
+                        return self._session(k, s, g, h)
+
+                    setattr(RealTCPTests, name, test)
+
+
+_add_real_tcp_tests()
+
+
+class ErrorsTests(unittest.SynchronousTestCase):
+    def test_stanza_error_reason_normalised(self) -> None:
+        self.assertEqual(StanzaError("weird").reason, "bad_request")

@@ -1,0 +1,765 @@
+"""
+Tests for L{sixchat.trust}: peer chain validation (spec §4, §11.7, §11.8) and pins (§9.3,
+§11.15).
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import os
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding
+from cryptography.x509.oid import ObjectIdentifier
+from twisted.trial.unittest import SynchronousTestCase
+from zope.interface.verify import verifyObject
+
+from sixchat import pki
+from sixchat.errors import (
+    BadCertificate,
+    CertificateExpired,
+    CertificateRevoked,
+    UnknownCA,
+)
+from sixchat.identity import Identity
+from sixchat.test import certs
+from sixchat.trust import (
+    InMemoryPinStore,
+    IPinStore,
+    PeerCertificate,
+    PinPolicy,
+    TrustLoadError,
+    TrustStore,
+)
+
+VECTORS = os.path.join(os.path.dirname(__file__), "vectors")
+DAY = datetime.timedelta(days=1)
+
+_RSA_SIG_OIDS = {
+    "sha256": bytes.fromhex("06092a864886f70d01010b"),
+    "sha1": bytes.fromhex("06092a864886f70d010105"),
+    "md5": bytes.fromhex("06092a864886f70d010104"),
+}
+
+
+def _der_len(n: int) -> bytes:
+    if n < 0x80:
+        return bytes([n])
+    raw = n.to_bytes((n.bit_length() + 7) // 8, "big")
+    return bytes([0x80 | len(raw)]) + raw
+
+
+def resign_rsa(cert: x509.Certificate, issuer_key, digest: str) -> x509.Certificate:
+    """
+    C{cert} (signed with sha256WithRSAEncryption) re-signed with a weak hash.
+    C{cryptography} refuses to sign with SHA-1 or MD5, so the signature algorithm identifier
+    is swapped in the DER by hand and the TBS signed with the raw primitive.
+    """
+    tbs = cert.tbs_certificate_bytes
+    old, new = _RSA_SIG_OIDS["sha256"], _RSA_SIG_OIDS[digest]
+    assert tbs.count(old) == 1
+    tbs = tbs.replace(old, new)
+    algorithm = {"sha1": hashes.SHA1(), "md5": hashes.MD5()}[digest]
+    signature = issuer_key.sign(tbs, padding.PKCS1v15(), algorithm)
+    alg_id = b"\x30" + _der_len(len(new) + 2) + new + b"\x05\x00"
+    bits = b"\x03" + _der_len(len(signature) + 1) + b"\x00" + signature
+    body = tbs + alg_id + bits
+    return x509.load_der_x509_certificate(b"\x30" + _der_len(len(body)) + body)
+
+
+def der(cert: x509.Certificate) -> bytes:
+    return cert.public_bytes(serialization.Encoding.DER)
+
+
+class ValidChainTests(SynchronousTestCase):
+    def setUp(self):
+        self.now = certs.utcnow()
+        self.ca = certs.make_ca()
+        self.warnings: list[str] = []
+        self.trust = certs.trust_for(self.ca, warn=self.warnings.append)
+
+    def test_direct_leaf(self):
+        alice = certs.make_identity("alice@example.com", self.ca)
+        peer = self.trust.validate(alice.chain_der, self.now)
+        self.assertIsInstance(peer, PeerCertificate)
+        self.assertEqual(peer.names, ("alice@example.com",))
+        self.assertEqual(peer.alg, "ed25519")
+        self.assertEqual(peer.leaf_der, alice.leaf_der)
+        self.assertEqual(peer.leaf, alice.leaf)
+        self.assertEqual(peer.spki_sha256, alice.spki_sha256)
+        self.assertEqual(peer.fingerprint(), alice.spki_sha256.hex())
+        self.assertRegex(peer.fingerprint(), r"\A[0-9a-f]{64}\Z")
+        self.assertEqual(peer.leaf_sha256, hashlib.sha256(alice.leaf_der).digest())
+        self.assertEqual(peer.chain, (alice.leaf, self.ca.cert))
+        self.assertEqual(
+            peer.public_key.public_bytes(
+                serialization.Encoding.Raw, serialization.PublicFormat.Raw
+            ),
+            alice.private_key.public_key().public_bytes(
+                serialization.Encoding.Raw, serialization.PublicFormat.Raw
+            ),
+        )
+        self.assertTrue(peer.proves("alice@EXAMPLE.com"))
+        self.assertFalse(peer.proves("Alice@example.com"))
+
+    def test_every_leaf_key_type(self):
+        expected = {
+            "ed25519": "ed25519",
+            "p256": "ecdsa-secp256r1-sha256",
+            "p384": "ecdsa-secp384r1-sha384",
+            "rsa2048": "rsa-pss-sha256",
+        }
+        for key_type, alg in expected.items():
+            ident = certs.make_identity(f"{key_type}@example.com", self.ca, key_type)
+            self.assertEqual(self.trust.validate(ident.chain_der, self.now).alg, alg)
+
+    def test_every_ca_key_type(self):
+        for key_type in ("p256", "p384", "rsa2048", "p521", "ed448"):
+            ca = certs.make_ca(key_type)
+            ident = certs.make_identity("alice@example.com", ca)
+            peer = certs.trust_for(ca).validate(ident.chain_der, self.now)
+            self.assertEqual(peer.chain[-1], ca.cert)
+
+    def test_several_names(self):
+        ident = certs.make_identity(["bob@example.com", "robert@example.org"], self.ca)
+        peer = self.trust.validate(ident.chain_der, self.now)
+        self.assertEqual(peer.names, ("bob@example.com", "robert@example.org"))
+        self.assertTrue(peer.proves("robert@EXAMPLE.org"))
+
+    def test_intermediate(self):
+        inter = certs.make_intermediate(self.ca)
+        ident = certs.make_identity("alice@example.com", inter, "p256")
+        peer = self.trust.validate(ident.chain_der, self.now)
+        self.assertEqual(peer.chain, (ident.leaf, inter.cert, self.ca.cert))
+
+    def test_anchor_sent_anyway(self):
+        """§7.4: an anchor may be sent; it counts toward eight but does not hurt."""
+        ident = certs.make_identity("alice@example.com", self.ca)
+        peer = self.trust.validate([*ident.chain_der, self.ca.cert_der], self.now)
+        self.assertEqual(len(peer.chain), 2)
+
+    def test_intermediates_in_any_order(self):
+        mid = certs.make_intermediate(self.ca, "mid", path_length=1)
+        low = certs.make_intermediate(mid, "low")
+        ident = certs.make_identity("alice@example.com", low)
+        leaf, *intermediates = ident.chain_der
+        peer = self.trust.validate([leaf, *reversed(intermediates)], self.now)
+        self.assertEqual(len(peer.chain), 4)
+
+    def test_eight_certificates(self):
+        """Exactly eight certificates is still fine."""
+        ca = certs.make_ca(name="deep root")
+        for i in range(7):
+            ca = certs.make_intermediate(ca, f"level {i}", path_length=None)
+        ident = certs.make_identity("alice@example.com", ca)
+        self.assertEqual(len(ident.chain_der), 8)
+        peer = certs.trust_for(ca).validate(ident.chain_der, self.now)
+        self.assertEqual(len(peer.chain), 9)
+
+    def test_intermediate_as_anchor(self):
+        """Any configured certificate is an anchor, self-signed or not (RFC 5280 §6.1)."""
+        inter = certs.make_intermediate(self.ca)
+        ident = certs.make_identity("alice@example.com", inter)
+        peer = TrustStore([inter.cert]).validate(ident.chain_der[:1], self.now)
+        self.assertEqual(peer.chain, (ident.leaf, inter.cert))
+
+    def test_self_signed_leaf_that_is_an_anchor(self):
+        ident = _self_signed("carol@example.com")
+        peer = TrustStore([ident.leaf]).validate(ident.chain_der, self.now)
+        self.assertEqual(peer.chain, (ident.leaf,))
+
+    def test_extended_key_usages_accepted(self):
+        for eku in (("clientAuth",), ("emailProtection",), None, ("serverAuth", "clientAuth")):
+            ident = certs.make_identity("alice@example.com", self.ca, eku=eku)
+            self.trust.validate(ident.chain_der, self.now)
+
+    def test_no_key_usage(self):
+        ident = certs.make_identity("alice@example.com", self.ca, key_usage=[])
+        self.trust.validate(ident.chain_der, self.now)
+
+    def test_key_encipherment(self):
+        ident = certs.make_identity("rsa@example.com", self.ca, "rsa2048")
+        self.trust.validate(ident.chain_der, self.now, require_key_encipherment=True)
+
+    def test_naive_time_is_utc(self):
+        ident = certs.make_identity(
+            "alice@example.com", self.ca,
+            not_before=datetime.datetime(2030, 1, 1, tzinfo=datetime.UTC),
+            not_after=datetime.datetime(2030, 1, 2, tzinfo=datetime.UTC),
+        )
+        self.trust.validate(ident.chain_der, datetime.datetime(2030, 1, 1, 12))
+        self.assertRaises(
+            CertificateExpired,
+            self.trust.validate, ident.chain_der, datetime.datetime(2030, 1, 2, 0, 1),
+        )
+
+    def test_aware_time_in_another_zone(self):
+        ident = certs.make_identity(
+            "alice@example.com", self.ca,
+            not_before=datetime.datetime(2030, 1, 1, tzinfo=datetime.UTC),
+            not_after=datetime.datetime(2030, 1, 2, tzinfo=datetime.UTC),
+        )
+        plus5 = datetime.timezone(datetime.timedelta(hours=5))
+        # 03:00+05:00 is 22:00Z the day before: not yet valid.
+        self.assertRaises(
+            CertificateExpired,
+            self.trust.validate, ident.chain_der, datetime.datetime(2030, 1, 1, 3, tzinfo=plus5),
+        )
+
+
+def _self_signed(name: str, key_type: str = "ed25519") -> Identity:
+    key = certs.key_for(key_type, "self:" + name)
+    _, issuer = pki.create_ca(name, key=key)
+    leaf = pki.issue_leaf(key, issuer, [name], key.public_key())
+    assert leaf.issuer == leaf.subject
+    return Identity(key, leaf)
+
+
+class RefusedChainTests(SynchronousTestCase):
+    """Every way §4 and §11.7 make a chain fail, and the alert each gets."""
+
+    def setUp(self):
+        self.now = certs.utcnow()
+        self.ca = certs.make_ca()
+        self.trust = certs.trust_for(self.ca)
+
+    def refused(self, alert, chain_der, *, trust=None, contains="", **kwargs):
+        error = self.assertRaises(
+            alert, (trust or self.trust).validate, chain_der, self.now, **kwargs
+        )
+        self.assertIs(type(error), alert)
+        self.assertIn(contains, error.text)
+        return error
+
+    def identity(self, **kwargs):
+        return certs.make_identity("alice@example.com", self.ca, **kwargs)
+
+    # -- structure
+
+    def test_no_certificate(self):
+        self.refused(BadCertificate, [], contains="no certificate")
+
+    def test_unparsable(self):
+        self.refused(BadCertificate, [b"\x30\x03\x02\x01\x01"], contains="cannot be parsed")
+
+    def test_unparsable_intermediate(self):
+        ident = self.identity()
+        self.refused(BadCertificate, [ident.leaf_der, b"garbage"], contains="certificate 2")
+
+    def test_more_than_eight(self):
+        ident = self.identity()
+        self.refused(BadCertificate, [ident.leaf_der] * 9, contains="9 certificates")
+
+    def test_chain_deeper_than_eight(self):
+        """A genuine path with eight intermediates needs nine certificates: refused."""
+        ca = certs.make_ca(name="very deep root")
+        for i in range(8):
+            ca = certs.make_intermediate(ca, f"deep level {i}", path_length=None)
+        ident = certs.make_identity("alice@example.com", ca, check=False)
+        self.assertEqual(len(ident.chain_der), 9)
+        self.refused(BadCertificate, ident.chain_der, trust=certs.trust_for(ca))
+
+    # -- trust
+
+    def test_unknown_root(self):
+        other = certs.make_ca(name="Some Other CA")
+        ident = certs.make_identity("alice@example.com", other)
+        self.refused(UnknownCA, ident.chain_der, contains="depth 0")
+
+    def test_unknown_root_sent_along(self):
+        other = certs.make_ca(name="Some Other CA")
+        ident = certs.make_identity("alice@example.com", other)
+        self.refused(UnknownCA, [*ident.chain_der, other.cert_der], contains="self-signed")
+
+    def test_same_name_other_key(self):
+        """A root with our anchor's name but another key is still unknown."""
+        impostor = certs.make_ca(name=self.ca.cert.subject.get_attributes_for_oid(
+            x509.NameOID.COMMON_NAME)[0].value, key_type="p256")
+        ident = certs.make_identity("alice@example.com", impostor)
+        self.refused(UnknownCA, ident.chain_der)
+
+    def test_missing_intermediate(self):
+        inter = certs.make_intermediate(self.ca)
+        ident = certs.make_identity("alice@example.com", inter)
+        self.refused(UnknownCA, ident.chain_der[:1], contains="local issuer")
+
+    def test_self_signed_leaf(self):
+        ident = _self_signed("mallory@example.com")
+        self.refused(UnknownCA, ident.chain_der, contains="self-signed")
+
+    def test_bad_signature(self):
+        ident = self.identity()
+        tampered = bytearray(ident.leaf_der)
+        tampered[-1] ^= 0x01
+        self.refused(BadCertificate, [bytes(tampered)], contains="signature")
+
+    def test_ca_without_ca_flag(self):
+        not_ca = certs.make_intermediate(self.ca, "not a CA", ca=False)
+        ident = certs.make_identity("alice@example.com", not_ca)
+        self.refused(BadCertificate, ident.chain_der, contains="depth 1")
+
+    def test_path_length_exceeded(self):
+        limited = certs.make_intermediate(self.ca, "pathlen 0")  # path_length=0
+        below = certs.make_intermediate(limited, "below pathlen 0")
+        ident = certs.make_identity("alice@example.com", below)
+        self.refused(BadCertificate, ident.chain_der, contains="path length")
+
+    def test_unknown_critical_extension(self):
+        unknown = x509.UnrecognizedExtension(ObjectIdentifier("1.3.6.1.4.1.55555.1"), b"\x05\x00")
+        ident = self.identity(extra_extensions=[(unknown, True)])
+        self.refused(BadCertificate, ident.chain_der, contains="critical extension")
+
+    def test_unknown_noncritical_extension(self):
+        unknown = x509.UnrecognizedExtension(ObjectIdentifier("1.3.6.1.4.1.55555.1"), b"\x05\x00")
+        ident = self.identity(extra_extensions=[(unknown, False)])
+        self.trust.validate(ident.chain_der, self.now)
+
+    # -- time
+
+    def test_expired_leaf(self):
+        ident = self.identity(not_before=self.now - 10 * DAY, not_after=self.now - DAY)
+        self.refused(CertificateExpired, ident.chain_der, contains="expired")
+
+    def test_leaf_not_yet_valid(self):
+        ident = self.identity(not_before=self.now + DAY, not_after=self.now + 10 * DAY)
+        self.refused(CertificateExpired, ident.chain_der, contains="not yet valid")
+
+    def test_expired_intermediate(self):
+        inter = certs.make_intermediate(
+            self.ca, "expired intermediate",
+            not_before=self.now - 10 * DAY, not_after=self.now - DAY,
+        )
+        ident = certs.make_identity("alice@example.com", inter)
+        self.refused(CertificateExpired, ident.chain_der, contains="depth 1")
+
+    def test_expired_anchor(self):
+        ident = self.identity()
+        later = self.ca.cert.not_valid_after_utc + DAY
+        self.assertRaises(CertificateExpired, self.trust.validate, ident.chain_der, later)
+
+    # -- chain strength (§11.7)
+
+    def test_rsa_1024_leaf(self):
+        ident = self.identity(key=certs.key_for("rsa1024"), check=False)
+        self.refused(BadCertificate, ident.chain_der, contains="1024-bit RSA")
+
+    def test_rsa_1024_intermediate(self):
+        inter = certs.make_intermediate(self.ca, "weak intermediate", key_type="rsa1024")
+        ident = certs.make_identity("alice@example.com", inter)
+        self.refused(BadCertificate, ident.chain_der, contains="depth 1 has a 1024-bit")
+
+    def test_rsa_1024_anchor(self):
+        weak = certs.make_ca("rsa1024")
+        ident = certs.make_identity("alice@example.com", weak)
+        self.refused(BadCertificate, ident.chain_der, trust=certs.trust_for(weak),
+                     contains="depth 1 has a 1024-bit")
+
+    def test_sha1_intermediate(self):
+        """OpenSSL 4 accepts this on its own; §11.7 does not."""
+        root = certs.make_ca("rsa2048")
+        inter = certs.make_intermediate(root, "sha1 intermediate")
+        weak = resign_rsa(inter.cert, root.key, "sha1")
+        self.assertEqual(weak.signature_hash_algorithm.name, "sha1")
+        ident = certs.make_identity("alice@example.com", inter)
+        error = self.refused(
+            BadCertificate, [ident.leaf_der, der(weak)], trust=certs.trust_for(root),
+            contains="depth 1 is signed with SHA1",
+        )
+        self.assertNotIn("OpenSSL", error.text)
+
+    def test_md5_intermediate(self):
+        root = certs.make_ca("rsa2048")
+        inter = certs.make_intermediate(root, "md5 intermediate")
+        weak = resign_rsa(inter.cert, root.key, "md5")
+        ident = certs.make_identity("alice@example.com", inter)
+        self.refused(BadCertificate, [ident.leaf_der, der(weak)], trust=certs.trust_for(root),
+                     contains="MD5")
+
+    def test_sha1_leaf(self):
+        root = certs.make_ca("rsa2048")
+        ident = certs.make_identity("alice@example.com", root)
+        weak = resign_rsa(ident.leaf, root.key, "sha1")
+        self.refused(BadCertificate, [der(weak)], trust=certs.trust_for(root),
+                     contains="depth 0 is signed with SHA1")
+
+    def test_sha1_self_signed_anchor(self):
+        """An anchor's signature on itself is exempt (§11.7)."""
+        root = certs.make_ca("rsa2048", name="sha1 root")
+        weak_root = resign_rsa(root.cert, root.key, "sha1")
+        ident = certs.make_identity("alice@example.com", root)
+        peer = TrustStore([weak_root]).validate(ident.chain_der, self.now)
+        self.assertEqual(peer.chain[-1].signature_hash_algorithm.name, "sha1")
+
+    # -- leaf profile (§4)
+
+    def test_p521_leaf(self):
+        ident = self.identity(key=certs.key_for("p521"), check=False)
+        self.refused(BadCertificate, ident.chain_der, contains="secp521r1")
+
+    def test_ed448_leaf(self):
+        ident = self.identity(key=certs.key_for("ed448"), check=False)
+        self.refused(BadCertificate, ident.chain_der, contains="Ed448")
+
+    def test_no_rfc822_name(self):
+        ident = self.identity(no_san=True, check=False)
+        self.refused(BadCertificate, ident.chain_der, contains="rfc822Name")
+
+    def test_only_unusable_rfc822_name(self):
+        ident = certs.make_identity(["example.com"], self.ca, check=False)
+        self.refused(BadCertificate, ident.chain_der, contains="rfc822Name")
+
+    def test_other_san_types_only(self):
+        leaf = pki.issue_leaf(
+            self.ca.key, self.ca.cert, [], certs.key_for("ed25519").public_key(), no_san=True,
+            subject=x509.Name([]),
+            extra_extensions=[(x509.SubjectAlternativeName([x509.DNSName("example.com")]), True)],
+        )
+        self.refused(BadCertificate, [der(leaf)], contains="rfc822Name")
+
+    def test_wrong_eku(self):
+        ident = self.identity(eku=("serverAuth", "codeSigning"))
+        self.refused(BadCertificate, ident.chain_der, contains="extendedKeyUsage")
+
+    def test_any_eku_only(self):
+        ident = self.identity(eku=("anyExtendedKeyUsage",))
+        self.refused(BadCertificate, ident.chain_der, contains="extendedKeyUsage")
+
+    def test_key_usage_without_digital_signature(self):
+        ident = self.identity(key_usage=["key_encipherment", "key_agreement"])
+        self.refused(BadCertificate, ident.chain_der, contains="digitalSignature")
+
+    def test_key_usage_without_key_encipherment(self):
+        ident = certs.make_identity(
+            "rsa@example.com", self.ca, "rsa2048", key_encipherment=False
+        )
+        self.trust.validate(ident.chain_der, self.now)
+        self.refused(BadCertificate, ident.chain_der, require_key_encipherment=True,
+                     contains="keyEncipherment")
+
+    def test_leaf_is_ca(self):
+        ident = self.identity(ca=True)
+        self.refused(BadCertificate, ident.chain_der, contains="cA=TRUE")
+
+    def test_trust_checked_before_profile(self):
+        """An untrusted chain is unknown_ca even if the leaf is also malformed."""
+        other = certs.make_ca(name="Some Other CA")
+        ident = certs.make_identity("alice@example.com", other, no_san=True, check=False)
+        self.refused(UnknownCA, ident.chain_der)
+
+
+class RevocationTests(SynchronousTestCase):
+    def setUp(self):
+        self.now = certs.utcnow()
+        self.ca = certs.make_ca()
+        self.inter = certs.make_intermediate(self.ca)
+        self.alice = certs.make_identity("alice@example.com", self.inter)
+        self.bob = certs.make_identity("bob@example.com", self.inter)
+        self.warnings: list[str] = []
+
+    def crl(self, ca, serials, **kwargs):
+        return pki.issue_crl(ca.key, ca.cert, serials, **kwargs)
+
+    def trust(self, *crls):
+        return certs.trust_for(self.ca, crls, warn=self.warnings.append)
+
+    def test_revoked_leaf(self):
+        trust = self.trust(
+            self.crl(self.inter, [self.alice.leaf.serial_number]), self.crl(self.ca, [])
+        )
+        error = self.assertRaises(
+            CertificateRevoked, trust.validate, self.alice.chain_der, self.now
+        )
+        self.assertIn("depth 0", error.text)
+        self.assertEqual(error.reason, "certificate_revoked")
+        trust.validate(self.bob.chain_der, self.now)
+        self.assertEqual(self.warnings, [])
+
+    def test_revoked_intermediate(self):
+        trust = self.trust(
+            self.crl(self.inter, []), self.crl(self.ca, [self.inter.cert.serial_number])
+        )
+        error = self.assertRaises(
+            CertificateRevoked, trust.validate, self.bob.chain_der, self.now
+        )
+        self.assertIn("depth 1", error.text)
+
+    def test_no_crl_warns_once_per_issuer(self):
+        trust = self.trust()
+        trust.validate(self.alice.chain_der, self.now)
+        trust.validate(self.bob.chain_der, self.now)
+        self.assertEqual(len(self.warnings), 2)
+        self.assertIn("no CRL for issuer CN=sixchat test intermediate", self.warnings[0])
+        self.assertIn("not checked", self.warnings[0])
+        self.assertIn("no CRL for issuer CN=sixchat test CA (ed25519)", self.warnings[1])
+
+    def test_no_crl_for_one_issuer_only(self):
+        trust = self.trust(self.crl(self.inter, [self.alice.leaf.serial_number]))
+        self.assertRaises(CertificateRevoked, trust.validate, self.alice.chain_der, self.now)
+        trust.validate(self.bob.chain_der, self.now)
+        self.assertEqual(len(self.warnings), 1)
+        self.assertIn("CN=sixchat test CA", self.warnings[0])
+
+    def test_stale_crl_still_used(self):
+        stale = self.crl(
+            self.inter, [self.alice.leaf.serial_number],
+            last_update=self.now - 10 * DAY, next_update=self.now - DAY,
+        )
+        trust = self.trust(stale, self.crl(self.ca, []))
+        self.assertRaises(CertificateRevoked, trust.validate, self.alice.chain_der, self.now)
+        self.assertEqual(len(self.warnings), 1)
+        self.assertIn("stale", self.warnings[0])
+        self.assertIn("CN=sixchat test intermediate", self.warnings[0])
+        trust.validate(self.bob.chain_der, self.now)
+        self.assertEqual(len(self.warnings), 1)  # once per CRL
+
+    def test_crl_signed_by_wrong_key_ignored(self):
+        """A CRL naming the issuer but not signed by its key does not count (§11.8)."""
+        forged = pki.issue_crl(
+            certs.key_for("ed25519", "forger"), self.inter.cert, [self.bob.leaf.serial_number]
+        )
+        trust = self.trust(forged, self.crl(self.ca, []))
+        peer = trust.validate(self.bob.chain_der, self.now)
+        self.assertEqual(peer.names, ("bob@example.com",))
+        self.assertEqual(len(self.warnings), 2)
+        self.assertIn("not signed by that issuer's key", self.warnings[0])
+        self.assertIn("no CRL for issuer CN=sixchat test intermediate", self.warnings[1])
+
+    def test_crl_naming_anchor_with_wrong_key_refused(self):
+        forged = pki.issue_crl(certs.key_for("ed25519", "forger"), self.ca.cert, [1])
+        error = self.assertRaises(TrustLoadError, certs.trust_for, self.ca, [forged])
+        self.assertIn("not signed by that anchor's key", str(error))
+        trust = self.trust()
+        self.assertFalse(trust.add_crl(forged))
+        self.assertEqual(trust.crls, [])
+        self.assertIn("not signed", self.warnings[-1])
+
+    def test_crl_of_other_issuer_does_not_count(self):
+        other = certs.make_ca(name="Some Other CA")
+        trust = self.trust(self.crl(other, [self.alice.leaf.serial_number]))
+        trust.validate(self.alice.chain_der, self.now)
+
+    def test_newer_crl_replaces_older(self):
+        trust = self.trust(self.crl(self.ca, []))
+        first = self.crl(self.inter, [self.alice.leaf.serial_number], crl_number=1)
+        second = self.crl(self.inter, [], crl_number=2)
+        self.assertTrue(trust.add_crl(first))
+        self.assertRaises(CertificateRevoked, trust.validate, self.alice.chain_der, self.now)
+        self.assertTrue(trust.add_crl(second))
+        self.assertEqual(len(trust.crls), 2)
+        trust.validate(self.alice.chain_der, self.now)
+        self.assertFalse(trust.add_crl(first))
+        self.assertIn("older", self.warnings[-1])
+        trust.validate(self.alice.chain_der, self.now)
+
+    def test_newer_by_date_without_numbers(self):
+        trust = self.trust(self.crl(self.ca, []))
+        old = self.crl(self.inter, [self.alice.leaf.serial_number],
+                       last_update=self.now - 2 * DAY, crl_number=5)
+        new = self.crl(self.inter, [], last_update=self.now - DAY, crl_number=5)
+        self.assertTrue(trust.add_crl(old))
+        self.assertTrue(trust.add_crl(new))
+        trust.validate(self.alice.chain_der, self.now)
+
+
+class VectorTests(SynchronousTestCase):
+    """The certificates of the handshake vector validate under its anchor."""
+
+    def setUp(self):
+        with open(os.path.join(VECTORS, "handshake-ed25519-x25519.json")) as f:
+            self.vector = json.load(f)
+        anchor = x509.load_pem_x509_certificate(self.vector["trust_anchor_pem"].encode())
+        self.trust = TrustStore([anchor])
+        self.when = datetime.datetime(2026, 11, 26, tzinfo=datetime.UTC)
+
+    def identity(self, role):
+        side = self.vector[role]
+        chain = x509.load_pem_x509_certificates(side["cert_pem"].encode())
+        key = serialization.load_pem_private_key(side["key_pem"].encode(), None)
+        return Identity(key, chain[0], chain[1:])
+
+    def test_alice(self):
+        alice = self.identity("initiator")
+        self.assertEqual(self.vector["validation_time"], "2026-11-26T00:00:00Z")
+        peer = self.trust.validate(alice.chain_der, self.when)
+        self.assertEqual(peer.names, (self.vector["initiator"]["identity"],))
+        self.assertEqual(peer.alg, "ed25519")
+        self.assertEqual(peer.spki_sha256, alice.spki_sha256)
+
+    def test_bob(self):
+        bob = self.identity("responder")
+        peer = self.trust.validate(bob.chain_der, self.when)
+        self.assertEqual(peer.names, ("bob@example.com",))
+
+    def test_before_the_root(self):
+        alice = self.identity("initiator")
+        self.assertRaises(
+            CertificateExpired, self.trust.validate, alice.chain_der,
+            datetime.datetime(2025, 12, 31, tzinfo=datetime.UTC),
+        )
+
+
+class LoadTests(SynchronousTestCase):
+    def setUp(self):
+        self.dir = self.mktemp()
+        os.makedirs(self.dir)
+        self.ca = certs.make_ca()
+        self.other = certs.make_ca("p256")
+
+    def write(self, name, data):
+        path = os.path.join(self.dir, name)
+        with open(path, "wb") as f:
+            f.write(data)
+        return path
+
+    def test_bundle(self):
+        path = self.write("bundle.pem", self.ca.anchor_pem + b"\n" + self.other.anchor_pem)
+        trust = TrustStore.from_paths(path)
+        self.assertEqual(trust.anchors, [self.ca.cert, self.other.cert])
+        ident = certs.make_identity("alice@example.com", self.other)
+        trust.validate(ident.chain_der, certs.utcnow())
+
+    def test_der_anchor(self):
+        path = self.write("anchor.der", self.ca.cert_der)
+        self.assertEqual(TrustStore.from_paths(path).anchors, [self.ca.cert])
+
+    def test_directory(self):
+        sub = os.path.join(self.dir, "anchors")
+        os.makedirs(sub)
+        for name, data in [
+            ("a.pem", self.ca.anchor_pem),
+            ("b.crt", self.other.anchor_pem),
+            ("dup.pem", self.ca.anchor_pem),
+            ("README", b"these are my anchors\n"),
+            (".hidden.pem", b"-----BEGIN CERTIFICATE-----\nbroken\n-----END CERTIFICATE-----\n"),
+        ]:
+            with open(os.path.join(sub, name), "wb") as f:
+                f.write(data)
+        os.makedirs(os.path.join(sub, "nested"))
+        self.assertEqual(TrustStore.from_paths(sub).anchors, [self.ca.cert, self.other.cert])
+
+    def test_missing(self):
+        error = self.assertRaises(
+            TrustLoadError, TrustStore.from_paths, os.path.join(self.dir, "nope.pem")
+        )
+        self.assertIn("does not exist", str(error))
+
+    def test_empty_directory(self):
+        sub = os.path.join(self.dir, "empty")
+        os.makedirs(sub)
+        error = self.assertRaises(TrustLoadError, TrustStore.from_paths, sub)
+        self.assertIn("no PEM certificate found", str(error))
+
+    def test_no_certificate(self):
+        path = self.write("junk.pem", b"not a certificate")
+        error = self.assertRaises(TrustLoadError, TrustStore.from_paths, path)
+        self.assertIn("no certificate found", str(error))
+
+    def test_damaged_certificate(self):
+        path = self.write(
+            "bad.pem", b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"
+        )
+        error = self.assertRaises(TrustLoadError, TrustStore.from_paths, path)
+        self.assertIn("damaged", str(error))
+
+    def test_no_anchor(self):
+        self.assertRaises(TrustLoadError, TrustStore, [])
+
+    def test_crls(self):
+        inter = certs.make_intermediate(self.ca)
+        alice = certs.make_identity("alice@example.com", inter)
+        root_crl = pki.issue_crl(self.ca.key, self.ca.cert, [])
+        inter_crl = pki.issue_crl(inter.key, inter.cert, [alice.leaf.serial_number])
+        anchors = self.write("ca.pem", self.ca.anchor_pem)
+        pem = self.write("root.crl.pem", root_crl.public_bytes(serialization.Encoding.PEM))
+        der_path = self.write("inter.crl", inter_crl.public_bytes(serialization.Encoding.DER))
+        warnings = []
+        trust = TrustStore.from_paths(anchors, [pem, der_path], warn=warnings.append)
+        self.assertEqual(len(trust.crls), 2)
+        self.assertRaises(CertificateRevoked, trust.validate, alice.chain_der, certs.utcnow())
+        self.assertEqual(warnings, [])
+
+    def test_bad_crl_files(self):
+        anchors = self.write("ca.pem", self.ca.anchor_pem)
+        for name, data, message in [
+            ("missing.crl", None, "does not exist"),
+            ("junk.crl", b"\x30\x00", "not a readable CRL"),
+            ("cert.pem", self.ca.anchor_pem, "holds no X509 CRL"),
+        ]:
+            path = os.path.join(self.dir, name) if data is None else self.write(name, data)
+            error = self.assertRaises(TrustLoadError, TrustStore.from_paths, anchors, [path])
+            self.assertIn(message, str(error))
+
+
+class PinTests(SynchronousTestCase):
+    A = hashlib.sha256(b"key A").digest()
+    B = hashlib.sha256(b"key B").digest()
+
+    def test_interface(self):
+        self.assertTrue(verifyObject(IPinStore, InMemoryPinStore()))
+
+    def test_store_is_a_set(self):
+        store = InMemoryPinStore()
+        self.assertEqual(store.known("alice@example.com"), frozenset())
+        store.add("alice@example.com", self.A)
+        store.add("alice@EXAMPLE.com", self.B)
+        store.add("alice@example.com", self.A)
+        self.assertEqual(store.known("alice@Example.Com"), frozenset({self.A, self.B}))
+        self.assertEqual(store.known("Alice@example.com"), frozenset())
+
+    def test_new_known_changed_under_each_policy(self):
+        for policy in ("accept", "warn", "refuse"):
+            pins = PinPolicy(InMemoryPinStore(), policy)
+            self.assertEqual(pins.policy, policy)
+            self.assertEqual(pins.check("alice@example.com", self.A), "new")
+            self.assertEqual(pins.enforce("alice@example.com", self.A), "new")
+            pins.add("alice@example.com", self.A)
+            self.assertEqual(pins.check("alice@EXAMPLE.COM", self.A), "known")
+            self.assertEqual(pins.enforce("alice@example.com", self.A), "known")
+            self.assertEqual(pins.check("alice@example.com", self.B), "changed")
+            if policy == "refuse":
+                error = self.assertRaises(
+                    BadCertificate, pins.enforce, "alice@example.com", self.B
+                )
+                self.assertIn("changed", error.text)
+            else:
+                self.assertEqual(pins.enforce("alice@example.com", self.B), "changed")
+                pins.add("alice@example.com", self.B)
+                self.assertEqual(pins.check("alice@example.com", self.A), "known")
+                self.assertEqual(pins.check("alice@example.com", self.B), "known")
+
+    def test_local_part_is_exact(self):
+        pins = PinPolicy()
+        pins.add("alice@example.com", self.A)
+        self.assertEqual(pins.check("Alice@example.com", self.B), "new")
+
+    def test_default_policy(self):
+        pins = PinPolicy()
+        self.assertEqual(pins.policy, "warn")
+        self.assertTrue(IPinStore.providedBy(pins.store))
+
+    def test_bad_arguments(self):
+        self.assertRaises(ValueError, PinPolicy, None, "ignore")
+        pins = PinPolicy()
+        self.assertRaises(ValueError, pins.check, "alice@example.com", b"short")
+        self.assertRaises(ValueError, pins.add, "alice@example.com", b"short")
+        self.assertRaises(ValueError, pins.check, "no-at-sign", self.A)
+
+    def test_with_validated_peer(self):
+        ca = certs.make_ca()
+        alice = certs.make_identity("alice@example.com", ca)
+        renewed = certs.make_identity("alice@example.com", ca, days=30)
+        rekeyed = certs.make_identity(
+            "alice@example.com", ca, key=certs.key_for("ed25519", "alice new key")
+        )
+        trust, pins, now = certs.trust_for(ca), PinPolicy(policy="refuse"), certs.utcnow()
+        first = trust.validate(alice.chain_der, now)
+        self.assertEqual(pins.enforce(first.names[0], first.spki_sha256), "new")
+        pins.add(first.names[0], first.spki_sha256)
+        again = trust.validate(renewed.chain_der, now)
+        self.assertNotEqual(again.leaf_der, first.leaf_der)
+        self.assertEqual(pins.enforce(again.names[0], again.spki_sha256), "known")
+        changed = trust.validate(rekeyed.chain_der, now)
+        self.assertRaises(BadCertificate, pins.enforce, changed.names[0], changed.spki_sha256)

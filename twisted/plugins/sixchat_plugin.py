@@ -1,0 +1,10 @@
+"""twistd plugins of sixchat; modules load lazily so C{twistd --help} stays cheap."""
+
+from twisted.application.service import ServiceMaker
+
+sixchat = ServiceMaker(
+    "sixchat",
+    "sixchat.tap",
+    "SixChat End2End Direct user agent (TCP 4605)",
+    "sixchat",
+)
