@@ -142,7 +142,7 @@ class Session:
         self.result = result
         self._pending: dict[str, defer.Deferred[Any]] = {}
         self._pings: dict[str, tuple[defer.Deferred[float], float]] = {}
-        self._closed: defer.Deferred[None] = defer.Deferred()
+        self._end_waiters: list[defer.Deferred[None]] = []
         self.ended = False
         #: Why the session ended: None while open or after a clean close, else the alert
         #: (L{HandshakeFailed}) or the transport's error.
@@ -240,11 +240,12 @@ class Session:
         return self.whenEnded()
 
     def whenEnded(self) -> defer.Deferred[None]:
+        """A Deferred that fires (with None) once the session has ended, however it ended."""
         d: defer.Deferred[None] = defer.Deferred()
         if self.ended:
             d.callback(None)
         else:
-            self._closed.addBoth(lambda r: (d.callback(None), r)[1])
+            self._end_waiters.append(d)
         return d
 
     # from the protocol ----------------------------------------------------------------------
@@ -279,7 +280,9 @@ class Session:
             d.errback(SessionLost(f"session ended before the receipt: {reason.getErrorMessage()}"))
         for d, _ in pings.values():
             d.errback(SessionLost("session ended before the pong"))
-        self._closed.callback(None)
+        waiters, self._end_waiters = self._end_waiters, []
+        for waiter in waiters:
+            waiter.callback(None)
 
 
 @implementer(IPushProducer)

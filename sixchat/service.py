@@ -119,7 +119,7 @@ class PeerListenerService(service.Service):
     def _cannotListen(self, failure: Failure) -> None:
         why = failure.getErrorMessage()
         if failure.check(error.CannotListenError):
-            err = failure.value.socketError
+            err = getattr(failure.value, "socketError", None)
             why = getattr(err, "strerror", None) or str(err)
         line = (
             f"sixchat: error: cannot listen on {self.listen}: {why} "
@@ -137,5 +137,6 @@ class PeerListenerService(service.Service):
         self._listening = None
         if self.port is not None:
             port, self.port = self.port, None
-            return defer.maybeDeferred(port.stopListening)
+            stopped = port.stopListening()
+            return stopped if isinstance(stopped, defer.Deferred) else None
         return None

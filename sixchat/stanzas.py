@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 from sixchat.errors import BadCertificate, ProtocolError, StanzaError
 from sixchat.xmlcodec import Element, b64decode, b64encode
@@ -385,7 +386,7 @@ class ErrorStanza:
 
 
 #: Application stanza classes by tag.
-APPLICATION_STANZAS: dict[str, type] = {
+APPLICATION_STANZAS: dict[str, Any] = {
     "message": Message,
     "receipt": Receipt,
     "ping": Ping,

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 from typing import NoReturn
@@ -106,6 +107,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SixchatError as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 1
+    except BrokenPipeError:  # e.g. `sixchat pki show x.p12 | head`: not an error
+        # Python's documented recipe: point stdout at devnull so the exit flush is quiet.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
     except OSError as e:
         where = f": {e.filename}" if e.filename else ""
         print(f"{PROG}: error: {e.strerror or e}{where}", file=sys.stderr)

@@ -62,7 +62,8 @@ class _Watcher(protocol.ProcessProtocol):
         if not self.ready.called:
             self.ready.errback(
                 RuntimeError(
-                    f"process ended (exit {code}) before it was ready:\n{self.output.decode(errors='replace')}"
+                    f"process ended (exit {code}) before it was ready:\n"
+                    + self.output.decode(errors="replace")
                 )
             )
         self.ended.callback(code)
