@@ -166,6 +166,7 @@ class Identity:
         *,
         source: str = "identity",
         check: bool = True,
+        server: bool = False,
     ) -> None:
         """
         @param chain: further certificates (intermediates; anchors are dropped).
@@ -173,6 +174,8 @@ class Identity:
         @param check: with C{False}, skip the §4 profile checks (key/certificate match, an
             rfc822Name, an allowed key type). Only tests use that, to present certificates
             a peer must refuse; C{alg} is then C{""} for a key type the protocol forbids.
+        @param server: a TLS server certificate (the registry's): the key must match, but no
+            rfc822Name or §4 key type is required.
         @raise IdentityLoadError: if a check fails.
         """
         self.private_key = private_key
@@ -196,7 +199,7 @@ class Identity:
                     f"the private key in {source} does not match its certificate",
                     "key_mismatch",
                 )
-            if not self.names:
+            if not self.names and not server:
                 raise IdentityLoadError(
                     f"the certificate in {source} has no rfc822Name (email address) "
                     "identity in its subjectAltName",
@@ -207,7 +210,7 @@ class Identity:
                 raise BadCertificate("RSA-PSS (id-RSASSA-PSS) leaf keys are not allowed")
             self.alg = sigalgs.alg_for_public_key(public_key)
         except BadCertificate as e:
-            if check:
+            if check and not server:
                 raise IdentityLoadError(
                     f"{source}: {e.text}; use an Ed25519, ECDSA P-256/P-384 or "
                     "RSA (2048 bits or more) key",
@@ -444,6 +447,8 @@ def load_identity(
     path: str | os.PathLike[str],
     password: bytes | None = None,
     key_path: str | os.PathLike[str] | None = None,
+    *,
+    server: bool = False,
 ) -> Identity:
     """
     Load our identity from a PKCS#12 file (chain from its extra certificates) or PEM
@@ -453,6 +458,7 @@ def load_identity(
 
     @param password: for a protected PKCS#12 file or an encrypted PEM key; see
         L{read_password}.
+    @param server: load a TLS server certificate (see L{Identity}).
     @raise IdentityLoadError: with a one-line explanation of what to fix.
     """
     path = os.fspath(path)
@@ -482,4 +488,4 @@ def load_identity(
             "no_key",
         )
     leaf, rest = _pick_leaf(key, certs, path)
-    return Identity(key, leaf, rest, source=path)
+    return Identity(key, leaf, rest, source=path, server=server)

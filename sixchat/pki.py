@@ -367,6 +367,61 @@ def issue_leaf(
     return builder.sign(ca_key, _hash_for(ca_key))
 
 
+def issue_server(
+    ca_key: CertificateIssuerPrivateKeyTypes,
+    ca_cert: x509.Certificate,
+    names: Sequence[str],
+    public_key: CertificatePublicKeyTypes,
+    *,
+    days: int = 365,
+    not_before: datetime.datetime | None = None,
+    not_after: datetime.datetime | None = None,
+) -> x509.Certificate:
+    """
+    A TLS server certificate for the registry (irp-1 §1): DNS names and/or IP addresses as
+    subjectAltNames (an IP literal becomes an iPAddress entry, so clients connecting by
+    address verify it), keyUsage digitalSignature (+ keyEncipherment for RSA), EKU serverAuth.
+    """
+    import ipaddress
+
+    if not names:
+        raise ValueError("a server certificate needs at least one DNS name or IP address")
+    sans: list[x509.GeneralName] = []
+    for name in names:
+        try:
+            sans.append(x509.IPAddress(ipaddress.ip_address(name)))
+        except ValueError:
+            sans.append(x509.DNSName(name.lower()))
+    not_before, not_after = _validity(days, not_before, not_after)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(_cn(names[0]))
+        .issuer_name(ca_cert.subject)
+        .public_key(public_key)  # type: ignore[arg-type]
+        .serial_number(random_serial())
+        .not_valid_before(not_before)
+        .not_valid_after(not_after)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.SubjectKeyIdentifier.from_public_key(public_key),  # type: ignore[arg-type]
+            critical=False,
+        )
+        .add_extension(_aki(ca_cert), critical=False)
+        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        .add_extension(
+            _key_usage(
+                digital_signature=True,
+                key_encipherment=isinstance(public_key, rsa.RSAPublicKey),
+            ),
+            critical=True,
+        )
+        .add_extension(
+            x509.ExtendedKeyUsage([x509.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False
+        )
+    )
+    return builder.sign(ca_key, _hash_for(ca_key))
+
+
 def issue_crl(
     ca_key: CertificateIssuerPrivateKeyTypes,
     ca_cert: x509.Certificate,
