@@ -40,6 +40,7 @@ from sixchat.stanzas import (
     Pong,
     Receipt,
     Rekey,
+    is_valid_id,
 )
 from sixchat.xmlcodec import Element, parse, serialize
 
@@ -204,13 +205,18 @@ class Connection:
         write = self._write
         assert write is not None
         if write.seq >= MAX_SEQ or write.bytes_sealed >= self.rekey_bytes:
-            self.rekey()
+            self._rekey()
         self._out.append(write.seal(plaintext))
 
     def rekey(self) -> None:
-        """Send C{<rekey/>} and switch our write key (§8.5)."""
-        if self.state not in ("open", "closing"):
-            raise ConnectionClosedError("rekey needs an established session")
+        """Send C{<rekey/>} and switch our write key now (§8.5), on demand."""
+        if self.state != "open":
+            raise ConnectionClosedError("rekey needs an open session (none after our close)")
+        self._rekey()
+
+    def _rekey(self) -> None:
+        # Also used after our close when a receipt would otherwise exceed the §2.1 limit: the
+        # record layer's MUST outranks §11.12's "only receipts" (docs/protocol.md).
         write = self._write
         assert write is not None
         self._out.append(write.seal(self._pad(serialize(Rekey().to_element()))))
@@ -334,7 +340,11 @@ class Connection:
             return
         cls = APPLICATION_STANZAS.get(tag)
         if cls is None:
-            self._stanza_error(StanzaError("unsupported", f"<{tag}> is not supported"), events)
+            ref = element.get("id")
+            error = StanzaError(
+                "unsupported", f"<{tag}> is not supported", ref if is_valid_id(ref) else None
+            )
+            self._stanza_error(error, events)
             return
         try:
             stanza = cls.from_element(element)

@@ -440,12 +440,14 @@ class PeerProtocol(Protocol):
             fingerprint=result.peer.spki_sha256.hex(),
         )
         if result.pin_status == "changed":
-            self.log.warn(
+            policy = getattr(self.config.pins, "policy", "warn")
+            emit = self.log.info if policy == "accept" else self.log.warn
+            emit(
                 "KEY CHANGE: {peer} presented a key not seen before ({fingerprint}); "
                 "pin policy {policy}",
                 peer=result.peer_name,
                 fingerprint=result.peer.spki_sha256.hex(),
-                policy=getattr(self.config.pins, "policy", "warn"),
+                policy=policy,
             )
         self.observer.sessionStarted(session)
         self.handshakeDone.callback(session)

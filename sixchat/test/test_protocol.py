@@ -194,6 +194,29 @@ class SessionTests(unittest.TestCase):
         errors = [s for s in pair.client_observer.stanzas if isinstance(s, ErrorStanza)]
         self.assertEqual([(e.reason, e.ref) for e in errors], [("bad_request", "ok-id")])
 
+    def test_unknown_stanza_gets_unsupported_with_ref(self) -> None:
+        """No file transfer here: an offer is answered error unsupported, naming its id."""
+        from sixchat.xmlcodec import Element
+
+        pair = self.established()
+        offer = Element("file", {"id": "f1", "name": "a.txt", "size": "1", "sha256": "AA=="})
+        pair.client.connection._send_element(offer)
+        pair.client.connection._send_element(Element("frobnicate"))
+        pair.client.flush()
+        pair.flush()
+        errors = [s for s in pair.client_observer.stanzas if isinstance(s, ErrorStanza)]
+        self.assertEqual(
+            [(e.reason, e.ref) for e in errors], [("unsupported", "f1"), ("unsupported", None)]
+        )
+        self.assertEqual(pair.client.connection.state, "open")
+
+    def test_no_rekey_after_close(self) -> None:
+        from sixchat.connection import ConnectionClosedError
+
+        pair = self.established()
+        pair.client.connection.close()
+        self.assertRaises(ConnectionClosedError, pair.client.connection.rekey)
+
     def test_typing_reaches_observer(self) -> None:
         pair = self.established()
         pair.client.session.sendTyping("composing")
