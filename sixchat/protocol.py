@@ -323,7 +323,9 @@ class PeerProtocol(Protocol):
         self.idle_timeout = idle_timeout
         self.close_wait = close_wait
         self.session: Session | None = None
-        self.handshakeDone: defer.Deferred[Session] = defer.Deferred()
+        # Cancelling a pending handshake (e.g. Happy Eyeballs picked another contact) drops
+        # the connection.
+        self.handshakeDone: defer.Deferred[Session] = defer.Deferred(self._cancelHandshake)
         self.failure: SixchatError | None = None
         self._handshake_timer: IDelayedCall | None = None
         self._idle_timer: IDelayedCall | None = None
@@ -332,6 +334,10 @@ class PeerProtocol(Protocol):
         self._close_requested = False
         self._lost = False
         self.on_handshake_end: Callable[[PeerProtocol], None] | None = None
+
+    def _cancelHandshake(self, d: defer.Deferred[Session]) -> None:
+        if self.transport is not None and not self._lost:
+            self.transport.abortConnection()  # type: ignore[attr-defined]
 
     def now(self) -> datetime:
         """Wall-clock time by the injected clock (message timestamps)."""

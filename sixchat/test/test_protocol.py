@@ -301,6 +301,17 @@ class TimeoutTests(unittest.TestCase):
         proto.connectionLost(iosim.Failure(Exception("closed")))
         self.assertEqual(factory.handshaking, 0)
 
+    def test_cancelling_handshake_aborts(self) -> None:
+        alice, _ = pair_config()
+        clock = task.Clock()
+        factory = PeerFactory(alice, clock, role=INITIATOR, to="bob@example.com")
+        proto = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1))
+        transport = iosim.FakeTransport(proto, isServer=False)
+        proto.makeConnection(transport)
+        proto.handshakeDone.cancel()
+        self.failureResultOf(proto.handshakeDone, defer.CancelledError)
+        self.assertTrue(transport.disconnecting)
+
     def test_handshake_timeout_initiator(self) -> None:
         alice, _ = pair_config()
         clock = task.Clock()

@@ -1,0 +1,75 @@
+"""
+What the local control interface (AMP over a UNIX socket) and applications embedding sixchat
+need of a running user agent. L{sixchat.agent.service.UserAgentService} provides it.
+
+Values crossing this boundary are plain: strings, numbers, lists and dicts of them (JSON-able),
+so the CLI's C{--json} output is the same data.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from zope.interface import Interface
+
+
+class IAgentEvents(Interface):
+    """Receives what happens in the agent (for `sixchat watch`, `chat`, applications)."""
+
+    def agentEvent(event: dict[str, Any]) -> None:
+        """
+        One event. C{event["type"]} is one of:
+          - C{message}: an incoming message stored (keys: id, peer, body, ts, thread, reply_to,
+            received_at);
+          - C{delivery}: an outgoing message changed state (id, peer, state: queued|sent|
+            delivered|expired|failed, delivered_nodes, total_nodes, node, reason);
+          - C{typing}: the peer is composing or paused (peer, state);
+          - C{key_change}: a known contact presented a new key (peer, fingerprint, policy,
+            action: accepted|warned|refused);
+          - C{presence}: a peer's registry presence changed (peer, nodes);
+          - C{session}: a session opened or closed (peer, node, suite, group, state).
+        """
+
+
+class IUserAgent(Interface):
+    """The agent's small API; every method returns a Deferred firing with plain data."""
+
+    def send(to: str, text: str, thread: str | None = None, reply_to: str | None = None) -> Any:
+        """
+        Queue a message (stored before this fires) and start delivering it. Fires with a dict
+        {id, peer, state}; texts over 32,768 characters are split, and the dict then carries
+        the ids of all parts in C{ids}.
+        """
+
+    def waitDelivered(message_id: str, timeout: float) -> Any:
+        """Fires with the message's status dict once delivered, or when C{timeout} expires."""
+
+    def status_of(message_id: str) -> Any:
+        """Fires with the message's status dict (state, delivered_nodes, total_nodes, …)."""
+
+    def history(peer: str | None, since: str | None, limit: int) -> Any:
+        """Fires with a list of message dicts (both directions, oldest first)."""
+
+    def conversations() -> Any:
+        """Fires with a list of {peer, last_ts, last_body, unread}."""
+
+    def contacts() -> Any:
+        """Fires with a list of {identity, first_seen, last_seen, keys, key_change_pending}."""
+
+    def status() -> Any:
+        """
+        Fires with {identity, node, listening, registry: {state, registry, expires, …},
+        advertised: [...], sessions: [{peer, node, suite, group, since}], outbox: {queued,…}}.
+        """
+
+    def trust(identity: str, accept_new_key: bool) -> Any:
+        """Accept a pending key change for C{identity}; fires with {identity, keys, accepted}."""
+
+    def typing(to: str, state: str) -> Any:
+        """Tell a peer with an open session that we are composing/paused (never queued)."""
+
+    def addObserver(observer: IAgentEvents) -> None:
+        """Start sending events to C{observer}."""
+
+    def removeObserver(observer: IAgentEvents) -> None:
+        """Stop sending events to C{observer}."""
