@@ -628,7 +628,12 @@ class PeerFactory(Factory):
         self.refused = 0
         self.sessions: set[Session] = set()
 
+    #: While True (e.g. the agent's store is not open yet) new connections are closed at once.
+    paused = False
+
     def buildProtocol(self, addr: IAddress) -> PeerProtocol | None:  # type: ignore[override]
+        if self.paused:
+            return None
         if self.role == RESPONDER:
             key = source_key(addr)
             if (

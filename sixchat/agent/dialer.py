@@ -80,7 +80,11 @@ def happy_eyeballs(
         for d in list(pending.values()):
             d.cancel()
 
-    result: defer.Deferred[T] = defer.Deferred(lambda _: (state.update(done=True), cancel_all()))
+    def cancel(_: defer.Deferred[T]) -> None:
+        state["done"] = True
+        cancel_all()
+
+    result: defer.Deferred[T] = defer.Deferred(cancel)
 
     def finish_success(value: T, contact: tuple[str, int]) -> None:
         pending.pop(contact, None)

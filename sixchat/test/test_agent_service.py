@@ -1,0 +1,300 @@
+"""
+The user agent end to end inside one reactor: real TCP on 127.0.0.1 between agents, real
+SQLite stores, and a fake directory standing in for the registry (the registry itself is
+tested in test_irp_*; the processes-and-registry tests are in test_agent_e2e).
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from twisted.internet import defer, reactor, task
+from twisted.trial import unittest
+from zope.interface import implementer
+
+from sixchat.agent import service as agent_service
+from sixchat.agent.interfaces import IAgentEvents
+from sixchat.agent.service import AgentError, UserAgentService
+from sixchat.handshake import PeerConfig
+from sixchat.identity import Identity
+from sixchat.irp.messages import Contact, NodeBinding, Record
+from sixchat.test import certs
+
+CA = certs.make_ca()
+
+
+class FakeDirectory:
+    """The registry as the agent sees it: records by identity, presence pushes on change."""
+
+    def __init__(self) -> None:
+        self.nodes: dict[str, dict[str, NodeBinding]] = {}
+        self.watched: set[str] = set()
+        self.on_presence: Any = None
+        self.lookups = 0
+
+    def record(self, identity: str) -> Record:
+        return Record(identity, list(self.nodes.get(identity, {}).values()))
+
+    def lookup(self, identity: str) -> defer.Deferred[Record]:
+        self.lookups += 1
+        return defer.succeed(self.record(identity))
+
+    def watch(self, identity: str) -> None:
+        self.watched.add(identity)
+
+    def unwatch(self, identity: str) -> None:
+        self.watched.discard(identity)
+
+    def close(self) -> defer.Deferred[None]:
+        return defer.succeed(None)
+
+    def publish(self, identity: str, node: str, agent: UserAgentService) -> None:
+        port = agent.listener.port.getHost().port
+        binding = NodeBinding(node, (Contact("127.0.0.1", port),), agent.identity.leaf_der, "", "")
+        self.nodes.setdefault(identity, {})[node] = binding
+        self.push(identity)
+
+    def withdraw(self, identity: str, node: str) -> None:
+        self.nodes.get(identity, {}).pop(node, None)
+        self.push(identity)
+
+    def push(self, identity: str) -> None:
+        if identity in self.watched and self.on_presence is not None:
+            self.on_presence(identity, self.record(identity))
+
+
+@implementer(IAgentEvents)
+class Events:
+    def __init__(self) -> None:
+        self.events: list[dict[str, Any]] = []
+
+    def agentEvent(self, event: dict[str, Any]) -> None:
+        self.events.append(event)
+
+    def of(self, kind: str) -> list[dict[str, Any]]:
+        return [e for e in self.events if e["type"] == kind]
+
+
+def deferLater(seconds: float) -> defer.Deferred[None]:
+    return task.deferLater(reactor, seconds, lambda: None)
+
+
+class AgentTests(unittest.TestCase):
+    timeout = 60
+
+    def setUp(self) -> None:
+        self.patch(agent_service, "TICK", 0.05)
+        self.patch(agent_service, "RETRY_BASE", 0.05)
+        self.patch(agent_service, "RETRY_MAX", 0.2)
+        self.directory = FakeDirectory()
+        self.base = os.path.abspath(self.mktemp())
+
+    def identity(self, name: str, **kw: Any) -> Identity:
+        return certs.make_identity(name, CA, **kw)
+
+    @defer.inlineCallbacks
+    def agent(
+        self, name: str, node: str = "n1", identity: Identity | None = None, **kw: Any
+    ) -> Any:
+        identity = identity or self.identity(name)
+        config = PeerConfig([identity], certs.trust_for(CA))
+        agent = UserAgentService(
+            reactor,
+            config,
+            os.path.join(self.base, f"{name}-{node}"),
+            listen="tcp:0:interface=127.0.0.1",
+            node=node,
+            control=False,
+            directory=self.directory,
+            **kw,
+        )
+        events = Events()
+        agent.addObserver(events)
+        agent.privilegedStartService()
+        agent.startService()
+        self.addCleanup(lambda: agent.stopService() if agent.running else None)
+        yield agent.ready
+        return agent, events
+
+    @defer.inlineCallbacks
+    def until(self, predicate: Any, timeout: float = 10) -> Any:
+        for _ in range(int(timeout / 0.02)):
+            result = predicate()
+            if isinstance(result, defer.Deferred):
+                result = yield result
+            if result:
+                return result
+            yield deferLater(0.02)
+        self.fail("condition not reached in time")
+
+    @defer.inlineCallbacks
+    def test_send_while_offline_then_deliver(self) -> Any:
+        alice, alice_events = yield self.agent("alice@example.com")
+        sent = yield alice.send("bob@example.com", "are you there?")
+        self.assertEqual(sent["state"], "queued")
+        yield deferLater(0.2)
+        status = yield alice.status_of(sent["id"])
+        self.assertEqual(status["state"], "queued")
+        self.assertIn("bob@example.com", self.directory.watched)
+        bob, bob_events = yield self.agent("bob@example.com")
+        waiting = alice.waitDelivered(sent["id"], 10)
+        self.directory.publish("bob@example.com", "n1", bob)  # bob comes online: a push
+        status = yield waiting
+        self.assertEqual(status["state"], "delivered")
+        self.assertEqual((status["delivered_nodes"], status["total_nodes"]), (1, 1))
+        [incoming] = bob_events.of("message")
+        self.assertEqual(
+            (incoming["peer"], incoming["body"]), ("alice@example.com", "are you there?")
+        )
+        history = yield bob.history("alice@example.com", None, 10)
+        self.assertEqual([h["body"] for h in history], ["are you there?"])
+        states = [e["state"] for e in alice_events.of("delivery")]
+        self.assertEqual(states[0], "queued")
+        self.assertEqual(states[-1], "delivered")
+
+    @defer.inlineCallbacks
+    def test_conversation_both_ways_reuses_sessions(self) -> Any:
+        alice, _ = yield self.agent("alice@example.com")
+        bob, _ = yield self.agent("bob@example.com")
+        self.directory.publish("alice@example.com", "n1", alice)
+        self.directory.publish("bob@example.com", "n1", bob)
+        for i in range(5):
+            a = yield alice.send("bob@example.com", f"ping {i}")
+            b = yield bob.send("alice@example.com", f"pong {i}")
+            yield alice.waitDelivered(a["id"], 10)
+            yield bob.waitDelivered(b["id"], 10)
+        history = yield alice.history("bob@example.com", None, 100)
+        self.assertEqual(len(history), 10)
+        self.assertEqual(
+            [h["body"] for h in history if h["direction"] == "in"], [f"pong {i}" for i in range(5)]
+        )
+        self.assertEqual(len(alice._sessions), 1)  # one session per peer node, reused
+        status = yield alice.status()
+        self.assertEqual(status["outbox"].get("queued", 0), 0)
+
+    @defer.inlineCallbacks
+    def test_two_nodes_both_receive(self) -> Any:
+        alice, _ = yield self.agent("alice@example.com")
+        bob_key = certs.key_for("ed25519", "leaf:bob@example.com")
+        laptop, laptop_events = yield self.agent("bob@example.com", "laptop")
+        phone_identity = self.identity("bob@example.com", key=bob_key)
+        phone, phone_events = yield self.agent("bob@example.com", "phone", identity=phone_identity)
+        self.directory.publish("bob@example.com", "laptop", laptop)
+        self.directory.publish("bob@example.com", "phone", phone)
+        sent = yield alice.send("bob@example.com", "to all my devices")
+        yield self.until(
+            lambda: alice.status_of(sent["id"]).addCallback(lambda s: s["delivered_nodes"] == 2)
+        )
+        status = yield alice.status_of(sent["id"])
+        self.assertEqual(status["description"], "delivered (2/2 devices)")
+        for events in (laptop_events, phone_events):
+            self.assertEqual([e["body"] for e in events.of("message")], ["to all my devices"])
+
+    @defer.inlineCallbacks
+    def test_key_change_refused_until_trusted(self) -> Any:
+        alice, alice_events = yield self.agent("alice@example.com", pin_policy="refuse")
+        bob, _ = yield self.agent("bob@example.com")
+        self.directory.publish("bob@example.com", "n1", bob)
+        first = yield alice.send("bob@example.com", "hello old key")
+        yield alice.waitDelivered(first["id"], 10)
+        yield bob.stopService()
+        new_bob_identity = self.identity("bob@example.com", key=certs.new_key("ed25519"))
+        bob2, bob2_events = yield self.agent("bob@example.com", "n2", identity=new_bob_identity)
+        self.directory.withdraw("bob@example.com", "n1")
+        self.directory.publish("bob@example.com", "n2", bob2)
+        second = yield alice.send("bob@example.com", "hello new key?")
+        yield self.until(lambda: alice_events.of("key_change"))
+        change = alice_events.of("key_change")[0]
+        self.assertEqual((change["peer"], change["action"]), ("bob@example.com", "refused"))
+        yield deferLater(0.3)
+        status = yield alice.status_of(second["id"])
+        self.assertEqual(status["state"], "queued")
+        self.assertEqual(bob2_events.of("message"), [])
+        contacts = yield alice.contacts()
+        self.assertTrue(contacts[0]["key_change_pending"])
+        trusted = yield alice.trust("bob@example.com", True)
+        self.assertEqual(len(trusted["accepted"]), 1)
+        status = yield alice.waitDelivered(second["id"], 10)
+        self.assertEqual(status["state"], "delivered")
+
+    @defer.inlineCallbacks
+    def test_key_change_warned_and_delivered(self) -> Any:
+        alice, alice_events = yield self.agent("alice@example.com")  # default policy warn
+        bob, _ = yield self.agent("bob@example.com")
+        self.directory.publish("bob@example.com", "n1", bob)
+        first = yield alice.send("bob@example.com", "one")
+        yield alice.waitDelivered(first["id"], 10)
+        new_bob = self.identity("bob@example.com", key=certs.new_key("ed25519"))
+        bob2, _ = yield self.agent("bob@example.com", "n2", identity=new_bob)
+        self.directory.withdraw("bob@example.com", "n1")
+        self.directory.publish("bob@example.com", "n2", bob2)
+        second = yield alice.send("bob@example.com", "two")
+        status = yield alice.waitDelivered(second["id"], 10)
+        self.assertEqual(status["state"], "delivered")
+        [change] = alice_events.of("key_change")
+        self.assertEqual(change["action"], "warned")
+
+    @defer.inlineCallbacks
+    def test_duplicate_is_stored_once_and_receipted_again(self) -> Any:
+        alice, _ = yield self.agent("alice@example.com")
+        bob, bob_events = yield self.agent("bob@example.com")
+        self.directory.publish("bob@example.com", "n1", bob)
+        sent = yield alice.send("bob@example.com", "once")
+        yield alice.waitDelivered(sent["id"], 10)
+        session = next(iter(alice._sessions.values()))
+        outgoing = yield alice.store.outgoing(sent["id"])
+        receipt = yield session.send(outgoing.stanza)  # a retransmission, same id
+        self.assertEqual(receipt.id, sent["id"])
+        history = yield bob.history("alice@example.com", None, 10)
+        self.assertEqual(len(history), 1)
+        self.assertEqual(len(bob_events.of("message")), 1)
+
+    @defer.inlineCallbacks
+    def test_expiry(self) -> Any:
+        self.patch(agent_service, "EXPIRE_EVERY", 0.05)
+        alice, alice_events = yield self.agent(
+            "alice@example.com", message_ttl=timedelta(seconds=0.2)
+        )
+        sent = yield alice.send("bob@example.com", "nobody home")
+        status = yield alice.waitDelivered(sent["id"], 5)
+        self.assertEqual(status["state"], "expired")
+        self.assertIn("expired", [e["state"] for e in alice_events.of("delivery")])
+
+    @defer.inlineCallbacks
+    def test_invalid_recipient(self) -> Any:
+        alice, _ = yield self.agent("alice@example.com")
+        yield self.assertFailure(alice.send("not an identity", "x"), AgentError)
+
+    @defer.inlineCallbacks
+    def test_one_agent_per_data_dir(self) -> Any:
+        alice, _ = yield self.agent("alice@example.com")
+        config = PeerConfig([self.identity("alice@example.com")], certs.trust_for(CA))
+        second = UserAgentService(
+            reactor, config, alice.data_dir, listen="tcp:0:interface=127.0.0.1", control=False
+        )
+        self.assertRaises(AgentError, second.privilegedStartService)
+
+    @defer.inlineCallbacks
+    def test_restart_keeps_outbox(self) -> Any:
+        alice, _ = yield self.agent("alice@example.com")
+        sent = yield alice.send("bob@example.com", "survives restart")
+        yield alice.stopService()
+        config = PeerConfig([alice.identity], certs.trust_for(CA))
+        again = UserAgentService(
+            reactor, config, alice.data_dir, listen="tcp:0:interface=127.0.0.1",
+            control=False, directory=self.directory,
+        )  # fmt: skip
+        again.privilegedStartService()
+        again.startService()
+        self.addCleanup(lambda: again.stopService() if again.running else None)
+        yield again.ready
+        bob, _ = yield self.agent("bob@example.com")
+        self.directory.publish("bob@example.com", "n1", bob)
+        status = yield again.waitDelivered(sent["id"], 10)
+        self.assertEqual(status["state"], "delivered")
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
