@@ -59,7 +59,9 @@ __all__ = [
     "init_ca",
     "issue_crl",
     "issue_leaf",
+    "issue_server",
     "load_ca",
+    "load_ca_cert",
     "load_ca_chain",
     "random_serial",
     "write_ca",
@@ -425,7 +427,7 @@ def issue_server(
 def issue_crl(
     ca_key: CertificateIssuerPrivateKeyTypes,
     ca_cert: x509.Certificate,
-    revoked_serials: Iterable[int],
+    revoked_serials: Iterable[int | tuple[int, datetime.datetime]],
     next_update_days: float = 7,
     *,
     last_update: datetime.datetime | None = None,
@@ -435,7 +437,8 @@ def issue_crl(
     """
     A complete CRL (spec §11.8: no delta or indirect CRLs) for the certificates C{ca_cert}
     issued. The CRL number defaults to the issue time in seconds, so a later CRL from the
-    same CA always compares newer.
+    same CA always compares newer. Each revoked entry is a serial (revoked "now") or a
+    C{(serial, revocation time)} pair, as a registry that remembers when it revoked has it.
     """
     if last_update is None:
         last_update = _now()
@@ -451,11 +454,12 @@ def issue_crl(
         .add_extension(_aki(ca_cert), critical=False)
         .add_extension(x509.CRLNumber(crl_number), critical=False)
     )
-    for serial in revoked_serials:
+    for entry in revoked_serials:
+        serial, when = entry if isinstance(entry, tuple) else (entry, last_update)
         builder = builder.add_revoked_certificate(
             x509.RevokedCertificateBuilder()
             .serial_number(serial)
-            .revocation_date(last_update)
+            .revocation_date(min(when, last_update))
             .build()
         )
     return builder.sign(ca_key, _hash_for(ca_key))
@@ -693,6 +697,29 @@ def load_ca(
     if ku is not None and not ku.key_cert_sign:
         raise PKIError(f"{cert_path} may not sign certificates (keyUsage lacks keyCertSign)")
     return key, cert
+
+
+def load_ca_cert(directory: str | os.PathLike[str]) -> x509.Certificate:
+    """
+    Only the CA certificate of a CA directory, without its key: enough to name the issuer
+    of a revocation, and readable by someone who may not read the key.
+
+    @raise PKIError: if the directory or certificate is missing or unreadable.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise PKIError(f"CA directory {directory} does not exist")
+    cert_path = next((directory / n for n in CA_CERT_NAMES if (directory / n).is_file()), None)
+    if cert_path is None:
+        raise PKIError(f"no CA certificate in {directory} (expected {directory / 'ca.pem'})")
+    data = _read(cert_path)
+    try:
+        return x509.load_pem_x509_certificates(data)[0]
+    except ValueError:
+        try:
+            return x509.load_der_x509_certificate(data)
+        except ValueError:
+            raise PKIError(f"{cert_path} holds no readable certificate") from None
 
 
 def load_ca_chain(directory: str | os.PathLike[str]) -> list[x509.Certificate]:

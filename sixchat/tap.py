@@ -1,5 +1,8 @@
 """
-C{twistd sixchat}: run a user agent that accepts End2End Direct sessions.
+C{twistd sixchat}: run a user agent (L{UserAgentService}): it accepts End2End Direct sessions,
+stores messages durably in its data directory, delivers its outbox, serves the local control
+socket the C{sixchat send/inbox/watch/chat/…} commands talk to, and with C{--registry} keeps
+itself registered (irp-1 §3.1) and finds peers by identity.
 
 Configuration errors become one actionable line (C{usage.UsageError}), never a traceback.
 """
@@ -13,7 +16,7 @@ from twisted.python import usage
 
 from sixchat.errors import SixchatError
 from sixchat.handshake import AccessPolicy, PeerConfig
-from sixchat.service import DEFAULT_LISTEN, PeerListenerService
+from sixchat.service import DEFAULT_LISTEN
 
 PIN_POLICIES = ("accept", "warn", "refuse")
 
@@ -36,6 +39,35 @@ class Options(usage.Options):
         ["handshake-timeout", None, "15", "seconds a handshake may take"],
         ["idle-timeout", None, "300", "seconds without traffic before a session is closed"],
         ["padding", None, "0", "pad sealed records to a multiple of this many bytes (0: off)"],
+        [
+            "registry",
+            None,
+            None,
+            "register with this IRP registry: HOST[:PORT] (port 4604), or 'auto' to find it "
+            "from your identity's domain (DNS SRV _irp._tcp)",
+        ],
+        [
+            "registry-ca",
+            None,
+            None,
+            "CA certificate(s) of the registry's server certificate "
+            "(default: the system's trust store)",
+        ],
+        ["node", None, None, "this device's name at the registry (default: the host name)"],
+        ["register-expires", None, "300", "seconds a registration lasts (refreshed at 2/3)"],
+        [
+            "data-dir",
+            "d",
+            None,
+            "where messages, contacts, pins and the control socket live "
+            "(default: $XDG_DATA_HOME/sixchat/<identity>/)",
+        ],
+        [
+            "message-ttl",
+            None,
+            "7d",
+            "give up on undelivered messages after this long (e.g. 7d, 12h)",
+        ],
     ]
     optFlags = [
         ["key-transport", None, "also accept rsa-oaep key transport (not forward secret)"],
@@ -45,6 +77,7 @@ class Options(usage.Options):
         super().__init__()
         self["crl"] = []
         self["allow"] = []
+        self["advertise"] = []
 
     def opt_crl(self, path: str) -> None:
         """a CRL file (PEM or DER) to check revocation with; repeatable"""
@@ -55,6 +88,15 @@ class Options(usage.Options):
         if not (entry.startswith("@") or "@" in entry):
             raise usage.UsageError(f"--allow {entry!r}: give an identity or @domain")
         self["allow"].append(entry)
+
+    def opt_advertise(self, entry: str) -> None:
+        """with --registry: publish this IP[:PORT] instead of the machine's addresses; repeatable"""
+        from sixchat.irp.keeper import parse_advertise
+
+        try:
+            self["advertise"].append(parse_advertise(entry))
+        except ValueError as e:
+            raise usage.UsageError(str(e)) from None
 
     def postOptions(self) -> None:
         if not self["cert"]:
@@ -75,17 +117,85 @@ class Options(usage.Options):
         except ValueError:
             raise usage.UsageError("--padding must be a whole number of bytes") from None
         self["config"] = build_config(self)
+        check_registry_options(self)
+        self["message-ttl"] = parse_duration(self["message-ttl"], "--message-ttl")
+        if not self["data-dir"]:
+            from sixchat.agent.service import default_data_dir
+
+            self["data-dir"] = default_data_dir(self["config"].identities[0].names[0])
+
+
+def parse_duration(text: str, option: str) -> Any:
+    """C{90s}, C{15m}, C{12h}, C{7d} or plain seconds, as a timedelta."""
+    from datetime import timedelta
+
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    number, unit = (text[:-1], text[-1]) if text and text[-1] in units else (text, "s")
+    try:
+        seconds = float(number) * units[unit]
+    except ValueError:
+        raise usage.UsageError(f"{option} {text!r}: use e.g. 90s, 15m, 12h or 7d") from None
+    if seconds <= 0:
+        raise usage.UsageError(f"{option} must be positive")
+    return timedelta(seconds=seconds)
+
+
+def check_registry_options(options: Any) -> None:
+    """Validate the registry options, load C{--registry-ca}; one-line errors."""
+    from sixchat.irp import messages
+    from sixchat.irp.client import load_certificates
+    from sixchat.irp.discovery import parse_hostport
+
+    options["registry-anchors"] = None
+    registry = options["registry"]
+    if not registry:
+        for name in ("registry-ca", "node"):
+            if options[name]:
+                raise usage.UsageError(f"--{name} needs --registry")
+        if options["advertise"]:
+            raise usage.UsageError("--advertise needs --registry")
+        return
+    if registry != "auto":
+        try:
+            parse_hostport(registry)
+        except ValueError as e:
+            raise usage.UsageError(f"--registry: {e}") from None
+    if options["registry-ca"]:
+        try:
+            options["registry-anchors"] = load_certificates(options["registry-ca"])
+        except SixchatError as e:
+            raise usage.UsageError(f"--registry-ca: {e}") from None
+    from sixchat.agent.service import default_node
+
+    node = options["node"] or default_node()
+    if not messages.is_valid_node(node):
+        raise usage.UsageError(f"--node {node!r}: use 1-64 letters, digits, '_', '.' or '-'")
+    options["node"] = node
+    try:
+        expires = int(options["register-expires"])
+    except (TypeError, ValueError):
+        raise usage.UsageError("--register-expires must be a whole number of seconds") from None
+    if not messages.MIN_EXPIRES <= expires <= messages.MAX_EXPIRES:
+        raise usage.UsageError(
+            f"--register-expires must be {messages.MIN_EXPIRES} to {messages.MAX_EXPIRES}"
+        )
+    options["register-expires"] = expires
 
 
 def build_config(options: Any) -> PeerConfig:
     """Load identity, trust anchors, CRLs and policies; one-line errors for the user."""
+    from twisted.logger import Logger
+
     from sixchat.identity import load_identity, read_password
     from sixchat.trust import PinPolicy, TrustStore
 
+    log = Logger(namespace="sixchat.trust")
     try:
         password = read_password(options["password-file"])
         identity = load_identity(options["cert"], password, key_path=options["key"])
-        trust = TrustStore.from_paths(options["trust"], options["crl"])
+        trust = TrustStore.from_paths(
+            options["trust"], options["crl"], warn=lambda text: log.warn("{text}", text=text)
+        )
     except SixchatError as e:
         raise usage.UsageError(str(e)) from None
     access = AccessPolicy(options["allow"]) if options["allow"] else None
@@ -102,10 +212,20 @@ def build_config(options: Any) -> PeerConfig:
 def makeService(options: Options) -> service.IService:
     from twisted.internet import reactor
 
-    return PeerListenerService(
+    from sixchat.agent.service import UserAgentService
+
+    return UserAgentService(
         reactor,
         options["config"],
-        options["listen"],
+        options["data-dir"],
+        listen=options["listen"],
+        registry=options["registry"] or None,
+        registry_anchors=options["registry-anchors"],
+        node=options["node"],
+        advertise=options["advertise"],
+        register_expires=options["register-expires"] if options["registry"] else 300,
+        pin_policy=options["pin-policy"],
+        message_ttl=options["message-ttl"],
         handshake_timeout=options["handshake-timeout"],
         idle_timeout=options["idle-timeout"],
     )

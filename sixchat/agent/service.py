@@ -171,6 +171,28 @@ class _SessionEvents:
         self.agent._sessionEnded(session, reason)
 
 
+@implementer(IAgentEvents)
+class _LogEvents:
+    """The agent's log: sessions are logged by the protocol; messages and deliveries here."""
+
+    def agentEvent(self, event: dict[str, Any]) -> None:
+        kind = event["type"]
+        if kind == "message":
+            log.info(
+                "message {id} from {peer}: {body}",
+                id=event["id"],
+                peer=event["peer"],
+                body=event["body"],
+            )
+        elif kind == "delivery" and event["state"] != "queued":
+            log.info(
+                "message {id} to {peer}: {state}",
+                id=event["id"],
+                peer=event["peer"],
+                state=event["description"],
+            )
+
+
 class PeerDirectory:
     """
     Finds peers through the registry (lookup, cached briefly) and keeps C{watch}es on peers
@@ -286,6 +308,7 @@ class UserAgentService(service.MultiService):
         registry_anchors: Sequence[Any] | None = None,
         node: str | None = None,
         advertise: Sequence[tuple[str, int | None]] = (),
+        register_expires: int = 300,
         pin_policy: str = "warn",
         message_ttl: timedelta = DEFAULT_TTL,
         control: bool = True,
@@ -299,7 +322,7 @@ class UserAgentService(service.MultiService):
         self.identity = config.identities[0]
         self.name_ = self.identity.names[0]
         self.data_dir = data_dir
-        self.node = node or _default_node()
+        self.node = node or default_node()
         self.message_ttl = message_ttl
         self.control_enabled = control
         self.rand = rand
@@ -337,9 +360,14 @@ class UserAgentService(service.MultiService):
             self.directory = PeerDirectory(reactor, self._connectRegistry, self._presence)
             contacts = AutoContacts(reactor, self._listeningAddress, advertise)
             self.keeper = RegistrationKeeper(
-                reactor, self._connectRegistry, self.node, contacts, registry_name=registry
+                reactor,
+                self._connectRegistry,
+                self.node,
+                contacts,
+                expires=register_expires,
+                registry_name=f"registry {registry}" if registry != "auto" else "the registry",
             )
-        self._observers: list[IAgentEvents] = []
+        self._observers: list[IAgentEvents] = [_LogEvents()]
         self._sessions: dict[tuple[str, str], Session] = {}
         self._incoming: dict[str, set[Session]] = {}
         self._dialing: dict[tuple[str, str], _Shared] = {}
@@ -749,9 +777,9 @@ class UserAgentService(service.MultiService):
         self._delivering.add(key)
         d = defer.ensureDeferred(self._deliverPeer(peer))
         d.addErrback(
-            lambda f: None
-            if self._stopping
-            else log.failure("delivery to {peer} failed", f, peer=peer)
+            lambda f: (
+                None if self._stopping else log.failure("delivery to {peer} failed", f, peer=peer)
+            )
         )
 
         def done(_: object) -> None:
@@ -951,12 +979,13 @@ class UserAgentService(service.MultiService):
         return happy_eyeballs(self.reactor, contacts, attempt).addCallback(check)
 
 
-def _default_node() -> str:
+def default_node() -> str:
+    """The host name's first label, made a valid node name (irp-1 §3.1)."""
     import re
     import socket
 
-    name = re.sub(r"[^A-Za-z0-9_.-]", "-", socket.gethostname())[:64]
-    return name or "node"
+    name = socket.gethostname().split(".")[0]
+    return re.sub(r"[^A-Za-z0-9_.-]", "-", name)[:64] or "node"
 
 
 def _hostport(host: str, port: int) -> str:

@@ -41,6 +41,8 @@ PROG = "sixchat"
 SUBCOMMAND_MODULES: list[str] = [
     "sixchat.cli.pki",
     "sixchat.cli.probe",
+    "sixchat.cli.enroll",
+    "sixchat.cli.agent",
 ]
 
 

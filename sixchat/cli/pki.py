@@ -5,6 +5,11 @@ C{sixchat pki}: a small CA for people who do not have one, and a look inside ide
     sixchat pki issue IDENTITY... --ca DIR [--out F.p12] [--key-type T] [--days N]
                       [--password-file F] [--ca-password-file F] [--also-pem] [--force]
     sixchat pki show FILE [--password-file F] [--key KEYFILE]
+    sixchat pki issue-server NAME|IP... --ca DIR --out irp.p12 [--key-type T] [--days N]
+    sixchat pki invite IDENTITY --db PATH|DSN [--days 7]
+    sixchat pki revoke --db PATH|DSN --ca DIR (--serial HEX | --cert FILE)
+
+The last three serve an IRP registry; their code is in L{sixchat.cli.pki_registry}.
 
 Passwords are read from files or C{$SIXCHAT_P12_PASSWORD}, never from the command line.
 """
@@ -84,6 +89,58 @@ def register(subparsers: Any) -> None:
     issue.add_argument("--force", action="store_true", help="overwrite existing output files")
     issue.set_defaults(handler=issue_identity)
 
+    server = commands.add_parser(
+        "issue-server",
+        help="issue a registry's TLS server certificate as PKCS#12",
+        description="Issue a TLS server certificate for an IRP registry from the CA in DIR: "
+        "every NAME (DNS name or IP address) becomes a subjectAltName; EKU serverAuth. "
+        "Written with a new key as PKCS#12 (mode 0600) for 'twistd sixchat-irp --cert'.",
+    )
+    server.add_argument("names", metavar="NAME", nargs="+",
+                        help="DNS name or IP address clients connect to, e.g. irp.example.com")
+    server.add_argument("--ca", required=True, metavar="DIR", help="CA directory")
+    server.add_argument("--out", required=True, metavar="FILE", help="output file, e.g. irp.p12")
+    server.add_argument("--key-type", choices=pki.KEY_TYPES, default="p256",
+                        help="key type (default: %(default)s, which every TLS client accepts)")
+    server.add_argument("--days", type=positive_int, default=365,
+                        help="validity in days (default: %(default)s)")
+    server.add_argument("--password-file", metavar="FILE",
+                        help="PKCS#12 password: first line of FILE")
+    server.add_argument("--ca-password-file", metavar="FILE",
+                        help="password of an encrypted CA key: first line of FILE")
+    server.add_argument("--force", action="store_true", help="overwrite an existing file")
+    server.set_defaults(handler=_registry_command("issue_server"))
+
+    invite = commands.add_parser(
+        "invite",
+        help="create a one-time enrolment token for an identity",
+        description="Store a one-time enrolment token for IDENTITY in the registry's "
+        "database and print it (only the token, on standard output). The user enrols with "
+        "'sixchat enroll --token TOKEN IDENTITY'. Only a hash of the token is stored.",
+    )
+    invite.add_argument("identity", metavar="IDENTITY", help="e.g. alice@example.com")
+    invite.add_argument("--db", required=True, metavar="PATH|DSN",
+                        help="the registry's SQLite file or postgresql:// DSN")
+    invite.add_argument("--days", type=positive_int, default=7,
+                        help="days the token stays valid (default: %(default)s)")
+    invite.set_defaults(handler=_registry_command("invite"))
+
+    revoke = commands.add_parser(
+        "revoke",
+        help="revoke a certificate in the registry's database",
+        description="Revoke a certificate issued by the CA in DIR: its registrations are "
+        "removed, running registries refuse it and list it in their CRL.",
+    )
+    revoke.add_argument("--db", required=True, metavar="PATH|DSN",
+                        help="the registry's SQLite file or postgresql:// DSN")
+    revoke.add_argument("--ca", required=True, metavar="DIR", help="the issuing CA directory")
+    which = revoke.add_mutually_exclusive_group(required=True)
+    which.add_argument("--serial", metavar="HEX", help="serial number in hex (see 'pki show')")
+    which.add_argument("--cert", metavar="FILE", help="the certificate (PEM, DER or PKCS#12)")
+    revoke.add_argument("--password-file", metavar="FILE",
+                        help="password of a PKCS#12 --cert: first line of FILE")
+    revoke.set_defaults(handler=_registry_command("revoke"))
+
     show = commands.add_parser(
         "show",
         help="describe an identity file or certificate",
@@ -94,6 +151,17 @@ def register(subparsers: Any) -> None:
     show.add_argument("--password-file", metavar="FILE", help="password: first line of FILE")
     show.add_argument("--key", metavar="KEYFILE", help="private key in a separate PEM file")
     show.set_defaults(handler=show_file)
+
+
+def _registry_command(name: str) -> Any:
+    """A handler from L{sixchat.cli.pki_registry}, imported only when it runs."""
+
+    def handler(args: argparse.Namespace) -> int:
+        from sixchat.cli import pki_registry
+
+        return int(getattr(pki_registry, name)(args))
+
+    return handler
 
 
 def _out(line: str = "") -> None:

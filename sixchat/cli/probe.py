@@ -1,6 +1,12 @@
 """
 C{sixchat probe}: our C{openssl s_client}. Runs one handshake with a peer and reports what
 was negotiated and who answered; with C{--send}, also one message and its receipt.
+
+The target is an address, or an identity: then the registry (C{--registry}, or the one DNS
+names for the identity's domain) is asked where it is, the node contacts are tried (IPv6
+first), and the certificate the peer presents must be the one the registry returned for that
+node: a registry and a peer that disagree is a failure (C{bad_certificate}), because it
+means one of them is not who it claims to be.
 """
 
 from __future__ import annotations
@@ -75,7 +81,11 @@ def register(subparsers: Any) -> None:
         "negotiated version, suite and group, the peer's identity, chain and key "
         "fingerprint. Exit status 1 on failure, with the alert reason.",
     )
-    p.add_argument("target", metavar="HOST[:PORT]", help="the peer's address (port 4605)")
+    p.add_argument(
+        "target",
+        metavar="HOST[:PORT]|IDENTITY",
+        help="the peer's address (port 4605), or its identity to look up in the registry",
+    )
     p.add_argument("--cert", required=True, help="your identity (.p12, or PEM cert+key)")
     p.add_argument("--key", help="private key file if --cert is a PEM certificate alone")
     p.add_argument("--password-file", help="file holding the PKCS#12 password")
@@ -91,6 +101,16 @@ def register(subparsers: Any) -> None:
     p.add_argument("--send", metavar="TEXT", help="also send TEXT and wait for the receipt")
     p.add_argument("--timeout", type=float, default=15.0, help="seconds for everything")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument(
+        "--registry",
+        metavar="HOST[:PORT]",
+        help="with an IDENTITY target: the registry to ask (default: DNS SRV of its domain)",
+    )
+    p.add_argument(
+        "--registry-ca",
+        metavar="FILE",
+        help="CA certificate(s) of the registry's server certificate (default: system trust)",
+    )
     p.set_defaults(handler=run)
 
 
@@ -113,6 +133,11 @@ def _chain(peer: Any) -> list[dict[str, str]]:
 def _report(args: argparse.Namespace, info: dict[str, Any]) -> None:
     if args.json:
         print(json.dumps(info, indent=2, sort_keys=True))
+        return
+    if "node" in info:
+        print(f"registry:       {info['identity']} is node {info['node']!r} at {info['address']}")
+    if not info["ok"] and (info["alert"] == "offline" or info["alert"].startswith("registry_")):
+        print(f"lookup of {info['identity']} FAILED: {info['alert']}: {info['text']}")
         return
     if not info["ok"]:
         who = " (sent by the peer)" if info.get("by_peer") else ""
@@ -140,18 +165,41 @@ def run(args: argparse.Namespace) -> int:
 
     from sixchat.errors import SixchatError
     from sixchat.handshake import PeerConfig
-    from sixchat.identity import load_identity, read_password
+    from sixchat.identity import is_valid_identity, load_identity, read_password
     from sixchat.protocol import HandshakeFailed, SessionLost, connectPeer
     from sixchat.trust import TrustStore
 
-    try:
-        host, port = parse_hostport(args.target)
-    except ValueError as e:
-        print(f"sixchat: error: {e}", file=sys.stderr)
-        return 2
+    by_identity = "@" in args.target
+    host, port = "", 0
+    if by_identity:
+        if not is_valid_identity(args.target):
+            print(f"sixchat: error: {args.target!r} is not a valid identity", file=sys.stderr)
+            return 2
+        if args.registry and args.registry != "auto":
+            from sixchat.irp.discovery import parse_hostport as parse_registry
+
+            try:
+                parse_registry(args.registry)
+            except ValueError as e:
+                print(f"sixchat: error: --registry: {e}", file=sys.stderr)
+                return 2
+    else:
+        if args.registry or args.registry_ca:
+            print("sixchat: error: --registry needs an IDENTITY target", file=sys.stderr)
+            return 2
+        try:
+            host, port = parse_hostport(args.target)
+        except ValueError as e:
+            print(f"sixchat: error: {e}", file=sys.stderr)
+            return 2
     try:
         identity = load_identity(args.cert, read_password(args.password_file), key_path=args.key)
         trust = TrustStore.from_paths(args.trust, args.crl)
+        registry_anchors = None
+        if args.registry_ca:
+            from sixchat.irp.client import load_certificates
+
+            registry_anchors = load_certificates(args.registry_ca)
     except SixchatError as e:
         print(f"sixchat: error: {e}", file=sys.stderr)
         return 1
@@ -169,28 +217,92 @@ def run(args: argparse.Namespace) -> int:
     config = PeerConfig([identity], trust, key_transport=key_transport)
     info: dict[str, Any] = {"ok": False, "address": _address(host, port), "alert": None, "text": ""}
 
-    async def probe(reactor: Any) -> int:
-        endpoint = client_endpoint(reactor, host, port, timeout=args.timeout)
-        started = time.perf_counter()
+    async def lookup(reactor: Any) -> list[tuple[str, int, str, bytes]] | None:
+        """(host, port, node, registered leaf DER) to try, IPv6 first; None: failed."""
+        from sixchat.irp.client import connectRegistry
+        from sixchat.irp.messages import IRPError
+
+        info.update(identity=args.target, address=args.target)
         try:
-            session = await connectPeer(
+            registry = await connectRegistry(
                 reactor,
-                endpoint,
-                identity,
-                config=config,
-                to=args.to,
-                responder_cert=peer_cert,
-                groups=args.group,
-                suites=args.suite,
-                handshake_timeout=args.timeout,
+                args.registry,
+                args.target,
+                anchors=registry_anchors,
+                client_identity=identity,
+                timeout=args.timeout,
             )
-        except HandshakeFailed as e:
-            info.update(alert=e.reason, text=e.text, by_peer=e.sent_by_peer)
+            try:
+                record = await registry.lookup(args.target)
+            finally:
+                await registry.close()
+        except IRPError as e:
+            info.update(alert=f"registry_{e.reason}", text=e.text or f"lookup of {args.target}")
+            return None
+        except (SixchatError, ValueError) as e:
+            info.update(alert="registry_failed", text=str(e))
+            return None
+        targets = []
+        for node in record.nodes:
+            contacts = sorted(node.contacts, key=lambda c: ":" not in c.host)  # IPv6 first
+            targets += [(c.host, c.port, node.name, node.cert) for c in contacts]
+        if not targets:
+            info.update(alert="offline", text=f"{args.target} has no live registration")
+            return None
+        return targets
+
+    async def handshake(reactor: Any) -> Any:
+        """The session, or None (info says why)."""
+        if not by_identity:
+            targets: list[tuple[str, int, str | None, bytes | None]] = [(host, port, None, None)]
+        else:
+            found = await lookup(reactor)
+            if found is None:
+                return None
+            targets = list(found)
+        for i, (h, p, node, registered) in enumerate(targets):
+            info["address"] = _address(h, p)
+            if node is not None:
+                info["node"] = node
+            endpoint = client_endpoint(reactor, h, p, timeout=args.timeout)
+            started = time.perf_counter()
+            try:
+                session = await connectPeer(
+                    reactor,
+                    endpoint,
+                    identity,
+                    config=config,
+                    to=args.to or (args.target if by_identity else None),
+                    responder_cert=peer_cert,
+                    groups=args.group,
+                    suites=args.suite,
+                    handshake_timeout=args.timeout,
+                )
+            except HandshakeFailed as e:
+                info.update(alert=e.reason, text=e.text, by_peer=e.sent_by_peer)
+                return None
+            except Exception as e:  # connection refused, DNS, timeouts: say it in one line
+                info.update(alert="connection_failed", text=str(e) or type(e).__name__)
+                if i + 1 < len(targets):
+                    continue
+                return None
+            info["handshake_ms"] = (time.perf_counter() - started) * 1000
+            if registered is not None and session.result.peer.leaf_der != registered:
+                info.update(
+                    alert="bad_certificate",
+                    text="peer certificate differs from the registry's",
+                    by_peer=False,
+                    peer_spki_sha256=session.result.peer.spki_sha256.hex(),
+                )
+                await session.close()
+                return None
+            return session
+        return None
+
+    async def probe(reactor: Any) -> int:
+        session = await handshake(reactor)
+        if session is None:
             return 1
-        except Exception as e:  # connection refused, DNS, timeouts: say it in one line
-            info.update(alert="connection_failed", text=str(e) or type(e).__name__)
-            return 1
-        info["handshake_ms"] = (time.perf_counter() - started) * 1000
         result = session.result
         peer_addr: Any = session.address()
         info["address"] = _address(peer_addr.host, peer_addr.port)

@@ -18,9 +18,15 @@ from twisted.python.failure import Failure
 REPO = Path(__file__).resolve().parents[2]
 
 
-def child_env(**extra: str) -> dict[str, str]:
-    """The environment for children: this interpreter's, with the source tree importable."""
+def child_env(cwd: str | None = None, **extra: str) -> dict[str, str]:
+    """
+    The environment for children: this interpreter's, with the source tree importable and,
+    given the child's working directory, C{XDG_DATA_HOME} inside it (so default data
+    directories never land in the real home).
+    """
     env = {k: v for k, v in os.environ.items() if not k.startswith("SIXCHAT_")}
+    if cwd is not None:
+        env["XDG_DATA_HOME"] = os.path.join(os.path.abspath(cwd), "xdg-data")
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH", "")]))
     env["PYTHONUNBUFFERED"] = "1"
     env.update(extra)
@@ -84,9 +90,21 @@ class Agent:
 
     @defer.inlineCallbacks
     def start(self, timeout: float = 30) -> Any:
-        argv = [*twistd_argv(), "-n", "--pidfile=", "sixchat", *self.args]
+        args = list(self.args)
+        if "--data-dir" not in args:
+            # Never the real ~/.local/share; and short, since the control socket lives in it
+            # and UNIX socket paths are limited to 107 bytes (trial's temp paths are long).
+            import tempfile
+
+            args += ["--data-dir", tempfile.mkdtemp(prefix="sixchat-agent-")]
+        self.data_dir = args[args.index("--data-dir") + 1]
+        argv = [*twistd_argv(), "-n", "--pidfile=", "sixchat", *args]
         self.transport = reactor.spawnProcess(
-            self.watcher, sys.executable, argv, env=child_env(**self.env), path=self.workdir
+            self.watcher,
+            sys.executable,
+            argv,
+            env=child_env(self.workdir, **self.env),
+            path=self.workdir,
         )
         timer = reactor.callLater(timeout, self.watcher.ready.cancel)
         try:
@@ -117,7 +135,7 @@ def run_cli(
     from twisted.internet.utils import getProcessOutputAndValue
 
     d = getProcessOutputAndValue(
-        sys.executable, ["-m", "sixchat.cli", *args], env=child_env(**(env or {})), path=cwd
+        sys.executable, ["-m", "sixchat.cli", *args], env=child_env(cwd, **(env or {})), path=cwd
     )
     return d.addCallback(lambda r: (r[0].decode(), r[1].decode(), r[2]))
 
@@ -130,6 +148,6 @@ def run_twistd(
 
     argv = twistd_argv()
     d = getProcessOutputAndValue(
-        argv[0], [*argv[1:], "-n", "--pidfile=", *args], env=child_env(**(env or {})), path=cwd
+        argv[0], [*argv[1:], "-n", "--pidfile=", *args], env=child_env(cwd, **(env or {})), path=cwd
     )
     return d.addCallback(lambda r: (r[0].decode(), r[1].decode(), r[2]))

@@ -8,3 +8,10 @@ sixchat = ServiceMaker(
     "SixChat End2End Direct user agent (TCP 4605)",
     "sixchat",
 )
+
+sixchat_irp = ServiceMaker(
+    "sixchat-irp",
+    "sixchat.irp_tap",
+    "SixChat Identity Registration Protocol registry and CA (TCP 4604)",
+    "sixchat-irp",
+)

@@ -1,0 +1,906 @@
+"""
+The IRP registry server (irp-1): L{IRPServerProtocol} answers one connection's requests,
+L{IRPServerFactory} holds what connections share (store, CA, watches, timers), and
+L{IRPServerService} runs it all on an endpoint inside TLS.
+
+The protocol speaks plain bytes: TLS is a wrapper around the factory
+(C{TLSMemoryBIOFactory(ServerTLS(...), False, factory)}), and the only thing the protocol
+needs from it, the validated client certificate, comes through the factory's C{peer_for}
+callable. So tests drive the whole request handling with C{iosim} or a string transport and a
+chosen certificate, and only the TLS-specific behaviour needs real sockets.
+
+How the rules of irp-1 map onto the code:
+
+  - B{Framing} (§1, §2): a L{RecordReader} refuses SEALED records, unknown types and
+    oversized headers before buffering; each PLAIN payload goes through the hardened XML
+    codec. Anything malformed, a request without a valid C{id}, or an C{id} already in flight
+    ends the connection after an C{error bad_request} without id (§7.2). Everything else is
+    answered with the request's id and the connection continues.
+  - B{Pipelining}: every request runs as soon as it arrives, so answers leave in the order
+    their work completes (irp-1 allows out-of-order answers).
+  - B{Rate limit} (§6): a token bucket per connection, C{max_requests_per_second} deep and
+    refilled at that rate, so bursts up to the limit pass and the sustained rate is the
+    limit. A request over it gets C{rate_limited}; the connection is kept.
+  - B{Idle timeout} (§5, §6): any request resets it; when it fires the connection is closed
+    without an error.
+  - B{Authentication}: the identity is the leaf's single rfc822Name (L{ServerTLS} refuses
+    anything else at the handshake). Before every authenticated request the connection's
+    certificate is checked against the store's revocations; a "not revoked" answer is
+    trusted until a change notification for that identity arrives, and never longer than
+    C{revocation_recheck} seconds (store notifications across processes are best effort).
+    A notification also rechecks at once, so a revocation made anywhere, by the holder or
+    an administrator, takes the identity (and, unless the lookup policy is public, the
+    watches) away from every connection authenticated by that certificate (§7.7).
+  - B{Watches} (§3.4): the factory keeps, per watched identity, the watching connections.
+    Every store notification refreshes the identity's state once and pushes it to all of
+    them; refreshes are numbered so that an older state never overtakes a newer one, and a
+    new watch answers C{watching} followed by the newest state known.
+  - B{Expiry}: a timer on the injected clock calls C{store.expire} at the next expiry and at
+    least every second (bindings written by other instances expire too); the store notifies.
+  - B{Served domains}: see L{RegistryConfig.domains}.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from cryptography.hazmat.primitives import serialization
+from twisted.application import service
+from twisted.internet import defer, endpoints, error, task
+from twisted.internet.interfaces import IDelayedCall, IListeningPort, IReactorTime
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.python.failure import Failure
+
+from sixchat.errors import AlertError
+from sixchat.identity import Identity, normalize_identity
+from sixchat.irp.authority import Authority
+from sixchat.irp.interfaces import ConflictError, IdentityState, IRegistryStore
+from sixchat.irp.messages import (
+    ANONYMOUS_REQUESTS,
+    CA,
+    CRL,
+    MAX_CONTACTS,
+    Ack,
+    Certs,
+    CRLData,
+    Enroll,
+    IRPError,
+    Lookup,
+    NodeBinding,
+    Ping,
+    Record,
+    Register,
+    Registered,
+    Renew,
+    Request,
+    Revoke,
+    Unregister,
+    Unwatch,
+    Watch,
+    is_valid_id,
+    parse_request,
+)
+from sixchat.irp.tls import ServerTLS
+from sixchat.record import MAX_PLAINTEXT, RecordReader, plain_record
+from sixchat.stanzas import format_timestamp
+from sixchat.trust import PeerCertificate
+from sixchat.xmlcodec import Element, parse, serialize
+
+__all__ = [
+    "DEFAULT_LISTEN",
+    "LOOKUP_POLICIES",
+    "IRPServerFactory",
+    "IRPServerProtocol",
+    "IRPServerService",
+    "RegistryConfig",
+]
+
+DEFAULT_LISTEN = "tcp6:4604"
+LOOKUP_POLICIES = ("authenticated", "public")
+
+
+@dataclass(frozen=True)
+class RegistryConfig:
+    """
+    The registry's policies and limits (irp-1 §3.3, §6).
+
+    @ivar lookup_policy: C{authenticated} (default) or C{public} (C{lookup} and C{watch}
+        become anonymous, for federation).
+    @ivar allow_private_addresses: accept loopback, link-local, unspecified, multicast and
+        broadcast contacts (tests, private networks).
+    @ivar domains: the domains this registry serves, lowercase. C{None} (default) serves every
+        domain the registry's CA has issued for: every identity that can register here holds
+        a certificate from the registry's anchors, so nothing needs filtering, and an identity
+        the registry has never seen is C{not_found} anyway. Given explicitly, a C{lookup} or
+        C{watch} of any other domain is C{not_found} (§7.4) and a C{register} by a
+        certificate of another domain is C{forbidden}.
+    @ivar revocation_recheck: seconds a connection trusts a "not revoked" answer without a
+        change notification.
+    """
+
+    lookup_policy: str = "authenticated"
+    allow_private_addresses: bool = False
+    domains: frozenset[str] | None = None
+    max_requests_per_second: int = 50
+    max_watches: int = 1000
+    max_nodes: int = 16
+    idle_timeout: float = 600.0
+    expiry_interval: float = 1.0
+    crl_check_interval: float = 60.0
+    revocation_recheck: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.lookup_policy not in LOOKUP_POLICIES:
+            raise ValueError(f"lookup policy must be one of {', '.join(LOOKUP_POLICIES)}")
+        if self.domains is not None:
+            object.__setattr__(self, "domains", frozenset(d.lower() for d in self.domains))
+
+    @property
+    def public(self) -> bool:
+        return self.lookup_policy == "public"
+
+
+def _der(cert: Any) -> bytes:
+    return bytes(cert.public_bytes(serialization.Encoding.DER))
+
+
+def _nodes(state: IdentityState) -> list[NodeBinding]:
+    return [
+        NodeBinding(b.node, b.contacts, b.cert, format_timestamp(b.until),
+                    format_timestamp(b.updated))
+        for b in state.bindings
+    ]  # fmt: skip
+
+
+def _key(identity: str) -> str | None:
+    try:
+        return normalize_identity(identity)
+    except ValueError:
+        return None
+
+
+class _Watch:
+    """One connection's watch of one identity; see the module docstring on ordering."""
+
+    __slots__ = ("protocol", "key", "last_seq", "active", "pending")
+
+    def __init__(self, protocol: IRPServerProtocol, key: str) -> None:
+        self.protocol = protocol
+        self.key = key
+        self.last_seq = -1
+        self.active = False
+        self.pending: IdentityState | None = None
+
+    def offer(self, seq: int, state: IdentityState) -> None:
+        if seq <= self.last_seq:
+            return
+        self.last_seq = seq
+        if self.active:
+            self.protocol.push(state)
+        else:
+            self.pending = state
+
+
+class IRPServerProtocol(Protocol):
+    """One client connection of the registry (plain bytes; TLS is around it)."""
+
+    log = Logger()
+    factory: IRPServerFactory
+
+    def __init__(self, factory: IRPServerFactory) -> None:
+        self.factory = factory
+        self.config = factory.config
+        self._reader = RecordReader()
+        self._inflight: set[str] = set()
+        self._closing = False
+        self._idle: IDelayedCall | None = None
+        self._tokens = float(self.config.max_requests_per_second)
+        self._tokens_at = 0.0
+        self._resolved = False
+        self._peer: PeerCertificate | None = None
+        self._identity_key: str | None = None
+        self._checked_at: float | None = None
+        self.watches: dict[str, _Watch] = {}
+
+    # --- connection -------------------------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        self._tokens_at = self.factory.clock.seconds()
+        self._idle = self.factory.clock.callLater(self.config.idle_timeout, self._idleTimeout)
+        self.factory.connections.add(self)
+
+    def connectionLost(self, reason: Failure = Failure(error.ConnectionDone())) -> None:  # noqa: B008
+        self._closing = True
+        if self._idle is not None and self._idle.active():
+            self._idle.cancel()
+        self._idle = None
+        self.factory.connections.discard(self)
+        self.factory.forget(self)
+
+    def _idleTimeout(self) -> None:
+        self._idle = None
+        self.log.debug("closing an idle registry connection")
+        self._closing = True
+        if self.transport is not None:
+            self.transport.loseConnection()
+
+    @property
+    def peer(self) -> PeerCertificate | None:
+        """The connection's validated certificate, or None (anonymous, or revoked)."""
+        self._resolve()
+        return self._peer
+
+    @property
+    def identity(self) -> str | None:
+        peer = self.peer
+        return peer.names[0] if peer is not None else None
+
+    def _resolve(self) -> None:
+        if self._resolved:
+            return
+        self._resolved = True
+        peer = self.factory.peer_for(self.transport) if self.transport is not None else None
+        if peer is not None and peer.names:
+            self._peer = peer
+            self._identity_key = _key(peer.names[0])
+            self.factory.track(self)
+
+    # --- input ------------------------------------------------------------------------------
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._closing:
+            return
+        self._resolve()
+        self._reader.feed(data)
+        while not self._closing:
+            try:
+                record = self._reader.next_record(sealed_allowed=False)
+            except AlertError as e:
+                self._fatal(f"record layer: {e.text or e.reason}")
+                return
+            if record is None:
+                return
+            _type, _head, payload = record
+            try:
+                element = parse(payload)
+            except AlertError as e:
+                self._fatal(e.text or "malformed XML")
+                return
+            self._request(element)
+
+    def _request(self, element: Element) -> None:
+        if self._idle is not None and self._idle.active():
+            self._idle.reset(self.config.idle_timeout)
+        rid = element.get("id")
+        if not is_valid_id(rid):
+            self._fatal("request without a valid id")
+            return
+        assert rid is not None
+        if rid in self._inflight:
+            self._fatal(f"id {rid} is already in flight")
+            return
+        if not self._take_token():
+            self._send(IRPError("rate_limited", "too many requests", rid).to_element())
+            return
+        try:
+            request = parse_request(element, self.config.allow_private_addresses)
+        except IRPError as e:
+            if e.id is None:
+                self._fatal(e.text)
+            else:
+                self._send(e.to_element())
+            return
+        self._inflight.add(rid)
+        d = defer.ensureDeferred(self._dispatch(request))
+        d.addCallback(self._answered, rid)
+
+    def _take_token(self) -> bool:
+        now = self.factory.clock.seconds()
+        rate = float(self.config.max_requests_per_second)
+        self._tokens = min(rate, self._tokens + (now - self._tokens_at) * rate)
+        self._tokens_at = now
+        if self._tokens < 1.0:
+            return False
+        self._tokens -= 1.0
+        return True
+
+    def _answered(self, elements: list[Element], rid: str) -> None:
+        self._inflight.discard(rid)
+        for element in elements:
+            self._send(element)
+
+    async def _dispatch(self, request: Request) -> list[Element]:
+        rid = request.id
+        try:
+            await self.factory.whenReady()
+            if request.tag not in ANONYMOUS_REQUESTS and not (
+                self.config.public and request.tag in ("lookup", "watch", "unwatch")
+            ):
+                peer = await self._authenticated()
+            else:
+                peer = None
+            return await self._handle(request, peer)
+        except IRPError as e:
+            return [IRPError(e.reason, e.text, rid).to_element()]
+        except Exception:
+            if self.factory.running:  # not the store closing under us at shutdown
+                self.log.failure("registry request <{tag}> failed", tag=request.tag)
+            return [IRPError("internal", "", rid).to_element()]
+
+    # --- output -----------------------------------------------------------------------------
+
+    def _send(self, element: Element) -> None:
+        if self._closing or self.transport is None:
+            return
+        data = serialize(element)
+        if len(data) > MAX_PLAINTEXT:
+            self.log.error(
+                "a <{tag}> of {size} bytes does not fit a record; not sent",
+                tag=element.tag,
+                size=len(data),
+            )
+            rid = element.get("id")
+            if rid is None:
+                return
+            data = serialize(IRPError("internal", "answer too large", rid).to_element())
+        self.transport.write(plain_record(data))
+
+    def push(self, state: IdentityState) -> None:
+        """Send a C{presence} (irp-1 §3.4: the C{node} children only)."""
+        self._send(Record(state.identity, _nodes(state)).to_element())
+
+    def _fatal(self, text: str) -> None:
+        """irp-1 §2 / §7.2: C{error bad_request} without id, then close."""
+        self.log.debug("closing a registry connection: {why}", why=text)
+        self._send(IRPError("bad_request", text).to_element())
+        self._closing = True
+        if self.transport is not None:
+            self.transport.loseConnection()
+
+    # --- authentication and revocation --------------------------------------------------------
+
+    async def _authenticated(self) -> PeerCertificate:
+        peer = self.peer
+        if peer is None:
+            raise IRPError("unauthenticated", "this request needs a client certificate")
+        now = self.factory.clock.seconds()
+        if self.factory.now() >= peer.leaf.not_valid_after_utc:
+            raise IRPError("unauthenticated", "the client certificate has expired")
+        recheck = self.config.revocation_recheck
+        if self._checked_at is None or now - self._checked_at >= recheck:
+            revoked = await self.factory.store.is_revoked(  # type: ignore[misc]
+                peer.leaf.serial_number, self._issuer_der(peer)
+            )
+            if self._peer is not peer:  # lost meanwhile
+                raise IRPError("unauthenticated", "the client certificate was revoked")
+            if revoked:
+                self.lose_identity("its certificate was revoked")
+                raise IRPError("unauthenticated", "the client certificate was revoked")
+            self._checked_at = now
+        return peer
+
+    @staticmethod
+    def _issuer_der(peer: PeerCertificate) -> bytes:
+        return _der(peer.chain[1]) if len(peer.chain) > 1 else peer.leaf_der
+
+    def identity_changed(self) -> None:
+        """
+        A change notification for our identity: forget the cached revocation answer and
+        check at once, so a revocation anywhere takes effect on this connection now.
+        """
+        self._checked_at = None
+        if self._peer is None or self._closing:
+            return
+        peer = self._peer
+
+        def checked(revoked: bool) -> None:
+            if revoked and self._peer is peer:
+                self.lose_identity("its certificate was revoked")
+                self.factory.revocation_seen()
+
+        def failed(failure: Failure) -> None:
+            if self.factory.running:
+                self.log.failure("revocation check failed", failure)
+
+        d = defer.maybeDeferred(
+            self.factory.store.is_revoked, peer.leaf.serial_number, self._issuer_der(peer)
+        )
+        d.addCallbacks(checked, failed)
+
+    def lose_identity(self, why: str) -> None:
+        """irp-1 §4.4, §7.7: later authenticated requests get C{unauthenticated}."""
+        peer = self._peer
+        if peer is None:
+            return
+        self.log.info(
+            "connection of {identity} lost its identity: {why}", identity=peer.names[0], why=why
+        )
+        self._peer = None
+        self.factory.untrack(self)
+        self._identity_key = None
+        if not self.config.public:
+            for key in list(self.watches):
+                self.factory.remove_watch(self, key)
+
+    # --- requests ---------------------------------------------------------------------------
+
+    async def _handle(self, request: Request, peer: PeerCertificate | None) -> list[Element]:
+        rid = request.id
+        factory = self.factory
+        store = factory.store
+        if isinstance(request, Ping):
+            return [Ack("pong", rid).to_element()]
+        if isinstance(request, CA):
+            return [Certs(rid, factory.authority.anchors_der, "ca-certs").to_element()]
+        if isinstance(request, CRL):
+            crls = await factory.authority.crls()
+            return [CRLData(rid, crls).to_element()]
+        if isinstance(request, Enroll):
+            chain = await factory.authority.enroll(request.token, request.csr)
+            return [Certs(rid, chain, "issued").to_element()]
+        if isinstance(request, Lookup):
+            if not factory.serves(request.identity):
+                raise IRPError("not_found", "this registry does not serve that domain")
+            state: IdentityState = await store.state(request.identity, factory.now())  # type: ignore[misc]
+            if not state.known:
+                raise IRPError("not_found", "unknown identity")
+            return [Record(state.identity, _nodes(state), state.cert, rid).to_element()]
+        if isinstance(request, Watch):
+            return await self._watch(request)
+        if isinstance(request, Unwatch):
+            key = _key(request.identity)
+            if key is not None:
+                factory.remove_watch(self, key)
+            return [Ack("unwatched", rid).to_element()]
+        assert peer is not None  # every other request is authenticated
+        identity = peer.names[0]
+        if isinstance(request, Register):
+            return await self._register(request, peer)
+        if isinstance(request, Unregister):
+            removed = await store.unregister(identity, request.node)  # type: ignore[misc]
+            if removed:
+                self.log.info("unregistered {identity} node {node}", identity=identity,
+                              node=request.node)  # fmt: skip
+            return [Ack("unregistered", rid).to_element()]
+        if isinstance(request, Renew):
+            chain = await factory.authority.renew(identity, request.csr)
+            return [Certs(rid, chain, "issued").to_element()]
+        if isinstance(request, Revoke):
+            serial = peer.leaf.serial_number
+            await factory.authority.revoke(serial, self._issuer_der(peer))
+            self.log.info(
+                "certificate serial {serial} of {identity} revoked by its holder",
+                serial=format(serial, "x"),
+                identity=identity,
+            )
+            self.lose_identity("it revoked its certificate")
+            return [Ack("revoked", rid).to_element()]
+        raise IRPError("unsupported", f"<{request.tag}> is not supported")  # pragma: no cover
+
+    async def _register(self, request: Register, peer: PeerCertificate) -> list[Element]:
+        factory = self.factory
+        identity = peer.names[0]
+        if not factory.serves(identity):
+            raise IRPError("forbidden", "this registry does not serve that domain")
+        contacts = list(dict.fromkeys(request.contacts))[:MAX_CONTACTS]
+        now = factory.now()
+        until = now + timedelta(seconds=request.expires)
+        try:
+            await factory.store.register(  # type: ignore[misc]
+                identity, request.node, contacts, peer.leaf_der, peer.leaf.serial_number,
+                peer.leaf.not_valid_after_utc, now, until, self.config.max_nodes,
+            )  # fmt: skip
+        except ConflictError:
+            raise IRPError(
+                "conflict", f"an identity may have at most {self.config.max_nodes} nodes"
+            ) from None
+        factory.binding_added(until)
+        self.log.info(
+            "registered {identity} node {node}: {contacts} for {expires} s",
+            identity=identity,
+            node=request.node,
+            contacts=" ".join(f"[{c.host}]:{c.port}" for c in contacts),
+            expires=request.expires,
+        )
+        return [Registered(request.id, request.expires).to_element()]
+
+    async def _watch(self, request: Watch) -> list[Element]:
+        factory = self.factory
+        rid = request.id
+        if not factory.serves(request.identity):
+            raise IRPError("not_found", "this registry does not serve that domain")
+        key = _key(request.identity)
+        assert key is not None  # parse_request checked the identity
+        watch = self.watches.get(key)
+        if watch is None:
+            if len(self.watches) >= self.config.max_watches:
+                raise IRPError("rate_limited", f"at most {self.config.max_watches} watches")
+            watch = factory.add_watch(self, key)
+            seq, state = await factory.fetch(request.identity)
+            watch.offer(seq, state)
+            state = watch.pending or state
+            self._answered([Ack("watching", rid).to_element()], rid)
+            self.push(state)
+            watch.pending = None
+            watch.active = True
+            return []
+        # A second watch of the same identity answers the same way and adds nothing (§7.5).
+        seq, state = await factory.fetch(request.identity)
+        watch.last_seq = max(watch.last_seq, seq)
+        self._answered([Ack("watching", rid).to_element()], rid)
+        self.push(state)
+        return []
+
+
+class IRPServerFactory(Factory):
+    """
+    What the registry's connections share: the store, the CA, the watches, and the expiry
+    and CRL timers, all on the injected clock.
+
+    @param store: an opened L{IRegistryStore}.
+    @param authority: the registry's CA over the same store.
+    @param clock: C{IReactorTime}; the registry's notion of now.
+    @param peer_for: given a connection's transport, its validated client certificate or
+        None; L{IRPServerService} reads it from L{ServerTLS}.
+    """
+
+    protocol = IRPServerProtocol  # type: ignore[assignment]
+    log = Logger()
+
+    def __init__(
+        self,
+        store: IRegistryStore,
+        authority: Authority,
+        clock: IReactorTime,
+        config: RegistryConfig | None = None,
+        peer_for: Callable[[Any], PeerCertificate | None] | None = None,
+    ) -> None:
+        self.store = store
+        self.authority = authority
+        self.clock = clock
+        self.config = config or RegistryConfig()
+        self.peer_for: Callable[[Any], PeerCertificate | None] = peer_for or (lambda _t: None)
+        self.connections: set[IRPServerProtocol] = set()
+        self._by_identity: dict[str, set[IRPServerProtocol]] = {}
+        self._watchers: dict[str, dict[IRPServerProtocol, _Watch]] = {}
+        self._fetch_seq = 0
+        self._fetching: set[str] = set()
+        self._dirty: set[str] = set()
+        self._ready = False
+        self._waiting: list[defer.Deferred[None]] = []
+        self._running = False
+        self._expiry_call: IDelayedCall | None = None
+        self._expiring = False
+        self._expiry_job: defer.Deferred[float] | None = None
+        self._crl_loop: task.LoopingCall | None = None
+        self._crl_check: IDelayedCall | None = None
+
+    def buildProtocol(self, addr: Any) -> IRPServerProtocol:  # type: ignore[override]
+        return IRPServerProtocol(self)
+
+    def now(self) -> datetime:
+        return datetime.fromtimestamp(self.clock.seconds(), UTC)
+
+    def serves(self, identity: str) -> bool:
+        if self.config.domains is None:
+            return True
+        return identity.rpartition("@")[2].lower() in self.config.domains
+
+    # --- life cycle -------------------------------------------------------------------------
+
+    def start(self) -> defer.Deferred[None]:
+        """Subscribe to the store, make the first CRL, start the timers; the store is open."""
+        return defer.ensureDeferred(self._start())
+
+    async def _start(self) -> None:
+        self._running = True
+        self.store.subscribe(self._changed)
+        await self.authority.refresh_crls(force=True)
+        self._schedule_expiry(0)
+        self._crl_loop = task.LoopingCall(self._refresh_crls)
+        self._crl_loop.clock = self.clock
+        self._crl_loop.start(self.config.crl_check_interval, now=False)
+        self._ready = True
+        waiting, self._waiting = self._waiting, []
+        for d in waiting:
+            d.callback(None)
+
+    def stop(self) -> defer.Deferred[None]:
+        """Stop the timers; fires once work they started (an expiry pass) is over."""
+        self._running = False
+        if self._expiry_call is not None and self._expiry_call.active():
+            self._expiry_call.cancel()
+        self._expiry_call = None
+        if self._crl_check is not None and self._crl_check.active():
+            self._crl_check.cancel()
+        self._crl_check = None
+        if self._crl_loop is not None and self._crl_loop.running:
+            self._crl_loop.stop()
+        self._crl_loop = None
+        job = self._expiry_job
+        if job is None:
+            return defer.succeed(None)
+        done: defer.Deferred[None] = defer.Deferred()
+        job.addBoth(lambda _: done.callback(None))
+        return done
+
+    @property
+    def running(self) -> bool:
+        """Between L{start} and L{stop}."""
+        return self._running
+
+    def whenReady(self) -> defer.Deferred[None]:
+        if self._ready:
+            return defer.succeed(None)
+        d: defer.Deferred[None] = defer.Deferred()
+        self._waiting.append(d)
+        return d
+
+    # --- identities and watches ---------------------------------------------------------------
+
+    def track(self, protocol: IRPServerProtocol) -> None:
+        if protocol._identity_key is not None:
+            self._by_identity.setdefault(protocol._identity_key, set()).add(protocol)
+
+    def untrack(self, protocol: IRPServerProtocol) -> None:
+        key = protocol._identity_key
+        if key is not None:
+            holders = self._by_identity.get(key)
+            if holders is not None:
+                holders.discard(protocol)
+                if not holders:
+                    del self._by_identity[key]
+
+    def forget(self, protocol: IRPServerProtocol) -> None:
+        """The connection ended: its watches end with it."""
+        self.untrack(protocol)
+        for key in list(protocol.watches):
+            self.remove_watch(protocol, key)
+
+    def add_watch(self, protocol: IRPServerProtocol, key: str) -> _Watch:
+        watch = _Watch(protocol, key)
+        protocol.watches[key] = watch
+        self._watchers.setdefault(key, {})[protocol] = watch
+        return watch
+
+    def remove_watch(self, protocol: IRPServerProtocol, key: str) -> None:
+        protocol.watches.pop(key, None)
+        watchers = self._watchers.get(key)
+        if watchers is not None:
+            watchers.pop(protocol, None)
+            if not watchers:
+                del self._watchers[key]
+
+    def fetch(self, identity: str) -> defer.Deferred[tuple[int, IdentityState]]:
+        """The identity's state, numbered so later fetches win over earlier ones."""
+        self._fetch_seq += 1
+        seq = self._fetch_seq
+        d: defer.Deferred[IdentityState] = self.store.state(identity, self.now())  # type: ignore[assignment]
+        return d.addCallback(lambda state: (seq, state))
+
+    def _changed(self, identity: str) -> None:
+        """Store notification: some process changed this identity's bindings or revoked."""
+        if not self._running:
+            return
+        key = _key(identity)
+        if key is None:
+            return
+        for protocol in list(self._by_identity.get(key, ())):
+            protocol.identity_changed()
+        if key in self._watchers:
+            self._refresh(key)
+
+    def _refresh(self, key: str) -> None:
+        if key in self._fetching:
+            self._dirty.add(key)
+            return
+        self._fetching.add(key)
+
+        def fetched(result: tuple[int, IdentityState]) -> None:
+            seq, state = result
+            for watch in list(self._watchers.get(key, {}).values()):
+                watch.offer(seq, state)
+
+        def failed(failure: Failure) -> None:
+            self.log.failure("refreshing watchers of {key} failed", failure, key=key)
+
+        def done(_: Any) -> None:
+            self._fetching.discard(key)
+            if key in self._dirty:
+                self._dirty.discard(key)
+                if self._running and key in self._watchers:
+                    self._refresh(key)
+
+        self.fetch(key).addCallbacks(fetched, failed).addBoth(done)
+
+    # --- expiry -----------------------------------------------------------------------------
+
+    def binding_added(self, until: datetime) -> None:
+        """A binding expiring at C{until} was written: make sure the timer fires by then."""
+        self._schedule_expiry(max(0.0, (until - self.now()).total_seconds()))
+
+    def _schedule_expiry(self, delay: float) -> None:
+        if not self._running:
+            return
+        call = self._expiry_call
+        if call is not None and call.active():
+            if call.getTime() <= self.clock.seconds() + delay:
+                return
+            call.cancel()
+        self._expiry_call = self.clock.callLater(delay, self._expire)
+
+    def _expire(self) -> None:
+        self._expiry_call = None
+        if self._expiring:
+            return
+        self._expiring = True
+        job = defer.ensureDeferred(self._expire_once())
+        self._expiry_job = job
+        job.addBoth(self._expired)
+
+    async def _expire_once(self) -> float:
+        delay = self.config.expiry_interval
+        try:
+            await self.store.expire(self.now())  # type: ignore[misc]
+            if not self._running:
+                return delay
+            nxt: datetime | None = await self.store.next_expiry()  # type: ignore[misc]
+        except Exception:
+            if self._running:
+                self.log.failure("expiring registry bindings failed")
+            return delay
+        if nxt is not None:
+            delay = min(delay, max(0.0, (nxt - self.now()).total_seconds()))
+        return delay
+
+    def _expired(self, delay: Any) -> None:
+        self._expiring = False
+        self._expiry_job = None
+        self._schedule_expiry(delay if isinstance(delay, float) else self.config.expiry_interval)
+
+    # --- CRLs -------------------------------------------------------------------------------
+
+    def _refresh_crls(self) -> defer.Deferred[Any]:
+        return self.authority.refresh_crls().addErrback(
+            lambda f: self.log.failure("refreshing the CRL failed", f)
+        )
+
+    def revocation_seen(self) -> None:
+        """Another process revoked a certificate we hold a connection of: new CRL soon."""
+        if self._crl_check is None or not self._crl_check.active():
+            self._crl_check = self.clock.callLater(0, self._refresh_crls)
+
+
+class IRPServerService(service.Service):
+    """
+    The registry as a Twisted service: opens the store, listens on C{listen} (an endpoint
+    string) inside TLS 1.3 with L{ServerTLS}, runs the factory's timers, and closes the store
+    when stopped. The port is bound in C{privilegedStartService} so that "address in use"
+    is one line on standard error before twistd daemonises.
+
+    @param credentials: the registry's TLS server certificate and key.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        reactor: Any,
+        store: IRegistryStore,
+        authority: Authority,
+        credentials: Identity,
+        listen: str = DEFAULT_LISTEN,
+        config: RegistryConfig | None = None,
+    ) -> None:
+        self.reactor = reactor
+        self.store = store
+        self.authority = authority
+        self.listen = listen
+        self.factory = IRPServerFactory(store, authority, reactor, config)
+        self.tls = ServerTLS(credentials, authority.trust, now=self.factory.now)
+        self.factory.peer_for = self._peer_for
+        self.tls_factory = TLSMemoryBIOFactory(self.tls, False, self.factory)
+        self.port: IListeningPort | None = None
+        self._listening: defer.Deferred[Any] | None = None
+        self._opened: defer.Deferred[Any] | None = None
+
+    def _peer_for(self, transport: Any) -> PeerCertificate | None:
+        handle = getattr(transport, "getHandle", None)
+        return self.tls.peer(handle()) if handle is not None else None
+
+    def privilegedStartService(self) -> None:
+        endpoint = endpoints.serverFromString(self.reactor, self.listen)
+        outcome: list[Any] = []
+        self._listening = endpoint.listen(self.tls_factory)
+        self._listening.addBoth(outcome.append)
+        if outcome:  # TCP endpoints bind synchronously: fail before the reactor runs
+            self._outcome(outcome[0])
+        else:
+            self._listening.addCallback(lambda _: self._outcome(outcome[0]))
+        super().privilegedStartService()
+
+    def _outcome(self, result: IListeningPort | Failure) -> None:
+        if isinstance(result, Failure):
+            self._cannotListen(result)
+        else:
+            self.port = result
+
+    def _cannotListen(self, failure: Failure) -> None:
+        why = failure.getErrorMessage()
+        if failure.check(error.CannotListenError):
+            err = getattr(failure.value, "socketError", None)
+            why = getattr(err, "strerror", None) or str(err)
+        line = (
+            f"sixchat-irp: error: cannot listen on {self.listen}: {why} "
+            "(is another registry running? choose another --listen)\n"
+        )
+        if self.running:
+            self.log.critical(line.strip())
+            self.reactor.stop()
+            return
+        sys.stderr.write(line)
+        raise SystemExit(1)
+
+    def startService(self) -> None:
+        if self._listening is None:
+            self.privilegedStartService()
+        super().startService()
+        self._opened = defer.ensureDeferred(self._open())
+
+    async def _open(self) -> None:
+        try:
+            await self.store.open()  # type: ignore[misc]
+            await self.factory.start()
+        except Exception as e:
+            text = str(e) or type(e).__name__
+            self.log.critical("sixchat-irp: error: {text}", text=text)
+            if self.reactor.running:
+                self.reactor.stop()
+            return
+        port = self.port
+        host: Any = port.getHost() if port is not None else None
+        self.log.info(
+            "IRP registry for {ca} listening on {host} port {port} (lookup policy {policy})",
+            ca=self.authority.ca_cert.subject.rfc4514_string(),
+            host=getattr(host, "host", host),
+            port=getattr(host, "port", ""),
+            policy=self.factory.config.lookup_policy,
+        )
+
+    def stopService(self) -> defer.Deferred[None]:  # type: ignore[override]
+        super().stopService()
+        self._listening = None
+        return defer.ensureDeferred(self._stop())
+
+    async def _stop(self) -> None:
+        if self.port is not None:
+            port, self.port = self.port, None
+            await port.stopListening()  # type: ignore[misc]
+        await self.factory.stop()
+        for protocol in list(self.factory.connections):
+            if protocol.transport is not None:
+                protocol.transport.loseConnection()
+        if self._opened is not None:
+            await self._opened
+        await self.store.close()  # type: ignore[misc]
+
+
+def make_store(db: str, reactor: Any) -> IRegistryStore:
+    """
+    The store a C{--db} value names: a C{postgresql://} (or C{postgres://}) DSN opens the
+    shared PostgreSQL store, anything else is a SQLite file.
+    """
+    if db.startswith(("postgresql://", "postgres://")):
+        from sixchat.irp.postgres_store import PostgresStore  # type: ignore[import-not-found,unused-ignore]
+
+        store: IRegistryStore = PostgresStore(db, reactor)
+        return store
+    from sixchat.irp.sqlite_store import SQLiteStore
+
+    return SQLiteStore(db, reactor)
