@@ -266,10 +266,12 @@ class PeerDirectory:
         if key in self.watched:
             return
         self.watched.add(key)
-        self._connection().addCallbacks(
-            lambda client: self._startWatch(client, identity),
-            lambda f: log.debug("registry unreachable: {f}", f=f.getErrorMessage()),
-        )
+        if self._client is not None:
+            self._startWatch(self._client, identity)
+        else:  # the new connection starts a watch for everything in self.watched
+            self._connection().addErrback(
+                lambda f: log.debug("registry unreachable: {f}", f=f.getErrorMessage())
+            )
 
     def unwatch(self, identity: str) -> None:
         key = normalize_identity(identity)

@@ -41,6 +41,7 @@ PROG = "sixchat"
 SUBCOMMAND_MODULES: list[str] = [
     "sixchat.cli.pki",
     "sixchat.cli.probe",
+    "sixchat.cli.demo",
     "sixchat.cli.enroll",
     "sixchat.cli.agent",
 ]
