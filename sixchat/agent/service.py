@@ -817,7 +817,10 @@ class UserAgentService(service.MultiService):
         except Exception as e:
             log.debug("lookup of {peer} failed: {e}", peer=peer, e=e)
             return
-        nodes = [n for n in record.nodes if self._registryKeyUsable(peer, n.cert)]
+        # First contact: every node's key in this record is the contact's (one key per
+        # device), not a key change of the node looked at before it.
+        first_contact = not self.store.pins.known(peer)
+        nodes = [n for n in record.nodes if self._registryKeyUsable(peer, n.cert, first_contact)]
         if not nodes:
             return  # offline: the watch will kick us when a node registers
         names = [n.name for n in nodes]
@@ -834,11 +837,13 @@ class UserAgentService(service.MultiService):
         if work:
             await defer.DeferredList(work, consumeErrors=True)
 
-    def _registryKeyUsable(self, peer: str, cert_der: bytes) -> bool:
+    def _registryKeyUsable(self, peer: str, cert_der: bytes, first_contact: bool = False) -> bool:
         """
         §9.3/§11.15: keys of certificates the registry returns join the contact's pin set —
         unless the contact is known and the key is new, which is a key change handled by the
         pin policy (with C{refuse}, that node is not used until the user trusts the key).
+        C{first_contact}: the contact had no pins before this registry record, so all of its
+        nodes' keys are accepted as new.
         """
         from cryptography import x509
 
@@ -851,7 +856,7 @@ class UserAgentService(service.MultiService):
         status = pins.check(peer, spki)
         if status == "known":
             return True
-        if status == "new":
+        if status == "new" or first_contact:
             pins.add(peer, spki)
             return True
         action = {"accept": "accepted", "warn": "warned", "refuse": "refused"}[pins.policy]

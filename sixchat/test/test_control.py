@@ -664,7 +664,7 @@ except OSError as e:
 try:
     s.sendall(box(_command="Status", _ask="1"))
     data = s.recv(65536)
-except ConnectionResetError:
+except (ConnectionResetError, BrokenPipeError):
     print("RESET"); sys.exit(0)
 print("EOF" if not data else "ANSWERED")
 """
