@@ -62,32 +62,33 @@ class LoggingObserver:
         )
 
 
-class PeerListenerService(service.Service):
-    """Listens on a Twisted endpoint string and accepts peer sessions with one config."""
+class EndpointService(service.Service):
+    """
+    Listens with C{factory} on a Twisted endpoint string. It binds in
+    C{privilegedStartService} (before twistd drops privileges or daemonises) and turns a
+    failure such as "address in use" into one actionable line and exit status 1 instead of a
+    traceback; if the bind only fails later (an asynchronous endpoint), it logs that line and
+    stops the reactor.
+
+    @cvar program: the command name starting the error line.
+    @cvar what: what else might hold the port, for the hint.
+    """
 
     log = Logger()
+    program = "sixchat"
+    what = "agent"
 
-    def __init__(
-        self,
-        reactor: Any,
-        config: PeerConfig,
-        listen: str = DEFAULT_LISTEN,
-        observer: ISessionObserver | None = None,
-        **factory_options: Any,
-    ) -> None:
+    def __init__(self, reactor: Any, listen: str, factory: Any) -> None:
         self.reactor = reactor
-        self.config = config
         self.listen = listen
-        self.factory = PeerFactory(
-            config, reactor, observer or LoggingObserver(), **factory_options
-        )
+        self.listening_factory = factory
         self.port: IListeningPort | None = None
         self._listening: defer.Deferred[Any] | None = None
 
     def privilegedStartService(self) -> None:
         endpoint = endpoints.serverFromString(self.reactor, self.listen)
         outcome: list[Any] = []
-        self._listening = endpoint.listen(self.factory)
+        self._listening = endpoint.listen(self.listening_factory)
         self._listening.addBoth(outcome.append)
         if outcome:  # TCP endpoints bind synchronously: fail before the reactor runs
             self._outcome(outcome[0])
@@ -99,22 +100,16 @@ class PeerListenerService(service.Service):
         if isinstance(result, Failure):
             self._cannotListen(result)
         else:
-            self._listened(result)
+            self.port = result
+            self.listened(result)
+
+    def listened(self, port: IListeningPort) -> None:
+        """Called once bound (override to log)."""
 
     def startService(self) -> None:
         if self._listening is None:
             self.privilegedStartService()
         super().startService()
-
-    def _listened(self, port: IListeningPort) -> None:
-        self.port = port
-        host = port.getHost()
-        self.log.info(
-            "user agent {names} listening on {host} port {port}",
-            names=", ".join(n for i in self.config.identities for n in i.names),
-            host=getattr(host, "host", host),
-            port=getattr(host, "port", ""),
-        )
 
     def _cannotListen(self, failure: Failure) -> None:
         why = failure.getErrorMessage()
@@ -122,8 +117,8 @@ class PeerListenerService(service.Service):
             err = getattr(failure.value, "socketError", None)
             why = getattr(err, "strerror", None) or str(err)
         line = (
-            f"sixchat: error: cannot listen on {self.listen}: {why} "
-            "(is another agent running? choose another --listen)\n"
+            f"{self.program}: error: cannot listen on {self.listen}: {why} "
+            f"(is another {self.what} running? choose another --listen)\n"
         )
         if self.running:
             self.log.critical(line.strip())
@@ -132,11 +127,41 @@ class PeerListenerService(service.Service):
         sys.stderr.write(line)
         raise SystemExit(1)
 
-    def stopService(self) -> defer.Deferred[None] | None:  # type: ignore[override]
-        super().stopService()
+    def stopListening(self) -> defer.Deferred[None]:
         self._listening = None
-        if self.port is not None:
-            port, self.port = self.port, None
-            stopped = port.stopListening()
-            return stopped if isinstance(stopped, defer.Deferred) else None
-        return None
+        if self.port is None:
+            return defer.succeed(None)
+        port, self.port = self.port, None
+        stopped = port.stopListening()
+        return stopped if isinstance(stopped, defer.Deferred) else defer.succeed(None)
+
+    def stopService(self) -> defer.Deferred[None]:  # type: ignore[override]
+        super().stopService()
+        return self.stopListening()
+
+
+class PeerListenerService(EndpointService):
+    """Listens on a Twisted endpoint string and accepts peer sessions with one config."""
+
+    def __init__(
+        self,
+        reactor: Any,
+        config: PeerConfig,
+        listen: str = DEFAULT_LISTEN,
+        observer: ISessionObserver | None = None,
+        **factory_options: Any,
+    ) -> None:
+        self.config = config
+        self.factory = PeerFactory(
+            config, reactor, observer or LoggingObserver(), **factory_options
+        )
+        super().__init__(reactor, listen, self.factory)
+
+    def listened(self, port: IListeningPort) -> None:
+        host = port.getHost()
+        self.log.info(
+            "user agent {names} listening on {host} port {port}",
+            names=", ".join(n for i in self.config.identities for n in i.names),
+            host=getattr(host, "host", host),
+            port=getattr(host, "port", ""),
+        )

@@ -42,7 +42,6 @@ How the rules of irp-1 map onto the code:
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -50,8 +49,8 @@ from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 from twisted.application import service
-from twisted.internet import defer, endpoints, error, task
-from twisted.internet.interfaces import IDelayedCall, IListeningPort, IReactorTime
+from twisted.internet import defer, error, task
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
@@ -88,6 +87,7 @@ from sixchat.irp.messages import (
 )
 from sixchat.irp.tls import ServerTLS
 from sixchat.record import MAX_PLAINTEXT, RecordReader, plain_record
+from sixchat.service import EndpointService
 from sixchat.stanzas import format_timestamp
 from sixchat.trust import PeerCertificate
 from sixchat.xmlcodec import Element, parse, serialize
@@ -777,7 +777,7 @@ class IRPServerFactory(Factory):
             self._crl_check = self.clock.callLater(0, self._refresh_crls)
 
 
-class IRPServerService(service.Service):
+class IRPServerService(EndpointService):
     """
     The registry as a Twisted service: opens the store, listens on C{listen} (an endpoint
     string) inside TLS 1.3 with L{ServerTLS}, runs the factory's timers, and closes the store
@@ -798,58 +798,23 @@ class IRPServerService(service.Service):
         listen: str = DEFAULT_LISTEN,
         config: RegistryConfig | None = None,
     ) -> None:
-        self.reactor = reactor
         self.store = store
         self.authority = authority
-        self.listen = listen
         self.factory = IRPServerFactory(store, authority, reactor, config)
         self.tls = ServerTLS(credentials, authority.trust, now=self.factory.now)
         self.factory.peer_for = self._peer_for
         self.tls_factory = TLSMemoryBIOFactory(self.tls, False, self.factory)
-        self.port: IListeningPort | None = None
-        self._listening: defer.Deferred[Any] | None = None
+        super().__init__(reactor, listen, self.tls_factory)
         self._opened: defer.Deferred[Any] | None = None
 
     def _peer_for(self, transport: Any) -> PeerCertificate | None:
         handle = getattr(transport, "getHandle", None)
         return self.tls.peer(handle()) if handle is not None else None
 
-    def privilegedStartService(self) -> None:
-        endpoint = endpoints.serverFromString(self.reactor, self.listen)
-        outcome: list[Any] = []
-        self._listening = endpoint.listen(self.tls_factory)
-        self._listening.addBoth(outcome.append)
-        if outcome:  # TCP endpoints bind synchronously: fail before the reactor runs
-            self._outcome(outcome[0])
-        else:
-            self._listening.addCallback(lambda _: self._outcome(outcome[0]))
-        super().privilegedStartService()
-
-    def _outcome(self, result: IListeningPort | Failure) -> None:
-        if isinstance(result, Failure):
-            self._cannotListen(result)
-        else:
-            self.port = result
-
-    def _cannotListen(self, failure: Failure) -> None:
-        why = failure.getErrorMessage()
-        if failure.check(error.CannotListenError):
-            err = getattr(failure.value, "socketError", None)
-            why = getattr(err, "strerror", None) or str(err)
-        line = (
-            f"sixchat-irp: error: cannot listen on {self.listen}: {why} "
-            "(is another registry running? choose another --listen)\n"
-        )
-        if self.running:
-            self.log.critical(line.strip())
-            self.reactor.stop()
-            return
-        sys.stderr.write(line)
-        raise SystemExit(1)
+    program = "sixchat-irp"
+    what = "registry"
 
     def startService(self) -> None:
-        if self._listening is None:
-            self.privilegedStartService()
         super().startService()
         self._opened = defer.ensureDeferred(self._open())
 
@@ -874,14 +839,11 @@ class IRPServerService(service.Service):
         )
 
     def stopService(self) -> defer.Deferred[None]:  # type: ignore[override]
-        super().stopService()
-        self._listening = None
+        service.Service.stopService(self)
         return defer.ensureDeferred(self._stop())
 
     async def _stop(self) -> None:
-        if self.port is not None:
-            port, self.port = self.port, None
-            await port.stopListening()  # type: ignore[misc]
+        await self.stopListening()
         await self.factory.stop()
         for protocol in list(self.factory.connections):
             if protocol.transport is not None:
