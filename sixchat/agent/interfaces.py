@@ -22,12 +22,14 @@ class IAgentEvents(Interface):
           - C{message}: an incoming message stored (keys: id, peer, body, ts, thread, reply_to,
             received_at);
           - C{delivery}: an outgoing message changed state (id, peer, state: queued|sent|
-            delivered|expired|failed, delivered_nodes, total_nodes, node, reason);
+            delivered|expired|failed, description, delivered_nodes, total_nodes, reason,
+            nodes: the per-node entries);
           - C{typing}: the peer is composing or paused (peer, state);
           - C{key_change}: a known contact presented a new key (peer, fingerprint, policy,
             action: accepted|warned|refused);
           - C{presence}: a peer's registry presence changed (peer, nodes);
-          - C{session}: a session opened or closed (peer, node, suite, group, state).
+          - C{session}: a session opened or closed (peer, state; when opened also role,
+            suite, group).
         """
 
 

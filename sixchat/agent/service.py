@@ -648,7 +648,7 @@ class UserAgentService(service.MultiService):
                     "identity": c.display or c.identity,
                     "first_seen": _iso(c.first_seen),
                     "last_seen": _iso(c.last_seen),
-                    "keys": c.pinned_keys,
+                    "keys": self._keys(c.identity),
                     "key_change_pending": c.key_change_pending,
                 }
                 for c in rows
@@ -701,18 +701,23 @@ class UserAgentService(service.MultiService):
 
     def trust(self, identity: str, accept_new_key: bool) -> defer.Deferred[dict[str, Any]]:
         if not accept_new_key:
-            keys = self.store.pins.known(identity)
-            return defer.succeed({"identity": identity, "keys": len(keys), "accepted": []})
+            return defer.succeed(
+                {"identity": identity, "keys": self._keys(identity), "accepted": []}
+            )
 
         def accepted(spkis: list[bytes]) -> dict[str, Any]:
             self.kick(identity)
             return {
                 "identity": identity,
-                "keys": len(self.store.pins.known(identity)),
+                "keys": self._keys(identity),
                 "accepted": [s.hex() for s in spkis],
             }
 
         return self.store.pins.accept_key(identity).addCallback(accepted)
+
+    def _keys(self, identity: str) -> list[str]:
+        """The contact's pinned keys: SPKI SHA-256 fingerprints in hex, sorted."""
+        return sorted(spki.hex() for spki in self.store.pins.known(identity))
 
     def typing(self, to: str, state: str) -> defer.Deferred[dict[str, Any]]:
         if state not in TYPING_STATES:

@@ -869,8 +869,12 @@ def format_status(status: dict[str, Any]) -> list[str]:
         text = f"{_scalar(registry.get('state'))}"
         if registry.get("registry"):
             text += f" with {_scalar(registry['registry'])}"
-        if registry.get("expires"):
-            text += f", expires {local_time(registry['expires'])}"
+        expires = registry.get("expires")
+        if isinstance(expires, int | float) and not isinstance(expires, bool):
+            # the agent reports the expiry the registry granted, in seconds (refreshed at 2/3)
+            text += f" for {int(expires)} s at a time"
+        elif expires:
+            text += f", expires {local_time(expires)}"
         if extra:
             text += f" ({_scalar(extra)})"
         lines.append(f"registry:    {text}")
