@@ -75,9 +75,10 @@ class _Watcher(protocol.ProcessProtocol):
         self.ended.callback(code)
 
 
-class Agent:
-    """A C{twistd -n sixchat} user agent in its own process."""
+class TwistdProcess:
+    """A C{twistd -n PLUGIN …} in its own process, ready once its log shows C{READY}."""
 
+    plugin = ""
     READY = re.compile(rb"listening on (\S+) port (\d+)")
 
     def __init__(self, workdir: str, args: list[str], env: dict[str, str] | None = None) -> None:
@@ -88,17 +89,12 @@ class Agent:
         self.port = 0
         self.transport: Any = None
 
+    def argv(self) -> list[str]:
+        return list(self.args)
+
     @defer.inlineCallbacks
     def start(self, timeout: float = 30) -> Any:
-        args = list(self.args)
-        if "--data-dir" not in args:
-            # Never the real ~/.local/share; and short, since the control socket lives in it
-            # and UNIX socket paths are limited to 107 bytes (trial's temp paths are long).
-            import tempfile
-
-            args += ["--data-dir", tempfile.mkdtemp(prefix="sixchat-agent-")]
-        self.data_dir = args[args.index("--data-dir") + 1]
-        argv = [*twistd_argv(), "-n", "--pidfile=", "sixchat", *args]
+        argv = [*twistd_argv(), "-n", "--pidfile=", self.plugin, *self.argv()]
         self.transport = reactor.spawnProcess(
             self.watcher,
             sys.executable,
@@ -126,6 +122,30 @@ class Agent:
             except Exception:  # already gone
                 pass
         return self.watcher.ended
+
+
+class Agent(TwistdProcess):
+    """A C{twistd -n sixchat} user agent."""
+
+    plugin = "sixchat"
+
+    def argv(self) -> list[str]:
+        args = list(self.args)
+        if "--data-dir" not in args:
+            # Never the real ~/.local/share; and short, since the control socket lives in it
+            # and UNIX socket paths are limited to 107 bytes (trial's temp paths are long).
+            import tempfile
+
+            args += ["--data-dir", tempfile.mkdtemp(prefix="sixchat-agent-")]
+        self.data_dir = args[args.index("--data-dir") + 1]
+        return args
+
+
+class Registry(TwistdProcess):
+    """A C{twistd -n sixchat-irp} registry."""
+
+    plugin = "sixchat-irp"
+    READY = re.compile(rb"IRP registry for .* listening on (\S+) port (\d+)")
 
 
 def run_cli(

@@ -11,7 +11,6 @@ import json
 import os
 import re
 import stat
-import sys
 from typing import Any
 
 from twisted.internet import defer, reactor, task
@@ -19,49 +18,9 @@ from twisted.trial import unittest
 
 from sixchat import tap
 from sixchat.agent.service import default_node
-from sixchat.test.processes import Agent, _Watcher, child_env, run_cli, twistd_argv
+from sixchat.test.processes import Agent, Registry, run_cli
 
 READY_TIMEOUT = 30
-
-
-class Registry:
-    """A C{twistd -n sixchat-irp} registry in its own process."""
-
-    READY = re.compile(rb"IRP registry for .* listening on (\S+) port (\d+)")
-
-    def __init__(self, workdir: str, args: list[str]) -> None:
-        self.workdir = workdir
-        self.args = args
-        self.watcher = _Watcher(self.READY)
-        self.port = 0
-        self.transport: Any = None
-
-    @defer.inlineCallbacks
-    def start(self) -> Any:
-        argv = [*twistd_argv(), "-n", "--pidfile=", "sixchat-irp", *self.args]
-        self.transport = reactor.spawnProcess(
-            self.watcher, sys.executable, argv, env=child_env(), path=self.workdir
-        )
-        timer = reactor.callLater(READY_TIMEOUT, self.watcher.ready.cancel)
-        try:
-            match = yield self.watcher.ready
-        finally:
-            if timer.active():
-                timer.cancel()
-        self.port = int(match.group(2))
-        return self.port
-
-    @property
-    def log(self) -> str:
-        return self.watcher.output.decode(errors="replace")
-
-    def stop(self) -> defer.Deferred[int | None]:
-        if not self.watcher.ended.called:
-            try:
-                self.transport.signalProcess("TERM")
-            except Exception:
-                pass
-        return self.watcher.ended
 
 
 @defer.inlineCallbacks

@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import base64
 import os
-import re
 import socket
-import sys
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -56,7 +54,7 @@ from sixchat.irp.sqlite_store import SQLiteStore, issuer_key
 from sixchat.irp.tls import client_options
 from sixchat.record import RecordReader, header, plain_record
 from sixchat.test import certs
-from sixchat.test.processes import _Watcher, child_env, run_cli, run_twistd, twistd_argv
+from sixchat.test.processes import Registry, run_cli, run_twistd
 from sixchat.test.test_irp_store import wait_for
 from sixchat.xmlcodec import Element, parse, serialize
 
@@ -1191,43 +1189,6 @@ class PluginTests(TestCase):
         self.assertTrue(config.allow_private_addresses)
         self.assertEqual(config.max_watches, 7)
         self.assertEqual(service.store.path, db)  # type: ignore[attr-defined]
-
-
-class Registry:
-    """A C{twistd -n sixchat-irp} in its own process."""
-
-    READY = re.compile(rb"listening on (\S+) port (\d+)")
-
-    def __init__(self, workdir: str, args: list[str]) -> None:
-        self.workdir = workdir
-        self.args = args
-        self.watcher = _Watcher(self.READY)
-        self.transport: Any = None
-
-    async def start(self, timeout: float = 30) -> int:
-        argv = [*twistd_argv(), "-n", "--pidfile=", "sixchat-irp", *self.args]
-        self.transport = reactor.spawnProcess(
-            self.watcher, sys.executable, argv, env=child_env(), path=self.workdir
-        )
-        timer = reactor.callLater(timeout, self.watcher.ready.cancel)
-        try:
-            match = await self.watcher.ready
-        finally:
-            if timer.active():
-                timer.cancel()
-        return int(match.group(2))
-
-    @property
-    def log(self) -> str:
-        return self.watcher.output.decode(errors="replace")
-
-    def stop(self) -> defer.Deferred[int | None]:
-        if not self.watcher.ended.called:
-            try:
-                self.transport.signalProcess("TERM")
-            except Exception:
-                pass
-        return self.watcher.ended
 
 
 class RealProcessTests(TestCase):
