@@ -318,9 +318,13 @@ class UserAgentService(service.MultiService):
         handshake_timeout: float = HANDSHAKE_TIMEOUT,
         idle_timeout: float = IDLE_TIMEOUT,
         rand: Callable[[], float] = random.random,
+        clock: Any = None,
     ) -> None:
         super().__init__()
         self.reactor = reactor
+        #: Time for the outbox (retries, expiry, waits): the reactor unless a test gives a
+        #: C{task.Clock}; sockets and threads always use the reactor.
+        self.clock: Any = clock or reactor
         self.identity = config.identities[0]
         self.name_ = self.identity.names[0]
         self.data_dir = data_dir
@@ -457,7 +461,7 @@ class UserAgentService(service.MultiService):
         return port.getHost() if port is not None else None
 
     def now(self) -> datetime:
-        return datetime.fromtimestamp(self.reactor.seconds(), UTC)
+        return datetime.fromtimestamp(self.clock.seconds(), UTC)
 
     # events --------------------------------------------------------------------------------
 
@@ -568,7 +572,7 @@ class UserAgentService(service.MultiService):
             elif status.state in ("delivered", "expired", "failed") or timeout <= 0:
                 d.callback(status_dict(status))
             else:
-                timer = self.reactor.callLater(timeout, self._waitTimedOut, message_id, d)
+                timer = self.clock.callLater(timeout, self._waitTimedOut, message_id, d)
                 self._waiters.setdefault(message_id, []).append((d, timer))
 
         self.store.status(message_id).addCallbacks(check, d.errback)
@@ -747,10 +751,10 @@ class UserAgentService(service.MultiService):
         if not self.running or self._stopping:
             return
         if self._tick_call is not None and self._tick_call.active():
-            if self._tick_call.getTime() <= self.reactor.seconds() + delay:
+            if self._tick_call.getTime() <= self.clock.seconds() + delay:
                 return
             self._tick_call.cancel()
-        self._tick_call = self.reactor.callLater(delay, self._tick)
+        self._tick_call = self.clock.callLater(delay, self._tick)
 
     @defer.inlineCallbacks
     def _tick(self) -> Any:
@@ -759,8 +763,8 @@ class UserAgentService(service.MultiService):
             return
         try:
             now = self.now()
-            if self.reactor.seconds() - self._last_expire >= EXPIRE_EVERY:
-                self._last_expire = self.reactor.seconds()
+            if self.clock.seconds() - self._last_expire >= EXPIRE_EVERY:
+                self._last_expire = self.clock.seconds()
                 expired = yield self.store.expire(now, self.message_ttl)
                 for status in expired:
                     self._statusChanged(status)
@@ -988,7 +992,7 @@ class UserAgentService(service.MultiService):
             self._sessions[(normalize_identity(peer), node.name)] = session
             return session
 
-        return happy_eyeballs(self.reactor, contacts, attempt).addCallback(check)
+        return happy_eyeballs(self.clock, contacts, attempt).addCallback(check)
 
 
 def default_node() -> str:
