@@ -41,6 +41,8 @@ from sixchat.stanzas import (
     Receipt,
     Rekey,
     is_valid_id,
+    parse_application,
+    serialize_stanza,
 )
 from sixchat.xmlcodec import Element, parse, serialize
 
@@ -163,6 +165,16 @@ class Connection:
     def install_write(self, state: CipherState) -> None:
         self._write = state
 
+    def release_handshake(self) -> None:
+        """
+        Forget the handshake machine once the handshake is complete: its transcript hash,
+        handshake secrets and ephemeral state would otherwise live as long as the session
+        (about 1 KiB of an idle session's memory). Nothing here needs it after completion;
+        the Twisted adapter calls this, while sans-IO users and tests may keep inspecting it.
+        """
+        if self.result is not None:
+            self.handshake = None  # type: ignore[assignment]
+
     # outgoing -----------------------------------------------------------------------------
 
     def _pad(self, payload: bytes) -> bytes:
@@ -196,10 +208,13 @@ class Connection:
             raise ConnectionClosedError(f"cannot send {type(stanza).__name__} while {self.state}")
         if isinstance(stanza, Close | Rekey):
             raise ValueError("use close() or rekey()")
-        self._send_element(stanza.to_element())
+        self._send_bytes(serialize_stanza(stanza))
 
     def _send_element(self, element: Element) -> None:
-        plaintext = self._pad(serialize(element))
+        self._send_bytes(serialize(element))
+
+    def _send_bytes(self, serialized: bytes) -> None:
+        plaintext = self._pad(serialized)
         if len(plaintext) > MAX_PLAINTEXT:
             raise ValueError("stanza does not fit in one record (65,536 bytes)")
         write = self._write
@@ -301,7 +316,15 @@ class Connection:
             return
         assert self._read is not None
         plaintext = self._read.open(head, payload)
-        element = parse(strip_padding(plaintext))
+        data = strip_padding(plaintext)
+        if self.result is not None:
+            # The commonest stanzas, in the form we send them, skip the tree: same result as
+            # the generic path below (see stanzas.parse_application).
+            stanza = parse_application(data)
+            if stanza is not None:
+                self._application_stanza(stanza, events)
+                return
+        element = parse(data)
         if element.tag == "alert":
             self._peer_alert(element, events)
         elif self.result is None:
@@ -352,9 +375,12 @@ class Connection:
             if tag != "error":
                 self._stanza_error(error, events)
             return
+        self._application_stanza(stanza, events)
+
+    def _application_stanza(self, stanza: ApplicationStanza, events: list[Event]) -> None:
         if isinstance(stanza, Ping):
             if self.state == "open":
-                self._send_element(Pong(stanza.id).to_element())
+                self._send_bytes(serialize_stanza(Pong(stanza.id)))
             return
         events.append(StanzaReceived(stanza))
 

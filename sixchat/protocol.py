@@ -54,6 +54,13 @@ IDLE_TIMEOUT = 300.0
 CLOSE_WAIT = 5.0
 MAX_HANDSHAKES = 256
 MAX_HANDSHAKES_PER_SOURCE = 16
+#: §9.2 "buffered unprocessed input per connection": records are processed as they arrive,
+#: so what can pile up is received messages the observer has not stored (and receipted) yet.
+#: Past this many bytes we stop reading from the peer until storage catches up.
+MAX_UNPROCESSED = 256 * 1024
+#: What one message awaiting storage is counted as beyond its text (id, ts, Deferred, ...),
+#: so that a flood of empty messages is bounded too.
+MESSAGE_OVERHEAD = 256
 
 
 class StanzaRefused(SixchatError):
@@ -183,7 +190,7 @@ class Session:
             raise ValueError("text over 32,768 characters: use sendText, which splits it")
         message = Message(
             id or new_stanza_id(),
-            ts or format_timestamp(self._protocol.now()),
+            ts or self._protocol.timestamp(),
             text,
             thread,
             reply_to,
@@ -292,7 +299,8 @@ class PeerProtocol(Protocol):
 
     It registers itself as the transport's producer so that when a peer stops reading and
     our write buffer fills, we stop reading from it too (§9.2 back-pressure): a peer cannot
-    make us buffer answers without bound.
+    make us buffer answers without bound. Likewise we stop reading while more than
+    L{MAX_UNPROCESSED} bytes of received messages wait for the observer to store them.
     """
 
     log = Logger()
@@ -331,6 +339,10 @@ class PeerProtocol(Protocol):
         self._idle_timer: IDelayedCall | None = None
         self._close_timer: IDelayedCall | None = None
         self._receipts_pending = 0
+        #: Bytes of received messages not yet stored (§9.2, see L{MAX_UNPROCESSED}).
+        self.unstored = 0
+        self._write_full = False  # the transport paused us: its write buffer is full
+        self._reading_paused = False
         self._close_requested = False
         self._lost = False
         self.on_handshake_end: Callable[[PeerProtocol], None] | None = None
@@ -342,6 +354,20 @@ class PeerProtocol(Protocol):
     def now(self) -> datetime:
         """Wall-clock time by the injected clock (message timestamps)."""
         return datetime.fromtimestamp(self.clock.seconds(), UTC)
+
+    def timestamp(self) -> str:
+        """
+        C{format_timestamp(self.now())}, the C{ts} of a message we send. Formatting costs
+        more than the AEAD at high message rates, so the string is reused for every message
+        of the same millisecond (module-wide: it depends on the clock reading only).
+        """
+        seconds = self.clock.seconds()
+        key = int(seconds * 1000)
+        cached = _last_timestamp
+        if cached[0] != key:
+            cached[1] = format_timestamp(datetime.fromtimestamp(seconds, UTC))
+            cached[0] = key
+        return cached[1]  # type: ignore[return-value]
 
     # Twisted callbacks ----------------------------------------------------------------------
 
@@ -365,8 +391,16 @@ class PeerProtocol(Protocol):
         if established and connection.records_received != before:
             self._resetIdle()
         self.flush()
-        for event in events:
-            self._handle(event)
+        # Whatever the events make us send (receipts of stored messages, above all) leaves in
+        # one transport write after the loop instead of one write per stanza; each stanza is
+        # still its own record (§2). _drop flushes first, so nothing is left behind.
+        self._coalescing = True
+        try:
+            for event in events:
+                self._handle(event)
+        finally:
+            self._coalescing = False
+        self.flush()
 
     def connectionLost(self, reason: Failure = error.ConnectionDone) -> None:  # type: ignore[assignment]
         self._lost = True
@@ -385,13 +419,26 @@ class PeerProtocol(Protocol):
             )
             self.handshakeDone.errback(failure)
 
-    # IPushProducer: the transport tells us its write buffer is full / drained.
+    # IPushProducer: the transport tells us its write buffer is full / drained. We read only
+    # while neither that nor messages awaiting storage (§9.2) hold us back.
 
     def pauseProducing(self) -> None:
-        self.transport.pauseProducing()  # type: ignore[union-attr]
+        self._write_full = True
+        self._updateReading()
 
     def resumeProducing(self) -> None:
-        self.transport.resumeProducing()  # type: ignore[union-attr]
+        self._write_full = False
+        self._updateReading()
+
+    def _updateReading(self) -> None:
+        pause = self._write_full or self.unstored > MAX_UNPROCESSED
+        if pause == self._reading_paused or self._lost or self.transport is None:
+            return
+        self._reading_paused = pause
+        if pause:
+            self.transport.pauseProducing()  # type: ignore[attr-defined]
+        else:
+            self.transport.resumeProducing()  # type: ignore[attr-defined]
 
     def stopProducing(self) -> None:
         pass
@@ -403,9 +450,13 @@ class PeerProtocol(Protocol):
         if data and not self._lost:
             self.transport.write(data)  # type: ignore[union-attr]
 
+    #: True while dataReceived handles events: sendStanza then leaves the flush to it.
+    _coalescing = False
+
     def sendStanza(self, stanza: Any) -> None:
         self.connection.send(stanza)
-        self.flush()
+        if not self._coalescing:
+            self.flush()
 
     # events ---------------------------------------------------------------------------------
 
@@ -429,6 +480,7 @@ class PeerProtocol(Protocol):
         if self._handshake_timer is not None and self._handshake_timer.active():
             self._handshake_timer.cancel()
         self._handshake_timer = None
+        self.connection.release_handshake()  # idle-session memory: docs/benchmarks.md
         self._handshakeEnded()
         self._resetIdle()
         session = self.session = Session(self, result)
@@ -463,10 +515,21 @@ class PeerProtocol(Protocol):
         assert session is not None
         if isinstance(stanza, Message):
             self._receipts_pending += 1
-            d = defer.maybeDeferred(self.observer.messageReceived, session, stanza)
-            d.addCallbacks(
-                self._stored, self._notStored, callbackArgs=(stanza,), errbackArgs=(stanza,)
-            )
+            self.unstored += _message_cost(stanza)
+            try:
+                stored = self.observer.messageReceived(session, stanza)
+            except BaseException:
+                stored = Failure()
+            if stored is None:
+                # Stored synchronously (the common embedding): receipt at once, without the
+                # Deferred that maybeDeferred would make and fire on the spot.
+                self._stored(None, stanza)
+            else:
+                d = defer.maybeDeferred(lambda: stored)  # a Deferred, coroutine or Failure
+                d.addCallbacks(
+                    self._stored, self._notStored, callbackArgs=(stanza,), errbackArgs=(stanza,)
+                )
+            self._updateReading()
             return
         if isinstance(stanza, Receipt) and session._receipt(stanza):
             return
@@ -479,14 +542,18 @@ class PeerProtocol(Protocol):
 
     def _stored(self, _: object, message: Message) -> None:
         self._receipts_pending -= 1
+        self.unstored -= _message_cost(message)
         if not self._lost and self.connection.state in ("open", "closing"):
             self.sendStanza(Receipt(message.id))
         self._maybeAnswerClose()
+        self._updateReading()
 
     def _notStored(self, failure: Failure, message: Message) -> None:
         self._receipts_pending -= 1
+        self.unstored -= _message_cost(message)
         self.log.failure("could not store message {id}; no receipt sent", failure, id=message.id)
         self._maybeAnswerClose()
+        self._updateReading()
 
     def _maybeAnswerClose(self) -> None:
         """§8.8: after the peer's close, finish pending receipts, answer, then drop."""
@@ -545,6 +612,7 @@ class PeerProtocol(Protocol):
         """Close after the queued bytes are written; abort if the peer never reads them."""
         if self._lost:
             return
+        self.flush()  # records queued while coalescing (see dataReceived) go first
         self.transport.loseConnection()  # type: ignore[union-attr]
         if self._close_timer is None or not self._close_timer.active():
             self._close_timer = self.clock.callLater(self.close_wait, self._abort)
@@ -569,6 +637,19 @@ class PeerProtocol(Protocol):
         host = getattr(peer, "host", None)
         port = getattr(peer, "port", None)
         return f"[{host}]:{port}" if host and ":" in host else f"{host}:{port}"
+
+
+def _message_cost(message: Message) -> int:
+    """What a received message awaiting storage counts toward L{MAX_UNPROCESSED}."""
+    size = 0
+    for text in (message.body, message.thread or ""):
+        # isascii() is O(1) on str; encoding just to count would copy every body twice.
+        size += len(text) if text.isascii() else len(text.encode("utf-8"))
+    return size + MESSAGE_OVERHEAD
+
+
+#: [millisecond, its C{ts} string] for L{PeerProtocol.timestamp}.
+_last_timestamp: list[int | str | None] = [None, ""]
 
 
 def _internal() -> AlertError:

@@ -8,6 +8,7 @@ opens one direction under one traffic secret.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable
 
 from cryptography.exceptions import InvalidTag
@@ -25,6 +26,10 @@ MAX_SEALED = MAX_PLAINTEXT + TAG_LEN
 #: The largest sequence number a key may seal (§2.1).
 MAX_SEQ = 2**24 - 1
 PADDING = 0x20
+_SEALED_HEADER_BASE = SEALED << 24
+#: SEALED payloads at least this long are handed out as memoryviews (below, copying is
+#: cheaper than making the view).
+_VIEW_FROM = 2048
 
 #: suite name -> (key bytes, AEAD class)
 SUITES: dict[str, tuple[int, Callable[[bytes], AESGCM | ChaCha20Poly1305]]] = {
@@ -52,10 +57,48 @@ def strip_padding(plaintext: bytes) -> bytes:
     return element
 
 
+class _AeadCache:
+    """
+    The AEAD objects of the keys in use, least recently used evicted past C{capacity}.
+
+    A C{cryptography} AEAD object holds a ready encryption and decryption context, about
+    2.6 KiB for AES-GCM: two per session, most of an idle session's memory. Held here
+    instead of by each L{CipherState}, they belong to the sessions that carry traffic; an
+    idle session keeps only its key (32 bytes) and gets its object back, rebuilt in a few
+    microseconds, with its next record. Objects are stateless between calls (the nonce is
+    an argument), so two states with the same key (both ends of an in-process pair) can
+    share one.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._entries: OrderedDict[tuple[str, bytes], AESGCM | ChaCha20Poly1305] = OrderedDict()
+
+    def get(self, suite: str, key: bytes) -> AESGCM | ChaCha20Poly1305:
+        entries = self._entries
+        cache_key = (suite, key)
+        aead = entries.get(cache_key)
+        if aead is None:
+            aead = SUITES[suite][1](key)
+            entries[cache_key] = aead
+            if len(entries) > self.capacity:
+                entries.popitem(last=False)
+        else:
+            entries.move_to_end(cache_key)
+        return aead
+
+    def discard(self, suite: str, key: bytes) -> None:
+        self._entries.pop((suite, key), None)
+
+
+#: 512 entries: 256 sessions with traffic in both directions at any moment, 1.3 MiB.
+_AEADS = _AeadCache(512)
+
+
 class CipherState:
     """One direction's AEAD state: traffic secret, key, IV, sequence number."""
 
-    __slots__ = ("suite", "secret", "_aead", "_iv", "seq", "bytes_sealed")
+    __slots__ = ("suite", "secret", "_key", "_iv", "seq", "bytes_sealed")
 
     def __init__(self, suite: str, secret: bytes) -> None:
         self.suite = suite
@@ -77,7 +120,8 @@ class CipherState:
         self._set_key(key, iv)
 
     def _set_key(self, key: bytes, iv: bytes) -> None:
-        self._aead = SUITES[self.suite][1](key)
+        _AEADS.get(self.suite, key)  # made now: a bad key length fails here, not at first use
+        self._key = key
         self._iv = int.from_bytes(iv, "big")
         self.seq = 0
         self.bytes_sealed = 0
@@ -86,6 +130,7 @@ class CipherState:
         """Switch to the next application traffic secret (§8.5); seq restarts at 0."""
         if not self.secret:
             raise ValueError("a state made from raw key material cannot rekey")
+        _AEADS.discard(self.suite, self._key)  # the old key is done with
         self._install(next_traffic_secret(self.secret))
 
     def _nonce(self) -> bytes:
@@ -93,24 +138,30 @@ class CipherState:
 
     def seal(self, plaintext: bytes) -> bytes:
         """The whole SEALED record for C{plaintext} (padding already added)."""
-        if not 0 < len(plaintext) <= MAX_PLAINTEXT:
+        size = len(plaintext)
+        if not 0 < size <= MAX_PLAINTEXT:
             raise ValueError("SEALED plaintext must be 1 to 65,536 bytes")
-        if self.seq > MAX_SEQ:
+        seq = self.seq
+        if seq > MAX_SEQ:
             raise ValueError("sequence numbers exhausted: rekey first")
-        head = header(SEALED, len(plaintext) + TAG_LEN)
-        ciphertext = self._aead.encrypt(self._nonce(), plaintext, head)
-        self.seq += 1
-        self.bytes_sealed += len(plaintext)
+        # header(SEALED, size + TAG_LEN) and _nonce(), inlined: this runs once per record.
+        head = (_SEALED_HEADER_BASE | (size + TAG_LEN)).to_bytes(HEADER_LEN, "big")
+        aead = _AEADS.get(self.suite, self._key)
+        ciphertext = aead.encrypt((self._iv ^ seq).to_bytes(12, "big"), plaintext, head)
+        self.seq = seq + 1
+        self.bytes_sealed += size
         return head + ciphertext
 
     def open(self, head: bytes, ciphertext: bytes) -> bytes:
-        if self.seq > MAX_SEQ:
+        seq = self.seq
+        if seq > MAX_SEQ:
             raise ProtocolError("peer did not rekey before sequence 2^24")
+        aead = _AEADS.get(self.suite, self._key)
         try:
-            plaintext = self._aead.decrypt(self._nonce(), ciphertext, head)
+            plaintext = aead.decrypt((self._iv ^ seq).to_bytes(12, "big"), ciphertext, head)
         except InvalidTag:
             raise BadRecordMac("record failed to open") from None
-        self.seq += 1
+        self.seq = seq + 1
         return plaintext
 
 
@@ -120,32 +171,39 @@ class RecordReader:
 
     Holds at most one partial record: a header announcing more than the limit fails before its
     payload is buffered. C{sealed_allowed} tells whether a read key is installed (§11.6 check 4).
+
+    Records are sliced out of the received chunk at a moving offset instead of being cut off
+    the front of a buffer one by one: with many small records in one chunk, deleting each
+    from a bytearray moved the rest of the chunk every time. Only the unfinished tail is
+    kept between chunks (copied once, joined with the next chunk).
     """
 
-    __slots__ = ("_buffer",)
+    __slots__ = ("_data", "_pos")
 
     def __init__(self) -> None:
-        self._buffer = bytearray()
+        self._data = b""
+        self._pos = 0
 
     @property
     def buffered(self) -> int:
-        return len(self._buffer)
+        return len(self._data) - self._pos
 
     def feed(self, data: bytes) -> None:
-        self._buffer += data
+        if self._pos >= len(self._data):
+            self._data = bytes(data)  # no copy for bytes, which is what transports give
+        else:
+            self._data = self._data[self._pos :] + data
+        self._pos = 0
 
     def next_record(self, sealed_allowed: bool) -> tuple[int, bytes, bytes] | None:
-        buffer = self._buffer
-        if len(buffer) < HEADER_LEN:
+        data = self._data
+        pos = self._pos
+        if len(data) - pos < HEADER_LEN:
+            self._keep_tail()
             return None
-        record_type = buffer[0]
-        length = (buffer[1] << 16) | (buffer[2] << 8) | buffer[3]
-        if record_type == PLAIN:
-            if length == 0:
-                raise ProtocolError("zero-length record")
-            if length > MAX_PLAINTEXT:
-                raise RecordOverflow("PLAIN record over 65,536 bytes")
-        elif record_type == SEALED:
+        record_type = data[pos]
+        length = (data[pos + 1] << 16) | (data[pos + 2] << 8) | data[pos + 3]
+        if record_type == SEALED:
             if length == 0:
                 raise ProtocolError("zero-length record")
             if length > MAX_SEALED:
@@ -154,12 +212,27 @@ class RecordReader:
                 raise ProtocolError("SEALED record before any key is installed")
             if length < TAG_LEN:
                 raise BadRecordMac("SEALED payload shorter than its tag")
+        elif record_type == PLAIN:
+            if length == 0:
+                raise ProtocolError("zero-length record")
+            if length > MAX_PLAINTEXT:
+                raise RecordOverflow("PLAIN record over 65,536 bytes")
         else:
             raise ProtocolError(f"unknown record type {record_type:#04x}")
-        end = HEADER_LEN + length
-        if len(buffer) < end:
+        start = pos + HEADER_LEN
+        end = start + length
+        if len(data) < end:
+            self._keep_tail()
             return None
-        head = bytes(buffer[:HEADER_LEN])
-        payload = bytes(buffer[HEADER_LEN:end])
-        del buffer[:end]
-        return record_type, head, payload
+        self._pos = end
+        if length >= _VIEW_FROM and record_type == SEALED:
+            # A large ciphertext goes to the AEAD as a view of the received bytes (which are
+            # immutable), not as a copy; PLAIN payloads are always bytes for the parser.
+            return record_type, data[pos:start], memoryview(data)[start:end]  # type: ignore[return-value]
+        return record_type, data[pos:start], data[start:end]
+
+    def _keep_tail(self) -> None:
+        """Between chunks, hold only the unfinished record, not the whole chunk."""
+        if self._pos:
+            self._data = self._data[self._pos :]
+            self._pos = 0

@@ -9,13 +9,23 @@ Handshake parsing raises L{AlertError}s (fatal). Application parsing raises L{St
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from sixchat.errors import BadCertificate, ProtocolError, StanzaError
-from sixchat.xmlcodec import Element, b64decode, b64encode
+from sixchat.xmlcodec import (
+    Element,
+    b64decode,
+    b64encode,
+    encode_checked,
+    escape_attribute,
+    escape_text,
+    has_c0_controls,
+    serialize,
+)
 
 MAX_BODY_CHARS = 32_768
 MAX_CERTS = 8
@@ -44,6 +54,45 @@ def parse_timestamp(value: str) -> datetime:
     fraction = m.group(7) or ""
     micro = int((fraction + "000000")[:6])
     return datetime(year, month, day, hour, minute, min(second, 59), micro, tzinfo=UTC)
+
+
+@functools.lru_cache(maxsize=64)
+def _is_date(year: int, month: int, day: int) -> bool:
+    try:
+        datetime(year, month, day)
+    except ValueError:
+        return False
+    return True
+
+
+#: Recently checked timestamps: at high rates every message of one millisecond carries the
+#: same C{ts}. Bounded (cleared when full), so unique values only cost a recheck.
+_checked_timestamps: dict[str, bool] = {}
+
+
+def is_valid_timestamp(value: str) -> bool:
+    """
+    Whether L{parse_timestamp} accepts C{value}, without building the C{datetime} (the
+    receive fast path only validates C{ts}, §8.1).
+    """
+    known = _checked_timestamps.get(value)
+    if known is not None:
+        return known
+    m = _TS.match(value)
+    if m is None:
+        valid = False
+    else:
+        year, month, day, hour, minute, second = m.groups()[:6]
+        valid = (
+            int(hour) <= 23
+            and int(minute) <= 59
+            and int(second) <= 60
+            and _is_date(int(year), int(month), int(day))
+        )
+    if len(_checked_timestamps) >= 256:
+        _checked_timestamps.clear()
+    _checked_timestamps[value] = valid
+    return valid
 
 
 def format_timestamp(when: datetime) -> str:
@@ -401,3 +450,136 @@ ApplicationStanza = Message | Receipt | Ping | Pong | Typing | Rekey | Close | E
 
 #: Handshake tags that are a C{protocol_error} after the handshake (§9.1).
 HANDSHAKE_TAGS = frozenset({"hello", "identity", "verify", "finished"})
+
+
+# ---------------------------------------------------------------------------------------------
+# Fast paths for the commonest stanzas (docs/benchmarks.md). Both are exact shortcuts of the
+# generic path, which stays the definition: property tests in test_stanzas check that
+# L{serialize_stanza} is byte for byte C{serialize(stanza.to_element())} (raising where it
+# raises), and that L{parse_application} returns nothing or exactly what L{parse} followed
+# by C{from_element} returns.
+
+_RECEIPT_LIKE: dict[type, str] = {Receipt: "receipt", Ping: "ping", Pong: "pong"}
+
+
+def serialize_stanza(stanza: ApplicationStanza) -> bytes:
+    """
+    C{serialize(stanza.to_element())} without building the tree for C{message}, C{receipt},
+    C{ping} and C{pong}: one format string, the same escaping, the same C{Char} check.
+
+    @raise ValueError: if a text or attribute holds a code point outside XML C{Char}.
+    """
+    cls = type(stanza)
+    if cls is Message:
+        assert isinstance(stanza, Message)
+        body = stanza.body
+        parts = [
+            '<message id="',
+            escape_attribute(stanza.id),
+            '" ts="',
+            escape_attribute(stanza.ts),
+            '"><body>' + escape_text(body) + "</body>" if body else '"><body/>',
+        ]
+        if stanza.thread is not None:
+            thread = stanza.thread
+            parts.append("<thread>" + escape_text(thread) + "</thread>" if thread else "<thread/>")
+        if stanza.reply_to is not None:
+            parts.append('<reply to="' + escape_attribute(stanza.reply_to) + '"/>')
+        parts.append("</message>")
+        return encode_checked("".join(parts))
+    tag = _RECEIPT_LIKE.get(cls)
+    if tag is not None:
+        return encode_checked(f'<{tag} id="{escape_attribute(stanza.id)}"/>')  # type: ignore[union-attr]
+    return serialize(stanza.to_element())
+
+
+_ID_BYTES = re.compile(rb"[A-Za-z0-9_-]{1,64}")
+_TS_BYTES = re.compile(rb"[0-9TZ:.-]{1,64}")
+_MESSAGE_OPEN = b'<message id="'
+_BODY_OPEN = b'"><body>'
+_BODY_CLOSE = b"</body></message>"
+_EMPTY_BODY = b'"><body/></message>'
+_ID_ONLY = {b'<receipt id="': Receipt, b'<ping id="': Ping, b'<pong id="': Pong}
+
+
+def _fast_id_stanza(data: bytes, prefix_len: int, cls: Any) -> Any:
+    if data.endswith(b'"/>') and _ID_BYTES.fullmatch(data, prefix_len, len(data) - 3):
+        return cls(data[prefix_len:-3].decode("ascii"))
+    return None
+
+
+def _fast_body(body: bytes) -> str | None:
+    """
+    The text expat would report for C{body} as an element's only content, when that is
+    plainly C{body} decoded: no markup, no references but C{&amp; &lt; &gt;}, no CR
+    (line-end normalisation), no C{]]>}, nothing outside XML Char, valid UTF-8. None
+    otherwise.
+    """
+    if b"<" in body or b"\r" in body or (b">" in body and b"]]>" in body):
+        return None
+    if has_c0_controls(body):
+        return None
+    escaped = b"&" in body
+    if escaped:
+        # Only the three references we write ourselves (escape_text); none overlaps another.
+        amp, lt, gt = body.count(b"&amp;"), body.count(b"&lt;"), body.count(b"&gt;")
+        if body.count(b"&") != amp + lt + gt:
+            return None
+    if body.isascii():
+        text = body.decode("ascii")
+    else:
+        if b"\xef\xbf\xbe" in body or b"\xef\xbf\xbf" in body:  # U+FFFE, U+FFFF
+            return None
+        try:
+            text = body.decode("utf-8")  # strict: no surrogates, no overlong forms
+        except UnicodeDecodeError:
+            return None
+    if escaped:
+        text = text.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
+    return text
+
+
+def _fast_message(data: bytes) -> Message | None:
+    id_end = data.find(b'"', 13)
+    if id_end < 0 or _ID_BYTES.fullmatch(data, 13, id_end) is None:
+        return None
+    if not data.startswith(b'" ts="', id_end):
+        return None
+    ts_start = id_end + 6
+    ts_end = data.find(b'"', ts_start)
+    if ts_end < 0 or _TS_BYTES.fullmatch(data, ts_start, ts_end) is None:
+        return None
+    if data.startswith(_BODY_OPEN, ts_end) and data.endswith(_BODY_CLOSE):
+        body_start = ts_end + len(_BODY_OPEN)
+        body_end = len(data) - len(_BODY_CLOSE)
+        if body_start > body_end:
+            return None
+        text = _fast_body(data[body_start:body_end])
+        if text is None:
+            return None
+    elif len(data) == ts_end + len(_EMPTY_BODY) and data.endswith(_EMPTY_BODY):
+        text = ""
+    else:
+        return None
+    if len(text) > MAX_BODY_CHARS:
+        return None
+    ts = data[ts_start:ts_end].decode("ascii")
+    if not is_valid_timestamp(ts):
+        return None
+    return Message(data[13:id_end].decode("ascii"), ts, text)
+
+
+def parse_application(data: bytes) -> Message | Receipt | Ping | Pong | None:
+    """
+    The stanza in C{data} (a SEALED plaintext, padding stripped) when it is a valid
+    C{message}, C{receipt}, C{ping} or C{pong} written exactly as we write them — no other
+    attributes or children, no references, no CR, no comments — else None, and the caller
+    takes the generic path (hardened parser, then C{from_element}), which returns the same
+    stanza for every input this accepts and handles everything else, errors included.
+    """
+    if data.startswith(_MESSAGE_OPEN):
+        return _fast_message(data)
+    for prefix, cls in _ID_ONLY.items():
+        if data.startswith(prefix):
+            return _fast_id_stanza(data, len(prefix), cls)  # type: ignore[no-any-return]
+    return None

@@ -36,12 +36,14 @@ OpenSSL path validation → chain strength → revocation → leaf profile.
 
 from __future__ import annotations
 
+import calendar
 import datetime
 import hashlib
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -221,8 +223,8 @@ def _check_signature_strength(cert: x509.Certificate, depth: int) -> None:
 
 def _check_leaf(
     leaf: x509.Certificate, require_key_encipherment: bool
-) -> tuple[tuple[str, ...], str]:
-    """The §4 leaf profile; returns the names and C{alg}."""
+) -> tuple[tuple[str, ...], str, CertificatePublicKeyTypes]:
+    """The §4 leaf profile; returns the names, C{alg} and the public key."""
     try:
         extensions = leaf.extensions
         names = rfc822_names(leaf)
@@ -258,10 +260,11 @@ def _check_leaf(
     if leaf.public_key_algorithm_oid == PublicKeyAlgorithmOID.RSASSA_PSS:
         raise BadCertificate("RSA-PSS (id-RSASSA-PSS) leaf keys are not allowed")
     try:
-        alg = sigalgs.alg_for_public_key(leaf.public_key())
+        public_key = leaf.public_key()
+        alg = sigalgs.alg_for_public_key(public_key)
     except UnsupportedAlgorithm:
         raise BadCertificate("leaf key type is not allowed") from None
-    return names, alg
+    return names, alg, public_key
 
 
 class TrustStore:
@@ -283,6 +286,9 @@ class TrustStore:
         self.warn = warn or _no_warning
         self._anchors: list[x509.Certificate] = []
         self._openssl_anchors: list[crypto.X509] = []
+        self._store: crypto.X509Store | None = None
+        self._store_second = 0
+        self._anchor_map: dict[Any, x509.Certificate] | None = None
         seen: set[bytes] = set()
         for anchor in anchors:
             der = anchor.public_bytes(serialization.Encoding.DER)
@@ -392,20 +398,23 @@ class TrustStore:
             raise BadCertificate("no certificate")
         if len(certs_der) > MAX_CHAIN:
             raise BadCertificate(f"{len(certs_der)} certificates (at most {MAX_CHAIN})")
+        # Each certificate is parsed once by each library, straight from its DER; the
+        # verified path is then mapped back to these objects (and to our anchors) by the
+        # identity of OpenSSL's X509 structures instead of being re-encoded and re-parsed
+        # (docs/benchmarks.md: about a third of a handshake's validation time).
         parsed: list[crypto.X509] = []
+        ours: dict[Any, x509.Certificate] = {}
         for i, der in enumerate(certs_der):
             try:
                 cert = x509.load_der_x509_certificate(der)
-                parsed.append(crypto.X509.from_cryptography(cert))
+                ossl = crypto.load_certificate(crypto.FILETYPE_ASN1, der)
             except Exception:  # cryptography and OpenSSL each refuse in their own way
                 raise BadCertificate(f"certificate {i + 1} cannot be parsed") from None
+            parsed.append(ossl)
+            ours[ossl._x509] = cert
 
         now = _utc(now)
-        store = crypto.X509Store()
-        for anchor in self._openssl_anchors:
-            store.add_cert(anchor)
-        store.set_time(now)
-        store.set_flags(crypto.X509StoreFlags.PARTIAL_CHAIN)
+        store = self._verify_store(now)
         context = crypto.X509StoreContext(store, parsed[0], parsed[1:])
         try:
             verified = context.get_verified_chain()
@@ -413,7 +422,10 @@ class TrustStore:
             code, depth, message = e.errors[0], e.errors[1], e.errors[2]
             alert = OPENSSL_ERRORS.get(code, BadCertificate)
             raise alert(f"certificate at depth {depth}: {message}") from None
-        path = tuple(c.to_cryptography() for c in verified)
+        known = self._anchor_objects()
+        path = tuple(
+            ours.get(c._x509) or known.get(c._x509) or c.to_cryptography() for c in verified
+        )
 
         for depth, cert in enumerate(path):
             _check_key_strength(cert, depth)
@@ -422,9 +434,10 @@ class TrustStore:
         for depth in range(len(path) - 1):
             self._check_revocation(path[depth], path[depth + 1], now, depth)
 
-        leaf = path[0]
-        names, alg = _check_leaf(leaf, require_key_encipherment)
-        public_key = leaf.public_key()
+        names, alg, public_key = _check_leaf(path[0], require_key_encipherment)
+        # The leaf object the checks used caches every parsed extension (about 3 KiB per
+        # session, held as long as the session): keep a fresh, lean parse of the same DER.
+        leaf = x509.load_der_x509_certificate(certs_der[0])
         return PeerCertificate(
             leaf=leaf,
             leaf_der=certs_der[0],
@@ -432,8 +445,34 @@ class TrustStore:
             alg=alg,
             public_key=public_key,
             spki_sha256=spki_sha256(public_key),
-            chain=path,
+            chain=(leaf, *path[1:]),
         )
+
+    def _verify_store(self, now: datetime.datetime) -> crypto.X509Store:
+        """
+        The OpenSSL store of our anchors for validations at C{now}, reused while the second
+        is the same (OpenSSL's validation time has one-second resolution; a store's time
+        can be set only once, hence one store per second rather than one per handshake).
+        """
+        second = calendar.timegm(now.timetuple())
+        if self._store is None or self._store_second != second:
+            store = crypto.X509Store()
+            for anchor in self._openssl_anchors:
+                store.add_cert(anchor)
+            store.set_time(now)
+            store.set_flags(crypto.X509StoreFlags.PARTIAL_CHAIN)
+            self._store = store
+            self._store_second = second
+        return self._store
+
+    def _anchor_objects(self) -> dict[Any, x509.Certificate]:
+        """Our anchors by their OpenSSL X509 structure (the store hands back the same ones)."""
+        mapping = self._anchor_map
+        if mapping is None:
+            mapping = {o._x509: a for o, a in zip(self._openssl_anchors, self._anchors,
+                                                  strict=True)}  # fmt: skip
+            self._anchor_map = mapping
+        return mapping
 
     def _check_revocation(
         self,
@@ -458,11 +497,15 @@ class TrustStore:
                     f"CRL naming {_name(name)} is not signed by that issuer's key; ignored",
                 )
         if not usable:
-            self._warn_once(
-                ("no-crl", cert.issuer),
-                f"no CRL for issuer {_name(cert.issuer)}: revocation of the certificates it "
-                "issued is not checked",
-            )
+            # Keyed by the issuer name's DER, and the message made only the first time: this
+            # runs on every handshake with a peer whose CA publishes no CRL.
+            key = ("no-crl", cert.issuer.public_bytes())
+            if key not in self._warned:
+                self._warn_once(
+                    key,
+                    f"no CRL for issuer {_name(cert.issuer)}: revocation of the certificates "
+                    "it issued is not checked",
+                )
             return
         crl = usable[0]
         for other in usable[1:]:

@@ -37,6 +37,7 @@ Why it looks the way it does:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -50,6 +51,7 @@ from cryptography import x509
 from twisted.internet import defer, task
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
@@ -156,6 +158,7 @@ def _serial(serial: int) -> str:
     return format(serial, "x")
 
 
+@functools.lru_cache(maxsize=1024)
 def _cert_issuer_name(cert: bytes) -> bytes | None:
     """The issuer name (DER) of a leaf, or None for bytes that are no certificate."""
     try:
@@ -164,10 +167,12 @@ def _cert_issuer_name(cert: bytes) -> bytes | None:
         return None
 
 
+@functools.lru_cache(maxsize=256)
 def issuer_key(issuer: bytes) -> tuple[str, bytes | None]:
     """
     How revocations name their CA: the hex SHA-256 of the issuer certificate's subject name
     (DER), and that name; for bytes that are no certificate, their own hash and None.
+    Cached: every revocation check of every connection names the same few CAs.
     """
     try:
         name = x509.load_der_x509_certificate(issuer).subject.public_bytes()
@@ -233,6 +238,8 @@ class SQLiteStore:
         self._polls = 0
         self._shutdown_trigger: Any = None
         self._closing: defer.Deferred[None] | None = None
+        self._pending_reads: list[tuple[Callable[..., Any], tuple[Any, ...], Any]] = []
+        self._reading = False
 
     def __repr__(self) -> str:
         return f"<SQLiteStore {self.path}>"
@@ -261,7 +268,51 @@ class SQLiteStore:
         return self._run(transaction)
 
     def _read(self, fn: Callable[..., T], *args: Any) -> defer.Deferred[T]:
-        return self._run(lambda: fn(self._connection(), *args))
+        """
+        Run C{fn(conn, *args)} in the store's thread. Reads are batched: while one batch is
+        in the thread, the reads that arrive queue up and go over together as the next one,
+        so a busy registry pays one thread round trip (queue, wake-up, callback through the
+        reactor) per batch instead of per lookup. A read never sees older data than it
+        would unbatched: the thread still runs everything in submission order, and a queued
+        read is submitted after anything already submitted.
+        """
+        d: defer.Deferred[T] = defer.Deferred()
+        self._pending_reads.append((fn, args, d))
+        if not self._reading:
+            self._submit_reads()
+        return d
+
+    def _submit_reads(self) -> None:
+        batch, self._pending_reads = self._pending_reads, []
+        self._reading = True
+
+        def run_batch() -> list[tuple[bool, Any]]:
+            conn = self._connection()
+            outcomes: list[tuple[bool, Any]] = []
+            for fn, args, _ in batch:
+                try:
+                    outcomes.append((True, fn(conn, *args)))
+                except BaseException:
+                    outcomes.append((False, Failure()))
+            return outcomes
+
+        def deliver(outcomes: list[tuple[bool, Any]]) -> None:
+            for (ok, value), (_, _, d) in zip(outcomes, batch, strict=True):
+                if ok:
+                    d.callback(value)
+                else:
+                    d.errback(value)
+
+        def failed(failure: Failure) -> None:  # the store is closed: every read fails
+            for _, _, d in batch:
+                d.errback(failure)
+
+        def next_batch(_: Any) -> None:
+            self._reading = False
+            if self._pending_reads:
+                self._submit_reads()
+
+        self._run(run_batch).addCallbacks(deliver, failed).addBoth(next_batch)
 
     def _connection(self) -> sqlite3.Connection:
         if self._conn is None:

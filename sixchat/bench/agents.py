@@ -1,0 +1,205 @@
+"""
+User-agent benchmarks: two complete agents (L{UserAgentService}: SQLite message store,
+outbox, listener) in two processes.
+
+  - B{receipted}: alice's agent is asked to send C{count} messages to bob; each is stored in
+    alice's outbox, sent, stored durably by bob's agent, receipted, and marked delivered in
+    alice's outbox. The rate is messages/s from the first C{send} call to the last
+    "delivered" event, end to end.
+  - B{agent_idle}: bob's agent holds C{count} idle sessions opened by a load process; its
+    resident size before and after gives the memory per session, and the number still open
+    after a hold period shows they are all kept.
+
+The agents find each other through a static directory (a stand-in for the registry, which
+has its own benchmark), so the figure is the agents' and the protocol's alone.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import time
+from typing import Any
+
+from twisted.internet import defer
+from zope.interface import implementer
+
+from sixchat.bench import fixtures
+from sixchat.bench.common import commands, cpu_seconds, emit, rss_kib
+
+
+class StaticDirectory:
+    """The registry as an agent sees it, with fixed records."""
+
+    def __init__(self) -> None:
+        self.records: dict[str, Any] = {}
+        self.on_presence: Any = None
+
+    def add(self, identity: str, node: str, host: str, port: int, cert: bytes) -> None:
+        from sixchat.irp.messages import Contact, NodeBinding, Record
+
+        binding = NodeBinding(node, (Contact(host, port),), cert, "", "")
+        self.records[identity] = Record(identity, [binding])
+
+    def lookup(self, identity: str) -> defer.Deferred[Any]:
+        from sixchat.irp.messages import Record
+
+        return defer.succeed(self.records.get(identity, Record(identity, [])))
+
+    def watch(self, identity: str) -> None:
+        pass
+
+    def unwatch(self, identity: str) -> None:
+        pass
+
+    def close(self) -> defer.Deferred[None]:
+        return defer.succeed(None)
+
+
+async def agent(reactor: Any, spec: dict[str, Any]) -> None:
+    """
+    One agent (C{who}, Ed25519). Commands: C{peer} (add a directory record), C{send}
+    (C{count} messages to C{to}; a C{sample} when all are delivered), C{measure}.
+    """
+    from sixchat.agent.interfaces import IAgentEvents
+    from sixchat.agent.service import UserAgentService
+    from sixchat.bench.peers import _quiet_logs
+    from sixchat.handshake import PeerConfig
+
+    _quiet_logs()
+    workdir = spec["workdir"]
+    identity = fixtures.load_identity(workdir, spec["who"], "ed25519")
+    directory = StaticDirectory()
+    service = UserAgentService(
+        reactor,
+        PeerConfig([identity], fixtures.load_trust(workdir)),
+        os.path.join(workdir, f"agent-{spec['who']}-{os.getpid()}"),
+        listen="tcp:0:interface=127.0.0.1:backlog=1024",
+        node="n1",
+        control=False,
+        directory=directory,
+    )
+    delivered: dict[str, defer.Deferred[None]] = {}
+
+    @implementer(IAgentEvents)
+    class Deliveries:
+        def agentEvent(self, event: dict[str, Any]) -> None:
+            if event["type"] == "delivery" and event["state"] == "delivered":
+                d = delivered.pop(event["id"], None)
+                if d is not None:
+                    d.callback(None)
+
+    service.addObserver(Deliveries())
+    service.privilegedStartService()
+    service.startService()
+    await service.ready
+    port = service.listener.port.getHost().port  # type: ignore[union-attr]
+
+    async def send(to: str, count: int, body: str, rnd: int) -> None:
+        t0 = time.perf_counter()
+        cpu0 = cpu_seconds()
+        waits = []
+        for _ in range(count):
+            queued = await service.send(to, body)
+            d: defer.Deferred[None] = defer.Deferred()
+            delivered[queued["id"]] = d
+            waits.append(d)
+        await defer.gatherResults(waits)
+        elapsed = time.perf_counter() - t0
+        if rnd >= 0:
+            emit("sample", bench="receipted", variant="ours", round=rnd,
+                 metrics={"msgs_per_s": count / elapsed,
+                          "sender_cpu_ms": (cpu_seconds() - cpu0) / count * 1000})  # fmt: skip
+        else:
+            emit("sent", seconds=elapsed)
+
+    def command(cmd: dict[str, Any]) -> None:
+        name = cmd["cmd"]
+        if name == "peer":
+            directory.add(cmd["identity"], "n1", "127.0.0.1", cmd["port"],
+                          base64.b64decode(cmd["cert"]))  # fmt: skip
+            emit("ok")
+        elif name == "send":
+            d = defer.ensureDeferred(send(cmd["to"], cmd["count"], cmd["body"], cmd["round"]))
+            d.addErrback(lambda f: emit("error", error=f.getTraceback()))
+        elif name == "measure":
+            sessions = len(service.listener.factory.sessions)
+            emit("measured", rss_kib=rss_kib(), cpu_s=cpu_seconds(), sessions=sessions)
+
+    commands(reactor, command)
+    emit("ready", port=port, pid=os.getpid(), identity=identity.names[0],
+         cert=base64.b64encode(identity.leaf_der).decode())  # fmt: skip
+    await defer.Deferred()  # until stdin closes; the process then simply ends
+
+
+async def idle_client(reactor: Any, spec: dict[str, Any]) -> None:
+    """Open sessions to an agent and keep them; same protocol as the idle benchmark."""
+    from sixchat.bench.peers import idle_client as peers_idle_client
+
+    await peers_idle_client(reactor, {**spec, "impl": "ours"})
+
+
+# -- parent side --------------------------------------------------------------------------------
+
+
+def bench_receipted(run: Any) -> None:
+    p = run.profile
+    run.say(f"receipted: {p.receipted_count} messages alice -> bob through two agents")
+    bob = run.worker("agent-bob", {"role": "agent", "who": "bob", "deadline": 900})
+    with bob:
+        b = bob.expect("ready", 60)
+        alice = run.worker("agent-alice", {"role": "agent", "who": "alice", "deadline": 900})
+        with alice:
+            alice.expect("ready", 60)
+            alice.send("peer", identity=b["identity"], port=b["port"], cert=b["cert"])
+            alice.expect("ok", 30)
+            body = "Hello, Bob! " * 8
+            alice.send("send", to=b["identity"], count=20, body=body, round=-1)  # warm-up
+            alice.expect("sent", 120)
+            for rnd in range(p.rounds):
+                alice.send("send", to=b["identity"], count=p.receipted_count, body=body,
+                           round=rnd)  # fmt: skip
+                event = alice.expect("sample", 600)
+                run.record(event)
+
+
+def bench_agent_idle(run: Any) -> None:
+    p = run.profile
+    run.say(f"agent idle: {p.agent_sessions} sessions held by one agent")
+    bob = run.worker("agent-idle-bob", {"role": "agent", "who": "bob", "deadline": 900})
+    with bob:
+        b = bob.expect("ready", 60)
+        client = run.worker(
+            "agent-idle-client",
+            {
+                "role": "agent_idle_client",
+                "port": b["port"],
+                "warm": 20,
+                "count": p.agent_sessions,
+                "concurrency": 64,
+                "settle": 2.0,
+                "deadline": 900,
+            },
+        )
+        with client:
+            warm = client.expect("warm", 120)
+            bob.send("measure")
+            base = bob.expect("measured", 60)
+            client.send("go")
+            done = client.expect("established", 900)
+            bob.send("measure")
+            after = bob.expect("measured", 120)
+            hold = {"smoke": 0.2, "quick": 3.0}.get(p.name, 5.0)
+            time.sleep(hold)
+            bob.send("measure")
+            held = bob.expect("measured", 120)
+            client.send("done")
+    n = p.agent_sessions
+    metrics = {
+        "sessions_held": float(min(held["sessions"] - 20, done["held"] - 20)),
+        "agent_kib": (after["rss_kib"] - base["rss_kib"]) / n,
+        "client_kib": (done["rss_kib"] - warm["rss_kib"]) / n,
+        "setup_s": float(done["seconds"]),
+        "hs_per_s": n / float(done["seconds"]),
+    }
+    run.record({"bench": "agent_idle", "variant": "ours", "round": 0, "metrics": metrics})

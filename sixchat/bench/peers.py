@@ -1,0 +1,650 @@
+"""
+Worker roles for the peer benchmarks: handshakes, bulk transfer, stanza rate, idle memory.
+
+C{peer_server} is the responder process: it listens on 127.0.0.1 for every variant the
+parent asks for (our responder per key type, the TLS and TCP baselines) and answers
+C{measure} commands with its resident size. The client roles run their variants in
+interleaved rounds against it and emit one C{sample} line per measurement.
+
+Every loop is bounded by a count given by the parent; every wait by the worker deadline.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import struct
+import time
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet import defer, endpoints
+from twisted.internet.interfaces import IHandshakeListener, IPushProducer
+from twisted.internet.protocol import Factory, Protocol
+from zope.interface import implementer
+
+from sixchat.bench import baselines, fixtures
+from sixchat.bench.common import SOURCE_ADDRESSES, commands, cpu_seconds, emit, rss_kib, sleep
+
+#: Batches the senders write per reactor turn before letting the reactor run (writes,
+#: reads, receipts): the same for ours and the baselines.
+STANZA_BATCH = 100
+BULK_BATCH = 4
+#: Unreceipted messages our sender allows (bulk: 4 MiB; stanzas: ~400 KiB).
+BULK_WINDOW = 256
+STANZA_WINDOW = 2000
+
+
+def _quiet_logs() -> None:
+    """
+    Log warnings and errors to stderr (the worker's log file), drop the rest. Without an
+    observer Twisted would keep the last 64k events in memory, which would be counted as
+    per-session memory and is not what a deployed process (twistd logging to a file) does;
+    writing every info line would measure the disk instead.
+    """
+    import sys
+
+    from twisted.logger import (
+        FilteringLogObserver,
+        LogLevel,
+        LogLevelFilterPredicate,
+        globalLogBeginner,
+        textFileLogObserver,
+    )
+
+    predicate = LogLevelFilterPredicate(defaultLogLevel=LogLevel.warn)
+    observer = FilteringLogObserver(textFileLogObserver(sys.stderr), [predicate])
+    globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
+
+
+# -- our protocol -------------------------------------------------------------------------------
+
+
+def _peer_config(workdir: str, who: str, key_type: str, groups: list[str] | None = None) -> Any:
+    from sixchat.handshake import PeerConfig
+
+    identity = fixtures.load_identity(workdir, who, key_type)
+    trust = fixtures.load_trust(workdir)
+    if groups is None:
+        return PeerConfig([identity], trust)
+    return PeerConfig([identity], trust, groups=groups)
+
+
+def _bench_protocol_class() -> type:
+    from sixchat.protocol import PeerProtocol
+
+    class BenchPeerProtocol(PeerProtocol):  # type: ignore[misc]
+        """Our initiator, telling the bench loop when the transport pauses and resumes it."""
+
+        on_resume: Callable[[], None] | None = None
+        paused = False
+
+        def pauseProducing(self) -> None:
+            self.paused = True
+            super().pauseProducing()
+
+        def resumeProducing(self) -> None:
+            self.paused = False
+            super().resumeProducing()
+            if self.on_resume is not None:
+                self.on_resume()
+
+    return BenchPeerProtocol
+
+
+class OurClientFactory(Factory):
+    """Builds our initiator protocol (the bench subclass) for one configuration."""
+
+    noisy = False
+
+    def __init__(self, reactor: Any, config: Any, groups: list[str] | None = None) -> None:
+        self.reactor = reactor
+        self.config = config
+        self.groups = groups
+        self.cls = _bench_protocol_class()
+
+    def buildProtocol(self, addr: Any) -> Any:
+        from sixchat.connection import INITIATOR
+
+        proto = self.cls(self.config, INITIATOR, self.reactor, None, groups=self.groups)
+        proto.factory = self
+        return proto
+
+
+def _endpoint(reactor: Any, port: int, i: int) -> Any:
+    source = SOURCE_ADDRESSES[i % len(SOURCE_ADDRESSES)]
+    return endpoints.TCP4ClientEndpoint(
+        reactor, "127.0.0.1", port, timeout=30, bindAddress=(source, 0)
+    )
+
+
+async def our_session(reactor: Any, factory: OurClientFactory, port: int, i: int = 0) -> Any:
+    proto = await _endpoint(reactor, port, i).connect(factory)
+    return await proto.handshakeDone
+
+
+# -- TLS / TCP baselines ------------------------------------------------------------------------
+
+
+@implementer(IHandshakeListener)
+class _Probe(Protocol):
+    """Handshake baseline, initiator side: one byte out once connected, done on the echo."""
+
+    def __init__(self) -> None:
+        self.done: defer.Deferred[None] = defer.Deferred()
+        self.handshake: defer.Deferred[None] = defer.Deferred()
+
+    def connectionMade(self) -> None:
+        self.transport.write(b"p")  # type: ignore[union-attr]
+
+    def handshakeCompleted(self) -> None:
+        if not self.handshake.called:
+            self.handshake.callback(None)
+
+    def dataReceived(self, data: bytes) -> None:
+        if not self.done.called:
+            self.done.callback(None)
+
+    def connectionLost(self, reason: Any = None) -> None:
+        if not self.done.called:
+            self.done.errback(reason)
+
+
+@implementer(IPushProducer, IHandshakeListener)
+class _Streamer(Protocol):
+    """
+    Baseline sender for bulk and stanzas: writes chunks made by C{make(i)} while the
+    transport is not paused, C{batch} per reactor turn; C{reply} fires with the first bytes
+    the peer sends back (its end-of-run answer).
+    """
+
+    def __init__(self) -> None:
+        self.reply: defer.Deferred[bytes] = defer.Deferred()
+        self.handshake: defer.Deferred[None] = defer.Deferred()
+        self.paused = False
+        self._on_resume: Callable[[], None] | None = None
+        self._buffer = b""
+
+    def connectionMade(self) -> None:
+        self.transport.registerProducer(self, True)  # type: ignore[union-attr]
+        if not hasattr(self.transport, "_tlsConnection"):
+            self.handshakeCompleted()  # plain TCP: nothing to wait for
+
+    def handshakeCompleted(self) -> None:
+        if not self.handshake.called:
+            self.handshake.callback(None)
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        if self._on_resume is not None:
+            self._on_resume()
+
+    def stopProducing(self) -> None:
+        self.paused = True
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.counter is not None:  # receipted XMPP: parse every answer as it comes
+            if not self.reply.called and self.counter.feed(data):
+                self.reply.callback(b"")
+            return
+        self._buffer += data
+        if not self.reply.called and self._complete(self._buffer):
+            self.reply.callback(self._buffer)
+
+    counter: Any = None
+
+    _complete: Callable[[bytes], bool] = staticmethod(lambda data: True)  # type: ignore[assignment]
+
+    def connectionLost(self, reason: Any = None) -> None:
+        if not self.reply.called:
+            self.reply.errback(reason)
+
+
+def pump(
+    reactor: Any,
+    count: int,
+    batch: int,
+    send: Callable[[int], None],
+    is_paused: Callable[[], bool],
+    set_resume: Callable[[Callable[[], None]], None],
+) -> defer.Deferred[None]:
+    """
+    Call C{send(i)} for i in 0..count-1, C{batch} per reactor turn, pausing while the
+    transport says its buffer is full. Fires when the last one was handed to the transport.
+    """
+    done: defer.Deferred[None] = defer.Deferred()
+    state = {"i": 0, "scheduled": False}
+
+    def run() -> None:
+        state["scheduled"] = False
+        i = state["i"]
+        end = min(count, i + batch)
+        while i < end:
+            if is_paused():
+                break
+            send(i)
+            i += 1
+        state["i"] = i
+        if i >= count:
+            if not done.called:
+                done.callback(None)
+            return
+        if not is_paused():
+            schedule()
+
+    def schedule() -> None:
+        if not state["scheduled"] and state["i"] < count:
+            state["scheduled"] = True
+            reactor.callLater(0, run)
+
+    set_resume(schedule)
+    schedule()
+    return done
+
+
+# -- the server -------------------------------------------------------------------------------
+
+
+async def peer_server(reactor: Any, spec: dict[str, Any]) -> None:
+    """Listen for every requested variant; answer C{measure}; stop at EOF."""
+    from sixchat.protocol import PeerFactory
+
+    _quiet_logs()
+    workdir = spec["workdir"]
+    ports: dict[str, int] = {}
+    ca = fixtures.load_cert(os.path.join(workdir, "peer-ca.pem"))
+    apps: dict[str, type[Protocol]] = {
+        "echo": baselines.Echo,
+        "sink": baselines.Sink,
+        "xmpp": baselines.XmppReceiver,
+        "xmpp_receipts": baselines.XmppReceiptingReceiver,
+    }
+    factories: list[Any] = []
+    for listener in spec["listeners"]:
+        kind = listener["kind"]
+        if kind == "ours":
+            config = _peer_config(workdir, "bob", listener["key"])
+            factory: Any = PeerFactory(config, reactor, None)
+            factory.noisy = False
+        else:
+            app = baselines.server_factory(apps[listener["app"]])
+            app.noisy = False
+            if kind == "tls":
+                identity = fixtures.load_identity(workdir, "bob", listener["key"])
+                options = baselines.tls_options(identity, ca, b"X25519MLKEM768:X25519")
+                factory = baselines.wrap_tls(options, False, app)
+            else:
+                factory = app
+            factory.noisy = False
+        factories.append(factory)
+        port = await endpoints.TCP4ServerEndpoint(
+            reactor, 0, backlog=1024, interface="127.0.0.1"
+        ).listen(factory)
+        ports[listener["name"]] = port.getHost().port
+
+    def command(cmd: dict[str, Any]) -> None:
+        if cmd["cmd"] == "measure":
+            sessions = sum(len(getattr(f, "sessions", ())) for f in factories)
+            emit("measured", rss_kib=rss_kib(), cpu_s=cpu_seconds(), sessions=sessions)
+
+    commands(reactor, command)
+    emit("ready", ports=ports, pid=os.getpid(), rss_kib=rss_kib())
+    await defer.Deferred()  # until stdin closes
+
+
+# -- handshakes --------------------------------------------------------------------------------
+
+
+async def _one_ours(reactor: Any, factory: OurClientFactory, port: int, i: int) -> Any:
+    session = await our_session(reactor, factory, port, i)
+    await session.ping()  # the responder has verified M6-M8 and answers
+    session._protocol.transport.abortConnection()
+    return session
+
+
+async def _one_tls(reactor: Any, factory: Any, port: int, i: int) -> Any:
+    proto = await _endpoint(reactor, port, i).connect(factory)
+    probe = proto.wrappedProtocol
+    await probe.done
+    group = baselines.tls_group(proto)
+    proto.transport.abortConnection()
+    return group
+
+
+async def _run_concurrently(
+    count: int, concurrency: int, one: Callable[[int], Any]
+) -> list[Any]:
+    results: list[Any] = []
+    counter = iter(range(count))
+
+    async def lane() -> None:
+        for i in counter:
+            results.append(await one(i))
+
+    await defer.gatherResults(
+        [defer.ensureDeferred(lane()) for _ in range(min(concurrency, count))],
+        consumeErrors=True,
+    )
+    return results
+
+
+async def handshake_client(reactor: Any, spec: dict[str, Any]) -> None:
+    """
+    For each round, each variant (in alternating order): C{count} full mutual-auth
+    handshakes with C{concurrency} in flight, each confirmed by one round trip (our ping and
+    pong, the baseline's echoed byte) so the responder has verified the initiator, then an
+    abortive close. Reports handshakes/s and CPU milliseconds per handshake on both sides.
+    """
+    _quiet_logs()
+    workdir = spec["workdir"]
+    ports = spec["ports"]
+    server_pid = spec["server_pid"]
+    ca = fixtures.load_cert(os.path.join(workdir, "peer-ca.pem"))
+    makers: dict[str, Callable[[int], Any]] = {}
+    expected_group: dict[str, str] = {}
+    for variant in spec["variants"]:
+        impl, mode, key, group = variant.split("-")
+        if impl == "ours":
+            config = _peer_config(workdir, "alice", key, [baselines.OUR_GROUPS[group]])
+            ofactory = OurClientFactory(reactor, config, [baselines.OUR_GROUPS[group]])
+            port = ports[f"ours-{key}"]
+            makers[variant] = functools.partial(_one_ours, reactor, ofactory, port)
+            expected_group[variant] = baselines.OUR_GROUPS[group]
+        else:
+            identity = fixtures.load_identity(workdir, "alice", key)
+            options = baselines.tls_options(identity, ca, baselines.TLS_GROUPS[group])
+            app = Factory.forProtocol(_Probe)
+            app.noisy = False
+            tfactory = baselines.wrap_tls(options, True, app)
+            tfactory.noisy = False
+            port = ports[f"tls-{key}"]
+            makers[variant] = functools.partial(_one_tls, reactor, tfactory, port)
+            expected_group[variant] = baselines.TLS_GROUPS[group].decode()
+    # Check every variant negotiates what it claims, and warm up.
+    for variant, one in makers.items():
+        for i in range(spec.get("warmup", 5)):
+            result = await one(i)
+        got = result.result.group if not isinstance(result, str) else result
+        if got.lower() != expected_group[variant].lower():
+            raise RuntimeError(f"{variant} negotiated {got}, not {expected_group[variant]}")
+    for rnd in range(spec["rounds"]):
+        order = spec["variants"] if rnd % 2 == 0 else list(reversed(spec["variants"]))
+        for variant in order:
+            mode = variant.split("-")[1]
+            count = spec["count"][mode]
+            concurrency = 1 if mode == "seq" else spec["concurrency"]
+            one = makers[variant]
+            server0, client0 = cpu_seconds(server_pid), cpu_seconds()
+            t0 = time.perf_counter()
+            await _run_concurrently(count, concurrency, one)
+            elapsed = time.perf_counter() - t0
+            server1, client1 = cpu_seconds(server_pid), cpu_seconds()
+            emit(
+                "sample",
+                bench="handshake",
+                variant=variant,
+                round=rnd,
+                metrics={
+                    "hs_per_s": count / elapsed,
+                    "server_cpu_ms": (server1 - server0) / count * 1000,
+                    "client_cpu_ms": (client1 - client0) / count * 1000,
+                },
+            )
+            await sleep(reactor, 0.05)
+
+
+# -- bulk and stanzas ----------------------------------------------------------------------------
+
+
+def _letters(n: int, seed: int = 0) -> str:
+    alphabet = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 .,"
+    return "".join(alphabet[(i * 7 + seed) % len(alphabet)] for i in range(n))
+
+
+async def _ours_stream(
+    reactor: Any,
+    port: int,
+    workdir: str,
+    count: int,
+    batch: int,
+    body_of: Callable[[int], str],
+    window: int,
+) -> float:
+    """
+    Send C{count} messages on one session; seconds until the last receipt arrived.
+
+    At most C{window} messages are unreceipted at a time, as an application that waits for
+    its receipts would do. Without such a window, both peers can end up with full write
+    buffers (messages one way, receipts the other) while each has stopped reading because
+    its own buffer is full: the back-pressure rule of the protocol adapter would then stall
+    both (see docs/benchmarks.md).
+    """
+    factory = OurClientFactory(reactor, _peer_config(workdir, "alice", "ed25519"))
+    session = await our_session(reactor, factory, port)
+    proto = session._protocol
+    all_receipted: defer.Deferred[None] = defer.Deferred()
+    state = {"receipts": 0, "sent": 0}
+    resume: list[Callable[[], None]] = []
+
+    def receipted(_: Any) -> None:
+        state["receipts"] += 1
+        if state["receipts"] == count:
+            all_receipted.callback(None)
+        elif state["sent"] - state["receipts"] == window // 2 and resume:
+            resume[0]()  # hysteresis: refill half a window at a time
+
+    def failed(f: Any) -> None:
+        if not all_receipted.called:
+            all_receipted.errback(f)
+
+    def send(i: int) -> None:
+        state["sent"] += 1
+        session.sendMessage(body_of(i)).addCallbacks(receipted, failed)
+
+    def set_resume(callback: Callable[[], None]) -> None:
+        proto.on_resume = callback
+        resume.append(callback)
+
+    def blocked() -> bool:
+        return bool(proto.paused) or state["sent"] - state["receipts"] >= window
+
+    t0 = time.perf_counter()
+    await pump(reactor, count, batch, send, blocked, set_resume)
+    await all_receipted
+    elapsed = time.perf_counter() - t0
+    proto.transport.abortConnection()
+    return elapsed
+
+
+async def _baseline_stream(
+    reactor: Any,
+    port: int,
+    tls_options: Any,
+    count: int,
+    batch: int,
+    first: bytes,
+    chunk_of: Callable[[int], bytes],
+    last: bytes,
+    complete: Callable[[bytes], bool],
+    counter: Any = None,
+) -> float:
+    app = Factory.forProtocol(_Streamer)
+    app.noisy = False
+    factory: Any = app if tls_options is None else baselines.wrap_tls(tls_options, True, app)
+    factory.noisy = False
+    proto = await _endpoint(reactor, port, 0).connect(factory)
+    streamer: _Streamer = proto.wrappedProtocol if tls_options is not None else proto
+    streamer._complete = complete  # type: ignore[method-assign]
+    streamer.counter = counter
+    await streamer.handshake
+    transport = streamer.transport
+    assert transport is not None
+
+    def set_resume(callback: Callable[[], None]) -> None:
+        streamer._on_resume = callback
+
+    t0 = time.perf_counter()
+    transport.write(first)
+    await pump(reactor, count, batch, lambda i: transport.write(chunk_of(i)),
+               lambda: streamer.paused, set_resume)  # fmt: skip
+    if last:
+        transport.write(last)
+    await streamer.reply
+    elapsed = time.perf_counter() - t0
+    transport.abortConnection()  # type: ignore[attr-defined]
+    return elapsed
+
+
+async def stream_client(reactor: Any, spec: dict[str, Any]) -> None:
+    """
+    C{bulk}: C{total} bytes of application data in C{write}-byte writes, on one session.
+    Ours carries each write as a C{message} whose body is C{write} characters, receipted as
+    the protocol requires; the baselines carry raw bytes and answer once at the end.
+
+    C{stanza}: C{count} 200-byte C{message} stanzas, each its own write, one way; ours are
+    receipted one by one, XMPP's are answered by one C{iq} after the last.
+    """
+    _quiet_logs()
+    workdir = spec["workdir"]
+    ports = spec["ports"]
+    bench = spec["bench"]
+    ca = fixtures.load_cert(os.path.join(workdir, "peer-ca.pem"))
+    tls_options = baselines.tls_options(
+        fixtures.load_identity(workdir, "alice", "ed25519"), ca, b"X25519MLKEM768"
+    )
+    runners: dict[str, Callable[[int], Any]] = {}
+    if bench == "bulk":
+        size = spec["write"]
+        count = spec["total"] // size
+        body = _letters(size)
+        chunk = body.encode("ascii")
+        runners["ours"] = lambda n: _ours_stream(
+            reactor, ports["ours-ed25519"], workdir, n, BULK_BATCH, lambda i: body, BULK_WINDOW
+        )
+        def bulk_runner(name: str, options: Any) -> Callable[[int], Any]:
+            return lambda n: _baseline_stream(
+                reactor, ports[f"{name}-sink"], options, n, BULK_BATCH,
+                struct.pack(">Q", n * size), lambda i: chunk, b"",
+                lambda data: data.startswith(b"D"),
+            )  # fmt: skip
+
+        runners["tls"] = bulk_runner("tls", tls_options)
+        runners["tcp"] = bulk_runner("tcp", None)
+    else:
+        count = spec["count"]
+        size = spec["stanza_bytes"]
+        from sixchat.stanzas import Message, format_timestamp
+        from sixchat.xmlcodec import serialize
+
+        # Overheads measured with a one-character body ("" would be written <body/>).
+        probe = serialize(
+            Message(os.urandom(16).hex(), format_timestamp(_now()), "x").to_element()
+        )
+        ours_body = _letters(size - len(probe) + 1)
+        xmpp_body = _letters(size + 1 - len(baselines.xmpp_message("x", os.urandom(16).hex())))
+        assert len(baselines.xmpp_message(xmpp_body, os.urandom(16).hex())) == size
+        assert len(serialize(Message(os.urandom(16).hex(), format_timestamp(_now()),
+                                     ours_body).to_element())) == size  # fmt: skip
+        runners["ours"] = lambda n: _ours_stream(
+            reactor, ports["ours-ed25519"], workdir, n, STANZA_BATCH, lambda i: ours_body,
+            STANZA_WINDOW,
+        )
+
+        def xmpp_chunk(i: int) -> bytes:
+            return baselines.xmpp_message(xmpp_body, os.urandom(16).hex())
+
+        def xmpp_runner(name: str, options: Any) -> Callable[[int], Any]:
+            return lambda n: _baseline_stream(
+                reactor, ports[f"{name}-xmpp"], options, n, STANZA_BATCH,
+                baselines.STREAM_HEADER, xmpp_chunk, b"<iq type='get' id='done'/>",
+                lambda data: b"type='result'" in data,
+            )  # fmt: skip
+
+        runners["xmpp_tls"] = xmpp_runner("tls", tls_options)
+        runners["xmpp_tcp"] = xmpp_runner("tcp", None)
+        runners["xmpp_tls_receipts"] = lambda n: _baseline_stream(
+            reactor, ports["tls-xmpp_receipts"], tls_options, n, STANZA_BATCH,
+            baselines.STREAM_HEADER, xmpp_chunk, b"", lambda data: False,
+            baselines.XmppReceiptCounter(n),
+        )  # fmt: skip
+    variants = [v for v in spec["variants"] if v in runners]
+    for variant in variants:  # warm-up: a short run of each, not reported
+        await runners[variant](max(1, count // 20))
+    for rnd in range(spec["rounds"]):
+        order = variants if rnd % 2 == 0 else list(reversed(variants))
+        for variant in order:
+            elapsed = await runners[variant](count)
+            metrics = {"seconds": elapsed, "mib_per_s": count * size / elapsed / 2**20}
+            if bench == "stanza":
+                metrics["msgs_per_s"] = count / elapsed
+            emit("sample", bench=bench, variant=variant, round=rnd, metrics=metrics)
+            await sleep(reactor, 0.05)
+
+
+def _now() -> Any:
+    from datetime import UTC, datetime
+
+    return datetime.now(UTC)
+
+
+# -- idle sessions -------------------------------------------------------------------------------
+
+
+async def idle_client(reactor: Any, spec: dict[str, Any]) -> None:
+    """
+    Open C{warm} sessions (ours or TLS), report C{warm} with our resident size, wait for
+    C{go}, open C{count} more with C{concurrency} in flight, let them settle, report
+    C{established} with our resident size and how many are still open, wait for C{done}.
+    """
+    _quiet_logs()
+    control = commands(reactor)
+    workdir = spec["workdir"]
+    impl = spec["impl"]
+    port = spec["port"]
+    held: list[Any] = []
+    lost = {"n": 0}
+    if impl == "ours":
+        factory: Any = OurClientFactory(reactor, _peer_config(workdir, "alice", "ed25519"))
+
+        async def one(i: int) -> Any:
+            session = await our_session(reactor, factory, port, i)
+            await session.ping()
+            session.whenEnded().addCallback(lambda _: lost.__setitem__("n", lost["n"] + 1))
+            held.append(session)
+    else:
+        ca = fixtures.load_cert(os.path.join(workdir, "peer-ca.pem"))
+        options = baselines.tls_options(
+            fixtures.load_identity(workdir, "alice", "ed25519"), ca, b"X25519MLKEM768"
+        )
+        app = Factory.forProtocol(_Probe)
+        app.noisy = False
+        factory = baselines.wrap_tls(options, True, app)
+        factory.noisy = False
+
+        async def one(i: int) -> Any:
+            proto = await _endpoint(reactor, port, i).connect(factory)
+            await proto.wrappedProtocol.done
+            proto.wrappedProtocol.done = defer.Deferred()
+            proto.wrappedProtocol.done.addErrback(
+                lambda _: lost.__setitem__("n", lost["n"] + 1)
+            )
+            held.append(proto)
+
+    await _run_concurrently(spec["warm"], spec["concurrency"], one)
+    await sleep(reactor, 0.3)
+    emit("warm", rss_kib=rss_kib())
+    await control.wait("go")
+    t0 = time.perf_counter()
+    await _run_concurrently(spec["count"], spec["concurrency"], lambda i: one(i + spec["warm"]))
+    elapsed = time.perf_counter() - t0
+    await sleep(reactor, spec.get("settle", 1.0))
+    emit(
+        "established",
+        rss_kib=rss_kib(),
+        held=len(held) - lost["n"],
+        seconds=elapsed,
+    )
+    await control.wait("done")

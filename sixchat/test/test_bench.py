@@ -1,0 +1,305 @@
+"""
+Tests for the benchmark harness (L{sixchat.bench}): argument parsing, aggregation, ratio
+arithmetic, the report's keys, the certificates it makes. No timing is asserted anywhere;
+one smoke run of the plumbing (a few handshakes and messages, in worker processes) checks
+that a run produces a complete report.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from datetime import UTC, datetime
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from sixchat.bench import cli, fixtures, results
+from sixchat.bench.results import HEADLINES, Sample
+
+#: The keys the issue (item 3) names; the JSON report must carry every one.
+ISSUE_KEYS = (
+    "handshake_seq_ratio",
+    "handshake_conc_ratio",
+    "bulk_ratio_tls",
+    "bulk_ratio_tcp",
+    "stanza_ratio_xmpp_tls",
+    "receipted_rate",
+    "registry_lookups_per_s",
+    "registry_lookup_p99_ms",
+    "registry_register_per_s",
+    "idle_session_kib",
+    "idle_memory_ratio_tls",
+)
+
+
+class ArgumentTests(SynchronousTestCase):
+    def test_defaults_are_the_full_run(self) -> None:
+        options = cli.parse_args([])
+        self.assertEqual(options.profile.name, "full")
+        self.assertEqual(options.benches, cli.BENCHES)
+        self.assertEqual(options.profile.rounds, 3)
+        self.assertEqual(options.profile.bulk_total, 256 * 2**20)
+        self.assertEqual(options.profile.bulk_write, 16 * 2**10)
+        self.assertEqual(options.profile.hs_concurrency, 50)
+        self.assertEqual(options.profile.registry_clients, 1000)
+        self.assertEqual(options.profile.agent_sessions, 10_000)
+        self.assertEqual(options.profile.stanza_bytes, 200)
+        self.assertIsNone(options.json_path)
+        self.assertIsNone(options.plot_path)
+
+    def test_quick(self) -> None:
+        options = cli.parse_args(["--quick"])
+        self.assertEqual(options.profile.name, "quick")
+        self.assertEqual(options.profile.rounds, 1)
+        self.assertFalse(options.profile.registry_postgres)
+        full = cli.PROFILES["full"]
+        self.assertLess(options.profile.bulk_total, full.bulk_total)
+        self.assertLess(options.profile.stanza_count, full.stanza_count)
+
+    def test_profiles_are_not_shared(self) -> None:
+        options = cli.parse_args(["--rounds", "7"])
+        self.assertEqual(options.profile.rounds, 7)
+        self.assertEqual(cli.PROFILES["full"].rounds, 3)
+
+    def test_rounds_bound_the_slow_benchmarks(self) -> None:
+        options = cli.parse_args(["--rounds", "5"])
+        self.assertEqual(options.profile.registry_rounds, 3)
+        self.assertEqual(options.profile.idle_rounds, 2)
+        options = cli.parse_args(["--rounds", "1"])
+        self.assertEqual((options.profile.registry_rounds, options.profile.idle_rounds), (1, 1))
+
+    def test_only_and_skip(self) -> None:
+        self.assertEqual(cli.parse_args(["--only", "bulk", "--only", "idle"]).benches,
+                         ("bulk", "idle"))  # fmt: skip
+        self.assertNotIn("registry", cli.parse_args(["--skip", "registry"]).benches)
+
+    def test_no_postgres(self) -> None:
+        self.assertFalse(cli.parse_args(["--no-postgres"]).profile.registry_postgres)
+        self.assertTrue(cli.parse_args([]).profile.registry_postgres)
+
+    def test_json_and_workdir(self) -> None:
+        options = cli.parse_args(["--json", "out.json", "--workdir", "w", "--quiet"])
+        self.assertEqual((options.json_path, options.workdir, options.quiet),
+                         ("out.json", "w", True))  # fmt: skip
+
+    def test_refused(self) -> None:
+        for argv in (["--only", "nothing"], ["--rounds", "0"], ["--rounds", "x"], ["--bogus"]):
+            self.assertRaises(SystemExit, cli.parse_args, argv)
+
+
+def _samples(pairs: dict[str, list[tuple[float, float]]], bench: str = "bulk",
+             metric: str = "mib_per_s") -> list[Sample]:  # fmt: skip
+    """Samples of 'ours' and the named baselines, one pair per round."""
+    out = []
+    for baseline, rounds in pairs.items():
+        for r, (mine, theirs) in enumerate(rounds):
+            if not any(s.variant == "ours" and s.round == r and s.bench == bench for s in out):
+                out.append(Sample(bench, "ours", r, {metric: mine}))
+            out.append(Sample(bench, baseline, r, {metric: theirs}))
+    return out
+
+
+class ArithmeticTests(SynchronousTestCase):
+    def test_median(self) -> None:
+        self.assertIsNone(results.median([]))
+        self.assertEqual(results.median([3.0]), 3.0)
+        self.assertEqual(results.median([3.0, 1.0, 2.0]), 2.0)
+        self.assertEqual(results.median([4.0, 1.0, 3.0, 2.0]), 2.5)
+
+    def test_percentile(self) -> None:
+        values = [float(v) for v in range(1, 101)]
+        self.assertEqual(results.percentile(values, 99), 99.0)
+        self.assertEqual(results.percentile(values, 50), 50.0)
+        self.assertEqual(results.percentile(values, 100), 100.0)
+        self.assertEqual(results.percentile(values, 0), 1.0)
+        self.assertEqual(results.percentile([5.0], 99), 5.0)
+        self.assertIsNone(results.percentile([], 99))
+        self.assertRaises(ValueError, results.percentile, values, 101)
+
+    def test_medians_per_bench_variant_metric(self) -> None:
+        samples = [
+            Sample("bulk", "ours", 0, {"mib_per_s": 10.0, "seconds": 1.0}),
+            Sample("bulk", "ours", 1, {"mib_per_s": 30.0, "seconds": 3.0}),
+            Sample("bulk", "ours", 2, {"mib_per_s": 20.0, "seconds": 2.0}),
+            Sample("bulk", "tls", 0, {"mib_per_s": 5.0}),
+        ]
+        meds = results.medians(samples)
+        self.assertEqual(meds[("bulk", "ours", "mib_per_s")], 20.0)
+        self.assertEqual(meds[("bulk", "ours", "seconds")], 2.0)
+        self.assertEqual(meds[("bulk", "tls", "mib_per_s")], 5.0)
+
+    def test_ratio_pairs_rounds(self) -> None:
+        """Each round's ratio comes from that round's two samples; the median is reported."""
+        samples = _samples({"tls": [(30.0, 10.0), (20.0, 20.0), (100.0, 25.0)]})
+        # per-round ratios 3.0, 1.0, 4.0 -> median 3.0 (the ratio of medians would be 1.5)
+        self.assertEqual(results.paired_ratio(samples, "bulk", "ours", "tls", "mib_per_s"), 3.0)
+
+    def test_ratio_is_ours_over_baseline(self) -> None:
+        samples = _samples({"tls": [(2.0, 8.0)]}, "idle", "kib")
+        self.assertEqual(results.paired_ratio(samples, "idle", "ours", "tls", "kib"), 0.25)
+
+    def test_ratio_skips_unpaired_rounds_and_zero_baselines(self) -> None:
+        samples = _samples({"tls": [(30.0, 10.0), (20.0, 0.0)]})
+        samples.append(Sample("bulk", "ours", 5, {"mib_per_s": 1.0}))
+        self.assertEqual(results.paired_ratio(samples, "bulk", "ours", "tls", "mib_per_s"), 3.0)
+        self.assertIsNone(results.paired_ratio(samples, "bulk", "ours", "tcp", "mib_per_s"))
+
+    def test_min_ratio_is_the_worst_configuration(self) -> None:
+        samples = []
+        for i, config in enumerate(("ed25519-x25519mlkem768", "ed25519-x25519",
+                                    "p256-x25519mlkem768", "p256-x25519")):  # fmt: skip
+            samples.append(Sample("handshake", f"ours-seq-{config}", 0, {"hs_per_s": 100.0 + i}))
+            samples.append(Sample("handshake", f"tls-seq-{config}", 0, {"hs_per_s": 100.0}))
+        values = results.headline_values(samples)
+        self.assertEqual(values["handshake_seq_ratio"], 1.0)
+        self.assertIsNone(values["handshake_conc_ratio"])
+        self.assertEqual(values["handshake_seq_hs_per_s"], 100.0)
+
+    def test_targets(self) -> None:
+        by_key = {h.key: h for h in HEADLINES}
+        self.assertTrue(by_key["bulk_ratio_tls"].met(1.5))
+        self.assertFalse(by_key["bulk_ratio_tls"].met(1.49))
+        self.assertTrue(by_key["idle_memory_ratio_tls"].met(0.25))
+        self.assertFalse(by_key["idle_memory_ratio_tls"].met(0.26))
+        self.assertTrue(by_key["registry_lookup_p99_ms"].met(49.9))
+        self.assertIsNone(by_key["receipted_rate"].met(12.0))
+        self.assertIsNone(by_key["bulk_ratio_tls"].met(None))
+
+    def test_sample_json_round_trip(self) -> None:
+        sample = Sample("stanza", "ours", 2, {"msgs_per_s": 5.0})
+        self.assertEqual(Sample.from_json(json.loads(json.dumps(sample.to_json()))), sample)
+
+    def test_sample_from_json_drops_non_numbers(self) -> None:
+        event = {"bench": "b", "variant": "v", "round": 0,
+                 "metrics": {"a": 1, "b": float("nan"), "c": "x", "d": True}}  # fmt: skip
+        self.assertEqual(dict(Sample.from_json(event).metrics), {"a": 1.0})
+
+
+def _full_samples() -> list[Sample]:
+    """One round of every figure the headlines read."""
+    samples = []
+    for h in HEADLINES:
+        if h.kind == "min_ratio":
+            for ours, base in h.variants:
+                samples.append(Sample(h.bench, ours, 0, {h.metric: 2.0}))
+                samples.append(Sample(h.bench, base, 0, {h.metric: 1.0}))
+        elif h.kind == "ratio_row":
+            continue  # the same samples as the min_ratio rows above
+        else:
+            samples.append(Sample(h.bench, h.variant, 0, {h.metric: 3.0}))
+            if h.baseline:
+                samples.append(Sample(h.bench, h.baseline, 0, {h.metric: 6.0}))
+    return samples
+
+
+class ReportTests(SynchronousTestCase):
+    def test_every_issue_key_in_the_report(self) -> None:
+        report = results.summarize(_full_samples(), {"profile": "test"})
+        for key in ISSUE_KEYS:
+            self.assertIn(key, report)
+            self.assertIsNotNone(report[key], key)
+        self.assertEqual(report["handshake_seq_ratio"], 2.0)
+        self.assertEqual(report["bulk_ratio_tls"], 0.5)
+        self.assertEqual(report["idle_memory_ratio_tls"], 0.5)
+        json.dumps(report)  # serialisable as is
+
+    def test_missing_benchmarks_are_null(self) -> None:
+        report = results.summarize([], {})
+        for key in ISSUE_KEYS:
+            self.assertIsNone(report[key])
+        self.assertEqual(report["samples"], [])
+
+    def test_figures_and_targets(self) -> None:
+        samples = [Sample("bulk", "ours", r, {"mib_per_s": v}) for r, v in enumerate((1.0, 3.0))]
+        samples += [Sample("bulk", "tls", r, {"mib_per_s": 1.0}) for r in range(2)]
+        report = results.summarize(samples, {"profile": "x"})
+        figure = report["figures"]["bulk.ours.mib_per_s"]
+        self.assertEqual(figure, {"median": 2.0, "rounds": [1.0, 3.0]})
+        self.assertEqual(report["targets"]["bulk_ratio_tls"]["value"], 2.0)
+        self.assertTrue(report["targets"]["bulk_ratio_tls"]["met"])
+        self.assertEqual(report["ratios"]["bulk.ours/tls.mib_per_s"], 2.0)
+        self.assertEqual(report["meta"], {"profile": "x"})
+
+    def test_table(self) -> None:
+        text = results.format_table(results.table_rows(_full_samples()))
+        lines = text.splitlines()
+        self.assertTrue(lines[0].startswith("measure"))
+        for h in HEADLINES:
+            if h.kind != "ratio_row":
+                self.assertIn(h.label, text)
+        self.assertIn("2.00x", text)
+        widths = {len(line) for line in lines[:2]}
+        self.assertEqual(len(widths), 1)  # header and rule line up
+
+    def test_table_marks_missed_targets(self) -> None:
+        samples = [Sample("bulk", "ours", 0, {"mib_per_s": 1.0}),
+                   Sample("bulk", "tls", 0, {"mib_per_s": 2.0})]  # fmt: skip
+        row = next(r for r in results.table_rows(samples) if r.key == "bulk_ratio_tls")
+        self.assertFalse(row.met)
+        self.assertIn("NO", results.format_table([row]))
+
+    def test_plot_bars(self) -> None:
+        from sixchat.bench.plot import ratio_bars
+
+        bars = ratio_bars(results.summarize(_full_samples(), {}))
+        labels = [b[0] for b in bars]
+        self.assertIn("bulk_ratio_tls", labels)
+        self.assertIn("handshake seq ed25519-x25519mlkem768", labels)
+        self.assertTrue(all(math.isfinite(b[1]) for b in bars))
+
+
+class FixtureTests(SynchronousTestCase):
+    def test_certificates_serve_both_protocols(self) -> None:
+        from sixchat.bench import baselines
+
+        workdir = self.mktemp()
+        os.makedirs(workdir)
+        fixtures.make_all(workdir, registry_users=2)
+        trust = fixtures.load_trust(workdir)
+        for who in fixtures.PEERS:
+            for key in fixtures.KEY_TYPES:
+                identity = fixtures.load_identity(workdir, who, key)
+                peer = trust.validate(identity.chain_der, datetime.now(UTC))
+                self.assertEqual(peer.names, (fixtures.peer_name(who),))
+                ca = fixtures.load_cert(os.path.join(workdir, "peer-ca.pem"))
+                baselines.tls_options(identity, ca, b"X25519MLKEM768")  # OpenSSL takes them
+        users = fixtures.load_registry_users(workdir, 5)
+        self.assertEqual([u.names[0] for u in users], ["user0@bench.example",
+                                                       "user1@bench.example"])  # fmt: skip
+
+    def test_xmpp_message_size(self) -> None:
+        from sixchat.bench.baselines import xmpp_message
+
+        data = xmpp_message("x" * 10, "id1")
+        self.assertTrue(data.startswith(b"<message "))
+        self.assertIn(b"<body>xxxxxxxxxx</body>", data)
+
+
+class SmokeTests(SynchronousTestCase):
+    """The plumbing of a run, end to end, with a few operations per benchmark."""
+
+    def test_smoke_run(self) -> None:
+        out = os.path.abspath(self.mktemp())
+        root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        env = dict(os.environ, PYTHONPATH=root)
+        proc = subprocess.run(
+            [sys.executable, "-m", "sixchat.bench", "--smoke", "--quiet", "--json", out,
+             "--only", "handshake", "--only", "bulk", "--only", "stanza"],
+            capture_output=True, text=True, timeout=120, env=env, check=False,
+        )  # fmt: skip
+        self.assertEqual(proc.returncode, 0, proc.stdout + proc.stderr)
+        self.assertIn("measure", proc.stdout)
+        with open(out) as f:
+            report = json.load(f)
+        self.assertEqual(report["meta"]["failures"], {})
+        for key in ("handshake_seq_ratio", "handshake_conc_ratio", "bulk_ratio_tls",
+                    "bulk_ratio_tcp", "stanza_ratio_xmpp_tls"):  # fmt: skip
+            self.assertIsInstance(report[key], float, key)
+        self.assertIsNone(report["receipted_rate"])  # not run
+        variants = {(s["bench"], s["variant"]) for s in report["samples"]}
+        self.assertIn(("stanza", "xmpp_tls"), variants)
+        self.assertIn(("bulk", "tcp"), variants)
+        self.assertIn(("handshake", "tls-conc-ed25519-x25519"), variants)
