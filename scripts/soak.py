@@ -340,6 +340,10 @@ class Soak:
         carol = self.memory["carol"]
         warm = self.args.warmup
         after = [s[2] for s in carol if s[0] >= warm]
+        timeline: dict[int, int] = {}
+        for when, _incarnation, rss in carol:
+            timeline[int(when // 60)] = rss  # the last sample of each minute
+        memory.setdefault("carol", {})["per_minute_kib"] = [timeline[m] for m in sorted(timeline)]
         if after:
             memory["carol"].update(
                 warm_kib=after[0],
@@ -405,6 +409,8 @@ def print_figures(f: dict[str, Any]) -> None:
                      f"(max {m['max_after_warmup_kib']}, "
                      f"growth {m['growth_kib']} KiB)")  # fmt: skip
         print(f"  {name}: peak RSS {m['peak_kib']} KiB{extra}")
+        if "per_minute_kib" in m and len(m["per_minute_kib"]) > 1:
+            print(f"  {name}: RSS at the end of each minute (KiB): {m['per_minute_kib']}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -55,6 +55,10 @@ def plot(report: dict[str, Any], path: str) -> None:
         left.set_yticklabels(labels, fontsize=8)
         left.invert_yaxis()
         left.set_xscale("log")
+        ticks = [0.125, 0.25, 0.5, 1.0, 1.5, 2.0]
+        left.set_xticks(ticks)
+        left.set_xticklabels([f"{t:g}" for t in ticks])
+        left.minorticks_off()
         left.set_xlabel("ours / baseline, same run (black tick: target; memory: lower is better)")
         left.set_title("Same-run ratios")
     groups = []
@@ -64,14 +68,20 @@ def plot(report: dict[str, Any], path: str) -> None:
             ours = figures.get(f"handshake.ours-{mode}-{config}.hs_per_s")
             tls = figures.get(f"handshake.tls-{mode}-{config}.hs_per_s")
             if ours and tls:
-                groups.append((f"{mode}\n{config}", ours["median"], tls["median"]))
+                key, group = config.split("-")
+                label = "{}\n{}\n{}".format(
+                    "1 at a time" if mode == "seq" else "50 in flight",
+                    {"ed25519": "Ed25519", "p256": "P-256"}[key],
+                    {"x25519mlkem768": "ML-KEM hybrid", "x25519": "X25519"}[group],
+                )
+                groups.append((label, ours["median"], tls["median"]))
     if groups:
         x = range(len(groups))
         width = 0.4
         right.bar([i - width / 2 for i in x], [g[1] for g in groups], width, label="sixchat")
         right.bar([i + width / 2 for i in x], [g[2] for g in groups], width, label="TLS 1.3")
         right.set_xticks(list(x))
-        right.set_xticklabels([g[0] for g in groups], fontsize=7)
+        right.set_xticklabels([g[0] for g in groups], fontsize=6.5)
         right.set_ylabel("full mutual-auth handshakes / s")
         right.set_title("Handshakes (medians)")
         right.legend()

@@ -26,6 +26,7 @@ __all__ = [
     "HEADLINES",
     "Headline",
     "Sample",
+    "format_markdown",
     "format_table",
     "headline_values",
     "median",
@@ -192,15 +193,18 @@ HEADLINES: tuple[Headline, ...] = (
     Headline("receipted_rate", "receipted", "msgs_per_s", unit="msgs/s",
              label="agent to agent: send, stored, receipt"),
     Headline("registry_lookups_per_s", "registry_sqlite", "lookups_per_s", variant="lookup",
-             target=5_000, unit="lookups/s", label="registry lookups/s, 1,000 clients, SQLite"),
+             target=5_000, unit="lookups/s", label="registry lookups/s at saturation, SQLite"),
     Headline("registry_lookup_p99_ms", "registry_sqlite", "p99_ms", variant="lookup",
-             target=50, op="<=", unit="ms", label="registry lookup p99, SQLite"),
+             target=50, op="<=", unit="ms",
+             label="registry lookup p99 at the offered load, SQLite"),
     Headline("registry_register_per_s", "registry_sqlite", "per_s", variant="register",
              unit="registers/s", label="registry registers/s, SQLite"),
     Headline("registry_lookups_per_s_postgres", "registry_postgres", "lookups_per_s",
-             variant="lookup", unit="lookups/s", label="registry lookups/s, PostgreSQL"),
+             variant="lookup", unit="lookups/s",
+             label="registry lookups/s at saturation, PostgreSQL"),
     Headline("registry_lookup_p99_ms_postgres", "registry_postgres", "p99_ms",
-             variant="lookup", op="<=", unit="ms", label="registry lookup p99, PostgreSQL"),
+             variant="lookup", op="<=", unit="ms",
+             label="registry lookup p99 at the offered load, PostgreSQL"),
     Headline("registry_register_per_s_postgres", "registry_postgres", "per_s",
              variant="register", unit="registers/s", label="registry registers/s, PostgreSQL"),
     Headline("idle_session_kib", "idle", "kib", unit="KiB",
@@ -341,6 +345,24 @@ def format_table(rows: Sequence[Row]) -> str:
     lines.append("  ".join("-" * w for w in widths))
     lines.extend(line(b) for b in body)
     return "\n".join(line_.rstrip() for line_ in lines)
+
+
+def format_markdown(rows: Sequence[Row]) -> str:
+    """The same table as L{format_table}, as Markdown (for docs/benchmarks.md)."""
+    out = [
+        "| measure | ours | baseline | baseline value | ratio | unit | target | met |",
+        "|---|--:|---|--:|--:|---|---|---|",
+    ]
+    for r in rows:
+        met = "" if r.met is None else ("yes" if r.met else "**no**")
+        ratio = "" if r.ratio is None else f"{r.ratio:.2f}×"
+        ours = _fmt(r.ours) if r.ours is not None or not r.ratio else ""
+        base = _fmt(r.baseline) if r.baseline_name else ""
+        label = r.label.replace("  ", "&nbsp;&nbsp;", 1) if r.label.startswith("  ") else r.label
+        target = r.target.replace(">=", "≥").replace("<=", "≤")
+        out.append(f"| {label} | {ours} | {r.baseline_name} | {base} | {ratio} | {r.unit} "
+                   f"| {target} | {met} |")  # fmt: skip
+    return "\n".join(out)
 
 
 def summarize(samples: Sequence[Sample], meta: Mapping[str, Any]) -> dict[str, Any]:

@@ -43,6 +43,7 @@ How the rules of irp-1 map onto the code:
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -65,7 +66,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from sixchat.errors import AlertError
-from sixchat.identity import Identity, normalize_identity
+from sixchat.identity import Identity, is_valid_identity, normalize_identity
 from sixchat.irp.authority import Authority
 from sixchat.irp.interfaces import ConflictError, IdentityState, IRegistryStore
 from sixchat.irp.messages import (
@@ -98,7 +99,14 @@ from sixchat.record import MAX_PLAINTEXT, RecordReader, plain_record
 from sixchat.service import EndpointService
 from sixchat.stanzas import format_timestamp
 from sixchat.trust import PeerCertificate
-from sixchat.xmlcodec import Element, parse, serialize
+from sixchat.xmlcodec import (
+    Element,
+    b64encode,
+    encode_checked,
+    escape_attribute,
+    parse,
+    serialize,
+)
 
 __all__ = [
     "DEFAULT_LISTEN",
@@ -178,6 +186,68 @@ def _issuer_der_of(cert: Any) -> bytes:
     connection): revocation is rechecked about once a second per connection.
     """
     return _der(cert)
+
+
+#: What L{fast_lookup} takes without the parser: ids as irp-1 §1 allows them, identities
+#: of characters that need no escaping in an attribute (anything else goes the long way).
+_LOOKUP_ID = re.compile(rb"[A-Za-z0-9_-]{1,64}")
+_LOOKUP_IDENTITY = re.compile(rb"[A-Za-z0-9.@_+-]{3,320}")
+
+
+def fast_lookup(payload: bytes) -> Lookup | None:
+    """
+    The request in C{payload} when it is a C{lookup} written exactly as
+    C{<lookup id="ID" identity="IDENTITY"/>} (what clients send, sixchat's included) with a
+    valid id and identity; else None, and the caller parses it. For every payload it
+    accepts, the hardened parser and L{parse_request} give the same request (a property
+    test checks it); it saves them on the registry's commonest request.
+    """
+    if not payload.startswith(b'<lookup id="') or not payload.endswith(b'"/>'):
+        return None
+    id_end = payload.find(b'"', 12)
+    if id_end < 0 or _LOOKUP_ID.fullmatch(payload, 12, id_end) is None:
+        return None
+    if not payload.startswith(b'" identity="', id_end):
+        return None
+    start = id_end + 12
+    if _LOOKUP_IDENTITY.fullmatch(payload, start, len(payload) - 3) is None:
+        return None
+    identity = payload[start:-3].decode("ascii")
+    if not is_valid_identity(identity):
+        return None
+    return Lookup(payload[12:id_end].decode("ascii"), identity)
+
+
+def record_bytes(state: IdentityState, rid: str) -> bytes:
+    """
+    C{serialize(Record(state.identity, _nodes(state), state.cert, rid).to_element())}, byte
+    for byte (a property test checks it), without building the tree: the answer to
+    every lookup.
+
+    @raise ValueError: where that raises (a code point outside XML C{Char}).
+    """
+    esc = escape_attribute
+    parts = ['<record id="', esc(rid), '" identity="', esc(state.identity), '"']
+    children: list[str] = []
+    for b in state.bindings:
+        children.append(
+            f'<node name="{esc(b.node)}" until="{esc(format_timestamp(b.until))}" '
+            f'updated="{esc(format_timestamp(b.updated))}">'
+        )
+        for c in b.contacts:
+            children.append(f'<contact host="{esc(c.host)}" port="{esc(str(c.port))}"/>')
+        cert = b64encode(b.cert)  # the base64 alphabet needs no escaping
+        children.append(f"<cert>{cert}</cert></node>" if cert else "<cert/></node>")
+    if state.cert is not None:
+        cert = b64encode(state.cert)
+        children.append(f"<cert>{cert}</cert>" if cert else "<cert/>")
+    if children:
+        parts.append(">")
+        parts.extend(children)
+        parts.append("</record>")
+    else:
+        parts.append("/>")
+    return encode_checked("".join(parts))
 
 
 def _nodes(state: IdentityState) -> list[NodeBinding]:
@@ -343,12 +413,32 @@ class IRPServerProtocol(Protocol):
             if record is None:
                 return
             _type, _head, payload = record
+            lookup = fast_lookup(payload)
+            if lookup is not None:
+                self._request_lookup(lookup)
+                continue
             try:
                 element = parse(payload)
             except AlertError as e:
                 self._fatal(e.text or "malformed XML")
                 return
             self._request(element)
+
+    def _request_lookup(self, request: Lookup) -> None:
+        """L{_request} for a lookup L{fast_lookup} recognised (its id and identity valid)."""
+        if self._idle is not None and self._idle.active():
+            self._idle.reset(self.config.idle_timeout)
+        rid = request.id
+        if rid in self._inflight:
+            self._fatal(f"id {rid} is already in flight")
+            return
+        if not self._take_token():
+            self._send(IRPError("rate_limited", "too many requests", rid).to_element())
+            return
+        self._inflight.add(rid)
+        if not self._lookup_now(request):
+            d = defer.ensureDeferred(self._dispatch(request))
+            d.addCallback(self._answered, rid)
 
     def _request(self, element: Element) -> None:
         if self._idle is not None and self._idle.active():
@@ -390,17 +480,27 @@ class IRPServerProtocol(Protocol):
         factory = self.factory
         if not factory._ready or not factory.serves(request.identity):
             return False
+        store = factory.store
         if not self.config.public:
             peer = self.peer
+            if peer is None or factory.now() >= peer.leaf.not_valid_after_utc:
+                return False  # unauthenticated: L{_authenticated} answers
+            now = factory.clock.seconds()
             checked = self._checked_at
-            if (
-                peer is None
-                or checked is None
-                or factory.clock.seconds() - checked >= self.config.revocation_recheck
-                or factory.now() >= peer.leaf.not_valid_after_utc
-            ):
-                return False
-        d: defer.Deferred[IdentityState] = factory.store.state(  # type: ignore[assignment]
+            if checked is None or now - checked >= self.config.revocation_recheck:
+                # The revocation recheck (about once a second per connection) and the
+                # lookup go to the store together: one trip instead of two in a row.
+                reads: list[defer.Deferred[Any]] = [
+                    store.is_revoked(peer.leaf.serial_number, self._issuer_der(peer)),  # type: ignore[list-item]
+                    store.state(request.identity, factory.now()),  # type: ignore[list-item]
+                ]
+                both: defer.Deferred[list[Any]] = defer.gatherResults(reads, consumeErrors=True)
+                both.addCallbacks(
+                    self._rechecked, self._lookup_failed, callbackArgs=(peer, now, request.id),
+                    errbackArgs=(request,),
+                )  # fmt: skip
+                return True
+        d: defer.Deferred[IdentityState] = store.state(  # type: ignore[assignment]
             request.identity, factory.now()
         )
         d.addCallbacks(
@@ -409,12 +509,36 @@ class IRPServerProtocol(Protocol):
         )  # fmt: skip
         return True
 
+    def _rechecked(
+        self, results: list[Any], peer: PeerCertificate, now: float, rid: str
+    ) -> None:
+        """L{_authenticated}'s revocation outcome, then the lookup's answer."""
+        revoked, state = results
+        if self._peer is not peer or revoked:
+            if self._peer is peer:
+                self.lose_identity("its certificate was revoked")
+            error = IRPError("unauthenticated", "the client certificate was revoked", rid)
+            self._answered([error.to_element()], rid)
+            return
+        self._checked_at = now
+        self._looked_up(state, rid)
+
     def _looked_up(self, state: IdentityState, rid: str) -> None:
         if not state.known:
             self._answered([IRPError("not_found", "unknown identity", rid).to_element()], rid)
-        else:
-            self._answered([Record(state.identity, _nodes(state), state.cert, rid).to_element()],
-                           rid)  # fmt: skip
+            return
+        self._inflight.discard(rid)
+        if self._closing or self.transport is None:
+            return
+        try:
+            data = record_bytes(state, rid)
+        except ValueError:  # a code point XML cannot carry: the generic path says so
+            self._send(Record(state.identity, _nodes(state), state.cert, rid).to_element())
+            return
+        if len(data) > MAX_PLAINTEXT:  # the generic path logs and answers "internal"
+            self._send(Record(state.identity, _nodes(state), state.cert, rid).to_element())
+            return
+        self.transport.write(plain_record(data))
 
     def _lookup_failed(self, failure: Failure, request: Lookup) -> None:
         if self.factory.running:  # not the store closing under us at shutdown

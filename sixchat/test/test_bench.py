@@ -234,6 +234,13 @@ class ReportTests(SynchronousTestCase):
         widths = {len(line) for line in lines[:2]}
         self.assertEqual(len(widths), 1)  # header and rule line up
 
+    def test_markdown(self) -> None:
+        text = results.format_markdown(results.table_rows(_full_samples()))
+        lines = text.splitlines()
+        self.assertTrue(all(line.startswith("|") and line.endswith("|") for line in lines))
+        self.assertEqual(len({line.count("|") for line in lines}), 1)
+        self.assertIn("2.00×", text)
+
     def test_table_marks_missed_targets(self) -> None:
         samples = [Sample("bulk", "ours", 0, {"mib_per_s": 1.0}),
                    Sample("bulk", "tls", 0, {"mib_per_s": 2.0})]  # fmt: skip

@@ -335,3 +335,90 @@ def _frame(stream: bytes, cuts: list[int]) -> list[tuple[int, bytes, bytes]]:
             kind, head, payload = record
             out.append((kind, bytes(head), bytes(payload)))
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# The registry's lookups (sixchat.irp.server)
+
+
+def _generic_request(payload: bytes) -> object:
+    from sixchat.irp.messages import IRPError, parse_request
+
+    try:
+        return parse_request(parse(payload), allow_private=True)
+    except (AlertError, IRPError) as e:
+        return ("error", type(e).__name__)
+
+
+_IDENTITIES = st.one_of(
+    st.from_regex(r"[a-z0-9._+-]{1,20}@[a-z0-9-]{1,10}\.[a-z]{2,5}", fullmatch=True),
+    st.text(alphabet="ab@.-_+\"&<> \t\u00e9", max_size=20),
+)
+
+
+class RegistryFastPathTests(SynchronousTestCase):
+    @HYPOTHESIS
+    @given(
+        st.one_of(
+            st.builds(
+                lambda rid, identity: b'<lookup id="' + rid.encode() + b'" identity="'
+                + identity.encode() + b'"/>',
+                _IDS,
+                _IDENTITIES,
+            ),
+            st.binary(max_size=60).map(lambda b: b'<lookup id="1" identity="' + b + b'"/>'),
+        ).flatmap(lambda p: st.one_of(st.just(p), _mutations(p)))
+    )  # fmt: skip
+    def test_lookup_same_as_generic(self, payload: bytes) -> None:
+        from sixchat.irp.server import fast_lookup
+
+        fast = fast_lookup(payload)
+        if fast is not None:
+            self.assertEqual(fast, _generic_request(payload), payload)
+
+    def test_lookup_taken(self) -> None:
+        from sixchat.irp.messages import Lookup
+        from sixchat.irp.server import fast_lookup
+        from sixchat.xmlcodec import serialize as ser
+
+        payload = ser(Lookup("17", "bob@example.com").to_element())
+        self.assertEqual(fast_lookup(payload), Lookup("17", "bob@example.com"))
+        self.assertIsNone(fast_lookup(b'<lookup id="1" identity="bob"/>'))  # invalid: long way
+        self.assertIsNone(fast_lookup(b'<lookup identity="a@b.c" id="1"/>'))
+
+    @HYPOTHESIS
+    @given(
+        _IDS,
+        _TEXT,
+        st.lists(
+            st.tuples(
+                _TEXT,
+                st.lists(st.tuples(_TEXT, st.integers(0, 70000)), max_size=3),
+                st.binary(max_size=20),
+                st.datetimes(),
+                st.datetimes(),
+            ),
+            max_size=3,
+        ),
+        st.one_of(st.none(), st.binary(max_size=20)),
+    )
+    def test_record_same_bytes_as_generic(self, rid, identity, nodes, cert) -> None:  # type: ignore[no-untyped-def]
+        from datetime import UTC
+
+        from sixchat.irp.interfaces import Binding, IdentityState
+        from sixchat.irp.messages import Contact, Record
+        from sixchat.irp.server import _nodes, record_bytes
+
+        bindings = tuple(
+            Binding(name, tuple(Contact(h, p) for h, p in contacts), c, 1,
+                    until.replace(tzinfo=UTC), updated.replace(tzinfo=UTC))  # fmt: skip
+            for name, contacts, c, until, updated in nodes
+        )
+        state = IdentityState(identity, bindings, cert)
+        fast = _outcome(record_bytes, state, rid)
+        generic = _outcome(
+            lambda st_, r: serialize(Record(st_.identity, _nodes(st_), st_.cert, r).to_element()),
+            state,
+            rid,
+        )
+        self.assertEqual(fast, generic)

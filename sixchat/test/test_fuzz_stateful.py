@@ -53,6 +53,7 @@ from sixchat.connection import (
     StanzaReceived,
 )
 from sixchat.errors import AlertError, StanzaError
+from sixchat.groups import FixedEntropy
 from sixchat.handshake import PeerConfig
 from sixchat.irp.authority import Authority
 from sixchat.irp.messages import clamp_expires
@@ -171,18 +172,26 @@ class _HandshakeMachine(RuleBasedStateMachine):
     victim_name: str
     honest_name: str
 
+    # Every byte both sides write must be the same in every run of an example, or hypothesis
+    # cannot replay and shrink it (a flipped bit may or may not leave valid base64): fixed
+    # randoms and X25519 keys, and the x25519 group only (ML-KEM encapsulation draws its own
+    # randomness; the hybrid's parsing is fuzzed by atheris and test_handshake).
     @initialize(
         padding=st.sampled_from([0, 16]),
-        groups=st.sampled_from([None, ("x25519",), ("x25519-mlkem768", "x25519")]),
+        suite=st.sampled_from(["aes-256-gcm", "chacha20-poly1305", "aes-128-gcm"]),
         attacks=st.integers(0, 3),
     )
-    def setup(self, padding: int, groups: tuple[str, ...] | None, attacks: int = 1) -> None:
+    def setup(self, padding: int, suite: str = "aes-256-gcm", attacks: int = 1) -> None:
         other = INITIATOR if self.role == RESPONDER else RESPONDER
 
         def config(name: str) -> PeerConfig:
-            return PeerConfig([IDENTITIES[name]], TRUST, padding=padding)
+            seed = 1 if name == ALICE else 3
+            entropy = FixedEntropy([bytes([seed]) * 32], [bytes([seed + 1]) * 32])
+            return PeerConfig(
+                [IDENTITIES[name]], TRUST, padding=padding, entropy=entropy, suites=(suite,)
+            )
 
-        extra: dict[str, Any] = {"groups": groups} if groups else {}
+        extra: dict[str, Any] = {"groups": ("x25519",)}
         victim_kw = dict(to=BOB, **extra) if self.role == INITIATOR else {}
         honest_kw = dict(to=BOB, **extra) if other == INITIATOR else {}
         self.victim = Connection(config(self.victim_name), self.role, **victim_kw)
@@ -421,7 +430,7 @@ class HandshakeRoleTests(SynchronousTestCase):
     def test_machines_notice_a_forgery(self) -> None:
         """The invariant fires when a stanza the honest peer never sent is delivered."""
         machine = ResponderMachine()
-        machine.setup(padding=0, groups=None, attacks=0)
+        machine.setup(padding=0, attacks=0)
         machine.run_honestly()
         self.assertIsNotNone(machine.victim_done)
         machine.victim_delivered.append(Typing("paused"))
