@@ -54,6 +54,8 @@ DEFAULT_TTL = timedelta(days=7)
 #: Outbox retry backoff per node: min(MAX, BASE * 2^attempts), times a jitter in [0.5, 1).
 RETRY_BASE = 2.0
 RETRY_MAX = 300.0
+#: Unreceipted messages in flight per session (flow control for long outboxes).
+SEND_WINDOW = 64
 #: How often the outbox looks for due work and expired messages.
 TICK = 1.0
 EXPIRE_EVERY = 60.0
@@ -906,15 +908,24 @@ class UserAgentService(service.MultiService):
                     message.id, node.name, now, now + timedelta(seconds=delay), sent=False
                 )
             return
-        now = self.now()
+        # A window of unreceipted messages per session: a long outbox never floods the
+        # transport (both peers writing faster than the other reads would stall both, since
+        # each stops reading while its write buffer is full).
+        window = defer.DeferredSemaphore(SEND_WINDOW)
         sends = []
         for message in owed:
+            await window.acquire()
+            if session.ended:
+                window.release()
+                break  # the rest stays owed; the next tick retries on a new session
+            now = self.now()
             entry = next(n for n in message.nodes if n.node == node.name)
             retry_at = now + timedelta(seconds=self._retryDelay(entry.attempts))
             status = await self.store.mark_attempt(message.id, node.name, now, retry_at)
             if status is not None:
                 self._statusChanged(status)
-            d = session.send(message.stanza)
+            d: defer.Deferred[Any] = session.send(message.stanza)
+            d.addBoth(_released, window)
             d.addCallbacks(
                 self._receipted,
                 self._notReceipted,
@@ -993,6 +1004,12 @@ class UserAgentService(service.MultiService):
             return session
 
         return happy_eyeballs(self.clock, contacts, attempt).addCallback(check)
+
+
+def _released(result: Any, window: defer.DeferredSemaphore) -> Any:
+    """Pass C{result} through after giving the send window's slot back."""
+    window.release()
+    return result
 
 
 def default_node() -> str:

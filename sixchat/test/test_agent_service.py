@@ -252,6 +252,40 @@ class AgentTests(unittest.TestCase):
         self.assertEqual(len(bob_events.of("message")), 1)
 
     @defer.inlineCallbacks
+    def test_send_window_bounds_unreceipted_messages(self) -> Any:
+        self.patch(agent_service, "SEND_WINDOW", 4)
+        alice, _ = yield self.agent("alice@example.com")
+        bob, _ = yield self.agent("bob@example.com")
+        self.directory.publish("bob@example.com", "n1", bob)
+        first = yield alice.send("bob@example.com", "open the session")
+        yield alice.waitDelivered(first["id"], 10)
+        slow_store = bob.store.store_incoming
+
+        def slowly(*args: Any) -> Any:  # bob stores slowly: receipts lag behind
+            return task.deferLater(reactor, 0.02, slow_store, *args)
+
+        self.patch(bob.store, "store_incoming", slowly)
+        session = next(iter(alice._sessions.values()))
+        in_flight: list[int] = []
+        send = session.send
+
+        def counting(message: Any) -> Any:
+            d = send(message)
+            in_flight.append(len(session._pending))
+            return d
+
+        self.patch(session, "send", counting)
+        ids = []
+        for i in range(30):
+            sent = yield alice.send("bob@example.com", f"burst {i}")
+            ids.append(sent["id"])
+        for message_id in ids:
+            status = yield alice.waitDelivered(message_id, 20)
+            self.assertEqual(status["state"], "delivered")
+        self.assertEqual(len(in_flight), 30)
+        self.assertLessEqual(max(in_flight), 4)
+
+    @defer.inlineCallbacks
     def test_expiry(self) -> Any:
         self.patch(agent_service, "EXPIRE_EVERY", 0.05)
         alice, alice_events = yield self.agent(
