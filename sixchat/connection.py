@@ -210,6 +210,27 @@ class Connection:
             raise ValueError("use close() or rekey()")
         self._send_bytes(serialize_stanza(stanza))
 
+    def prepare(self, stanza: ApplicationStanza) -> bytes:
+        """
+        Check and serialise an application stanza to be sealed later by L{send_prepared}: the
+        adapter queues stanzas this way while its transport is full, so that the errors of
+        L{send} still reach the caller at once and the sealing order is the sending order.
+        """
+        if self.state != "open":
+            raise ConnectionClosedError(f"cannot send {type(stanza).__name__} while {self.state}")
+        if isinstance(stanza, Close | Rekey):
+            raise ValueError("use close() or rekey()")
+        serialized = serialize_stanza(stanza)
+        if len(serialized) > MAX_PLAINTEXT:  # padding never grows past it
+            raise ValueError("stanza does not fit in one record (65,536 bytes)")
+        return serialized
+
+    def send_prepared(self, serialized: bytes) -> None:
+        """Seal a stanza L{prepare}d while the session was open."""
+        if self.state != "open":
+            raise ConnectionClosedError(f"cannot send while {self.state}")
+        self._send_bytes(serialized)
+
     def _send_element(self, element: Element) -> None:
         self._send_bytes(serialize(element))
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+from collections import deque
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -61,6 +62,13 @@ MAX_UNPROCESSED = 256 * 1024
 #: What one message awaiting storage is counted as beyond its text (id, ts, Deferred, ...),
 #: so that a flood of empty messages is bounded too.
 MESSAGE_OVERHEAD = 256
+#: Answers (receipts, pongs, errors) written while the transport's buffer is already full.
+#: Past this many bytes the peer is not reading what its own records make us send, and we
+#: stop reading it until it does; below it we keep reading, so that two peers that both
+#: write faster than the other reads still drain each other (see L{PeerProtocol}).
+MAX_ANSWER_BACKLOG = 256 * 1024
+#: Queued application stanzas are sealed and written in batches of about this many bytes.
+WRITE_BATCH = 64 * 1024
 
 
 class StanzaRefused(SixchatError):
@@ -233,8 +241,24 @@ class Session:
     def sendTyping(self, state: str = "composing") -> None:
         self._protocol.sendStanza(Typing(state))
 
+    @property
+    def queued(self) -> int:
+        """
+        Bytes of our stanzas waiting for the transport: sending never blocks and never fails
+        for a full transport; stanzas wait (in order) until it drains. A sender with a lot to
+        say waits for L{whenWritable} (or for receipts) to bound this.
+        """
+        return self._protocol._outbox_bytes
+
+    def whenWritable(self) -> defer.Deferred[None]:
+        """
+        Fires once nothing of ours waits for the transport and its buffer has room: the
+        moment to send more. Fails with L{SessionLost} if the session ends first.
+        """
+        return self._protocol._whenWritable()
+
     def sendReceipt(self, message_id: str) -> None:
-        self._protocol.sendStanza(Receipt(message_id))
+        self._protocol.sendAnswer(Receipt(message_id))
 
     def rekey(self) -> None:
         """Switch our write key now (§8.5); it also happens automatically before the limits."""
@@ -297,10 +321,16 @@ class PeerProtocol(Protocol):
     """
     Drives one L{Connection} over a TCP transport, in either role.
 
-    It registers itself as the transport's producer so that when a peer stops reading and
-    our write buffer fills, we stop reading from it too (§9.2 back-pressure): a peer cannot
-    make us buffer answers without bound. Likewise we stop reading while more than
-    L{MAX_UNPROCESSED} bytes of received messages wait for the observer to store them.
+    It registers itself as the transport's producer to learn when its write buffer is full.
+    Then our own stanzas wait, unsealed and in order, in an outbox drained when the transport
+    asks for more; answers to the peer's records (receipts, pongs, errors) still go out, and
+    we keep reading. Only when more than L{MAX_ANSWER_BACKLOG} bytes of answers have piled
+    up behind the full buffer does the peer evidently not read what it makes us send, and we
+    stop reading it (§9.2 back-pressure): a peer cannot make us buffer answers without bound,
+    and two peers that both send faster than the other reads keep draining each other
+    instead of stalling for good (as they would if a full buffer alone stopped reading).
+    Likewise we stop reading while more than L{MAX_UNPROCESSED} bytes of received messages
+    wait for the observer to store them.
     """
 
     log = Logger()
@@ -343,6 +373,8 @@ class PeerProtocol(Protocol):
         self.unstored = 0
         self._write_full = False  # the transport paused us: its write buffer is full
         self._reading_paused = False
+        # The outbox, its size, the answers written since the buffer filled, and who waits
+        # for room are class defaults until used: an idle session pays nothing for them.
         self._close_requested = False
         self._lost = False
         self.on_handshake_end: Callable[[PeerProtocol], None] | None = None
@@ -404,6 +436,9 @@ class PeerProtocol(Protocol):
 
     def connectionLost(self, reason: Failure = error.ConnectionDone) -> None:  # type: ignore[assignment]
         self._lost = True
+        self._discardOutbox()
+        if self._writable_waiters:
+            self._fireWritable(SessionLost("session ended"))
         self._cancelTimers()
         self._handshakeEnded()
         if self.failure is not None:
@@ -424,14 +459,17 @@ class PeerProtocol(Protocol):
 
     def pauseProducing(self) -> None:
         self._write_full = True
-        self._updateReading()
 
     def resumeProducing(self) -> None:
         self._write_full = False
+        self._backlog = 0
+        self._drainOutbox()
         self._updateReading()
 
     def _updateReading(self) -> None:
-        pause = self._write_full or self.unstored > MAX_UNPROCESSED
+        pause = (
+            self._write_full and self._backlog > MAX_ANSWER_BACKLOG
+        ) or self.unstored > MAX_UNPROCESSED
         if pause == self._reading_paused or self._lost or self.transport is None:
             return
         self._reading_paused = pause
@@ -445,18 +483,102 @@ class PeerProtocol(Protocol):
 
     # writing --------------------------------------------------------------------------------
 
+    _outbox: deque[bytes] | None = None
+    #: Bytes in the outbox.
+    _outbox_bytes = 0
+    #: Bytes written since the transport said its buffer is full (answers, in effect: our
+    #: own stanzas wait in the outbox meanwhile).
+    _backlog = 0
+    _writable_waiters: list[defer.Deferred[None]] | None = None
+
     def flush(self) -> None:
         data = self.connection.data_to_send()
         if data and not self._lost:
-            self.transport.write(data)  # type: ignore[union-attr]
+            if self._write_full:
+                self._backlog += len(data)
+                self.transport.write(data)  # type: ignore[union-attr]
+                if self._backlog > MAX_ANSWER_BACKLOG and not self._reading_paused:
+                    self._updateReading()
+            else:
+                self.transport.write(data)  # type: ignore[union-attr]
 
     #: True while dataReceived handles events: sendStanza then leaves the flush to it.
     _coalescing = False
 
     def sendStanza(self, stanza: Any) -> None:
+        """
+        Send one of our application stanzas: at once while the transport has room, else
+        into the outbox (checked and serialised now, so errors still reach the caller now).
+        """
+        if self._write_full or self._outbox:
+            serialized = self.connection.prepare(stanza)
+            if self._outbox is None:
+                self._outbox = deque()
+            self._outbox.append(serialized)
+            self._outbox_bytes += len(serialized)
+            return
         self.connection.send(stanza)
         if not self._coalescing:
             self.flush()
+
+    def sendAnswer(self, stanza: Any) -> None:
+        """Send a receipt: an answer, which never waits behind our own stanzas."""
+        self.connection.send(stanza)
+        if not self._coalescing:
+            self.flush()
+
+    def _drainOutbox(self) -> None:
+        """Seal and write queued stanzas, in order, while the transport takes them."""
+        outbox = self._outbox
+        connection = self.connection
+        while outbox and not self._write_full and not self._lost:
+            if connection.state != "open":
+                self._discardOutbox()
+                break
+            batch = 0
+            while outbox and batch < WRITE_BATCH:
+                serialized = outbox.popleft()
+                batch += len(serialized)
+                connection.send_prepared(serialized)
+            self._outbox_bytes -= batch
+            self.flush()  # may fill the transport again: pauseProducing stops the loop
+        if not self._outbox:
+            self._outbox = None
+            if not self._write_full:
+                self._fireWritable(None)
+
+    def _sealOutbox(self) -> None:
+        """Seal everything queued now, whatever the transport's state (before our close)."""
+        outbox, self._outbox = self._outbox, None
+        self._outbox_bytes = 0
+        if outbox and self.connection.state == "open":
+            for serialized in outbox:
+                self.connection.send_prepared(serialized)
+
+    def _discardOutbox(self) -> None:
+        """The session is ending: queued stanzas will not be sent (their senders learn it)."""
+        self._outbox = None
+        self._outbox_bytes = 0
+
+    def _whenWritable(self) -> defer.Deferred[None]:
+        d: defer.Deferred[None] = defer.Deferred()
+        if self._lost or self.connection.state != "open":
+            d.errback(SessionLost("session ended"))
+        elif not self._outbox and not self._write_full:
+            d.callback(None)
+        else:
+            if self._writable_waiters is None:
+                self._writable_waiters = []
+            self._writable_waiters.append(d)
+        return d
+
+    def _fireWritable(self, failure: Exception | None) -> None:
+        waiters, self._writable_waiters = self._writable_waiters, None
+        for d in waiters or ():
+            if failure is None:
+                d.callback(None)
+            else:
+                d.errback(failure)
 
     # events ---------------------------------------------------------------------------------
 
@@ -544,7 +666,7 @@ class PeerProtocol(Protocol):
         self._receipts_pending -= 1
         self.unstored -= _message_cost(message)
         if not self._lost and self.connection.state in ("open", "closing"):
-            self.sendStanza(Receipt(message.id))
+            self.sendAnswer(Receipt(message.id))
         self._maybeAnswerClose()
         self._updateReading()
 
@@ -558,6 +680,7 @@ class PeerProtocol(Protocol):
     def _maybeAnswerClose(self) -> None:
         """§8.8: after the peer's close, finish pending receipts, answer, then drop."""
         if self._close_requested and self._receipts_pending == 0 and not self._lost:
+            self._discardOutbox()  # §8.8: the peer is done; what we had queued stays unsent
             self.connection.close()
             self.flush()
             self._drop()
@@ -604,6 +727,7 @@ class PeerProtocol(Protocol):
         if self.connection.state != "open":
             self._drop()
             return
+        self._sealOutbox()  # everything we queued goes before our close
         self.connection.close()
         self.flush()
         self._close_timer = self.clock.callLater(self.close_wait, self._abort)
@@ -612,6 +736,7 @@ class PeerProtocol(Protocol):
         """Close after the queued bytes are written; abort if the peer never reads them."""
         if self._lost:
             return
+        self._discardOutbox()
         self.flush()  # records queued while coalescing (see dataReceived) go first
         self.transport.loseConnection()  # type: ignore[union-attr]
         if self._close_timer is None or not self._close_timer.active():

@@ -1,0 +1,231 @@
+"""
+Flow control of the Twisted adapter: our stanzas wait in an outbox while the transport's
+buffer is full, answers still go out, and reading stops only when answers back up — over
+iosim with a fake clock, and over real TCP on 127.0.0.1 where both peers send faster than
+the other reads (the case that used to stall both sides for good).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet import defer, endpoints, reactor, task
+from twisted.trial import unittest
+
+from sixchat import protocol as protocol_module
+from sixchat.protocol import (
+    INITIATOR,
+    MAX_ANSWER_BACKLOG,
+    PeerFactory,
+    PeerProtocol,
+    Session,
+    SessionLost,
+    connectPeer,
+)
+from sixchat.stanzas import Receipt
+from sixchat.test.test_protocol import PumpedPair, Recorder, pair_config
+
+
+def watch_reading(proto: PeerProtocol) -> list[str]:
+    """Record the adapter's pause/resume calls on its transport (iosim ignores them)."""
+    calls: list[str] = []
+    transport: Any = proto.transport
+    transport.pauseProducing = lambda: calls.append("pause")
+    transport.resumeProducing = lambda: calls.append("resume")
+    return calls
+
+
+class OutboxTests(unittest.TestCase):
+    def setUp(self) -> None:
+        self.alice, self.bob = pair_config()
+        self.pair = PumpedPair(self.alice, self.bob)
+        assert self.pair.client.session is not None and self.pair.server.session is not None
+        self.client: PeerProtocol = self.pair.client
+        self.server: PeerProtocol = self.pair.server
+        self.alice_session: Session = self.client.session
+        self.bob_session: Session = self.server.session
+
+    def received_bodies(self) -> list[str]:
+        return [m.body for m in self.pair.server_observer.messages]
+
+    def test_stanzas_wait_while_the_buffer_is_full_then_leave_in_order(self) -> None:
+        self.client.pauseProducing()  # what the transport does when its buffer is full
+        receipts = [self.alice_session.sendMessage(f"m{i}") for i in range(5)]
+        self.pair.flush()
+        self.assertEqual(self.received_bodies(), [])
+        self.assertGreater(self.alice_session.queued, 5 * 60)
+        self.client.resumeProducing()
+        self.pair.flush()
+        self.assertEqual(self.received_bodies(), [f"m{i}" for i in range(5)])
+        self.assertEqual(self.alice_session.queued, 0)
+        for d in receipts:
+            self.assertIsInstance(self.successResultOf(d), Receipt)
+
+    def test_batches_of_queued_stanzas_stop_when_the_buffer_fills_again(self) -> None:
+        self.client.pauseProducing()
+        for i in range(40):
+            self.alice_session.sendMessage(f"{i:04d}" + "x" * 8_000)
+        writes: list[int] = []
+        transport: Any = self.client.transport
+        real_write = transport.write
+
+        def write(data: bytes) -> None:
+            writes.append(len(data))
+            real_write(data)
+            self.client.pauseProducing()  # the buffer is full again after every write
+
+        transport.write = write
+        self.client.resumeProducing()
+        self.assertEqual(len(writes), 1)  # one batch, then it waits again
+        self.assertGreaterEqual(writes[0], protocol_module.WRITE_BATCH)
+        transport.write = real_write
+        while self.alice_session.queued:
+            self.client.resumeProducing()
+            self.pair.flush()
+        self.pair.flush()
+        self.assertEqual([b[:4] for b in self.received_bodies()], [f"{i:04d}" for i in range(40)])
+
+    def test_reading_and_answering_go_on_while_our_buffer_is_full(self) -> None:
+        calls = watch_reading(self.client)
+        self.client.pauseProducing()
+        receipts = [self.bob_session.sendMessage(f"to alice {i}") for i in range(20)]
+        self.pair.flush()
+        self.assertEqual(len(self.pair.client_observer.messages), 20)
+        for d in receipts:  # alice's receipts did not wait behind her full buffer
+            self.assertIsInstance(self.successResultOf(d), Receipt)
+        self.assertEqual(calls, [])
+
+    def test_reading_stops_once_answers_back_up_and_resumes_when_drained(self) -> None:
+        self.patch(protocol_module, "MAX_ANSWER_BACKLOG", 2_000)
+        calls = watch_reading(self.client)
+        self.client.pauseProducing()
+        for i in range(10):
+            self.bob_session.sendMessage(f"{i}")
+        self.pair.flush()
+        self.assertEqual(calls, [])  # ten receipts: under 2,000 bytes
+        for i in range(40):
+            self.bob_session.sendMessage(f"{i}")
+        self.pair.flush()
+        self.assertEqual(calls, ["pause"])
+        self.assertGreater(self.client._backlog, 2_000)
+        self.client.resumeProducing()
+        self.assertEqual(calls, ["pause", "resume"])
+        self.assertEqual(self.client._backlog, 0)
+
+    def test_the_real_limit_is_far_above_one_buffer_of_receipts(self) -> None:
+        # A receipt record is about 100 bytes: thousands of answers fit before we stop.
+        self.assertGreaterEqual(MAX_ANSWER_BACKLOG, 256 * 1024)
+
+    def test_our_close_follows_everything_queued(self) -> None:
+        self.client.pauseProducing()
+        receipts = [self.alice_session.sendMessage(f"last words {i}") for i in range(3)]
+        ended = self.alice_session.close()
+        self.pair.flush()
+        self.assertEqual(self.received_bodies(), [f"last words {i}" for i in range(3)])
+        for d in receipts:
+            self.assertIsInstance(self.successResultOf(d), Receipt)
+        self.successResultOf(ended)
+        self.assertIsNone(self.alice_session.end_reason)  # both closes: a clean end
+
+    def test_the_peers_close_leaves_queued_stanzas_unsent_and_failed(self) -> None:
+        self.client.pauseProducing()
+        receipts = [self.alice_session.sendMessage(f"too late {i}") for i in range(3)]
+        self.bob_session.close()
+        self.pair.flush()
+        self.assertEqual(self.received_bodies(), [])
+        for d in receipts:
+            self.failureResultOf(d, SessionLost)
+        self.assertTrue(self.alice_session.ended)
+        self.assertEqual(self.alice_session.queued, 0)
+
+    def test_errors_reach_the_sender_at_once_while_queued(self) -> None:
+        self.client.pauseProducing()
+        bad = self.alice_session.sendMessage("nul \x00 is not an XML character")
+        self.failureResultOf(bad, ValueError)
+        self.assertEqual(self.alice_session.queued, 0)
+        self.client.connection.close()  # after our close only receipts may be sent
+        late = self.alice_session.sendMessage("after close")
+        self.failureResultOf(late, SessionLost)
+
+    def test_when_writable(self) -> None:
+        self.successResultOf(self.alice_session.whenWritable())
+        self.client.pauseProducing()
+        waiting = self.alice_session.whenWritable()
+        self.assertNoResult(waiting)
+        sent = self.alice_session.sendMessage("queued")
+        self.client.resumeProducing()
+        self.successResultOf(waiting)
+        self.client.pauseProducing()
+        unsent = self.alice_session.sendMessage("queued again")
+        lost = self.alice_session.whenWritable()
+        self.client.transport.loseConnection()  # type: ignore[union-attr]
+        self.pair.flush()
+        self.failureResultOf(lost, SessionLost)
+        self.failureResultOf(unsent, SessionLost)
+        self.assertIsInstance(self.successResultOf(sent), Receipt)
+        self.failureResultOf(self.alice_session.whenWritable(), SessionLost)
+
+    def test_explicit_receipts_are_answers(self) -> None:
+        self.client.pauseProducing()
+        self.alice_session.sendReceipt("0123456789abcdef")
+        self.assertEqual(self.alice_session.queued, 0)
+        self.pair.flush()
+        self.assertEqual(
+            [s.id for s in self.pair.server_observer.stanzas if isinstance(s, Receipt)],
+            ["0123456789abcdef"],
+        )
+
+
+class BothSidesFloodTests(unittest.TestCase):
+    """
+    Real TCP on 127.0.0.1: each peer queues 24 MB of 16 KB messages in one go, far more
+    than the kernel's socket buffers, and neither waits for anything before sending all of
+    it. Each must receive all of the other's, in order, and get every receipt. Before the
+    outbox, each side stopped reading as soon as its own write buffer filled, and both
+    stalled for good.
+    """
+
+    timeout = 120
+    COUNT = 1_500
+    BODY = 16_000
+
+    async def test_both_directions_at_once(self) -> None:
+        alice, bob = pair_config()
+        bob_observer = Recorder()
+        alice_observer = Recorder()
+        factory = PeerFactory(bob, reactor, bob_observer)
+        port = await endpoints.TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(factory)
+        self.addCleanup(port.stopListening)
+        endpoint = endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port)
+        alice_session = await connectPeer(
+            reactor, endpoint, None, to="bob@example.com", config=alice, observer=alice_observer
+        )
+        self.addCleanup(lambda: alice_session._protocol.transport.abortConnection())  # type: ignore[union-attr]
+        while not bob_observer.started:
+            await task.deferLater(reactor, 0.01)
+        bob_session = bob_observer.started[0]
+        self.assertEqual(alice_session._protocol.role, INITIATOR)
+
+        def flood(session: Session, tag: str) -> list[defer.Deferred[Any]]:
+            return [
+                session.sendMessage(f"{tag}{i:05d}".ljust(self.BODY, "."))
+                for i in range(self.COUNT)
+            ]
+
+        from_alice = flood(alice_session, "a")
+        from_bob = flood(bob_session, "b")
+        self.assertGreater(alice_session.queued, 10_000_000)  # most of it waits in the outbox
+        self.assertGreater(bob_session.queued, 10_000_000)
+        receipts = await defer.gatherResults(from_alice + from_bob)
+        self.assertEqual(len(receipts), 2 * self.COUNT)
+        self.assertTrue(all(isinstance(r, Receipt) for r in receipts))
+        self.assertEqual(
+            [m.body[:6] for m in bob_observer.messages], [f"a{i:05d}" for i in range(self.COUNT)]
+        )
+        self.assertEqual(
+            [m.body[:6] for m in alice_observer.messages],
+            [f"b{i:05d}" for i in range(self.COUNT)],
+        )
+        self.assertEqual(alice_session.queued, 0)
+        await alice_session.close()
+        self.assertIsNone(alice_session.end_reason)
