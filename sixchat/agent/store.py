@@ -22,8 +22,16 @@ only after that, so a caller may send the receipt (§8.2) as soon as it fires. B
 whose loss costs nothing but a retry or a repeated "unread" (L{MessageStore.mark_attempt},
 L{MessageStore.mark_read}, L{MessageStore.touch_contact},
 L{SQLitePinStore.note_key_change}) commits with C{synchronous=NORMAL}, which survives a
-process crash (SIGKILL) but not necessarily a power cut. Each call is one transaction, so a
-crash leaves every call either wholly applied or not at all.
+process crash (SIGKILL) but not necessarily a power cut. Each call is applied wholly or not
+at all: a crash never leaves half of one.
+
+Group commit. The frequent writes of a busy conversation (L{MessageStore.store_incoming},
+L{MessageStore.queue_outgoing}, L{MessageStore.mark_attempt},
+L{MessageStore.mark_delivered}) made while an earlier one is still on the store's thread are
+gathered and committed together: one transaction (one fsync) for the batch, one savepoint
+per call, so a call that fails is rolled back alone and the others still commit. No Deferred
+fires before the batch's COMMIT has returned, so "durable when it fires" holds for each call,
+and calls still run and fire in the order they were made.
 
 Outgoing message states (L{MessageStatus.state}), derived from the per-node entries:
 
@@ -57,6 +65,7 @@ from __future__ import annotations
 import os
 import secrets
 import sqlite3
+import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -566,6 +575,7 @@ class MessageDatabase:
             self._conn.execute("PRAGMA fullfsync = ON")
             self._conn.execute("PRAGMA synchronous = FULL")
             self._full = True
+            self._in_batch = False
             self._migrate()
         except BaseException:
             self._conn.close()
@@ -596,6 +606,18 @@ class MessageDatabase:
         id stored already?) cannot race with another writer.
         """
         conn = self._conn
+        if self._in_batch:
+            # Inside batch(): a savepoint of the batch's one transaction, so that a call
+            # that fails is undone alone. Durability is the batch's.
+            conn.execute("SAVEPOINT call")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK TO call")
+                conn.execute("RELEASE call")
+                raise
+            conn.execute("RELEASE call")
+            return
         if durable != self._full:
             conn.execute("PRAGMA synchronous = FULL" if durable else "PRAGMA synchronous = NORMAL")
             self._full = durable
@@ -607,6 +629,32 @@ class MessageDatabase:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
+
+    def batch(
+        self,
+        calls: Sequence[tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]],
+        durable: bool = True,
+    ) -> list[tuple[bool, Any]]:
+        """
+        Run C{calls} (each C{(MessageDatabase method, args, kwargs)}) in one transaction:
+        one fsync for all of them (group commit); C{durable} as for L{_write}, so it must be
+        true if any call needs it. Each call gets a savepoint; one that raises is rolled back
+        alone. Returns C{(True, result)} or C{(False, exception)} per call, in order, once
+        the COMMIT has returned. If the COMMIT itself fails, this raises and nothing of the
+        batch is applied.
+        """
+        results: list[tuple[bool, Any]] = []
+        with self._write(durable=durable):
+            self._in_batch = True
+            try:
+                for method, args, kwargs in calls:
+                    try:
+                        results.append((True, method(self, *args, **kwargs)))
+                    except Exception as e:
+                        results.append((False, e))
+            finally:
+                self._in_batch = False
+        return results
 
     def _migrate(self) -> None:
         with self._write() as conn:
@@ -1253,6 +1301,35 @@ _P = ParamSpec("_P")
 _R = TypeVar("_R")
 
 
+class _Batch:
+    """
+    Calls for one group commit. The reactor thread adds calls until the store's thread
+    starts the batch; the lock makes "not started yet" and "joined" one step.
+    """
+
+    #: A bound on one transaction, so that a burst does not hold the write lock for long.
+    MAX_CALLS = 512
+
+    def __init__(self, call: tuple[Any, ...]) -> None:
+        self.calls = [call]
+        self._lock = threading.Lock()
+        self._started = False
+
+    def join(self, call: tuple[Any, ...]) -> bool:
+        with self._lock:
+            if self._started or len(self.calls) >= self.MAX_CALLS:
+                return False
+            self.calls.append(call)
+            return True
+
+    def run(self, db: MessageDatabase) -> list[tuple[bool, Any]]:
+        with self._lock:
+            self._started = True
+        calls = [(method, args, kwargs) for method, args, kwargs, _ in self.calls]
+        durable = any(method is not MessageDatabase.mark_attempt for method, _, _ in calls)
+        return db.batch(calls, durable)
+
+
 class MessageStore:
     """
     The agent's durable state, with a Deferred API that never blocks the reactor.
@@ -1277,6 +1354,11 @@ class MessageStore:
         self._db: MessageDatabase | None = None
         self._trigger: Any = None
         self.pins = SQLitePinStore(self)
+        #: The batch later group-committable calls may still join (see L{_batched}).
+        self._open_batch: _Batch | None = None
+        #: Calls and transactions so far (tests and the benchmark read them).
+        self.batched_calls = 0
+        self.batches = 0
 
     @property
     def is_open(self) -> bool:
@@ -1343,7 +1425,50 @@ class MessageStore:
         """Run C{f} on the store's thread, after every call made before."""
         if self._db is None or self._pool is None:
             return fail(StoreClosedError("the message store is not open"))
+        self._open_batch = None  # a later batched call must not overtake this one
         return deferToThreadPool(self._reactor, self._pool, f, *args, **kwargs)
+
+    def _batched(
+        self,
+        method: Callable[Concatenate[MessageDatabase, _P], _R],
+        *args: _P.args,
+        **kwargs: _P.kwargs,
+    ) -> Deferred[_R]:
+        """
+        Like L{_run}, but join the batch queued last if it has not started yet and nothing
+        else was called since (so the order of calls is kept); else queue a new batch.
+        """
+        db = self._db
+        if db is None or self._pool is None:
+            return fail(StoreClosedError("the message store is not open"))
+        d: Deferred[_R] = Deferred()
+        call = (method, args, kwargs, d)
+        batch = self._open_batch
+        if batch is not None and batch.join(call):
+            return d
+        batch = _Batch(call)
+        deferToThreadPool(self._reactor, self._pool, batch.run, db).addCallbacks(
+            self._batchDone, self._batchFailed, callbackArgs=(batch,), errbackArgs=(batch,)
+        )
+        self._open_batch = batch
+        return d
+
+    def _batchDone(self, results: list[tuple[bool, Any]], batch: _Batch) -> None:
+        if self._open_batch is batch:
+            self._open_batch = None
+        self.batches += 1
+        self.batched_calls += len(results)
+        for (ok, value), (_, _, _, d) in zip(results, batch.calls, strict=True):
+            if ok:
+                d.callback(value)
+            else:
+                d.errback(Failure(value))
+
+    def _batchFailed(self, failure: Failure, batch: _Batch) -> None:
+        if self._open_batch is batch:
+            self._open_batch = None
+        for _, _, _, d in batch.calls:
+            d.errback(failure)
 
     def _run(
         self,
@@ -1375,7 +1500,7 @@ class MessageStore:
         fsynced when this fires, so the caller sends the receipt (§8.2) then — again for a
         duplicate. Marks the sender as seen (L{Contact.last_seen}).
         """
-        return self._run(MessageDatabase.store_incoming, sender, message, received_at)
+        return self._batched(MessageDatabase.store_incoming, sender, message, received_at)
 
     # -- outgoing
 
@@ -1402,7 +1527,7 @@ class MessageStore:
         @raise ValueError: (as a failure) body over 32,768 characters (split it first),
             invalid id or reply_to.
         """
-        return self._run(
+        return self._batched(
             MessageDatabase.queue_outgoing, to, body, now, id=id, thread=thread, reply_to=reply_to
         )
 
@@ -1440,7 +1565,7 @@ class MessageStore:
             left alone. Committed with C{synchronous=NORMAL}: after a power cut the retry
             time may be older, never the delivery state.
         """
-        return self._run(
+        return self._batched(
             MessageDatabase.mark_attempt, message_id, node, now, next_attempt, sent=sent
         )
 
@@ -1453,7 +1578,7 @@ class MessageStore:
         counts: the message becomes C{delivered}. Fires with C{None} for an unknown id
         (§8.2: a receipt for an unknown id is ignored).
         """
-        return self._run(MessageDatabase.mark_delivered, message_id, node, now)
+        return self._batched(MessageDatabase.mark_delivered, message_id, node, now)
 
     def mark_failed(
         self, message_id: str, node: str | None, reason: str, now: datetime

@@ -264,6 +264,92 @@ class IncomingTests(StoreTestCase):
         self.assertEqual(count, 300)
 
 
+class GroupCommitTests(StoreTestCase):
+    """Frequent writes made while the store's thread is busy share one transaction."""
+
+    @defer.inlineCallbacks
+    def test_calls_made_together_share_transactions(self) -> Gen:
+        calls = [self.store.store_incoming("bob@example.com", msg(f"g{i}"), T0) for i in range(200)]
+        calls += [
+            self.store.queue_outgoing("bob@example.com", f"reply {i}", T0) for i in range(100)
+        ]
+        results = yield defer.gatherResults(calls)
+        self.assertEqual(results[:200], [True] * 200)
+        self.assertEqual([m.body for m in results[200:]], [f"reply {i}" for i in range(100)])
+        self.assertEqual(self.store.batched_calls, 300)
+        self.assertLess(self.store.batches, 20)  # one per thread hand-over, not one per call
+
+    @defer.inlineCallbacks
+    def test_a_failing_call_is_rolled_back_alone(self) -> Gen:
+        yield self.store.queue_outgoing("bob@example.com", "first", T0, id="x" * 32)
+        before = self.store.store_incoming("bob@example.com", msg("a1"), T0)
+        conflict = self.store.queue_outgoing("bob@example.com", "other", T0, id="x" * 32)
+        bad = self.store.store_incoming("no-at-sign", msg("a2"), T0)
+        after = self.store.store_incoming("bob@example.com", msg("a3"), T0)
+        self.assertIs((yield before), True)
+        yield self.assertFailure(conflict, MessageIdConflict)
+        yield self.assertFailure(bad, ValueError)
+        self.assertIs((yield after), True)
+        history = yield self.store.history(limit=10)
+        self.assertEqual(sorted(e.id for e in history if e.direction == INCOMING), ["a1", "a3"])
+        outgoing = yield self.store.outgoing("x" * 32)
+        self.assertEqual(outgoing.body, "first")
+
+    @defer.inlineCallbacks
+    def test_other_calls_keep_their_place(self) -> Gen:
+        queued = yield self.store.queue_outgoing("bob@example.com", "hi", T0)
+        fired: list[str] = []
+        one = self.store.mark_attempt(queued.id, "n1", T0, T0 + SEC)
+        two = self.store.add_targets(queued.id, ["n2"])  # not batched: a barrier
+        three = self.store.mark_delivered(queued.id, "n1", T0 + SEC)
+        for name, d in (("one", one), ("two", two), ("three", three)):
+            d.addCallback(lambda result, name=name: fired.append(name) or result)
+        yield defer.gatherResults([one, two, three])
+        self.assertEqual(fired, ["one", "two", "three"])
+        status = yield self.store.status(queued.id)
+        self.assertEqual(status.state, DELIVERED)
+        self.assertEqual(status.total_nodes, 2)
+
+    @defer.inlineCallbacks
+    def test_a_failed_commit_fails_every_call_of_the_batch(self) -> Gen:
+        from sixchat.agent import store as store_module
+
+        def broken(batch: Any, db: Any) -> Any:
+            raise sqlite3.OperationalError("disk I/O error")
+
+        restore = self.patch(store_module._Batch, "run", broken)
+        calls = [self.store.store_incoming("bob@example.com", msg(f"f{i}"), T0) for i in range(5)]
+        for d in calls:
+            yield self.assertFailure(d, sqlite3.OperationalError)
+        restore.restore()
+        self.assertIs((yield self.store.store_incoming("bob@example.com", msg("f0"), T0)), True)
+
+
+class DatabaseBatchTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.db = MessageDatabase(":memory:")
+        self.addCleanup(self.db.close)
+
+    def test_savepoints_and_durability(self) -> None:
+        queued = self.db.queue_outgoing("bob@example.com", "hi", T0)
+        results = self.db.batch(
+            [
+                (MessageDatabase.store_incoming, ("bob@example.com", msg("b1"), T0), {}),
+                (MessageDatabase.store_incoming, ("bad", msg("b2"), T0), {}),
+                (MessageDatabase.mark_delivered, (queued.id, "n1", T0), {}),
+            ]
+        )
+        self.assertEqual(results[0], (True, True))
+        self.assertFalse(results[1][0])
+        self.assertIsInstance(results[1][1], ValueError)
+        self.assertEqual(results[2][1].state, DELIVERED)
+        self.assertEqual([e.id for e in self.db.history() if e.direction == INCOMING], ["b1"])
+        self.db.batch([(MessageDatabase.mark_attempt, (queued.id, "n1", T0, None), {})], False)
+        self.assertEqual(self.db.pragma("synchronous"), 1)  # NORMAL: bookkeeping only
+        self.db.batch([(MessageDatabase.store_incoming, ("bob@example.com", msg("b3"), T0), {})])
+        self.assertEqual(self.db.pragma("synchronous"), 2)  # FULL
+
+
 # -- outgoing --------------------------------------------------------------------------------
 
 
