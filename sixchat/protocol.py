@@ -265,6 +265,14 @@ class Session:
         self._protocol.connection.rekey()
         self._protocol.flush()
 
+    def abort(self, error: AlertError) -> None:
+        """
+        End the session now with a fatal alert for C{error} (e.g. C{CertificateRevoked} when
+        a new CRL revokes the peer): nothing more is read or sent, queued stanzas are
+        dropped, and C{end_reason} becomes the L{HandshakeFailed} naming the alert.
+        """
+        self._protocol.failWith(error)
+
     def close(self) -> defer.Deferred[None]:
         """Close gracefully (§8.8); fires when the connection is gone."""
         self._protocol.closeGracefully()
@@ -710,10 +718,18 @@ class PeerProtocol(Protocol):
 
     def _handshakeTimedOut(self) -> None:
         self._handshake_timer = None
-        events = self.connection.fail(HandshakeTimeout("handshake not complete in time"))
+        self.failWith(HandshakeTimeout("handshake not complete in time"))
+
+    def failWith(self, error: AlertError) -> None:
+        """Send the alert for C{error} and drop the connection (a fatal error we noticed)."""
+        if self._lost:
+            return
+        events = self.connection.fail(error)
         self.flush()
         for event in events:
             self._handle(event)
+        if not events:  # the connection had already failed: just make sure it goes
+            self._drop()
 
     def _idle(self) -> None:
         self._idle_timer = None

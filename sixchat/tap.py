@@ -56,6 +56,14 @@ class Options(usage.Options):
         ["node", None, None, "this device's name at the registry (default: the host name)"],
         ["register-expires", None, "300", "seconds a registration lasts (refreshed at 2/3)"],
         [
+            "crl-refresh",
+            None,
+            "1h",
+            "with --registry: fetch the registry's CRLs at start-up and then this often "
+            "(e.g. 15m, 1h; at least 60 s; sooner when a CRL's nextUpdate comes first); "
+            "0: never fetch",
+        ],
+        [
             "data-dir",
             "d",
             None,
@@ -119,6 +127,7 @@ class Options(usage.Options):
         self["config"] = build_config(self)
         check_registry_options(self)
         self["message-ttl"] = parse_duration(self["message-ttl"], "--message-ttl")
+        self["crl-refresh"] = parse_crl_refresh(self["crl-refresh"])
         if not self["data-dir"]:
             from sixchat.agent.service import default_data_dir
 
@@ -138,6 +147,20 @@ def parse_duration(text: str, option: str) -> Any:
     if seconds <= 0:
         raise usage.UsageError(f"{option} must be positive")
     return timedelta(seconds=seconds)
+
+
+def parse_crl_refresh(text: str) -> float:
+    """C{--crl-refresh}: 0 (off), or a duration of at least a minute, in seconds."""
+    number = text.strip().rstrip("smhd")
+    try:
+        if text.strip() == "off" or float(number) == 0:
+            return 0.0
+    except ValueError:
+        pass  # parse_duration says what is wrong
+    seconds = parse_duration(text, "--crl-refresh").total_seconds()
+    if seconds < 60:
+        raise usage.UsageError("--crl-refresh must be 0 (off) or at least 60 s")
+    return float(seconds)
 
 
 def check_registry_options(options: Any) -> None:
@@ -228,4 +251,5 @@ def makeService(options: Options) -> service.IService:
         message_ttl=options["message-ttl"],
         handshake_timeout=options["handshake-timeout"],
         idle_timeout=options["idle-timeout"],
+        crl_refresh=options["crl-refresh"],
     )

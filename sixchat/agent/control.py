@@ -110,7 +110,7 @@ log = Logger()
 SOCKET_NAME = "control.sock"
 
 #: Event types the agent emits (L{IAgentEvents}); C{overflow} is added by this layer.
-EVENT_TYPES = ("message", "delivery", "typing", "key_change", "presence", "session")
+EVENT_TYPES = ("message", "delivery", "typing", "key_change", "presence", "session", "revoked")
 
 #: Typing states a peer understands (spec §8.4).
 TYPING_STATES = ("composing", "paused")

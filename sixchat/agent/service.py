@@ -27,10 +27,12 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from sixchat.agent.crls import DEFAULT_REFRESH as DEFAULT_CRL_REFRESH
+from sixchat.agent.crls import CRLUpdater, crl_number, revoked_on_path
 from sixchat.agent.dialer import happy_eyeballs
 from sixchat.agent.interfaces import IAgentEvents, IUserAgent
 from sixchat.agent.store import MessageStatus, MessageStore, OutgoingMessage
-from sixchat.errors import SixchatError
+from sixchat.errors import CertificateRevoked, SixchatError
 from sixchat.handshake import PeerConfig
 from sixchat.identity import is_valid_identity, normalize_identity, spki_sha256
 from sixchat.protocol import (
@@ -321,6 +323,8 @@ class UserAgentService(service.MultiService):
         idle_timeout: float = IDLE_TIMEOUT,
         rand: Callable[[], float] = random.random,
         clock: Any = None,
+        crl_refresh: float = DEFAULT_CRL_REFRESH,
+        crl_fetch: Callable[[], defer.Deferred[list[Any]]] | None = None,
     ) -> None:
         super().__init__()
         self.reactor = reactor
@@ -375,7 +379,27 @@ class UserAgentService(service.MultiService):
                 expires=register_expires,
                 registry_name=f"registry {registry}" if registry != "auto" else "the registry",
             )
+        #: Revocation: CRLs kept in the data directory, fetched from the registry (or from
+        #: C{crl_fetch}: tests, embedders) every C{crl_refresh} seconds (0: never).
+        if crl_fetch is None and registry is not None:
+            crl_fetch = self._fetchRegistryCRLs
+        self.crls = CRLUpdater(
+            reactor,
+            self.clock,
+            config.trust,
+            os.path.join(data_dir, "crls"),
+            crl_fetch,
+            own_chain=self.identity.chain_der,
+            on_new=self._crlsTaken,
+            refresh=crl_refresh,
+            rand=rand,
+            source="the registry" if registry in (None, "auto") else f"registry {registry}",
+        )
         self._observers: list[IAgentEvents] = [_LogEvents()]
+        #: Every established session, both roles, from sessionStarted to sessionEnded.
+        self._live: set[Session] = set()
+        #: Sessions we ended because a CRL revoked the peer: nothing more is stored from them.
+        self._revoked: set[Session] = set()
         self._sessions: dict[tuple[str, str], Session] = {}
         self._incoming: dict[str, set[Session]] = {}
         self._dialing: dict[tuple[str, str], _Shared] = {}
@@ -397,6 +421,7 @@ class UserAgentService(service.MultiService):
     def startService(self) -> None:
         if self.lock._fd is None:
             self.lock.acquire()
+        self.crls.load()  # before any session: revocation survives a restart
         super().startService()
         d = self.store.open()
         d.addCallback(self._opened)
@@ -416,6 +441,16 @@ class UserAgentService(service.MultiService):
             self._control_port = yield listen_control(self.reactor, self.data_dir, self)
         if self.keeper is not None:
             self.keeper.setServiceParent(self)
+            previous = self.keeper.on_state
+
+            def state(new: str) -> None:
+                if previous is not None:
+                    previous(new)
+                if new == "registered":
+                    self.crls.registryReachable()
+
+            self.keeper.on_state = state
+        self.crls.start()
         log.info(
             "user agent {identity} (node {node}) ready; data in {dir}",
             identity=self.name_,
@@ -428,6 +463,7 @@ class UserAgentService(service.MultiService):
     @defer.inlineCallbacks
     def stopService(self) -> Any:
         self._stopping = True
+        crls_stopped = self.crls.stop()
         for message_id in list(self._waiters):
             self._releaseWaiters(message_id, None)
         if self._tick_call is not None and self._tick_call.active():
@@ -443,6 +479,7 @@ class UserAgentService(service.MultiService):
         yield super().stopService()
         if self.directory is not None:
             yield self.directory.close()
+        yield crls_stopped  # no CRL file write outlives the lock
         if self.store.is_open:
             yield self.store.close()
         self.lock.release()
@@ -457,6 +494,62 @@ class UserAgentService(service.MultiService):
             anchors=self.registry_anchors,
             client_identity=self.identity,
         )
+
+    def _fetchRegistryCRLs(self) -> defer.Deferred[list[Any]]:
+        """irp-1 §4.5 over a short anonymous connection: it works even if we are revoked."""
+        from sixchat.irp.client import connectRegistry
+
+        d = connectRegistry(self.reactor, self.registry, self.name_, anchors=self.registry_anchors)
+
+        def fetch(client: Any) -> defer.Deferred[list[Any]]:
+            def close(result: Any) -> Any:
+                client.close()
+                return result
+
+            return client.crl().addBoth(close)
+
+        return d.addCallback(fetch)
+
+    # revocation ----------------------------------------------------------------------------
+
+    def _crlsTaken(self, crls: list[Any]) -> None:
+        """New CRLs are in the trust store: end every session whose peer they revoke."""
+        for session in list(self._live):
+            self._endIfRevoked(session, crls)
+
+    def _endIfRevoked(self, session: Session, crls: Sequence[Any]) -> bool:
+        if session.ended or session in self._revoked:
+            return session in self._revoked
+        chain = session.result.peer.chain
+        hit = revoked_on_path(chain, crls)
+        if hit is None:
+            return False
+        depth, crl = hit
+        self._revoked.add(session)
+        what = "certificate" if depth == 0 else f"CA certificate at depth {depth}"
+        serial = f"{chain[depth].serial_number:x}"
+        log.warn(
+            "ending the session with {peer}: its {what} (serial {serial}) is revoked by the CRL "
+            "of {issuer} (number {number})",
+            peer=session.result.peer_name,
+            what=what,
+            serial=serial,
+            issuer=crl.issuer.rfc4514_string(),
+            number=crl_number(crl),
+        )
+        self._emit(
+            {
+                "type": "revoked",
+                "peer": session.result.peer_name,
+                "serial": serial,
+                "depth": depth,
+                "issuer": crl.issuer.rfc4514_string(),
+            }
+        )
+        # A SEALED certificate_revoked alert (§9.1), then the connection is dropped: from
+        # now on nothing is read from it or sent on it.
+        session.abort(CertificateRevoked(f"{what} revoked"))
+        return True
 
     def _listeningAddress(self) -> Any:
         port = self.listener.port
@@ -485,6 +578,12 @@ class UserAgentService(service.MultiService):
 
     def _sessionStarted(self, session: Session) -> None:
         result = session.result
+        changed = self.crls.changed_at
+        if changed is not None and self.clock.seconds() - changed <= self.handshake_timeout + 1:
+            # Its chain was validated before a CRL that came in meanwhile: check it again.
+            if self._endIfRevoked(session, self.config.trust.crls):
+                return
+        self._live.add(session)
         if session.connection.role == "responder":
             self._incoming.setdefault(normalize_identity(result.peer_name), set()).add(session)
         self.store.touch_contact(result.peer_name, self.now()).addErrback(lambda f: None)
@@ -512,6 +611,8 @@ class UserAgentService(service.MultiService):
         self.kick(result.peer_name)
 
     def _sessionEnded(self, session: Session, reason: Failure) -> None:
+        self._live.discard(session)
+        self._revoked.discard(session)
         peer = normalize_identity(session.result.peer_name)
         self._incoming.get(peer, set()).discard(session)
         for key, known in list(self._sessions.items()):
@@ -521,6 +622,11 @@ class UserAgentService(service.MultiService):
 
     def _messageReceived(self, session: Session, message: Message) -> defer.Deferred[None]:
         sender = session.result.peer_name
+        if session in self._revoked:
+            # Arrived with the records that completed the handshake: not stored, and no
+            # receipt (the connection is failed), so the sender keeps it as undelivered.
+            log.info("dropped message {id} from {peer}: revoked", id=message.id, peer=sender)
+            return defer.succeed(None)
         d = self.store.store_incoming(sender, message, self.now())
 
         def stored(new: bool) -> None:
@@ -703,6 +809,7 @@ class UserAgentService(service.MultiService):
             else [_hostport(c.host, c.port) for c in keeper.contacts],
             "sessions": sessions,
             "outbox": counts,
+            "revocation": self.crls.status(),
         }
 
     def trust(self, identity: str, accept_new_key: bool) -> defer.Deferred[dict[str, Any]]:

@@ -31,7 +31,15 @@ from sixchat.cli import CommandError, UsageError
 
 #: Event types C{watch} shows unless told otherwise (C{--type}).
 WATCH_DEFAULT_TYPES = ("message", "delivery")
-ALL_EVENT_TYPES = ("message", "delivery", "typing", "key_change", "presence", "session")
+ALL_EVENT_TYPES = (
+    "message",
+    "delivery",
+    "typing",
+    "key_change",
+    "presence",
+    "session",
+    "revoked",
+)
 
 #: How long a one-shot command waits for the agent's answer.
 CALL_TIMEOUT = 60.0
@@ -369,6 +377,11 @@ def format_event(event: dict[str, Any], now: datetime | None = None) -> str:
         nodes = event.get("nodes")
         count = len(nodes) if isinstance(nodes, list) else nodes
         return f"{stamp}  {peer} presence: {clean(count)} node(s)"
+    if kind == "revoked":
+        return (
+            f"{stamp}  !! session with {peer} ended: certificate serial "
+            f"{clean(event.get('serial'))} revoked by {clean(event.get('issuer'), oneline=True)}"
+        )
     if kind == "session":
         return (
             f"{stamp}  session {clean(event.get('state'))} with {peer} node "
@@ -858,7 +871,16 @@ def _scalar(value: Any) -> str:
 def format_status(status: dict[str, Any]) -> list[str]:
     """The human form of L{IUserAgent.status}; unknown keys are shown too, generically."""
     lines = []
-    shown = {"identity", "node", "listening", "registry", "advertised", "sessions", "outbox"}
+    shown = {
+        "identity",
+        "node",
+        "listening",
+        "registry",
+        "advertised",
+        "sessions",
+        "outbox",
+        "revocation",
+    }
     lines.append(f"identity:    {_scalar(status.get('identity'))}")
     if "node" in status:
         lines.append(f"node:        {_scalar(status.get('node'))}")
@@ -897,8 +919,49 @@ def format_status(status: dict[str, Any]) -> list[str]:
         )
     elif outbox is not None:
         lines.append(f"outbox:      {_scalar(outbox)}")
+    revocation = status.get("revocation")
+    if isinstance(revocation, dict):
+        lines += _format_revocation(revocation)
+    elif revocation is not None:
+        lines.append(f"revocation:  {_scalar(revocation)}")
     for key in sorted(set(status) - shown):
         lines.append(f"{key + ':':<13}{_scalar(status[key])}")
+    return lines
+
+
+def _format_revocation(revocation: dict[str, Any]) -> list[str]:
+    """The C{revocation} part of the status: where CRLs come from, and each CRL held."""
+    lines = []
+    if revocation.get("own_certificate_revoked"):
+        lines.append(f"REVOKED:     {_scalar(revocation['own_certificate_revoked'])}")
+    source = revocation.get("fetch")
+    if source:
+        refresh = revocation.get("refresh")
+        every = f"{refresh:g}" if isinstance(refresh, int | float) else _scalar(refresh)
+        text = f"CRLs fetched from {_scalar(source)} every {every} s"
+        if revocation.get("last_fetch"):
+            text += f"; last {local_time(revocation['last_fetch'])}"
+        if revocation.get("next_fetch"):
+            text += f"; next {local_time(revocation['next_fetch'])}"
+    else:
+        text = "CRLs not fetched"
+    lines.append(f"revocation:  {text}")
+    if revocation.get("last_error"):
+        lines.append(f"  last error: {_scalar(revocation['last_error'])}")
+    crls = revocation.get("crls") or []
+    if isinstance(crls, list):
+        if not crls:
+            lines.append("  no CRL held: revocation is not checked")
+        for crl in crls:
+            if not isinstance(crl, dict):
+                continue
+            stale = "  STALE" if crl.get("stale") else ""
+            lines.append(
+                f"  {_scalar(crl.get('issuer'))}  number {_scalar(crl.get('number'))}  "
+                f"{_scalar(crl.get('revoked'))} revoked  updated "
+                f"{local_time(crl.get('this_update'))}, next {local_time(crl.get('next_update'))}"
+                f"{stale}"
+            )
     return lines
 
 

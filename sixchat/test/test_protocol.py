@@ -241,6 +241,23 @@ class SessionTests(unittest.TestCase):
         self.failureResultOf(d, SessionLost)
         self.assertEqual(len(pair.server_observer.messages), 1)
 
+    def test_abort_sends_the_alert_and_ends_both_sides(self) -> None:
+        from sixchat.errors import CertificateRevoked
+
+        pair = self.established()
+        alice, bob = pair.client.session, pair.server.session
+        assert alice is not None and bob is not None
+        pending = alice.sendMessage("never answered")
+        bob.abort(CertificateRevoked("peer certificate revoked"))
+        pair.flush()
+        self.assertTrue(alice.ended and bob.ended)
+        self.assertEqual(bob.end_reason.reason, "certificate_revoked")  # type: ignore[union-attr]
+        self.assertFalse(bob.end_reason.sent_by_peer)  # type: ignore[union-attr]
+        self.assertEqual(alice.end_reason.reason, "certificate_revoked")  # type: ignore[union-attr]
+        self.assertTrue(alice.end_reason.sent_by_peer)  # type: ignore[union-attr]
+        self.failureResultOf(pending, SessionLost)
+        self.assertEqual(pair.server_observer.messages, [])
+
     def test_rekey_on_demand_keeps_session(self) -> None:
         pair = self.established()
         pair.client.session.rekey()
