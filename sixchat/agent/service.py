@@ -942,9 +942,14 @@ class UserAgentService(service.MultiService):
         if not nodes:
             return  # offline: the watch will kick us when a node registers
         names = [n.name for n in nodes]
-        for message in pending:
-            if message.state in ("queued", "sent", "delivered"):
-                await self.store.add_targets(message.id, names)
+        # All at once: the store commits them together (group commit), in this order.
+        await defer.gatherResults(
+            [
+                self.store.add_targets(message.id, names)
+                for message in pending
+                if message.state in ("queued", "sent", "delivered")
+            ]
+        )
         now = self.now()
         due: list[OutgoingMessage] = await self.store.pending_for(peer, now)
         work = []
@@ -1028,9 +1033,13 @@ class UserAgentService(service.MultiService):
             now = self.now()
             entry = next(n for n in message.nodes if n.node == node.name)
             retry_at = now + timedelta(seconds=self._retryDelay(entry.attempts))
-            status = await self.store.mark_attempt(message.id, node.name, now, retry_at)
-            if status is not None:
-                self._statusChanged(status)
+            # Not awaited: the store records the attempt in order, before the receipt's
+            # mark_delivered; meanwhile the message is already on its way. A crash before
+            # the record leaves the message queued: it is sent again and the peer, which
+            # keys messages by id, stores it once (§8.2).
+            self.store.mark_attempt(message.id, node.name, now, retry_at).addCallbacks(
+                self._attempted, self._attemptNotRecorded, errbackArgs=(message.id,)
+            )
             d: defer.Deferred[Any] = session.send(message.stanza)
             d.addBoth(_released, window)
             d.addCallbacks(
@@ -1041,6 +1050,14 @@ class UserAgentService(service.MultiService):
             )
             sends.append(d)
         await defer.DeferredList(sends, consumeErrors=True)
+
+    def _attempted(self, status: MessageStatus | None) -> None:
+        if status is not None:
+            self._statusChanged(status)
+
+    def _attemptNotRecorded(self, failure: Failure, message_id: str) -> None:
+        if not self._stopping:
+            log.failure("could not record the attempt for {id}", failure, id=message_id)
 
     def _receipted(self, receipt: Any, message_id: str, node: str) -> defer.Deferred[None]:
         return self.store.mark_delivered(message_id, node, self.now()).addCallback(

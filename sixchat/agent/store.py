@@ -26,7 +26,7 @@ process crash (SIGKILL) but not necessarily a power cut. Each call is applied wh
 at all: a crash never leaves half of one.
 
 Group commit. The frequent writes of a busy conversation (L{MessageStore.store_incoming},
-L{MessageStore.queue_outgoing}, L{MessageStore.mark_attempt},
+L{MessageStore.queue_outgoing}, L{MessageStore.add_targets}, L{MessageStore.mark_attempt},
 L{MessageStore.mark_delivered}) made while an earlier one is still on the store's thread are
 gathered and committed together: one transaction (one fsync) for the batch, one savepoint
 per call, so a call that fails is rolled back alone and the others still commit. No Deferred
@@ -1543,7 +1543,7 @@ class MessageStore:
         gets no new targets (fires with C{[]}); a delivered one does (another device of the
         person still gets it).
         """
-        return self._run(MessageDatabase.add_targets, message_id, list(nodes))
+        return self._batched(MessageDatabase.add_targets, message_id, list(nodes))
 
     def mark_attempt(
         self,
