@@ -40,6 +40,7 @@ __all__ = [
     "rfc822_names",
     "read_password",
     "same_identity",
+    "san_rfc822_names",
     "spki_sha256",
 ]
 
@@ -122,6 +123,11 @@ def rfc822_names(cert: x509.Certificate) -> tuple[str, ...]:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
         return ()
+    return san_rfc822_names(san)
+
+
+def san_rfc822_names(san: x509.SubjectAlternativeName) -> tuple[str, ...]:
+    """L{rfc822_names} from an already parsed subjectAltName value."""
     return tuple(n for n in san.get_values_for_type(x509.RFC822Name) if is_valid_identity(n))
 
 
@@ -179,6 +185,7 @@ class Identity:
         @raise IdentityLoadError: if a check fails.
         """
         self.private_key = private_key
+        self._sign_alg: tuple[PrivateKeyTypes, str] | None = None
         self.leaf = leaf
         self.leaf_der = leaf.public_bytes(serialization.Encoding.DER)
         self.source = source
@@ -254,7 +261,12 @@ class Identity:
 
     def sign(self, data: bytes) -> bytes:
         """Sign with the one algorithm the key implies (§4)."""
-        return sigalgs.sign(self.private_key, data)
+        key = self.private_key
+        cached = self._sign_alg
+        if cached is None or cached[0] is not key:
+            # Worked out once per key (a P-256 key derives its public key to tell its curve).
+            cached = self._sign_alg = (key, sigalgs.alg_for_private_key(key))
+        return sigalgs.sign_as(cached[1], key, data)
 
     def __repr__(self) -> str:
         return f"<Identity {', '.join(self.names) or '(no name)'} {self.alg or '?'}>"

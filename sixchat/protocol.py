@@ -134,8 +134,20 @@ class SessionObserver:
 
 
 def new_stanza_id() -> str:
-    """A random id unique across devices (§8.1): 128 bits, URL-safe, not a counter."""
-    return os.urandom(16).hex()
+    """
+    A random id unique across devices (§8.1): 128 bits, URL-safe, not a counter. Drawn from
+    the OS 256 at a time: one system call instead of one per message (ids are unique, not
+    secret; the pool is emptied in a forked child so that parent and child never share).
+    """
+    pool = _id_pool
+    if not pool:
+        text = os.urandom(4096).hex()
+        pool.extend(text[i : i + 32] for i in range(0, 8192, 32))
+    return pool.pop()
+
+
+_id_pool: list[str] = []
+os.register_at_fork(after_in_child=_id_pool.clear)
 
 
 def split_text(text: str, limit: int = MAX_BODY_CHARS) -> list[str]:
@@ -645,7 +657,8 @@ class PeerProtocol(Protocol):
         assert session is not None
         if isinstance(stanza, Message):
             self._receipts_pending += 1
-            self.unstored += _message_cost(stanza)
+            cost = _message_cost(stanza)
+            self.unstored += cost
             try:
                 stored = self.observer.messageReceived(session, stanza)
             except BaseException:
@@ -653,11 +666,14 @@ class PeerProtocol(Protocol):
             if stored is None:
                 # Stored synchronously (the common embedding): receipt at once, without the
                 # Deferred that maybeDeferred would make and fire on the spot.
-                self._stored(None, stanza)
+                self._stored(None, stanza, cost)
             else:
                 d = defer.maybeDeferred(lambda: stored)  # a Deferred, coroutine or Failure
                 d.addCallbacks(
-                    self._stored, self._notStored, callbackArgs=(stanza,), errbackArgs=(stanza,)
+                    self._stored,
+                    self._notStored,
+                    callbackArgs=(stanza, cost),
+                    errbackArgs=(stanza, cost),
                 )
             self._updateReading()
             return
@@ -670,17 +686,17 @@ class PeerProtocol(Protocol):
             return
         self.observer.stanzaReceived(session, stanza)
 
-    def _stored(self, _: object, message: Message) -> None:
+    def _stored(self, _: object, message: Message, cost: int) -> None:
         self._receipts_pending -= 1
-        self.unstored -= _message_cost(message)
+        self.unstored -= cost
         if not self._lost and self.connection.state in ("open", "closing"):
             self.sendAnswer(Receipt(message.id))
         self._maybeAnswerClose()
         self._updateReading()
 
-    def _notStored(self, failure: Failure, message: Message) -> None:
+    def _notStored(self, failure: Failure, message: Message, cost: int) -> None:
         self._receipts_pending -= 1
-        self.unstored -= _message_cost(message)
+        self.unstored -= cost
         self.log.failure("could not store message {id}; no receipt sent", failure, id=message.id)
         self._maybeAnswerClose()
         self._updateReading()

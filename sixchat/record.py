@@ -8,7 +8,7 @@ opens one direction under one traffic secret.
 
 from __future__ import annotations
 
-from collections import OrderedDict
+import weakref
 from collections.abc import Callable
 
 from cryptography.exceptions import InvalidTag
@@ -57,51 +57,68 @@ def strip_padding(plaintext: bytes) -> bytes:
     return element
 
 
-class _AeadCache:
+class _AeadRing:
     """
-    The AEAD objects of the keys in use, least recently used evicted past C{capacity}.
+    Who holds an AEAD object: at most C{capacity} L{CipherState}s at a time.
 
     A C{cryptography} AEAD object holds a ready encryption and decryption context, about
-    2.6 KiB for AES-GCM: two per session, most of an idle session's memory. Held here
-    instead of by each L{CipherState}, they belong to the sessions that carry traffic; an
-    idle session keeps only its key (32 bytes) and gets its object back, rebuilt in a few
-    microseconds, with its next record. Objects are stateless between calls (the nonce is
-    an argument), so two states with the same key (both ends of an in-process pair) can
-    share one.
+    2.6 KiB for AES-GCM: two per session, most of an idle session's memory. So only the
+    states that carry traffic hold one (in C{_aead}, one attribute read per record); an
+    idle state keeps only its key (32 bytes) and gets its object back, rebuilt in a few
+    microseconds, with its next record. Which state gives its object up when a new one is
+    needed is decided by the CLOCK algorithm (an approximation of least recently used that
+    costs a record one flag, C{_used}, instead of reordering a shared LRU): the hand sweeps
+    the holders, sparing (and unmarking) those used since it last passed, and takes the
+    object of the first one not used since. The ring holds weak references: a state that
+    is gone frees its slot (and its object and key go with it).
     """
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
-        self._entries: OrderedDict[tuple[str, bytes], AESGCM | ChaCha20Poly1305] = OrderedDict()
+        self._slots: list[weakref.ref[CipherState]] = []
+        self._hand = 0
 
-    def get(self, suite: str, key: bytes) -> AESGCM | ChaCha20Poly1305:
-        entries = self._entries
-        cache_key = (suite, key)
-        aead = entries.get(cache_key)
-        if aead is None:
-            aead = SUITES[suite][1](key)
-            entries[cache_key] = aead
-            if len(entries) > self.capacity:
-                entries.popitem(last=False)
+    def acquire(self, state: CipherState) -> AESGCM | ChaCha20Poly1305:
+        """Make C{state}'s object (it holds none) and give it a slot, evicting if full."""
+        aead = SUITES[state.suite][1](state._key)
+        slots = self._slots
+        if len(slots) < self.capacity:
+            slots.append(weakref.ref(state))
         else:
-            entries.move_to_end(cache_key)
+            hand = self._hand
+            while True:
+                holder = slots[hand]()
+                if holder is None or holder._aead is None:
+                    break  # a free slot
+                if not holder._used:
+                    holder._aead = None  # evicted: rebuilt on its next record
+                    break
+                holder._used = False
+                hand = (hand + 1) % len(slots)
+            slots[hand] = weakref.ref(state)
+            self._hand = (hand + 1) % len(slots)
+        state._aead = aead
+        state._used = True
         return aead
 
-    def discard(self, suite: str, key: bytes) -> None:
-        self._entries.pop((suite, key), None)
+    def __len__(self) -> int:
+        """States holding an object now."""
+        return sum(1 for ref in self._slots if (s := ref()) is not None and s._aead is not None)
 
 
-#: 512 entries: 256 sessions with traffic in both directions at any moment, 1.3 MiB.
-_AEADS = _AeadCache(512)
+#: 512 objects: 256 sessions with traffic in both directions at any moment, 1.3 MiB.
+_AEADS = _AeadRing(512)
 
 
 class CipherState:
     """One direction's AEAD state: traffic secret, key, IV, sequence number."""
 
-    __slots__ = ("suite", "secret", "_key", "_iv", "seq", "bytes_sealed")
+    __slots__ = ("suite", "secret", "_key", "_iv", "seq", "bytes_sealed", "_aead", "_used",
+                 "__weakref__")  # fmt: skip
 
     def __init__(self, suite: str, secret: bytes) -> None:
         self.suite = suite
+        self._aead: AESGCM | ChaCha20Poly1305 | None = None
         self._install(secret)
 
     @classmethod
@@ -110,6 +127,7 @@ class CipherState:
         state = cls.__new__(cls)
         state.suite = suite
         state.secret = b""
+        state._aead = None
         state._set_key(key, iv)
         state.seq = seq
         return state
@@ -120,8 +138,11 @@ class CipherState:
         self._set_key(key, iv)
 
     def _set_key(self, key: bytes, iv: bytes) -> None:
-        _AEADS.get(self.suite, key)  # made now: a bad key length fails here, not at first use
         self._key = key
+        if self._aead is None:
+            _AEADS.acquire(self)  # made now: a bad key length fails here, not at first use
+        else:  # a rekey of a state holding a slot: the new key's object takes it over
+            self._aead = SUITES[self.suite][1](key)
         self._iv = int.from_bytes(iv, "big")
         self.seq = 0
         self.bytes_sealed = 0
@@ -130,7 +151,6 @@ class CipherState:
         """Switch to the next application traffic secret (§8.5); seq restarts at 0."""
         if not self.secret:
             raise ValueError("a state made from raw key material cannot rekey")
-        _AEADS.discard(self.suite, self._key)  # the old key is done with
         self._install(next_traffic_secret(self.secret))
 
     def _nonce(self) -> bytes:
@@ -146,7 +166,11 @@ class CipherState:
             raise ValueError("sequence numbers exhausted: rekey first")
         # header(SEALED, size + TAG_LEN) and _nonce(), inlined: this runs once per record.
         head = (_SEALED_HEADER_BASE | (size + TAG_LEN)).to_bytes(HEADER_LEN, "big")
-        aead = _AEADS.get(self.suite, self._key)
+        aead = self._aead
+        if aead is None:
+            aead = _AEADS.acquire(self)
+        else:
+            self._used = True
         ciphertext = aead.encrypt((self._iv ^ seq).to_bytes(12, "big"), plaintext, head)
         self.seq = seq + 1
         self.bytes_sealed += size
@@ -156,7 +180,11 @@ class CipherState:
         seq = self.seq
         if seq > MAX_SEQ:
             raise ProtocolError("peer did not rekey before sequence 2^24")
-        aead = _AEADS.get(self.suite, self._key)
+        aead = self._aead
+        if aead is None:
+            aead = _AEADS.acquire(self)
+        else:
+            self._used = True
         try:
             plaintext = aead.decrypt((self._iv ^ seq).to_bytes(12, "big"), ciphertext, head)
         except InvalidTag:
@@ -175,27 +203,59 @@ class RecordReader:
     Records are sliced out of the received chunk at a moving offset instead of being cut off
     the front of a buffer one by one: with many small records in one chunk, deleting each
     from a bytearray moved the rest of the chunk every time. Only the unfinished tail is
-    kept between chunks (copied once, joined with the next chunk).
+    kept between chunks. When the next chunk completes it, just that record is assembled
+    (the tail and the bytes it lacks), and framing goes on in the new chunk where the record
+    ended: joining the tail with the whole chunk (64 KiB per read of a bulk transfer) would
+    copy every byte once more.
     """
 
-    __slots__ = ("_data", "_pos")
+    __slots__ = ("_data", "_pos", "_next", "_next_pos")
 
     def __init__(self) -> None:
         self._data = b""
         self._pos = 0
+        #: The chunk to go on with once C{_data}, an assembled record, is used up.
+        self._next: bytes | None = None
+        self._next_pos = 0
 
     @property
     def buffered(self) -> int:
-        return len(self._data) - self._pos
+        rest = len(self._data) - self._pos
+        if self._next is not None:
+            rest += len(self._next) - self._next_pos
+        return rest
 
     def feed(self, data: bytes) -> None:
+        if self._next is not None:  # not framed to the end (cannot happen when drained)
+            self._data = self._data[self._pos :] + self._next[self._next_pos :]
+            self._pos = 0
+            self._next = None
         if self._pos >= len(self._data):
             self._data = bytes(data)  # no copy for bytes, which is what transports give
-        else:
-            self._data = self._data[self._pos :] + data
+            self._pos = 0
+            return
+        tail = self._data[self._pos :]
         self._pos = 0
+        if len(tail) >= HEADER_LEN:
+            # The header was checked when the tail was kept: how much of data completes it?
+            need = HEADER_LEN + int.from_bytes(tail[1:HEADER_LEN], "big") - len(tail)
+            if 0 < need < len(data):
+                self._data = tail + data[:need]
+                self._next = bytes(data)
+                self._next_pos = need
+                return
+        self._data = tail + data
+
+    def _go_on(self) -> bool:
+        """Switch to the chunk after an assembled record once that is used up."""
+        if self._next is not None and self._pos >= len(self._data):
+            self._data, self._pos, self._next = self._next, self._next_pos, None
+            return True
+        return False
 
     def next_record(self, sealed_allowed: bool) -> tuple[int, bytes, bytes] | None:
+        if self._next is not None:
+            self._go_on()
         data = self._data
         pos = self._pos
         if len(data) - pos < HEADER_LEN:
@@ -230,6 +290,41 @@ class RecordReader:
             # immutable), not as a copy; PLAIN payloads are always bytes for the parser.
             return record_type, data[pos:start], memoryview(data)[start:end]  # type: ignore[return-value]
         return record_type, data[pos:start], data[start:end]
+
+    def sealed_records(self) -> list[tuple[bytes, bytes]]:
+        """
+        Every complete SEALED record buffered, in order, as C{(header, payload)}: the
+        per-chunk form of L{next_record} for a session whose read key is installed. It stops
+        before anything else — a PLAIN record, a header that L{next_record} refuses, an
+        unfinished record — which L{next_record} then returns, raises or keeps as usual,
+        after the records before it have been handled.
+        """
+        out: list[tuple[bytes, bytes]] = []
+        while True:
+            data = self._data
+            pos = self._pos
+            size = len(data)
+            view = None
+            while size - pos >= HEADER_LEN:
+                start = pos + HEADER_LEN
+                head = data[pos:start]
+                word = int.from_bytes(head, "big")
+                length = word & 0xFFFFFF
+                if word >> 24 != SEALED or length < TAG_LEN or length > MAX_SEALED:
+                    break
+                end = start + length
+                if end > size:
+                    break
+                if length >= _VIEW_FROM:
+                    if view is None:
+                        view = memoryview(data)
+                    out.append((head, view[start:end]))  # type: ignore[arg-type]
+                else:
+                    out.append((head, data[start:end]))
+                pos = end
+            self._pos = pos
+            if self._next is None or not self._go_on():
+                return out
 
     def _keep_tail(self) -> None:
         """Between chunks, hold only the unfinished record, not the whole chunk."""

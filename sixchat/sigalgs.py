@@ -54,7 +54,11 @@ def alg_for_private_key(key: PrivateKeyTypes) -> str:
 
 def sign(key: PrivateKeyTypes, data: bytes) -> bytes:
     """Sign C{data} with the algorithm C{key} implies."""
-    alg = alg_for_private_key(key)
+    return sign_as(alg_for_private_key(key), key, data)
+
+
+def sign_as(alg: str, key: PrivateKeyTypes, data: bytes) -> bytes:
+    """Sign C{data} with C{alg}, which must be L{alg_for_private_key}C{(key)}."""
     if alg == ED25519:
         assert isinstance(key, ed25519.Ed25519PrivateKey)
         return key.sign(data)

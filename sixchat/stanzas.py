@@ -18,6 +18,7 @@ from typing import Any
 from sixchat.errors import BadCertificate, ProtocolError, StanzaError
 from sixchat.xmlcodec import (
     Element,
+    ascii_text_is_char,
     b64decode,
     b64encode,
     encode_checked,
@@ -460,6 +461,8 @@ HANDSHAKE_TAGS = frozenset({"hello", "identity", "verify", "finished"})
 # by C{from_element} returns.
 
 _RECEIPT_LIKE: dict[type, str] = {Receipt: "receipt", Ping: "ping", Pong: "pong"}
+#: A stanza id as every valid one is written: nothing to escape, nothing outside Char.
+_PLAIN_ID = re.compile(r"[A-Za-z0-9_-]+").fullmatch
 
 
 def serialize_stanza(stanza: ApplicationStanza) -> bytes:
@@ -473,6 +476,16 @@ def serialize_stanza(stanza: ApplicationStanza) -> bytes:
     if cls is Message:
         assert isinstance(stanza, Message)
         body = stanza.body
+        if stanza.thread is None and stanza.reply_to is None:  # the common message
+            if body:
+                return encode_checked(
+                    f'<message id="{escape_attribute(stanza.id)}" ts="'
+                    f'{escape_attribute(stanza.ts)}"><body>{escape_text(body)}</body></message>'
+                )
+            return encode_checked(
+                f'<message id="{escape_attribute(stanza.id)}" ts="'
+                f'{escape_attribute(stanza.ts)}"><body/></message>'
+            )
         parts = [
             '<message id="',
             escape_attribute(stanza.id),
@@ -489,84 +502,77 @@ def serialize_stanza(stanza: ApplicationStanza) -> bytes:
         return encode_checked("".join(parts))
     tag = _RECEIPT_LIKE.get(cls)
     if tag is not None:
-        return encode_checked(f'<{tag} id="{escape_attribute(stanza.id)}"/>')  # type: ignore[union-attr]
+        sid: str = stanza.id  # type: ignore[union-attr]
+        if _PLAIN_ID(sid) is not None:  # ASCII letters, digits, - and _: as it is
+            return f'<{tag} id="{sid}"/>'.encode("ascii")
+        return encode_checked(f'<{tag} id="{escape_attribute(sid)}"/>')
     return serialize(stanza.to_element())
 
 
-_ID_BYTES = re.compile(rb"[A-Za-z0-9_-]{1,64}")
-_TS_BYTES = re.compile(rb"[0-9TZ:.-]{1,64}")
-_MESSAGE_OPEN = b'<message id="'
-_BODY_OPEN = b'"><body>'
+#: The start of a message as we write it, up to its body: id and ts in the characters they
+#: may hold (the ts grammar is checked by is_valid_timestamp).
+_MESSAGE_HEAD = re.compile(rb'<message id="([A-Za-z0-9_-]{1,64})" ts="([0-9TZ:.-]{1,64})"><body')
 _BODY_CLOSE = b"</body></message>"
-_EMPTY_BODY = b'"><body/></message>'
-_ID_ONLY = {b'<receipt id="': Receipt, b'<ping id="': Ping, b'<pong id="': Pong}
-
-
-def _fast_id_stanza(data: bytes, prefix_len: int, cls: Any) -> Any:
-    if data.endswith(b'"/>') and _ID_BYTES.fullmatch(data, prefix_len, len(data) - 3):
-        return cls(data[prefix_len:-3].decode("ascii"))
-    return None
+_EMPTY_BODY_END = b"/></message>"
+#: Receipts, pings and pongs as we write them.
+_RECEIPT = re.compile(rb'<receipt id="([A-Za-z0-9_-]{1,64})"/>').fullmatch
+_PING_PONG = re.compile(rb'<(ping|pong) id="([A-Za-z0-9_-]{1,64})"/>').fullmatch
 
 
 def _fast_body(body: bytes) -> str | None:
     """
     The text expat would report for C{body} as an element's only content, when that is
-    plainly C{body} decoded: no markup, no references but C{&amp; &lt; &gt;}, no CR
-    (line-end normalisation), no C{]]>}, nothing outside XML Char, valid UTF-8. None
-    otherwise.
+    plainly C{body} decoded: valid UTF-8, no markup, no references but C{&amp; &lt; &gt;},
+    no CR (line-end normalisation), no C{]]>}, nothing outside XML Char. None otherwise.
+
+    Decoded first (strict UTF-8, one C pass that is a copy for ASCII), then checked on the
+    text: a character below U+0080 is the same byte in the text and in C{body}, never part
+    of a multi-byte sequence, so C{"<" in text} is C{b"<" in body}; and an ASCII text gets
+    the cheaper C{Char} check of L{ascii_text_is_char}.
     """
-    if b"<" in body or b"\r" in body or (b">" in body and b"]]>" in body):
+    try:
+        text = body.decode("utf-8")  # strict: no surrogates, no overlong forms
+    except UnicodeDecodeError:
         return None
-    if has_c0_controls(body):
+    if "<" in text or "\r" in text or (">" in text and "]]>" in text):
         return None
-    escaped = b"&" in body
-    if escaped:
+    if text.isascii():  # O(1)
+        if not ascii_text_is_char(text, body):
+            return None
+    elif has_c0_controls(body) or "\ufffe" in text or "\uffff" in text:
+        return None
+    if "&" in text:
         # Only the three references we write ourselves (escape_text); none overlaps another.
-        amp, lt, gt = body.count(b"&amp;"), body.count(b"&lt;"), body.count(b"&gt;")
-        if body.count(b"&") != amp + lt + gt:
+        amp, lt, gt = text.count("&amp;"), text.count("&lt;"), text.count("&gt;")
+        if text.count("&") != amp + lt + gt:
             return None
-    if body.isascii():
-        text = body.decode("ascii")
-    else:
-        if b"\xef\xbf\xbe" in body or b"\xef\xbf\xbf" in body:  # U+FFFE, U+FFFF
-            return None
-        try:
-            text = body.decode("utf-8")  # strict: no surrogates, no overlong forms
-        except UnicodeDecodeError:
-            return None
-    if escaped:
         text = text.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
     return text
 
 
 def _fast_message(data: bytes) -> Message | None:
-    id_end = data.find(b'"', 13)
-    if id_end < 0 or _ID_BYTES.fullmatch(data, 13, id_end) is None:
+    head = _MESSAGE_HEAD.match(data)
+    if head is None:
         return None
-    if not data.startswith(b'" ts="', id_end):
-        return None
-    ts_start = id_end + 6
-    ts_end = data.find(b'"', ts_start)
-    if ts_end < 0 or _TS_BYTES.fullmatch(data, ts_start, ts_end) is None:
-        return None
-    if data.startswith(_BODY_OPEN, ts_end) and data.endswith(_BODY_CLOSE):
-        body_start = ts_end + len(_BODY_OPEN)
+    body_start = head.end()
+    if data.endswith(_BODY_CLOSE) and data.startswith(b">", body_start):
+        body_start += 1
         body_end = len(data) - len(_BODY_CLOSE)
         if body_start > body_end:
             return None
         text = _fast_body(data[body_start:body_end])
         if text is None:
             return None
-    elif len(data) == ts_end + len(_EMPTY_BODY) and data.endswith(_EMPTY_BODY):
+    elif len(data) == body_start + len(_EMPTY_BODY_END) and data.endswith(_EMPTY_BODY_END):
         text = ""
     else:
         return None
     if len(text) > MAX_BODY_CHARS:
         return None
-    ts = data[ts_start:ts_end].decode("ascii")
+    ts = head.group(2).decode("ascii")
     if not is_valid_timestamp(ts):
         return None
-    return Message(data[13:id_end].decode("ascii"), ts, text)
+    return Message(head.group(1).decode("ascii"), ts, text)
 
 
 def parse_application(data: bytes) -> Message | Receipt | Ping | Pong | None:
@@ -577,9 +583,13 @@ def parse_application(data: bytes) -> Message | Receipt | Ping | Pong | None:
     takes the generic path (hardened parser, then C{from_element}), which returns the same
     stanza for every input this accepts and handles everything else, errors included.
     """
-    if data.startswith(_MESSAGE_OPEN):
+    if data.startswith(b'<message id="'):
         return _fast_message(data)
-    for prefix, cls in _ID_ONLY.items():
-        if data.startswith(prefix):
-            return _fast_id_stanza(data, len(prefix), cls)  # type: ignore[no-any-return]
+    match = _RECEIPT(data)
+    if match is not None:
+        return Receipt(match.group(1).decode("ascii"))
+    match = _PING_PONG(data)
+    if match is not None:
+        cls = Ping if match.group(1) == b"ping" else Pong
+        return cls(match.group(2).decode("ascii"))
     return None

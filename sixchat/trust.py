@@ -32,14 +32,19 @@ How validation is split between OpenSSL and this module:
 
 Order of checks, so that each failure gets one predictable alert: count (≤ 8) → parse →
 OpenSSL path validation → chain strength → revocation → leaf profile.
+
+A chain that passed is remembered (L{TrustStore} C{chain_cache}, see C{_cached}): presented
+again while no validity period of a candidate certificate starts or ends and the CRLs are
+the same, it gets the same result without the parsing, path validation and profile checks;
+revocation is checked again at every use.
 """
 
 from __future__ import annotations
 
-import calendar
 import datetime
 import hashlib
 import re
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,7 +55,12 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
-from cryptography.x509.oid import ExtendedKeyUsageOID, PublicKeyAlgorithmOID, SignatureAlgorithmOID
+from cryptography.x509.oid import (
+    ExtendedKeyUsageOID,
+    ExtensionOID,
+    PublicKeyAlgorithmOID,
+    SignatureAlgorithmOID,
+)
 from OpenSSL import crypto
 from zope.interface import Interface, implementer
 
@@ -66,8 +76,8 @@ from sixchat.errors import (
 from sixchat.identity import (
     MAX_CHAIN,
     normalize_identity,
-    rfc822_names,
     same_identity,
+    san_rfc822_names,
     spki_sha256,
 )
 
@@ -101,6 +111,17 @@ _STRONG_HASHES = frozenset({"sha256", "sha384", "sha512", "sha3-256", "sha3-384"
 _EDDSA_SIGNATURES = frozenset({SignatureAlgorithmOID.ED25519, SignatureAlgorithmOID.ED448})
 _STRONG_CURVES = frozenset({"secp256r1", "secp384r1", "secp521r1"})
 _LEAF_EKUS = frozenset({ExtendedKeyUsageOID.CLIENT_AUTH, ExtendedKeyUsageOID.EMAIL_PROTECTION})
+_SAN = ExtensionOID.SUBJECT_ALTERNATIVE_NAME
+_EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
+_ONE_SECOND = datetime.timedelta(seconds=1)
+_MIN_SECOND = (datetime.datetime.min.replace(tzinfo=datetime.UTC) - _EPOCH) // _ONE_SECOND
+_MAX_SECOND = (datetime.datetime.max.replace(tzinfo=datetime.UTC) - _EPOCH) // _ONE_SECOND
+
+#: Validated chains a trust store keeps by default (see L{TrustStore._cached}).
+CHAIN_CACHE_SIZE = 512
+_BASIC_CONSTRAINTS = ExtensionOID.BASIC_CONSTRAINTS
+_KEY_USAGE = ExtensionOID.KEY_USAGE
+_EXTENDED_KEY_USAGE = ExtensionOID.EXTENDED_KEY_USAGE
 
 
 class TrustLoadError(SixchatError):
@@ -143,7 +164,71 @@ class PeerCertificate:
         return any(same_identity(name, n) for n in self.names)
 
 
+@dataclass(frozen=True)
+class _Validated:
+    """A chain that passed L{TrustStore.validate}: its result and where it holds."""
+
+    peer: PeerCertificate
+    #: The DER of each certificate of C{peer.chain} but the anchor (None if unknown).
+    ders: tuple[bytes | None, ...]
+    generation: int
+    #: The whole seconds (since the epoch) in which it may be used: [first, end).
+    first: int
+    end: int
+
+
+def _boundaries(certs: Iterable[x509.Certificate]) -> list[int]:
+    """The notBefore and notAfter of C{certs}, in whole seconds since the epoch."""
+    out = []
+    for cert in certs:
+        out.append((cert.not_valid_before_utc - _EPOCH) // _ONE_SECOND)
+        out.append((cert.not_valid_after_utc - _EPOCH) // _ONE_SECOND)
+    return out
+
+
+def _der_skip(data: bytes, pos: int, tag: int | None = None) -> int:
+    """The position after the DER element at C{pos} (of C{tag}, if given)."""
+    if tag is not None and data[pos] != tag:
+        raise ValueError("unexpected tag")
+    first = data[pos + 1]
+    pos += 2
+    if first < 0x80:
+        return pos + first
+    n = first & 0x7F
+    if not 1 <= n <= 4:
+        raise ValueError("unsupported length")
+    return pos + n + int.from_bytes(data[pos : pos + n], "big")
+
+
+def _der_enter(data: bytes, pos: int, tag: int) -> int:
+    """The position of the first element inside the constructed element at C{pos}."""
+    if data[pos] != tag:
+        raise ValueError("unexpected tag")
+    first = data[pos + 1]
+    return pos + 2 + (first & 0x7F if first >= 0x80 else 0)
+
+
+def _issuer_field(der: bytes) -> bytes | None:
+    """
+    The bytes of the issuer field of a certificate's DER (Certificate, tbsCertificate,
+    [0] version, serialNumber, signature, issuer), or None if they are not there.
+    """
+    try:
+        pos = _der_enter(der, _der_enter(der, 0, 0x30), 0x30)
+        if der[pos] == 0xA0:
+            pos = _der_skip(der, pos)
+        pos = _der_skip(der, _der_skip(der, pos, 0x02), 0x30)
+        end = _der_skip(der, pos, 0x30)
+    except (IndexError, ValueError):
+        return None
+    if end > len(der):
+        return None
+    return der[pos:end]
+
+
 def _utc(when: datetime.datetime) -> datetime.datetime:
+    if when.tzinfo is datetime.UTC:
+        return when
     if when.tzinfo is None:
         return when.replace(tzinfo=datetime.UTC)
     return when.astimezone(datetime.UTC)
@@ -225,38 +310,29 @@ def _check_leaf(
     leaf: x509.Certificate, require_key_encipherment: bool
 ) -> tuple[tuple[str, ...], str, CertificatePublicKeyTypes]:
     """The §4 leaf profile; returns the names, C{alg} and the public key."""
+    # One pass over the parsed extensions, by OID: the same values the class lookups would
+    # find (C{cryptography} parses an extension of these OIDs into exactly these classes, and
+    # refuses the certificate's extensions as a whole if one is malformed or repeated).
     try:
-        extensions = leaf.extensions
-        names = rfc822_names(leaf)
+        values = {ext.oid: ext.value for ext in leaf.extensions}
+        san = values.get(_SAN)
+        names = san_rfc822_names(san) if san is not None else ()
     except ValueError:
         raise BadCertificate("leaf certificate has malformed extensions") from None
     if not names:
         raise BadCertificate("leaf certificate has no rfc822Name identity")
-    try:
-        bc = extensions.get_extension_for_class(x509.BasicConstraints).value
-    except x509.ExtensionNotFound:
-        pass
-    else:
-        if bc.ca:
-            raise BadCertificate("leaf certificate is a CA (basicConstraints cA=TRUE)")
-    try:
-        ku = extensions.get_extension_for_class(x509.KeyUsage).value
-    except x509.ExtensionNotFound:
-        pass
-    else:
+    bc = values.get(_BASIC_CONSTRAINTS)
+    if bc is not None and bc.ca:
+        raise BadCertificate("leaf certificate is a CA (basicConstraints cA=TRUE)")
+    ku = values.get(_KEY_USAGE)
+    if ku is not None:
         if not ku.digital_signature:
             raise BadCertificate("leaf keyUsage does not allow digitalSignature")
         if require_key_encipherment and not ku.key_encipherment:
             raise BadCertificate("leaf keyUsage does not allow keyEncipherment")
-    try:
-        eku = extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
-    except x509.ExtensionNotFound:
-        pass
-    else:
-        if not _LEAF_EKUS.intersection(eku):
-            raise BadCertificate(
-                "leaf extendedKeyUsage has neither clientAuth nor emailProtection"
-            )
+    eku = values.get(_EXTENDED_KEY_USAGE)
+    if eku is not None and not _LEAF_EKUS.intersection(eku):
+        raise BadCertificate("leaf extendedKeyUsage has neither clientAuth nor emailProtection")
     if leaf.public_key_algorithm_oid == PublicKeyAlgorithmOID.RSASSA_PSS:
         raise BadCertificate("RSA-PSS (id-RSASSA-PSS) leaf keys are not allowed")
     try:
@@ -282,13 +358,24 @@ class TrustStore:
         crls: Iterable[x509.CertificateRevocationList] = (),
         *,
         warn: Callable[[str], None] | None = None,
+        chain_cache: int = CHAIN_CACHE_SIZE,
     ) -> None:
         self.warn = warn or _no_warning
+        #: Validated chains (see L{_cached}); at most this many, 0 for none.
+        self.chain_cache_size = chain_cache
+        self._validated: OrderedDict[tuple[tuple[bytes, ...], bool], _Validated] = OrderedDict()
+        #: Bumped whenever the CRLs change: cached validations of an older generation are
+        #: not used.
+        self._generation = 0
+        self._anchor_bounds: list[int] | None = None
+        self._issuer_names: dict[bytes, bytes] = {}
         self._anchors: list[x509.Certificate] = []
         self._openssl_anchors: list[crypto.X509] = []
         self._store: crypto.X509Store | None = None
         self._store_second = 0
         self._anchor_map: dict[Any, x509.Certificate] | None = None
+        #: ids of our anchor objects whose key passed the §11.7 strength check.
+        self._strong_anchors: set[int] = set()
         seen: set[bytes] = set()
         for anchor in anchors:
             der = anchor.public_bytes(serialization.Encoding.DER)
@@ -357,6 +444,8 @@ class TrustStore:
         if held is not None and not _crl_is_newer(crl, held):
             return f"CRL of {_name(issuer)} is older than the one already held; ignored"
         self._crls[key] = crl
+        self._generation += 1
+        self._validated.clear()
         return None
 
     def _crl_signed_by(self, crl: x509.CertificateRevocationList, issuer: x509.Certificate) -> bool:
@@ -398,12 +487,35 @@ class TrustStore:
             raise BadCertificate("no certificate")
         if len(certs_der) > MAX_CHAIN:
             raise BadCertificate(f"{len(certs_der)} certificates (at most {MAX_CHAIN})")
+        now = _utc(now)
+        key: tuple[tuple[bytes, ...], bool] | None = None
+        if self.chain_cache_size > 0:
+            try:
+                key = (tuple(certs_der), bool(require_key_encipherment))
+                hit = self._cached(key, now)
+            except TypeError:  # not bytes (unhashable): validate without the cache
+                key = hit = None
+            if hit is not None:
+                return hit
+        peer, presented, ders = self._validate(certs_der, now, require_key_encipherment)
+        if key is not None:
+            self._remember(key, peer, presented, ders, now)
+        return peer
+
+    def _validate(
+        self, certs_der: Sequence[bytes], now: datetime.datetime, require_key_encipherment: bool
+    ) -> tuple[PeerCertificate, list[x509.Certificate], tuple[bytes | None, ...]]:
+        """
+        L{validate} itself: the peer, the presented certificates as parsed, and the DER of
+        each certificate of the path but the anchor.
+        """
         # Each certificate is parsed once by each library, straight from its DER; the
         # verified path is then mapped back to these objects (and to our anchors) by the
         # identity of OpenSSL's X509 structures instead of being re-encoded and re-parsed
         # (docs/benchmarks.md: about a third of a handshake's validation time).
         parsed: list[crypto.X509] = []
         ours: dict[Any, x509.Certificate] = {}
+        ders: dict[int, bytes] = {}
         for i, der in enumerate(certs_der):
             try:
                 cert = x509.load_der_x509_certificate(der)
@@ -412,8 +524,8 @@ class TrustStore:
                 raise BadCertificate(f"certificate {i + 1} cannot be parsed") from None
             parsed.append(ossl)
             ours[ossl._x509] = cert
+            ders[id(cert)] = der
 
-        now = _utc(now)
         store = self._verify_store(now)
         context = crypto.X509StoreContext(store, parsed[0], parsed[1:])
         try:
@@ -427,18 +539,27 @@ class TrustStore:
             ours.get(c._x509) or known.get(c._x509) or c.to_cryptography() for c in verified
         )
 
+        last = len(path) - 1
+        strong_anchors = self._strong_anchors
         for depth, cert in enumerate(path):
-            _check_key_strength(cert, depth)
-            if depth < len(path) - 1:
+            if depth < last:
+                _check_key_strength(cert, depth)
                 _check_signature_strength(cert, depth)
-        for depth in range(len(path) - 1):
-            self._check_revocation(path[depth], path[depth + 1], now, depth)
+            elif id(cert) not in strong_anchors:
+                # The path ends at a trust anchor; one of our own anchor objects (the store
+                # hands back ours) is checked once, its key being part of our configuration.
+                _check_key_strength(cert, depth)
+                if any(cert is anchor for anchor in self._anchors):
+                    strong_anchors.add(id(cert))
+        for depth in range(last):
+            cert = path[depth]
+            self._check_revocation(cert, path[depth + 1], now, depth, ders.get(id(cert)))
 
         names, alg, public_key = _check_leaf(path[0], require_key_encipherment)
         # The leaf object the checks used caches every parsed extension (about 3 KiB per
         # session, held as long as the session): keep a fresh, lean parse of the same DER.
         leaf = x509.load_der_x509_certificate(certs_der[0])
-        return PeerCertificate(
+        peer = PeerCertificate(
             leaf=leaf,
             leaf_der=certs_der[0],
             names=names,
@@ -447,6 +568,74 @@ class TrustStore:
             spki_sha256=spki_sha256(public_key),
             chain=(leaf, *path[1:]),
         )
+        return peer, list(ours.values()), tuple(ders.get(id(c)) for c in path[:-1])
+
+    # -- validated chains ----------------------------------------------------------------
+    #
+    # A chain presented again (the same peer reconnecting) skips the parsing, OpenSSL's path
+    # validation and the profile checks, and gets the very result a validation would give:
+    #
+    #   - keyed by the exact DER of every presented certificate, in order, and by
+    #     require_key_encipherment; only successes are kept;
+    #   - everything those checks depend on is fixed for a given key, except time and CRLs:
+    #     our anchors never change, and OpenSSL's path building and verification depend on
+    #     the time only through the validity periods of the candidate certificates (ours and
+    #     the presented ones). An entry is used only while the time, in OpenSSL's whole
+    #     seconds, lies in the interval around its validation in which no notBefore or
+    #     notAfter of any of them falls (two seconds of margin on either side): every
+    #     certificate is valid or invalid there exactly as when it was validated;
+    #   - revocation is checked again at every use, with the current CRLs and time (it is
+    #     cheap, and its warnings, such as a stale CRL, depend on the time); a change of
+    #     CRLs also empties the cache (generation);
+    #   - bounded: the least recently used of more than chain_cache_size entries goes.
+
+    def _cached(
+        self, key: tuple[tuple[bytes, ...], bool], now: datetime.datetime
+    ) -> PeerCertificate | None:
+        entry = self._validated.get(key)
+        if entry is None or entry.generation != self._generation:
+            return None
+        if not entry.first <= (now - _EPOCH) // _ONE_SECOND < entry.end:
+            return None
+        self._validated.move_to_end(key)
+        chain = entry.peer.chain
+        ders = entry.ders
+        for depth in range(len(chain) - 1):
+            self._check_revocation(chain[depth], chain[depth + 1], now, depth, ders[depth])
+        return entry.peer
+
+    def _remember(
+        self,
+        key: tuple[tuple[bytes, ...], bool],
+        peer: PeerCertificate,
+        presented: list[x509.Certificate],
+        ders: tuple[bytes | None, ...],
+        now: datetime.datetime,
+    ) -> None:
+        second = (now - _EPOCH) // _ONE_SECOND
+        try:
+            bounds = self._anchor_boundaries() + _boundaries(presented)
+        except (ValueError, OverflowError):  # pragma: no cover - a time we cannot read
+            return
+        first, end = _MIN_SECOND, _MAX_SECOND
+        for bound in bounds:
+            if bound <= second - 2:
+                first = max(first, bound + 2)
+            elif bound >= second + 2:
+                end = min(end, bound - 1)
+            else:
+                return  # a validity period starts or ends right now: not worth keeping
+        validated = self._validated
+        validated[key] = _Validated(peer, ders, self._generation, first, end)
+        validated.move_to_end(key)
+        while len(validated) > self.chain_cache_size:
+            validated.popitem(last=False)
+
+    def _anchor_boundaries(self) -> list[int]:
+        bounds = self._anchor_bounds
+        if bounds is None:
+            bounds = self._anchor_bounds = _boundaries(self._anchors)
+        return bounds
 
     def _verify_store(self, now: datetime.datetime) -> crypto.X509Store:
         """
@@ -454,7 +643,9 @@ class TrustStore:
         is the same (OpenSSL's validation time has one-second resolution; a store's time
         can be set only once, hence one store per second rather than one per handshake).
         """
-        second = calendar.timegm(now.timetuple())
+        # calendar.timegm(now.timetuple()), as pyOpenSSL's set_time computes it (whole
+        # seconds, rounded down), in integer arithmetic without building a time tuple.
+        second = (now - _EPOCH) // _ONE_SECOND
         if self._store is None or self._store_second != second:
             store = crypto.X509Store()
             for anchor in self._openssl_anchors:
@@ -474,13 +665,32 @@ class TrustStore:
             self._anchor_map = mapping
         return mapping
 
+    def _issuer_name_der(self, cert: x509.Certificate, der: bytes | None) -> bytes:
+        """
+        C{cert.issuer.public_bytes()}, remembered by the issuer field's bytes in C{der}: the
+        same value (it is made from those bytes alone) without building the name's objects
+        on every handshake.
+        """
+        raw = _issuer_field(der) if der is not None else None
+        if raw is None:
+            return cert.issuer.public_bytes()
+        known = self._issuer_names.get(raw)
+        if known is None:
+            known = cert.issuer.public_bytes()
+            if len(self._issuer_names) >= 256:
+                self._issuer_names.clear()
+            self._issuer_names[raw] = known
+        return known
+
     def _check_revocation(
         self,
         cert: x509.Certificate,
         issuer: x509.Certificate,
         now: datetime.datetime,
         depth: int,
+        der: bytes | None = None,
     ) -> None:
+        """C{der}, if given, is C{cert}'s DER (it saves parsing the issuer name)."""
         usable = []
         for (name, _key_id), crl in self._crls.items():
             if name != cert.issuer:
@@ -499,7 +709,7 @@ class TrustStore:
         if not usable:
             # Keyed by the issuer name's DER, and the message made only the first time: this
             # runs on every handshake with a peer whose CA publishes no CRL.
-            key = ("no-crl", cert.issuer.public_bytes())
+            key = ("no-crl", self._issuer_name_der(cert, der))
             if key not in self._warned:
                 self._warn_once(
                     key,

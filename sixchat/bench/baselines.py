@@ -11,7 +11,10 @@ The baselines the benchmarks compare against, built the way a Twisted user would
     a key share it does not use. Carried by C{TLSMemoryBIOProtocol}, Twisted's TLS transport.
   - B{XMPP-style stanzas}: C{<message>} stanzas built and serialised with
     C{twisted.words.xish.domish} and parsed with C{domish.elementStream()} (expat), inside an
-    XMPP stream header, as Twisted Words' XmlStream does, over the TLS above.
+    XMPP stream header, as Twisted Words' XmlStream does, over the TLS above. Each stanza is
+    its own C{transport.write}; Twisted's TLS transport gathers the writes of a reactor turn
+    into full TLS records (see L{wrap_tls}), so many stanzas share one record and one AEAD
+    call, which our protocol forbids (one element per record, §2).
   - B{Plain TCP}: the ceiling; the same application loop without any protection.
 """
 
@@ -24,7 +27,7 @@ from OpenSSL import SSL, crypto
 from OpenSSL._util import lib as _lib
 from twisted.internet import ssl
 from twisted.internet.protocol import Factory, Protocol
-from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 
 #: Our group names and OpenSSL's.
 TLS_GROUPS = {"x25519mlkem768": b"X25519MLKEM768", "x25519": b"X25519"}
@@ -59,8 +62,21 @@ def tls_group(protocol: Any) -> str:
     return name or "?"
 
 
-def wrap_tls(options: Any, is_client: bool, factory: Any) -> TLSMemoryBIOFactory:
-    return TLSMemoryBIOFactory(options, is_client, factory)
+def wrap_tls(
+    options: Any, is_client: bool, factory: Any, aggregate: bool = True
+) -> TLSMemoryBIOFactory:
+    """
+    Twisted's TLS transport as C{TLSMemoryBIOFactory} makes it: its protocol is
+    C{BufferingTLSTransport} (Twisted issue #11989, "lots of small writes to the TLS
+    transport use a lot of CPU"), which gathers the writes of one reactor turn (up to
+    64,000 bytes) into one C{SSL_write}, so many small writes leave in few full records.
+    C{aggregate=False} (informational measurements only) uses the plain
+    C{TLSMemoryBIOProtocol}: one C{SSL_write}, hence at least one TLS record, per write.
+    """
+    wrapped = TLSMemoryBIOFactory(options, is_client, factory)
+    if not aggregate:
+        wrapped.protocol = TLSMemoryBIOProtocol
+    return wrapped
 
 
 # -- application protocols of the baselines --------------------------------------------------

@@ -241,7 +241,15 @@ def _peer_server(run: Run, listeners: list[dict[str, str]]) -> tuple[Worker, dic
 def bench_handshake(run: Run) -> None:
     p = run.profile
     run.say("handshakes: ours vs Twisted TLS 1.3, mutual auth")
-    listeners = [{"name": f"ours-{k}", "kind": "ours", "key": k} for k in ("ed25519", "p256")]
+    listeners: list[dict[str, Any]] = [
+        {"name": f"ours-{k}", "kind": "ours", "key": k} for k in ("ed25519", "p256")
+    ]
+    # The same responders with the trust store's cache of validated chains off (and the
+    # initiators' too): every handshake validates the peer's chain in full, as TLS does.
+    listeners += [
+        {"name": f"ourscold-{k}", "kind": "ours", "key": k, "chain_cache": 0}
+        for k in ("ed25519", "p256")
+    ]
     listeners += [
         {"name": f"tls-{k}", "kind": "tls", "key": k, "app": "echo"} for k in ("ed25519", "p256")
     ]
@@ -251,7 +259,7 @@ def bench_handshake(run: Run) -> None:
             f"{impl}-{mode}-{config}"
             for mode in ("seq", "conc")
             for config in p.hs_configs
-            for impl in ("ours", "tls")
+            for impl in ("ours", "ourscold", "tls")
         ]
         client = run.worker(
             "handshake-client",

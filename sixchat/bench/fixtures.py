@@ -134,10 +134,14 @@ def load_identity(workdir: str, who: str, key_type: str) -> Any:
     return Identity(load_key(files.key_path), load_cert(files.cert_path), ())
 
 
-def load_trust(workdir: str) -> Any:
+def load_trust(workdir: str, chain_cache: int | None = None) -> Any:
+    """The peers' trust store; C{chain_cache=0} turns its cache of validated chains off."""
     from sixchat.trust import TrustStore
 
-    return TrustStore([load_cert(os.path.join(workdir, "peer-ca.pem"))])
+    anchors = [load_cert(os.path.join(workdir, "peer-ca.pem"))]
+    if chain_cache is None:
+        return TrustStore(anchors)
+    return TrustStore(anchors, chain_cache=chain_cache)
 
 
 def load_registry_users(workdir: str, count: int) -> list[Any]:

@@ -60,11 +60,17 @@ def _quiet_logs() -> None:
 # -- our protocol -------------------------------------------------------------------------------
 
 
-def _peer_config(workdir: str, who: str, key_type: str, groups: list[str] | None = None) -> Any:
+def _peer_config(
+    workdir: str,
+    who: str,
+    key_type: str,
+    groups: list[str] | None = None,
+    chain_cache: int | None = None,
+) -> Any:
     from sixchat.handshake import PeerConfig
 
     identity = fixtures.load_identity(workdir, who, key_type)
-    trust = fixtures.load_trust(workdir)
+    trust = fixtures.load_trust(workdir, chain_cache)
     if groups is None:
         return PeerConfig([identity], trust)
     return PeerConfig([identity], trust, groups=groups)
@@ -266,16 +272,18 @@ async def peer_server(reactor: Any, spec: dict[str, Any]) -> None:
     for listener in spec["listeners"]:
         kind = listener["kind"]
         if kind == "ours":
-            config = _peer_config(workdir, "bob", listener["key"])
+            config = _peer_config(
+                workdir, "bob", listener["key"], chain_cache=listener.get("chain_cache")
+            )
             factory: Any = PeerFactory(config, reactor, None)
             factory.noisy = False
         else:
             app = baselines.server_factory(apps[listener["app"]])
             app.noisy = False
-            if kind == "tls":
+            if kind in ("tls", "tls_records"):
                 identity = fixtures.load_identity(workdir, "bob", listener["key"])
                 options = baselines.tls_options(identity, ca, b"X25519MLKEM768:X25519")
-                factory = baselines.wrap_tls(options, False, app)
+                factory = baselines.wrap_tls(options, False, app, kind == "tls")
             else:
                 factory = app
             factory.noisy = False
@@ -347,10 +355,12 @@ async def handshake_client(reactor: Any, spec: dict[str, Any]) -> None:
     expected_group: dict[str, str] = {}
     for variant in spec["variants"]:
         impl, mode, key, group = variant.split("-")
-        if impl == "ours":
-            config = _peer_config(workdir, "alice", key, [baselines.OUR_GROUPS[group]])
-            ofactory = OurClientFactory(reactor, config, [baselines.OUR_GROUPS[group]])
-            port = ports[f"ours-{key}"]
+        if impl in ("ours", "ourscold"):  # ourscold: no validated-chain cache on either side
+            chain_cache = 0 if impl == "ourscold" else None
+            groups = [baselines.OUR_GROUPS[group]]
+            config = _peer_config(workdir, "alice", key, groups, chain_cache)
+            ofactory = OurClientFactory(reactor, config, groups)
+            port = ports[f"{impl}-{key}"]
             makers[variant] = functools.partial(_one_ours, reactor, ofactory, port)
             expected_group[variant] = baselines.OUR_GROUPS[group]
         else:
@@ -470,10 +480,13 @@ async def _baseline_stream(
     last: bytes,
     complete: Callable[[bytes], bool],
     counter: Any = None,
+    aggregate: bool = True,
 ) -> float:
     app = Factory.forProtocol(_Streamer)
     app.noisy = False
-    factory: Any = app if tls_options is None else baselines.wrap_tls(tls_options, True, app)
+    factory: Any = (
+        app if tls_options is None else baselines.wrap_tls(tls_options, True, app, aggregate)
+    )
     factory.noisy = False
     proto = await _endpoint(reactor, port, 0).connect(factory)
     streamer: _Streamer = proto.wrappedProtocol if tls_options is not None else proto
@@ -565,6 +578,13 @@ async def stream_client(reactor: Any, spec: dict[str, Any]) -> None:
 
         runners["xmpp_tls"] = xmpp_runner("tls", tls_options)
         runners["xmpp_tcp"] = xmpp_runner("tcp", None)
+        # Informational, not in the default run (it needs a "tls_records" listener): XMPP
+        # over TLS with one TLS record per stanza, i.e. without Twisted's write aggregation.
+        runners["xmpp_tls_records"] = lambda n: _baseline_stream(
+            reactor, ports.get("tls_records-xmpp", 0), tls_options, n, STANZA_BATCH,
+            baselines.STREAM_HEADER, xmpp_chunk, b"<iq type='get' id='done'/>",
+            lambda data: b"type='result'" in data, aggregate=False,
+        )  # fmt: skip
         runners["xmpp_tls_receipts"] = lambda n: _baseline_stream(
             reactor, ports["tls-xmpp_receipts"], tls_options, n, STANZA_BATCH,
             baselines.STREAM_HEADER, xmpp_chunk, b"", lambda data: False,

@@ -21,8 +21,9 @@ def ratio_bars(report: dict[str, Any]) -> list[tuple[str, float, float | None, s
             for ours, base in h.variants:
                 value = figures.get(f"{h.bench}.{ours}/{base}.{h.metric}")
                 if value is not None:
-                    mode, config = ours.split("-", 2)[1:]
-                    bars.append((f"handshake {mode} {config}", value, h.target, h.op))
+                    impl, mode, config = ours.split("-", 2)
+                    cold = " (cold)" if impl == "ourscold" else ""
+                    bars.append((f"handshake {mode} {config}{cold}", value, h.target, h.op))
         elif h.kind == "ratio" and report.get(h.key) is not None:
             bars.append((h.key, report[h.key], h.target, h.op))
     return bars

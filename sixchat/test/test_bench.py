@@ -302,8 +302,9 @@ class SmokeTests(SynchronousTestCase):
         with open(out) as f:
             report = json.load(f)
         self.assertEqual(report["meta"]["failures"], {})
-        for key in ("handshake_seq_ratio", "handshake_conc_ratio", "bulk_ratio_tls",
-                    "bulk_ratio_tcp", "stanza_ratio_xmpp_tls"):  # fmt: skip
+        for key in ("handshake_seq_ratio", "handshake_conc_ratio", "handshake_seq_ratio_cold",
+                    "handshake_conc_ratio_cold", "bulk_ratio_tls", "bulk_ratio_tcp",
+                    "stanza_ratio_xmpp_tls"):  # fmt: skip
             self.assertIsInstance(report[key], float, key)
         self.assertIsNone(report["receipted_rate"])  # not run
         variants = {(s["bench"], s["variant"]) for s in report["samples"]}

@@ -12,7 +12,14 @@ is accepted from it.
     production (the regular expression they replaced);
   - L{xmlcodec.b64decode} accepts exactly the canonical base64 spellings (the pattern and
     padding-bit check it replaced);
-  - L{record.RecordReader} frames any chunking of a stream into the same records.
+  - L{record.RecordReader} frames any chunking of a stream into the same records, and its
+    per-chunk L{record.RecordReader.sealed_records} into the same records and errors as
+    L{record.RecordReader.next_record} alone;
+  - L{connection.Connection.receive_data}, which handles an established session's SEALED
+    records a chunk at a time, gives the same events, answers and state as the loop that
+    passes every record through C{_receive_record};
+  - the long-text C{Char} check (one memchr per control) and the body check on decoded
+    text agree with the definitions for texts long enough to take them.
 """
 
 from __future__ import annotations
@@ -25,8 +32,25 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
+from sixchat.connection import (
+    AlertReceived,
+    Connection,
+    ConnectionFailed,
+    Event,
+    StanzaReceived,
+)
 from sixchat.errors import AlertError, StanzaError
-from sixchat.record import SEALED, CipherState, RecordReader, plain_record
+from sixchat.record import (
+    MAX_PLAINTEXT,
+    MAX_SEALED,
+    PLAIN,
+    SEALED,
+    TAG_LEN,
+    CipherState,
+    RecordReader,
+    header,
+    plain_record,
+)
 from sixchat.stanzas import (
     APPLICATION_STANZAS,
     MAX_BODY_CHARS,
@@ -39,7 +63,15 @@ from sixchat.stanzas import (
     parse_timestamp,
     serialize_stanza,
 )
-from sixchat.xmlcodec import b64decode, is_xml_text, parse, serialize
+from sixchat.test.test_connection_fuzz import _PLAINTEXTS, handshake
+from sixchat.xmlcodec import (
+    ascii_text_is_char,
+    b64decode,
+    encode_checked,
+    is_xml_text,
+    parse,
+    serialize,
+)
 
 HYPOTHESIS = settings(max_examples=300, deadline=None)
 
@@ -105,6 +137,29 @@ _STANZAS = st.one_of(
     st.builds(Receipt, _IDS),
     st.builds(Ping, _IDS),
     st.builds(Pong, _IDS),
+)
+
+
+def _long_text(pieces: list[tuple[int, str]], length: int, base: str) -> str:
+    """A long filler text (past the memchr threshold) with C{pieces} inserted."""
+    text = (base * (length // len(base) + 1))[:length]
+    for position, piece in pieces:
+        at = position % (len(text) + 1)
+        text = text[:at] + piece + text[at:]
+    return text
+
+
+_LONG_TEXTS = st.builds(
+    _long_text,
+    st.lists(
+        st.tuples(
+            st.integers(0, 10_000),
+            st.one_of(_TRICKY, st.characters(), st.sampled_from(["\ud800", "\udfff"])),
+        ),
+        max_size=4,
+    ),
+    st.integers(480, 3000),
+    st.sampled_from(["abcdefghij", "a b\tc\nd", "x&y<z>", "é😀a"]),
 )
 
 
@@ -203,6 +258,24 @@ class ParseApplicationTests(SynchronousTestCase):
         self.check(b'<receipt id="' + data)
         self.check(b'<message id="' + data)
 
+    @HYPOTHESIS
+    @given(
+        _LONG_TEXTS.map(
+            lambda t: serialize_stanza(Message("m1", "2026-11-26T00:25:21.123Z", t))
+            if is_xml_text(t) else b'<message id="m1" ts="2026-11-26T00:25:21Z"><body>'
+            + t.encode("utf-8", "surrogatepass") + b"</body></message>"
+        ).flatmap(lambda d: st.one_of(st.just(d), _mutations(d)))
+    )  # fmt: skip
+    def test_long_bodies(self, data: bytes) -> None:
+        """Bodies long enough for the memchr checks, as sent and mutated."""
+        self.check(data)
+
+    def test_long_body_taken(self) -> None:
+        for text in ("a" * 5000, "é" * 3000 + "\n", "&<>" * 1000 + "\t" * 600):
+            data = serialize_stanza(Message("m1", "2026-11-26T00:25:21.123Z", text))
+            self.assertEqual(parse_application(data), _generic(data))
+            self.assertIsNotNone(parse_application(data))
+
     def test_fast_path_taken_for_plain_messages(self) -> None:
         """The shortcut is used for what we send (else it would buy nothing)."""
         for stanza in (
@@ -271,6 +344,37 @@ class CharTests(SynchronousTestCase):
         self.assertEqual(is_xml_text(text), _NOT_XML_CHAR.search(text) is None)
 
 
+class LongCharTests(SynchronousTestCase):
+    @HYPOTHESIS
+    @given(_LONG_TEXTS)
+    def test_is_xml_text_is_char(self, text: str) -> None:
+        self.assertEqual(is_xml_text(text), _NOT_XML_CHAR.search(text) is None)
+
+    @HYPOTHESIS
+    @given(_LONG_TEXTS)
+    def test_encode_checked(self, text: str) -> None:
+        expected = (
+            ("ok", text.encode("utf-8")) if _NOT_XML_CHAR.search(text) is None
+            else ("ValueError", "Exception")
+        )  # fmt: skip
+        self.assertEqual(_outcome(encode_checked, text), expected)
+
+    @HYPOTHESIS
+    @given(st.text(alphabet=st.characters(max_codepoint=0x7F), min_size=400, max_size=700))
+    def test_ascii_both_ways(self, text: str) -> None:
+        """Either side of the threshold, the ASCII check is the Char production."""
+        data = text.encode("ascii")
+        self.assertEqual(ascii_text_is_char(text, data), _NOT_XML_CHAR.search(text) is None)
+
+    def test_each_control_found_at_any_length(self) -> None:
+        for length in (0, 100, 511, 512, 5000):
+            for code in range(0x20):
+                text = "a" * length + chr(code) + "b"
+                expected = code in (0x09, 0x0A, 0x0D)
+                self.assertEqual(is_xml_text(text), expected, (length, code))
+                self.assertEqual(ascii_text_is_char(text, text.encode()), expected)
+
+
 class Base64Tests(SynchronousTestCase):
     @HYPOTHESIS
     @given(st.one_of(
@@ -315,6 +419,65 @@ class RecordReaderTests(SynchronousTestCase):
         self.assertIsNotNone(reader.next_record(True))
         self.assertIsNone(reader.next_record(True))
         self.assertEqual(reader.buffered, len(two) // 2 - 10)
+
+
+def _chunks(stream: bytes, cuts: list[int]) -> list[bytes]:
+    points = sorted({min(c, len(stream)) for c in cuts} | {0, len(stream)})
+    return [stream[a:b] for a, b in zip(points, points[1:], strict=False)]
+
+
+def _frame_outcome(stream: bytes, cuts: list[int], per_chunk: bool) -> list[object]:
+    """Records and the error they end with, framed one at a time or a chunk at a time."""
+    reader = RecordReader()
+    out: list[object] = []
+    try:
+        for chunk in _chunks(stream, cuts):
+            reader.feed(chunk)
+            while True:
+                if per_chunk:
+                    out += [(SEALED, bytes(h), bytes(p)) for h, p in reader.sealed_records()]
+                record = reader.next_record(True)
+                if record is None:
+                    break
+                out.append((record[0], bytes(record[1]), bytes(record[2])))
+    except AlertError as e:
+        out.append(("error", type(e).__name__))
+    out.append(("buffered", reader.buffered))
+    return out
+
+
+def _record_pieces() -> st.SearchStrategy[bytes]:
+    state = CipherState.from_key_iv("aes-256-gcm", bytes(32), bytes(12))
+    return st.one_of(
+        st.integers(1, 3000).map(lambda n: state.seal(bytes(n))),
+        st.integers(1, 300).map(lambda n: plain_record(b"<a/>" * n)),
+        st.sampled_from([
+            header(SEALED, 0), header(SEALED, TAG_LEN - 1), header(SEALED, MAX_SEALED + 1),
+            header(PLAIN, 0), header(PLAIN, MAX_PLAINTEXT + 1), b"\x03\x00\x00\x10",
+            header(SEALED, MAX_SEALED), header(SEALED, TAG_LEN) + bytes(TAG_LEN),
+        ]),
+        st.binary(max_size=6),
+    )  # fmt: skip
+
+
+class SealedRecordsTests(SynchronousTestCase):
+    @HYPOTHESIS
+    @given(st.lists(_record_pieces(), min_size=1, max_size=8),
+           st.lists(st.integers(1, 8000), max_size=10))  # fmt: skip
+    def test_same_as_one_at_a_time(self, pieces: list[bytes], cuts: list[int]) -> None:
+        stream = b"".join(pieces)
+        self.assertEqual(
+            _frame_outcome(stream, cuts, per_chunk=True),
+            _frame_outcome(stream, cuts, per_chunk=False),
+        )
+
+    def test_stops_before_the_refused_header(self) -> None:
+        state = CipherState.from_key_iv("aes-256-gcm", bytes(32), bytes(12))
+        good = state.seal(b"x" * 10)
+        reader = RecordReader()
+        reader.feed(good + header(SEALED, MAX_SEALED + 1))
+        self.assertEqual([bytes(h + p) for h, p in reader.sealed_records()], [good])
+        self.assertRaises(AlertError, reader.next_record, True)
 
 
 def _frame(stream: bytes, cuts: list[int]) -> list[tuple[int, bytes, bytes]]:
@@ -422,3 +585,99 @@ class RegistryFastPathTests(SynchronousTestCase):
             rid,
         )
         self.assertEqual(fast, generic)
+
+
+# ---------------------------------------------------------------------------------------------
+# The receive loop of an established session (sixchat.connection)
+
+
+class _OneRecordAtATime(Connection):
+    """The receive loop without the per-chunk path: every record through _receive_record."""
+
+    def receive_data(self, data: bytes) -> list[Event]:
+        if self.state == "closed":
+            return []
+        self._reader.feed(data)
+        events: list[Event] = []
+        try:
+            while self.state != "closed":
+                record = self._reader.next_record(self._read is not None)
+                if record is None:
+                    break
+                self.records_received += 1
+                self._receive_record(*record, events)
+        except AlertError as error:
+            events.append(self._fatal(error))
+        if self.state == "closed":
+            self._reader = RecordReader()
+        return events
+
+
+def _comparable(event: object) -> object:
+    """Events with their exceptions reduced to what they say (exceptions compare by identity)."""
+    if isinstance(event, ConnectionFailed):
+        error = event.error
+        return ("failed", type(error).__name__, error.reason, str(error), event.truncated)
+    if isinstance(event, AlertReceived):
+        return ("alert", event.alert.reason, event.alert.text)
+    return event
+
+
+_SESSION_PLAINTEXTS = st.one_of(
+    _PLAINTEXTS,
+    _WIRE,
+    st.sampled_from([b"<rekey/>", b"<close/>", b'<ping id="p1"/>', b"<typing state='paused'/>",
+                     b'<error ref="m1" reason="bad_request"/>', b"<hello/>", b"<x id='1'/>"]),
+)  # fmt: skip
+
+
+class ReceiveLoopTests(SynchronousTestCase):
+    @settings(max_examples=200, deadline=None)
+    @given(
+        st.lists(st.tuples(_SESSION_PLAINTEXTS, st.integers(0, 3)), min_size=1, max_size=8),
+        st.sampled_from([b"", b"\x03\x00\x00\x10", header(SEALED, MAX_SEALED + 1), b"\x02\x00"]),
+        st.lists(st.integers(1, 400), max_size=8),
+        st.sampled_from(["initiator", "responder"]),
+    )
+    def test_same_as_one_record_at_a_time(
+        self, plaintexts: list[tuple[bytes, int]], tail: bytes, cuts: list[int], role: str
+    ) -> None:
+        outcomes = []
+        for cls in (Connection, _OneRecordAtATime):
+            initiator, responder = handshake()
+            target, peer = (initiator, responder) if role == "initiator" else (responder, initiator)
+            target.__class__ = cls
+            write = peer._write
+            assert write is not None
+            stream = b""
+            for plaintext, padding in plaintexts:
+                stream += write.seal(plaintext + b" " * padding)
+                if plaintext == b"<rekey/>":
+                    write.rekey()
+            events = []
+            for chunk in _chunks(stream + tail, cuts):
+                events += target.receive_data(chunk)
+            outcomes.append((
+                [_comparable(e) for e in events], target.data_to_send(), target.state,
+                target.records_received, target.buffered, target.peer_closed,
+            ))  # fmt: skip
+        self.assertEqual(outcomes[0], outcomes[1])
+
+    def test_fast_loop_used(self) -> None:
+        """An established session's records do go the per-chunk way."""
+        initiator, responder = handshake()
+        initiator.send(Message("m1", "2026-11-26T00:25:21.123Z", "hi"))
+        initiator.send(Ping("p1"))
+        calls = []
+        original = responder._receive_sealed
+
+        def spy(records, events):  # type: ignore[no-untyped-def]
+            calls.append(len(records))
+            return original(records, events)
+
+        responder._receive_sealed = spy  # type: ignore[method-assign]
+        events = responder.receive_data(initiator.data_to_send())
+        self.assertEqual(calls[0], 2)
+        self.assertEqual(events, [StanzaReceived(Message("m1", "2026-11-26T00:25:21.123Z", "hi"))])
+        self.assertEqual(initiator.receive_data(responder.data_to_send()),
+                         [StanzaReceived(Pong("p1"))])  # fmt: skip

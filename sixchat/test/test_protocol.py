@@ -492,6 +492,34 @@ def _add_real_tcp_tests() -> None:
 _add_real_tcp_tests()
 
 
+class StanzaIdTests(unittest.SynchronousTestCase):
+    def test_ids_are_128_random_bits_never_repeated_across_refills(self) -> None:
+        import re
+
+        from sixchat.protocol import new_stanza_id
+
+        ids = [new_stanza_id() for _ in range(1_000)]  # about four refills of the pool
+        self.assertEqual(len(set(ids)), 1_000)
+        self.assertTrue(all(re.fullmatch("[0-9a-f]{32}", i) for i in ids))
+
+    def test_a_forked_child_draws_its_own(self) -> None:
+        import os
+
+        from sixchat.protocol import _id_pool, new_stanza_id
+
+        new_stanza_id()
+        self.assertTrue(_id_pool)
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: its inherited pool must be empty
+            os.write(write, b"empty" if not _id_pool else b"inherited")
+            os._exit(0)
+        os.close(write)
+        os.waitpid(pid, 0)
+        self.assertEqual(os.read(read, 16), b"empty")
+        os.close(read)
+
+
 class ErrorsTests(unittest.SynchronousTestCase):
     def test_stanza_error_reason_normalised(self) -> None:
         self.assertEqual(StanzaError("weird").reason, "bad_request")

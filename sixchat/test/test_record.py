@@ -479,3 +479,64 @@ class CipherStateTests(SynchronousTestCase):
         reader.feed(stream)
         opened = [receiver.open(head, payload) for _, head, payload in drain(reader)]
         self.assertEqual(opened, plaintexts)
+
+
+class AeadRingTests(SynchronousTestCase):
+    """Only a bounded number of states hold an AEAD object; the others rebuild theirs."""
+
+    def setUp(self) -> None:
+        from sixchat import record
+
+        self.ring = record._AeadRing(3)
+        self.patch(record, "_AEADS", self.ring)
+
+    def test_bounded_and_still_working(self) -> None:
+        pairs = [(CipherState("aes-256-gcm", bytes([i]) * 32),
+                  CipherState("aes-256-gcm", bytes([i]) * 32)) for i in range(5)]  # fmt: skip
+        self.assertLessEqual(len(self.ring), 3)
+        for _ in range(3):
+            for sender, receiver in pairs:
+                record = sender.seal(b"<a/>")
+                self.assertEqual(receiver.open(record[:4], record[4:]), b"<a/>")
+                self.assertLessEqual(len(self.ring), 3)
+        held = [s for pair in pairs for s in pair if s._aead is not None]
+        self.assertEqual(len(held), 3)
+
+    def test_recently_used_states_keep_theirs(self) -> None:
+        """CLOCK: a state used since the hand last passed is spared once."""
+        a, b, c = (CipherState("aes-256-gcm", bytes([i]) * 32) for i in range(3))
+        # All three are marked used when made: the hand unmarks them all, then takes a's.
+        d = CipherState("aes-256-gcm", bytes([3]) * 32)
+        self.assertIsNone(a._aead)
+        b.seal(b"x")
+        e = CipherState("aes-256-gcm", bytes([4]) * 32)  # b marked again: c goes
+        self.assertIsNotNone(b._aead)
+        self.assertIsNone(c._aead)
+        self.assertIsNotNone(d._aead)
+        self.assertIsNotNone(e._aead)
+
+    def test_rekey_keeps_or_rebuilds(self) -> None:
+        sender, receiver = CipherState("aes-256-gcm", SECRET), CipherState("aes-256-gcm", SECRET)
+        others = [CipherState("aes-256-gcm", bytes([i]) * 32) for i in range(3)]
+        self.assertIsNone(sender._aead)  # evicted by the others
+        for state in (sender, receiver):
+            state.rekey()
+        record = sender.seal(b"<a/>")
+        self.assertEqual(receiver.open(record[:4], record[4:]), b"<a/>")
+        expected = CipherState("aes-256-gcm", next_traffic_secret(SECRET))
+        self.assertEqual(expected.seal(b"<a/>"), record)
+        self.assertLessEqual(len(self.ring), 3)
+        del others
+
+    def test_gone_states_free_their_slots(self) -> None:
+        import gc
+
+        for i in range(3):
+            CipherState("aes-256-gcm", bytes([i]) * 32)
+        gc.collect()
+        self.assertEqual(len(self.ring), 0)
+        kept = [CipherState("aes-256-gcm", bytes([i]) * 32) for i in range(3)]
+        self.assertTrue(all(s._aead is not None for s in kept))
+
+    def test_bad_key_length_fails_at_once(self) -> None:
+        self.assertRaises(ValueError, CipherState.from_key_iv, "aes-256-gcm", bytes(7), bytes(12))
