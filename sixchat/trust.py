@@ -263,6 +263,26 @@ def _crl_is_newer(new: x509.CertificateRevocationList, old: x509.CertificateRevo
     return new.last_update_utc >= old.last_update_utc
 
 
+#: Unverified CRLs held per issuer besides the newest genuine one (see TrustStore._crls).
+MAX_CRL_CANDIDATES = 4
+
+
+def _crl_age_key(crl: x509.CertificateRevocationList) -> tuple[int, datetime.datetime]:
+    """Sort key: CRL number, then thisUpdate (what _crl_is_newer compares)."""
+    try:
+        number = crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
+    except (x509.ExtensionNotFound, ValueError):
+        number = -1
+    return number, crl.last_update_utc
+
+
+def _subject_key_id(cert: x509.Certificate) -> bytes | None:
+    try:
+        return cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest
+    except x509.ExtensionNotFound:
+        return None
+
+
 def _crl_key_id(crl: x509.CertificateRevocationList) -> bytes | None:
     try:
         return crl.extensions.get_extension_for_class(
@@ -386,7 +406,13 @@ class TrustStore:
             self._openssl_anchors.append(crypto.X509.from_cryptography(anchor))
         if not self._anchors:
             raise TrustLoadError("no trust anchor given; every peer would be refused")
-        self._crls: dict[tuple[x509.Name, bytes | None], x509.CertificateRevocationList] = {}
+        # Per (issuer name, authority key id): candidate CRLs, newest first. Only a CRL that
+        # names an anchor can be checked when it is added; one from an intermediate is
+        # checked against the path's issuer at validation. Keeping candidates (not just the
+        # newest) means an unverifiable CRL with a higher number cannot displace the genuine
+        # one and turn revocation into a soft fail; validation then drops what it proves
+        # forged or superseded.
+        self._crls: dict[tuple[x509.Name, bytes | None], list[x509.CertificateRevocationList]] = {}
         self._crl_verified: dict[tuple[bytes, bytes], bool] = {}
         self._warned: set[object] = set()
         for crl in crls:
@@ -419,7 +445,8 @@ class TrustStore:
 
     @property
     def crls(self) -> list[x509.CertificateRevocationList]:
-        return list(self._crls.values())
+        """The newest CRL held per issuer (name and key identifier)."""
+        return [candidates[0] for candidates in self._crls.values()]
 
     def add_crl(self, crl: x509.CertificateRevocationList) -> bool:
         """
@@ -440,13 +467,34 @@ class TrustStore:
         if named_anchors and not any(self._crl_signed_by(crl, a) for a in named_anchors):
             return f"CRL of {_name(issuer)} is not signed by that anchor's key; ignored"
         key = (issuer, _crl_key_id(crl))
-        held = self._crls.get(key)
-        if held is not None and not _crl_is_newer(crl, held):
-            return f"CRL of {_name(issuer)} is older than the one already held; ignored"
-        self._crls[key] = crl
+        candidates = self._crls.get(key, [])
+        if named_anchors:
+            # Verified just now: it supersedes every candidate it is newer than.
+            if candidates and not _crl_is_newer(crl, candidates[0]):
+                return f"CRL of {_name(issuer)} is older than the one already held; ignored"
+            candidates = [crl]
+        else:
+            good = [c for c in candidates if self._crl_known_good(c)]
+            if (good and not _crl_is_newer(crl, good[0])) or any(
+                c.fingerprint(hashes.SHA256()) == crl.fingerprint(hashes.SHA256())
+                for c in candidates
+            ):
+                return f"CRL of {_name(issuer)} is older than the one already held; ignored"
+            candidates = sorted([*candidates, crl], key=_crl_age_key, reverse=True)
+            while len(candidates) > MAX_CRL_CANDIDATES:
+                # Drop the oldest candidate, never the newest one known to be genuine.
+                keep = good[0] if good else None
+                victim = next(c for c in reversed(candidates) if c is not keep)
+                candidates.remove(victim)
+        self._crls[key] = candidates
         self._generation += 1
         self._validated.clear()
         return None
+
+    def _crl_known_good(self, crl: x509.CertificateRevocationList) -> bool:
+        """Has C{crl} verified with some issuer's key (at validation) before?"""
+        digest = hashlib.sha256(crl.public_bytes(serialization.Encoding.DER)).digest()
+        return any(ok for (d, _), ok in self._crl_verified.items() if d == digest)
 
     def _crl_signed_by(self, crl: x509.CertificateRevocationList, issuer: x509.Certificate) -> bool:
         cache_key = (
@@ -692,12 +740,16 @@ class TrustStore:
     ) -> None:
         """C{der}, if given, is C{cert}'s DER (it saves parsing the issuer name)."""
         usable = []
-        for (name, _key_id), crl in self._crls.items():
+        for (name, key_id), candidates in list(self._crls.items()):
             if name != cert.issuer:
                 continue
-            if self._crl_signed_by(crl, issuer):
-                usable.append(crl)
-            else:
+            forged = []
+            chosen = None
+            for crl in candidates:
+                if self._crl_signed_by(crl, issuer):
+                    chosen = crl
+                    usable.append(crl)
+                    break  # newest first: older candidates are superseded
                 self._warn_once(
                     (
                         "bad-signature",
@@ -706,6 +758,19 @@ class TrustStore:
                     ),
                     f"CRL naming {_name(name)} is not signed by that issuer's key; ignored",
                 )
+                if key_id is not None and key_id == _subject_key_id(issuer):
+                    forged.append(crl)  # names this very key, yet its signature fails
+            if chosen is not None:
+                # Keep the genuine one and what is newer but not proven forged; drop the
+                # superseded older ones.
+                index = next(i for i, c in enumerate(candidates) if c is chosen)
+                kept = [c for c in candidates[:index] if all(c is not f for f in forged)]
+                if len(kept) != index or index + 1 != len(candidates):
+                    self._crls[(name, key_id)] = [*kept, chosen]
+            elif forged and len(forged) < len(candidates):
+                self._crls[(name, key_id)] = [
+                    c for c in candidates if all(c is not f for f in forged)
+                ]
         if not usable:
             # Keyed by the issuer name's DER, and the message made only the first time: this
             # runs on every handshake with a peer whose CA publishes no CRL.

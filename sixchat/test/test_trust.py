@@ -33,6 +33,7 @@ from sixchat.trust import (
     PinPolicy,
     TrustLoadError,
     TrustStore,
+    _crl_key_id,
 )
 
 VECTORS = os.path.join(os.path.dirname(__file__), "vectors")
@@ -553,6 +554,49 @@ class RevocationTests(SynchronousTestCase):
         self.assertFalse(trust.add_crl(first))
         self.assertIn("older", self.warnings[-1])
         trust.validate(self.alice.chain_der, self.now)
+
+    def forged(self, ca, serials, number):
+        """A CRL naming C{ca} (name and key id) but signed by another key."""
+        return pki.issue_crl(
+            certs.key_for("ed25519", "forger"), ca.cert, serials, crl_number=number
+        )
+
+    def test_forged_newer_intermediate_crl_does_not_displace_the_genuine_one(self):
+        """
+        An intermediate's CRL cannot be checked when added (only the path has its key): a
+        forged one with a higher number must not replace the genuine one, or revocation
+        of what the intermediate issued would silently soft-fail.
+        """
+        genuine = self.crl(self.inter, [self.alice.leaf.serial_number], crl_number=2)
+        trust = self.trust(self.crl(self.ca, []), genuine)
+        self.assertRaises(CertificateRevoked, trust.validate, self.alice.chain_der, self.now)
+        self.assertTrue(trust.add_crl(self.forged(self.inter, [], 1000)))
+        self.assertRaises(CertificateRevoked, trust.validate, self.alice.chain_der, self.now)
+        # Validation proved it forged (it names the intermediate's very key): dropped.
+        held = [c for c in trust.crls if c.issuer == self.inter.cert.subject]
+        self.assertEqual(held, [genuine])
+        self.assertEqual(len(trust._crls[(genuine.issuer, _crl_key_id(genuine))]), 1)
+        self.assertTrue(any("not signed by that issuer's key" in w for w in self.warnings))
+
+    def test_forged_crl_first_then_the_genuine_one(self):
+        trust = self.trust(self.crl(self.ca, []))
+        self.assertTrue(trust.add_crl(self.forged(self.inter, [], 1000)))
+        # A genuine CRL with a lower number is still taken: the forged one was never
+        # proven genuine, so it does not count as "newer".
+        genuine = self.crl(self.inter, [self.alice.leaf.serial_number], crl_number=3)
+        self.assertTrue(trust.add_crl(genuine))
+        self.assertRaises(CertificateRevoked, trust.validate, self.alice.chain_der, self.now)
+        trust.validate(self.bob.chain_der, self.now)
+
+    def test_a_flood_of_forged_crls_keeps_the_genuine_one(self):
+        genuine = self.crl(self.inter, [self.alice.leaf.serial_number], crl_number=2)
+        trust = self.trust(self.crl(self.ca, []), genuine)
+        self.assertRaises(CertificateRevoked, trust.validate, self.alice.chain_der, self.now)
+        for number in range(100, 120):
+            trust.add_crl(self.forged(self.inter, [], number))
+        self.assertRaises(CertificateRevoked, trust.validate, self.alice.chain_der, self.now)
+        # Older than the genuine one, now known good: refused.
+        self.assertFalse(trust.add_crl(self.crl(self.inter, [], crl_number=1)))
 
     def test_newer_by_date_without_numbers(self):
         trust = self.trust(self.crl(self.ca, []))
