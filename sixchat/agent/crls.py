@@ -6,17 +6,15 @@ unreachable, and tells the agent which newly learnt CRLs it must apply to open s
 
 Why these choices:
 
-  - B{Only CRLs signed by a CA we trust are taken.} L{TrustStore.add_crl} refuses a CRL
-    that names one of our anchors as issuer without being signed by it, but takes any CRL
-    whose issuer is not an anchor (an intermediate, or a name we have never seen): it is
-    ignored at validation time unless signed by the path's issuer, yet held under its
-    (issuer, key identifier) it would displace the genuine CRL of that intermediate, and
-    revocation would soft-fail. So every CRL is checked here first: its signature must
-    verify with the key of an anchor, or of a CA certificate on our own certificate's path
-    to an anchor (the registry issues with one CA, the one that issued us: irp-1 §4.5
-    returns its CRL, an intermediate's when it is one). Anything else is refused, logged as
-    an error, neither used nor stored. L{TrustStore.add_crl} still decides which of two
-    good CRLs is newer (CRL number, then thisUpdate): an older one never replaces a newer.
+  - B{Only CRLs signed by a CA we trust are taken.} L{TrustStore.add_crl} can check only a
+    CRL that names one of our anchors; one from an intermediate it holds as a candidate until
+    a validation path proves or disproves it. So every CRL is checked here first: its
+    signature must verify with the key of an anchor, or of a CA certificate on our own
+    certificate's path to an anchor (the registry issues with one CA, the one that issued
+    us: irp-1 §4.5 returns its CRL, an intermediate's when it is one). Anything else is
+    refused, logged as an error, neither used nor stored in the data directory.
+    L{TrustStore.add_crl} still decides which of two good CRLs is newer (CRL number, then
+    thisUpdate): an older one never replaces a newer.
   - B{Timing} (on the injected clock): a fetch at start-up, then every C{refresh} seconds
     (default one hour), or sooner when a held registry CRL's C{nextUpdate} comes first
     (never sooner than L{MIN_DELAY}). A failed fetch is retried with the registration
