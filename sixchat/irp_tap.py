@@ -4,7 +4,7 @@ C{twistd sixchat-irp}: run an Identity Registration Protocol registry (irp-1, TC
     twistd -n sixchat-irp --cert irp.p12 --ca-dir ca/ [--listen tcp6:4604]
         [--db PATH.sqlite | --db postgresql://…] [--lookup-policy authenticated|public]
         [--allow-private-addresses] [--password-file F] [--ca-password-file F]
-        [--domain example.com …]
+        [--domain example.com …] [--gc-interval SECONDS]
 
 Everything that can be checked before the reactor runs (files, passwords, the CA, the
 database's directory) is checked in C{postOptions} and reported as one line
@@ -15,6 +15,7 @@ there is logged as one critical line and stops twistd.
 
 from __future__ import annotations
 
+import math
 import os
 from datetime import UTC, datetime
 from typing import Any
@@ -62,6 +63,13 @@ class Options(usage.Options):
         ["max-nodes", None, "16", "nodes per identity"],
         ["idle-timeout", None, "600", "seconds without a request before a connection closes"],
         ["leaf-days", None, "365", "validity in days of the certificates the registry issues"],
+        [
+            "gc-interval",
+            None,
+            "10",
+            "seconds between full garbage collections (start-up state frozen, no automatic "
+            "full collections); 0: Python's default collector",
+        ],
     ]
     optFlags = [
         ["allow-private-addresses", None, "accept loopback/link-local contacts (tests, LANs)"],
@@ -87,6 +95,12 @@ class Options(usage.Options):
         for name in ("max-requests", "max-watches", "max-nodes", "leaf-days"):
             _positive(self, name, int)
         _positive(self, "idle-timeout", float)
+        try:
+            self["gc-interval"] = float(self["gc-interval"])
+        except ValueError:
+            raise usage.UsageError("--gc-interval must be a number of seconds") from None
+        if not (math.isfinite(self["gc-interval"]) and self["gc-interval"] >= 0):
+            raise usage.UsageError("--gc-interval must be 0 (off) or a positive number")
         db = self["db"]
         if db.startswith(("postgresql://", "postgres://")):
             try:
@@ -139,6 +153,7 @@ def makeService(options: Options) -> service.IService:
     from twisted.internet import reactor
 
     from sixchat.irp.authority import Authority
+    from sixchat.irp.gcpolicy import CollectorPolicy
     from sixchat.irp.server import IRPServerService, RegistryConfig, make_store
 
     credentials, (ca_key, ca_cert), chain = options["loaded"]
@@ -161,4 +176,8 @@ def makeService(options: Options) -> service.IService:
         leaf_days=options["leaf-days"],
         warn=lambda text: log.warn("{text}", text=text),
     )
-    return IRPServerService(reactor, store, authority, credentials, options["listen"], config)
+    interval = options["gc-interval"]
+    collector = CollectorPolicy(reactor, interval) if interval else None
+    return IRPServerService(
+        reactor, store, authority, credentials, options["listen"], config, collector
+    )

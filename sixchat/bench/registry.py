@@ -14,6 +14,11 @@ Per round, on those connections:
 
 Every client stays under the registry's per-connection limit (50 requests/s) at the offered
 load; a C{rate_limited} answer would be counted as an error, not as a lookup.
+
+The registry process runs with the garbage-collection policy of C{twistd sixchat-irp}
+(L{sixchat.irp.gcpolicy}; the spec's C{gc_interval}, 0 for Python's default collector) and
+reports, after the rounds, the pauses its collector made (variant C{server}): the longest
+pause of any collection and of the full ones, their count and total, and its resident size.
 """
 
 from __future__ import annotations
@@ -39,11 +44,14 @@ async def registry_server(reactor: Any, spec: dict[str, Any]) -> None:
     from sixchat.bench.peers import _quiet_logs
     from sixchat.identity import Identity
     from sixchat.irp.authority import Authority
+    from sixchat.irp.gcpolicy import DEFAULT_INTERVAL, CollectorPolicy
     from sixchat.irp.server import IRPServerService, RegistryConfig, make_store
 
     _quiet_logs()
+    pauses = _CollectorPauses()
     if spec.get("gc_off"):  # for diagnosis only (docs/benchmarks.md): never by the CLI
         gc.disable()
+    interval = float(spec.get("gc_interval", DEFAULT_INTERVAL))
     workdir = spec["workdir"]
     ca_key = fixtures.load_key(os.path.join(workdir, "registry-ca.key.pem"))
     ca_cert = fixtures.load_cert(os.path.join(workdir, "registry-ca.pem"))
@@ -63,6 +71,7 @@ async def registry_server(reactor: Any, spec: dict[str, Any]) -> None:
         Identity(server_key, server_cert, (), server=True),
         listen="tcp:0:interface=127.0.0.1:backlog=1024",
         config=RegistryConfig(allow_private_addresses=True),
+        collector=CollectorPolicy(reactor, interval) if interval else None,
     )
     service.privilegedStartService()
     service.startService()
@@ -73,10 +82,43 @@ async def registry_server(reactor: Any, spec: dict[str, Any]) -> None:
         if cmd["cmd"] == "measure":
             emit("measured", rss_kib=rss_kib(), cpu_s=cpu_seconds(),
                  connections=len(service.factory.connections))  # fmt: skip
+        elif cmd["cmd"] == "report":
+            metrics = {**pauses.metrics(), "rss_kib": rss_kib(), "gc_interval_s": interval}
+            emit("sample", bench=cmd["bench"], variant="server", round=0, metrics=metrics)
 
     commands(reactor, command)
     emit("ready", port=service.port.getHost().port, pid=os.getpid())  # type: ignore[attr-defined]
     await defer.Deferred()  # until stdin closes; the process then simply ends
+
+
+class _CollectorPauses:
+    """The registry process's garbage collections, timed (wall clock) from C{gc.callbacks}."""
+
+    def __init__(self) -> None:
+        self.started = 0.0
+        self.count = [0, 0, 0]
+        self.longest = [0.0, 0.0, 0.0]
+        self.total = 0.0
+        gc.callbacks.append(self.callback)
+
+    def callback(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self.started = time.perf_counter()
+            return
+        pause = time.perf_counter() - self.started
+        generation = info["generation"]
+        self.count[generation] += 1
+        self.longest[generation] = max(self.longest[generation], pause)
+        self.total += pause
+
+    def metrics(self) -> dict[str, float]:
+        return {
+            "gc_pause_max_ms": max(self.longest) * 1000,
+            "gc_full_max_ms": self.longest[2] * 1000,
+            "gc_full_count": float(self.count[2]),
+            "gc_count": float(sum(self.count)),
+            "gc_pause_total_ms": self.total * 1000,
+        }
 
 
 class LeanIRPClient(Protocol):
@@ -154,6 +196,8 @@ def _register_template(i: int) -> bytes:
 
 async def _connect_all(reactor: Any, port: int, users: list[Any], anchors: list[Any],
                        concurrency: int) -> list[LeanIRPClient]:  # fmt: skip
+    from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
+
     from sixchat.irp.tls import client_options
 
     clients: list[Any] = [None] * len(users)
@@ -162,14 +206,17 @@ async def _connect_all(reactor: Any, port: int, users: list[Any], anchors: list[
     async def lane() -> None:
         for i in todo:
             # The TLS set-up of sixchat's client: TLS 1.3, the registry's certificate
-            # checked against 127.0.0.1, the user's certificate presented.
+            # checked against 127.0.0.1, the user's certificate presented. Each request is
+            # one write, so the transport is Twisted's unbuffered TLS protocol (as the
+            # registry's): no timer per write to gather writes that never come together.
             options = client_options("127.0.0.1", anchors, users[i])
             factory = Factory.forProtocol(LeanIRPClient)
             factory.noisy = False
-            endpoint = endpoints.wrapClientTLS(
-                options, endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", port, timeout=30)
-            )
-            proto: Any = await endpoint.connect(factory)
+            tls_factory = TLSMemoryBIOFactory(options, True, factory)
+            tls_factory.protocol = TLSMemoryBIOProtocol
+            endpoint = endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", port, timeout=30)
+            tls: Any = await endpoint.connect(tls_factory)
+            proto = tls.wrappedProtocol
             await proto.ready
             clients[i] = proto
 
@@ -212,20 +259,31 @@ async def _saturate(reactor: Any, clients: list[LeanIRPClient], names: list[byte
 
 def _offered(reactor: Any, clients: list[LeanIRPClient], names: list[bytes], rate: int,
              seconds: float, rng: random.Random) -> defer.Deferred[dict[str, float]]:  # fmt: skip
-    """Issue C{rate}/s lookups for C{seconds} regardless of answers; latencies in ms."""
+    """
+    Issue C{rate}/s lookups for C{seconds} regardless of answers; latencies in ms. The
+    answers still outstanding are counted, not gathered: a C{DeferredList} over every
+    request, built after the last tick, held the reactor for tens of milliseconds while the
+    last answers were arriving, and showed in their latencies.
+    """
     latencies: list[float] = []
     errors = {"n": 0}
-    issued = {"n": 0, "i": 0}
-    pending: list[defer.Deferred[Any]] = []
+    issued = {"n": 0, "i": 0, "outstanding": 0, "ticking": 1}
     start = time.perf_counter()
     total = int(rate * seconds)
     done: defer.Deferred[dict[str, float]] = defer.Deferred()
 
+    def settled() -> None:
+        issued["outstanding"] -= 1
+        if not issued["outstanding"] and not issued["ticking"]:
+            finish()
+
     def answered(_: Any, t0: float) -> None:
         latencies.append((time.perf_counter() - t0) * 1000)
+        settled()
 
     def failed(_: Any) -> None:
         errors["n"] += 1
+        settled()
 
     def tick() -> None:
         due = min(total, int((time.perf_counter() - start) * rate) + 1)
@@ -233,16 +291,21 @@ def _offered(reactor: Any, clients: list[LeanIRPClient], names: list[bytes], rat
             client = clients[issued["i"] % len(clients)]
             issued["i"] += 1
             issued["n"] += 1
+            issued["outstanding"] += 1
             d = client.request(rng.choice(names))
             d.addCallbacks(answered, failed, callbackArgs=(time.perf_counter(),))
-            pending.append(d)
         if issued["n"] >= total:
             loop.stop()
 
     loop = task.LoopingCall(tick)
     loop.clock = reactor
 
-    def finish(_: Any) -> None:
+    def ticked(_: Any) -> None:
+        issued["ticking"] = 0
+        if not issued["outstanding"]:
+            finish()
+
+    def finish() -> None:
         elapsed = time.perf_counter() - start
         done.callback(
             {
@@ -255,9 +318,7 @@ def _offered(reactor: Any, clients: list[LeanIRPClient], names: list[bytes], rat
             }
         )
 
-    loop.start(TICK).addCallback(
-        lambda _: defer.DeferredList(pending, consumeErrors=True)
-    ).addCallback(finish)
+    loop.start(TICK).addCallback(ticked)
     return done
 
 
@@ -371,6 +432,8 @@ def bench_registry(run: Any) -> None:
                 run.say(f"  {connected['clients']} clients connected in "
                         f"{connected['seconds']:.1f} s")  # fmt: skip
                 run.collect(client, 900)
+            server.send("report", bench=bench)
+            run.record(server.expect("sample", 60))
 
 
 def _postgres_dsn(run: Any) -> str | None:

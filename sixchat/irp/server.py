@@ -61,13 +61,14 @@ from twisted.internet.interfaces import (
 )
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
-from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from sixchat.errors import AlertError
 from sixchat.identity import Identity, is_valid_identity, normalize_identity
 from sixchat.irp.authority import Authority
+from sixchat.irp.gcpolicy import CollectorPolicy
 from sixchat.irp.interfaces import ConflictError, IdentityState, IRegistryStore
 from sixchat.irp.messages import (
     ANONYMOUS_REQUESTS,
@@ -222,12 +223,24 @@ def record_bytes(state: IdentityState, rid: str) -> bytes:
     """
     C{serialize(Record(state.identity, _nodes(state), state.cert, rid).to_element())}, byte
     for byte (a property test checks it), without building the tree: the answer to
-    every lookup.
+    every lookup. Everything after the id depends on the state alone and is cached by it
+    (L{_record_tail}).
 
     @raise ValueError: where that raises (a code point outside XML C{Char}).
     """
+    return b'<record id="' + encode_checked(escape_attribute(rid)) + _record_tail(state)
+
+
+@functools.lru_cache(maxsize=1024)
+def _record_tail(state: IdentityState) -> bytes:
+    """
+    The part of L{record_bytes} after the id, from its closing quote on. Memoised by the
+    state's value (states are immutable): the timestamps, base64 and escaping of an
+    identity's record are computed once while its bindings stay the same. The SQLite
+    store hands out the very same state objects for unchanged rows, so a hit costs a hash.
+    """
     esc = escape_attribute
-    parts = ['<record id="', esc(rid), '" identity="', esc(state.identity), '"']
+    parts = ['" identity="', esc(state.identity), '"']
     children: list[str] = []
     for b in state.bindings:
         children.append(
@@ -312,13 +325,15 @@ class IRPServerProtocol(Protocol):
         self._tokens_at = 0.0
         self._resolved = False
         self._peer: PeerCertificate | None = None
+        self._not_after: datetime | None = None  # the peer's leaf's (a getter builds it anew)
         self._identity_key: str | None = None
         self._checked_at: float | None = None
         self.watches: dict[str, _Watch] = {}
         self._producing = False  # registered as the transport's producer
-        #: Set by L{GuardedTLSFactory}: called when TLS completes, and when the connection ends.
-        self.on_tls_done: Callable[[], None] | None = None
-        self.on_lost: Callable[[], None] | None = None
+        #: Set by L{GuardedTLSFactory}: it is told when TLS completes, or the connection ends.
+        self.tls_guard: GuardedTLSFactory | None = None
+        self.tls_source = ""
+        self.tls_timer: IDelayedCall | None = None
         self._write_full = False  # the transport paused us: its write buffer is full
         self._push_backlog = 0  # bytes pushed since it became full
 
@@ -335,13 +350,14 @@ class IRPServerProtocol(Protocol):
 
     def pauseProducing(self) -> None:
         self._write_full = True
-        self.transport.pauseProducing()  # type: ignore[union-attr]
+        if self.transport is not None:  # None once the connection is lost
+            self.transport.pauseProducing()  # type: ignore[attr-defined]
 
     def resumeProducing(self) -> None:
         self._write_full = False
         self._push_backlog = 0
-        if not self._closing:
-            self.transport.resumeProducing()  # type: ignore[union-attr]
+        if not self._closing and self.transport is not None:
+            self.transport.resumeProducing()  # type: ignore[attr-defined]
 
     def stopProducing(self) -> None:
         pass
@@ -363,13 +379,22 @@ class IRPServerProtocol(Protocol):
         self._idle = None
         self.factory.connections.discard(self)
         self.factory.forget(self)
-        if self.on_lost is not None:
-            self.on_lost()
+        self._release_tls()
+        # The TLS wrapper keeps us as its producer after the connection is lost, and we keep
+        # it as our transport: without this, every closed connection (TLS state included)
+        # would wait for a full garbage collection (see sixchat.irp.gcpolicy).
+        self.transport = None
 
     def handshakeCompleted(self) -> None:
         """C{IHandshakeListener}: the TLS handshake is done (see L{GuardedTLSFactory})."""
-        if self.on_tls_done is not None:
-            self.on_tls_done()
+        self._release_tls()
+
+    def _release_tls(self) -> None:
+        guard = self.tls_guard
+        if guard is not None:
+            self.tls_guard = None
+            timer, self.tls_timer = self.tls_timer, None
+            guard.release(self.tls_source, timer)
 
     def _idleTimeout(self) -> None:
         self._idle = None
@@ -394,6 +419,7 @@ class IRPServerProtocol(Protocol):
         peer = self.factory.peer_for(self.transport) if self.transport is not None else None
         if peer is not None and peer.names:
             self._peer = peer
+            self._not_after = peer.leaf.not_valid_after_utc
             self._identity_key = _key(peer.names[0])
             self.factory.track(self)
 
@@ -481,9 +507,10 @@ class IRPServerProtocol(Protocol):
         if not factory._ready or not factory.serves(request.identity):
             return False
         store = factory.store
+        when = factory.now()
         if not self.config.public:
             peer = self.peer
-            if peer is None or factory.now() >= peer.leaf.not_valid_after_utc:
+            if peer is None or self._not_after is None or when >= self._not_after:
                 return False  # unauthenticated: L{_authenticated} answers
             now = factory.clock.seconds()
             checked = self._checked_at
@@ -492,7 +519,7 @@ class IRPServerProtocol(Protocol):
                 # lookup go to the store together: one trip instead of two in a row.
                 reads: list[defer.Deferred[Any]] = [
                     store.is_revoked(peer.leaf.serial_number, self._issuer_der(peer)),  # type: ignore[list-item]
-                    store.state(request.identity, factory.now()),  # type: ignore[list-item]
+                    store.state(request.identity, when),  # type: ignore[list-item]
                 ]
                 both: defer.Deferred[list[Any]] = defer.gatherResults(reads, consumeErrors=True)
                 both.addCallbacks(
@@ -500,9 +527,7 @@ class IRPServerProtocol(Protocol):
                     errbackArgs=(request,),
                 )  # fmt: skip
                 return True
-        d: defer.Deferred[IdentityState] = store.state(  # type: ignore[assignment]
-            request.identity, factory.now()
-        )
+        d: defer.Deferred[IdentityState] = store.state(request.identity, when)  # type: ignore[assignment]
         d.addCallbacks(
             self._looked_up, self._lookup_failed, callbackArgs=(request.id,),
             errbackArgs=(request,),
@@ -1035,8 +1060,15 @@ class GuardedTLSFactory(TLSMemoryBIOFactory):
     handshake (L{RegistryConfig.tls_handshake_timeout} and the C{max_tls_handshakes*}
     limits). Without them a client could hold any number of connections that never start
     TLS, about 55 KB each, for the whole idle timeout.
+
+    Its connections are plain C{TLSMemoryBIOProtocol}s, not Twisted's default
+    C{BufferingTLSTransport}, which gathers the writes of one reactor turn into one
+    C{SSL_write} at the price of a C{callLater(0)} per write: every answer of the registry
+    is one complete record written once, so there is nothing to gather, and the timer was
+    about 10 µs of CPU per lookup (docs/benchmarks.md). The plaintext stream is the same.
     """
 
+    protocol = TLSMemoryBIOProtocol
     log = Logger()
 
     def __init__(self, context: Any, factory: IRPServerFactory) -> None:
@@ -1062,26 +1094,26 @@ class GuardedTLSFactory(TLSMemoryBIOFactory):
         proto = super().buildProtocol(addr)
         self.handshaking += 1
         self.by_source[key] = self.by_source.get(key, 0) + 1
-        timer = self.clock.callLater(config.tls_handshake_timeout, proto.abortConnection)
-        released = False
-
-        def release() -> None:
-            nonlocal released
-            if timer.active():
-                timer.cancel()
-            if not released:
-                released = True
-                self.handshaking -= 1
-                count = self.by_source[key] - 1
-                if count:
-                    self.by_source[key] = count
-                else:
-                    del self.by_source[key]
-
         wrapped = proto.wrappedProtocol
         assert isinstance(wrapped, IRPServerProtocol)
-        wrapped.on_tls_done = wrapped.on_lost = release
+        # Plain attributes rather than a closure: nothing of this outlives the handshake.
+        wrapped.tls_guard = self
+        wrapped.tls_source = key
+        wrapped.tls_timer = self.clock.callLater(
+            config.tls_handshake_timeout, proto.abortConnection
+        )
         return proto
+
+    def release(self, key: str, timer: IDelayedCall | None) -> None:
+        """A connection from C{key} completed TLS or ended: its handshake slot is free."""
+        if timer is not None and timer.active():
+            timer.cancel()
+        self.handshaking -= 1
+        count = self.by_source[key] - 1
+        if count:
+            self.by_source[key] = count
+        else:
+            del self.by_source[key]
 
 
 class IRPServerService(EndpointService):
@@ -1092,6 +1124,11 @@ class IRPServerService(EndpointService):
     is one line on standard error before twistd daemonises.
 
     @param credentials: the registry's TLS server certificate and key.
+    @param collector: the process's garbage-collection policy
+        (L{sixchat.irp.gcpolicy.CollectorPolicy}), started and stopped with the registry and
+        told to freeze once the registry is ready; None (default) leaves the collector
+        alone. It is process-wide, so C{twistd sixchat-irp} passes one and library users
+        decide for themselves.
     """
 
     log = Logger()
@@ -1104,9 +1141,11 @@ class IRPServerService(EndpointService):
         credentials: Identity,
         listen: str = DEFAULT_LISTEN,
         config: RegistryConfig | None = None,
+        collector: CollectorPolicy | None = None,
     ) -> None:
         self.store = store
         self.authority = authority
+        self.collector = collector
         self.factory = IRPServerFactory(store, authority, reactor, config)
         self.tls = ServerTLS(credentials, authority.trust, now=self.factory.now)
         self.factory.peer_for = self._peer_for
@@ -1122,6 +1161,8 @@ class IRPServerService(EndpointService):
     what = "registry"
 
     def startService(self) -> None:
+        if self.collector is not None:
+            self.collector.startService()
         super().startService()
         self._opened = defer.ensureDeferred(self._open())
 
@@ -1135,6 +1176,8 @@ class IRPServerService(EndpointService):
             if self.reactor.running:
                 self.reactor.stop()
             return
+        if self.collector is not None:
+            self.collector.freeze()  # start-up is over: modules, CA, trust store, CRL
         port = self.port
         host: Any = port.getHost() if port is not None else None
         self.log.info(
@@ -1157,6 +1200,8 @@ class IRPServerService(EndpointService):
         if self._opened is not None:
             await self._opened
         await self.store.close()  # type: ignore[misc]
+        if self.collector is not None and self.collector.running:
+            self.collector.stopService()
 
 
 def make_store(db: str, reactor: Any) -> IRegistryStore:

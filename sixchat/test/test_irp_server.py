@@ -13,9 +13,11 @@ of the registry runs on the L{task.Clock}.
 from __future__ import annotations
 
 import base64
+import gc
 import os
 import socket
 import time
+import weakref
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -34,6 +36,7 @@ from twisted.trial.unittest import TestCase
 from sixchat import irp_tap, pki
 from sixchat.identity import Identity, load_identity, rfc822_names
 from sixchat.irp.authority import Authority, check_csr, token_hash
+from sixchat.irp.gcpolicy import CollectorPolicy
 from sixchat.irp.messages import (
     CA,
     CRL,
@@ -55,6 +58,7 @@ from sixchat.irp.tls import client_options
 from sixchat.record import RecordReader, header, plain_record
 from sixchat.test import certs
 from sixchat.test.processes import Registry, run_cli, run_twistd
+from sixchat.test.test_irp_gcpolicy import FakeGC
 from sixchat.test.test_irp_store import wait_for
 from sixchat.xmlcodec import Element, parse, serialize
 
@@ -980,7 +984,9 @@ class TLSRegistryTests(TestCase):
         self.path = os.path.abspath(self.mktemp()) + ".sqlite"
         self.service = await self.start_service()
 
-    async def start_service(self, config: RegistryConfig | None = None) -> IRPServerService:
+    async def start_service(
+        self, config: RegistryConfig | None = None, collector: CollectorPolicy | None = None
+    ) -> IRPServerService:
         store = SQLiteStore(self.path, reactor)
         authority = Authority(
             self.ca.key,
@@ -995,6 +1001,7 @@ class TLSRegistryTests(TestCase):
             server_identity(self.ca),
             "tcp:0:interface=127.0.0.1",
             config or RegistryConfig(allow_private_addresses=True),
+            collector,
         )
         service.startService()
         self.addCleanup(service.stopService)
@@ -1077,6 +1084,41 @@ class TLSRegistryTests(TestCase):
             (error.tag, error.get("reason"), error.get("id")), ("error", "bad_request", None)
         )
         await client.lost
+
+    async def test_closed_connection_needs_no_collector(self) -> None:
+        """
+        A closed connection is freed by reference counting alone, TLS wrapper included: the
+        garbage-collection policy (sixchat.irp.gcpolicy) relies on it to run full
+        collections rarely.
+        """
+        client = await self.connect(certs.make_identity("alice@example.com", self.ca))
+        self.assertEqual((await client.request(Ping("1"))).tag, "pong")
+        (server,) = self.service.factory.connections
+        freed = [weakref.ref(server), weakref.ref(server.transport)]  # type: ignore[arg-type]
+        del server
+        if gc.isenabled():
+            gc.disable()
+            self.addCleanup(gc.enable)
+        await client.close()
+        await wait_for(lambda: not self.service.factory.connections)
+        await task.deferLater(reactor, 0, lambda: None)
+        self.assertEqual([ref() for ref in freed], [None, None])
+
+    async def test_collector_policy_follows_the_service(self) -> None:
+        fake = FakeGC((700, 10, 10))
+        collector = CollectorPolicy(reactor, 3600, gc_module=fake)
+        await self.service.stopService()
+        service = await self.start_service(collector=collector)
+        self.assertTrue(collector.running)
+        # Thresholds at start; start-up state frozen once the registry is ready.
+        self.assertEqual(fake.calls, ["set_threshold", "collect 2", "freeze"])
+        client = await self.connect()
+        self.assertEqual((await client.request(Ping("1"))).tag, "pong")
+        await client.close()
+        await service.stopService()
+        self.assertFalse(collector.running)
+        self.assertEqual(fake.threshold, (700, 10, 10))
+        self.assertEqual(fake.calls[-1], "unfreeze")
 
     async def test_persistence_across_restart(self) -> None:
         alice = certs.make_identity("alice@example.com", self.ca)
@@ -1183,12 +1225,30 @@ class PluginTests(TestCase):
         )
         service = irp_tap.makeService(options)
         assert isinstance(service, IRPServerService)
+        assert isinstance(service.collector, CollectorPolicy)  # the default policy
+        self.assertEqual(service.collector.interval, 10.0)
+        self.assertFalse(service.collector.running)  # nothing changes before twistd starts it
         config = service.factory.config
         self.assertEqual(config.lookup_policy, "public")
         self.assertEqual(config.domains, frozenset({"example.com"}))
         self.assertTrue(config.allow_private_addresses)
         self.assertEqual(config.max_watches, 7)
         self.assertEqual(service.store.path, db)  # type: ignore[attr-defined]
+
+
+    def test_gc_interval_option(self) -> None:
+        f = self.write_files()
+        base = ["--cert", f["p12"], "--ca-dir", f["ca"], "--password-file", f["pw"]]
+        base += ["--db", os.path.join(f["tmp"], "r.sqlite")]
+        for value, expected in (("2.5", 2.5), ("0", None)):
+            options = irp_tap.Options()
+            options.parseOptions([*base, "--gc-interval", value])
+            service = irp_tap.makeService(options)
+            assert isinstance(service, IRPServerService)
+            interval = service.collector.interval if service.collector is not None else None
+            self.assertEqual(interval, expected)
+        for value in ("-1", "soon", "nan", "inf"):
+            self.assertUsage([*base, "--gc-interval", value], "--gc-interval")
 
 
 class RealProcessTests(TestCase):

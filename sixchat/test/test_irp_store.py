@@ -500,6 +500,31 @@ class SQLiteStoreTests(StoreTestsMixin, TestCase):
         await store.revoke(7, self.ca.cert_der, self.now)
         self.assertEqual((await store.state("alice@example.com", self.now)).bindings, ())
 
+    async def test_states_memoised_by_their_rows(self) -> None:
+        """
+        Unchanged rows give the very same (immutable) state, which the server's answer
+        cache relies on; any change to the rows gives the new state at once.
+        """
+        store = await self.open_store()
+        alice = self.leaf()
+        await self.register(store, alice)
+        first = await store.state("alice@example.com", self.now)
+        self.assertIs(await store.state("alice@example.com", self.now), first)
+        # Another spelling of the same identity: same rows, same state (spelled as stored).
+        self.assertIs(await store.state("alice@EXAMPLE.com", self.now), first)
+        later = self.now + timedelta(seconds=5)
+        await self.register(store, alice, contacts=C2, now=later)
+        changed = await store.state("alice@example.com", later)
+        self.assertIsNot(changed, first)
+        self.assertEqual(changed.bindings[0].contacts, tuple(C2))
+        # Time alone changes what is live: past its end the binding is gone.
+        gone = await store.state("alice@example.com", later + timedelta(seconds=301))
+        self.assertEqual(gone.bindings, ())
+        self.assertEqual(gone.cert, alice.leaf_der)
+        # Unknown identities keep the spelling they were asked with.
+        self.assertEqual((await store.state("Nobody@example.com", self.now)).identity,
+                         "Nobody@example.com")  # fmt: skip
+
     async def test_close_twice(self) -> None:
         store = await self.makeStore()
         await defer.gatherResults([store.close(), store.close()])

@@ -1,0 +1,153 @@
+"""
+Tests of L{sixchat.irp.gcpolicy.CollectorPolicy}, the registry process's garbage-collection
+policy: on a L{task.Clock} and a fake C{gc} module, so that no test changes the collector of
+the process running the tests (and nothing depends on how long anything takes).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet import task
+from twisted.trial.unittest import TestCase
+
+from sixchat.irp.gcpolicy import DEFAULT_INTERVAL, NEVER, CollectorPolicy
+
+
+class FakeGC:
+    """The part of the C{gc} module the policy uses, recording what it is asked."""
+
+    def __init__(self, threshold: tuple[int, int, int] = (700, 10, 10)) -> None:
+        self.threshold = threshold
+        self.calls: list[str] = []
+        self.frozen = 0
+        self.found = 3
+
+    def get_threshold(self) -> tuple[int, int, int]:
+        return self.threshold
+
+    def set_threshold(self, *threshold: int) -> None:
+        self.calls.append("set_threshold")
+        self.threshold = (threshold[0], threshold[1], threshold[2])
+
+    def collect(self, generation: int = 2) -> int:
+        self.calls.append(f"collect {generation}")
+        return self.found
+
+    def freeze(self) -> None:
+        self.calls.append("freeze")
+        self.frozen = 1234
+
+    def unfreeze(self) -> None:
+        self.calls.append("unfreeze")
+        self.frozen = 0
+
+    def get_freeze_count(self) -> int:
+        return self.frozen
+
+
+class WithoutFreeze:
+    """An interpreter without CPython's generational collector (PyPy's gc has no freeze)."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def collect(self) -> int:
+        self.calls.append("collect")
+        return 0
+
+
+class CollectorPolicyTests(TestCase):
+    def policy(self, gc: Any = None, interval: float = 10.0, **kwargs: Any) -> CollectorPolicy:
+        self.clock = task.Clock()
+        self.gc = gc if gc is not None else FakeGC()
+        return CollectorPolicy(self.clock, interval, gc_module=self.gc, **kwargs)
+
+    def test_defaults(self) -> None:
+        policy = CollectorPolicy(task.Clock())
+        self.assertEqual(policy.interval, DEFAULT_INTERVAL)
+        self.assertTrue(policy.supported)  # the interpreter running the tests is CPython
+
+    def test_interval_must_be_positive(self) -> None:
+        for interval in (0, -1.0):
+            self.assertRaises(ValueError, CollectorPolicy, task.Clock(), interval)
+
+    def test_start_turns_automatic_full_collections_off(self) -> None:
+        policy = self.policy(FakeGC((900, 12, 10)))
+        policy.startService()
+        # The young generations keep the thresholds they had; the oldest is out of reach.
+        self.assertEqual(self.gc.threshold, (900, 12, NEVER))
+        self.assertEqual(self.gc.calls, ["set_threshold"])  # nothing collected or frozen yet
+
+    def test_full_collection_every_interval(self) -> None:
+        policy = self.policy(interval=10.0)
+        policy.startService()
+        self.clock.advance(9.5)
+        self.assertNotIn("collect 2", self.gc.calls)
+        self.clock.advance(0.5)
+        self.assertEqual(self.gc.calls.count("collect 2"), 1)
+        self.clock.pump([5.0] * 5)
+        self.assertEqual(self.gc.calls.count("collect 2"), 3)
+        self.assertEqual(policy.collections, 3)
+        self.assertEqual(policy.collected, 9)
+
+    def test_pause_statistics(self) -> None:
+        ticks = iter([1.0, 1.004, 5.0, 5.025, 9.0, 9.001])
+        policy = self.policy(timer=lambda: next(ticks))
+        policy.startService()
+        self.clock.pump([10.0] * 3)
+        self.assertEqual(policy.collections, 3)
+        self.assertAlmostEqual(policy.longest, 0.025)
+
+    def test_freeze_collects_first(self) -> None:
+        policy = self.policy()
+        policy.startService()
+        policy.freeze()
+        self.assertEqual(self.gc.calls, ["set_threshold", "collect 2", "freeze"])
+        self.assertEqual(policy.collections, 1)
+
+    def test_freeze_needs_a_running_policy(self) -> None:
+        policy = self.policy()
+        policy.freeze()
+        self.assertEqual(self.gc.calls, [])
+
+    def test_stop_restores_the_collector(self) -> None:
+        policy = self.policy(FakeGC((700, 10, 10)))
+        policy.startService()
+        policy.freeze()
+        policy.stopService()
+        self.assertEqual(self.gc.threshold, (700, 10, 10))
+        self.assertEqual(self.gc.calls[-2:], ["set_threshold", "unfreeze"])
+        self.assertEqual(self.gc.frozen, 0)
+        before = list(self.gc.calls)
+        self.clock.advance(100)  # the periodic collection ended with the service
+        self.assertEqual(self.gc.calls, before)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_stop_without_freeze_does_not_unfreeze(self) -> None:
+        policy = self.policy()
+        policy.startService()
+        policy.stopService()
+        self.assertNotIn("unfreeze", self.gc.calls)
+
+    def test_restart(self) -> None:
+        policy = self.policy(FakeGC((700, 10, 10)))
+        policy.startService()
+        policy.stopService()
+        policy.startService()
+        self.assertEqual(self.gc.threshold, (700, 10, NEVER))
+        self.clock.advance(10)
+        self.assertEqual(self.gc.calls.count("collect 2"), 1)
+        policy.stopService()
+        self.assertEqual(self.gc.threshold, (700, 10, 10))
+
+    def test_unsupported_interpreter(self) -> None:
+        gc = WithoutFreeze()
+        policy = self.policy(gc)
+        self.assertFalse(policy.supported)
+        policy.startService()
+        policy.freeze()
+        self.clock.advance(100)
+        policy.stopService()
+        self.assertEqual(gc.calls, [])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
