@@ -199,13 +199,18 @@ class SerializeStanzaTests(SynchronousTestCase):
         self.assertRaises(ValueError, serialize_stanza, Receipt("\ud800"))
 
 
-def _mutations(data: bytes) -> st.SearchStrategy[bytes]:
-    """C{data} with a few bytes inserted, replaced or removed."""
-    pieces = st.sampled_from(
-        [b"\r", b"&", b"&amp;", b"<", b">", b"]]>", b"\x00", b"\x01", b"\x0b", b"\xff", b"\xc3",
-         b"\xed\xa0\x80", b"\xef\xbf\xbe", b"\xef\xbb\xbf", b'"', b" ", b"<!---->", b"<b/>",
-         b' x="1"', b"\t", b"\n", b"/", b"=", b"message", b"body", b"\xc3\xa9"]
-    )  # fmt: skip
+_STANZA_PIECES = [
+    b"\r", b"&", b"&amp;", b"<", b">", b"]]>", b"\x00", b"\x01", b"\x0b", b"\xff", b"\xc3",
+    b"\xed\xa0\x80", b"\xef\xbf\xbe", b"\xef\xbb\xbf", b'"', b" ", b"<!---->", b"<b/>",
+    b' x="1"', b"\t", b"\n", b"/", b"=", b"message", b"body", b"\xc3\xa9",
+]  # fmt: skip
+
+
+def mutations(
+    data: bytes, pieces: list[bytes] = _STANZA_PIECES, max_drop: int = 2
+) -> st.SearchStrategy[bytes]:
+    """C{data} with a few of C{pieces} inserted, or bytes replaced or removed."""
+    pieces_st = st.sampled_from(pieces)
 
     def mutate(edits: list[tuple[int, bytes, int]]) -> bytes:
         out = data
@@ -215,7 +220,9 @@ def _mutations(data: bytes) -> st.SearchStrategy[bytes]:
         return out
 
     return st.lists(
-        st.tuples(st.integers(0, 10_000), pieces, st.integers(0, 2)), min_size=1, max_size=3
+        st.tuples(st.integers(0, 10_000), pieces_st, st.integers(0, max_drop)),
+        min_size=1,
+        max_size=3,
     ).map(mutate)
 
 
@@ -238,7 +245,7 @@ class ParseApplicationTests(SynchronousTestCase):
         self.check(data)
 
     @HYPOTHESIS
-    @given(_WIRE.flatmap(_mutations))
+    @given(_WIRE.flatmap(mutations))
     def test_mutated(self, data: bytes) -> None:
         self.check(data)
 
@@ -264,7 +271,7 @@ class ParseApplicationTests(SynchronousTestCase):
             lambda t: serialize_stanza(Message("m1", "2026-11-26T00:25:21.123Z", t))
             if is_xml_text(t) else b'<message id="m1" ts="2026-11-26T00:25:21Z"><body>'
             + t.encode("utf-8", "surrogatepass") + b"</body></message>"
-        ).flatmap(lambda d: st.one_of(st.just(d), _mutations(d)))
+        ).flatmap(lambda d: st.one_of(st.just(d), mutations(d)))
     )  # fmt: skip
     def test_long_bodies(self, data: bytes) -> None:
         """Bodies long enough for the memchr checks, as sent and mutated."""
@@ -530,7 +537,7 @@ class RegistryFastPathTests(SynchronousTestCase):
                 _IDENTITIES,
             ),
             st.binary(max_size=60).map(lambda b: b'<lookup id="1" identity="' + b + b'"/>'),
-        ).flatmap(lambda p: st.one_of(st.just(p), _mutations(p)))
+        ).flatmap(lambda p: st.one_of(st.just(p), mutations(p)))
     )  # fmt: skip
     def test_lookup_same_as_generic(self, payload: bytes) -> None:
         from sixchat.irp.server import fast_lookup

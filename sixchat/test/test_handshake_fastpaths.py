@@ -35,6 +35,7 @@ from sixchat.handshake import PeerConfig
 from sixchat.pki import create_intermediate, issue_crl
 from sixchat.stanzas import ClientHello, Finished, IdentityStanza, ServerHello, Share, Verify
 from sixchat.test import certs
+from sixchat.test.test_fastpaths import mutations
 from sixchat.trust import TrustStore, _issuer_field
 from sixchat.xmlcodec import parse, serialize
 
@@ -254,26 +255,18 @@ _WIRE = st.one_of(
 ).filter(lambda data: data is not None)
 
 
+#: What mutated handshake messages get inserted (see L{test_fastpaths.mutations}).
+_HANDSHAKE_PIECES = [
+    b"\r", b"&", b"&amp;", b"&#65;", b"<", b">", b"]]>", b"\x00", b"\x01", b"\xff", b"\xc3",
+    b"\xef\xbf\xbe", b"\xef\xbb\xbf", b'"', b"'", b" ", b"\t", b"\n", b"<!---->", b"<b/>",
+    b"<![CDATA[x]]>", b' x="1"', b' key="a"', b' to="b"', b"/", b"=", b":", b"hello",
+    b"<suite>a</suite>", b"<cert>AA==</cert>", b'<share group="g">AA==</share>', b"A",
+    b"+", b"\xc3\xa9", b"<?x?>", b"<!DOCTYPE a>",
+]  # fmt: skip
+
+
 def _mutations(data: bytes) -> st.SearchStrategy[bytes]:
-    """C{data} with a few bytes inserted, replaced or removed."""
-    pieces = st.sampled_from(
-        [b"\r", b"&", b"&amp;", b"&#65;", b"<", b">", b"]]>", b"\x00", b"\x01", b"\xff", b"\xc3",
-         b"\xef\xbf\xbe", b"\xef\xbb\xbf", b'"', b"'", b" ", b"\t", b"\n", b"<!---->", b"<b/>",
-         b"<![CDATA[x]]>", b' x="1"', b' key="a"', b' to="b"', b"/", b"=", b":", b"hello",
-         b"<suite>a</suite>", b"<cert>AA==</cert>", b'<share group="g">AA==</share>', b"A",
-         b"+", b"\xc3\xa9", b"<?x?>", b"<!DOCTYPE a>"]
-    )  # fmt: skip
-
-    def mutate(edits: list[tuple[int, bytes, int]]) -> bytes:
-        out = data
-        for position, piece, drop in edits:
-            at = position % (len(out) + 1)
-            out = out[:at] + piece + out[at + drop :]
-        return out
-
-    return st.lists(
-        st.tuples(st.integers(0, 10_000), pieces, st.integers(0, 3)), min_size=1, max_size=3
-    ).map(mutate)
+    return mutations(data, _HANDSHAKE_PIECES, max_drop=3)
 
 
 class ParseHandshakeTests(SynchronousTestCase):
