@@ -41,6 +41,7 @@ from sixchat.groups import FixedEntropy
 from sixchat.handshake import PeerConfig
 from sixchat.record import MAX_SEALED, SEALED, CipherState, header
 from sixchat.stanzas import ErrorStanza, Message, Ping, Pong, Receipt, Typing
+from sixchat.test.test_xmlcodec import elements
 from sixchat.xmlcodec import Element, b64encode, is_xml_text, parse, serialize
 
 VECTOR = json.loads(
@@ -175,20 +176,7 @@ _VALUES = st.one_of(
 
 
 def _elements() -> st.SearchStrategy[Element]:
-    leaves = st.builds(
-        Element, _TAGS, st.dictionaries(_ATTR_NAMES, _VALUES, max_size=3), st.just([]), _VALUES
-    )
-    return st.recursive(
-        leaves,
-        lambda kids: st.builds(
-            Element,
-            _TAGS,
-            st.dictionaries(_ATTR_NAMES, _VALUES, max_size=3),
-            st.lists(kids, max_size=3),
-            _VALUES,
-        ),
-        max_leaves=6,
-    )
+    return elements(_TAGS, _VALUES, _ATTR_NAMES, width=3, max_leaves=6)
 
 
 #: Plaintexts for sealed records: XML-ish elements with optional padding, or raw bytes.

@@ -367,20 +367,21 @@ _TEXT = st.one_of(
 )
 
 
-def _elements() -> st.SearchStrategy[Element]:
-    leaves = st.builds(
-        Element, _NAMES, st.dictionaries(_NAMES, _TEXT, max_size=4), st.just([]), _TEXT
-    )
+def elements(
+    names: st.SearchStrategy[str] = _NAMES,
+    texts: st.SearchStrategy[str] = _TEXT,
+    attr_names: st.SearchStrategy[str] | None = None,
+    *,
+    width: int = 4,
+    max_leaves: int = 12,
+) -> st.SearchStrategy[Element]:
+    """Element trees: up to C{width} attributes and children each, C{max_leaves} leaves."""
+    attrs = st.dictionaries(attr_names or names, texts, max_size=width)
+    leaves = st.builds(Element, names, attrs, st.just([]), texts)
     return st.recursive(
         leaves,
-        lambda children: st.builds(
-            Element,
-            _NAMES,
-            st.dictionaries(_NAMES, _TEXT, max_size=4),
-            st.lists(children, max_size=4),
-            _TEXT,
-        ),
-        max_leaves=12,
+        lambda kids: st.builds(Element, names, attrs, st.lists(kids, max_size=width), texts),
+        max_leaves=max_leaves,
     )
 
 
@@ -395,7 +396,7 @@ _TOKENS = st.sampled_from(
 
 class PropertyTests(SynchronousTestCase):
     @HYPOTHESIS
-    @given(_elements())
+    @given(elements())
     def test_round_trip(self, element: Element) -> None:
         data = serialize(element)
         self.assertEqual(parse(data), element)
