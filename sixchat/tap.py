@@ -129,7 +129,7 @@ class Options(usage.Options):
         self["message-ttl"] = parse_duration(self["message-ttl"], "--message-ttl")
         self["crl-refresh"] = parse_crl_refresh(self["crl-refresh"])
         if not self["data-dir"]:
-            from sixchat.agent.service import default_data_dir
+            from sixchat.agent.datadir import default_data_dir
 
             self["data-dir"] = default_data_dir(self["config"].identities[0].names[0])
 

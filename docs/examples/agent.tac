@@ -31,8 +31,9 @@ from twisted.logger import Logger
 from twisted.web import resource, server
 from zope.interface import implementer
 
+from sixchat.agent.datadir import default_data_dir
 from sixchat.agent.interfaces import IAgentEvents
-from sixchat.agent.service import UserAgentService, default_data_dir
+from sixchat.agent.service import UserAgentService
 from sixchat.handshake import PeerConfig
 from sixchat.identity import load_identity, read_password
 from sixchat.trust import TrustStore

@@ -43,7 +43,7 @@ import socket
 import stat
 import struct
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -55,6 +55,29 @@ from twisted.protocols import amp
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from sixchat.agent.datadir import (
+    SOCKET_NAME,
+    agent_dirs,
+    default_data_dir,
+    prepare_data_dir,
+    resolve_data_dir,
+    sixchat_data_home,
+)
+from sixchat.agent.errors import (
+    ERRORS,
+    AgentAlreadyRunning,
+    AgentDisconnected,
+    AgentFailure,
+    BadArgument,
+    ControlError,
+    DataDirError,
+    NoAgentRunning,
+    NotConnected,
+    PeerRefused,
+    UnknownIdentity,
+    UnknownMessage,
+)
+from sixchat.agent.events import EVENT_TYPES
 from sixchat.agent.interfaces import IAgentEvents, IUserAgent
 from sixchat.errors import SixchatError
 from sixchat.identity import is_valid_identity
@@ -106,12 +129,6 @@ __all__ = [
 
 log = Logger()
 
-#: The socket's name inside the data directory.
-SOCKET_NAME = "control.sock"
-
-#: Event types the agent emits (L{IAgentEvents}); C{overflow} is added by this layer.
-EVENT_TYPES = ("message", "delivery", "typing", "key_change", "presence", "session", "revoked")
-
 #: Typing states a peer understands (spec §8.4).
 TYPING_STATES = ("composing", "paused")
 
@@ -126,71 +143,6 @@ MAX_WAIT = 86_400.0
 #: Linux's C{sun_path} is 108 bytes including the terminating NUL.
 MAX_SOCKET_PATH = 107
 
-
-# -- errors ------------------------------------------------------------------------------------
-
-
-class ControlError(SixchatError):
-    """
-    A failure reported through the control interface. Raised by the agent (or this layer) on
-    the server side and re-created from the AMP error code on the client side, so the CLI
-    prints C{sixchat: error: <message>} and exits 1 (L{sixchat.cli.main}).
-    """
-
-    def __init__(self, message: str | bytes = "") -> None:
-        if isinstance(message, bytes):  # AMP hands descriptions over as bytes
-            message = message.decode("utf-8", "replace")
-        super().__init__(message)
-
-
-class UnknownIdentity(ControlError):
-    """No contact, session or registry entry for that identity (or it is not one)."""
-
-
-class UnknownMessage(ControlError):
-    """No message with that id in the store."""
-
-
-class BadArgument(ControlError):
-    """An argument is malformed or out of range."""
-
-
-class NotConnected(ControlError):
-    """The operation needs an open session with the peer (C{typing})."""
-
-
-class AgentFailure(ControlError):
-    """Anything else that went wrong in the agent; details are in the agent's log."""
-
-
-class PeerRefused(ControlError):
-    """A control connection came from (or went to) another user."""
-
-
-class NoAgentRunning(ControlError):
-    """Nothing answers on the data directory's control socket."""
-
-
-class AgentAlreadyRunning(ControlError):
-    """Another agent already answers on the control socket we were to listen on."""
-
-
-class AgentDisconnected(ControlError):
-    """The connection to the agent was lost."""
-
-
-class DataDirError(ControlError):
-    """The data directory is unusable or unsafe."""
-
-
-#: Every AMP command carries these; the codes are the contract with other clients.
-ERRORS: dict[type[Exception], bytes] = {
-    UnknownIdentity: b"UNKNOWN_IDENTITY",
-    UnknownMessage: b"UNKNOWN_MESSAGE",
-    BadArgument: b"BAD_ARGUMENT",
-    NotConnected: b"NOT_CONNECTED",
-    AgentFailure: b"AGENT_FAILURE",
-}
 
 #: Descriptions are AMP values (at most 65,535 bytes); errors are one line anyway.
 _MAX_ERROR_TEXT = 2000
@@ -739,107 +691,6 @@ class ControlServerFactory(protocol.Factory[ControlProtocol]):
 
     def buildProtocol(self, addr: Any) -> ControlProtocol:
         return ControlProtocol(self)
-
-
-# -- data directories ----------------------------------------------------------------------
-
-
-def sixchat_data_home(environ: Mapping[str, str] | None = None) -> str:
-    """C{$XDG_DATA_HOME/sixchat} (C{~/.local/share/sixchat} when the variable is unset)."""
-    env = os.environ if environ is None else environ
-    base = env.get("XDG_DATA_HOME") or os.path.join(
-        env.get("HOME") or os.path.expanduser("~"), ".local", "share"
-    )
-    return os.path.join(base, "sixchat")
-
-
-def default_data_dir(identity: str, environ: Mapping[str, str] | None = None) -> str:
-    """
-    C{$XDG_DATA_HOME/sixchat/<identity>/}: one directory per identity, so several agents of
-    one user never share a database or a socket.
-    """
-    if not is_valid_identity(identity):
-        raise BadArgument(f"{identity!r} is not an identity (local@domain)")
-    return os.path.join(sixchat_data_home(environ), identity) + os.sep
-
-
-def agent_dirs(environ: Mapping[str, str] | None = None) -> list[str]:
-    """Directories under L{sixchat_data_home} holding a control socket, sorted."""
-    home = sixchat_data_home(environ)
-    try:
-        names = sorted(os.listdir(home))
-    except OSError:
-        return []
-    found = []
-    for name in names:
-        path = os.path.join(home, name)
-        try:
-            if stat.S_ISSOCK(os.stat(os.path.join(path, SOCKET_NAME)).st_mode):
-                found.append(path)
-        except OSError:
-            continue
-    return found
-
-
-def resolve_data_dir(
-    data_dir: str | None, identity: str | None, environ: Mapping[str, str] | None = None
-) -> str:
-    """
-    The data directory a CLI command talks to: C{--data-dir} if given; else
-    C{--as IDENTITY}'s default directory; else the only directory under
-    L{sixchat_data_home} with a control socket.
-
-    @raise NoAgentRunning: with the candidates when there is no single answer.
-    """
-    if data_dir:
-        return data_dir
-    if identity:
-        return default_data_dir(identity, environ)
-    found = agent_dirs(environ)
-    if len(found) == 1:
-        return found[0]
-    home = sixchat_data_home(environ)
-    if not found:
-        raise NoAgentRunning(
-            f"no sixchat agent found under {home} (start one with twistd -n sixchat …, "
-            "or pass --data-dir)"
-        )
-    names = ", ".join(os.path.basename(p) for p in found)
-    raise NoAgentRunning(f"several agents under {home} ({names}): choose one with --as IDENTITY")
-
-
-def prepare_data_dir(data_dir: str) -> str:
-    """
-    Create C{data_dir} if missing and make it mode 0700; returns its absolute path.
-
-    @raise DataDirError: if it is not a directory, belongs to another user, or stays
-        accessible to others because C{chmod} failed.
-    """
-    path = os.path.abspath(data_dir)
-    try:
-        os.makedirs(path, mode=0o700, exist_ok=True)
-        st = os.stat(path)
-    except OSError as e:
-        raise DataDirError(f"cannot create data directory {path}: {e.strerror or e}") from None
-    if not stat.S_ISDIR(st.st_mode):
-        raise DataDirError(f"data directory {path} is not a directory")
-    me = os.geteuid()
-    if st.st_uid != me:
-        raise DataDirError(
-            f"data directory {path} belongs to uid {st.st_uid}, not to this user (uid {me}); "
-            "refusing to put the control socket there"
-        )
-    if stat.S_IMODE(st.st_mode) != 0o700:
-        try:
-            os.chmod(path, 0o700)
-        except OSError as e:
-            if stat.S_IMODE(st.st_mode) & 0o077:
-                raise DataDirError(
-                    f"data directory {path} is accessible to other users "
-                    f"(mode {stat.S_IMODE(st.st_mode):04o}) and chmod 700 failed: "
-                    f"{e.strerror or e}"
-                ) from None
-    return path
 
 
 def _socket_path(data_dir: str) -> str:

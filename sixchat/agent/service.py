@@ -65,14 +65,6 @@ EXPIRE_EVERY = 60.0
 RECORD_TTL = 30.0
 
 
-def default_data_dir(identity: str) -> str:
-    """C{$XDG_DATA_HOME/sixchat/<identity>/} (XDG default: ~/.local/share)."""
-    base = os.environ.get("XDG_DATA_HOME") or os.path.join(
-        os.path.expanduser("~"), ".local", "share"
-    )
-    return os.path.join(base, "sixchat", identity)
-
-
 class AgentError(SixchatError):
     """A request to the agent that cannot be done (unknown identity, bad argument, …)."""
 

@@ -27,19 +27,11 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from sixchat.agent.events import EVENT_TYPES
 from sixchat.cli import CommandError, UsageError
 
 #: Event types C{watch} shows unless told otherwise (C{--type}).
 WATCH_DEFAULT_TYPES = ("message", "delivery")
-ALL_EVENT_TYPES = (
-    "message",
-    "delivery",
-    "typing",
-    "key_change",
-    "presence",
-    "session",
-    "revoked",
-)
 
 #: How long a one-shot command waits for the agent's answer.
 CALL_TIMEOUT = 60.0
@@ -1079,7 +1071,7 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--type",
         action="append",
-        choices=(*ALL_EVENT_TYPES, "all"),
+        choices=(*EVENT_TYPES, "all"),
         help="event type to show (repeatable; default: message and delivery)",
     )
     _add_json(p, "one JSON object per line")

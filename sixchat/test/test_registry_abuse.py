@@ -489,9 +489,20 @@ class RegistryTLSAbuseTests(TestCase):
                     "127.0.0.1", self.port, RawFactory(lambda p=peer: p), 30, ("127.0.0.2", 0)
                 )
             opened = len(peers)
-            await until(lambda n=opened: guard.refused + len(guard.protocols) >= n, 30, "accepted")
+            # Settled: closed (refused, or held and timed out) or held now. Counting the
+            # factory's live protocols instead misses the held ones whose 1 s timeout already
+            # ran out, which on a loaded machine is a whole wave.
+            await until(
+                lambda n=opened: sum(p.lost_at is not None for p in peers) + guard.handshaking >= n,
+                30,
+                "accepted",
+            )
+        elapsed = time.monotonic() - started
         self.assertLessEqual(guard.by_source.get("127.0.0.2", 0), 64)
-        self.assertGreaterEqual(guard.refused, count - 64 * 2)
+        # At most 64 held at a time, each slot freed after the 1 s timeout: everything else
+        # was refused at once.
+        self.assertLessEqual(count - guard.refused, 64 * (2 + int(elapsed)))
+        self.assertGreater(guard.refused, count // 2)
         legit = await tls_connect(self, self.port, self.ca.anchor)
         self.assertEqual((await legit.request(Ping("p"))).tag, "pong")
         await until(lambda: all(p.lost_at for p in peers), 10, "all attackers closed")
