@@ -18,48 +18,10 @@ import time
 from typing import Any
 
 from sixchat.groups import GROUPS
+from sixchat.netaddr import client_endpoint, format_hostport, parse_hostport
 from sixchat.record import SUITES
 
 DEFAULT_PORT = 4605
-
-
-def parse_hostport(text: str, default_port: int = DEFAULT_PORT) -> tuple[str, int]:
-    """C{host}, C{host:port}, C{[v6]}, C{[v6]:port} or a bare IPv6 literal."""
-    if text.startswith("["):
-        host, sep, rest = text[1:].partition("]")
-        if not sep:
-            raise ValueError(f"unclosed '[' in {text!r}")
-        if not rest:
-            return host, default_port
-        if not rest.startswith(":"):
-            raise ValueError(f"expected ':PORT' after ']' in {text!r}")
-        port_text = rest[1:]
-    elif text.count(":") == 1:
-        host, port_text = text.split(":")
-    else:
-        return text, default_port
-    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
-        raise ValueError(f"invalid port in {text!r}")
-    return host, int(port_text)
-
-
-def client_endpoint(reactor: Any, host: str, port: int, timeout: float = 10) -> Any:
-    """A literal address connects directly; a name goes through Happy Eyeballs."""
-    import ipaddress
-
-    from twisted.internet import endpoints
-
-    try:
-        ip = ipaddress.ip_address(host)
-    except ValueError:
-        return endpoints.HostnameEndpoint(reactor, host.encode("idna"), port, timeout=timeout)
-    if ip.version == 6:
-        return endpoints.TCP6ClientEndpoint(reactor, host, port, timeout=timeout)
-    return endpoints.TCP4ClientEndpoint(reactor, host, port, timeout=timeout)
-
-
-def _address(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _read_cert_der(path: str) -> bytes:
@@ -188,7 +150,7 @@ def run(args: argparse.Namespace) -> int:
             print("sixchat: error: --registry needs an IDENTITY target", file=sys.stderr)
             return 2
         try:
-            host, port = parse_hostport(args.target)
+            host, port = parse_hostport(args.target, DEFAULT_PORT)
         except ValueError as e:
             print(f"sixchat: error: {e}", file=sys.stderr)
             return 2
@@ -215,7 +177,12 @@ def run(args: argparse.Namespace) -> int:
         print("sixchat: error: --group rsa-oaep needs --peer-cert", file=sys.stderr)
         return 2
     config = PeerConfig([identity], trust, key_transport=key_transport)
-    info: dict[str, Any] = {"ok": False, "address": _address(host, port), "alert": None, "text": ""}
+    info: dict[str, Any] = {
+        "ok": False,
+        "address": format_hostport(host, port),
+        "alert": None,
+        "text": "",
+    }
 
     async def lookup(reactor: Any) -> list[tuple[str, int, str, bytes]] | None:
         """(host, port, node, registered leaf DER) to try, IPv6 first; None: failed."""
@@ -261,7 +228,7 @@ def run(args: argparse.Namespace) -> int:
                 return None
             targets = list(found)
         for i, (h, p, node, registered) in enumerate(targets):
-            info["address"] = _address(h, p)
+            info["address"] = format_hostport(h, p)
             if node is not None:
                 info["node"] = node
             endpoint = client_endpoint(reactor, h, p, timeout=args.timeout)
@@ -305,7 +272,7 @@ def run(args: argparse.Namespace) -> int:
             return 1
         result = session.result
         peer_addr: Any = session.address()
-        info["address"] = _address(peer_addr.host, peer_addr.port)
+        info["address"] = format_hostport(peer_addr.host, peer_addr.port)
         # The initiator is done once it sent M8; a ping proves the responder accepted us
         # (it would answer an access-policy refusal with an alert instead).
         try:
