@@ -200,7 +200,7 @@ class Soak:
         await self.connect_control(name)
 
     async def connect_control(self, name: str) -> None:
-        from sixchat.agent.control import connect_control
+        from sixchat.agent.control.client import connect_control
 
         self.clients.pop(name, None)
         client = await connect_control(self.reactor, os.path.join(self.base, name))

@@ -1,0 +1,254 @@
+"""
+A fake L{IUserAgent}: answers like L{sixchat.agent.service.UserAgentService} without a network,
+a store or a registry, and records every call, so control clients, the command line and
+applications embedding sixchat can be tested against a real control socket and asserted on.
+
+What a call does is steered by the recipient's local part (see L{FakeAgent}), so a test can
+reach every outcome a real agent has (queued, delivered, expired, unknown, crashing) by
+choosing an address rather than by configuring the fake.
+
+C{python -m sixchat.fake_agent DATA_DIR} serves one on C{DATA_DIR/control.sock} until killed,
+for trying the command line by hand.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, cast
+
+from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import deferLater
+from zope.interface import implementer
+
+from sixchat.agent.errors import NotConnected, UnknownIdentity, UnknownMessage
+from sixchat.agent.interfaces import IAgentEvents, IUserAgent
+
+__all__ = ["ALICE", "BOB", "FakeAgent", "sample_history", "serve_fake_agent"]
+
+#: The fake agent's own identity, and the contact its history and status talk about.
+ALICE = "alice@example.com"
+BOB = "bob@example.com"
+
+
+def sample_history() -> list[dict[str, Any]]:
+    """
+    A fresh L{FakeAgent}'s history: both directions, a multi-line body, and one body a hostile
+    peer crafted (a terminal escape, a bidirectional override) for presentation tests.
+    """
+    return [
+        {
+            "id": "h1",
+            "peer": BOB,
+            "direction": "in",
+            "body": "Hello, Alice",
+            "ts": "2026-11-26T08:00:00.000Z",
+            "received_at": "2026-11-26T08:00:01.000Z",
+        },
+        {
+            "id": "h2",
+            "peer": BOB,
+            "direction": "out",
+            "body": "Hi Bob\nsecond line",
+            "ts": "2026-11-26T08:01:00.000Z",
+            "state": "delivered",
+        },
+        {
+            "id": "h3",
+            "peer": "carol@example.com",
+            "direction": "in",
+            "body": "evil \x1b[2J\u202egnp.exe",
+            "ts": "2026-11-26T09:00:00.000Z",
+        },
+    ]
+
+
+@implementer(IUserAgent)
+class FakeAgent:
+    """
+    Answers like the real agent, records every call. Recipients steer the outcome: C{nobody@}
+    is unknown, C{boom@} crashes, C{bad@} rejects the text, C{slow@} is never delivered in
+    time, C{fail@} expires, C{offline@} has no session (typing), C{multi@} has two devices.
+
+    Every call is appended to L{calls} as C{(method name, *arguments)}; L{sends} and
+    L{typings} pick out two kinds. L{emit} plays an agent event to the observers. L{messages}
+    (the history) and L{contact_list} may be replaced by a test.
+
+    @param clock: what C{waitDelivered} of a C{slow@} message waits on (default: the reactor,
+        imported only then so importing this module installs none).
+    """
+
+    def __init__(self, clock: IReactorTime | None = None) -> None:
+        if clock is None:
+            from twisted.internet import reactor as default_reactor
+
+            clock = cast(IReactorTime, default_reactor)
+        self.clock = clock
+        self.calls: list[tuple[Any, ...]] = []
+        self.observers: list[IAgentEvents] = []
+        self.counter = 0
+        self.statuses: dict[str, dict[str, Any]] = {}
+        self.messages = sample_history()
+        self.contact_list: list[dict[str, Any]] = [
+            {
+                "identity": BOB,
+                "first_seen": "2026-11-01T10:00:00.000Z",
+                "last_seen": "2026-11-26T08:00:00.000Z",
+                "keys": ["9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"],
+                "key_change_pending": False,
+            },
+            {
+                "identity": "carol@example.com",
+                "first_seen": "2026-11-02T10:00:00.000Z",
+                "last_seen": None,
+                "keys": ["aa" * 32, "bb" * 32],
+                "key_change_pending": True,
+            },
+        ]
+
+    def send(
+        self, to: str, text: str, thread: str | None = None, reply_to: str | None = None
+    ) -> defer.Deferred[dict[str, Any]]:
+        self.calls.append(("send", to, text, thread, reply_to))
+        if to.startswith("nobody@"):
+            raise UnknownIdentity(f"{to} is not a contact and the registry does not know it")
+        if to.startswith("boom@"):
+            raise RuntimeError("secret internals")
+        if to.startswith("bad@"):
+            raise ValueError("text contains a character XML cannot carry")
+        ids = []
+        for _ in range(0, len(text), 32768):
+            self.counter += 1
+            mid = f"m{self.counter}"
+            ids.append(mid)
+            self.statuses[mid] = {
+                "id": mid,
+                "peer": to,
+                "state": "queued",
+                "delivered_nodes": 0,
+                "total_nodes": 2 if to.startswith("multi@") else 1,
+            }
+        result: dict[str, Any] = {"id": ids[0], "peer": to, "state": "queued"}
+        if len(ids) > 1:
+            result["ids"] = ids
+        return defer.succeed(result)
+
+    def waitDelivered(self, message_id: str, timeout: float) -> defer.Deferred[dict[str, Any]]:
+        self.calls.append(("waitDelivered", message_id, timeout))
+        status = self.statuses.get(message_id)
+        if status is None:
+            return defer.fail(UnknownMessage(f"no message {message_id}"))
+        if status["peer"].startswith("slow@"):
+            return deferLater(self.clock, timeout, lambda: dict(status, state="sent"))
+        if status["peer"].startswith("fail@"):
+            status.update(state="expired", reason="no receipt within 7 days")
+            return defer.succeed(dict(status))
+        status.update(state="delivered", delivered_nodes=status["total_nodes"])
+        return defer.succeed(dict(status))
+
+    def status_of(self, message_id: str) -> defer.Deferred[dict[str, Any]]:
+        self.calls.append(("status_of", message_id))
+        if message_id not in self.statuses:
+            raise KeyError(message_id)
+        return defer.succeed(dict(self.statuses[message_id]))
+
+    def history(
+        self, peer: str | None, since: str | None, limit: int
+    ) -> defer.Deferred[list[dict[str, Any]]]:
+        self.calls.append(("history", peer, since, limit))
+        found = [
+            m
+            for m in self.messages
+            if (peer is None or m["peer"] == peer) and (since is None or m["ts"] >= since)
+        ]
+        return defer.succeed(found[-limit:])
+
+    def conversations(self) -> defer.Deferred[list[dict[str, Any]]]:
+        self.calls.append(("conversations",))
+        return defer.succeed(
+            [{"peer": BOB, "last_ts": "2026-11-26T08:01:00.000Z", "last_body": "Hi", "unread": 1}]
+        )
+
+    def contacts(self) -> defer.Deferred[list[dict[str, Any]]]:
+        self.calls.append(("contacts",))
+        return defer.succeed(self.contact_list)
+
+    def status(self) -> defer.Deferred[dict[str, Any]]:
+        self.calls.append(("status",))
+        return defer.succeed(
+            {
+                "identity": ALICE,
+                "node": "n-01",
+                "listening": ["tcp6:4605"],
+                "registry": {
+                    "state": "registered",
+                    "registry": "irp.example.com",
+                    "expires": "2026-11-26T10:00:00.000Z",
+                },
+                "advertised": ["[2001:db8::1]:4605", "192.0.2.1:4605"],
+                "sessions": [
+                    {
+                        "peer": BOB,
+                        "node": "n-b",
+                        "suite": "chacha20-poly1305",
+                        "group": "x25519-mlkem768",
+                        "since": "2026-11-26T07:00:00.000Z",
+                    }
+                ],
+                "outbox": {"queued": 2, "sent": 1},
+            }
+        )
+
+    def trust(self, identity: str, accept_new_key: bool) -> defer.Deferred[dict[str, Any]]:
+        self.calls.append(("trust", identity, accept_new_key))
+        for contact in self.contact_list:
+            if contact["identity"] == identity:
+                accepted = bool(accept_new_key and contact["key_change_pending"])
+                if accepted:
+                    contact["key_change_pending"] = False
+                    contact["keys"] = contact["keys"][-1:]
+                return defer.succeed(
+                    {"identity": identity, "keys": contact["keys"], "accepted": accepted}
+                )
+        raise UnknownIdentity(f"{identity} is not a contact")
+
+    def typing(self, to: str, state: str) -> defer.Deferred[None]:
+        self.calls.append(("typing", to, state))
+        if to.startswith("offline@"):
+            raise NotConnected(f"no session with {to}")
+        return defer.succeed(None)
+
+    def addObserver(self, observer: IAgentEvents) -> None:
+        self.observers.append(observer)
+
+    def removeObserver(self, observer: IAgentEvents) -> None:
+        self.observers.remove(observer)
+
+    def emit(self, event: dict[str, Any]) -> None:
+        """Hand C{event} to every observer, synchronously, as the agent does."""
+        for observer in list(self.observers):
+            observer.agentEvent(event)
+
+    def sends(self) -> list[tuple[Any, ...]]:
+        return [c for c in self.calls if c[0] == "send"]
+
+    def typings(self) -> list[tuple[Any, ...]]:
+        return [c for c in self.calls if c[0] == "typing"]
+
+
+def serve_fake_agent(data_dir: str) -> None:
+    """C{python -m sixchat.fake_agent DATA_DIR}: a fake agent for manual CLI trials."""
+    from twisted.internet import task
+
+    from sixchat.agent.control.server import listen_control
+
+    async def main(reactor: Any) -> None:
+        await listen_control(reactor, data_dir, FakeAgent(reactor))
+        print("ready", flush=True)
+        await defer.Deferred()  # until killed
+
+    task.react(lambda r: defer.ensureDeferred(main(r)))
+
+
+if __name__ == "__main__":
+    serve_fake_agent(sys.argv[1])

@@ -1,0 +1,191 @@
+"""
+The one-shot commands of L{sixchat.cli.agent} (C{send}, C{inbox}, C{contacts}, C{status},
+C{trust}) as a user runs them: real subprocesses against a fake agent on a real socket.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+from twisted.internet import defer
+from twisted.trial import unittest
+
+from sixchat.fake_agent import ALICE, BOB, FakeAgent
+from sixchat.test.control_support import AgentCLIMixin, run, short_tempdir
+
+
+class CLITests(AgentCLIMixin, unittest.TestCase):
+    @defer.inlineCallbacks
+    def test_send_queued(self) -> Any:
+        out, err, code = yield run(["send", BOB, "hello there", *self.dd])
+        self.assertEqual((out, err, code), (f"queued m1 to {BOB}\n", "", 0))
+        self.assertEqual(self.agent.sends(), [("send", BOB, "hello there", None, None)])
+
+    @defer.inlineCallbacks
+    def test_send_options_and_json(self) -> Any:
+        out, err, code = yield run(
+            ["send", BOB, "x", "--thread", "t9", "--reply-to", "h1", "--json", *self.dd]
+        )
+        self.assertEqual(code, 0, err)
+        self.assertEqual(json.loads(out), {"id": "m1", "peer": BOB, "state": "queued"})
+        self.assertEqual(self.agent.sends(), [("send", BOB, "x", "t9", "h1")])
+
+    @defer.inlineCallbacks
+    def test_send_from_stdin(self) -> Any:
+        text = "line one\nline two ✓ " + "z" * 70_000
+        out, err, code = yield run(["send", BOB, "-", *self.dd], stdin=text.encode() + b"\n")
+        self.assertEqual(code, 0, err)
+        self.assertEqual(self.agent.sends()[0][2], text)
+        self.assertEqual(out, f"queued 3 parts to {BOB}: m1 m2 m3\n")
+
+    @defer.inlineCallbacks
+    def test_send_wait_delivered(self) -> Any:
+        out, err, code = yield run(["send", "multi@example.com", "hi", "--wait", "5", *self.dd])
+        self.assertEqual(code, 0, err)
+        self.assertEqual(out, "delivered m1 to multi@example.com (2/2 devices)\n")
+        self.assertIn(("waitDelivered", "m1", 5.0), self.agent.calls)
+
+    @defer.inlineCallbacks
+    def test_send_wait_still_pending_exits_3(self) -> Any:
+        out, err, code = yield run(["send", "slow@example.com", "hi", "--wait", "0.3", *self.dd])
+        self.assertEqual(code, 3, err)
+        self.assertEqual(out, "not delivered after 0.3 s: m1 to slow@example.com is sent\n")
+
+    @defer.inlineCallbacks
+    def test_send_wait_failed_exits_1_json(self) -> Any:
+        out, err, code = yield run(
+            ["send", "fail@example.com", "hi", "--wait", "2", "--json", *self.dd]
+        )
+        self.assertEqual(code, 1, err)
+        report = json.loads(out)
+        self.assertEqual(report["outcome"], "failed")
+        self.assertEqual(report["statuses"][0]["state"], "expired")
+        out, err, code = yield run(["send", "fail@example.com", "hi", "--wait", "2", *self.dd])
+        self.assertEqual(out, "FAILED m2 to fail@example.com: expired: no receipt within 7 days\n")
+
+    @defer.inlineCallbacks
+    def test_send_errors_are_one_line(self) -> Any:
+        out, err, code = yield run(["send", "nobody@example.com", "hi", *self.dd])
+        self.assertEqual(code, 1)
+        self.assertEqual(
+            err,
+            "sixchat: error: nobody@example.com is not a contact and the registry does not "
+            "know it\n",
+        )
+        out, err, code = yield run(["send", BOB, "hi", "--wait", "0", *self.dd])
+        self.assertEqual(code, 2)
+        self.assertIn("--wait", err)
+        out, err, code = yield run(["send", BOB, "-", *self.dd], stdin=b"\n")
+        self.assertEqual((code, err), (2, "sixchat: error: empty message\n"))
+
+    @defer.inlineCallbacks
+    def test_no_agent_running(self) -> Any:
+        empty = os.path.join(self.base, "nobody-here")
+        out, err, code = yield run(["status", "--data-dir", empty])
+        self.assertEqual(code, 1)
+        self.assertEqual(
+            err,
+            f"sixchat: error: no sixchat agent is running for {empty} "
+            "(start one with twistd -n sixchat …)\n",
+        )
+
+    @defer.inlineCallbacks
+    def test_inbox(self) -> Any:
+        out, err, code = yield run(["inbox", *self.dd])
+        self.assertEqual(code, 0, err)
+        self.assertEqual(
+            out.splitlines(),
+            [
+                f"2026-11-26 08:00:00  <- {BOB}  Hello, Alice",
+                f"2026-11-26 08:01:00  -> {BOB}  Hi Bob",
+                "                                         second line  [delivered]",
+                "2026-11-26 09:00:00  <- carol@example.com  evil \\x1b[2J\\u202egnp.exe",
+            ],
+        )
+        self.assertNotIn("\x1b", out)
+        self.assertEqual(self.agent.calls[-1], ("history", None, None, 50))
+
+    @defer.inlineCallbacks
+    def test_inbox_filters_and_json(self) -> Any:
+        out, err, code = yield run(
+            ["inbox", "--peer", BOB, "--since", "2026-11-26T08:00:30Z", "--limit", "7", "--json",
+             *self.dd]
+        )  # fmt: skip
+        self.assertEqual(code, 0, err)
+        self.assertEqual(self.agent.calls[-1], ("history", BOB, "2026-11-26T08:00:30.000Z", 7))
+        self.assertEqual(json.loads(out), [self.agent.messages[1]])
+        out, err, code = yield run(["inbox", "--since", "2h", *self.dd])
+        self.assertEqual(code, 0, err)
+        since = self.agent.calls[-1][2]
+        self.assertRegex(since, r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
+        out, err, code = yield run(["inbox", "--since", "whenever", *self.dd])
+        self.assertEqual(code, 2)
+        self.assertIn("--since 'whenever'", err)
+
+    @defer.inlineCallbacks
+    def test_contacts(self) -> Any:
+        out, err, code = yield run(["contacts", *self.dd])
+        self.assertEqual(code, 0, err)
+        lines = out.splitlines()
+        self.assertEqual(lines[0].split(), ["IDENTITY", "LAST", "SEEN", "KEYS"])
+        self.assertEqual(lines[1].split(), [BOB, "2026-11-26", "08:00", "1"])
+        self.assertIn("carol@example.com", lines[2])
+        self.assertIn("KEY CHANGE PENDING: sixchat trust carol@example.com --accept-new-key",
+                      lines[2])  # fmt: skip
+        out, err, code = yield run(["contacts", "--json", *self.dd])
+        self.assertEqual(json.loads(out), self.agent.contact_list)
+
+    @defer.inlineCallbacks
+    def test_status(self) -> Any:
+        out, err, code = yield run(["status", *self.dd])
+        self.assertEqual(code, 0, err)
+        self.assertEqual(
+            out.splitlines(),
+            [
+                f"identity:    {ALICE}",
+                "node:        n-01",
+                "listening:   tcp6:4605",
+                "registry:    registered with irp.example.com, expires 2026-11-26 10:00:00",
+                "advertised:  [2001:db8::1]:4605, 192.0.2.1:4605",
+                "sessions:    1",
+                f"  {BOB}  node n-b  chacha20-poly1305  x25519-mlkem768, since 2026-11-26 07:00:00",
+                "outbox:      2 queued, 1 sent",
+            ],
+        )
+        out, err, code = yield run(["status", "--json", *self.dd])
+        self.assertEqual(json.loads(out)["advertised"][1], "192.0.2.1:4605")
+
+    @defer.inlineCallbacks
+    def test_trust(self) -> Any:
+        out, err, code = yield run(["trust", "carol@example.com", *self.dd])
+        self.assertEqual(code, 0, err)
+        self.assertIn("a key change is pending", out)
+        self.assertNotIn(("trust", "carol@example.com", True), self.agent.calls)
+        out, err, code = yield run(["trust", "carol@example.com", "--accept-new-key", *self.dd])
+        self.assertEqual(code, 0, err)
+        self.assertEqual(out, f"accepted the new key of carol@example.com\n  key {'bb' * 32}\n")
+        self.assertIn(("trust", "carol@example.com", True), self.agent.calls)
+        out, err, code = yield run(["trust", "carol@example.com", "--accept-new-key", *self.dd])
+        self.assertEqual(code, 0, err)
+        self.assertIn("no pending key change for carol@example.com", out)
+        out, err, code = yield run(["trust", "zed@example.com", "--accept-new-key", *self.dd])
+        self.assertEqual((code, err), (1, "sixchat: error: zed@example.com is not a contact\n"))
+
+    @defer.inlineCallbacks
+    def test_data_dir_discovery(self) -> Any:
+        xdg = short_tempdir(self)
+        env = {"XDG_DATA_HOME": xdg}
+        alice_dir = os.path.join(xdg, "sixchat", ALICE)
+        yield self.serve(alice_dir, agent=FakeAgent())
+        out, err, code = yield run(["status", "--json"], env=env)
+        self.assertEqual((code, json.loads(out)["identity"]), (0, ALICE), err)
+        bob_agent = FakeAgent()
+        yield self.serve(os.path.join(xdg, "sixchat", BOB), agent=bob_agent)
+        out, err, code = yield run(["status"], env=env)
+        self.assertEqual(code, 1)
+        self.assertIn(f"several agents under {xdg}/sixchat ({ALICE}, {BOB})", err)
+        out, err, code = yield run(["contacts", "--as", BOB], env=env)
+        self.assertEqual(code, 0, err)
+        self.assertEqual(bob_agent.calls, [("contacts",)])

@@ -1,0 +1,98 @@
+"""
+C{sixchat chat} (L{sixchat.cli.chat}) as a user runs it against a fake agent, through pipes
+and on a pseudo-terminal.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet import defer
+from twisted.trial import unittest
+
+from sixchat.fake_agent import BOB
+from sixchat.test.control_support import AgentCLIMixin, run, spawn_cli, wait_for
+
+
+class ChatCLITests(AgentCLIMixin, unittest.TestCase):
+    @defer.inlineCallbacks
+    def test_chat_through_pipes(self) -> Any:
+        proc = spawn_cli(["chat", BOB, "--typing-idle", "0.3", *self.dd])
+        yield wait_for(lambda: b"second line" in proc.out, what="history")
+        self.assertEqual(
+            proc.text.splitlines(),
+            [
+                f"--- chat with {BOB} (/quit or end of input to leave) ---",
+                f"[08:00] {BOB}: Hello, Alice",
+                "[08:01] me: Hi Bob",
+                "            second line",
+            ],
+        )
+        self.assertIn(("history", BOB, None, 20), self.agent.calls)
+        yield wait_for(lambda: self.agent.observers, what="subscription")
+        # incoming message, typing indicator
+        self.agent.emit({"type": "typing", "peer": BOB, "state": "composing"})
+        self.agent.emit({"type": "typing", "peer": BOB, "state": "composing"})  # shown once
+        self.agent.emit({"type": "message", "peer": BOB, "id": "i1", "body": "news",
+                         "ts": "2026-11-26T10:30:00.000Z"})  # fmt: skip
+        self.agent.emit({"type": "message", "peer": "carol@example.com", "id": "i2",
+                         "body": "not for this chat"})  # fmt: skip
+        yield wait_for(lambda: b"news" in proc.out, what="incoming message")
+        # typing: a partial line is "composing", silence turns it into "paused"
+        proc.transport.write("héllo".encode()[:3])  # even half a UTF-8 character counts
+        yield wait_for(lambda: self.agent.typings(), what="composing")
+        self.assertEqual(self.agent.typings(), [("typing", BOB, "composing")])
+        yield wait_for(lambda: len(self.agent.typings()) == 2, what="paused")
+        self.assertEqual(self.agent.typings()[1], ("typing", BOB, "paused"))
+        proc.transport.write(b"llo\n")
+        yield wait_for(lambda: self.agent.sends(), what="send")
+        self.assertEqual(self.agent.sends(), [("send", BOB, "héllo", None, None)])
+        self.agent.emit({"type": "delivery", "peer": BOB, "id": "m1", "state": "delivered"})
+        yield wait_for(lambda: "delivered" in proc.text.splitlines()[-1], what="tick")
+        proc.transport.write(b"/help\n//slash\n/nonsense\n/quit\nnot sent\n")
+        code = yield proc.ended
+        self.assertEqual(code, 0, proc.err)
+        lines = proc.text.splitlines()[4:]
+        self.assertEqual(lines[0], f"{BOB} is typing…")
+        self.assertEqual(lines[1], f"[10:30] {BOB}: news")
+        self.assertRegex(lines[2], r"^\[\d\d:\d\d\] me: héllo$")
+        self.assertEqual(lines[3], "  ✓✓ delivered: héllo")
+        self.assertIn("/quit leaves", lines[4])
+        self.assertRegex(lines[5], r"^\[\d\d:\d\d\] me: /slash$")
+        self.assertEqual(lines[6], "unknown command /nonsense (/help lists them)")
+        self.assertEqual(len(lines), 7)
+        self.assertNotIn("not for this chat", proc.text)
+        self.assertEqual([s[2] for s in self.agent.sends()], ["héllo", "/slash"])
+
+    @defer.inlineCallbacks
+    def test_chat_end_of_input_sends_last_line(self) -> Any:
+        out, err, code = yield run(["chat", BOB, *self.dd], stdin=b"first\nlast without newline")
+        self.assertEqual(code, 0, err)
+        self.assertEqual([s[2] for s in self.agent.sends()], ["first", "last without newline"])
+
+    @defer.inlineCallbacks
+    def test_chat_send_failure_is_shown(self) -> Any:
+        out, err, code = yield run(["chat", "nobody@example.com", *self.dd], stdin=b"hi\n")
+        self.assertEqual(code, 0, err)
+        self.assertIn("  ✗ not sent: nobody@example.com is not a contact", out)
+
+    @defer.inlineCallbacks
+    def test_chat_on_a_terminal(self) -> Any:
+        """With a pty as stdin the line is edited locally: keystrokes are echoed and count."""
+        proc = spawn_cli(["chat", BOB, "--typing-idle", "30", *self.dd], pty=True)
+        yield wait_for(lambda: b"second line" in proc.out, what="history")
+        yield wait_for(lambda: self.agent.observers, what="subscription")
+        proc.transport.write(b"hx\x7fi")  # h, x, backspace, i
+        yield wait_for(lambda: self.agent.typings(), what="composing")
+        yield wait_for(lambda: b"\b \b" in proc.out, what="backspace echo")
+        self.agent.emit({"type": "message", "peer": BOB, "id": "i9", "body": "meanwhile",
+                         "ts": "2026-11-26T10:30:00.000Z"})  # fmt: skip
+        # the incoming line is printed above the redrawn, still unfinished input
+        yield wait_for(lambda: b"meanwhile" in proc.out and proc.out.endswith(b"> hi"),
+                       what="redraw")  # fmt: skip
+        proc.transport.write(b"\r")
+        yield wait_for(lambda: self.agent.sends(), what="send")
+        self.assertEqual(self.agent.sends(), [("send", BOB, "hi", None, None)])
+        proc.transport.write(b"\x04")  # Ctrl-D on an empty line
+        code = yield proc.ended
+        self.assertEqual(code, 0, proc.text)

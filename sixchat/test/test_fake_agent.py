@@ -1,0 +1,36 @@
+"""
+The public fake agent (L{sixchat.fake_agent}): it must stay a faithful L{IUserAgent}, or the
+tests and applications built on it would test against something the real agent is not.
+"""
+
+from __future__ import annotations
+
+from twisted.internet.task import Clock
+from twisted.trial import unittest
+from zope.interface.verify import verifyClass, verifyObject
+
+from sixchat.agent.interfaces import IUserAgent
+from sixchat.fake_agent import BOB, FakeAgent
+
+
+class FakeAgentTests(unittest.TestCase):
+    def test_provides_the_agent_interface(self) -> None:
+        verifyClass(IUserAgent, FakeAgent)
+        verifyObject(IUserAgent, FakeAgent())
+        verifyObject(IUserAgent, FakeAgent(Clock()))
+
+    def test_slow_delivery_waits_on_the_given_clock(self) -> None:
+        clock = Clock()
+        agent = FakeAgent(clock)
+        sent = self.successResultOf(agent.send("slow@example.com", "hi"))
+        d = agent.waitDelivered(sent["id"], 5)
+        self.assertNoResult(d)
+        clock.advance(5)
+        self.assertEqual(self.successResultOf(d)["state"], "sent")
+
+    def test_records_calls(self) -> None:
+        agent = FakeAgent(Clock())
+        self.successResultOf(agent.send(BOB, "hello"))
+        self.successResultOf(agent.typing(BOB, "composing"))
+        self.assertEqual(agent.sends(), [("send", BOB, "hello", None, None)])
+        self.assertEqual(agent.typings(), [("typing", BOB, "composing")])
