@@ -33,8 +33,8 @@ from sixchat.trust import (
     PinPolicy,
     TrustLoadError,
     TrustStore,
-    _crl_key_id,
 )
+from sixchat.trust.crl import authority_key_id
 
 VECTORS = os.path.join(os.path.dirname(__file__), "vectors")
 DAY = datetime.timedelta(days=1)
@@ -575,7 +575,7 @@ class RevocationTests(SynchronousTestCase):
         # Validation proved it forged (it names the intermediate's very key): dropped.
         held = [c for c in trust.crls if c.issuer == self.inter.cert.subject]
         self.assertEqual(held, [genuine])
-        self.assertEqual(len(trust._crls[(genuine.issuer, _crl_key_id(genuine))]), 1)
+        self.assertEqual(len(trust._crls.held[(genuine.issuer, authority_key_id(genuine))]), 1)
         self.assertTrue(any("not signed by that issuer's key" in w for w in self.warnings))
 
     def test_forged_crl_first_then_the_genuine_one(self):
