@@ -1,6 +1,7 @@
 """
 Tests for L{sixchat.trust.crl}: the one definition of each CRL rule (number, authority key
-identifier, signature, spec §11.8 revocation), used by the trust store and by the agent.
+identifier, signature, spec §11.8 revocation), used by the trust store and by the agent,
+and the trust store's revocation step with the CRLs it holds.
 
 The C{*_weaker_copy_*} tests pin the cases where the two former copies (the trust store's and
 the agent's) disagreed: each fails on the copy whose behaviour was dropped.
@@ -225,3 +226,160 @@ class RevocationRuleTests(SynchronousTestCase):
         self.assertFalse(trust.add_crl(crl))
         self.assertEqual(trust.crls, [])
         self.assertEqual(len(warnings), 1)
+
+
+class RevocationTests(SynchronousTestCase):
+    def setUp(self):
+        self.now = certs.utcnow()
+        self.ca = certs.make_ca()
+        self.inter = certs.make_intermediate(self.ca)
+        self.alice = certs.make_identity("alice@example.com", self.inter)
+        self.bob = certs.make_identity("bob@example.com", self.inter)
+        self.warnings: list[str] = []
+
+    def crl(self, ca, serials, **kwargs):
+        return pki.issue_crl(ca.key, ca.cert, serials, **kwargs)
+
+    def trust(self, *crls):
+        return certs.trust_for(self.ca, crls, warn=self.warnings.append)
+
+    def test_revoked_leaf(self):
+        trust = self.trust(
+            self.crl(self.inter, [self.alice.leaf.serial_number]), self.crl(self.ca, [])
+        )
+        error = self.assertRaises(
+            CertificateRevoked, trust.validate, self.alice.chain_der, self.now
+        )
+        self.assertIn("depth 0", error.text)
+        self.assertEqual(error.reason, "certificate_revoked")
+        trust.validate(self.bob.chain_der, self.now)
+        self.assertEqual(self.warnings, [])
+
+    def test_revoked_intermediate(self):
+        trust = self.trust(
+            self.crl(self.inter, []), self.crl(self.ca, [self.inter.cert.serial_number])
+        )
+        error = self.assertRaises(
+            CertificateRevoked, trust.validate, self.bob.chain_der, self.now
+        )
+        self.assertIn("depth 1", error.text)
+
+    def test_no_crl_warns_once_per_issuer(self):
+        trust = self.trust()
+        trust.validate(self.alice.chain_der, self.now)
+        trust.validate(self.bob.chain_der, self.now)
+        self.assertEqual(len(self.warnings), 2)
+        self.assertIn("no CRL for issuer CN=sixchat test intermediate", self.warnings[0])
+        self.assertIn("not checked", self.warnings[0])
+        self.assertIn("no CRL for issuer CN=sixchat test CA (ed25519)", self.warnings[1])
+
+    def test_no_crl_for_one_issuer_only(self):
+        trust = self.trust(self.crl(self.inter, [self.alice.leaf.serial_number]))
+        self.assertRaises(CertificateRevoked, trust.validate, self.alice.chain_der, self.now)
+        trust.validate(self.bob.chain_der, self.now)
+        self.assertEqual(len(self.warnings), 1)
+        self.assertIn("CN=sixchat test CA", self.warnings[0])
+
+    def test_stale_crl_still_used(self):
+        stale = self.crl(
+            self.inter, [self.alice.leaf.serial_number],
+            last_update=self.now - 10 * DAY, next_update=self.now - DAY,
+        )
+        trust = self.trust(stale, self.crl(self.ca, []))
+        self.assertRaises(CertificateRevoked, trust.validate, self.alice.chain_der, self.now)
+        self.assertEqual(len(self.warnings), 1)
+        self.assertIn("stale", self.warnings[0])
+        self.assertIn("CN=sixchat test intermediate", self.warnings[0])
+        trust.validate(self.bob.chain_der, self.now)
+        self.assertEqual(len(self.warnings), 1)  # once per CRL
+
+    def test_crl_signed_by_wrong_key_ignored(self):
+        """A CRL naming the issuer but not signed by its key does not count (§11.8)."""
+        forged = pki.issue_crl(
+            certs.key_for("ed25519", "forger"), self.inter.cert, [self.bob.leaf.serial_number]
+        )
+        trust = self.trust(forged, self.crl(self.ca, []))
+        peer = trust.validate(self.bob.chain_der, self.now)
+        self.assertEqual(peer.names, ("bob@example.com",))
+        self.assertEqual(len(self.warnings), 2)
+        self.assertIn("not signed by that issuer's key", self.warnings[0])
+        self.assertIn("no CRL for issuer CN=sixchat test intermediate", self.warnings[1])
+
+    def test_crl_naming_anchor_with_wrong_key_refused(self):
+        forged = pki.issue_crl(certs.key_for("ed25519", "forger"), self.ca.cert, [1])
+        error = self.assertRaises(TrustLoadError, certs.trust_for, self.ca, [forged])
+        self.assertIn("not signed by that anchor's key", str(error))
+        trust = self.trust()
+        self.assertFalse(trust.add_crl(forged))
+        self.assertEqual(trust.crls, [])
+        self.assertIn("not signed", self.warnings[-1])
+
+    def test_crl_of_other_issuer_does_not_count(self):
+        other = certs.make_ca(name="Some Other CA")
+        trust = self.trust(self.crl(other, [self.alice.leaf.serial_number]))
+        trust.validate(self.alice.chain_der, self.now)
+
+    def test_newer_crl_replaces_older(self):
+        trust = self.trust(self.crl(self.ca, []))
+        first = self.crl(self.inter, [self.alice.leaf.serial_number], crl_number=1)
+        second = self.crl(self.inter, [], crl_number=2)
+        self.assertTrue(trust.add_crl(first))
+        self.assertRaises(CertificateRevoked, trust.validate, self.alice.chain_der, self.now)
+        self.assertTrue(trust.add_crl(second))
+        self.assertEqual(len(trust.crls), 2)
+        trust.validate(self.alice.chain_der, self.now)
+        self.assertFalse(trust.add_crl(first))
+        self.assertIn("older", self.warnings[-1])
+        trust.validate(self.alice.chain_der, self.now)
+
+    def forged(self, ca, serials, number):
+        """A CRL naming C{ca} (name and key id) but signed by another key."""
+        return pki.issue_crl(
+            certs.key_for("ed25519", "forger"), ca.cert, serials, crl_number=number
+        )
+
+    def test_forged_newer_intermediate_crl_does_not_displace_the_genuine_one(self):
+        """
+        An intermediate's CRL cannot be checked when added (only the path has its key): a
+        forged one with a higher number must not replace the genuine one, or revocation
+        of what the intermediate issued would silently soft-fail.
+        """
+        genuine = self.crl(self.inter, [self.alice.leaf.serial_number], crl_number=2)
+        trust = self.trust(self.crl(self.ca, []), genuine)
+        self.assertRaises(CertificateRevoked, trust.validate, self.alice.chain_der, self.now)
+        self.assertTrue(trust.add_crl(self.forged(self.inter, [], 1000)))
+        self.assertRaises(CertificateRevoked, trust.validate, self.alice.chain_der, self.now)
+        # Validation proved it forged (it names the intermediate's very key): dropped.
+        held = [c for c in trust.crls if c.issuer == self.inter.cert.subject]
+        self.assertEqual(held, [genuine])
+        self.assertEqual(len(trust._crls.held[(genuine.issuer, authority_key_id(genuine))]), 1)
+        self.assertTrue(any("not signed by that issuer's key" in w for w in self.warnings))
+
+    def test_forged_crl_first_then_the_genuine_one(self):
+        trust = self.trust(self.crl(self.ca, []))
+        self.assertTrue(trust.add_crl(self.forged(self.inter, [], 1000)))
+        # A genuine CRL with a lower number is still taken: the forged one was never
+        # proven genuine, so it does not count as "newer".
+        genuine = self.crl(self.inter, [self.alice.leaf.serial_number], crl_number=3)
+        self.assertTrue(trust.add_crl(genuine))
+        self.assertRaises(CertificateRevoked, trust.validate, self.alice.chain_der, self.now)
+        trust.validate(self.bob.chain_der, self.now)
+
+    def test_a_flood_of_forged_crls_keeps_the_genuine_one(self):
+        genuine = self.crl(self.inter, [self.alice.leaf.serial_number], crl_number=2)
+        trust = self.trust(self.crl(self.ca, []), genuine)
+        self.assertRaises(CertificateRevoked, trust.validate, self.alice.chain_der, self.now)
+        for number in range(100, 120):
+            trust.add_crl(self.forged(self.inter, [], number))
+        self.assertRaises(CertificateRevoked, trust.validate, self.alice.chain_der, self.now)
+        # Older than the genuine one, now known good: refused.
+        self.assertFalse(trust.add_crl(self.crl(self.inter, [], crl_number=1)))
+
+    def test_newer_by_date_without_numbers(self):
+        trust = self.trust(self.crl(self.ca, []))
+        old = self.crl(self.inter, [self.alice.leaf.serial_number],
+                       last_update=self.now - 2 * DAY, crl_number=5)
+        new = self.crl(self.inter, [], last_update=self.now - DAY, crl_number=5)
+        self.assertTrue(trust.add_crl(old))
+        self.assertTrue(trust.add_crl(new))
+        trust.validate(self.alice.chain_der, self.now)
