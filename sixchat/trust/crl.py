@@ -160,6 +160,7 @@ def revoking_crl(
     crls: Iterable[CRL],
     *,
     verify: Verifier = crl_signature_valid,
+    counted: bool = False,
 ) -> CRL | None:
     """
     The §11.8 rule: the first of C{crls} that counts for C{cert} (its issuer name is
@@ -168,14 +169,17 @@ def revoking_crl(
 
     Any CRL that counts decides, not only the newest (see the module docstring). The
     signature is checked last, only for a CRL that lists the serial: it is the costly part.
+    C{counted}: every one of C{crls} is already known to count (L{CRLSet.counting} checked
+    both conditions), so only the serial is looked up; comparing the names again would cost
+    more than the rest of the step (building C{Name} objects).
     """
     serial = cert.serial_number
     for crl in crls:
-        if crl.issuer != cert.issuer:
+        if not counted and crl.issuer != cert.issuer:
             continue
         if crl.get_revoked_certificate_by_serial_number(serial) is None:
             continue
-        if verify(crl, issuer):
+        if counted or verify(crl, issuer):
             return crl
     return None
 
@@ -304,9 +308,11 @@ class CRLSet:
 
     def counting(self, cert: x509.Certificate, issuer: x509.Certificate) -> list[CRL]:
         """
-        The held CRLs that count for C{cert} (§11.8), one per issuer key identifier: in each
-        group named like C{cert}'s issuer, the newest candidate that verifies with
-        C{issuer}'s key. Candidates it proves forged or superseded are dropped on the way.
+        The held CRLs that count for C{cert} (§11.8, the two conditions of L{revoking_crl}),
+        one per issuer key identifier: in each group named like C{cert}'s issuer (the name
+        condition, once per group: every CRL of a group carries its name), the newest
+        candidate that verifies with C{issuer}'s key. Candidates it proves forged or
+        superseded are dropped on the way.
         """
         usable = []
         for (name, key_id), candidates in list(self.held.items()):
@@ -381,7 +387,7 @@ class CRLSet:
                 f"CRL of {name_text(newest.issuer)} is stale (its next update was due "
                 f"{next_update:%Y-%m-%d %H:%M}Z); using it anyway",
             )
-        if revoking_crl(cert, issuer, usable, verify=self.verify) is not None:
+        if revoking_crl(cert, issuer, usable, counted=True) is not None:
             raise CertificateRevoked(
                 f"certificate at depth {depth} ({_subject(cert)}) is revoked"
             )
