@@ -27,6 +27,10 @@ Why these choices:
     written to a temporary file, fsynced and renamed over the old one (then the directory
     fsynced), in a thread; writes are serialised so an older CRL never lands after a newer.
     Files are re-verified when loaded, like anything from the registry.
+  - B{No CRL rule of its own.} Which CA issued a CRL, its number and key identifier, and
+    whether it revokes a certificate on a path (§11.8) are L{sixchat.trust.crl}'s, the very
+    rules the trust store validates with. C{crl_number} and C{revoked_on_path} are
+    re-exported from there for callers that still import them from here.
 """
 
 from __future__ import annotations
@@ -41,7 +45,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 from cryptography import x509
-from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from twisted.internet import defer, threads
 from twisted.internet.interfaces import IDelayedCall
@@ -49,6 +52,13 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from sixchat.trust import TrustStore
+from sixchat.trust.crl import (
+    authority_key_id,
+    crl_number,
+    crl_signed_by,
+    name_text,
+    revoked_on_path,
+)
 
 __all__ = [
     "DEFAULT_REFRESH",
@@ -74,72 +84,19 @@ CRL = x509.CertificateRevocationList
 _Key = tuple[bytes, bytes | None]
 
 
-def crl_number(crl: CRL) -> int | None:
-    try:
-        return crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
-    except (x509.ExtensionNotFound, ValueError):
-        return None
-
-
-def _key_id(crl: CRL) -> bytes | None:
-    try:
-        return crl.extensions.get_extension_for_class(
-            x509.AuthorityKeyIdentifier
-        ).value.key_identifier
-    except (x509.ExtensionNotFound, ValueError):
-        return None
-
-
 def _key(crl: CRL) -> _Key:
     """What L{TrustStore} holds one CRL per: the issuer name and authority key identifier."""
-    return crl.issuer.public_bytes(), _key_id(crl)
+    return crl.issuer.public_bytes(), authority_key_id(crl)
 
 
 def _der(crl: CRL) -> bytes:
     return crl.public_bytes(serialization.Encoding.DER)
 
 
-def _name(name: x509.Name) -> str:
-    try:
-        return name.rfc4514_string() or "(empty name)"
-    except ValueError:  # pragma: no cover - undecodable attribute values
-        return "(unprintable name)"
-
-
 def _iso(when: datetime | None) -> str | None:
     if when is None:
         return None
     return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{when.microsecond // 1000:03d}Z"
-
-
-def _signed_by(crl: CRL, issuer: x509.Certificate) -> bool:
-    if issuer.subject != crl.issuer:
-        return False
-    try:
-        return crl.is_signature_valid(issuer.public_key())  # type: ignore[arg-type]
-    except (TypeError, ValueError, UnsupportedAlgorithm):
-        return False
-
-
-def revoked_on_path(
-    path: Sequence[x509.Certificate], crls: Iterable[CRL]
-) -> tuple[int, CRL] | None:
-    """
-    The first certificate of a verified C{path} (leaf first, ending with the anchor) that one
-    of C{crls} revokes, by the rule of E2E §11.8 (issuer name equal, signature verified with
-    the next certificate's key), as (depth, CRL); C{None} if none is.
-    """
-    crls = list(crls)
-    for depth in range(len(path) - 1):
-        cert, issuer = path[depth], path[depth + 1]
-        for crl in crls:
-            if crl.issuer != cert.issuer:
-                continue
-            if crl.get_revoked_certificate_by_serial_number(cert.serial_number) is None:
-                continue
-            if _signed_by(crl, issuer):
-                return depth, crl
-    return None
 
 
 def _write_atomically(directory: str, name: str, data: bytes) -> None:
@@ -278,12 +235,12 @@ class CRLUpdater:
         new: list[CRL] = []
         trusted: list[CRL] = []
         for crl in crls:
-            if not any(_signed_by(crl, issuer) for issuer in issuers):
+            if not any(crl_signed_by(crl, issuer) for issuer in issuers):
                 log.error(
                     "REFUSED a CRL from {origin} naming {issuer} (number {number}): it is not "
                     "signed by a CA we trust; it is not used",
                     origin=origin,
-                    issuer=_name(crl.issuer),
+                    issuer=name_text(crl.issuer),
                     number=crl_number(crl),
                 )
                 continue
@@ -295,7 +252,7 @@ class CRLUpdater:
                 log.info(
                     "kept the newer CRL of {issuer} we hold; the one from {origin} "
                     "(number {number}) is older",
-                    issuer=_name(crl.issuer),
+                    issuer=name_text(crl.issuer),
                     origin=origin,
                     number=crl_number(crl),
                 )
@@ -305,7 +262,7 @@ class CRLUpdater:
             log.info(
                 "CRL of {issuer} number {number} from {origin}: {count} revoked, next update "
                 "{next}",
-                issuer=_name(crl.issuer),
+                issuer=name_text(crl.issuer),
                 number=crl_number(crl),
                 origin=origin,
                 count=len(crl),
@@ -326,7 +283,7 @@ class CRLUpdater:
         self.own_revoked = (
             f"{'our certificate' if depth == 0 else f'CA certificate at depth {depth}'} "
             f"serial {path[depth].serial_number:x} is revoked by CRL number "
-            f"{crl_number(crl)} of {_name(crl.issuer)}"
+            f"{crl_number(crl)} of {name_text(crl.issuer)}"
         )
         log.critical(
             "{what} (serial {serial:x}, {subject}) IS REVOKED by the CRL of {issuer} "
@@ -335,8 +292,8 @@ class CRLUpdater:
             "get a new certificate (sixchat enroll with a new invitation).",
             what=what,
             serial=path[depth].serial_number,
-            subject=_name(path[depth].subject),
-            issuer=_name(crl.issuer),
+            subject=name_text(path[depth].subject),
+            issuer=name_text(crl.issuer),
             number=crl_number(crl),
         )
 
@@ -529,7 +486,7 @@ class CRLUpdater:
             next_update = crl.next_update_utc
             held.append(
                 {
-                    "issuer": _name(crl.issuer),
+                    "issuer": name_text(crl.issuer),
                     "number": crl_number(crl),
                     "this_update": _iso(crl.last_update_utc),
                     "next_update": _iso(next_update),
