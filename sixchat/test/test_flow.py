@@ -12,7 +12,7 @@ from typing import Any
 from twisted.internet import defer, endpoints, reactor, task
 from twisted.trial import unittest
 
-from sixchat import protocol as protocol_module
+from sixchat import flow
 from sixchat.protocol import (
     INITIATOR,
     MAX_ANSWER_BACKLOG,
@@ -77,7 +77,7 @@ class OutboxTests(unittest.TestCase):
         transport.write = write
         self.client.resumeProducing()
         self.assertEqual(len(writes), 1)  # one batch, then it waits again
-        self.assertGreaterEqual(writes[0], protocol_module.WRITE_BATCH)
+        self.assertGreaterEqual(writes[0], flow.WRITE_BATCH)
         transport.write = real_write
         while self.alice_session.queued:
             self.client.resumeProducing()
@@ -96,7 +96,7 @@ class OutboxTests(unittest.TestCase):
         self.assertEqual(calls, [])
 
     def test_reading_stops_once_answers_back_up_and_resumes_when_drained(self) -> None:
-        self.patch(protocol_module, "MAX_ANSWER_BACKLOG", 2_000)
+        self.patch(flow, "MAX_ANSWER_BACKLOG", 2_000)
         calls = watch_reading(self.client)
         self.client.pauseProducing()
         for i in range(10):
