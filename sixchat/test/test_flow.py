@@ -13,17 +13,14 @@ from twisted.internet import defer, endpoints, reactor, task
 from twisted.trial import unittest
 
 from sixchat import flow
-from sixchat.protocol import (
-    INITIATOR,
-    MAX_ANSWER_BACKLOG,
-    PeerFactory,
-    PeerProtocol,
-    Session,
-    SessionLost,
-    connectPeer,
-)
+from sixchat.connection import INITIATOR
+from sixchat.flow import MAX_ANSWER_BACKLOG
+from sixchat.peers import PeerFactory, connectPeer
+from sixchat.protocol import PeerProtocol
+from sixchat.session import Session, SessionLost
 from sixchat.stanzas import Receipt
-from sixchat.test.test_protocol import PumpedPair, Recorder, pair_config
+from sixchat.test.test_protocol import Recorder, pair_config
+from sixchat.testing import PeerPair
 
 
 def watch_reading(proto: PeerProtocol) -> list[str]:
@@ -38,15 +35,15 @@ def watch_reading(proto: PeerProtocol) -> list[str]:
 class OutboxTests(unittest.TestCase):
     def setUp(self) -> None:
         self.alice, self.bob = pair_config()
-        self.pair = PumpedPair(self.alice, self.bob)
-        assert self.pair.client.session is not None and self.pair.server.session is not None
-        self.client: PeerProtocol = self.pair.client
-        self.server: PeerProtocol = self.pair.server
+        self.pair = PeerPair(self.alice, self.bob)
+        assert self.pair.initiator.session is not None and self.pair.responder.session is not None
+        self.client: PeerProtocol = self.pair.initiator
+        self.server: PeerProtocol = self.pair.responder
         self.alice_session: Session = self.client.session
         self.bob_session: Session = self.server.session
 
     def received_bodies(self) -> list[str]:
-        return [m.body for m in self.pair.server_observer.messages]
+        return [m.body for m in self.pair.responder_observer.messages]
 
     def test_stanzas_wait_while_the_buffer_is_full_then_leave_in_order(self) -> None:
         self.client.pauseProducing()  # what the transport does when its buffer is full
@@ -90,7 +87,7 @@ class OutboxTests(unittest.TestCase):
         self.client.pauseProducing()
         receipts = [self.bob_session.sendMessage(f"to alice {i}") for i in range(20)]
         self.pair.flush()
-        self.assertEqual(len(self.pair.client_observer.messages), 20)
+        self.assertEqual(len(self.pair.initiator_observer.messages), 20)
         for d in receipts:  # alice's receipts did not wait behind her full buffer
             self.assertIsInstance(self.successResultOf(d), Receipt)
         self.assertEqual(calls, [])
@@ -171,7 +168,7 @@ class OutboxTests(unittest.TestCase):
         self.assertEqual(self.alice_session.queued, 0)
         self.pair.flush()
         self.assertEqual(
-            [s.id for s in self.pair.server_observer.stanzas if isinstance(s, Receipt)],
+            [s.id for s in self.pair.responder_observer.stanzas if isinstance(s, Receipt)],
             ["0123456789abcdef"],
         )
 
