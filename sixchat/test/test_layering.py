@@ -37,7 +37,10 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
         ),
     ),
     ("identity and trust", ("sixchat.identity", "sixchat.trust", "sixchat.pki", "sixchat.netaddr")),
-    ("sans-IO handshake and connection", ("sixchat.handshake", "sixchat.connection")),
+    (
+        "sans-IO handshake and connection",
+        ("sixchat.handshake", "sixchat.handshake_fastpaths", "sixchat.connection"),
+    ),
     (
         "Twisted adapters",
         (
