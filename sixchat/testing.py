@@ -11,6 +11,8 @@ What is here:
   - L{PeerPair}: an initiator and a responder L{PeerProtocol} connected through
     C{twisted.test.iosim}, with L{PeerPair.flush} to move the bytes and both L{Session}s.
 
+(Doubles for the agent's collaborators join this list as they are written.)
+
 Typical use::
 
     pair = PeerPair.throwaway()          # alice@example.com -> bob@example.com

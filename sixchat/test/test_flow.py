@@ -19,8 +19,8 @@ from sixchat.peers import PeerFactory, connectPeer
 from sixchat.protocol import PeerProtocol
 from sixchat.session import Session, SessionLost
 from sixchat.stanzas import Receipt
-from sixchat.test.test_protocol import Recorder, pair_config
-from sixchat.testing import PeerPair
+from sixchat.test.test_protocol import pair_config
+from sixchat.testing import PeerPair, RecordingObserver
 
 
 def watch_reading(proto: PeerProtocol) -> list[str]:
@@ -188,8 +188,8 @@ class BothSidesFloodTests(unittest.TestCase):
 
     async def test_both_directions_at_once(self) -> None:
         alice, bob = pair_config()
-        bob_observer = Recorder()
-        alice_observer = Recorder()
+        bob_observer = RecordingObserver()
+        alice_observer = RecordingObserver()
         factory = PeerFactory(bob, reactor, bob_observer)
         port = await endpoints.TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(factory)
         self.addCleanup(port.stopListening)

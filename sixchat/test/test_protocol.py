@@ -43,7 +43,7 @@ def pair_config(key_type: str = "ed25519", **kw: Any) -> tuple[PeerConfig, PeerC
     return PeerConfig([alice], trust, **kw), PeerConfig([bob], trust, **kw)
 
 
-#: The observer the tests here and in test_flow/test_adversarial record with.
+#: The observer test_adversarial records with (now L{sixchat.testing.RecordingObserver}).
 Recorder = RecordingObserver
 
 
@@ -75,7 +75,7 @@ class SessionTests(unittest.TestCase):
         self.assertEqual(receipt.id, pair.responder_observer.messages[0].id)
 
     def test_receipt_waits_for_storage(self) -> None:
-        pair = self.established(responder_observer=Recorder(hold=True))
+        pair = self.established(responder_observer=RecordingObserver(hold=True))
         d = pair.initiator.session.sendMessage("stored?")
         pair.flush()
         self.assertNoResult(d)
@@ -84,7 +84,7 @@ class SessionTests(unittest.TestCase):
         self.assertEqual(self.successResultOf(d).id, pair.responder_observer.messages[0].id)
 
     def test_storage_failure_sends_no_receipt(self) -> None:
-        pair = self.established(responder_observer=Recorder(hold=True))
+        pair = self.established(responder_observer=RecordingObserver(hold=True))
         d = pair.initiator.session.sendMessage("lost")
         pair.flush()
         pair.responder_observer.held[0].errback(RuntimeError("disk full"))
@@ -173,7 +173,7 @@ class SessionTests(unittest.TestCase):
         self.assertEqual(len(pair.initiator_observer.ended), 1)
 
     def test_truncation_fails_pending_sends(self) -> None:
-        pair = self.established(responder_observer=Recorder(hold=True))
+        pair = self.established(responder_observer=RecordingObserver(hold=True))
         d = pair.initiator.session.sendMessage("never receipted")
         pair.flush()
         pair.responder.transport.loseConnection()  # ends without <close/>: a truncation
