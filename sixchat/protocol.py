@@ -143,7 +143,8 @@ class PeerProtocol(FlowControl):
         self._write_full = False  # the transport paused us: its write buffer is full
         self._reading_paused = False
         # The outbox, its size, the answers written since the buffer filled, and who waits
-        # for room are class defaults until used: an idle session pays nothing for them.
+        # for room are class defaults of FlowControl until used: an idle session pays
+        # nothing for them.
         self._close_requested = False
         self._lost = False
         self.on_handshake_end: Callable[[PeerProtocol], None] | None = None
