@@ -19,8 +19,8 @@ from sixchat.handshake import (
     InitiatorHandshake,
     PeerConfig,
     ResponderHandshake,
-    parse_handshake,
 )
+from sixchat.handshake_fastpaths import parse_handshake
 from sixchat.record import (
     MAX_PLAINTEXT,
     MAX_SEQ,
@@ -353,7 +353,7 @@ class Connection:
         self, record_type: int, head: bytes, payload: bytes, events: list[Event]
     ) -> None:
         if record_type == PLAIN:
-            # Our hellos, as we write them, skip expat: the same tree (handshake.parse_handshake).
+            # Our hellos, as we write them, skip expat: the same tree (handshake_fastpaths).
             element = parse_handshake(payload) or parse(payload)
             if self.result is not None:
                 # §11.4: unauthenticated; answer with a sealed protocol_error, truncate.

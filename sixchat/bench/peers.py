@@ -256,7 +256,7 @@ def pump(
 
 async def peer_server(reactor: Any, spec: dict[str, Any]) -> None:
     """Listen for every requested variant; answer C{measure}; stop at EOF."""
-    from sixchat.protocol import PeerFactory
+    from sixchat.peers import PeerFactory
 
     _quiet_logs()
     workdir = spec["workdir"]

@@ -12,18 +12,15 @@ from typing import Any
 from twisted.internet import defer, endpoints, reactor, task
 from twisted.trial import unittest
 
-from sixchat import protocol as protocol_module
-from sixchat.protocol import (
-    INITIATOR,
-    MAX_ANSWER_BACKLOG,
-    PeerFactory,
-    PeerProtocol,
-    Session,
-    SessionLost,
-    connectPeer,
-)
+from sixchat import flow
+from sixchat.connection import INITIATOR
+from sixchat.flow import MAX_ANSWER_BACKLOG
+from sixchat.peers import PeerFactory, connectPeer
+from sixchat.protocol import PeerProtocol
+from sixchat.session import Session, SessionLost
 from sixchat.stanzas import Receipt
-from sixchat.test.test_protocol import PumpedPair, Recorder, pair_config
+from sixchat.test.test_protocol import pair_config
+from sixchat.testing import PeerPair, RecordingObserver
 
 
 def watch_reading(proto: PeerProtocol) -> list[str]:
@@ -38,15 +35,15 @@ def watch_reading(proto: PeerProtocol) -> list[str]:
 class OutboxTests(unittest.TestCase):
     def setUp(self) -> None:
         self.alice, self.bob = pair_config()
-        self.pair = PumpedPair(self.alice, self.bob)
-        assert self.pair.client.session is not None and self.pair.server.session is not None
-        self.client: PeerProtocol = self.pair.client
-        self.server: PeerProtocol = self.pair.server
+        self.pair = PeerPair(self.alice, self.bob)
+        assert self.pair.initiator.session is not None and self.pair.responder.session is not None
+        self.client: PeerProtocol = self.pair.initiator
+        self.server: PeerProtocol = self.pair.responder
         self.alice_session: Session = self.client.session
         self.bob_session: Session = self.server.session
 
     def received_bodies(self) -> list[str]:
-        return [m.body for m in self.pair.server_observer.messages]
+        return [m.body for m in self.pair.responder_observer.messages]
 
     def test_stanzas_wait_while_the_buffer_is_full_then_leave_in_order(self) -> None:
         self.client.pauseProducing()  # what the transport does when its buffer is full
@@ -77,7 +74,7 @@ class OutboxTests(unittest.TestCase):
         transport.write = write
         self.client.resumeProducing()
         self.assertEqual(len(writes), 1)  # one batch, then it waits again
-        self.assertGreaterEqual(writes[0], protocol_module.WRITE_BATCH)
+        self.assertGreaterEqual(writes[0], flow.WRITE_BATCH)
         transport.write = real_write
         while self.alice_session.queued:
             self.client.resumeProducing()
@@ -90,13 +87,13 @@ class OutboxTests(unittest.TestCase):
         self.client.pauseProducing()
         receipts = [self.bob_session.sendMessage(f"to alice {i}") for i in range(20)]
         self.pair.flush()
-        self.assertEqual(len(self.pair.client_observer.messages), 20)
+        self.assertEqual(len(self.pair.initiator_observer.messages), 20)
         for d in receipts:  # alice's receipts did not wait behind her full buffer
             self.assertIsInstance(self.successResultOf(d), Receipt)
         self.assertEqual(calls, [])
 
     def test_reading_stops_once_answers_back_up_and_resumes_when_drained(self) -> None:
-        self.patch(protocol_module, "MAX_ANSWER_BACKLOG", 2_000)
+        self.patch(flow, "MAX_ANSWER_BACKLOG", 2_000)
         calls = watch_reading(self.client)
         self.client.pauseProducing()
         for i in range(10):
@@ -171,7 +168,7 @@ class OutboxTests(unittest.TestCase):
         self.assertEqual(self.alice_session.queued, 0)
         self.pair.flush()
         self.assertEqual(
-            [s.id for s in self.pair.server_observer.stanzas if isinstance(s, Receipt)],
+            [s.id for s in self.pair.responder_observer.stanzas if isinstance(s, Receipt)],
             ["0123456789abcdef"],
         )
 
@@ -191,8 +188,8 @@ class BothSidesFloodTests(unittest.TestCase):
 
     async def test_both_directions_at_once(self) -> None:
         alice, bob = pair_config()
-        bob_observer = Recorder()
-        alice_observer = Recorder()
+        bob_observer = RecordingObserver()
+        alice_observer = RecordingObserver()
         factory = PeerFactory(bob, reactor, bob_observer)
         port = await endpoints.TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(factory)
         self.addCleanup(port.stopListening)

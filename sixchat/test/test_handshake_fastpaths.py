@@ -7,7 +7,7 @@ checked against the generic code it bypasses, which stays the definition.
     label, context and length;
   - the handshake serialisers (M1..M8) are byte for byte C{serialize(stanza.to_element())},
     and raise where that raises;
-  - L{handshake.parse_handshake} returns nothing, or exactly the tree L{xmlcodec.parse}
+  - L{handshake_fastpaths.parse_handshake} returns nothing, or exactly the tree L{xmlcodec.parse}
     returns, for any input: in particular it accepts nothing the hardened parser refuses;
   - a trust store's cache of validated chains gives, at any time and with any CRLs, the
     outcome a validation without the cache gives (same result, same error, same warnings).
@@ -27,7 +27,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from sixchat import handshake as H
+from sixchat import handshake_fastpaths as H
 from sixchat import keyschedule as K
 from sixchat.connection import INITIATOR, RESPONDER, Connection, HandshakeComplete
 from sixchat.errors import AlertError

@@ -14,24 +14,23 @@ from twisted.test import iosim
 from twisted.trial import unittest
 from zope.interface import implementer
 
+from sixchat.connection import INITIATOR
 from sixchat.errors import StanzaError
 from sixchat.handshake import AccessPolicy, PeerConfig
-from sixchat.protocol import (
-    INITIATOR,
+from sixchat.peers import PeerFactory, connectPeer, source_key
+from sixchat.protocol import PeerProtocol
+from sixchat.record import SUITES
+from sixchat.session import (
     HandshakeFailed,
     ISessionObserver,
-    PeerFactory,
-    PeerProtocol,
     SessionLost,
     SessionObserver,
     StanzaRefused,
-    connectPeer,
-    source_key,
     split_text,
 )
-from sixchat.record import SUITES
 from sixchat.stanzas import ErrorStanza, Message, Typing
 from sixchat.test import certs
+from sixchat.testing import PeerPair, RecordingObserver
 
 KEY_TYPES = ("ed25519", "p256", "p384", "rsa2048")
 
@@ -44,110 +43,51 @@ def pair_config(key_type: str = "ed25519", **kw: Any) -> tuple[PeerConfig, PeerC
     return PeerConfig([alice], trust, **kw), PeerConfig([bob], trust, **kw)
 
 
-@implementer(ISessionObserver)
-class Recorder(SessionObserver):
-    """Keeps what it sees; can hold receipts back until told to store."""
-
-    def __init__(self, hold: bool = False) -> None:
-        self.messages: list[Message] = []
-        self.stanzas: list[Any] = []
-        self.started: list[Any] = []
-        self.ended: list[Any] = []
-        self.hold = hold
-        self.held: list[defer.Deferred[None]] = []
-
-    def sessionStarted(self, session: Any) -> None:
-        self.started.append(session)
-
-    def messageReceived(self, session: Any, message: Message) -> Any:
-        self.messages.append(message)
-        if self.hold:
-            d: defer.Deferred[None] = defer.Deferred()
-            self.held.append(d)
-            return d
-        return None
-
-    def stanzaReceived(self, session: Any, stanza: Any) -> None:
-        self.stanzas.append(stanza)
-
-    def sessionEnded(self, session: Any, reason: Any) -> None:
-        self.ended.append(reason)
-
-
-class PumpedPair:
-    """Two PeerProtocols over iosim sharing one task.Clock."""
-
-    def __init__(
-        self,
-        client_config: PeerConfig,
-        server_config: PeerConfig,
-        *,
-        to: str | None = "bob@example.com",
-        server_observer: Any = None,
-        client_observer: Any = None,
-        **client_options: Any,
-    ) -> None:
-        self.clock = task.Clock()
-        self.server_observer = server_observer or Recorder()
-        self.client_observer = client_observer or Recorder()
-        self.server_factory = PeerFactory(server_config, self.clock, self.server_observer)
-        self.client_factory = PeerFactory(
-            client_config, self.clock, self.client_observer, role=INITIATOR, to=to, **client_options
-        )
-        addr = IPv4Address("TCP", "127.0.0.1", 40000)
-        self.client, self.server, self.pump = iosim.connectedServerAndClient(
-            lambda: self.server_factory.buildProtocol(addr),
-            lambda: self.client_factory.buildProtocol(addr),
-            clock=self.clock,
-            greet=False,
-        )
-        self.pump.flush()
-
-    def flush(self) -> None:
-        self.pump.flush()
+#: The observer test_adversarial records with (now L{sixchat.testing.RecordingObserver}).
+Recorder = RecordingObserver
 
 
 class SessionTests(unittest.TestCase):
     def setUp(self) -> None:
         self.alice, self.bob = pair_config()
 
-    def established(self, **kw: Any) -> PumpedPair:
-        pair = PumpedPair(self.alice, self.bob, **kw)
-        self.assertIsNotNone(pair.client.session, "client handshake did not complete")
-        self.assertIsNotNone(pair.server.session, "server handshake did not complete")
+    def established(self, **kw: Any) -> PeerPair:
+        pair = PeerPair(self.alice, self.bob, **kw)
+        self.assertIsNotNone(pair.initiator.session, "client handshake did not complete")
+        self.assertIsNotNone(pair.responder.session, "server handshake did not complete")
         return pair
 
     def test_handshake_and_receipt(self) -> None:
         pair = self.established()
-        client_session = self.successResultOf(pair.client.handshakeDone)
+        client_session = self.successResultOf(pair.initiator.handshakeDone)
         self.assertEqual(client_session.peer, "bob@example.com")
-        self.assertEqual(pair.server.session.peer, "alice@example.com")
+        self.assertEqual(pair.responder.session.peer, "alice@example.com")
         self.assertEqual(client_session.result.group, "x25519-mlkem768")
         self.assertEqual(client_session.result.suite, "aes-256-gcm")
         self.assertEqual(
-            client_session.result.exporter_secret, pair.server.session.result.exporter_secret
+            client_session.result.exporter_secret, pair.responder.session.result.exporter_secret
         )
         d = client_session.sendMessage("Hello, Bob")
         self.assertNoResult(d)
         pair.flush()
         receipt = self.successResultOf(d)
-        self.assertEqual([m.body for m in pair.server_observer.messages], ["Hello, Bob"])
-        self.assertEqual(receipt.id, pair.server_observer.messages[0].id)
+        self.assertEqual([m.body for m in pair.responder_observer.messages], ["Hello, Bob"])
+        self.assertEqual(receipt.id, pair.responder_observer.messages[0].id)
 
     def test_receipt_waits_for_storage(self) -> None:
-        pair = self.established(server_observer=Recorder(hold=True))
-        d = pair.client.session.sendMessage("stored?")
+        pair = self.established(responder_observer=RecordingObserver(hold=True))
+        d = pair.initiator.session.sendMessage("stored?")
         pair.flush()
         self.assertNoResult(d)
-        pair.server_observer.held[0].callback(None)
+        pair.responder_observer.held[0].callback(None)
         pair.flush()
-        self.assertEqual(self.successResultOf(d).id, pair.server_observer.messages[0].id)
+        self.assertEqual(self.successResultOf(d).id, pair.responder_observer.messages[0].id)
 
     def test_storage_failure_sends_no_receipt(self) -> None:
-        pair = self.established(server_observer=Recorder(hold=True))
-        d = pair.client.session.sendMessage("lost")
+        pair = self.established(responder_observer=RecordingObserver(hold=True))
+        d = pair.initiator.session.sendMessage("lost")
         pair.flush()
-        pair.server_observer.held[0].errback(RuntimeError("disk full"))
+        pair.responder_observer.held[0].errback(RuntimeError("disk full"))
         pair.flush()
         self.assertNoResult(d)
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
@@ -155,12 +95,12 @@ class SessionTests(unittest.TestCase):
     def test_long_text_is_split(self) -> None:
         pair = self.established()
         text = "x" * 70_000
-        d = pair.client.session.sendText(text)
+        d = pair.initiator.session.sendText(text)
         pair.flush()
         receipts = self.successResultOf(d)
         self.assertEqual(len(receipts), 3)
-        self.assertEqual("".join(m.body for m in pair.server_observer.messages), text)
-        self.assertRaises(ValueError, pair.client.session.sendMessage, text)
+        self.assertEqual("".join(m.body for m in pair.responder_observer.messages), text)
+        self.assertRaises(ValueError, pair.initiator.session.sendMessage, text)
 
     def test_split_text(self) -> None:
         self.assertEqual(split_text("abcde", 2), ["ab", "cd", "e"])
@@ -168,7 +108,7 @@ class SessionTests(unittest.TestCase):
 
     def test_ping_round_trip(self) -> None:
         pair = self.established()
-        d = pair.client.session.ping()
+        d = pair.initiator.session.ping()
         pair.clock.advance(0.25)
         pair.flush()
         self.assertEqual(self.successResultOf(d), 0.25)
@@ -176,10 +116,10 @@ class SessionTests(unittest.TestCase):
     def test_error_refuses_send(self) -> None:
         pair = self.established()
         message = Message("m1", "2026-11-26T00:00:00.000Z", "hi")
-        d = pair.client.session.send(message)
+        d = pair.initiator.session.send(message)
         # The server answers this id with an error instead of a receipt.
-        pair.server.connection._send_element(ErrorStanza("too_large", "m1").to_element())
-        pair.server.flush()
+        pair.responder.connection._send_element(ErrorStanza("too_large", "m1").to_element())
+        pair.responder.flush()
         pair.flush()
         failure = self.failureResultOf(d, StanzaRefused)
         self.assertEqual(failure.value.reason, "too_large")
@@ -187,11 +127,11 @@ class SessionTests(unittest.TestCase):
     def test_invalid_message_gets_error(self) -> None:
         pair = self.established()
         bad = Message("ok-id", "2026-13-01T00:00:00Z", "bad ts")
-        pair.client.connection._send_element(bad.to_element())
-        pair.client.flush()
+        pair.initiator.connection._send_element(bad.to_element())
+        pair.initiator.flush()
         pair.flush()
-        self.assertEqual(pair.server_observer.messages, [])
-        errors = [s for s in pair.client_observer.stanzas if isinstance(s, ErrorStanza)]
+        self.assertEqual(pair.responder_observer.messages, [])
+        errors = [s for s in pair.initiator_observer.stanzas if isinstance(s, ErrorStanza)]
         self.assertEqual([(e.reason, e.ref) for e in errors], [("bad_request", "ok-id")])
 
     def test_unknown_stanza_gets_unsupported_with_ref(self) -> None:
@@ -200,52 +140,52 @@ class SessionTests(unittest.TestCase):
 
         pair = self.established()
         offer = Element("file", {"id": "f1", "name": "a.txt", "size": "1", "sha256": "AA=="})
-        pair.client.connection._send_element(offer)
-        pair.client.connection._send_element(Element("frobnicate"))
-        pair.client.flush()
+        pair.initiator.connection._send_element(offer)
+        pair.initiator.connection._send_element(Element("frobnicate"))
+        pair.initiator.flush()
         pair.flush()
-        errors = [s for s in pair.client_observer.stanzas if isinstance(s, ErrorStanza)]
+        errors = [s for s in pair.initiator_observer.stanzas if isinstance(s, ErrorStanza)]
         self.assertEqual(
             [(e.reason, e.ref) for e in errors], [("unsupported", "f1"), ("unsupported", None)]
         )
-        self.assertEqual(pair.client.connection.state, "open")
+        self.assertEqual(pair.initiator.connection.state, "open")
 
     def test_no_rekey_after_close(self) -> None:
         from sixchat.connection import ConnectionClosedError
 
         pair = self.established()
-        pair.client.connection.close()
-        self.assertRaises(ConnectionClosedError, pair.client.connection.rekey)
+        pair.initiator.connection.close()
+        self.assertRaises(ConnectionClosedError, pair.initiator.connection.rekey)
 
     def test_typing_reaches_observer(self) -> None:
         pair = self.established()
-        pair.client.session.sendTyping("composing")
+        pair.initiator.session.sendTyping("composing")
         pair.flush()
-        self.assertEqual(pair.server_observer.stanzas, [Typing("composing")])
+        self.assertEqual(pair.responder_observer.stanzas, [Typing("composing")])
 
     def test_graceful_close(self) -> None:
         pair = self.established()
-        ended = pair.client.session.close()
+        ended = pair.initiator.session.close()
         pair.flush()
         self.successResultOf(ended)
-        self.assertTrue(pair.client.connection.state == "closed")
-        self.assertEqual(len(pair.server_observer.ended), 1)
-        self.assertEqual(len(pair.client_observer.ended), 1)
+        self.assertTrue(pair.initiator.connection.state == "closed")
+        self.assertEqual(len(pair.responder_observer.ended), 1)
+        self.assertEqual(len(pair.initiator_observer.ended), 1)
 
     def test_truncation_fails_pending_sends(self) -> None:
-        pair = self.established(server_observer=Recorder(hold=True))
-        d = pair.client.session.sendMessage("never receipted")
+        pair = self.established(responder_observer=RecordingObserver(hold=True))
+        d = pair.initiator.session.sendMessage("never receipted")
         pair.flush()
-        pair.server.transport.loseConnection()  # ends without <close/>: a truncation
+        pair.responder.transport.loseConnection()  # ends without <close/>: a truncation
         pair.flush()
         self.failureResultOf(d, SessionLost)
-        self.assertEqual(len(pair.server_observer.messages), 1)
+        self.assertEqual(len(pair.responder_observer.messages), 1)
 
     def test_abort_sends_the_alert_and_ends_both_sides(self) -> None:
         from sixchat.errors import CertificateRevoked
 
         pair = self.established()
-        alice, bob = pair.client.session, pair.server.session
+        alice, bob = pair.initiator.session, pair.responder.session
         assert alice is not None and bob is not None
         pending = alice.sendMessage("never answered")
         bob.abort(CertificateRevoked("peer certificate revoked"))
@@ -256,46 +196,46 @@ class SessionTests(unittest.TestCase):
         self.assertEqual(alice.end_reason.reason, "certificate_revoked")  # type: ignore[union-attr]
         self.assertTrue(alice.end_reason.sent_by_peer)  # type: ignore[union-attr]
         self.failureResultOf(pending, SessionLost)
-        self.assertEqual(pair.server_observer.messages, [])
+        self.assertEqual(pair.responder_observer.messages, [])
 
     def test_rekey_on_demand_keeps_session(self) -> None:
         pair = self.established()
-        pair.client.session.rekey()
-        pair.server.session.rekey()
-        d = pair.client.session.sendMessage("after rekey")
+        pair.initiator.session.rekey()
+        pair.responder.session.rekey()
+        d = pair.initiator.session.sendMessage("after rekey")
         pair.flush()
         self.successResultOf(d)
-        self.assertEqual(pair.server.connection._read.seq, 1)
+        self.assertEqual(pair.responder.connection._read.seq, 1)
 
     def test_access_denied(self) -> None:
         alice, bob = pair_config()
         bob.access = AccessPolicy(["carol@example.com", "@other.example"])
-        pair = PumpedPair(alice, bob)
+        pair = PeerPair(alice, bob)
         # The initiator is complete once it sent M8 (§11.4); the refusal ends its session.
-        session = self.successResultOf(pair.client.handshakeDone)
+        session = self.successResultOf(pair.initiator.handshakeDone)
         self.assertTrue(session.ended)
         self.assertIsInstance(session.end_reason, HandshakeFailed)
         self.assertEqual(session.end_reason.reason, "access_denied")
         self.assertTrue(session.end_reason.sent_by_peer)
-        self.assertIsNone(pair.server.session)
-        self.assertEqual(pair.server_observer.started, [])
+        self.assertIsNone(pair.responder.session)
+        self.assertEqual(pair.responder_observer.started, [])
 
     def test_access_allowed_by_domain(self) -> None:
         alice, bob = pair_config()
         bob.access = AccessPolicy(["@EXAMPLE.com"])
-        pair = PumpedPair(alice, bob)
-        self.assertEqual(self.successResultOf(pair.client.handshakeDone).peer, "bob@example.com")
+        pair = PeerPair(alice, bob)
+        self.assertEqual(self.successResultOf(pair.initiator.handshakeDone).peer, "bob@example.com")
 
     def test_identity_mismatch(self) -> None:
-        pair = PumpedPair(self.alice, self.bob, to="carol@example.com")
-        failure = self.failureResultOf(pair.client.handshakeDone, HandshakeFailed)
+        pair = PeerPair(self.alice, self.bob, to="carol@example.com")
+        failure = self.failureResultOf(pair.initiator.handshakeDone, HandshakeFailed)
         self.assertEqual(failure.value.reason, "identity_mismatch")
 
     def test_no_common_group_lists_acceptable(self) -> None:
         alice, bob = pair_config()
         bob.groups = ("x25519",)
-        pair = PumpedPair(alice, bob, groups=["secp256r1"])
-        failure = self.failureResultOf(pair.client.handshakeDone, HandshakeFailed)
+        pair = PeerPair(alice, bob, groups=["secp256r1"])
+        failure = self.failureResultOf(pair.initiator.handshakeDone, HandshakeFailed)
         self.assertEqual(failure.value.reason, "no_common_group")
 
 
@@ -343,27 +283,28 @@ class TimeoutTests(unittest.TestCase):
 
     def test_idle_close(self) -> None:
         alice, bob = pair_config()
-        pair = PumpedPair(alice, bob)
-        session = pair.client.session
+        pair = PeerPair(alice, bob)
+        session = pair.initiator.session
         pair.clock.advance(299)
         pair.flush()
-        self.assertEqual(pair.client.connection.state, "open")
-        pair.client.session.ping()
+        self.assertEqual(pair.initiator.connection.state, "open")
+        pair.initiator.session.ping()
         pair.flush()  # the pong is a record received: it resets the client's idle timer
         pair.clock.advance(299)
         pair.flush()
-        self.assertEqual(pair.client.connection.state, "open")
+        self.assertEqual(pair.initiator.connection.state, "open")
         pair.clock.advance(301)
         pair.flush()
         self.assertTrue(session.ended)
 
     def test_close_wait_is_bounded(self) -> None:
         alice, bob = pair_config()
-        pair = PumpedPair(alice, bob)
-        pair.client.session.close()
+        pair = PeerPair(alice, bob)
+        pair.initiator.session.close()
         # the peer never answers: nothing is pumped
         pair.clock.advance(5.1)
-        self.assertTrue(pair.client.transport.disconnecting or pair.client.transport.disconnected)
+        transport = pair.initiator.transport
+        self.assertTrue(transport.disconnecting or transport.disconnected)  # type: ignore[union-attr]
 
 
 class LimitTests(unittest.TestCase):
@@ -496,7 +437,7 @@ class StanzaIdTests(unittest.SynchronousTestCase):
     def test_ids_are_128_random_bits_never_repeated_across_refills(self) -> None:
         import re
 
-        from sixchat.protocol import new_stanza_id
+        from sixchat.session import new_stanza_id
 
         ids = [new_stanza_id() for _ in range(1_000)]  # about four refills of the pool
         self.assertEqual(len(set(ids)), 1_000)
@@ -505,7 +446,7 @@ class StanzaIdTests(unittest.SynchronousTestCase):
     def test_a_forked_child_draws_its_own(self) -> None:
         import os
 
-        from sixchat.protocol import _id_pool, new_stanza_id
+        from sixchat.session import _id_pool, new_stanza_id
 
         new_stanza_id()
         self.assertTrue(_id_pool)
@@ -523,3 +464,31 @@ class StanzaIdTests(unittest.SynchronousTestCase):
 class ErrorsTests(unittest.SynchronousTestCase):
     def test_stanza_error_reason_normalised(self) -> None:
         self.assertEqual(StanzaError("weird").reason, "bad_request")
+
+
+class CompatibilityTests(unittest.SynchronousTestCase):
+    """Names moved out of sixchat.protocol stay importable from it (docs/api.md uses them)."""
+
+    def test_old_import_path(self) -> None:
+        import sixchat.connection
+        import sixchat.flow
+        import sixchat.peers
+        import sixchat.protocol
+        import sixchat.session
+
+        for name in sixchat.protocol.__all__:
+            value = getattr(sixchat.protocol, name)
+            homes = [
+                getattr(m, name)
+                for m in (sixchat.session, sixchat.flow, sixchat.peers, sixchat.connection)
+                if hasattr(m, name)
+            ]
+            for home in homes:
+                self.assertIs(value, home, name)
+        from sixchat.protocol import PeerFactory as Old
+        from sixchat.protocol import connectPeer as old_connect
+
+        self.assertIs(Old, PeerFactory)
+        self.assertIs(old_connect, connectPeer)
+        with self.assertRaises(AttributeError):
+            sixchat.protocol.nonexistent  # noqa: B018

@@ -1,0 +1,185 @@
+"""
+Flow control of the peer protocol: the outbox our stanzas wait in while the transport's write
+buffer is full, and when to stop reading the peer (§9.2 back-pressure).
+
+L{FlowControl} is the writing half of L{sixchat.protocol.PeerProtocol}, kept apart because
+it is one concern with rules of its own: it registers as the transport's producer to learn
+when the write buffer is full. Then our own stanzas wait, unsealed and in order, in an outbox
+drained when the transport asks for more; answers to the peer's records (receipts, pongs,
+errors) still go out, and we keep reading. Only when more than L{MAX_ANSWER_BACKLOG} bytes of
+answers have piled up behind the full buffer does the peer evidently not read what it makes
+us send, and we stop reading it: a peer cannot make us buffer answers without bound, and two
+peers that both send faster than the other reads keep draining each other instead of
+stalling for good (as they would if a full buffer alone stopped reading). Likewise we stop
+reading while more than L{MAX_UNPROCESSED} bytes of received messages wait for the observer
+to store them.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.interfaces import IPushProducer
+from twisted.internet.protocol import Protocol
+from zope.interface import implementer
+
+from sixchat.connection import Connection
+from sixchat.session import SessionLost
+
+__all__ = ["MAX_ANSWER_BACKLOG", "MAX_UNPROCESSED", "WRITE_BATCH", "FlowControl"]
+
+#: §9.2 "buffered unprocessed input per connection": records are processed as they arrive,
+#: so what can pile up is received messages the observer has not stored (and receipted) yet.
+#: Past this many bytes we stop reading from the peer until storage catches up.
+MAX_UNPROCESSED = 256 * 1024
+#: Answers (receipts, pongs, errors) written while the transport's buffer is already full.
+#: Past this many bytes the peer is not reading what its own records make us send, and we
+#: stop reading it until it does; below it we keep reading, so that two peers that both
+#: write faster than the other reads still drain each other (see L{FlowControl}).
+MAX_ANSWER_BACKLOG = 256 * 1024
+#: Queued application stanzas are sealed and written in batches of about this many bytes.
+WRITE_BATCH = 64 * 1024
+
+
+@implementer(IPushProducer)
+class FlowControl(Protocol):
+    """
+    A protocol that writes what its L{Connection} queues, holding our own stanzas back while
+    the transport is full (see the module docstring). The subclass sets the attributes below
+    in its constructor.
+    """
+
+    connection: Connection
+    #: Bytes of received messages not yet stored (§9.2, see L{MAX_UNPROCESSED}).
+    unstored: int
+    _write_full: bool  # the transport paused us: its write buffer is full
+    _reading_paused: bool
+    _lost: bool
+
+    # IPushProducer: the transport tells us its write buffer is full / drained. We read only
+    # while neither that nor messages awaiting storage (§9.2) hold us back.
+
+    def pauseProducing(self) -> None:
+        self._write_full = True
+
+    def resumeProducing(self) -> None:
+        self._write_full = False
+        self._backlog = 0
+        self._drainOutbox()
+        self._updateReading()
+
+    def _updateReading(self) -> None:
+        pause = (
+            self._write_full and self._backlog > MAX_ANSWER_BACKLOG
+        ) or self.unstored > MAX_UNPROCESSED
+        if pause == self._reading_paused or self._lost or self.transport is None:
+            return
+        self._reading_paused = pause
+        if pause:
+            self.transport.pauseProducing()  # type: ignore[attr-defined]
+        else:
+            self.transport.resumeProducing()  # type: ignore[attr-defined]
+
+    def stopProducing(self) -> None:
+        pass
+
+    # writing --------------------------------------------------------------------------------
+
+    _outbox: deque[bytes] | None = None
+    #: Bytes in the outbox.
+    _outbox_bytes = 0
+    #: Bytes written since the transport said its buffer is full (answers, in effect: our
+    #: own stanzas wait in the outbox meanwhile).
+    _backlog = 0
+    _writable_waiters: list[defer.Deferred[None]] | None = None
+
+    def flush(self) -> None:
+        data = self.connection.data_to_send()
+        if data and not self._lost:
+            if self._write_full:
+                self._backlog += len(data)
+                self.transport.write(data)  # type: ignore[union-attr]
+                if self._backlog > MAX_ANSWER_BACKLOG and not self._reading_paused:
+                    self._updateReading()
+            else:
+                self.transport.write(data)  # type: ignore[union-attr]
+
+    #: True while dataReceived handles events: sendStanza then leaves the flush to it.
+    _coalescing = False
+
+    def sendStanza(self, stanza: Any) -> None:
+        """
+        Send one of our application stanzas: at once while the transport has room, else
+        into the outbox (checked and serialised now, so errors still reach the caller now).
+        """
+        if self._write_full or self._outbox:
+            serialized = self.connection.prepare(stanza)
+            if self._outbox is None:
+                self._outbox = deque()
+            self._outbox.append(serialized)
+            self._outbox_bytes += len(serialized)
+            return
+        self.connection.send(stanza)
+        if not self._coalescing:
+            self.flush()
+
+    def sendAnswer(self, stanza: Any) -> None:
+        """Send a receipt: an answer, which never waits behind our own stanzas."""
+        self.connection.send(stanza)
+        if not self._coalescing:
+            self.flush()
+
+    def _drainOutbox(self) -> None:
+        """Seal and write queued stanzas, in order, while the transport takes them."""
+        outbox = self._outbox
+        connection = self.connection
+        while outbox and not self._write_full and not self._lost:
+            if connection.state != "open":
+                self._discardOutbox()
+                break
+            batch = 0
+            while outbox and batch < WRITE_BATCH:
+                serialized = outbox.popleft()
+                batch += len(serialized)
+                connection.send_prepared(serialized)
+            self._outbox_bytes -= batch
+            self.flush()  # may fill the transport again: pauseProducing stops the loop
+        if not self._outbox:
+            self._outbox = None
+            if not self._write_full:
+                self._fireWritable(None)
+
+    def _sealOutbox(self) -> None:
+        """Seal everything queued now, whatever the transport's state (before our close)."""
+        outbox, self._outbox = self._outbox, None
+        self._outbox_bytes = 0
+        if outbox and self.connection.state == "open":
+            for serialized in outbox:
+                self.connection.send_prepared(serialized)
+
+    def _discardOutbox(self) -> None:
+        """The session is ending: queued stanzas will not be sent (their senders learn it)."""
+        self._outbox = None
+        self._outbox_bytes = 0
+
+    def _whenWritable(self) -> defer.Deferred[None]:
+        d: defer.Deferred[None] = defer.Deferred()
+        if self._lost or self.connection.state != "open":
+            d.errback(SessionLost("session ended"))
+        elif not self._outbox and not self._write_full:
+            d.callback(None)
+        else:
+            if self._writable_waiters is None:
+                self._writable_waiters = []
+            self._writable_waiters.append(d)
+        return d
+
+    def _fireWritable(self, failure: Exception | None) -> None:
+        waiters, self._writable_waiters = self._writable_waiters, None
+        for d in waiters or ():
+            if failure is None:
+                d.callback(None)
+            else:
+                d.errback(failure)
