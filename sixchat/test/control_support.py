@@ -23,8 +23,8 @@ from zope.interface import implementer
 from sixchat.agent.control.client import connect_control
 from sixchat.agent.control.server import listen_control
 from sixchat.agent.interfaces import IAgentEvents
-from sixchat.fake_agent import ALICE, FakeAgent
 from sixchat.test.processes import child_env
+from sixchat.testing.agent import ALICE, FakeAgent
 
 
 @implementer(IAgentEvents)

@@ -12,8 +12,8 @@ from typing import Any
 from twisted.internet import defer
 from twisted.trial import unittest
 
-from sixchat.fake_agent import ALICE, BOB, FakeAgent
 from sixchat.test.control_support import AgentCLIMixin, run, short_tempdir
+from sixchat.testing.agent import ALICE, BOB, FakeAgent
 
 
 class CLITests(AgentCLIMixin, unittest.TestCase):

@@ -10,8 +10,8 @@ from typing import Any
 from twisted.internet import defer
 from twisted.trial import unittest
 
-from sixchat.fake_agent import BOB
 from sixchat.test.control_support import AgentCLIMixin, run, spawn_cli, wait_for
+from sixchat.testing.agent import BOB
 
 
 class ChatCLITests(AgentCLIMixin, unittest.TestCase):

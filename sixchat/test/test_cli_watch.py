@@ -12,8 +12,8 @@ from twisted.internet import defer
 from twisted.trial import unittest
 
 from sixchat.cli.watch import format_event
-from sixchat.fake_agent import BOB
 from sixchat.test.control_support import AgentCLIMixin, spawn_cli, wait_for
+from sixchat.testing.agent import BOB
 
 
 class FormatEventTests(unittest.TestCase):

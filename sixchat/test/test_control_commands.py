@@ -20,8 +20,8 @@ from sixchat.agent.errors import (
     UnknownIdentity,
     UnknownMessage,
 )
-from sixchat.fake_agent import ALICE, BOB
 from sixchat.test.control_support import ServerMixin
+from sixchat.testing.agent import ALICE, BOB
 
 # -- the AMP commands ----------------------------------------------------------------------
 

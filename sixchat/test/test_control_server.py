@@ -2,7 +2,7 @@
 The control server (L{sixchat.agent.control.server}) against a fake L{IUserAgent} served on a
 real UNIX socket: event delivery and flow control, the socket's files and permissions, who may
 connect (L{sixchat.agent.control.unixsocket}). One test runs a fake agent as a separate
-process (C{python -m sixchat.fake_agent DATA_DIR}) to check the "another agent answers" and
+process (C{python -m sixchat.testing.agent DATA_DIR}) to check the "another agent answers" and
 "crashed agent left a stale socket" paths with a real process on the other end.
 """
 
@@ -24,9 +24,9 @@ from sixchat.agent.control.client import ControlClient
 from sixchat.agent.control.commands import Event
 from sixchat.agent.control.unixsocket import check_peer_uid, peer_credentials, socket_path
 from sixchat.agent.errors import AgentAlreadyRunning, AgentDisconnected, DataDirError, PeerRefused
-from sixchat.fake_agent import ALICE, BOB, FakeAgent
 from sixchat.test.control_support import Recorder, ServerMixin, run, wait_for
 from sixchat.test.processes import child_env
+from sixchat.testing.agent import ALICE, BOB, FakeAgent
 
 # -- events and flow control ---------------------------------------------------------------
 
@@ -337,7 +337,7 @@ class SeparateProcessTests(ServerMixin, unittest.TestCase):
         transport = reactor.spawnProcess(
             proc,
             sys.executable,
-            [sys.executable, "-m", "sixchat.fake_agent", self.data_dir],
+            [sys.executable, "-m", "sixchat.testing.agent", self.data_dir],
             env=child_env(),
         )
         try:

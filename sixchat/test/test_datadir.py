@@ -13,8 +13,8 @@ from twisted.trial import unittest
 from sixchat.agent import datadir
 from sixchat.agent.datadir import default_data_dir, prepare_data_dir, resolve_data_dir
 from sixchat.agent.errors import BadArgument, DataDirError, NoAgentRunning
-from sixchat.fake_agent import ALICE, BOB
 from sixchat.test.control_support import short_tempdir
+from sixchat.testing.agent import ALICE, BOB
 
 
 class DataDirTests(unittest.TestCase):

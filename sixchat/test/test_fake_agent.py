@@ -1,5 +1,5 @@
 """
-The public fake agent (L{sixchat.fake_agent}): it must stay a faithful L{IUserAgent}, or the
+The public fake agent (L{sixchat.testing.agent}): it must stay a faithful L{IUserAgent}, or the
 tests and applications built on it would test against something the real agent is not.
 """
 
@@ -10,7 +10,7 @@ from twisted.trial import unittest
 from zope.interface.verify import verifyClass, verifyObject
 
 from sixchat.agent.interfaces import IUserAgent
-from sixchat.fake_agent import BOB, FakeAgent
+from sixchat.testing.agent import BOB, FakeAgent
 
 
 class FakeAgentTests(unittest.TestCase):

@@ -1,6 +1,6 @@
 """
-Test doubles for code that embeds sixchat, in the style of C{treq.testing}: everything runs
-in memory on a C{task.Clock}, so an application's tests need neither sockets nor a reactor.
+Peers in memory: a throwaway CA, a recording session observer and a connected pair of
+L{PeerProtocol}s, everything on a C{task.Clock} with no sockets.
 
 What is here:
 
@@ -10,8 +10,6 @@ What is here:
     receipts back, to test what happens before a message is stored.
   - L{PeerPair}: an initiator and a responder L{PeerProtocol} connected through
     C{twisted.test.iosim}, with L{PeerPair.flush} to move the bytes and both L{Session}s.
-
-(Doubles for the agent's collaborators join this list as they are written.)
 
 Typical use::
 

@@ -7,7 +7,7 @@ What a call does is steered by the recipient's local part (see L{FakeAgent}), so
 reach every outcome a real agent has (queued, delivered, expired, unknown, crashing) by
 choosing an address rather than by configuring the fake.
 
-C{python -m sixchat.fake_agent DATA_DIR} serves one on C{DATA_DIR/control.sock} until killed,
+C{python -m sixchat.testing.agent DATA_DIR} serves one on C{DATA_DIR/control.sock} until killed,
 for trying the command line by hand.
 """
 
@@ -237,7 +237,7 @@ class FakeAgent:
 
 
 def serve_fake_agent(data_dir: str) -> None:
-    """C{python -m sixchat.fake_agent DATA_DIR}: a fake agent for manual CLI trials."""
+    """C{python -m sixchat.testing.agent DATA_DIR}: a fake agent for manual CLI trials."""
     from twisted.internet import task
 
     from sixchat.agent.control.server import listen_control
