@@ -33,10 +33,9 @@ from twisted.python import usage
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
-from sixchat import irp_tap, pki
+from sixchat import pki
 from sixchat.identity import Identity, load_identity, rfc822_names
-from sixchat.irp.authority import Authority, check_csr, token_hash
-from sixchat.irp.gcpolicy import CollectorPolicy
+from sixchat.irp import tap as irp_tap
 from sixchat.irp.messages import (
     CA,
     CRL,
@@ -53,6 +52,8 @@ from sixchat.irp.messages import (
     Watch,
 )
 from sixchat.irp.server import IRPServerFactory, IRPServerService, RegistryConfig
+from sixchat.irp.server.authority import Authority, check_csr, token_hash
+from sixchat.irp.server.gcpolicy import CollectorPolicy
 from sixchat.irp.sqlite_store import SQLiteStore, issuer_key
 from sixchat.irp.tls import client_options
 from sixchat.record import RecordReader, header, plain_record
@@ -617,7 +618,7 @@ class RequestTests(TestCase):
         b = h.connect(h.identity("bob@example.com"))
         await b.request(Watch("1", "alice@example.com"))
         b.protocol.connectionLost(Failure(Exception("gone")))
-        self.assertEqual(h.factory._watchers, {})
+        self.assertEqual(h.factory.hub._watchers, {})
 
     # limits (§5, §6) -----------------------------------------------------------------------
 
@@ -1088,7 +1089,7 @@ class TLSRegistryTests(TestCase):
     async def test_closed_connection_needs_no_collector(self) -> None:
         """
         A closed connection is freed by reference counting alone, TLS wrapper included: the
-        garbage-collection policy (sixchat.irp.gcpolicy) relies on it to run full
+        garbage-collection policy (sixchat.irp.server.gcpolicy) relies on it to run full
         collections rarely.
         """
         client = await self.connect(certs.make_identity("alice@example.com", self.ca))

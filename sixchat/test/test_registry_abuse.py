@@ -25,7 +25,6 @@ from twisted.internet import endpoints, reactor, task
 from twisted.logger import Logger
 from twisted.trial.unittest import SkipTest, TestCase
 
-from sixchat.irp.authority import Authority
 from sixchat.irp.messages import (
     Contact,
     Enroll,
@@ -36,6 +35,7 @@ from sixchat.irp.messages import (
     Watch,
 )
 from sixchat.irp.server import MAX_PUSH_BACKLOG, IRPServerService, RegistryConfig
+from sixchat.irp.server.authority import Authority
 from sixchat.irp.sqlite_store import SQLiteStore
 from sixchat.record import header, plain_record
 from sixchat.test import certs
