@@ -2,8 +2,9 @@
 The IRP registry server (irp-1), one concept per module:
 
   - L{config}: L{RegistryConfig}, the registry's policies and limits (irp-1 §3.3, §6).
-  - L{protocol}: L{IRPServerProtocol} answers one connection's requests (framing,
-    pipelining, rate limit, idle timeout, authentication); L{IRPServerFactory} builds them.
+  - L{protocol}: L{IRPServerProtocol}, one connection (framing, pipelining, rate limit,
+    idle timeout, flow control); L{IRPServerFactory} builds them.
+  - L{requests}: what each request does on a connection, and its authentication.
   - L{hub}: what connections share: identity tracking, watch fan-out, expiry, the CRL loop.
   - L{fastpaths}: the commonest request and answer at the byte level.
   - L{tls}: the registry's TLS context and the guard on connections in their handshake.

@@ -12,7 +12,8 @@ returns 0, and pyOpenSSL's public C{set_verify} gives the callback no way to set
 callback is installed with C{SSL_CTX_set_verify} through C{OpenSSL._util}, and sets
 C{X509_STORE_CTX_set_error} to the code whose alert the spec names. Everything else about the
 context is public pyOpenSSL API; the chain itself is validated by L{TrustStore} (OpenSSL's
-verifier with the spec's extra rules), never by hand. C{test_irp_tls} pins each alert.
+verifier with the spec's extra rules), never by hand. C{test_irp_client.TLSRegistryTests}
+pins each alert.
 """
 
 from __future__ import annotations
