@@ -24,6 +24,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 from typing import Protocol as TypingProtocol
 
+from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from twisted.internet import defer
 from twisted.internet.interfaces import ITransport
@@ -105,17 +106,13 @@ class _Ended:
 _ENDED = _Ended()
 
 
-def _der(cert: Any) -> bytes:
-    return bytes(cert.public_bytes(serialization.Encoding.DER))
-
-
 @functools.lru_cache(maxsize=64)
-def _issuer_der_of(cert: Any) -> bytes:
+def _issuer_der_of(cert: x509.Certificate) -> bytes:
     """
     DER of a connection's issuer (a CA certificate, the same few objects on every
     connection): revocation is rechecked about once a second per connection.
     """
-    return _der(cert)
+    return cert.public_bytes(serialization.Encoding.DER)
 
 
 class RequestHandler:
