@@ -16,7 +16,7 @@ Every client stays under the registry's per-connection limit (50 requests/s) at 
 load; a C{rate_limited} answer would be counted as an error, not as a lookup.
 
 The registry process runs with the garbage-collection policy of C{twistd sixchat-irp}
-(L{sixchat.irp.gcpolicy}; the spec's C{gc_interval}, 0 for Python's default collector) and
+(L{sixchat.irp.server.gcpolicy}; the spec's C{gc_interval}, 0 for Python's default collector) and
 reports, after the rounds, the pauses its collector made (variant C{server}): the longest
 pause of any collection and of the full ones, their count and total, and its resident size.
 """
@@ -43,9 +43,9 @@ async def registry_server(reactor: Any, spec: dict[str, Any]) -> None:
     """Run the registry on 127.0.0.1 over SQLite (C{db} a path) or PostgreSQL (a DSN)."""
     from sixchat.bench.peers import _quiet_logs
     from sixchat.identity import Identity
-    from sixchat.irp.authority import Authority
-    from sixchat.irp.gcpolicy import DEFAULT_INTERVAL, CollectorPolicy
     from sixchat.irp.server import IRPServerService, RegistryConfig, make_store
+    from sixchat.irp.server.authority import Authority
+    from sixchat.irp.server.gcpolicy import DEFAULT_INTERVAL, CollectorPolicy
 
     _quiet_logs()
     pauses = _CollectorPauses()

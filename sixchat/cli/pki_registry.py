@@ -141,7 +141,7 @@ def _store(db: str, reactor: Any) -> Any:
 
 
 def invite(args: argparse.Namespace) -> int:
-    from sixchat.irp.authority import create_invitation
+    from sixchat.irp.server.authority import create_invitation
 
     if not is_valid_identity(args.identity):
         raise UsageError(f"{args.identity!r} is not a valid identity (local@domain)")

@@ -379,10 +379,9 @@ class RegistrationKeeper(service.Service):
             return
         if failure.check(IRPConnectionError):
             return  # _lost handles it (the connection is gone)
-        if failure.check(m.IRPError):
-            why = f"{failure.value.reason}" + (  # type: ignore[union-attr]
-                f" ({failure.value.text})" if failure.value.text else ""  # type: ignore[union-attr]
-            )
+        refusal = failure.value
+        if isinstance(refusal, m.IRPError):
+            why = f"{refusal.reason}" + (f" ({refusal.text})" if refusal.text else "")
             self.log.error("{registry} refused to register node {node}: {why}",
                            registry=self.registry_name, node=self.node, why=why)  # fmt: skip
         else:
@@ -425,7 +424,7 @@ class RegistrationKeeper(service.Service):
 
     # stopping ---------------------------------------------------------------------------------
 
-    def stopService(self) -> defer.Deferred[None]:  # type: ignore[override]
+    def stopService(self) -> defer.Deferred[None]:
         """Unregister (bounded by C{stop_timeout}) and close; never fails."""
         super().stopService()
         if self._timer is not None and self._timer.active():

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 from sixchat.errors import SixchatError
 from sixchat.xmlcodec import Element, b64decode, b64encode
@@ -358,8 +358,10 @@ def parse_request(element: Element, allow_private: bool = False) -> Request:
         return Enroll(rid, token, _csr(element, rid))
     if tag == "renew":
         return Renew(rid, _csr(element, rid))
-    simple: dict[str, Any] = {"ca": CA, "revoke": Revoke, "crl": CRL, "ping": Ping}
-    return simple[tag](rid)  # type: ignore[no-any-return]
+    simple: dict[str, Callable[[str], Request]] = {
+        "ca": CA, "revoke": Revoke, "crl": CRL, "ping": Ping,
+    }  # fmt: skip
+    return simple[tag](rid)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -214,8 +214,8 @@ class SyncSQLiteStore(SQLiteStore):
 def _registry(payload: bytes, size: int) -> None:
     from datetime import UTC, datetime
 
-    from sixchat.irp.authority import Authority
     from sixchat.irp.server import IRPServerFactory, RegistryConfig
+    from sixchat.irp.server.authority import Authority
 
     ca = certs.make_ca()
     clock = task.Clock()

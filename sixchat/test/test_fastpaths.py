@@ -577,7 +577,7 @@ class RegistryFastPathTests(SynchronousTestCase):
 
         from sixchat.irp.interfaces import Binding, IdentityState
         from sixchat.irp.messages import Contact, Record
-        from sixchat.irp.server import _nodes, record_bytes
+        from sixchat.irp.server.fastpaths import _nodes, record_bytes
 
         bindings = tuple(
             Binding(name, tuple(Contact(h, p) for h, p in contacts), c, 1,

@@ -55,9 +55,9 @@ from sixchat.connection import (
 from sixchat.errors import AlertError, StanzaError
 from sixchat.groups import FixedEntropy
 from sixchat.handshake import PeerConfig
-from sixchat.irp.authority import Authority
 from sixchat.irp.messages import clamp_expires
 from sixchat.irp.server import IRPServerFactory, RegistryConfig
+from sixchat.irp.server.authority import Authority
 from sixchat.record import PLAIN, SEALED, RecordReader, header, plain_record
 from sixchat.stanzas import (
     APPLICATION_STANZAS,

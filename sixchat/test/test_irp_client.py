@@ -34,7 +34,7 @@ from sixchat.irp.client import (
     describe_tls_failure,
     load_certificates,
 )
-from sixchat.irp.tls import ServerTLS
+from sixchat.irp.server.tls import ServerTLS
 from sixchat.record import RecordReader, plain_record
 from sixchat.test import certs
 from sixchat.xmlcodec import Element, parse, serialize

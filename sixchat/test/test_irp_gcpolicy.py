@@ -1,5 +1,5 @@
 """
-Tests of L{sixchat.irp.gcpolicy.CollectorPolicy}, the registry process's garbage-collection
+Tests of L{sixchat.irp.server.gcpolicy.CollectorPolicy}, the registry process's garbage-collection
 policy: on a L{task.Clock} and a fake C{gc} module, so that no test changes the collector of
 the process running the tests (and nothing depends on how long anything takes).
 """
@@ -11,7 +11,7 @@ from typing import Any
 from twisted.internet import task
 from twisted.trial.unittest import TestCase
 
-from sixchat.irp.gcpolicy import DEFAULT_INTERVAL, NEVER, CollectorPolicy
+from sixchat.irp.server.gcpolicy import DEFAULT_INTERVAL, NEVER, CollectorPolicy
 
 
 class FakeGC:

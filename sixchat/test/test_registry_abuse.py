@@ -3,10 +3,10 @@ Registry abuse (docs/security.md, "Attacks tried"): each attempt gets the irp-1 
 alert) and leaves other users' data exactly as it was.
 
 Most tests drive the registry over a string transport with a chosen certificate and a fake
-clock (L{sixchat.test.test_irp_server.Harness}); what only TLS can show (certificates refused
+clock (L{sixchat.test.irp_harness.Harness}); what only TLS can show (certificates refused
 in the handshake, a client that never reads) runs over real TLS on 127.0.0.1. Rows already
 proven elsewhere are cited in docs/security.md rather than repeated: forged C{identity}
-attributes (C{test_irp_server.RequestTests.test_register_only_own_identity}), a token used
+attributes (C{test_irp_server_protocol.RequestTests.test_register_only_own_identity}), a token used
 twice (C{test_enroll}), CSR names ignored (C{test_enroll}, C{test_renew}), the token bucket
 (C{test_rate_limit}), fatal framing errors (C{test_fatal_input}).
 """
@@ -25,7 +25,6 @@ from twisted.internet import endpoints, reactor, task
 from twisted.logger import Logger
 from twisted.trial.unittest import SkipTest, TestCase
 
-from sixchat.irp.authority import Authority
 from sixchat.irp.messages import (
     Contact,
     Enroll,
@@ -36,10 +35,11 @@ from sixchat.irp.messages import (
     Watch,
 )
 from sixchat.irp.server import MAX_PUSH_BACKLOG, IRPServerService, RegistryConfig
+from sixchat.irp.server.authority import Authority
 from sixchat.irp.sqlite_store import SQLiteStore
 from sixchat.record import header, plain_record
 from sixchat.test import certs
-from sixchat.test.test_irp_server import (
+from sixchat.test.irp_harness import (
     CONTACT,
     Client,
     Harness,

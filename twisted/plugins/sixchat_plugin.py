@@ -11,7 +11,7 @@ sixchat = ServiceMaker(
 
 sixchat_irp = ServiceMaker(
     "sixchat-irp",
-    "sixchat.irp_tap",
+    "sixchat.irp.tap",
     "SixChat Identity Registration Protocol registry and CA (TCP 4604)",
     "sixchat-irp",
 )

@@ -152,9 +152,9 @@ def load(options: Any) -> tuple[Any, Any, Any]:
 def makeService(options: Options) -> service.IService:
     from twisted.internet import reactor
 
-    from sixchat.irp.authority import Authority
-    from sixchat.irp.gcpolicy import CollectorPolicy
     from sixchat.irp.server import IRPServerService, RegistryConfig, make_store
+    from sixchat.irp.server.authority import Authority
+    from sixchat.irp.server.gcpolicy import CollectorPolicy
 
     credentials, (ca_key, ca_cert), chain = options["loaded"]
     store = make_store(options["db"], reactor)

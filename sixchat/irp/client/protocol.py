@@ -1,7 +1,6 @@
 """
-The IRP client (irp-1): L{IRPClientProtocol}, a Deferred API over one TLS connection to a
-registry, and L{connectRegistry}, which finds the registry (L{sixchat.irp.discovery}), opens
-the connection and proves it usable before handing it over.
+The IRP client protocol (irp-1): L{IRPClientProtocol}, a Deferred API over one TLS connection
+to a registry, and L{IRPClientFactory}, which builds them on one clock.
 
 Why the protocol looks the way it does:
 
@@ -18,95 +17,44 @@ Why the protocol looks the way it does:
   - B{Keepalive.} The server closes a connection idle for 600 s (§6) and only I{requests}
     reset its timer (§5), so we send a C{ping} after C{keepalive} seconds (default 240) without
     a request; that also detects a dead path for connections that only watch.
-  - B{TLS refusals.} With TLS 1.3 a refused client certificate shows only when we read (the
-    server's alert arrives after our handshake finished, §7.1). OpenSSL reports it as an
-    C{SSL.Error} whose text names the alert (C{'tlsv1 alert unknown ca'}, C{'tls alert
-    certificate expired'}, …); L{describe_tls_failure} turns that into L{TLSAlertError} with
-    the RFC 8446 alert name and number. We never retry anonymously. L{connectRegistry} sends
-    a C{ping} before firing, so a refusal fails the connect itself rather than the first
-    real request.
+  - B{TLS refusals.} A refused client certificate shows only when we read (§7.1); the
+    connection then ends with the L{TLSAlertError} that L{describe_tls_failure} makes of it.
+    We never retry anonymously.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import itertools
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 from cryptography import x509
-from OpenSSL import SSL
-from twisted.internet import defer, endpoints, error
+from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from sixchat.errors import SixchatError
-from sixchat.identity import Identity, is_valid_identity, normalize_identity, same_identity
+from sixchat.identity import is_valid_identity, normalize_identity, same_identity
 from sixchat.irp import messages as m
-from sixchat.irp.discovery import RegistryTarget, findRegistry
+from sixchat.irp.client.errors import (
+    IRPConnectionError,
+    IRPConnectionLost,
+    IRPProtocolError,
+    IRPTimeout,
+    describe_tls_failure,
+)
 from sixchat.record import PLAIN, RecordReader, plain_record
 from sixchat.xmlcodec import Element, is_xml_text, parse, serialize
 
-__all__ = [
-    "DEFAULT_KEEPALIVE",
-    "DEFAULT_TIMEOUT",
-    "TLS_ALERT_NUMBERS",
-    "IRPClientProtocol",
-    "IRPConnectionError",
-    "IRPConnectionLost",
-    "IRPProtocolError",
-    "IRPTimeout",
-    "RegistryCertificateError",
-    "TLSAlertError",
-    "connectRegistry",
-    "describe_tls_failure",
-    "load_certificates",
-]
+__all__ = ["DEFAULT_KEEPALIVE", "DEFAULT_TIMEOUT", "IRPClientFactory", "IRPClientProtocol"]
 
 #: Seconds a request may wait for its answer.
 DEFAULT_TIMEOUT = 30.0
 #: Seconds without a request before we send a C{ping}: well inside the 600 s idle limit.
 DEFAULT_KEEPALIVE = 240.0
-
-#: RFC 8446 §6 alert numbers by name, for reporting (the IRP ones are irp-1 §7.1).
-TLS_ALERT_NUMBERS = {
-    "close_notify": 0,
-    "unexpected_message": 10,
-    "bad_record_mac": 20,
-    "record_overflow": 22,
-    "handshake_failure": 40,
-    "bad_certificate": 42,
-    "unsupported_certificate": 43,
-    "certificate_revoked": 44,
-    "certificate_expired": 45,
-    "certificate_unknown": 46,
-    "illegal_parameter": 47,
-    "unknown_ca": 48,
-    "access_denied": 49,
-    "decode_error": 50,
-    "decrypt_error": 51,
-    "protocol_version": 70,
-    "insufficient_security": 71,
-    "internal_error": 80,
-    "inappropriate_fallback": 86,
-    "user_canceled": 90,
-    "missing_extension": 109,
-    "unsupported_extension": 110,
-    "unrecognized_name": 112,
-    "bad_certificate_status_response": 113,
-    "unknown_psk_identity": 115,
-    "certificate_required": 116,
-    "no_application_protocol": 120,
-}
-
-# OpenSSL spells received alerts "sslv3 alert bad certificate", "tlsv1 alert unknown ca",
-# "tls alert certificate expired" (3.x/4.x), "tlsv13 alert certificate required".
-_OPENSSL_ALERT = re.compile(r"\b(?:sslv3|tlsv1\d*|tls) alert ([a-z0-9 _]+)")
 
 #: Answers each request expects (its tag), by request tag.
 _EXPECTED = {
@@ -122,90 +70,6 @@ _EXPECTED = {
     "crl": "crl-data",
     "ping": "pong",
 }
-
-
-class IRPConnectionError(SixchatError):
-    """The connection to the registry failed or ended; pending requests fail with this."""
-
-
-class IRPConnectionLost(IRPConnectionError):
-    """The connection closed before the answer arrived (or a request was made after it)."""
-
-
-class IRPTimeout(IRPConnectionError):
-    """A request was not answered in time; the connection is dropped as dead."""
-
-
-class IRPProtocolError(IRPConnectionError):
-    """The registry sent something irp-1 does not allow; the connection is closed."""
-
-
-class TLSAlertError(IRPConnectionError):
-    """
-    The registry ended TLS with an alert, typically refusing our client certificate
-    (irp-1 §7.1). C{alert} is the RFC 8446 name (C{unknown_ca}, …), C{number} its code.
-    """
-
-    def __init__(self, alert: str, number: int | None, detail: str = "") -> None:
-        self.alert = alert
-        self.number = number
-        code = f" ({number})" if number is not None else ""
-        refused = alert in {
-            "bad_certificate", "unsupported_certificate", "certificate_revoked",
-            "certificate_expired", "certificate_unknown", "unknown_ca", "certificate_required",
-        }  # fmt: skip
-        what = "the registry refused our client certificate" if refused else "TLS failed"
-        super().__init__(f"{what}: TLS alert {alert}{code}" + (f" ({detail})" if detail else ""))
-
-
-class RegistryCertificateError(IRPConnectionError):
-    """We could not verify the registry's server certificate (trust or name)."""
-
-
-def describe_tls_failure(reason: Failure | BaseException) -> IRPConnectionError:
-    """
-    The L{IRPConnectionError} for why a registry connection ended: a received TLS alert
-    becomes L{TLSAlertError}, a server certificate we refused L{RegistryCertificateError},
-    anything else L{IRPConnectionLost} with the transport's message.
-    """
-    value = reason.value if isinstance(reason, Failure) else reason
-    if isinstance(value, IRPConnectionError):
-        return value
-    if isinstance(value, SSL.Error):
-        texts = _ssl_error_texts(value)
-        for text in texts:
-            match = _OPENSSL_ALERT.search(text.lower())
-            if match:
-                name = match.group(1).strip().replace(" ", "_")
-                return TLSAlertError(name, TLS_ALERT_NUMBERS.get(name))
-        if any("certificate verify failed" in t for t in texts):
-            return RegistryCertificateError(
-                "the registry's certificate does not chain to the trusted anchors "
-                "(give its CA with --registry-ca)"
-            )
-        return IRPConnectionLost("TLS failed: " + ("; ".join(texts) or "unknown error"))
-    if type(value).__name__ == "VerificationError" and "service_identity" in type(value).__module__:
-        return RegistryCertificateError(
-            f"the registry's certificate is not valid for the name we connected to: {value}"
-        )
-    if isinstance(value, error.ConnectionDone):
-        return IRPConnectionLost("the registry closed the connection")
-    text = str(value) or type(value).__name__
-    return IRPConnectionLost(f"connection to the registry lost: {text}")
-
-
-def _ssl_error_texts(e: SSL.Error) -> list[str]:
-    texts = []
-    for arg in e.args:
-        if isinstance(arg, list):
-            for item in arg:
-                if isinstance(item, tuple) and item:
-                    texts.append(str(item[-1]))
-                else:
-                    texts.append(str(item))
-        else:
-            texts.append(str(arg))
-    return texts
 
 
 @dataclass
@@ -290,7 +154,7 @@ class IRPClientProtocol(Protocol):
             self.log.failure("internal error handling data from the registry")
             self._fatal(IRPProtocolError("internal error handling the registry's data"))
 
-    def connectionLost(self, reason: Failure = error.ConnectionDone) -> None:  # type: ignore[assignment]
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.connected = False
         if self._keepalive_timer is not None and self._keepalive_timer.active():
             self._keepalive_timer.cancel()
@@ -364,7 +228,9 @@ class IRPClientProtocol(Protocol):
         d: defer.Deferred[Any] = defer.Deferred(lambda _: self._forget(rid))
         timer = self.clock.callLater(self.timeout, self._timedOut, rid) if self.timeout else None
         self._pending[rid] = _Pending(request.tag, d, timer)
-        self.transport.write(plain_record(serialize(request.to_element())))  # type: ignore[union-attr]
+        transport = self.transport
+        assert transport is not None  # connected
+        transport.write(plain_record(serialize(request.to_element())))
         self._resetKeepalive()
         return d
 
@@ -535,7 +401,9 @@ class IRPClientProtocol(Protocol):
         if self.connected and self._closing is None:
             self._closing = IRPConnectionLost("connection closed by us")
             self._failAll(self._closing)
-            self.transport.loseConnection()  # type: ignore[union-attr]
+            transport = self.transport
+            assert transport is not None  # connected
+            transport.loseConnection()
         return d
 
     def whenLost(self) -> defer.Deferred[IRPConnectionError]:
@@ -577,133 +445,3 @@ class IRPClientFactory(Factory):
         proto.factory = self
         return proto
 
-
-def load_certificates(path: str | Path) -> list[x509.Certificate]:
-    """
-    Certificates from a PEM bundle (or one DER certificate): the registry's server CA for
-    C{--registry-ca}.
-
-    @raise SixchatError: one line naming the file, if it is missing or holds none.
-    """
-    path = Path(path)
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise SixchatError(f"cannot read {path}: {e.strerror}") from None
-    try:
-        if b"-----BEGIN" in data:
-            certs = x509.load_pem_x509_certificates(data)
-        else:
-            certs = [x509.load_der_x509_certificate(data)]
-    except ValueError:
-        raise SixchatError(f"{path} holds no readable certificate (PEM or DER)") from None
-    return certs
-
-
-def _tcp_endpoint(reactor: Any, host: str, port: int, timeout: float) -> Any:
-    """A literal address connects directly; a name goes through Happy Eyeballs."""
-    try:
-        ip = ipaddress.ip_address(host)
-    except ValueError:
-        return endpoints.HostnameEndpoint(reactor, host, port, timeout=timeout)
-    if ip.version == 6:
-        return endpoints.TCP6ClientEndpoint(reactor, host, port, timeout=timeout)
-    return endpoints.TCP4ClientEndpoint(reactor, host, port, timeout=timeout)
-
-
-async def _connect_target(
-    reactor: Any,
-    target: RegistryTarget,
-    anchors: Sequence[x509.Certificate] | None,
-    client_identity: Identity | None,
-    timeout: float,
-    keepalive: float | None,
-) -> IRPClientProtocol:
-    from sixchat.irp.tls import client_options
-
-    options = client_options(target.tls_name, anchors, client_identity)
-    endpoint = endpoints.wrapClientTLS(
-        options, _tcp_endpoint(reactor, target.host, target.port, timeout)
-    )
-    factory = IRPClientFactory(reactor, timeout=timeout, keepalive=keepalive)
-    proto = cast(IRPClientProtocol, await endpoint.connect(factory))
-    try:
-        # The first answer proves TLS completed and the server accepted our certificate
-        # (with TLS 1.3 its refusal arrives only now, §7.1).
-        await proto.ping()
-    except IRPConnectionError:
-        lost = await proto.whenLost()
-        raise lost from None
-    except BaseException:  # refused ping (rate_limited, …) or cancelled: do not leak it
-        proto.close()
-        raise
-    return proto
-
-
-async def _connect(
-    reactor: Any,
-    registry: str | None,
-    identity: str | None,
-    anchors: Sequence[x509.Certificate] | None,
-    client_identity: Identity | None,
-    timeout: float,
-    keepalive: float | None,
-    resolver: Any,
-) -> IRPClientProtocol:
-    targets = await findRegistry(registry, identity, resolver=resolver)
-    last: Exception | None = None
-    log = IRPClientProtocol.log
-    for target in targets:
-        try:
-            proto = await _connect_target(
-                reactor, target, anchors, client_identity, timeout, keepalive
-            )
-        except TLSAlertError:
-            raise  # the registry refused us: another instance would too, and no anonymous retry
-        except defer.CancelledError:
-            raise
-        except Exception as e:
-            why = describe_tls_failure(e) if not isinstance(e, error.ConnectError) else e
-            log.info("registry {target} unreachable: {why}", target=target.address, why=why)
-            last = why
-            continue
-        log.debug("connected to registry {target}", target=target.address)
-        return proto
-    if isinstance(last, IRPConnectionError):
-        raise last
-    where = ", ".join(t.address for t in targets)
-    raise IRPConnectionLost(f"cannot reach the registry ({where}): {last}")
-
-
-def connectRegistry(
-    reactor: Any,
-    registry: str | None,
-    identity: str | None = None,
-    *,
-    anchors: Sequence[x509.Certificate] | None = None,
-    client_identity: Identity | None = None,
-    timeout: float = DEFAULT_TIMEOUT,
-    keepalive: float | None = DEFAULT_KEEPALIVE,
-    resolver: Any = None,
-) -> defer.Deferred[IRPClientProtocol]:
-    """
-    Connect to a registry and fire with a ready L{IRPClientProtocol}.
-
-    @param registry: C{HOST[:PORT]} / C{[v6]:PORT} to use that registry (the server
-        certificate must then name C{HOST}); C{None} or C{"auto"} to find it from
-        C{identity}'s domain (irp-1 §1 discovery, certificate checked against the domain).
-    @param identity: the identity whose domain discovery starts from.
-    @param anchors: the registry's server CA certificates; C{None} trusts the system store.
-    @param client_identity: present this certificate (authenticated requests); C{None} for
-        an anonymous connection (C{ca}, C{enroll}, C{crl}, C{ping}).
-    @param timeout: seconds for each TCP connect and each request.
-    @param resolver: an C{IResolver} for the SRV lookup (default: the system's DNS).
-
-    Fails with L{TLSAlertError} if the registry refuses the certificate,
-    L{RegistryCertificateError} if its certificate fails our check, L{IRPConnectionLost} if
-    no registry address answered, C{ValueError} for a malformed C{registry} or C{identity}.
-    """
-    return defer.ensureDeferred(
-        _connect(reactor, registry, identity, anchors, client_identity, timeout, keepalive,
-                 resolver)
-    )  # fmt: skip

@@ -27,13 +27,13 @@ L{CollectorPolicy} replaces that with a deliberate policy:
 
 Memory stays bounded because the registry's garbage is almost all reclaimed by reference
 counting: requests and answers form no cycles, and a closed connection leaves none either
-(L{sixchat.irp.server.IRPServerProtocol.connectionLost} unregisters itself from its
+(L{sixchat.irp.server.protocol.IRPServerProtocol.connectionLost} unregisters itself from its
 transport, which would otherwise keep connection, TLS wrapper and socket in one cycle).
 What cycles remain (failures, young cycles promoted by chance) wait at most C{interval}
 seconds. Stopping the service restores Python's thresholds and unfreezes.
 
 The policy is process-wide, so library code never applies it: C{twistd sixchat-irp} starts
-it with the registry (L{sixchat.irp_tap}), and C{--gc-interval 0} leaves Python's collector
+it with the registry (L{sixchat.irp.tap}), and C{--gc-interval 0} leaves Python's collector
 as it is. It is written for CPython 3.11-3.13's generational collector; on an interpreter
 without C{gc.freeze} it does nothing.
 """
@@ -138,7 +138,7 @@ class CollectorPolicy(service.Service):
         self.collected += found
         self.longest = max(self.longest, pause)
 
-    def stopService(self) -> None:  # type: ignore[override]
+    def stopService(self) -> None:
         super().stopService()
         if self._loop is not None and self._loop.running:
             self._loop.stop()
