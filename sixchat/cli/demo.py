@@ -101,9 +101,9 @@ async def _demo(reactor: Any, base: str, say: Printer) -> int:
     from sixchat.cli.enroll import make_csr
     from sixchat.handshake import PeerConfig
     from sixchat.identity import Identity
-    from sixchat.irp.authority import Authority
     from sixchat.irp.client import connectRegistry
     from sixchat.irp.server import IRPServerService, RegistryConfig
+    from sixchat.irp.server.authority import Authority
     from sixchat.irp.sqlite_store import SQLiteStore
     from sixchat.trust import TrustStore
 

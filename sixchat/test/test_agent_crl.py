@@ -556,10 +556,10 @@ class RealRegistryTests(unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_registry_revocation_ends_the_session(self) -> Any:
-        from sixchat.irp.authority import Authority
         from sixchat.irp.server import IRPServerService, RegistryConfig
+        from sixchat.irp.server.authority import Authority
         from sixchat.irp.sqlite_store import SQLiteStore
-        from sixchat.test.test_irp_server import server_identity
+        from sixchat.test.irp_harness import server_identity
 
         base = os.path.abspath(self.mktemp())
         os.makedirs(base)

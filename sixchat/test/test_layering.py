@@ -58,7 +58,6 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
         (
             "sixchat.cli",
             "sixchat.tap",
-            "sixchat.irp_tap",
             "*.tap",
             "sixchat.bench",
             "sixchat.testing",
