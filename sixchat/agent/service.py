@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from cryptography import x509
 from twisted.application import service
 from twisted.internet import defer
-from twisted.internet.interfaces import IDelayedCall, IListeningPort
+from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -30,73 +30,29 @@ from sixchat.agent import events, views
 from sixchat.agent.crls import DEFAULT_REFRESH as DEFAULT_CRL_REFRESH
 from sixchat.agent.crls import CRLUpdater
 from sixchat.agent.datadir import DataDirLock, prepare_data_dir
-from sixchat.agent.directory import RECORD_TTL, RegistryDirectory
+from sixchat.agent.inbox import Inbox
 from sixchat.agent.interfaces import AgentError, IAgentEvents, IDirectory, IUserAgent
-from sixchat.agent.outbox import (
-    DEFAULT_TTL,
-    EXPIRE_EVERY,
-    RETRY_BASE,
-    RETRY_MAX,
-    SEND_WINDOW,
-    TICK,
-    OutboxScheduler,
-)
+from sixchat.agent.outbox import DEFAULT_TTL, OutboxScheduler
 from sixchat.agent.pinning import RegistryKeyPins
 from sixchat.agent.sessions import SessionTable
 from sixchat.agent.store import MessageStatus, MessageStore
 from sixchat.agent.views import status_dict
+from sixchat.agent.waiters import DeliveryWaiters
 from sixchat.handshake import PeerConfig
 from sixchat.identity import is_valid_identity
-from sixchat.protocol import HANDSHAKE_TIMEOUT, IDLE_TIMEOUT, ISessionObserver, Session, split_text
+from sixchat.protocol import HANDSHAKE_TIMEOUT, IDLE_TIMEOUT, Session, split_text
 from sixchat.service import DEFAULT_LISTEN, PeerListenerService
-from sixchat.stanzas import TYPING_STATES, Message, Typing, format_timestamp, parse_timestamp
+from sixchat.stanzas import TYPING_STATES, Message, parse_timestamp
 from sixchat.trust import PinPolicy
 
 if TYPE_CHECKING:
-    from sixchat.irp.client import IRPClientProtocol
+    from sixchat.agent.registry import RegistryLink
     from sixchat.irp.messages import Record
 
-__all__ = [
-    "DEFAULT_TTL",
-    "EXPIRE_EVERY",
-    "RECORD_TTL",
-    "RETRY_BASE",
-    "RETRY_MAX",
-    "SEND_WINDOW",
-    "TICK",
-    "AgentError",
-    "DataDirLock",
-    "PeerDirectory",
-    "UserAgentService",
-    "default_node",
-    "status_dict",
-]
+#: AgentError and DEFAULT_TTL are defined elsewhere and stay importable from here.
+__all__ = ["DEFAULT_TTL", "AgentError", "UserAgentService", "default_node"]
 
 log = Logger()
-
-#: The registry directory's former name, kept for code that imports it from here.
-PeerDirectory = RegistryDirectory
-
-
-@implementer(ISessionObserver)
-class _SessionEvents:
-    """Incoming side of every session, ours or the peer's: store, receipt, events."""
-
-    def __init__(self, agent: UserAgentService) -> None:
-        self.agent = agent
-
-    def sessionStarted(self, session: Session) -> None:
-        self.agent._sessionStarted(session)
-
-    def messageReceived(self, session: Session, message: Message) -> defer.Deferred[None]:
-        return self.agent._messageReceived(session, message)
-
-    def stanzaReceived(self, session: Session, stanza: object) -> None:
-        if isinstance(stanza, Typing):
-            self.agent._emit(events.typing_event(session.peer, stanza.state))
-
-    def sessionEnded(self, session: Session, reason: Failure) -> None:
-        self.agent._sessionEnded(session, reason)
 
 
 @implementer(IUserAgent)
@@ -155,48 +111,29 @@ class UserAgentService(service.MultiService):
         policy = PinPolicy(self.store.pins, pin_policy)
         self.config = dataclasses.replace(config, pins=policy)
         self._events = events.EventFanout(events.LogEvents())
-        self.events = _SessionEvents(self)
-        self.listener = PeerListenerService(
-            reactor,
-            self.config,
-            listen,
-            observer=self.events,
-            handshake_timeout=handshake_timeout,
-            idle_timeout=idle_timeout,
-        )
-        self.listener.factory.paused = True  # until the store is open (pins, messages)
-        self.listener.setServiceParent(self)
+        #: The registry's parts (directory, keeper, CRL source), when there is a registry.
+        self.link: RegistryLink | None = None
+        if registry is not None:
+            from sixchat.agent.registry import RegistryLink
+
+            self.link = RegistryLink(reactor, registry, self.identity, registry_anchors)
+            directory = self.link.directory(self._presence)
+            if crl_fetch is None:
+                crl_fetch = self.link.fetchCRLs
+        elif directory is not None and hasattr(directory, "on_presence"):
+            directory.on_presence = self._presence
         #: Where peers are looked up: the registry, or the given L{IDirectory}.
         self.directory = directory
-        if directory is not None and hasattr(directory, "on_presence"):
-            directory.on_presence = self._presence
-        #: The L{RegistrationKeeper} with a registry (typed loosely: callers read its state).
-        self.keeper: Any = None
-        if registry is not None:
-            from sixchat.irp.keeper import AutoContacts, RegistrationKeeper
-
-            self.directory = RegistryDirectory(reactor, self._connectRegistry, self._presence)
-            self.keeper = RegistrationKeeper(
-                reactor,
-                self._connectRegistry,
-                self.node,
-                AutoContacts(reactor, self._listeningAddress, advertise),
-                expires=register_expires,
-                registry_name=f"registry {registry}" if registry != "auto" else "the registry",
-            )
-        #: Revocation: CRLs kept in the data directory, fetched from the registry (or from
-        #: C{crl_fetch}: tests, embedders) every C{crl_refresh} seconds (0: never).
-        if crl_fetch is None and registry is not None:
-            crl_fetch = self._fetchRegistryCRLs
         self.sessions = SessionTable(
             reactor,
             self.config,
-            self.events,
             self._emit,
             clock=self.clock,
             handshake_timeout=handshake_timeout,
             idle_timeout=idle_timeout,
         )
+        #: Revocation: CRLs kept in the data directory, fetched from the registry (or from
+        #: C{crl_fetch}: tests, embedders) every C{crl_refresh} seconds (0: never).
         self.crls = CRLUpdater(
             reactor,
             self.clock,
@@ -207,7 +144,7 @@ class UserAgentService(service.MultiService):
             on_new=self.sessions.crlsTaken,
             refresh=crl_refresh,
             rand=rand,
-            source="the registry" if registry in (None, "auto") else f"registry {registry}",
+            source="the registry" if self.link is None else self.link.source,
         )
         pins = RegistryKeyPins(policy, self.store.pins, self.now, self._emit)
         self.outbox = OutboxScheduler(
@@ -220,7 +157,28 @@ class UserAgentService(service.MultiService):
             rand=rand,
             usable_nodes=pins.usable_nodes,
         )
-        self._waiters: dict[str, list[tuple[defer.Deferred[Any], IDelayedCall]]] = {}
+        self.events = Inbox(
+            self.sessions, self.crls, self.store, self._emit, self.outbox.kick, self.now,
+            pin_policy,
+        )  # fmt: skip
+        self.sessions.observer = self.events
+        self.listener = PeerListenerService(
+            reactor,
+            self.config,
+            listen,
+            observer=self.events,
+            handshake_timeout=handshake_timeout,
+            idle_timeout=idle_timeout,
+        )
+        self.listener.factory.paused = True  # until the store is open (pins, messages)
+        self.listener.setServiceParent(self)
+        #: The L{RegistrationKeeper} with a registry (typed loosely: callers read its state).
+        self.keeper: Any = None
+        if self.link is not None:
+            self.keeper = self.link.keeper(
+                self.node, self._listeningAddress, advertise, register_expires
+            )
+        self._waiters = DeliveryWaiters(self.clock, self.status_of)
         self._control_port: IListeningPort | None = None
         self.ready: defer.Deferred[None] = defer.Deferred()
 
@@ -281,8 +239,7 @@ class UserAgentService(service.MultiService):
     def stopService(self) -> Any:
         self.outbox.stop()
         crls_stopped = self.crls.stop()
-        for message_id in list(self._waiters):
-            self._releaseWaiters(message_id, None)
+        self._waiters.releaseAll()
         yield self.sessions.closeAll()
         if self._control_port is not None:
             yield self._control_port.stopListening()
@@ -294,32 +251,6 @@ class UserAgentService(service.MultiService):
         if self.store.is_open:
             yield self.store.close()
         self.lock.release()
-
-    def _connectRegistry(self) -> defer.Deferred[IRPClientProtocol]:
-        from sixchat.irp.client import connectRegistry
-
-        return connectRegistry(
-            self.reactor,
-            self.registry,
-            self.name_,
-            anchors=self.registry_anchors,
-            client_identity=self.identity,
-        )
-
-    def _fetchRegistryCRLs(self) -> defer.Deferred[list[x509.CertificateRevocationList]]:
-        """irp-1 §4.5 over a short anonymous connection: it works even if we are revoked."""
-        from sixchat.irp.client import connectRegistry
-
-        d = connectRegistry(self.reactor, self.registry, self.name_, anchors=self.registry_anchors)
-
-        def fetch(client: IRPClientProtocol) -> defer.Deferred[list[Any]]:
-            def close(result: Any) -> Any:
-                client.close()
-                return result
-
-            return client.crl().addBoth(close)
-
-        return d.addCallback(fetch)
 
     def _listeningAddress(self) -> Any:
         port = self.listener.port
@@ -357,46 +288,15 @@ class UserAgentService(service.MultiService):
     def _statusChanged(self, status: MessageStatus) -> None:
         self._emit(events.delivery_event(status))
         if status.state in ("delivered", "expired", "failed"):
-            self._releaseWaiters(status.id, status_dict(status))
+            self._waiters.release(status.id, status_dict(status))
 
-    # receiving -----------------------------------------------------------------------------
+    # receiving (L{Inbox}); the names tests have used --------------------------------------
 
     def _sessionStarted(self, session: Session) -> None:
-        if self.sessions.endIfRevokedSince(session, self.crls):
-            return
-        self.sessions.add(session)
-        result = session.result
-        self.store.touch_contact(result.peer_name, self.now()).addErrback(lambda f: None)
-        if result.pin_status == "changed":
-            action = "accepted" if self.pin_policy == "accept" else "warned"
-            fingerprint = result.peer.spki_sha256.hex()
-            self._emit(
-                events.key_change_event(result.peer_name, fingerprint, self.pin_policy, action)
-            )
-        self._emit(events.session_opened_event(session))
-        # A peer that reaches us may be one we owe messages: try now.
-        self.outbox.kick(result.peer_name)
-
-    def _sessionEnded(self, session: Session, reason: Failure) -> None:
-        self.sessions.remove(session)
-        self._emit(events.session_closed_event(session))
+        self.events.sessionStarted(session)
 
     def _messageReceived(self, session: Session, message: Message) -> defer.Deferred[None]:
-        sender = session.result.peer_name
-        if session in self.sessions.revoked:
-            # Arrived with the records that completed the handshake: not stored, and no
-            # receipt (the connection is failed), so the sender keeps it as undelivered.
-            log.info("dropped message {id} from {peer}: revoked", id=message.id, peer=sender)
-            return defer.succeed(None)
-        d = self.store.store_incoming(sender, message, self.now())
-
-        def stored(new: bool) -> None:
-            if new:
-                received_at = format_timestamp(self.now())
-                self._emit(events.message_event(sender, message, received_at))
-            # The receipt goes out when this returns: the row is committed (§8.2).
-
-        return d.addCallback(stored)
+        return self.events.messageReceived(session, message)
 
     # the API -------------------------------------------------------------------------------
 
@@ -427,35 +327,7 @@ class UserAgentService(service.MultiService):
         return queue()
 
     def waitDelivered(self, message_id: str, timeout: float) -> defer.Deferred[dict[str, Any]]:
-        d: defer.Deferred[dict[str, Any]] = defer.Deferred()
-
-        def check(status: MessageStatus | None) -> None:
-            if status is None:
-                d.errback(AgentError(f"no message {message_id}"))
-            elif status.state in ("delivered", "expired", "failed") or timeout <= 0:
-                d.callback(status_dict(status))
-            else:
-                timer = self.clock.callLater(timeout, self._waitTimedOut, message_id, d)
-                self._waiters.setdefault(message_id, []).append((d, timer))
-
-        self.store.status(message_id).addCallbacks(check, d.errback)
-        return d
-
-    def _waitTimedOut(self, message_id: str, d: defer.Deferred[Any]) -> None:
-        waiters = self._waiters.get(message_id, [])
-        for entry in list(waiters):
-            if entry[0] is d:
-                waiters.remove(entry)
-                self.status_of(message_id).chainDeferred(d)
-
-    def _releaseWaiters(self, message_id: str, status: dict[str, Any] | None) -> None:
-        for d, timer in self._waiters.pop(message_id, []):
-            if timer.active():
-                timer.cancel()
-            if status is None:
-                d.errback(AgentError("the agent stopped"))
-            else:
-                d.callback(status)
+        return self._waiters.wait(message_id, timeout)
 
     def status_of(self, message_id: str) -> defer.Deferred[dict[str, Any]]:
         def convert(status: MessageStatus | None) -> dict[str, Any]:

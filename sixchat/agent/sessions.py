@@ -44,7 +44,6 @@ class SessionTable:
         self,
         reactor: Any,
         config: PeerConfig,
-        observer: ISessionObserver,
         emit: Callable[[dict[str, Any]], None],
         *,
         clock: Any,
@@ -54,7 +53,9 @@ class SessionTable:
         self.reactor = reactor
         self.clock = clock
         self.config = config
-        self.observer = observer
+        #: Told of everything on the sessions we dial (the agent's L{Inbox}); set by the
+        #: agent, which builds the inbox on this table.
+        self.observer: ISessionObserver | None = None
         self.emit = emit
         self.handshake_timeout = handshake_timeout
         self.idle_timeout = idle_timeout
