@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from cryptography import x509
 from twisted.application import service
 from twisted.internet import defer
-from twisted.internet.interfaces import IListeningPort
+from twisted.internet.interfaces import IListeningPort, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -87,7 +87,7 @@ class UserAgentService(service.MultiService):
         handshake_timeout: float = HANDSHAKE_TIMEOUT,
         idle_timeout: float = IDLE_TIMEOUT,
         rand: Callable[[], float] = random.random,
-        clock: Any = None,
+        clock: IReactorTime | None = None,
         crl_refresh: float = DEFAULT_CRL_REFRESH,
         crl_fetch: Callable[[], defer.Deferred[list[x509.CertificateRevocationList]]]
         | None = None,
@@ -96,7 +96,7 @@ class UserAgentService(service.MultiService):
         self.reactor = reactor
         #: Time for the outbox (retries, expiry, waits): the reactor unless a test gives a
         #: C{task.Clock}; sockets and threads always use the reactor.
-        self.clock: Any = clock or reactor
+        self.clock: IReactorTime = clock or reactor
         self.identity = config.identities[0]
         self.name_ = self.identity.names[0]
         self.data_dir = data_dir
@@ -157,16 +157,16 @@ class UserAgentService(service.MultiService):
             rand=rand,
             usable_nodes=pins.usable_nodes,
         )
-        self.events = Inbox(
+        self.inbox = Inbox(
             self.sessions, self.crls, self.store, self._emit, self.outbox.kick, self.now,
             pin_policy,
         )  # fmt: skip
-        self.sessions.observer = self.events
+        self.sessions.observer = self.inbox
         self.listener = PeerListenerService(
             reactor,
             self.config,
             listen,
-            observer=self.events,
+            observer=self.inbox,
             handshake_timeout=handshake_timeout,
             idle_timeout=idle_timeout,
         )
@@ -293,10 +293,10 @@ class UserAgentService(service.MultiService):
     # receiving (L{Inbox}); the names tests have used --------------------------------------
 
     def _sessionStarted(self, session: Session) -> None:
-        self.events.sessionStarted(session)
+        self.inbox.sessionStarted(session)
 
     def _messageReceived(self, session: Session, message: Message) -> defer.Deferred[None]:
-        return self.events.messageReceived(session, message)
+        return self.inbox.messageReceived(session, message)
 
     # the API -------------------------------------------------------------------------------
 

@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet import defer, endpoints
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from sixchat.agent._shared import Shared
@@ -46,7 +47,7 @@ class SessionTable:
         config: PeerConfig,
         emit: Callable[[dict[str, Any]], None],
         *,
-        clock: Any,
+        clock: IReactorTime,
         handshake_timeout: float,
         idle_timeout: float,
     ) -> None:
