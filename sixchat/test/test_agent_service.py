@@ -281,6 +281,24 @@ class AgentTests(unittest.TestCase):
         self.assertRaises(AgentError, second.privilegedStartService)
 
     @defer.inlineCallbacks
+    def test_construction_has_no_side_effects(self) -> Any:
+        """The data directory appears when the service starts; the caller's config is kept."""
+        config = PeerConfig([self.identity("alice@example.com")], certs.trust_for(CA))
+        data_dir = os.path.join(self.base, "alice-later")
+        agent = UserAgentService(
+            reactor, config, data_dir, listen="tcp:0:interface=127.0.0.1", control=False
+        )
+        self.assertFalse(os.path.exists(data_dir))
+        self.assertIsNone(config.pins)
+        self.assertIsNot(agent.config, config)
+        self.assertEqual(agent.config.pins.policy, "warn")  # type: ignore[union-attr]
+        agent.startService()
+        self.addCleanup(lambda: agent.stopService() if agent.running else None)
+        yield agent.ready
+        self.assertEqual(os.stat(data_dir).st_mode & 0o777, 0o700)
+        self.assertIsNone(config.pins)
+
+    @defer.inlineCallbacks
     def test_restart_keeps_outbox(self) -> Any:
         alice, _ = yield self.agent("alice@example.com")
         sent = yield alice.send("bob@example.com", "survives restart")
