@@ -6,15 +6,18 @@ The one definition of that rule, for the twistd plugin, the agent and the comman
 
 from __future__ import annotations
 
+import fcntl
 import os
 import stat
 from collections.abc import Mapping
 
 from sixchat.agent.errors import BadArgument, DataDirError, NoAgentRunning
+from sixchat.agent.interfaces import AgentError
 from sixchat.identity import is_valid_identity
 
 __all__ = [
     "SOCKET_NAME",
+    "DataDirLock",
     "agent_dirs",
     "default_data_dir",
     "prepare_data_dir",
@@ -122,3 +125,33 @@ def prepare_data_dir(data_dir: str) -> str:
                     f"{e.strerror or e}"
                 ) from None
     return path
+
+
+class DataDirLock:
+    """One agent per data directory: an exclusive C{flock} on C{agent.lock}, held while up."""
+
+    def __init__(self, data_dir: str) -> None:
+        self.path = os.path.join(data_dir, "agent.lock")
+        self._fd: int | None = None
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def acquire(self) -> None:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise AgentError(
+                f"another sixchat agent is already running on {os.path.dirname(self.path)}"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None

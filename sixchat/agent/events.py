@@ -1,12 +1,144 @@
 """
 The events an agent emits to its observers (L{sixchat.agent.interfaces.IAgentEvents}) and
 through the control interface: one list of their types, so the agent, the control server's
-filter and the command line's C{watch --type} agree.
+filter and the command line's C{watch --type} agree — and one builder per type, so each
+type's keys (documented on L{IAgentEvents.agentEvent}) are written down once.
 """
 
 from __future__ import annotations
 
-__all__ = ["EVENT_TYPES"]
+from typing import TYPE_CHECKING, Any
+
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from sixchat.agent.interfaces import IAgentEvents
+from sixchat.agent.views import status_dict
+
+if TYPE_CHECKING:
+    from sixchat.agent.store import MessageStatus
+    from sixchat.irp.messages import Record
+    from sixchat.protocol import Session
+    from sixchat.stanzas import Message
+
+__all__ = [
+    "EVENT_TYPES",
+    "EventFanout",
+    "LogEvents",
+    "delivery_event",
+    "key_change_event",
+    "message_event",
+    "presence_event",
+    "revoked_event",
+    "session_closed_event",
+    "session_opened_event",
+    "typing_event",
+]
+
+log = Logger(namespace="sixchat.agent.service")
 
 #: Event types the agent emits; the control layer adds C{overflow} for a client that fell behind.
 EVENT_TYPES = ("message", "delivery", "typing", "key_change", "presence", "session", "revoked")
+
+Event = dict[str, Any]
+
+
+def message_event(sender: str, message: Message, received_at: str) -> Event:
+    return {
+        "type": "message",
+        "id": message.id,
+        "peer": sender,
+        "body": message.body,
+        "ts": message.ts,
+        "thread": message.thread,
+        "reply_to": message.reply_to,
+        "received_at": received_at,
+    }
+
+
+def delivery_event(status: MessageStatus) -> Event:
+    event = status_dict(status)
+    event["type"] = "delivery"
+    return event
+
+
+def typing_event(peer: str, state: str) -> Event:
+    return {"type": "typing", "peer": peer, "state": state}
+
+
+def key_change_event(peer: str, fingerprint: str, policy: str, action: str) -> Event:
+    return {
+        "type": "key_change",
+        "peer": peer,
+        "fingerprint": fingerprint,
+        "policy": policy,
+        "action": action,
+    }
+
+
+def presence_event(peer: str, record: Record | None) -> Event:
+    nodes = [n.name for n in getattr(record, "nodes", [])]
+    return {"type": "presence", "peer": peer, "nodes": nodes}
+
+
+def session_opened_event(session: Session) -> Event:
+    result = session.result
+    return {
+        "type": "session",
+        "peer": result.peer_name,
+        "state": "open",
+        "role": session.connection.role,
+        "suite": result.suite,
+        "group": result.group,
+    }
+
+
+def session_closed_event(session: Session) -> Event:
+    return {"type": "session", "peer": session.result.peer_name, "state": "closed"}
+
+
+def revoked_event(peer: str, serial: str, depth: int, issuer: str) -> Event:
+    return {"type": "revoked", "peer": peer, "serial": serial, "depth": depth, "issuer": issuer}
+
+
+class EventFanout:
+    """The agent's observers: every event goes to each; one failing observer stops none."""
+
+    def __init__(self, *observers: IAgentEvents) -> None:
+        self._observers: list[IAgentEvents] = list(observers)
+
+    def add(self, observer: IAgentEvents) -> None:
+        self._observers.append(observer)
+
+    def remove(self, observer: IAgentEvents) -> None:
+        if observer in self._observers:
+            self._observers.remove(observer)
+
+    def emit(self, event: Event) -> None:
+        for observer in list(self._observers):
+            try:
+                observer.agentEvent(event)
+            except Exception:
+                log.failure("event observer failed")
+
+
+@implementer(IAgentEvents)
+class LogEvents:
+    """The agent's log: sessions are logged by the protocol; messages and deliveries here."""
+
+    def agentEvent(self, event: Event) -> None:
+        kind = event["type"]
+        if kind == "message":
+            log.info(
+                "message {id} from {peer}: {body}",
+                id=event["id"],
+                peer=event["peer"],
+                body=event["body"],
+            )
+        elif kind == "delivery" and event["state"] != "queued":
+            log.info(
+                "message {id} to {peer}: {state}",
+                id=event["id"],
+                peer=event["peer"],
+                state=event["description"],
+            )

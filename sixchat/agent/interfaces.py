@@ -8,9 +8,52 @@ so the CLI's C{--json} output is the same data.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
-from zope.interface import Interface
+from zope.interface import Attribute, Interface
+
+from sixchat.errors import SixchatError
+
+if TYPE_CHECKING:
+    from twisted.internet.defer import Deferred
+
+    from sixchat.irp.messages import Record
+
+__all__ = ["AgentError", "IAgentEvents", "IDirectory", "IUserAgent", "PresenceCallback"]
+
+#: What a directory calls when a watched peer's nodes change: (identity as watched, record).
+PresenceCallback = Callable[[str, "Record"], None]
+
+
+class AgentError(SixchatError):
+    """A request to the agent that cannot be done (unknown identity, bad argument, …)."""
+
+
+class IDirectory(Interface):
+    """
+    Where the agent finds a peer's nodes (their contacts and certificates). The registry is
+    one (L{sixchat.agent.directory.RegistryDirectory}); a fixed table (benchmarks, static
+    deployments) or memory (L{sixchat.agent.memory_directory.MemoryDirectory}: tests) are
+    others. The outbox only needs these four calls and the presence callback.
+    """
+
+    on_presence = Attribute(
+        "A L{PresenceCallback} or None; the agent sets it to be told at once when a watched "
+        "peer's nodes change, so delivery does not wait for its next retry."
+    )
+
+    def lookup(identity: str) -> Deferred[Record]:
+        """Fires with the peer's record (no nodes: offline)."""
+
+    def watch(identity: str) -> None:
+        """Push changes of C{identity}'s record to C{on_presence} from now on."""
+
+    def unwatch(identity: str) -> None:
+        """Stop pushing C{identity}'s changes (nothing is owed to it any more)."""
+
+    def close() -> Deferred[None]:
+        """Let go of any connection; fires when done. The agent calls it when stopping."""
 
 
 class IAgentEvents(Interface):

@@ -10,8 +10,9 @@ outbox, listener) in two processes.
     resident size before and after gives the memory per session, and the number still open
     after a hold period shows they are all kept.
 
-The agents find each other through a static directory (a stand-in for the registry, which
-has its own benchmark), so the figure is the agents' and the protocol's alone.
+The agents find each other through a fixed in-memory directory (L{MemoryDirectory}, a
+stand-in for the registry, which has its own benchmark), so the figure is the agents' and
+the protocol's alone.
 """
 
 from __future__ import annotations
@@ -28,40 +29,13 @@ from sixchat.bench import fixtures
 from sixchat.bench.common import commands, cpu_seconds, emit, rss_kib
 
 
-class StaticDirectory:
-    """The registry as an agent sees it, with fixed records."""
-
-    def __init__(self) -> None:
-        self.records: dict[str, Any] = {}
-        self.on_presence: Any = None
-
-    def add(self, identity: str, node: str, host: str, port: int, cert: bytes) -> None:
-        from sixchat.irp.messages import Contact, NodeBinding, Record
-
-        binding = NodeBinding(node, (Contact(host, port),), cert, "", "")
-        self.records[identity] = Record(identity, [binding])
-
-    def lookup(self, identity: str) -> defer.Deferred[Any]:
-        from sixchat.irp.messages import Record
-
-        return defer.succeed(self.records.get(identity, Record(identity, [])))
-
-    def watch(self, identity: str) -> None:
-        pass
-
-    def unwatch(self, identity: str) -> None:
-        pass
-
-    def close(self) -> defer.Deferred[None]:
-        return defer.succeed(None)
-
-
 async def agent(reactor: Any, spec: dict[str, Any]) -> None:
     """
     One agent (C{who}, Ed25519). Commands: C{peer} (add a directory record), C{send}
     (C{count} messages to C{to}; a C{sample} when all are delivered), C{measure}.
     """
     from sixchat.agent.interfaces import IAgentEvents
+    from sixchat.agent.memory_directory import MemoryDirectory
     from sixchat.agent.service import UserAgentService
     from sixchat.bench.peers import _quiet_logs
     from sixchat.handshake import PeerConfig
@@ -69,7 +43,7 @@ async def agent(reactor: Any, spec: dict[str, Any]) -> None:
     _quiet_logs()
     workdir = spec["workdir"]
     identity = fixtures.load_identity(workdir, spec["who"], "ed25519")
-    directory = StaticDirectory()
+    directory = MemoryDirectory()
     service = UserAgentService(
         reactor,
         PeerConfig([identity], fixtures.load_trust(workdir)),
@@ -122,8 +96,11 @@ async def agent(reactor: Any, spec: dict[str, Any]) -> None:
     def command(cmd: dict[str, Any]) -> None:
         name = cmd["cmd"]
         if name == "peer":
-            directory.add(cmd["identity"], "n1", "127.0.0.1", cmd["port"],
-                          base64.b64decode(cmd["cert"]))  # fmt: skip
+            from sixchat.irp.messages import Contact, NodeBinding
+
+            contacts = (Contact("127.0.0.1", cmd["port"]),)
+            binding = NodeBinding("n1", contacts, base64.b64decode(cmd["cert"]), "", "")
+            directory.register(cmd["identity"], binding)
             emit("ok")
         elif name == "send":
             d = defer.ensureDeferred(send(cmd["to"], cmd["count"], cmd["body"], cmd["round"]))

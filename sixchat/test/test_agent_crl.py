@@ -20,9 +20,10 @@ from twisted.logger import globalLogPublisher
 from twisted.python import usage
 from twisted.trial import unittest
 
-from sixchat import pki, tap
+from sixchat import pki
 from sixchat.agent import crls as agent_crls
-from sixchat.agent import service as agent_service
+from sixchat.agent import outbox as agent_outbox
+from sixchat.agent import tap
 from sixchat.agent.service import UserAgentService
 from sixchat.cli.agent import format_event, format_status
 from sixchat.errors import CertificateRevoked
@@ -406,9 +407,9 @@ class PersistenceTests(CRLCase):
 class SessionTests(CRLCase):
     @defer.inlineCallbacks
     def test_revoked_peer_session_ends_and_new_handshakes_are_refused(self) -> Any:
-        self.patch(agent_service, "TICK", 0.05)
-        self.patch(agent_service, "RETRY_BASE", 0.05)
-        self.patch(agent_service, "RETRY_MAX", 0.2)
+        self.patch(agent_outbox, "TICK", 0.05)
+        self.patch(agent_outbox, "RETRY_BASE", 0.05)
+        self.patch(agent_outbox, "RETRY_MAX", 0.2)
         carol_id = certs.make_identity("carol@example.com", CA)
         self.registry.crls = [crl_of(CA, [carol_id], number=1)]
         bob_id = certs.make_identity("bob@example.com", CA, key=certs.new_key("ed25519"))

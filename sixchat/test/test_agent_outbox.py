@@ -14,10 +14,11 @@ from typing import Any
 from twisted.internet import defer, reactor, task
 from twisted.trial import unittest
 
-from sixchat.agent import service as agent_service
+from sixchat.agent import outbox as agent_outbox
+from sixchat.agent.memory_directory import MemoryDirectory
 from sixchat.agent.service import UserAgentService
 from sixchat.handshake import PeerConfig
-from sixchat.irp.messages import Contact, NodeBinding, Record
+from sixchat.irp.messages import Contact, NodeBinding
 from sixchat.test import certs
 
 CA = certs.make_ca()
@@ -32,29 +33,13 @@ def closed_port() -> int:
     return port
 
 
-class UnreachableBob:
+def unreachable_bob() -> MemoryDirectory:
     """A directory where bob has one node whose only contact refuses connections."""
-
-    on_presence = None
-
-    def __init__(self) -> None:
-        bob = certs.make_identity("bob@example.com", CA)
-        self.record = Record(
-            "bob@example.com",
-            [NodeBinding("phone", (Contact("127.0.0.1", closed_port()),), bob.leaf_der, "", "")],
-        )
-
-    def lookup(self, identity: str) -> defer.Deferred[Record]:
-        return defer.succeed(self.record)
-
-    def watch(self, identity: str) -> None:
-        pass
-
-    def unwatch(self, identity: str) -> None:
-        pass
-
-    def close(self) -> defer.Deferred[None]:
-        return defer.succeed(None)
+    bob = certs.make_identity("bob@example.com", CA)
+    directory = MemoryDirectory()
+    contacts = (Contact("127.0.0.1", closed_port()),)
+    directory.register("bob@example.com", NodeBinding("phone", contacts, bob.leaf_der, "", ""))
+    return directory
 
 
 class OutboxTimingTests(unittest.TestCase):
@@ -71,7 +56,7 @@ class OutboxTimingTests(unittest.TestCase):
             os.path.join(os.path.abspath(self.mktemp()), "alice"),
             listen="tcp:0:interface=127.0.0.1",
             control=False,
-            directory=UnreachableBob(),
+            directory=unreachable_bob(),
             clock=self.clock,
             rand=lambda: rand,
             **kw,
@@ -102,8 +87,8 @@ class OutboxTimingTests(unittest.TestCase):
             entry = yield self.node_entry(agent, sent["id"], attempt)
             delay = (entry.next_attempt - agent.now()).total_seconds()
             delays.append(delay)
-            self.clock.advance(delay + agent_service.TICK)  # due: the tick retries
-        base, cap = agent_service.RETRY_BASE, agent_service.RETRY_MAX
+            self.clock.advance(delay + agent_outbox.TICK)  # due: the tick retries
+        base, cap = agent_outbox.RETRY_BASE, agent_outbox.RETRY_MAX
         expected = [min(cap, base * 2 ** (n - 1)) * 0.5 for n in range(1, 10)]
         # attempt n was recorded with n-1 earlier attempts: delay = min(cap, base*2^(n-1))*0.5
         self.assertEqual([round(d, 3) for d in delays], [round(e, 3) for e in expected])
@@ -115,7 +100,7 @@ class OutboxTimingTests(unittest.TestCase):
         sent = yield agent.send("bob@example.com", "hi")
         entry = yield self.node_entry(agent, sent["id"], 1)
         delay = (entry.next_attempt - agent.now()).total_seconds()
-        self.assertTrue(agent_service.RETRY_BASE * 0.99 <= delay < agent_service.RETRY_BASE, delay)
+        self.assertTrue(agent_outbox.RETRY_BASE * 0.99 <= delay < agent_outbox.RETRY_BASE, delay)
 
     @defer.inlineCallbacks
     def test_expiry_after_ttl(self) -> Any:
@@ -128,7 +113,7 @@ class OutboxTimingTests(unittest.TestCase):
         status = yield agent.status_of(sent["id"])
         self.assertIn(status["state"], ("queued", "sent"))
         for _ in range(4):  # past the TTL, and past the expiry check's period
-            self.clock.advance(agent_service.EXPIRE_EVERY * 20)
+            self.clock.advance(agent_outbox.EXPIRE_EVERY * 20)
             yield task.deferLater(reactor, 0.05, lambda: None)
         status = yield waiting
         self.assertEqual(status["state"], "expired")

@@ -14,55 +14,25 @@ from twisted.internet import defer, reactor, task
 from twisted.trial import unittest
 from zope.interface import implementer
 
-from sixchat.agent import service as agent_service
+from sixchat.agent import outbox as agent_outbox
 from sixchat.agent.interfaces import IAgentEvents
+from sixchat.agent.memory_directory import MemoryDirectory
 from sixchat.agent.service import AgentError, UserAgentService
 from sixchat.handshake import PeerConfig
 from sixchat.identity import Identity
-from sixchat.irp.messages import Contact, NodeBinding, Record
+from sixchat.irp.messages import Contact, NodeBinding
 from sixchat.test import certs
 
 CA = certs.make_ca()
 
 
-class FakeDirectory:
-    """The registry as the agent sees it: records by identity, presence pushes on change."""
-
-    def __init__(self) -> None:
-        self.nodes: dict[str, dict[str, NodeBinding]] = {}
-        self.watched: set[str] = set()
-        self.on_presence: Any = None
-        self.lookups = 0
-
-    def record(self, identity: str) -> Record:
-        return Record(identity, list(self.nodes.get(identity, {}).values()))
-
-    def lookup(self, identity: str) -> defer.Deferred[Record]:
-        self.lookups += 1
-        return defer.succeed(self.record(identity))
-
-    def watch(self, identity: str) -> None:
-        self.watched.add(identity)
-
-    def unwatch(self, identity: str) -> None:
-        self.watched.discard(identity)
-
-    def close(self) -> defer.Deferred[None]:
-        return defer.succeed(None)
+class FakeDirectory(MemoryDirectory):
+    """The registry as the agent sees it: agents publish their listening node by name."""
 
     def publish(self, identity: str, node: str, agent: UserAgentService) -> None:
         port = agent.listener.port.getHost().port
         binding = NodeBinding(node, (Contact("127.0.0.1", port),), agent.identity.leaf_der, "", "")
-        self.nodes.setdefault(identity, {})[node] = binding
-        self.push(identity)
-
-    def withdraw(self, identity: str, node: str) -> None:
-        self.nodes.get(identity, {}).pop(node, None)
-        self.push(identity)
-
-    def push(self, identity: str) -> None:
-        if identity in self.watched and self.on_presence is not None:
-            self.on_presence(identity, self.record(identity))
+        self.register(identity, binding)
 
 
 @implementer(IAgentEvents)
@@ -85,9 +55,9 @@ class AgentTests(unittest.TestCase):
     timeout = 60
 
     def setUp(self) -> None:
-        self.patch(agent_service, "TICK", 0.05)
-        self.patch(agent_service, "RETRY_BASE", 0.05)
-        self.patch(agent_service, "RETRY_MAX", 0.2)
+        self.patch(agent_outbox, "TICK", 0.05)
+        self.patch(agent_outbox, "RETRY_BASE", 0.05)
+        self.patch(agent_outbox, "RETRY_MAX", 0.2)
         self.directory = FakeDirectory()
         self.base = os.path.abspath(self.mktemp())
 
@@ -253,7 +223,7 @@ class AgentTests(unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_send_window_bounds_unreceipted_messages(self) -> Any:
-        self.patch(agent_service, "SEND_WINDOW", 4)
+        self.patch(agent_outbox, "SEND_WINDOW", 4)
         alice, _ = yield self.agent("alice@example.com")
         bob, _ = yield self.agent("bob@example.com")
         self.directory.publish("bob@example.com", "n1", bob)
@@ -287,7 +257,7 @@ class AgentTests(unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_expiry(self) -> Any:
-        self.patch(agent_service, "EXPIRE_EVERY", 0.05)
+        self.patch(agent_outbox, "EXPIRE_EVERY", 0.05)
         alice, alice_events = yield self.agent(
             "alice@example.com", message_ttl=timedelta(seconds=0.2)
         )
@@ -309,6 +279,24 @@ class AgentTests(unittest.TestCase):
             reactor, config, alice.data_dir, listen="tcp:0:interface=127.0.0.1", control=False
         )
         self.assertRaises(AgentError, second.privilegedStartService)
+
+    @defer.inlineCallbacks
+    def test_construction_has_no_side_effects(self) -> Any:
+        """The data directory appears when the service starts; the caller's config is kept."""
+        config = PeerConfig([self.identity("alice@example.com")], certs.trust_for(CA))
+        data_dir = os.path.join(self.base, "alice-later")
+        agent = UserAgentService(
+            reactor, config, data_dir, listen="tcp:0:interface=127.0.0.1", control=False
+        )
+        self.assertFalse(os.path.exists(data_dir))
+        self.assertIsNone(config.pins)
+        self.assertIsNot(agent.config, config)
+        self.assertEqual(agent.config.pins.policy, "warn")  # type: ignore[union-attr]
+        agent.startService()
+        self.addCleanup(lambda: agent.stopService() if agent.running else None)
+        yield agent.ready
+        self.assertEqual(os.stat(data_dir).st_mode & 0o777, 0o700)
+        self.assertIsNone(config.pins)
 
     @defer.inlineCallbacks
     def test_restart_keeps_outbox(self) -> Any:

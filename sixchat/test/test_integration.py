@@ -16,7 +16,7 @@ from twisted.plugin import getPlugins
 from twisted.python import usage
 from twisted.trial import unittest
 
-from sixchat import tap
+from sixchat.agent import tap
 from sixchat.test import certs
 from sixchat.test.processes import Agent, run_cli, run_twistd
 from sixchat.test.test_protocol import HAS_IPV6

@@ -16,7 +16,7 @@ from typing import Any
 from twisted.internet import defer, reactor, task
 from twisted.trial import unittest
 
-from sixchat import tap
+from sixchat.agent import tap
 from sixchat.agent.service import default_node
 from sixchat.test.processes import Agent, Registry, run_cli
 

@@ -4,7 +4,7 @@ from twisted.application.service import ServiceMaker
 
 sixchat = ServiceMaker(
     "sixchat",
-    "sixchat.tap",
+    "sixchat.agent.tap",
     "SixChat End2End Direct user agent (TCP 4605)",
     "sixchat",
 )

@@ -1,0 +1,129 @@
+"""
+Where peers are: the registry as the agent's L{IDirectory}. A looked-up record is trusted for
+L{RECORD_TTL} seconds, or for as long as a C{watch} keeps it current; one registry connection
+carries every lookup and watch, re-opened on demand and re-watching what it watched before.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from sixchat.agent._shared import Shared
+from sixchat.agent.interfaces import IDirectory, PresenceCallback
+from sixchat.identity import normalize_identity
+
+if TYPE_CHECKING:
+    from sixchat.irp.client import IRPClientProtocol as RegistryClient
+    from sixchat.irp.messages import Record
+
+__all__ = ["RECORD_TTL", "RegistryDirectory"]
+
+log = Logger()
+
+#: How long a looked-up registry record is trusted without a watch.
+RECORD_TTL = 30.0
+
+
+@implementer(IDirectory)
+class RegistryDirectory:
+    """
+    Finds peers through the registry (lookup, cached briefly) and keeps C{watch}es on peers
+    the outbox waits for, over one registry connection re-opened on demand.
+    """
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        connect: Callable[[], defer.Deferred[RegistryClient]],
+        on_presence: PresenceCallback | None = None,
+    ) -> None:
+        self.clock = clock
+        self.connect = connect
+        self.on_presence = on_presence
+        self._client: RegistryClient | None = None
+        self._connecting: Shared | None = None
+        self._cache: dict[str, tuple[float, Record]] = {}
+        self.watched: set[str] = set()
+
+    def _connection(self) -> defer.Deferred[RegistryClient]:
+        if self._client is not None:
+            return defer.succeed(self._client)
+        if self._connecting is None:
+            d = self.connect()
+
+            def connected(client: RegistryClient) -> RegistryClient:
+                self._client, self._connecting = client, None
+                client.whenLost().addBoth(lambda _: self._lost(client))
+                for identity in sorted(self.watched):  # a new connection has no watches
+                    self._startWatch(client, identity)
+                return client
+
+            def failed(f: Failure) -> Failure:
+                self._connecting = None
+                return f
+
+            self._connecting = Shared(d.addCallbacks(connected, failed))
+        return self._connecting.wait()
+
+    def _startWatch(self, client: RegistryClient, identity: str) -> None:
+        client.watch(identity, lambda record: self._presence(identity, record)).addErrback(
+            lambda f: log.debug("watch {peer}: {f}", peer=identity, f=f.getErrorMessage())
+        )
+
+    def _lost(self, client: RegistryClient) -> None:
+        if self._client is client:
+            self._client = None
+            self._cache.clear()
+
+    def _presence(self, identity: str, record: Record) -> None:
+        self._cache[normalize_identity(identity)] = (self.clock.seconds(), record)
+        if self.on_presence is not None:
+            self.on_presence(identity, record)
+
+    def lookup(self, identity: str) -> defer.Deferred[Record]:
+        key = normalize_identity(identity)
+        cached = self._cache.get(key)
+        if cached is not None and (
+            key in self.watched or self.clock.seconds() - cached[0] < RECORD_TTL
+        ):
+            return defer.succeed(cached[1])
+
+        def remember(record: Record) -> Record:
+            self._cache[key] = (self.clock.seconds(), record)
+            return record
+
+        return self._connection().addCallback(lambda c: c.lookup(identity)).addCallback(remember)
+
+    def watch(self, identity: str) -> None:
+        key = normalize_identity(identity)
+        if key in self.watched:
+            return
+        self.watched.add(key)
+        if self._client is not None:
+            self._startWatch(self._client, identity)
+        else:  # the new connection starts a watch for everything in self.watched
+            self._connection().addErrback(
+                lambda f: log.debug("registry unreachable: {f}", f=f.getErrorMessage())
+            )
+
+    def unwatch(self, identity: str) -> None:
+        key = normalize_identity(identity)
+        if key not in self.watched:
+            return
+        self.watched.discard(key)
+        self._cache.pop(key, None)
+        if self._client is not None:
+            self._client.unwatch(identity).addErrback(lambda f: None)
+
+    def close(self) -> defer.Deferred[Any]:
+        client, self._client = self._client, None
+        if client is not None:
+            return defer.maybeDeferred(client.close).addErrback(lambda f: None)
+        return defer.succeed(None)

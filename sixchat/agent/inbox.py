@@ -1,0 +1,97 @@
+"""
+The receiving side of every session, ours or the peer's (L{ISessionObserver}): sessions
+enter and leave the session table, a message is committed to the store before its receipt
+is sent, and duplicates are receipted again without being stored twice (§8.2). A session a
+CRL revoked stores nothing more.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from sixchat.agent import events
+from sixchat.protocol import ISessionObserver, Session
+from sixchat.stanzas import Message, Typing, format_timestamp
+
+if TYPE_CHECKING:
+    from sixchat.agent.crls import CRLUpdater
+    from sixchat.agent.sessions import SessionTable
+    from sixchat.agent.store import MessageStore
+
+__all__ = ["Inbox"]
+
+log = Logger(namespace="sixchat.agent.service")
+
+
+@implementer(ISessionObserver)
+class Inbox:
+    """
+    @param kick: told the peer of every new session (we may owe it messages).
+    @param pin_policy: the handshakes' pin policy, named in C{key_change} events.
+    """
+
+    def __init__(
+        self,
+        sessions: SessionTable,
+        crls: CRLUpdater,
+        store: MessageStore,
+        emit: Callable[[dict[str, Any]], None],
+        kick: Callable[[str], None],
+        now: Callable[[], datetime],
+        pin_policy: str,
+    ) -> None:
+        self.sessions = sessions
+        self.crls = crls
+        self.store = store
+        self.emit = emit
+        self.kick = kick
+        self.now = now
+        self.pin_policy = pin_policy
+
+    def sessionStarted(self, session: Session) -> None:
+        if self.sessions.endIfRevokedSince(session, self.crls):
+            return
+        self.sessions.add(session)
+        result = session.result
+        self.store.touch_contact(result.peer_name, self.now()).addErrback(lambda f: None)
+        if result.pin_status == "changed":
+            action = "accepted" if self.pin_policy == "accept" else "warned"
+            fingerprint = result.peer.spki_sha256.hex()
+            self.emit(
+                events.key_change_event(result.peer_name, fingerprint, self.pin_policy, action)
+            )
+        self.emit(events.session_opened_event(session))
+        # A peer that reaches us may be one we owe messages: try now.
+        self.kick(result.peer_name)
+
+    def messageReceived(self, session: Session, message: Message) -> defer.Deferred[None]:
+        sender = session.result.peer_name
+        if session in self.sessions.revoked:
+            # Arrived with the records that completed the handshake: not stored, and no
+            # receipt (the connection is failed), so the sender keeps it as undelivered.
+            log.info("dropped message {id} from {peer}: revoked", id=message.id, peer=sender)
+            return defer.succeed(None)
+        d = self.store.store_incoming(sender, message, self.now())
+
+        def stored(new: bool) -> None:
+            if new:
+                received_at = format_timestamp(self.now())
+                self.emit(events.message_event(sender, message, received_at))
+            # The receipt goes out when this returns: the row is committed (§8.2).
+
+        return d.addCallback(stored)
+
+    def stanzaReceived(self, session: Session, stanza: object) -> None:
+        if isinstance(stanza, Typing):
+            self.emit(events.typing_event(session.peer, stanza.state))
+
+    def sessionEnded(self, session: Session, reason: Failure) -> None:
+        self.sessions.remove(session)
+        self.emit(events.session_closed_event(session))

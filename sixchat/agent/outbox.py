@@ -1,0 +1,323 @@
+"""
+The outbox scheduler ("nothing ever lost"): a message is stored before C{send} fires; the
+outbox keeps a per-node entry for every registered node of the peer (§11.16) and retries
+each with exponential backoff and jitter until that node's receipt, at once when the
+directory reports the peer online, until the message expires (C{message_ttl}).
+
+Its time is an injected C{IReactorTime} and its collaborators (store, directory, sessions)
+are narrow, so the rules — backoff, jitter, the send window, expiry, ticks — are unit-tested
+on a C{task.Clock} with fakes and no reactor.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterable, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any, Protocol
+
+from twisted.internet import defer
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from sixchat.agent.interfaces import IDirectory
+from sixchat.identity import normalize_identity
+from sixchat.protocol import HandshakeFailed, SessionLost, StanzaRefused
+
+if TYPE_CHECKING:
+    from sixchat.agent.store import MessageStatus, OutgoingMessage
+    from sixchat.irp.messages import NodeBinding
+    from sixchat.protocol import Session
+
+__all__ = [
+    "DEFAULT_TTL",
+    "EXPIRE_EVERY",
+    "RETRY_BASE",
+    "RETRY_MAX",
+    "SEND_WINDOW",
+    "TICK",
+    "OutboxScheduler",
+    "OutboxSessions",
+    "OutboxStore",
+]
+
+log = Logger(namespace="sixchat.agent.service")
+
+DEFAULT_TTL = timedelta(days=7)
+#: Outbox retry backoff per node: min(MAX, BASE * 2^attempts), times a jitter in [0.5, 1).
+RETRY_BASE = 2.0
+RETRY_MAX = 300.0
+#: Unreceipted messages in flight per session (flow control for long outboxes).
+SEND_WINDOW = 64
+#: How often the outbox looks for due work and expired messages.
+TICK = 1.0
+EXPIRE_EVERY = 60.0
+
+
+class OutboxStore(Protocol):
+    """What the scheduler needs of the message store (L{sixchat.agent.store.MessageStore})."""
+
+    @property
+    def is_open(self) -> bool: ...
+
+    def expire(self, now: datetime, ttl: timedelta) -> defer.Deferred[list[MessageStatus]]: ...
+
+    def pending(self, now: datetime | None = None) -> defer.Deferred[list[OutgoingMessage]]: ...
+
+    def pending_for(
+        self, to: str, now: datetime | None = None
+    ) -> defer.Deferred[list[OutgoingMessage]]: ...
+
+    def add_targets(self, message_id: str, nodes: Iterable[str]) -> defer.Deferred[list[str]]: ...
+
+    def mark_attempt(
+        self,
+        message_id: str,
+        node: str,
+        now: datetime,
+        next_attempt: datetime | None,
+        *,
+        sent: bool = True,
+    ) -> defer.Deferred[MessageStatus | None]: ...
+
+    def mark_delivered(
+        self, message_id: str, node: str, now: datetime
+    ) -> defer.Deferred[MessageStatus | None]: ...
+
+    def mark_failed(
+        self, message_id: str, node: str | None, reason: str, now: datetime
+    ) -> defer.Deferred[MessageStatus | None]: ...
+
+
+class OutboxSessions(Protocol):
+    """What the scheduler needs of the session table (L{sixchat.agent.sessions.SessionTable})."""
+
+    async def sessionFor(self, peer: str, node: NodeBinding) -> Session: ...
+
+
+def _all_nodes(peer: str, nodes: Sequence[NodeBinding]) -> list[NodeBinding]:
+    return list(nodes)
+
+
+class OutboxScheduler:
+    """
+    Delivers what the store owes: a tick every L{TICK} seconds (and L{kick} whenever a peer
+    may be reachable: a send, a presence push, a session from it) finds due entries; every
+    L{EXPIRE_EVERY} seconds messages older than C{message_ttl} are given up.
+
+    @param usable_nodes: which of a peer's registered nodes may be dialled (the pin rule,
+        L{sixchat.agent.pinning.RegistryKeyPins.usable_nodes}); default all.
+    @param on_status: told every status change the scheduler causes (events, waiters).
+    """
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        store: OutboxStore,
+        sessions: OutboxSessions,
+        directory: IDirectory | None,
+        on_status: Callable[[MessageStatus], None],
+        *,
+        message_ttl: timedelta = DEFAULT_TTL,
+        rand: Callable[[], float] = random.random,
+        usable_nodes: Callable[[str, Sequence[NodeBinding]], list[NodeBinding]] = _all_nodes,
+    ) -> None:
+        self.clock = clock
+        self.store = store
+        self.sessions = sessions
+        self.directory = directory
+        self.on_status = on_status
+        self.message_ttl = message_ttl
+        self.rand = rand
+        self.usable_nodes = usable_nodes
+        self.running = False
+        self.stopping = False
+        self._tick_call: IDelayedCall | None = None
+        self._last_expire = 0.0
+        self._delivering: set[str] = set()
+        self._again: set[str] = set()
+
+    def now(self) -> datetime:
+        return datetime.fromtimestamp(self.clock.seconds(), UTC)
+
+    def start(self) -> None:
+        """Accept work from now on; the first L{schedule} (once the store is open) ticks."""
+        self.running = True
+
+    def stop(self) -> None:
+        """No more ticks or deliveries; what is in flight finishes quietly."""
+        self.stopping = True
+        if self._tick_call is not None and self._tick_call.active():
+            self._tick_call.cancel()
+        self._tick_call = None
+
+    def schedule(self, delay: float) -> None:
+        """Tick in C{delay} seconds, unless a tick is due sooner already."""
+        if not self.running or self.stopping:
+            return
+        if self._tick_call is not None and self._tick_call.active():
+            if self._tick_call.getTime() <= self.clock.seconds() + delay:
+                return
+            self._tick_call.cancel()
+        self._tick_call = self.clock.callLater(delay, self.tick)
+
+    @defer.inlineCallbacks
+    def tick(self) -> Any:
+        self._tick_call = None
+        if self.stopping or not self.store.is_open:
+            return
+        try:
+            now = self.now()
+            if self.clock.seconds() - self._last_expire >= EXPIRE_EVERY:
+                self._last_expire = self.clock.seconds()
+                expired = yield self.store.expire(now, self.message_ttl)
+                for status in expired:
+                    self.on_status(status)
+            due = yield self.store.pending(now)
+            for peer in sorted({m.to_display for m in due}):
+                self.kick(peer)
+        except Exception:
+            if not self.stopping:  # a tick in flight while stopping meets a closed store
+                log.failure("outbox tick failed")
+        finally:
+            self.schedule(TICK)
+
+    def kick(self, peer: str) -> None:
+        """Deliver what is owed to C{peer} now (coalesced per peer)."""
+        if not self.running or self.stopping or not self.store.is_open:
+            return
+        key = normalize_identity(peer)
+        if key in self._delivering:
+            self._again.add(key)
+            return
+        self._delivering.add(key)
+        d = defer.ensureDeferred(self._deliverPeer(peer))
+        d.addErrback(
+            lambda f: (
+                None if self.stopping else log.failure("delivery to {peer} failed", f, peer=peer)
+            )
+        )
+
+        def done(_: object) -> None:
+            self._delivering.discard(key)
+            if key in self._again:
+                self._again.discard(key)
+                self.kick(peer)
+
+        d.addBoth(done)
+
+    def retryDelay(self, attempts: int) -> float:
+        return min(RETRY_MAX, RETRY_BASE * (2 ** min(attempts, 16))) * (0.5 + self.rand() / 2)
+
+    async def _deliverPeer(self, peer: str) -> None:
+        pending: list[OutgoingMessage] = await self.store.pending_for(peer)
+        if not pending:
+            if self.directory is not None:
+                self.directory.unwatch(peer)
+            return
+        if self.directory is None:
+            return  # no registry: nowhere to look the peer up; incoming sessions still work
+        self.directory.watch(peer)  # be told at once when the peer's nodes change
+        try:
+            record = await self.directory.lookup(peer)
+        except Exception as e:
+            log.debug("lookup of {peer} failed: {e}", peer=peer, e=e)
+            return
+        nodes = self.usable_nodes(peer, record.nodes)
+        if not nodes:
+            return  # offline: the watch will kick us when a node registers
+        names = [n.name for n in nodes]
+        # All at once: the store commits them together (group commit), in this order.
+        await defer.gatherResults(
+            [
+                self.store.add_targets(message.id, names)
+                for message in pending
+                if message.state in ("queued", "sent", "delivered")
+            ]
+        )
+        now = self.now()
+        due: list[OutgoingMessage] = await self.store.pending_for(peer, now)
+        work = []
+        for node in nodes:
+            owed = [m for m in due if node.name in m.due_nodes(now)]
+            if owed:
+                work.append(defer.ensureDeferred(self._deliverNode(peer, node, owed)))
+        if work:
+            await defer.DeferredList(work, consumeErrors=True)
+
+    async def _deliverNode(
+        self, peer: str, node: NodeBinding, owed: list[OutgoingMessage]
+    ) -> None:
+        try:
+            session = await self.sessions.sessionFor(peer, node)
+        except Exception as e:
+            log.info("cannot reach {peer} node {node}: {why}", peer=peer, node=node.name, why=e)
+            now = self.now()
+            for message in owed:
+                entry = next(n for n in message.nodes if n.node == node.name)
+                delay = self.retryDelay(entry.attempts)
+                await self.store.mark_attempt(
+                    message.id, node.name, now, now + timedelta(seconds=delay), sent=False
+                )
+            return
+        # A window of unreceipted messages per session: a long outbox never floods the
+        # transport (both peers writing faster than the other reads would stall both, since
+        # each stops reading while its write buffer is full).
+        window = defer.DeferredSemaphore(SEND_WINDOW)
+        sends = []
+        for message in owed:
+            await window.acquire()
+            if session.ended:
+                window.release()
+                break  # the rest stays owed; the next tick retries on a new session
+            now = self.now()
+            entry = next(n for n in message.nodes if n.node == node.name)
+            retry_at = now + timedelta(seconds=self.retryDelay(entry.attempts))
+            # Not awaited: the store records the attempt in order, before the receipt's
+            # mark_delivered; meanwhile the message is already on its way. A crash before
+            # the record leaves the message queued: it is sent again and the peer, which
+            # keys messages by id, stores it once (§8.2).
+            self.store.mark_attempt(message.id, node.name, now, retry_at).addCallbacks(
+                self._attempted, self._attemptNotRecorded, errbackArgs=(message.id,)
+            )
+            d: defer.Deferred[Any] = session.send(message.stanza)
+            d.addBoth(_released, window)
+            d.addCallbacks(
+                self._receipted,
+                self._notReceipted,
+                callbackArgs=(message.id, node.name),
+                errbackArgs=(message.id, node.name),
+            )
+            sends.append(d)
+        await defer.DeferredList(sends, consumeErrors=True)
+
+    def _attempted(self, status: MessageStatus | None) -> None:
+        if status is not None:
+            self.on_status(status)
+
+    def _attemptNotRecorded(self, failure: Failure, message_id: str) -> None:
+        if not self.stopping:
+            log.failure("could not record the attempt for {id}", failure, id=message_id)
+
+    def _receipted(self, receipt: object, message_id: str, node: str) -> defer.Deferred[None]:
+        return self.store.mark_delivered(message_id, node, self.now()).addCallback(
+            lambda status: self.on_status(status) if status else None
+        )
+
+    def _notReceipted(self, failure: Failure, message_id: str, node: str) -> Any:
+        if failure.check(StanzaRefused):
+            reason = failure.value.reason  # type: ignore[union-attr]
+            return self.store.mark_failed(message_id, node, reason, self.now()).addCallback(
+                lambda status: self.on_status(status) if status else None
+            )
+        if failure.check(SessionLost, HandshakeFailed):
+            self.schedule(0)  # the next tick re-sends when the entry is due
+            return None
+        return failure
+
+
+def _released(result: Any, window: defer.DeferredSemaphore) -> Any:
+    """Pass C{result} through after giving the send window's slot back."""
+    window.release()
+    return result

@@ -1,0 +1,99 @@
+"""
+The agent's records as the plain dicts of its API (L{IUserAgent}): what the control interface
+sends and C{--json} prints, so every field name is part of that contract and lives here once.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from sixchat.stanzas import format_timestamp
+
+if TYPE_CHECKING:
+    from sixchat.agent.store import Contact, ConversationSummary, HistoryEntry, MessageStatus
+    from sixchat.protocol import Session
+
+__all__ = [
+    "contact_dict",
+    "conversation_dict",
+    "history_dict",
+    "hostport",
+    "iso",
+    "session_dict",
+    "status_dict",
+]
+
+
+def iso(when: datetime | None) -> str | None:
+    return None if when is None else format_timestamp(when)
+
+
+def hostport(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def status_dict(status: MessageStatus) -> dict[str, Any]:
+    return {
+        "id": status.id,
+        "peer": status.to,
+        "state": status.state,
+        "description": status.describe(),
+        "delivered_nodes": status.delivered_nodes,
+        "total_nodes": status.total_nodes,
+        "reason": status.reason,
+        "created_at": iso(status.created_at),
+        "nodes": [
+            {"node": n.node, "state": n.state, "attempts": n.attempts, "reason": n.reason}
+            for n in status.nodes
+        ],
+    }
+
+
+def history_dict(e: HistoryEntry) -> dict[str, Any]:
+    return {
+        "direction": e.direction,
+        "peer": e.peer_display or e.peer,
+        "id": e.id,
+        "ts": e.ts,
+        "body": e.body,
+        "thread": e.thread,
+        "reply_to": e.reply_to,
+        "at": iso(e.at),
+        "read": e.read,
+        "state": e.state,
+        "delivered_nodes": e.delivered_nodes,
+        "total_nodes": e.total_nodes,
+    }
+
+
+def conversation_dict(c: ConversationSummary) -> dict[str, Any]:
+    return {
+        "peer": c.display or c.peer,
+        "last_ts": iso(c.last_at),
+        "last_body": c.last_body,
+        "unread": c.unread,
+        "messages": c.messages,
+    }
+
+
+def contact_dict(c: Contact, keys: list[str]) -> dict[str, Any]:
+    """C{keys}: the contact's pinned keys, SPKI SHA-256 fingerprints in hex, sorted."""
+    return {
+        "identity": c.display or c.identity,
+        "first_seen": iso(c.first_seen),
+        "last_seen": iso(c.last_seen),
+        "keys": keys,
+        "key_change_pending": c.key_change_pending,
+    }
+
+
+def session_dict(session: Session, node: str | None) -> dict[str, Any]:
+    """An outgoing session to C{node}, or (C{node} None) an incoming one."""
+    return {
+        "peer": session.result.peer_name,
+        "node": node,
+        "direction": "incoming" if node is None else "outgoing",
+        "suite": session.result.suite,
+        "group": session.result.group,
+    }
