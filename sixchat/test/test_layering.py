@@ -57,7 +57,6 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
         "edges",
         (
             "sixchat.cli",
-            "sixchat.tap",
             "*.tap",
             "sixchat.bench",
             "sixchat.testing",
