@@ -11,8 +11,7 @@ import os
 import stat
 from collections.abc import Mapping
 
-from sixchat.agent.errors import BadArgument, DataDirError, NoAgentRunning
-from sixchat.agent.interfaces import AgentError
+from sixchat.agent.errors import AgentError, BadArgument, DataDirError, NoAgentRunning
 from sixchat.identity import is_valid_identity
 
 __all__ = [

@@ -11,6 +11,7 @@ from sixchat.errors import SixchatError
 
 __all__ = [
     "ERRORS",
+    "AgentError",
     "AgentAlreadyRunning",
     "AgentDisconnected",
     "AgentFailure",
@@ -86,3 +87,7 @@ ERRORS: dict[type[Exception], bytes] = {
     NotConnected: b"NOT_CONNECTED",
     AgentFailure: b"AGENT_FAILURE",
 }
+
+
+class AgentError(SixchatError):
+    """A request to the agent that cannot be done (unknown identity, bad argument, …)."""

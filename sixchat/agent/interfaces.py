@@ -13,28 +13,22 @@ from typing import TYPE_CHECKING, Any
 
 from zope.interface import Attribute, Interface
 
-from sixchat.errors import SixchatError
-
 if TYPE_CHECKING:
     from twisted.internet.defer import Deferred
 
     from sixchat.irp.messages import Record
 
-__all__ = ["AgentError", "IAgentEvents", "IDirectory", "IUserAgent", "PresenceCallback"]
+__all__ = ["IAgentEvents", "IDirectory", "IUserAgent", "PresenceCallback"]
 
 #: What a directory calls when a watched peer's nodes change: (identity as watched, record).
 PresenceCallback = Callable[[str, "Record"], None]
-
-
-class AgentError(SixchatError):
-    """A request to the agent that cannot be done (unknown identity, bad argument, …)."""
 
 
 class IDirectory(Interface):
     """
     Where the agent finds a peer's nodes (their contacts and certificates). The registry is
     one (L{sixchat.agent.directory.RegistryDirectory}); a fixed table (benchmarks, static
-    deployments) or memory (L{sixchat.agent.memory_directory.MemoryDirectory}: tests) are
+    deployments) or memory (L{sixchat.testing.MemoryDirectory}: tests) are
     others. The outbox only needs these four calls and the presence callback.
     """
 

@@ -30,8 +30,9 @@ from sixchat.agent import events, views
 from sixchat.agent.crls import DEFAULT_REFRESH as DEFAULT_CRL_REFRESH
 from sixchat.agent.crls import CRLUpdater
 from sixchat.agent.datadir import DataDirLock, prepare_data_dir
+from sixchat.agent.errors import AgentError
 from sixchat.agent.inbox import Inbox
-from sixchat.agent.interfaces import AgentError, IAgentEvents, IDirectory, IUserAgent
+from sixchat.agent.interfaces import IAgentEvents, IDirectory, IUserAgent
 from sixchat.agent.outbox import DEFAULT_TTL, OutboxScheduler
 from sixchat.agent.pinning import RegistryKeyPins
 from sixchat.agent.sessions import SessionTable

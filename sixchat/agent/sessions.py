@@ -17,8 +17,8 @@ from twisted.logger import Logger
 from sixchat.agent._shared import Shared
 from sixchat.agent.crls import CRLUpdater, crl_number, revoked_on_path
 from sixchat.agent.dialer import happy_eyeballs
+from sixchat.agent.errors import AgentError
 from sixchat.agent.events import revoked_event
-from sixchat.agent.interfaces import AgentError
 from sixchat.agent.views import session_dict
 from sixchat.errors import CertificateRevoked
 from sixchat.identity import normalize_identity

@@ -12,7 +12,7 @@ from typing import Any
 from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
-from sixchat.agent.interfaces import AgentError
+from sixchat.agent.errors import AgentError
 
 __all__ = ["DeliveryWaiters", "FINAL_STATES"]
 

@@ -35,10 +35,10 @@ async def agent(reactor: Any, spec: dict[str, Any]) -> None:
     (C{count} messages to C{to}; a C{sample} when all are delivered), C{measure}.
     """
     from sixchat.agent.interfaces import IAgentEvents
-    from sixchat.agent.memory_directory import MemoryDirectory
     from sixchat.agent.service import UserAgentService
     from sixchat.bench.peers import _quiet_logs
     from sixchat.handshake import PeerConfig
+    from sixchat.testing.directory import MemoryDirectory
 
     _quiet_logs()
     workdir = spec["workdir"]

@@ -15,11 +15,11 @@ from twisted.internet import defer, reactor, task
 from twisted.trial import unittest
 
 from sixchat.agent import outbox as agent_outbox
-from sixchat.agent.memory_directory import MemoryDirectory
 from sixchat.agent.service import UserAgentService
 from sixchat.handshake import PeerConfig
 from sixchat.irp.messages import Contact, NodeBinding
 from sixchat.test import certs
+from sixchat.testing.directory import MemoryDirectory
 
 CA = certs.make_ca()
 

@@ -19,12 +19,12 @@ from zope.interface.verify import verifyObject
 
 from sixchat.agent import outbox
 from sixchat.agent.interfaces import IDirectory
-from sixchat.agent.memory_directory import MemoryDirectory
 from sixchat.agent.outbox import OutboxScheduler
 from sixchat.agent.store import MessageStatus, NodeDelivery, OutgoingMessage
 from sixchat.irp.messages import Contact, NodeBinding
 from sixchat.protocol import SessionLost, StanzaRefused
 from sixchat.stanzas import ErrorStanza, Message, Receipt
+from sixchat.testing.directory import MemoryDirectory
 
 BOB = "bob@example.com"
 START = 1_800_000_000.0  # 2027: a realistic wall-clock time

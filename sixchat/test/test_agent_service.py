@@ -16,12 +16,12 @@ from zope.interface import implementer
 
 from sixchat.agent import outbox as agent_outbox
 from sixchat.agent.interfaces import IAgentEvents
-from sixchat.agent.memory_directory import MemoryDirectory
 from sixchat.agent.service import AgentError, UserAgentService
 from sixchat.handshake import PeerConfig
 from sixchat.identity import Identity
 from sixchat.irp.messages import Contact, NodeBinding
 from sixchat.test import certs
+from sixchat.testing.directory import MemoryDirectory
 
 CA = certs.make_ca()
 

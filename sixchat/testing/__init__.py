@@ -12,6 +12,8 @@ the code they stand in for.
   - L{FakeAgent}: an L{IUserAgent<sixchat.agent.interfaces.IUserAgent>} without a network,
     steered by the recipient's name, for testing control clients and user interfaces;
     C{python -m sixchat.testing.agent DATA_DIR} serves one on a control socket.
+  - L{MemoryDirectory}: an L{IDirectory<sixchat.agent.interfaces.IDirectory>} in memory, to
+    run real L{UserAgentService<sixchat.agent.service.UserAgentService>}s without a registry.
 
 Typical use::
 
@@ -25,12 +27,14 @@ Typical use::
 from __future__ import annotations
 
 from sixchat.testing.agent import ALICE, BOB, FakeAgent, sample_history
+from sixchat.testing.directory import MemoryDirectory
 from sixchat.testing.peers import PeerPair, RecordingObserver, ThrowawayCA
 
 __all__ = [
     "ALICE",
     "BOB",
     "FakeAgent",
+    "MemoryDirectory",
     "PeerPair",
     "RecordingObserver",
     "ThrowawayCA",
