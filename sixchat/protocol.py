@@ -38,6 +38,7 @@ from sixchat.connection import (
 from sixchat.errors import AlertError, HandshakeTimeout, SixchatError
 from sixchat.flow import MAX_ANSWER_BACKLOG, MAX_UNPROCESSED, WRITE_BATCH, FlowControl
 from sixchat.handshake import HandshakeResult, PeerConfig
+from sixchat.netaddr import format_hostport
 from sixchat.session import (
     HandshakeFailed,
     ISessionObserver,
@@ -419,7 +420,7 @@ class PeerProtocol(FlowControl):
             return "?"
         host = getattr(peer, "host", None)
         port = getattr(peer, "port", None)
-        return f"[{host}]:{port}" if host and ":" in host else f"{host}:{port}"
+        return format_hostport(host, port)
 
 
 def _message_cost(message: Message) -> int:

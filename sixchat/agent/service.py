@@ -41,8 +41,9 @@ from sixchat.agent.views import status_dict
 from sixchat.agent.waiters import DeliveryWaiters
 from sixchat.handshake import PeerConfig
 from sixchat.identity import is_valid_identity
+from sixchat.listener import DEFAULT_LISTEN, PeerListenerService
+from sixchat.netaddr import format_hostport
 from sixchat.protocol import HANDSHAKE_TIMEOUT, IDLE_TIMEOUT, Session, split_text
-from sixchat.service import DEFAULT_LISTEN, PeerListenerService
 from sixchat.stanzas import TYPING_STATES, Message, parse_timestamp
 from sixchat.trust import PinPolicy
 
@@ -368,13 +369,13 @@ class UserAgentService(service.MultiService):
             "identity": self.name_,
             "node": self.node,
             "data_dir": self.data_dir,
-            "listening": None if port is None else views.hostport(port.host, port.port),
+            "listening": None if port is None else format_hostport(port.host, port.port),
             "registry": None
             if keeper is None
             else {"registry": self.registry, "state": keeper.state, "expires": keeper.granted},
             "advertised": []
             if keeper is None
-            else [views.hostport(c.host, c.port) for c in keeper.contacts],
+            else [format_hostport(c.host, c.port) for c in keeper.contacts],
             "sessions": self.sessions.describe(),
             "outbox": counts,
             "revocation": self.crls.status(),

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from twisted.internet import defer, endpoints
+from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
@@ -22,6 +22,7 @@ from sixchat.agent.events import revoked_event
 from sixchat.agent.views import session_dict
 from sixchat.errors import CertificateRevoked
 from sixchat.identity import normalize_identity
+from sixchat.netaddr import client_endpoint
 from sixchat.protocol import ISessionObserver, Session, connectPeer
 
 if TYPE_CHECKING:
@@ -175,8 +176,7 @@ class SessionTable:
         contacts = [(c.host, c.port) for c in node.contacts]
 
         def attempt(host: str, port: int) -> defer.Deferred[Session]:
-            cls = endpoints.TCP6ClientEndpoint if ":" in host else endpoints.TCP4ClientEndpoint
-            endpoint = cls(self.reactor, host, port, timeout=self.handshake_timeout)
+            endpoint = client_endpoint(self.reactor, host, port, self.handshake_timeout)
             return connectPeer(
                 self.reactor,
                 endpoint,

@@ -16,7 +16,7 @@ from twisted.python import usage
 
 from sixchat.errors import SixchatError
 from sixchat.handshake import AccessPolicy, PeerConfig
-from sixchat.service import DEFAULT_LISTEN
+from sixchat.listener import DEFAULT_LISTEN
 
 PIN_POLICIES = ("accept", "warn", "refuse")
 
@@ -167,7 +167,7 @@ def check_registry_options(options: Any) -> None:
     """Validate the registry options, load C{--registry-ca}; one-line errors."""
     from sixchat.irp import messages
     from sixchat.irp.client import load_certificates
-    from sixchat.irp.discovery import parse_hostport
+    from sixchat.irp.discovery import parse_registry_address
 
     options["registry-anchors"] = None
     registry = options["registry"]
@@ -180,7 +180,7 @@ def check_registry_options(options: Any) -> None:
         return
     if registry != "auto":
         try:
-            parse_hostport(registry)
+            parse_registry_address(registry)
         except ValueError as e:
             raise usage.UsageError(f"--registry: {e}") from None
     if options["registry-ca"]:

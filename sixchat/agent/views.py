@@ -18,7 +18,6 @@ __all__ = [
     "contact_dict",
     "conversation_dict",
     "history_dict",
-    "hostport",
     "iso",
     "session_dict",
     "status_dict",
@@ -27,10 +26,6 @@ __all__ = [
 
 def iso(when: datetime | None) -> str | None:
     return None if when is None else format_timestamp(when)
-
-
-def hostport(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def status_dict(status: MessageStatus) -> dict[str, Any]:

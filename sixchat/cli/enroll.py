@@ -169,10 +169,10 @@ def _anchors(args: argparse.Namespace) -> list[x509.Certificate] | None:
 
 def _check_registry(args: argparse.Namespace) -> None:
     if args.registry and args.registry != "auto":
-        from sixchat.irp.discovery import parse_hostport
+        from sixchat.irp.discovery import parse_registry_address
 
         try:
-            parse_hostport(args.registry)
+            parse_registry_address(args.registry)
         except ValueError as e:
             raise UsageError(f"--registry: {e}") from None
     if args.timeout <= 0:

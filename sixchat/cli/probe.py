@@ -138,10 +138,10 @@ def run(args: argparse.Namespace) -> int:
             print(f"sixchat: error: {args.target!r} is not a valid identity", file=sys.stderr)
             return 2
         if args.registry and args.registry != "auto":
-            from sixchat.irp.discovery import parse_hostport as parse_registry
+            from sixchat.irp.discovery import parse_registry_address
 
             try:
-                parse_registry(args.registry)
+                parse_registry_address(args.registry)
             except ValueError as e:
                 print(f"sixchat: error: --registry: {e}", file=sys.stderr)
                 return 2

@@ -29,6 +29,7 @@ from twisted.logger import Logger
 from sixchat.errors import SixchatError
 from sixchat.identity import is_valid_identity
 from sixchat.irp.messages import DEFAULT_PORT
+from sixchat.netaddr import format_hostport, parse_hostport
 
 __all__ = [
     "RegistryNotFound",
@@ -36,7 +37,7 @@ __all__ = [
     "SRVEntry",
     "findRegistry",
     "order_srv",
-    "parse_hostport",
+    "parse_registry_address",
 ]
 
 log = Logger()
@@ -60,7 +61,7 @@ class RegistryTarget:
 
     @property
     def address(self) -> str:
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+        return format_hostport(self.host, self.port)
 
 
 @dataclass(frozen=True)
@@ -75,33 +76,14 @@ class _Random(Protocol):
     def randint(self, a: int, b: int) -> int: ...
 
 
-def parse_hostport(text: str, default_port: int = DEFAULT_PORT) -> tuple[str, int]:
+def parse_registry_address(text: str) -> tuple[str, int]:
     """
-    C{host}, C{host:port}, C{[v6]}, C{[v6]:port} or a bare IPv6 literal.
+    A registry's C{HOST[:PORT]} (port 4604 unless given), by the one host:port rule of
+    L{sixchat.netaddr.parse_hostport}.
 
     @raise ValueError: with a one-line reason.
     """
-    text = text.strip()
-    if not text:
-        raise ValueError("empty address")
-    if text.startswith("["):
-        host, sep, rest = text[1:].partition("]")
-        if not sep or not host:
-            raise ValueError(f"unclosed '[' in {text!r}")
-        if not rest:
-            return host, default_port
-        if not rest.startswith(":"):
-            raise ValueError(f"expected ':PORT' after ']' in {text!r}")
-        port_text = rest[1:]
-    elif text.count(":") == 1:
-        host, port_text = text.split(":")
-        if not host:
-            raise ValueError(f"missing host in {text!r}")
-    else:
-        return text, default_port
-    if not port_text.isdigit() or len(port_text) > 5 or not 0 < int(port_text) < 65536:
-        raise ValueError(f"invalid port in {text!r}")
-    return host, int(port_text)
+    return parse_hostport(text, DEFAULT_PORT)
 
 
 def order_srv(entries: Sequence[SRVEntry], rng: _Random | None = None) -> list[SRVEntry]:
@@ -152,7 +134,7 @@ async def _find(
     registry: str | None, identity: str | None, resolver: Any, rng: _Random | None
 ) -> list[RegistryTarget]:
     if registry is not None and registry != "auto":
-        host, port = parse_hostport(registry)
+        host, port = parse_registry_address(registry)
         return [RegistryTarget(host, port, host, "explicit")]
     if identity is None:
         raise ValueError("give a registry (HOST[:PORT]) or an identity to find its registry")

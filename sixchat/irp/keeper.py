@@ -60,6 +60,7 @@ from twisted.python.failure import Failure
 
 from sixchat.irp import messages as m
 from sixchat.irp.client import IRPConnectionError
+from sixchat.netaddr import format_hostport, parse_hostport
 
 __all__ = [
     "AutoContacts",
@@ -180,9 +181,7 @@ def parse_advertise(text: str) -> tuple[str, int | None]:
 
     @raise ValueError: with a one-line reason.
     """
-    from sixchat.irp.discovery import parse_hostport
-
-    host, port = parse_hostport(text, default_port=0)
+    host, port = parse_hostport(text, 0)
     try:
         host = m.canonical_host(host, allow_private=True)
     except ValueError as e:
@@ -361,9 +360,7 @@ class RegistrationKeeper(service.Service):
         self.granted = granted
         self.failures = 0
         self._setState("registered")
-        contacts = ", ".join(
-            f"[{c.host}]:{c.port}" if ":" in c.host else f"{c.host}:{c.port}" for c in self.contacts
-        )
+        contacts = ", ".join(format_hostport(c.host, c.port) for c in self.contacts)
         (self.log.info if first else self.log.debug)(
             "registered node {node} at {contacts} with {registry} for {granted} s",
             node=self.node,

@@ -17,7 +17,7 @@ from sixchat.irp.discovery import (
     SRVEntry,
     findRegistry,
     order_srv,
-    parse_hostport,
+    parse_registry_address,
 )
 
 
@@ -54,12 +54,12 @@ class FixedDraws:
 
 class ParseTests(unittest.SynchronousTestCase):
     def test_forms(self) -> None:
-        self.assertEqual(parse_hostport("reg.example.com"), ("reg.example.com", 4604))
-        self.assertEqual(parse_hostport("reg.example.com:5000"), ("reg.example.com", 5000))
-        self.assertEqual(parse_hostport("192.0.2.1:4604"), ("192.0.2.1", 4604))
-        self.assertEqual(parse_hostport("[2001:db8::1]:99"), ("2001:db8::1", 99))
-        self.assertEqual(parse_hostport("[2001:db8::1]"), ("2001:db8::1", 4604))
-        self.assertEqual(parse_hostport("2001:db8::1"), ("2001:db8::1", 4604))
+        self.assertEqual(parse_registry_address("reg.example.com"), ("reg.example.com", 4604))
+        self.assertEqual(parse_registry_address("reg.example.com:5000"), ("reg.example.com", 5000))
+        self.assertEqual(parse_registry_address("192.0.2.1:4604"), ("192.0.2.1", 4604))
+        self.assertEqual(parse_registry_address("[2001:db8::1]:99"), ("2001:db8::1", 99))
+        self.assertEqual(parse_registry_address("[2001:db8::1]"), ("2001:db8::1", 4604))
+        self.assertEqual(parse_registry_address("2001:db8::1"), ("2001:db8::1", 4604))
 
     def test_errors(self) -> None:
         for bad in (
@@ -74,7 +74,7 @@ class ParseTests(unittest.SynchronousTestCase):
             "[]:1",
             "host:123456",
         ):
-            self.assertRaises(ValueError, parse_hostport, bad)
+            self.assertRaises(ValueError, parse_registry_address, bad)
 
 
 class OrderTests(unittest.SynchronousTestCase):

@@ -312,7 +312,7 @@ class TapRegistryOptionTests(unittest.TestCase):
     def test_service_with_registry(self) -> None:
         from sixchat.agent.service import UserAgentService
         from sixchat.irp.keeper import RegistrationKeeper
-        from sixchat.service import PeerListenerService
+        from sixchat.listener import PeerListenerService
 
         options = self.options(
             "--registry", "127.0.0.1:4604", "--registry-ca", self.people["ca"],

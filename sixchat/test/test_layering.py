@@ -48,7 +48,6 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "sixchat.session",
             "sixchat.flow",
             "sixchat.peers",
-            "sixchat.service",
             "sixchat.listener",
         ),
     ),

@@ -7,7 +7,6 @@ L{load_certificates}, for the registry's CA given on the command line.
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, cast
@@ -30,6 +29,7 @@ from sixchat.irp.client.protocol import (
     IRPClientProtocol,
 )
 from sixchat.irp.discovery import RegistryTarget, findRegistry
+from sixchat.netaddr import client_endpoint
 
 __all__ = ["connectRegistry", "load_certificates"]
 
@@ -56,17 +56,6 @@ def load_certificates(path: str | Path) -> list[x509.Certificate]:
     return certs
 
 
-def _tcp_endpoint(reactor: Any, host: str, port: int, timeout: float) -> Any:
-    """A literal address connects directly; a name goes through Happy Eyeballs."""
-    try:
-        ip = ipaddress.ip_address(host)
-    except ValueError:
-        return endpoints.HostnameEndpoint(reactor, host, port, timeout=timeout)
-    if ip.version == 6:
-        return endpoints.TCP6ClientEndpoint(reactor, host, port, timeout=timeout)
-    return endpoints.TCP4ClientEndpoint(reactor, host, port, timeout=timeout)
-
-
 async def _connect_target(
     reactor: Any,
     target: RegistryTarget,
@@ -79,7 +68,7 @@ async def _connect_target(
 
     options = client_options(target.tls_name, anchors, client_identity)
     endpoint = endpoints.wrapClientTLS(
-        options, _tcp_endpoint(reactor, target.host, target.port, timeout)
+        options, client_endpoint(reactor, target.host, target.port, timeout)
     )
     factory = IRPClientFactory(reactor, timeout=timeout, keepalive=keepalive)
     proto = cast(IRPClientProtocol, await endpoint.connect(factory))

@@ -56,6 +56,7 @@ from sixchat.irp.messages import (
 )
 from sixchat.irp.server.fastpaths import _nodes, record_bytes
 from sixchat.irp.server.hub import Subscription, identity_key
+from sixchat.netaddr import format_hostport
 from sixchat.record import MAX_PLAINTEXT
 from sixchat.trust import PeerCertificate
 from sixchat.xmlcodec import Element
@@ -405,7 +406,7 @@ class RequestHandler:
             "registered {identity} node {node}: {contacts} for {expires} s",
             identity=identity,
             node=request.node,
-            contacts=" ".join(f"[{c.host}]:{c.port}" for c in contacts),
+            contacts=" ".join(format_hostport(c.host, c.port) for c in contacts),
             expires=request.expires,
         )
         return [Registered(request.id, request.expires).to_element()]

@@ -18,7 +18,7 @@ from sixchat.irp.server.config import DEFAULT_LISTEN, RegistryConfig
 from sixchat.irp.server.gcpolicy import CollectorPolicy
 from sixchat.irp.server.protocol import IRPServerFactory
 from sixchat.irp.server.tls import GuardedTLSFactory, ServerTLS
-from sixchat.service import EndpointService
+from sixchat.listener import EndpointService
 from sixchat.trust import PeerCertificate
 
 __all__ = ["IRPServerService", "make_store"]
