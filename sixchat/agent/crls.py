@@ -29,8 +29,7 @@ Why these choices:
     Files are re-verified when loaded, like anything from the registry.
   - B{No CRL rule of its own.} Which CA issued a CRL, its number and key identifier, and
     whether it revokes a certificate on a path (§11.8) are L{sixchat.trust.crl}'s, the very
-    rules the trust store validates with. C{crl_number} and C{revoked_on_path} are
-    re-exported from there for callers that still import them from here.
+    rules the trust store validates with.
 """
 
 from __future__ import annotations
@@ -51,6 +50,7 @@ from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from sixchat.stanzas import format_timestamp
 from sixchat.trust import TrustStore
 from sixchat.trust.crl import (
     authority_key_id,
@@ -66,8 +66,6 @@ __all__ = [
     "RETRY_MAX",
     "RETRY_MIN",
     "CRLUpdater",
-    "crl_number",
-    "revoked_on_path",
 ]
 
 log = Logger()
@@ -94,9 +92,7 @@ def _der(crl: CRL) -> bytes:
 
 
 def _iso(when: datetime | None) -> str | None:
-    if when is None:
-        return None
-    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{when.microsecond // 1000:03d}Z"
+    return None if when is None else format_timestamp(when)
 
 
 def _write_atomically(directory: str, name: str, data: bytes) -> None:

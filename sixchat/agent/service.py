@@ -213,7 +213,7 @@ class UserAgentService(service.MultiService):
     def _opened(self, _: object) -> Any:
         self.listener.factory.paused = False
         if self.control_enabled:
-            from sixchat.agent.control import listen_control
+            from sixchat.agent.control.server import listen_control
 
             self._control_port = yield listen_control(self.reactor, self.data_dir, self)
         if self.keeper is not None:

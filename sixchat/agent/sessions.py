@@ -15,7 +15,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from sixchat.agent._shared import Shared
-from sixchat.agent.crls import CRLUpdater, crl_number, revoked_on_path
+from sixchat.agent.crls import CRLUpdater
 from sixchat.agent.dialer import happy_eyeballs
 from sixchat.agent.errors import AgentError
 from sixchat.agent.events import revoked_event
@@ -24,6 +24,7 @@ from sixchat.errors import CertificateRevoked
 from sixchat.identity import normalize_identity
 from sixchat.netaddr import client_endpoint
 from sixchat.protocol import ISessionObserver, Session, connectPeer
+from sixchat.trust.crl import crl_number, revoked_on_path
 
 if TYPE_CHECKING:
     from cryptography import x509

@@ -44,10 +44,9 @@ from sixchat.cli.terminal import (
     parse_since,
     print_json,
 )
-from sixchat.cli.watch import format_event, run_watch
+from sixchat.cli.watch import run_watch
 
 __all__ = [
-    "format_event",
     "format_message",
     "format_status",
     "register",

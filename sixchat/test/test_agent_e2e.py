@@ -366,7 +366,7 @@ class AgentProcess:
     def control(self, case: unittest.TestCase) -> Any:
         """A L{sixchat.agent.control.ControlClient} connected to this agent (closed at the
         end of the test)."""
-        from sixchat.agent.control import connect_control
+        from sixchat.agent.control.client import connect_control
 
         client = yield connect_control(reactor, self.data_dir)
         case.addCleanup(lambda: client.transport and client.transport.loseConnection())
