@@ -43,8 +43,8 @@ from sixchat.handshake import PeerConfig
 from sixchat.identity import is_valid_identity
 from sixchat.listener import DEFAULT_LISTEN, PeerListenerService
 from sixchat.netaddr import format_hostport
-from sixchat.protocol import HANDSHAKE_TIMEOUT, IDLE_TIMEOUT, Session, split_text
-from sixchat.stanzas import TYPING_STATES, Message, parse_timestamp
+from sixchat.protocol import HANDSHAKE_TIMEOUT, IDLE_TIMEOUT, split_text
+from sixchat.stanzas import TYPING_STATES, parse_timestamp
 from sixchat.trust import PinPolicy
 
 if TYPE_CHECKING:
@@ -261,16 +261,6 @@ class UserAgentService(service.MultiService):
     def now(self) -> datetime:
         return datetime.fromtimestamp(self.clock.seconds(), UTC)
 
-    # the parts' state, under the names tests and tools have used ----------------------------
-
-    @property
-    def _live(self) -> set[Session]:
-        return self.sessions.live
-
-    @property
-    def _sessions(self) -> dict[tuple[str, str], Session]:
-        return self.sessions.outgoing
-
     # events --------------------------------------------------------------------------------
 
     def addObserver(self, observer: IAgentEvents) -> None:
@@ -291,14 +281,6 @@ class UserAgentService(service.MultiService):
         self._emit(events.delivery_event(status))
         if status.state in ("delivered", "expired", "failed"):
             self._waiters.release(status.id, status_dict(status))
-
-    # receiving (L{Inbox}); the names tests have used --------------------------------------
-
-    def _sessionStarted(self, session: Session) -> None:
-        self.inbox.sessionStarted(session)
-
-    def _messageReceived(self, session: Session, message: Message) -> defer.Deferred[None]:
-        return self.inbox.messageReceived(session, message)
 
     # the API -------------------------------------------------------------------------------
 

@@ -423,17 +423,17 @@ class SessionTests(CRLCase):
         yield alice.waitDelivered(sent["id"], 10)
         sent = yield bob.send("alice@example.com", "hello alice")
         yield bob.waitDelivered(sent["id"], 10)
-        sessions = list(alice._live)
+        sessions = list(alice.sessions.live)
         self.assertEqual(sorted(s.connection.role for s in sessions), ["initiator", "responder"])
         self.assertEqual({s.peer for s in sessions}, {"bob@example.com"})
-        bob_sessions = list(bob._live)
+        bob_sessions = list(bob.sessions.live)
 
         # the registry revokes bob; alice learns it at her next fetch
         self.registry.crls = [crl_of(CA, [carol_id, bob_id], number=2)]
         self.clock.advance(agent_crls.DEFAULT_REFRESH)
         self.assertEqual(len(self.registry.calls), 2)
         yield defer.DeferredList([s.whenEnded() for s in sessions + bob_sessions])
-        self.assertEqual(alice._live, set())
+        self.assertEqual(alice.sessions.live, set())
         for session in bob_sessions:  # bob was told why, in a SEALED alert
             self.assertIsInstance(session.end_reason, HandshakeFailed)
             self.assertEqual(session.end_reason.reason, "certificate_revoked")  # type: ignore[union-attr]
@@ -463,7 +463,7 @@ class SessionTests(CRLCase):
         failure = session.end_reason
         assert isinstance(failure, HandshakeFailed), failure
         self.assertEqual((failure.reason, failure.sent_by_peer), ("certificate_revoked", True))
-        self.assertEqual(alice._live, set())
+        self.assertEqual(alice.sessions.live, set())
         # ... and nothing more from him is stored, nor does alice deliver to him
         stored = yield alice.history("bob@example.com", None, 100)
         late = yield bob.send("alice@example.com", "still there?")
@@ -509,13 +509,13 @@ class SessionTests(CRLCase):
                 ended.append(error)
 
         session: Any = FakeSession()
-        alice._sessionStarted(session)
+        alice.inbox.sessionStarted(session)
         self.assertEqual(len(ended), 1)
         self.assertIsInstance(ended[0], CertificateRevoked)
-        self.assertNotIn(session, alice._live)
+        self.assertNotIn(session, alice.sessions.live)
         self.assertEqual(events.of("session"), [])  # never announced as open
         message = Message("m1", "2026-11-26T00:00:00.000Z", "let me in")
-        self.assertIsNone((yield alice._messageReceived(session, message)))
+        self.assertIsNone((yield alice.inbox.messageReceived(session, message)))
         history = yield alice.history("bob@example.com", None, 10)
         self.assertEqual(history, [])
 
@@ -615,7 +615,7 @@ class RealRegistryTests(unittest.TestCase):
         sent = yield alice.send("bob@example.com", "hello")
         status = yield alice.waitDelivered(sent["id"], 10)
         self.assertEqual(status["state"], "delivered")
-        [session] = list(alice._live)
+        [session] = list(alice.sessions.live)
 
         yield authority.revoke(bob.identity.leaf.serial_number)
         clock.advance(600)  # the scheduled fetch: a real TLS connection, so wait for it

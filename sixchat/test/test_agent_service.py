@@ -140,7 +140,7 @@ class AgentTests(unittest.TestCase):
         self.assertEqual(
             [h["body"] for h in history if h["direction"] == "in"], [f"pong {i}" for i in range(5)]
         )
-        self.assertEqual(len(alice._sessions), 1)  # one session per peer node, reused
+        self.assertEqual(len(alice.sessions.outgoing), 1)  # one session per peer node, reused
         status = yield alice.status()
         self.assertEqual(status["outbox"].get("queued", 0), 0)
 
@@ -213,7 +213,7 @@ class AgentTests(unittest.TestCase):
         self.directory.publish("bob@example.com", "n1", bob)
         sent = yield alice.send("bob@example.com", "once")
         yield alice.waitDelivered(sent["id"], 10)
-        session = next(iter(alice._sessions.values()))
+        session = next(iter(alice.sessions.outgoing.values()))
         outgoing = yield alice.store.outgoing(sent["id"])
         receipt = yield session.send(outgoing.stanza)  # a retransmission, same id
         self.assertEqual(receipt.id, sent["id"])
@@ -235,7 +235,7 @@ class AgentTests(unittest.TestCase):
             return task.deferLater(reactor, 0.02, slow_store, *args)
 
         self.patch(bob.store, "store_incoming", slowly)
-        session = next(iter(alice._sessions.values()))
+        session = next(iter(alice.sessions.outgoing.values()))
         in_flight: list[int] = []
         send = session.send
 
