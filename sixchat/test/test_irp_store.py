@@ -22,10 +22,10 @@ from twisted.trial.unittest import TestCase
 from zope.interface.verify import verifyObject
 
 from sixchat.identity import Identity
-from sixchat.irp import sqlite_store
 from sixchat.irp.interfaces import ConflictError, IdentityState, IRegistryStore
 from sixchat.irp.messages import Contact
 from sixchat.irp.sqlite_store import SQLiteStore, StoreError
+from sixchat.irp.store import sqlite as sqlite_store
 from sixchat.test import certs
 
 C1 = [Contact("2001:db8::5", 4605), Contact("192.0.2.7", 4605)]

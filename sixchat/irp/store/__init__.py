@@ -1,0 +1,1 @@
+"""The registry's storage: the interface and its SQLite and PostgreSQL implementations."""

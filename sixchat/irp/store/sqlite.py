@@ -1,0 +1,719 @@
+"""
+The embedded registry store: one SQLite file, the default of C{twistd sixchat-irp}.
+
+Why it looks the way it does:
+
+  - B{Off the reactor.} Every SQLite call runs on a dedicated pool of exactly one thread
+    (C{deferToThreadPool}), which owns the only connection. One thread serialises all work
+    of this process without locks of our own, and SQLite's file locks (with a busy timeout
+    that blocks only that thread) serialise it against other processes, e.g. C{sixchat pki
+    invite} or C{sixchat pki revoke} run by an administrator while the registry serves.
+  - B{WAL mode}, so readers in other processes never block the registry's writes, with
+    C{synchronous=FULL}: a committed revocation or a consumed token must survive a power cut.
+    Write transactions start with C{BEGIN IMMEDIATE} so two processes never deadlock while
+    upgrading read locks.
+  - B{Versioned schema.} A C{schema_version} table holds one number; L{MIGRATIONS} is the
+    ordered list of steps, step I{n} taking the schema from version I{n}-1 to I{n}, each in its
+    own transaction. A later version appends steps and never edits old ones; a database newer
+    than this code is refused rather than misread.
+  - B{Values.} Times are integer microseconds since the epoch (exact round trips; the wire
+    carries milliseconds). Serials are lowercase hex text, because 128-bit serials (and the
+    20-octet ones RFC 5280 allows) do not fit SQLite's 64-bit integers. Identities are keyed
+    by L{normalize_identity}; the certificate's spelling is kept for answers (irp-1 §3.3).
+  - B{Issuers} are compared by name: a revocation is keyed by the subject name (DER) of the
+    issuer certificate it is given, and each binding remembers its certificate's issuer name,
+    so a revocation reaches exactly the certificates of that CA even if two CAs ever used the
+    same serial. Bytes that do not parse as a certificate are keyed as they are.
+  - B{Tokens} are stored only as the hashes the caller gives; consuming one is a single
+    C{UPDATE … RETURNING} inside an immediate transaction, so of two concurrent consumers
+    (threads or processes) exactly one succeeds.
+  - B{Change notification.} Each mutation appends the identities it touched to a C{changes}
+    table in the same transaction, tagged with this store's random origin, and calls the local
+    subscribers at once. A poll every C{poll_interval} seconds (on the injected reactor's
+    clock, only while someone subscribed) delivers the rows written by I{other} processes, so
+    an administrator's C{sixchat pki revoke} reaches the running registry's watchers and
+    connections within a second. The table is trimmed to its most recent rows.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import secrets
+import sqlite3
+from collections.abc import Callable, Iterable, Sequence
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+from cryptography import x509
+from twisted.internet import defer, task
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.python.threadpool import ThreadPool
+from zope.interface import implementer
+
+from sixchat.errors import SixchatError
+from sixchat.identity import normalize_identity
+from sixchat.irp.interfaces import Binding, ConflictError, IdentityState, IRegistryStore
+from sixchat.irp.messages import Contact
+
+__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "SQLiteStore", "StoreError"]
+
+log = Logger()
+
+T = TypeVar("T")
+
+#: Ordered schema steps; step i (0-based) brings the schema from version i to i + 1. Append
+#: new steps for later versions; never change a released one.
+MIGRATIONS: list[Sequence[str]] = [
+    (
+        # One row per live node binding (irp-1 §3.1).
+        """CREATE TABLE bindings (
+            identity TEXT NOT NULL,
+            node TEXT NOT NULL,
+            spelling TEXT NOT NULL,
+            contacts TEXT NOT NULL,
+            cert BLOB NOT NULL,
+            serial TEXT NOT NULL,
+            issuer_name BLOB,
+            cert_not_after INTEGER NOT NULL,
+            until INTEGER NOT NULL,
+            updated INTEGER NOT NULL,
+            PRIMARY KEY (identity, node)
+        )""",
+        "CREATE INDEX bindings_until ON bindings (until)",
+        "CREATE INDEX bindings_serial ON bindings (serial)",
+        # Every leaf presented in a register, for the identity-level cert (irp-1 §7.4).
+        """CREATE TABLE presented (
+            identity TEXT NOT NULL,
+            cert_sha256 BLOB NOT NULL,
+            spelling TEXT NOT NULL,
+            cert BLOB NOT NULL,
+            serial TEXT NOT NULL,
+            issuer_name BLOB,
+            not_after INTEGER NOT NULL,
+            seq INTEGER NOT NULL,
+            PRIMARY KEY (identity, cert_sha256)
+        )""",
+        "CREATE INDEX presented_serial ON presented (serial)",
+        # Certificates this registry issued (enrol, renew).
+        """CREATE TABLE issued (
+            issuer TEXT NOT NULL,
+            serial TEXT NOT NULL,
+            identity TEXT NOT NULL,
+            spelling TEXT NOT NULL,
+            cert BLOB NOT NULL,
+            PRIMARY KEY (issuer, serial)
+        )""",
+        """CREATE TABLE revocations (
+            issuer TEXT NOT NULL,
+            serial TEXT NOT NULL,
+            issuer_name BLOB,
+            revoked_at INTEGER NOT NULL,
+            PRIMARY KEY (issuer, serial)
+        )""",
+        "CREATE INDEX revocations_serial ON revocations (serial)",
+        # Enrolment tokens, by hash only (irp-1 §4.2).
+        """CREATE TABLE tokens (
+            hash BLOB PRIMARY KEY,
+            identity TEXT NOT NULL,
+            expires INTEGER NOT NULL,
+            used INTEGER
+        )""",
+        """CREATE TABLE changes (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            identity TEXT NOT NULL,
+            origin TEXT NOT NULL
+        )""",
+    ),
+]
+
+SCHEMA_VERSION = len(MIGRATIONS)
+
+#: Rows kept in C{changes}; a process polling once a second never falls that far behind.
+CHANGES_KEPT = 10_000
+
+
+class StoreError(SixchatError):
+    """The database cannot be opened or used; one line for the administrator."""
+
+
+def _us(when: datetime) -> int:
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    delta = when - datetime(1970, 1, 1, tzinfo=UTC)
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def _dt(us: int) -> datetime:
+    from datetime import timedelta
+
+    return datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=us)
+
+
+def _serial(serial: int) -> str:
+    return format(serial, "x")
+
+
+@functools.lru_cache(maxsize=1024)
+def _cert_issuer_name(cert: bytes) -> bytes | None:
+    """The issuer name (DER) of a leaf, or None for bytes that are no certificate."""
+    try:
+        return x509.load_der_x509_certificate(cert).issuer.public_bytes()
+    except ValueError:
+        return None
+
+
+@functools.lru_cache(maxsize=256)
+def issuer_key(issuer: bytes) -> tuple[str, bytes | None]:
+    """
+    How revocations name their CA: the hex SHA-256 of the issuer certificate's subject name
+    (DER), and that name; for bytes that are no certificate, their own hash and None.
+    Cached: every revocation check of every connection names the same few CAs.
+    """
+    try:
+        name = x509.load_der_x509_certificate(issuer).subject.public_bytes()
+    except ValueError:
+        return "raw:" + hashlib.sha256(issuer).hexdigest(), None
+    return hashlib.sha256(name).hexdigest(), name
+
+
+def _contacts_json(contacts: Iterable[Contact]) -> str:
+    return json.dumps([[c.host, c.port] for c in contacts], separators=(",", ":"))
+
+
+def _contacts(text: str) -> tuple[Contact, ...]:
+    return tuple(Contact(str(h), int(p)) for h, p in json.loads(text))
+
+
+@functools.lru_cache(maxsize=1024)
+def _identity_state(
+    rows: tuple[tuple[Any, ...], ...], latest: tuple[Any, ...] | None
+) -> IdentityState:
+    """
+    The L{IdentityState} of a known identity from its rows: C{rows} of L{_LIVE_BINDINGS}
+    and C{latest} of L{_LATEST_PRESENTED}, not both empty. A pure function of the rows, so
+    it is memoised by them: a lookup of an identity whose rows did not change gets the
+    same (immutable) objects instead of parsing the contacts and building the times anew,
+    and the registry's answer cache (L{sixchat.irp.server.record_bytes}) finds them at once.
+    """
+    bindings = tuple(
+        Binding(node, _contacts(contacts), bytes(cert), int(serial, 16), _dt(until),
+                _dt(updated))
+        for node, contacts, cert, serial, until, updated, _spelling in rows
+    )  # fmt: skip
+    spelling = latest[1] if latest is not None else rows[0][6]
+    return IdentityState(spelling, bindings, bytes(latest[0]) if latest is not None else None)
+
+
+# A certificate is revoked when a revocation has its serial and, where both names are known,
+# its issuer name. (The queries are constants: nothing is ever formatted into SQL.)
+_LIVE_BINDINGS = """
+    SELECT node, contacts, cert, serial, until, updated, spelling FROM bindings b
+    WHERE identity = ? AND until > ? AND cert_not_after > ? AND NOT EXISTS (
+        SELECT 1 FROM revocations r WHERE r.serial = b.serial AND (
+            r.issuer_name IS NULL OR b.issuer_name IS NULL OR r.issuer_name = b.issuer_name))
+    ORDER BY node"""
+_LATEST_PRESENTED = """
+    SELECT cert, spelling FROM presented p
+    WHERE identity = ? AND not_after > ? AND NOT EXISTS (
+        SELECT 1 FROM revocations r WHERE r.serial = p.serial AND (
+            r.issuer_name IS NULL OR p.issuer_name IS NULL OR r.issuer_name = p.issuer_name))
+    ORDER BY seq DESC LIMIT 1"""
+_REVOKE_BINDINGS = """
+    DELETE FROM bindings WHERE serial = ?
+    AND (? IS NULL OR issuer_name IS NULL OR issuer_name = ?) RETURNING spelling"""
+_CERT_HOLDERS = """
+    SELECT spelling FROM presented WHERE serial = ?
+    AND (? IS NULL OR issuer_name IS NULL OR issuer_name = ?)
+    UNION SELECT spelling FROM issued WHERE issuer = ? AND serial = ?"""
+
+
+@implementer(IRegistryStore)
+class SQLiteStore:
+    """
+    L{IRegistryStore} in one SQLite file.
+
+    @param path: the database file (created if missing; its directory must exist), or
+        C{":memory:"} for a private in-memory database (tests).
+    @param reactor: provides C{IReactorTime} (the change poll) and
+        C{IReactorFromThreads} (results come back to the reactor thread).
+    @param poll_interval: seconds between looks for changes made by other processes.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], reactor: Any, *,
+                 poll_interval: float = 1.0) -> None:  # fmt: skip
+        self.path = os.fspath(path)
+        self._reactor = reactor
+        self.poll_interval = poll_interval
+        self._pool: ThreadPool | None = None
+        self._conn: sqlite3.Connection | None = None
+        self._subscribers: list[Callable[[str], None]] = []
+        self._origin = secrets.token_hex(8)
+        self._last_change = 0
+        self._poller: task.LoopingCall | None = None
+        self._polls = 0
+        self._shutdown_trigger: Any = None
+        self._closing: defer.Deferred[None] | None = None
+        self._pending_reads: list[tuple[Callable[..., Any], tuple[Any, ...], Any]] = []
+        self._reading = False
+
+    def __repr__(self) -> str:
+        return f"<SQLiteStore {self.path}>"
+
+    # --- plumbing ---------------------------------------------------------------------------
+
+    def _run(self, fn: Callable[..., T], *args: Any) -> defer.Deferred[T]:
+        if self._pool is None:
+            return defer.fail(StoreError(f"registry database {self.path} is not open"))
+        return deferToThreadPool(self._reactor, self._pool, fn, *args)
+
+    def _write(self, fn: Callable[..., T], *args: Any) -> defer.Deferred[T]:
+        """Run C{fn(conn, *args)} in one immediate transaction, in the store's thread."""
+
+        def transaction() -> T:
+            conn = self._connection()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                result = fn(conn, *args)
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+            return result
+
+        return self._run(transaction)
+
+    def _read(self, fn: Callable[..., T], *args: Any) -> defer.Deferred[T]:
+        """
+        Run C{fn(conn, *args)} in the store's thread. Reads are batched: while one batch is
+        in the thread, the reads that arrive queue up and go over together as the next one,
+        so a busy registry pays one thread round trip (queue, wake-up, callback through the
+        reactor) per batch instead of per lookup. A read never sees older data than it
+        would unbatched: the thread still runs everything in submission order, and a queued
+        read is submitted after anything already submitted.
+        """
+        d: defer.Deferred[T] = defer.Deferred()
+        self._pending_reads.append((fn, args, d))
+        if not self._reading:
+            self._submit_reads()
+        return d
+
+    def _submit_reads(self) -> None:
+        batch, self._pending_reads = self._pending_reads, []
+        self._reading = True
+
+        def run_batch() -> list[tuple[bool, Any]]:
+            conn = self._connection()
+            outcomes: list[tuple[bool, Any]] = []
+            for fn, args, _ in batch:
+                try:
+                    outcomes.append((True, fn(conn, *args)))
+                except BaseException:
+                    outcomes.append((False, Failure()))
+            return outcomes
+
+        def deliver(outcomes: list[tuple[bool, Any]]) -> None:
+            for (ok, value), (_, _, d) in zip(outcomes, batch, strict=True):
+                if ok:
+                    d.callback(value)
+                else:
+                    d.errback(value)
+
+        def failed(failure: Failure) -> None:  # the store is closed: every read fails
+            for _, _, d in batch:
+                d.errback(failure)
+
+        def next_batch(_: Any) -> None:
+            self._reading = False
+            if self._pending_reads:
+                self._submit_reads()
+
+        self._run(run_batch).addCallbacks(deliver, failed).addBoth(next_batch)
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise StoreError(f"registry database {self.path} is closed")
+        return self._conn
+
+    # --- open / close -----------------------------------------------------------------------
+
+    def open(self) -> defer.Deferred[None]:
+        if self._pool is not None:
+            return defer.succeed(None)
+        self._pool = ThreadPool(minthreads=1, maxthreads=1, name=f"sixchat-irp-sqlite {self.path}")
+        self._pool.start()
+        if hasattr(self._reactor, "addSystemEventTrigger"):
+            self._shutdown_trigger = self._reactor.addSystemEventTrigger(
+                "during", "shutdown", self.close
+            )
+        d = self._run(self._open_db)
+
+        def opened(last_change: int) -> None:
+            self._last_change = last_change
+            self._start_polling()
+            log.info(
+                "registry database {path} open (schema version {version})",
+                path=self.path,
+                version=SCHEMA_VERSION,
+            )
+
+        def failed(failure: Any) -> Any:
+            self._stop_pool()
+            return failure
+
+        return d.addCallbacks(opened, failed)
+
+    def _open_db(self) -> int:
+        try:
+            conn = sqlite3.connect(
+                self.path, timeout=10.0, isolation_level=None, check_same_thread=False
+            )
+        except sqlite3.Error as e:
+            raise StoreError(f"cannot open registry database {self.path}: {e}") from None
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            self._migrate(conn)
+            row = conn.execute("SELECT coalesce(max(seq), 0) FROM changes").fetchone()
+        except sqlite3.DatabaseError as e:
+            conn.close()
+            raise StoreError(f"cannot use registry database {self.path}: {e}") from None
+        except BaseException:
+            conn.close()
+            raise
+        self._conn = conn
+        return int(row[0])
+
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+            row = conn.execute("SELECT version FROM schema_version").fetchone()
+            if row is None:
+                conn.execute("INSERT INTO schema_version (version) VALUES (0)")
+                version = 0
+            else:
+                version = int(row[0])
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"registry database {self.path} has schema version {version}, newer than "
+                f"this sixchat understands ({SCHEMA_VERSION}); upgrade sixchat"
+            )
+        for target in range(version + 1, SCHEMA_VERSION + 1):
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                # Another process may have migrated meanwhile: re-read under the lock.
+                (current,) = conn.execute("SELECT version FROM schema_version").fetchone()
+                if current < target:
+                    for statement in MIGRATIONS[target - 1]:
+                        conn.execute(statement)
+                    conn.execute("UPDATE schema_version SET version = ?", (target,))
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+
+    def close(self) -> defer.Deferred[None]:
+        if self._closing is not None:
+            return self._closing
+        if self._pool is None:
+            return defer.succeed(None)
+        if self._poller is not None and self._poller.running:
+            self._poller.stop()
+        self._poller = None
+        if self._shutdown_trigger is not None:
+            try:
+                self._reactor.removeSystemEventTrigger(self._shutdown_trigger)
+            except (ValueError, KeyError):
+                pass
+            self._shutdown_trigger = None
+
+        def close_db() -> None:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+        def closed(result: Any) -> Any:
+            self._stop_pool()
+            self._closing = None
+            return result
+
+        d = self._run(close_db)
+        self._closing = d
+        d.addBoth(closed)
+        return d
+
+    def _stop_pool(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.stop()
+
+    # --- bindings ---------------------------------------------------------------------------
+
+    def register(
+        self,
+        identity: str,
+        node: str,
+        contacts: list[Contact],
+        cert: bytes,
+        serial: int,
+        cert_not_after: datetime,
+        now: datetime,
+        until: datetime,
+        max_nodes: int,
+    ) -> defer.Deferred[None]:
+        key = normalize_identity(identity)
+        issuer_name = _cert_issuer_name(cert)
+
+        def run(conn: sqlite3.Connection) -> None:
+            existing = conn.execute(
+                "SELECT 1 FROM bindings WHERE identity = ? AND node = ?", (key, node)
+            ).fetchone()
+            if existing is None:
+                (live,) = conn.execute(
+                    "SELECT count(*) FROM bindings WHERE identity = ? AND until > ?",
+                    (key, _us(now)),
+                ).fetchone()
+                if live >= max_nodes:
+                    raise ConflictError(f"{identity} already has {live} nodes")
+            conn.execute(
+                "INSERT OR REPLACE INTO bindings (identity, node, spelling, contacts, cert, "
+                "serial, issuer_name, cert_not_after, until, updated) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (key, node, identity, _contacts_json(contacts), cert, _serial(serial),
+                 issuer_name, _us(cert_not_after), _us(until), _us(now)),
+            )  # fmt: skip
+            (seq,) = conn.execute(
+                "SELECT coalesce(max(seq), 0) + 1 FROM presented WHERE identity = ?", (key,)
+            ).fetchone()
+            conn.execute(
+                "INSERT OR REPLACE INTO presented (identity, cert_sha256, spelling, cert, "
+                "serial, issuer_name, not_after, seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (key, hashlib.sha256(cert).digest(), identity, cert, _serial(serial),
+                 issuer_name, _us(cert_not_after), seq),
+            )  # fmt: skip
+            self._log_changes(conn, [identity])
+
+        return self._write(run).addCallback(lambda _: self._announce([identity]))
+
+    def unregister(self, identity: str, node: str) -> defer.Deferred[bool]:
+        key = normalize_identity(identity)
+
+        def run(conn: sqlite3.Connection) -> bool:
+            removed = conn.execute(
+                "DELETE FROM bindings WHERE identity = ? AND node = ?", (key, node)
+            ).rowcount
+            if removed:
+                self._log_changes(conn, [identity])
+            return bool(removed)
+
+        def done(removed: bool) -> bool:
+            if removed:
+                self._announce([identity])
+            return removed
+
+        return self._write(run).addCallback(done)
+
+    def state(self, identity: str, now: datetime) -> defer.Deferred[IdentityState]:
+        key = normalize_identity(identity)
+        t = _us(now)
+
+        def run(conn: sqlite3.Connection) -> IdentityState:
+            rows = conn.execute(_LIVE_BINDINGS, (key, t, t)).fetchall()
+            latest = conn.execute(_LATEST_PRESENTED, (key, t)).fetchone()
+            if not rows and latest is None:
+                return IdentityState(identity)
+            return _identity_state(tuple(rows), latest)
+
+        return self._read(run)
+
+    def expire(self, now: datetime) -> defer.Deferred[set[str]]:
+        t = _us(now)
+
+        def run(conn: sqlite3.Connection) -> set[str]:
+            rows = conn.execute(
+                "DELETE FROM bindings WHERE until <= ? OR cert_not_after <= ? RETURNING spelling",
+                (t, t),
+            ).fetchall()
+            # Housekeeping that needs a clock, and the caller's is the only one we have.
+            conn.execute("DELETE FROM presented WHERE not_after <= ?", (t,))
+            conn.execute("DELETE FROM tokens WHERE expires <= ?", (t,))
+            touched = {spelling for (spelling,) in rows}
+            self._log_changes(conn, touched)
+            return touched
+
+        return self._write(run).addCallback(self._announce_and_return)
+
+    def next_expiry(self) -> defer.Deferred[datetime | None]:
+        def run(conn: sqlite3.Connection) -> datetime | None:
+            (value,) = conn.execute(
+                "SELECT min(min(until, cert_not_after)) FROM bindings"
+            ).fetchone()
+            return None if value is None else _dt(int(value))
+
+        return self._read(run)
+
+    # --- certificates and revocation --------------------------------------------------------
+
+    def record_issued(
+        self, identity: str, serial: int, issuer: bytes, cert: bytes
+    ) -> defer.Deferred[None]:
+        key, _name = issuer_key(issuer)
+
+        def run(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT OR REPLACE INTO issued (issuer, serial, identity, spelling, cert) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (key, _serial(serial), normalize_identity(identity), identity, cert),
+            )
+
+        return self._write(run)
+
+    def revoke(self, serial: int, issuer: bytes, now: datetime) -> defer.Deferred[set[str]]:
+        key, name = issuer_key(issuer)
+        hex_serial = _serial(serial)
+
+        def run(conn: sqlite3.Connection) -> tuple[set[str], set[str]]:
+            conn.execute(
+                "INSERT OR IGNORE INTO revocations (issuer, serial, issuer_name, revoked_at) "
+                "VALUES (?, ?, ?, ?)",
+                (key, hex_serial, name, _us(now)),
+            )
+            rows = conn.execute(_REVOKE_BINDINGS, (hex_serial, name, name)).fetchall()
+            touched = {spelling for (spelling,) in rows}
+            # Connections authenticated by the certificate must hear of it even when it has
+            # no binding (irp-1 §7.7), so its identity is announced too when we know it.
+            holders = conn.execute(
+                _CERT_HOLDERS, (hex_serial, name, name, key, hex_serial)
+            ).fetchall()
+            announced = touched | {s for (s,) in holders}
+            self._log_changes(conn, announced)
+            return touched, announced
+
+        def done(result: tuple[set[str], set[str]]) -> set[str]:
+            touched, announced = result
+            self._announce(announced)
+            return touched
+
+        return self._write(run).addCallback(done)
+
+    def revoked(self, issuer: bytes) -> defer.Deferred[list[tuple[int, datetime]]]:
+        key, _name = issuer_key(issuer)
+
+        def run(conn: sqlite3.Connection) -> list[tuple[int, datetime]]:
+            rows = conn.execute(
+                "SELECT serial, revoked_at FROM revocations WHERE issuer = ? ORDER BY revoked_at",
+                (key,),
+            ).fetchall()
+            return [(int(serial, 16), _dt(at)) for serial, at in rows]
+
+        return self._read(run)
+
+    def is_revoked(self, serial: int, issuer: bytes) -> defer.Deferred[bool]:
+        key, _name = issuer_key(issuer)
+
+        def run(conn: sqlite3.Connection) -> bool:
+            row = conn.execute(
+                "SELECT 1 FROM revocations WHERE issuer = ? AND serial = ?", (key, _serial(serial))
+            ).fetchone()
+            return row is not None
+
+        return self._read(run)
+
+    # --- enrolment tokens -------------------------------------------------------------------
+
+    def add_token(
+        self, token_hash: bytes, identity: str, expires: datetime
+    ) -> defer.Deferred[None]:
+        def run(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT INTO tokens (hash, identity, expires, used) VALUES (?, ?, ?, NULL)",
+                (token_hash, identity, _us(expires)),
+            )
+
+        return self._write(run)
+
+    def consume_token(self, token_hash: bytes, now: datetime) -> defer.Deferred[str | None]:
+        def run(conn: sqlite3.Connection) -> str | None:
+            row = conn.execute(
+                "UPDATE tokens SET used = ? WHERE hash = ? AND used IS NULL AND expires > ? "
+                "RETURNING identity",
+                (_us(now), token_hash, _us(now)),
+            ).fetchone()
+            return None if row is None else str(row[0])
+
+        return self._write(run)
+
+    # --- change notification ----------------------------------------------------------------
+
+    def subscribe(self, callback: Callable[[str], None]) -> None:
+        self._subscribers.append(callback)
+        self._start_polling()
+
+    def notify(self, identity: str) -> defer.Deferred[None]:
+        def run(conn: sqlite3.Connection) -> None:
+            self._log_changes(conn, [identity])
+
+        return self._write(run).addCallback(lambda _: self._announce([identity]))
+
+    def _log_changes(self, conn: sqlite3.Connection, identities: Iterable[str]) -> None:
+        conn.executemany(
+            "INSERT INTO changes (identity, origin) VALUES (?, ?)",
+            [(identity, self._origin) for identity in sorted(set(identities))],
+        )
+
+    def _announce(self, identities: Iterable[str]) -> None:
+        for identity in sorted(set(identities)):
+            for callback in list(self._subscribers):
+                try:
+                    callback(identity)
+                except Exception:
+                    log.failure("registry change subscriber failed")
+
+    def _announce_and_return(self, identities: set[str]) -> set[str]:
+        self._announce(identities)
+        return identities
+
+    def _start_polling(self) -> None:
+        if self._poller is not None or self._pool is None or not self._subscribers:
+            return
+        self._poller = task.LoopingCall(self._poll)
+        self._poller.clock = self._reactor
+        self._poller.start(self.poll_interval, now=False).addErrback(
+            lambda f: log.failure("registry change poll stopped", f)
+        )
+
+    def _poll(self) -> defer.Deferred[None] | None:
+        if self._pool is None:
+            return None
+        self._polls += 1
+        last, trim = self._last_change, self._polls % 100 == 0
+
+        def run(conn: sqlite3.Connection) -> tuple[int, list[str]]:
+            rows = conn.execute(
+                "SELECT seq, identity, origin FROM changes WHERE seq > ? ORDER BY seq", (last,)
+            ).fetchall()
+            newest = rows[-1][0] if rows else last
+            if trim:
+                conn.execute("DELETE FROM changes WHERE seq <= ?", (newest - CHANGES_KEPT,))
+            return newest, [identity for _seq, identity, origin in rows if origin != self._origin]
+
+        def got(result: tuple[int, list[str]]) -> None:
+            newest, identities = result
+            self._last_change = max(self._last_change, newest)
+            self._announce(identities)
+
+        def failed(failure: Any) -> None:
+            if self._pool is not None:
+                log.failure("polling the registry database for changes failed", failure)
+
+        return self._read(run).addCallbacks(got, failed)
