@@ -40,7 +40,7 @@ from sixchat.connection import (
 )
 from sixchat.errors import AlertError
 from sixchat.handshake import PeerConfig
-from sixchat.irp.sqlite_store import SQLiteStore
+from sixchat.irp.store.sqlite import SQLiteStore
 from sixchat.record import MAX_PLAINTEXT, CipherState, RecordReader
 from sixchat.test import certs
 from sixchat.xmlcodec import parse

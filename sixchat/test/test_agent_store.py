@@ -312,7 +312,7 @@ class GroupCommitTests(StoreTestCase):
 
     @defer.inlineCallbacks
     def test_a_failed_commit_fails_every_call_of_the_batch(self) -> Gen:
-        from sixchat.agent import store as store_module
+        from sixchat.agent.store import store as store_module
 
         def broken(batch: Any, db: Any) -> Any:
             raise sqlite3.OperationalError("disk I/O error")

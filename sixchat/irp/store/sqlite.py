@@ -3,27 +3,30 @@ The embedded registry store: one SQLite file, the default of C{twistd sixchat-ir
 
 Why it looks the way it does:
 
-  - B{Off the reactor.} Every SQLite call runs on a dedicated pool of exactly one thread
-    (C{deferToThreadPool}), which owns the only connection. One thread serialises all work
-    of this process without locks of our own, and SQLite's file locks (with a busy timeout
-    that blocks only that thread) serialise it against other processes, e.g. C{sixchat pki
-    invite} or C{sixchat pki revoke} run by an administrator while the registry serves.
+  - B{Off the reactor.} Every SQLite call runs on a dedicated thread
+    (L{sixchat._sqlite.DatabaseThread}), which owns the only connection. One thread
+    serialises all work of this process without locks of our own, and SQLite's file locks
+    (with a busy timeout that blocks only that thread) serialise it against other
+    processes, e.g. C{sixchat pki invite} or C{sixchat pki revoke} run by an administrator
+    while the registry serves.
   - B{WAL mode}, so readers in other processes never block the registry's writes, with
     C{synchronous=FULL}: a committed revocation or a consumed token must survive a power cut.
     Write transactions start with C{BEGIN IMMEDIATE} so two processes never deadlock while
     upgrading read locks.
   - B{Versioned schema.} A C{schema_version} table holds one number; L{MIGRATIONS} is the
-    ordered list of steps, step I{n} taking the schema from version I{n}-1 to I{n}, each in its
-    own transaction. A later version appends steps and never edits old ones; a database newer
-    than this code is refused rather than misread.
+    ordered list of steps, step I{n} taking the schema from version I{n}-1 to I{n}, applied
+    by the runner the agent's store uses too (L{sixchat._sqlite.migrate}). A later version
+    appends steps and never edits old ones; a database newer than this code is refused
+    rather than misread.
   - B{Values.} Times are integer microseconds since the epoch (exact round trips; the wire
     carries milliseconds). Serials are lowercase hex text, because 128-bit serials (and the
     20-octet ones RFC 5280 allows) do not fit SQLite's 64-bit integers. Identities are keyed
     by L{normalize_identity}; the certificate's spelling is kept for answers (irp-1 §3.3).
   - B{Issuers} are compared by name: a revocation is keyed by the subject name (DER) of the
-    issuer certificate it is given, and each binding remembers its certificate's issuer name,
-    so a revocation reaches exactly the certificates of that CA even if two CAs ever used the
-    same serial. Bytes that do not parse as a certificate are keyed as they are.
+    issuer certificate it is given (L{issuer_key}, the same key as in PostgreSQL), and each
+    binding remembers its certificate's issuer name, so a revocation reaches exactly the
+    certificates of that CA even if two CAs ever used the same serial. Bytes that do not
+    parse as a certificate are keyed by their own hash.
   - B{Tokens} are stored only as the hashes the caller gives; consuming one is a single
     C{UPDATE … RETURNING} inside an immediate transaction, so of two concurrent consumers
     (threads or processes) exactly one succeeds.
@@ -38,29 +41,33 @@ Why it looks the way it does:
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import os
 import secrets
 import sqlite3
-from collections.abc import Callable, Iterable, Sequence
-from datetime import UTC, datetime
+from collections.abc import Callable, Iterable
+from datetime import datetime
 from typing import Any, TypeVar
 
-from cryptography import x509
 from twisted.internet import defer, task
-from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
+from sixchat._sqlite import DatabaseThread, Migrations, from_us, immediate, migrate, to_us
 from sixchat.errors import SixchatError
 from sixchat.identity import normalize_identity
-from sixchat.irp.interfaces import Binding, ConflictError, IdentityState, IRegistryStore
 from sixchat.irp.messages import Contact
+from sixchat.irp.store.common import (
+    cert_issuer_name,
+    contact_pairs,
+    contacts_of,
+    issuer_key,
+    sha256,
+)
+from sixchat.irp.store.interfaces import Binding, ConflictError, IdentityState, IRegistryStore
 
-__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "SQLiteStore", "StoreError"]
+__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "SQLiteStore", "StoreError", "issuer_key"]
 
 log = Logger()
 
@@ -68,7 +75,7 @@ T = TypeVar("T")
 
 #: Ordered schema steps; step i (0-based) brings the schema from version i to i + 1. Append
 #: new steps for later versions; never change a released one.
-MIGRATIONS: list[Sequence[str]] = [
+MIGRATIONS: Migrations = [
     (
         # One row per live node binding (irp-1 §3.1).
         """CREATE TABLE bindings (
@@ -129,6 +136,30 @@ MIGRATIONS: list[Sequence[str]] = [
             origin TEXT NOT NULL
         )""",
     ),
+    # Version 2: issuer keys in the form the PostgreSQL store uses (L{issuer_key}: 32 bytes).
+    (
+        """CREATE TABLE issued_v2 (
+            issuer BLOB NOT NULL,
+            serial TEXT NOT NULL,
+            identity TEXT NOT NULL,
+            spelling TEXT NOT NULL,
+            cert BLOB NOT NULL,
+            PRIMARY KEY (issuer, serial)
+        )""",
+        """CREATE TABLE revocations_v2 (
+            issuer BLOB NOT NULL,
+            serial TEXT NOT NULL,
+            issuer_name BLOB,
+            revoked_at INTEGER NOT NULL,
+            PRIMARY KEY (issuer, serial)
+        )""",
+        lambda conn: _rekey_issuers(conn),
+        "DROP TABLE issued",
+        "DROP TABLE revocations",
+        "ALTER TABLE issued_v2 RENAME TO issued",
+        "ALTER TABLE revocations_v2 RENAME TO revocations",
+        "CREATE INDEX revocations_serial ON revocations (serial)",
+    ),
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -141,52 +172,45 @@ class StoreError(SixchatError):
     """The database cannot be opened or used; one line for the administrator."""
 
 
-def _us(when: datetime) -> int:
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    delta = when - datetime(1970, 1, 1, tzinfo=UTC)
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+def _old_issuer_key(key: str) -> bytes:
+    """
+    An issuer key as schema version 1 stored it, in today's form: version 1 kept the
+    SHA-256 of the CA's name as hex text, which L{issuer_key} now gives as its 32 bytes. A
+    version 1 key for bytes that were no certificate (C{"raw:"} and the hex SHA-256 of those
+    bytes, written only by tests: a registry's CA is a certificate) cannot become today's
+    key, a hash of the bytes themselves, which were not kept; it stays apart as C{b"raw:"}
+    and the 32 bytes, which no key of today equals. (Such a revocation names no issuer, so
+    the serial alone still removes the bindings it revoked.)
+    """
+    if key.startswith("raw:"):
+        return b"raw:" + bytes.fromhex(key[4:])
+    return bytes.fromhex(key)
 
 
-def _dt(us: int) -> datetime:
-    from datetime import timedelta
-
-    return datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=us)
+def _rekey_issuers(conn: sqlite3.Connection) -> None:
+    """Schema version 2: copy C{issued} and C{revocations} with their issuer keys as bytes."""
+    issued = conn.execute("SELECT issuer, serial, identity, spelling, cert FROM issued")
+    conn.executemany(
+        "INSERT INTO issued_v2 (issuer, serial, identity, spelling, cert) VALUES (?, ?, ?, ?, ?)",
+        [(_old_issuer_key(issuer), *rest) for issuer, *rest in issued.fetchall()],
+    )
+    revocations = conn.execute("SELECT issuer, serial, issuer_name, revoked_at FROM revocations")
+    conn.executemany(
+        "INSERT INTO revocations_v2 (issuer, serial, issuer_name, revoked_at) VALUES (?, ?, ?, ?)",
+        [(_old_issuer_key(issuer), *rest) for issuer, *rest in revocations.fetchall()],
+    )
 
 
 def _serial(serial: int) -> str:
     return format(serial, "x")
 
 
-@functools.lru_cache(maxsize=1024)
-def _cert_issuer_name(cert: bytes) -> bytes | None:
-    """The issuer name (DER) of a leaf, or None for bytes that are no certificate."""
-    try:
-        return x509.load_der_x509_certificate(cert).issuer.public_bytes()
-    except ValueError:
-        return None
-
-
-@functools.lru_cache(maxsize=256)
-def issuer_key(issuer: bytes) -> tuple[str, bytes | None]:
-    """
-    How revocations name their CA: the hex SHA-256 of the issuer certificate's subject name
-    (DER), and that name; for bytes that are no certificate, their own hash and None.
-    Cached: every revocation check of every connection names the same few CAs.
-    """
-    try:
-        name = x509.load_der_x509_certificate(issuer).subject.public_bytes()
-    except ValueError:
-        return "raw:" + hashlib.sha256(issuer).hexdigest(), None
-    return hashlib.sha256(name).hexdigest(), name
-
-
 def _contacts_json(contacts: Iterable[Contact]) -> str:
-    return json.dumps([[c.host, c.port] for c in contacts], separators=(",", ":"))
+    return json.dumps(contact_pairs(contacts), separators=(",", ":"))
 
 
 def _contacts(text: str) -> tuple[Contact, ...]:
-    return tuple(Contact(str(h), int(p)) for h, p in json.loads(text))
+    return contacts_of(json.loads(text))
 
 
 @functools.lru_cache(maxsize=1024)
@@ -201,8 +225,8 @@ def _identity_state(
     and the registry's answer cache (L{sixchat.irp.server.record_bytes}) finds them at once.
     """
     bindings = tuple(
-        Binding(node, _contacts(contacts), bytes(cert), int(serial, 16), _dt(until),
-                _dt(updated))
+        Binding(node, _contacts(contacts), bytes(cert), int(serial, 16), from_us(until),
+                from_us(updated))
         for node, contacts, cert, serial, until, updated, _spelling in rows
     )  # fmt: skip
     spelling = latest[1] if latest is not None else rows[0][6]
@@ -249,7 +273,7 @@ class SQLiteStore:
         self.path = os.fspath(path)
         self._reactor = reactor
         self.poll_interval = poll_interval
-        self._pool: ThreadPool | None = None
+        self._pool: DatabaseThread | None = None
         self._conn: sqlite3.Connection | None = None
         self._subscribers: list[Callable[[str], None]] = []
         self._origin = secrets.token_hex(8)
@@ -269,21 +293,14 @@ class SQLiteStore:
     def _run(self, fn: Callable[..., T], *args: Any) -> defer.Deferred[T]:
         if self._pool is None:
             return defer.fail(StoreError(f"registry database {self.path} is not open"))
-        return deferToThreadPool(self._reactor, self._pool, fn, *args)
+        return self._pool.run(fn, *args)
 
     def _write(self, fn: Callable[..., T], *args: Any) -> defer.Deferred[T]:
         """Run C{fn(conn, *args)} in one immediate transaction, in the store's thread."""
 
         def transaction() -> T:
-            conn = self._connection()
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                result = fn(conn, *args)
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
-            return result
+            with immediate(self._connection()) as conn:
+                return fn(conn, *args)
 
         return self._run(transaction)
 
@@ -344,7 +361,7 @@ class SQLiteStore:
     def open(self) -> defer.Deferred[None]:
         if self._pool is not None:
             return defer.succeed(None)
-        self._pool = ThreadPool(minthreads=1, maxthreads=1, name=f"sixchat-irp-sqlite {self.path}")
+        self._pool = DatabaseThread(self._reactor, f"sixchat-irp-sqlite {self.path}")
         self._pool.start()
         if hasattr(self._reactor, "addSystemEventTrigger"):
             self._shutdown_trigger = self._reactor.addSystemEventTrigger(
@@ -390,37 +407,13 @@ class SQLiteStore:
         return int(row[0])
 
     def _migrate(self, conn: sqlite3.Connection) -> None:
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
-            row = conn.execute("SELECT version FROM schema_version").fetchone()
-            if row is None:
-                conn.execute("INSERT INTO schema_version (version) VALUES (0)")
-                version = 0
-            else:
-                version = int(row[0])
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        if version > SCHEMA_VERSION:
-            raise StoreError(
+        def too_new(version: int, known: int) -> StoreError:
+            return StoreError(
                 f"registry database {self.path} has schema version {version}, newer than "
-                f"this sixchat understands ({SCHEMA_VERSION}); upgrade sixchat"
+                f"this sixchat understands ({known}); upgrade sixchat"
             )
-        for target in range(version + 1, SCHEMA_VERSION + 1):
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                # Another process may have migrated meanwhile: re-read under the lock.
-                (current,) = conn.execute("SELECT version FROM schema_version").fetchone()
-                if current < target:
-                    for statement in MIGRATIONS[target - 1]:
-                        conn.execute(statement)
-                    conn.execute("UPDATE schema_version SET version = ?", (target,))
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
+
+        migrate(conn, MIGRATIONS, too_new)
 
     def close(self) -> defer.Deferred[None]:
         if self._closing is not None:
@@ -472,7 +465,7 @@ class SQLiteStore:
         max_nodes: int,
     ) -> defer.Deferred[None]:
         key = normalize_identity(identity)
-        issuer_name = _cert_issuer_name(cert)
+        issuer_name = cert_issuer_name(cert)
 
         def run(conn: sqlite3.Connection) -> None:
             existing = conn.execute(
@@ -481,7 +474,7 @@ class SQLiteStore:
             if existing is None:
                 (live,) = conn.execute(
                     "SELECT count(*) FROM bindings WHERE identity = ? AND until > ?",
-                    (key, _us(now)),
+                    (key, to_us(now)),
                 ).fetchone()
                 if live >= max_nodes:
                     raise ConflictError(f"{identity} already has {live} nodes")
@@ -490,7 +483,7 @@ class SQLiteStore:
                 "serial, issuer_name, cert_not_after, until, updated) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (key, node, identity, _contacts_json(contacts), cert, _serial(serial),
-                 issuer_name, _us(cert_not_after), _us(until), _us(now)),
+                 issuer_name, to_us(cert_not_after), to_us(until), to_us(now)),
             )  # fmt: skip
             (seq,) = conn.execute(
                 "SELECT coalesce(max(seq), 0) + 1 FROM presented WHERE identity = ?", (key,)
@@ -498,8 +491,8 @@ class SQLiteStore:
             conn.execute(
                 "INSERT OR REPLACE INTO presented (identity, cert_sha256, spelling, cert, "
                 "serial, issuer_name, not_after, seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (key, hashlib.sha256(cert).digest(), identity, cert, _serial(serial),
-                 issuer_name, _us(cert_not_after), seq),
+                (key, sha256(cert), identity, cert, _serial(serial),
+                 issuer_name, to_us(cert_not_after), seq),
             )  # fmt: skip
             self._log_changes(conn, [identity])
 
@@ -525,7 +518,7 @@ class SQLiteStore:
 
     def state(self, identity: str, now: datetime) -> defer.Deferred[IdentityState]:
         key = normalize_identity(identity)
-        t = _us(now)
+        t = to_us(now)
 
         def run(conn: sqlite3.Connection) -> IdentityState:
             rows = conn.execute(_LIVE_BINDINGS, (key, t, t)).fetchall()
@@ -537,7 +530,7 @@ class SQLiteStore:
         return self._read(run)
 
     def expire(self, now: datetime) -> defer.Deferred[set[str]]:
-        t = _us(now)
+        t = to_us(now)
 
         def run(conn: sqlite3.Connection) -> set[str]:
             rows = conn.execute(
@@ -558,7 +551,7 @@ class SQLiteStore:
             (value,) = conn.execute(
                 "SELECT min(min(until, cert_not_after)) FROM bindings"
             ).fetchone()
-            return None if value is None else _dt(int(value))
+            return None if value is None else from_us(int(value))
 
         return self._read(run)
 
@@ -586,7 +579,7 @@ class SQLiteStore:
             conn.execute(
                 "INSERT OR IGNORE INTO revocations (issuer, serial, issuer_name, revoked_at) "
                 "VALUES (?, ?, ?, ?)",
-                (key, hex_serial, name, _us(now)),
+                (key, hex_serial, name, to_us(now)),
             )
             rows = conn.execute(_REVOKE_BINDINGS, (hex_serial, name, name)).fetchall()
             touched = {spelling for (spelling,) in rows}
@@ -614,7 +607,7 @@ class SQLiteStore:
                 "SELECT serial, revoked_at FROM revocations WHERE issuer = ? ORDER BY revoked_at",
                 (key,),
             ).fetchall()
-            return [(int(serial, 16), _dt(at)) for serial, at in rows]
+            return [(int(serial, 16), from_us(at)) for serial, at in rows]
 
         return self._read(run)
 
@@ -637,7 +630,7 @@ class SQLiteStore:
         def run(conn: sqlite3.Connection) -> None:
             conn.execute(
                 "INSERT INTO tokens (hash, identity, expires, used) VALUES (?, ?, ?, NULL)",
-                (token_hash, identity, _us(expires)),
+                (token_hash, identity, to_us(expires)),
             )
 
         return self._write(run)
@@ -647,7 +640,7 @@ class SQLiteStore:
             row = conn.execute(
                 "UPDATE tokens SET used = ? WHERE hash = ? AND used IS NULL AND expires > ? "
                 "RETURNING identity",
-                (_us(now), token_hash, _us(now)),
+                (to_us(now), token_hash, to_us(now)),
             ).fetchone()
             return None if row is None else str(row[0])
 
