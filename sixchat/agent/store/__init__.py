@@ -3,7 +3,7 @@ The user agent's durable state: messages both ways, the outbox with its per-node
 entries (spec §11.16), contacts, and pins (§9.3, §11.15) — one SQLite file in the data
 directory (conventionally C{<data-dir>/messages.sqlite}, L{DEFAULT_FILENAME}).
 
-Modules: L{records} (states, values, errors), L{schema} (migrations), L{database} (the
+Modules: L{records} (states, values, errors), L{schema} (migrations), L{reads} and L{database} (the
 synchronous core), L{store} (the Deferred face with group commit), L{pins} (the pin store).
 Everything public is importable from C{sixchat.agent.store} itself.
 
