@@ -157,11 +157,7 @@ class SQLiteStore:
         self.poll_interval = poll_interval
         self._pool: DatabaseThread | None = None
         self._conn: sqlite3.Connection | None = None
-        self._subscribers: list[Callable[[str], None]] = []
-        self._origin = secrets.token_hex(8)
-        self._last_change = 0
-        self._poller: task.LoopingCall | None = None
-        self._polls = 0
+        self._changes = _Changes(self)
         self._shutdown_trigger: Any = None
         self._closing: defer.Deferred[None] | None = None
         self._pending_reads: list[tuple[Callable[..., Any], tuple[Any, ...], Any]] = []
@@ -252,8 +248,8 @@ class SQLiteStore:
         d = self._run(self._open_db)
 
         def opened(last_change: int) -> None:
-            self._last_change = last_change
-            self._start_polling()
+            self._changes.last_change = last_change
+            self._changes.start_polling()
             log.info(
                 "registry database {path} open (schema version {version})",
                 path=self.path,
@@ -302,9 +298,7 @@ class SQLiteStore:
             return self._closing
         if self._pool is None:
             return defer.succeed(None)
-        if self._poller is not None and self._poller.running:
-            self._poller.stop()
-        self._poller = None
+        self._changes.stop_polling()
         if self._shutdown_trigger is not None:
             try:
                 self._reactor.removeSystemEventTrigger(self._shutdown_trigger)
@@ -376,9 +370,9 @@ class SQLiteStore:
                 (key, sha256(cert), identity, cert, _serial(serial),
                  issuer_name, to_us(cert_not_after), seq),
             )  # fmt: skip
-            self._log_changes(conn, [identity])
+            self._changes.log(conn, [identity])
 
-        return self._write(run).addCallback(lambda _: self._announce([identity]))
+        return self._write(run).addCallback(lambda _: self._changes.announce([identity]))
 
     def unregister(self, identity: str, node: str) -> defer.Deferred[bool]:
         key = normalize_identity(identity)
@@ -388,12 +382,12 @@ class SQLiteStore:
                 "DELETE FROM bindings WHERE identity = ? AND node = ?", (key, node)
             ).rowcount
             if removed:
-                self._log_changes(conn, [identity])
+                self._changes.log(conn, [identity])
             return bool(removed)
 
         def done(removed: bool) -> bool:
             if removed:
-                self._announce([identity])
+                self._changes.announce([identity])
             return removed
 
         return self._write(run).addCallback(done)
@@ -423,10 +417,10 @@ class SQLiteStore:
             conn.execute("DELETE FROM presented WHERE not_after <= ?", (t,))
             conn.execute("DELETE FROM tokens WHERE expires <= ?", (t,))
             touched = {spelling for (spelling,) in rows}
-            self._log_changes(conn, touched)
+            self._changes.log(conn, touched)
             return touched
 
-        return self._write(run).addCallback(self._announce_and_return)
+        return self._write(run).addCallback(self._changes.announce_and_return)
 
     def next_expiry(self) -> defer.Deferred[datetime | None]:
         def run(conn: sqlite3.Connection) -> datetime | None:
@@ -471,12 +465,12 @@ class SQLiteStore:
                 _CERT_HOLDERS, (hex_serial, name, name, key, hex_serial)
             ).fetchall()
             announced = touched | {s for (s,) in holders}
-            self._log_changes(conn, announced)
+            self._changes.log(conn, announced)
             return touched, announced
 
         def done(result: tuple[set[str], set[str]]) -> set[str]:
             touched, announced = result
-            self._announce(announced)
+            self._changes.announce(announced)
             return touched
 
         return self._write(run).addCallback(done)
@@ -531,47 +525,72 @@ class SQLiteStore:
     # --- change notification ----------------------------------------------------------------
 
     def subscribe(self, callback: Callable[[str], None]) -> None:
-        self._subscribers.append(callback)
-        self._start_polling()
+        self._changes.subscribers.append(callback)
+        self._changes.start_polling()
 
     def notify(self, identity: str) -> defer.Deferred[None]:
         def run(conn: sqlite3.Connection) -> None:
-            self._log_changes(conn, [identity])
+            self._changes.log(conn, [identity])
 
-        return self._write(run).addCallback(lambda _: self._announce([identity]))
+        return self._write(run).addCallback(lambda _: self._changes.announce([identity]))
 
-    def _log_changes(self, conn: sqlite3.Connection, identities: Iterable[str]) -> None:
+
+class _Changes:
+    """
+    Change notification of one L{SQLiteStore}: the identities a mutation touched go to the
+    C{changes} table in its transaction, tagged with this store's random origin, and to
+    the local subscribers once it committed; a poll delivers the rows of other processes.
+    """
+
+    def __init__(self, store: SQLiteStore) -> None:
+        self._store = store
+        self.subscribers: list[Callable[[str], None]] = []
+        self.origin = secrets.token_hex(8)
+        #: The newest row seen (rows up to it were delivered or are ours).
+        self.last_change = 0
+        self._poller: task.LoopingCall | None = None
+        self._polls = 0
+
+    def log(self, conn: sqlite3.Connection, identities: Iterable[str]) -> None:
         conn.executemany(
             "INSERT INTO changes (identity, origin) VALUES (?, ?)",
-            [(identity, self._origin) for identity in sorted(set(identities))],
+            [(identity, self.origin) for identity in sorted(set(identities))],
         )
 
-    def _announce(self, identities: Iterable[str]) -> None:
+    def announce(self, identities: Iterable[str]) -> None:
         for identity in sorted(set(identities)):
-            for callback in list(self._subscribers):
+            for callback in list(self.subscribers):
                 try:
                     callback(identity)
                 except Exception:
                     log.failure("registry change subscriber failed")
 
-    def _announce_and_return(self, identities: set[str]) -> set[str]:
-        self._announce(identities)
+    def announce_and_return(self, identities: set[str]) -> set[str]:
+        self.announce(identities)
         return identities
 
-    def _start_polling(self) -> None:
-        if self._poller is not None or self._pool is None or not self._subscribers:
+    def start_polling(self) -> None:
+        """Poll while the store is open and someone listens (idempotent)."""
+        store = self._store
+        if self._poller is not None or store._pool is None or not self.subscribers:
             return
         self._poller = task.LoopingCall(self._poll)
-        self._poller.clock = self._reactor
-        self._poller.start(self.poll_interval, now=False).addErrback(
+        self._poller.clock = store._reactor
+        self._poller.start(store.poll_interval, now=False).addErrback(
             lambda f: log.failure("registry change poll stopped", f)
         )
 
+    def stop_polling(self) -> None:
+        if self._poller is not None and self._poller.running:
+            self._poller.stop()
+        self._poller = None
+
     def _poll(self) -> defer.Deferred[None] | None:
-        if self._pool is None:
+        store = self._store
+        if store._pool is None:
             return None
         self._polls += 1
-        last, trim = self._last_change, self._polls % 100 == 0
+        last, trim = self.last_change, self._polls % 100 == 0
 
         def run(conn: sqlite3.Connection) -> tuple[int, list[str]]:
             rows = conn.execute(
@@ -580,15 +599,15 @@ class SQLiteStore:
             newest = rows[-1][0] if rows else last
             if trim:
                 conn.execute("DELETE FROM changes WHERE seq <= ?", (newest - CHANGES_KEPT,))
-            return newest, [identity for _seq, identity, origin in rows if origin != self._origin]
+            return newest, [identity for _seq, identity, origin in rows if origin != self.origin]
 
         def got(result: tuple[int, list[str]]) -> None:
             newest, identities = result
-            self._last_change = max(self._last_change, newest)
-            self._announce(identities)
+            self.last_change = max(self.last_change, newest)
+            self.announce(identities)
 
         def failed(failure: Any) -> None:
-            if self._pool is not None:
+            if store._pool is not None:
                 log.failure("polling the registry database for changes failed", failure)
 
-        return self._read(run).addCallbacks(got, failed)
+        return store._read(run).addCallbacks(got, failed)
