@@ -18,8 +18,10 @@ from sixchat.irp.store.common import (
     cert_issuer_name,
     contact_pairs,
     contacts_of,
+    identity_state,
     issuer_key,
 )
+from sixchat.irp.store.interfaces import Binding, IdentityState
 from sixchat.irp.store.sqlite import SQLiteStore
 from sixchat.test import certs
 
@@ -52,6 +54,27 @@ class IssuerKeyTests(SynchronousTestCase):
         contacts = [Contact("2001:db8::5", 4605), Contact("192.0.2.7", 4606)]
         self.assertEqual(contact_pairs(contacts), [["2001:db8::5", 4605], ["192.0.2.7", 4606]])
         self.assertEqual(contacts_of(contact_pairs(contacts)), tuple(contacts))
+
+
+class IdentityStateTests(SynchronousTestCase):
+    """How both stores spell an identity in answers (irp-1 §3.3)."""
+
+    binding = Binding("laptop", (), b"leaf", 1, datetime(2026, 1, 1, tzinfo=UTC),
+                      datetime(2026, 1, 1, tzinfo=UTC))  # fmt: skip
+
+    def test_latest_certificate_spells_it(self) -> None:
+        state = identity_state("alice@EXAMPLE.com", (self.binding,), (b"cert", "Alice@example.com"),
+                               "alice@example.COM")  # fmt: skip
+        self.assertEqual(state, IdentityState("Alice@example.com", (self.binding,), b"cert"))
+
+    def test_else_a_binding(self) -> None:
+        state = identity_state("alice@EXAMPLE.com", (self.binding,), None, "alice@example.COM")
+        self.assertEqual(state, IdentityState("alice@example.COM", (self.binding,), None))
+
+    def test_else_as_asked(self) -> None:
+        state = identity_state("alice@EXAMPLE.com", (), None, None)
+        self.assertEqual(state, IdentityState("alice@EXAMPLE.com"))
+        self.assertFalse(state.known)
 
 
 class SQLiteStoresIssuerKeyTests(TestCase):

@@ -1,7 +1,8 @@
 """
 What both registry stores (L{sixchat.irp.store.sqlite}, L{sixchat.irp.store.postgres}) must
 do alike, written once: how a CA is named in revocations and issued certificates
-(L{issuer_key}), how a certificate's issuer is found, how contacts are stored.
+(L{issuer_key}), how a certificate's issuer is found, how contacts are stored, how an
+identity is spelled in answers (L{identity_state}).
 
 Two backends that disagreed here would revoke differently: a registry moved from SQLite to
 PostgreSQL (or an administrator's tool using the other one) must find the same CRL.
@@ -17,8 +18,16 @@ from typing import Any
 from cryptography import x509
 
 from sixchat.irp.messages import Contact
+from sixchat.irp.store.interfaces import Binding, IdentityState
 
-__all__ = ["cert_issuer_name", "contact_pairs", "contacts_of", "issuer_key", "sha256"]
+__all__ = [
+    "cert_issuer_name",
+    "contact_pairs",
+    "contacts_of",
+    "identity_state",
+    "issuer_key",
+    "sha256",
+]
 
 
 def sha256(data: bytes) -> bytes:
@@ -65,3 +74,21 @@ def contact_pairs(contacts: Iterable[Contact]) -> list[list[Any]]:
 def contacts_of(pairs: Iterable[Sequence[Any]]) -> tuple[Contact, ...]:
     """Contacts back from their stored form."""
     return tuple(Contact(str(h), int(p)) for h, p in pairs)
+
+
+def identity_state(
+    asked: str,
+    bindings: tuple[Binding, ...],
+    latest: tuple[bytes, str] | None,
+    binding_spelling: str | None,
+) -> IdentityState:
+    """
+    An identity's state from what a store read: its live C{bindings} (each stored with the
+    spelling of its certificate, C{binding_spelling} being one of them, or None without
+    bindings) and C{latest}, the identity-level certificate (irp-1 §7.4) with its spelling.
+    Answers spell the identity as the most recent certificate still answered does (irp-1
+    §3.3), else as a live binding's certificate does, else as it was C{asked}.
+    """
+    if latest is not None:
+        return IdentityState(latest[1], bindings, bytes(latest[0]))
+    return IdentityState(binding_spelling or asked, bindings, None)

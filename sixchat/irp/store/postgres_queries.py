@@ -15,7 +15,13 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from sixchat.identity import normalize_identity
-from sixchat.irp.store.common import cert_issuer_name, contacts_of, issuer_key, sha256
+from sixchat.irp.store.common import (
+    cert_issuer_name,
+    contacts_of,
+    identity_state,
+    issuer_key,
+    sha256,
+)
 from sixchat.irp.store.interfaces import Binding, ConflictError, IdentityState
 from sixchat.irp.store.postgres_notify import CHANGES_RETENTION, announce
 
@@ -139,17 +145,7 @@ def state_of(conn: psycopg.Connection[Any], identity: str, now: datetime) -> Ide
         )
         for node, contacts, cert, serial, until_, updated, _spelling in rows
     )
-    # The spelling of the most recent certificate still answered, as the SQLite store.
-    spelling = identity
-    if cert_row is not None:
-        spelling = cert_row[1]
-    elif rows:
-        spelling = rows[0][6]
-    return IdentityState(
-        identity=spelling,
-        bindings=bindings,
-        cert=bytes(cert_row[0]) if cert_row is not None else None,
-    )
+    return identity_state(identity, bindings, cert_row, rows[0][6] if rows else None)
 
 
 def expire(conn: psycopg.Connection[Any], now: datetime) -> set[str]:

@@ -62,6 +62,7 @@ from sixchat.irp.store.common import (
     cert_issuer_name,
     contact_pairs,
     contacts_of,
+    identity_state,
     issuer_key,
     sha256,
 )
@@ -111,8 +112,8 @@ def _identity_state(
                 from_us(updated))
         for node, contacts, cert, serial, until, updated, _spelling in rows
     )  # fmt: skip
-    spelling = latest[1] if latest is not None else rows[0][6]
-    return IdentityState(spelling, bindings, bytes(latest[0]) if latest is not None else None)
+    # Not both empty, so the spelling asked with (not part of the memo key) is never used.
+    return identity_state("", bindings, latest, rows[0][6] if rows else None)
 
 
 # A certificate is revoked when a revocation has its serial and, where both names are known,
