@@ -21,6 +21,7 @@ from sixchat.irp.messages import Contact
 from sixchat.irp.store.interfaces import Binding, IdentityState
 
 __all__ = [
+    "REVOKED_SQL",
     "cert_issuer_name",
     "contact_pairs",
     "contacts_of",
@@ -28,6 +29,17 @@ __all__ = [
     "issuer_key",
     "sha256",
 ]
+
+
+#: The revocation rule as SQL (both backends embed this one text), true for a row C{x} of
+#: C{bindings} or C{presented} whose certificate is revoked: a revocation has its serial and,
+#: where both issuer names are known, its issuer name (serials are unique per issuer, not
+#: globally). Where a name is unknown (bytes that are no certificate: only tests) the serial
+#: alone decides.
+REVOKED_SQL = (
+    "EXISTS (SELECT 1 FROM revocations r WHERE r.serial = x.serial AND (x.issuer_name IS NULL"
+    " OR r.issuer_name IS NULL OR r.issuer_name = x.issuer_name))"
+)
 
 
 def sha256(data: bytes) -> bytes:

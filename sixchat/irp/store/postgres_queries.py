@@ -16,6 +16,7 @@ from psycopg.types.json import Jsonb
 
 from sixchat.identity import normalize_identity
 from sixchat.irp.store.common import (
+    REVOKED_SQL,
     cert_issuer_name,
     contacts_of,
     identity_state,
@@ -35,13 +36,7 @@ def _int(value: Decimal | int) -> int:
     return int(value)
 
 
-#: Matches a revocation to a row of C{bindings} or C{presented} aliased C{x}: same serial
-#: and same issuer name. Where a name is unknown (a certificate that does not parse, only in
-#: tests) the serial alone decides.
-_REVOKED = sql.SQL(
-    "EXISTS (SELECT 1 FROM revocations r WHERE r.serial = x.serial AND (x.issuer_name IS NULL"
-    " OR r.issuer_name IS NULL OR r.issuer_name = x.issuer_name))"
-)
+_REVOKED = sql.SQL(REVOKED_SQL)
 
 #: An identity's live bindings at a time: not expired, certificate neither expired nor
 #: revoked (irp-1 §3.3). Parameters: identity, now, now.

@@ -59,6 +59,7 @@ from sixchat.errors import SixchatError
 from sixchat.identity import normalize_identity
 from sixchat.irp.messages import Contact
 from sixchat.irp.store.common import (
+    REVOKED_SQL,
     cert_issuer_name,
     contact_pairs,
     contacts_of,
@@ -116,20 +117,17 @@ def _identity_state(
     return identity_state("", bindings, latest, rows[0][6] if rows else None)
 
 
-# A certificate is revoked when a revocation has its serial and, where both names are known,
-# its issuer name. (The queries are constants: nothing is ever formatted into SQL.)
-_LIVE_BINDINGS = """
-    SELECT node, contacts, cert, serial, until, updated, spelling FROM bindings b
-    WHERE identity = ? AND until > ? AND cert_not_after > ? AND NOT EXISTS (
-        SELECT 1 FROM revocations r WHERE r.serial = b.serial AND (
-            r.issuer_name IS NULL OR b.issuer_name IS NULL OR r.issuer_name = b.issuer_name))
-    ORDER BY node"""
-_LATEST_PRESENTED = """
-    SELECT cert, spelling FROM presented p
-    WHERE identity = ? AND not_after > ? AND NOT EXISTS (
-        SELECT 1 FROM revocations r WHERE r.serial = p.serial AND (
-            r.issuer_name IS NULL OR p.issuer_name IS NULL OR r.issuer_name = p.issuer_name))
-    ORDER BY seq DESC LIMIT 1"""
+# Live: not expired, certificate neither expired nor revoked (L{REVOKED_SQL}). The queries
+# are constants: no value is ever formatted into SQL.
+_LIVE_BINDINGS = (
+    "SELECT node, contacts, cert, serial, until, updated, spelling FROM bindings x"  # noqa: S608
+    " WHERE identity = ? AND until > ? AND cert_not_after > ? AND NOT " + REVOKED_SQL +
+    " ORDER BY node"
+)  # fmt: skip
+_LATEST_PRESENTED = (
+    "SELECT cert, spelling FROM presented x WHERE identity = ? AND not_after > ?"  # noqa: S608
+    " AND NOT " + REVOKED_SQL + " ORDER BY seq DESC LIMIT 1"
+)  # fmt: skip
 _REVOKE_BINDINGS = """
     DELETE FROM bindings WHERE serial = ?
     AND (? IS NULL OR issuer_name IS NULL OR issuer_name = ?) RETURNING spelling"""
