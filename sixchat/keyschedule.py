@@ -53,7 +53,7 @@ else:
 
     def _hmac_digest(key: bytes, msg: bytes, digest: str) -> bytes:
         """C{hmac.digest(key, msg, digest)}."""
-        return _openssl_hmac_new(key, msg, digest).digest()  # type: ignore[no-any-return]
+        return _openssl_hmac_new(key, msg, digest).digest()
 
 
 def hkdf_expand_label(secret: bytes, label: bytes, context: bytes, length: int) -> bytes:

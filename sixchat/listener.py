@@ -135,7 +135,7 @@ class EndpointService(service.Service):
         stopped = port.stopListening()
         return stopped if isinstance(stopped, defer.Deferred) else defer.succeed(None)
 
-    def stopService(self) -> defer.Deferred[None]:  # type: ignore[override]
+    def stopService(self) -> defer.Deferred[None]:
         super().stopService()
         return self.stopListening()
 

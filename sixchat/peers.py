@@ -56,7 +56,7 @@ class PeerFactory(Factory):
     closed at once without an alert.
     """
 
-    protocol = PeerProtocol  # type: ignore[assignment]
+    protocol = PeerProtocol
     log = Logger()
 
     def __init__(
@@ -104,7 +104,7 @@ class PeerFactory(Factory):
         )
         proto.factory = self
         if self.role == RESPONDER:
-            proto.on_handshake_end = lambda p, key=key: self._release(key)  # type: ignore[misc]
+            proto.on_handshake_end = lambda p, key=key: self._release(key)
         if self.role == RESPONDER:
             # Nobody waits on an accepted connection's handshake; failures are logged.
             proto.handshakeDone.addErrback(lambda f: None)

@@ -134,7 +134,7 @@ class _TreeBuilder:
         # Character data outside the root can only be whitespace (expat rejects the rest).
 
 
-def _forbidden(what: str):  # type: ignore[no-untyped-def]
+def _forbidden(what: str):
     def handler(*args: object) -> NoReturn:
         _refuse(what)
 

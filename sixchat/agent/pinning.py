@@ -63,7 +63,7 @@ class RegistryKeyPins:
         from cryptography import x509
 
         try:
-            spki = spki_sha256(x509.load_der_x509_certificate(cert_der).public_key())  # type: ignore[arg-type]
+            spki = spki_sha256(x509.load_der_x509_certificate(cert_der).public_key())
         except ValueError:
             return False
         pins = self.pins

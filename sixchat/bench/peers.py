@@ -79,7 +79,7 @@ def _peer_config(
 def _bench_protocol_class() -> type:
     from sixchat.protocol import PeerProtocol
 
-    class BenchPeerProtocol(PeerProtocol):  # type: ignore[misc]
+    class BenchPeerProtocol(PeerProtocol):
         """Our initiator, telling the bench loop when the transport pauses and resumes it."""
 
         on_resume: Callable[[], None] | None = None
@@ -202,7 +202,7 @@ class _Streamer(Protocol):
 
     counter: Any = None
 
-    _complete: Callable[[bytes], bool] = staticmethod(lambda data: True)  # type: ignore[assignment]
+    _complete: Callable[[bytes], bool] = staticmethod(lambda data: True)
 
     def connectionLost(self, reason: Any = None) -> None:
         if not self.reply.called:
@@ -490,7 +490,7 @@ async def _baseline_stream(
     factory.noisy = False
     proto = await _endpoint(reactor, port, 0).connect(factory)
     streamer: _Streamer = proto.wrappedProtocol if tls_options is not None else proto
-    streamer._complete = complete  # type: ignore[method-assign]
+    streamer._complete = complete
     streamer.counter = counter
     await streamer.handshake
     transport = streamer.transport

@@ -58,7 +58,7 @@ async def registry_server(reactor: Any, spec: dict[str, Any]) -> None:
     server_key = fixtures.load_key(os.path.join(workdir, "registry-server.key.pem"))
     server_cert = fixtures.load_cert(os.path.join(workdir, "registry-server.cert.pem"))
     if spec.get("postgres"):
-        from sixchat.irp.postgres_store import PostgresStore  # type: ignore[import-not-found]
+        from sixchat.irp.store.postgres import PostgresStore
 
         store: Any = PostgresStore(spec["db"], reactor)
     else:

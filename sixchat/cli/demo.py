@@ -104,7 +104,7 @@ async def _demo(reactor: Any, base: str, say: Printer) -> int:
     from sixchat.irp.client import connectRegistry
     from sixchat.irp.server import IRPServerService, RegistryConfig
     from sixchat.irp.server.authority import Authority
-    from sixchat.irp.sqlite_store import SQLiteStore
+    from sixchat.irp.store.sqlite import SQLiteStore
     from sixchat.trust import TrustStore
 
     # 1. The CA --------------------------------------------------------------------------

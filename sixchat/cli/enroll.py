@@ -233,7 +233,7 @@ def run_with_registry(
         if isinstance(error, SixchatError):
             raise CommandError(str(error))
         raise CommandError(f"{type(error).__name__}: {error}")
-    return box["result"]  # type: ignore[no-any-return]
+    return box["result"]
 
 
 def _check_issued(
@@ -244,7 +244,7 @@ def _check_issued(
     if not issued:
         raise CommandError("the registry answered with no certificate")
     leaf = issued[0]
-    if spki_sha256(leaf.public_key()) != spki_sha256(key.public_key()):  # type: ignore[arg-type]
+    if spki_sha256(leaf.public_key()) != spki_sha256(key.public_key()):
         raise CommandError("the registry issued a certificate for another key; not saved")
     if not any(same_identity(identity, n) for n in rfc822_names(leaf)):
         raise CommandError(
@@ -392,7 +392,7 @@ def run_renew(args: argparse.Namespace) -> int:
     csr = make_csr(key, name)
 
     async def work(proto: Any) -> list[x509.Certificate]:
-        return await proto.renew(csr)  # type: ignore[no-any-return]
+        return await proto.renew(csr)
 
     issued = run_with_registry(args, name, identity, work)
     _check_issued(issued, key, name)

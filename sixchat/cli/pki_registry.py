@@ -123,7 +123,7 @@ def _run(work: Callable[[Any], Awaitable[T]]) -> T:
     result = outcome[0]
     if isinstance(result, Failure):
         result.raiseException()
-    return result  # type: ignore[no-any-return]
+    return result
 
 
 def _store(db: str, reactor: Any) -> Any:

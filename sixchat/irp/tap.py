@@ -104,7 +104,7 @@ class Options(usage.Options):
         db = self["db"]
         if db.startswith(("postgresql://", "postgres://")):
             try:
-                import sixchat.irp.postgres_store  # noqa: F401
+                import sixchat.irp.store.postgres  # noqa: F401
             except ImportError as e:
                 # Not the DSN itself in the message: it may carry a password.
                 raise usage.UsageError(

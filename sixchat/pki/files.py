@@ -277,7 +277,7 @@ def load_ca(
         | rsa.RSAPrivateKey,
     ):
         raise PKIError(f"{key_path} holds a {type(key).__name__}, which cannot sign certificates")
-    if _spki(key.public_key()) != _spki(cert.public_key()):  # type: ignore[arg-type]
+    if _spki(key.public_key()) != _spki(cert.public_key()):
         raise PKIError(f"{key_path} is not the key of {cert_path}")
     try:
         bc = cert.extensions.get_extension_for_class(x509.BasicConstraints).value

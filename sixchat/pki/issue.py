@@ -172,7 +172,7 @@ def _ca_builder(
         x509.CertificateBuilder()
         .subject_name(subject)
         .issuer_name(issuer)
-        .public_key(public_key)  # type: ignore[arg-type]
+        .public_key(public_key)
         .serial_number(random_serial())
         .not_valid_before(not_before)
         .not_valid_after(not_after)
@@ -180,7 +180,7 @@ def _ca_builder(
             x509.BasicConstraints(ca=ca, path_length=path_length if ca else None), critical=True
         )
         .add_extension(
-            x509.SubjectKeyIdentifier.from_public_key(public_key),  # type: ignore[arg-type]
+            x509.SubjectKeyIdentifier.from_public_key(public_key),
             critical=False,
         )
     )
@@ -290,13 +290,13 @@ def issue_leaf(
         x509.CertificateBuilder()
         .subject_name(subject)
         .issuer_name(ca_cert.subject)
-        .public_key(public_key)  # type: ignore[arg-type]
+        .public_key(public_key)
         .serial_number(serial if serial is not None else random_serial())
         .not_valid_before(not_before)
         .not_valid_after(not_after)
         .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
         .add_extension(
-            x509.SubjectKeyIdentifier.from_public_key(public_key),  # type: ignore[arg-type]
+            x509.SubjectKeyIdentifier.from_public_key(public_key),
             critical=False,
         )
         .add_extension(_aki(ca_cert), critical=False)
@@ -358,13 +358,13 @@ def issue_server(
         x509.CertificateBuilder()
         .subject_name(_cn(names[0]))
         .issuer_name(ca_cert.subject)
-        .public_key(public_key)  # type: ignore[arg-type]
+        .public_key(public_key)
         .serial_number(random_serial())
         .not_valid_before(not_before)
         .not_valid_after(not_after)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(
-            x509.SubjectKeyIdentifier.from_public_key(public_key),  # type: ignore[arg-type]
+            x509.SubjectKeyIdentifier.from_public_key(public_key),
             critical=False,
         )
         .add_extension(_aki(ca_cert), critical=False)

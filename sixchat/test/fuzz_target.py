@@ -40,7 +40,7 @@ from sixchat.connection import (
 )
 from sixchat.errors import AlertError
 from sixchat.handshake import PeerConfig
-from sixchat.irp.sqlite_store import SQLiteStore
+from sixchat.irp.store.sqlite import SQLiteStore
 from sixchat.record import MAX_PLAINTEXT, CipherState, RecordReader
 from sixchat.test import certs
 from sixchat.xmlcodec import parse
@@ -193,11 +193,15 @@ def run(data: bytes) -> None:
 class SyncSQLiteStore(SQLiteStore):
     """The real SQLite store (in memory), its work run synchronously: no thread, no reactor."""
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._changes.start_polling = lambda: None  # type: ignore[method-assign]
+
     def _run(self, fn: Any, *args: Any) -> defer.Deferred[Any]:
         return defer.maybeDeferred(fn, *args)
 
     def open(self) -> defer.Deferred[None]:
-        self._last_change = self._open_db()
+        self._changes.last_change = self._open_db()
         self._pool = object()  # type: ignore[assignment]
         return defer.succeed(None)
 
@@ -206,9 +210,6 @@ class SyncSQLiteStore(SQLiteStore):
             self._conn.close()
             self._conn = None
         return defer.succeed(None)
-
-    def _start_polling(self) -> None:
-        pass
 
 
 def _registry(payload: bytes, size: int) -> None:

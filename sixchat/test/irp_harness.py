@@ -32,7 +32,7 @@ from sixchat.irp.messages import (
 from sixchat.irp.server import IRPServerFactory, IRPServerService, RegistryConfig
 from sixchat.irp.server.authority import Authority
 from sixchat.irp.server.gcpolicy import CollectorPolicy
-from sixchat.irp.sqlite_store import SQLiteStore
+from sixchat.irp.store.sqlite import SQLiteStore
 from sixchat.irp.tls import client_options
 from sixchat.record import RecordReader, plain_record
 from sixchat.test import certs

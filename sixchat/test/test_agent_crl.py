@@ -560,7 +560,7 @@ class RealRegistryTests(unittest.TestCase):
     def test_registry_revocation_ends_the_session(self) -> Any:
         from sixchat.irp.server import IRPServerService, RegistryConfig
         from sixchat.irp.server.authority import Authority
-        from sixchat.irp.sqlite_store import SQLiteStore
+        from sixchat.irp.store.sqlite import SQLiteStore
         from sixchat.test.irp_harness import server_identity
 
         base = os.path.abspath(self.mktemp())

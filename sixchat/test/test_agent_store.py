@@ -1,11 +1,13 @@
 """
-Tests for L{sixchat.agent.store}: the user agent's durable messages, outbox, contacts and
-pins (spec §8.1, §8.2, §9.3, §11.15, §11.16).
+Tests for L{sixchat.agent.store.store}, the Deferred face of the agent store: the user
+agent's durable messages, outbox and contacts (spec §8.1, §8.2, §11.16), group commit, and
+crash safety.
 
-Most tests drive the Deferred API (L{MessageStore}) on a real file and its real thread; the
-property test drives the synchronous core (L{MessageDatabase}) with hypothesis, since the
-rules live there; the crash test SIGKILLs a child process that writes through the Deferred
-API and checks what the file holds afterwards.
+These drive the Deferred API (L{MessageStore}) on a real file and its real thread; the crash
+test SIGKILLs a child process that writes through the Deferred API and checks what the file
+holds afterwards. The synchronous core's own tests (batches, the property test of the
+outbox rules) are in L{sixchat.test.test_agent_store_database}, the pins' in
+L{sixchat.test.test_agent_store_pins}.
 """
 
 from __future__ import annotations
@@ -23,18 +25,8 @@ from collections.abc import Generator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from hypothesis import settings
-from hypothesis import strategies as st
-from hypothesis.stateful import (
-    Bundle,
-    RuleBasedStateMachine,
-    invariant,
-    rule,
-    run_state_machine_as_test,
-)
 from twisted.internet import defer, reactor
 from twisted.trial.unittest import SynchronousTestCase, TestCase
-from zope.interface.verify import verifyObject
 
 from sixchat.agent.store import (
     DEFAULT_FILENAME,
@@ -42,7 +34,6 @@ from sixchat.agent.store import (
     EXPIRED,
     FAILED,
     INCOMING,
-    MESSAGE_STATES,
     OUTGOING,
     QUEUED,
     RECEIVED,
@@ -53,12 +44,10 @@ from sixchat.agent.store import (
     MessageIdConflict,
     MessageStore,
     SchemaTooNewError,
-    SQLitePinStore,
     StoreClosedError,
 )
 from sixchat.stanzas import Message, format_timestamp, is_valid_id
 from sixchat.test.processes import child_env
-from sixchat.trust import IPinStore, PinPolicy
 
 T0 = datetime(2026, 11, 26, 0, 25, 21, 123456, tzinfo=UTC)
 SEC = timedelta(seconds=1)
@@ -312,7 +301,7 @@ class GroupCommitTests(StoreTestCase):
 
     @defer.inlineCallbacks
     def test_a_failed_commit_fails_every_call_of_the_batch(self) -> Gen:
-        from sixchat.agent import store as store_module
+        from sixchat.agent.store import store as store_module
 
         def broken(batch: Any, db: Any) -> Any:
             raise sqlite3.OperationalError("disk I/O error")
@@ -323,31 +312,6 @@ class GroupCommitTests(StoreTestCase):
             yield self.assertFailure(d, sqlite3.OperationalError)
         restore.restore()
         self.assertIs((yield self.store.store_incoming("bob@example.com", msg("f0"), T0)), True)
-
-
-class DatabaseBatchTests(SynchronousTestCase):
-    def setUp(self) -> None:
-        self.db = MessageDatabase(":memory:")
-        self.addCleanup(self.db.close)
-
-    def test_savepoints_and_durability(self) -> None:
-        queued = self.db.queue_outgoing("bob@example.com", "hi", T0)
-        results = self.db.batch(
-            [
-                (MessageDatabase.store_incoming, ("bob@example.com", msg("b1"), T0), {}),
-                (MessageDatabase.store_incoming, ("bad", msg("b2"), T0), {}),
-                (MessageDatabase.mark_delivered, (queued.id, "n1", T0), {}),
-            ]
-        )
-        self.assertEqual(results[0], (True, True))
-        self.assertFalse(results[1][0])
-        self.assertIsInstance(results[1][1], ValueError)
-        self.assertEqual(results[2][1].state, DELIVERED)
-        self.assertEqual([e.id for e in self.db.history() if e.direction == INCOMING], ["b1"])
-        self.db.batch([(MessageDatabase.mark_attempt, (queued.id, "n1", T0, None), {})], False)
-        self.assertEqual(self.db.pragma("synchronous"), 1)  # NORMAL: bookkeeping only
-        self.db.batch([(MessageDatabase.store_incoming, ("bob@example.com", msg("b3"), T0), {})])
-        self.assertEqual(self.db.pragma("synchronous"), 2)  # FULL
 
 
 # -- outgoing --------------------------------------------------------------------------------
@@ -748,92 +712,6 @@ class UITests(StoreTestCase):
         self.assertEqual(conv.display, "bob@example.com")
 
 
-# -- pins ------------------------------------------------------------------------------------
-
-
-class PinTests(StoreTestCase):
-    def test_provides_interface(self) -> None:
-        self.assertTrue(verifyObject(IPinStore, self.store.pins))
-        self.assertIsInstance(self.store.pins, SQLitePinStore)
-
-    @defer.inlineCallbacks
-    def test_cache_is_synchronous_and_persists(self) -> Gen:
-        pins = self.store.pins
-        self.assertEqual(pins.known("bob@example.com"), frozenset())
-        pins.add("bob@example.com", KEY1)
-        # At once, before the write-behind reaches the file.
-        self.assertEqual(pins.known("bob@EXAMPLE.com"), {KEY1})
-        pins.add("bob@example.com", KEY2)
-        pins.add("bob@example.com", KEY1)
-        self.assertEqual(pins.known("bob@example.com"), {KEY1, KEY2})
-        self.assertEqual(pins.known("Bob@example.com"), frozenset())
-        self.assertRaises(ValueError, pins.add, "bob@example.com", b"short")
-        for i in range(100):
-            pins.add(f"p{i}@example.com", bytes([i]) * 32)
-        yield self.reopen()
-        pins = self.store.pins
-        self.assertEqual(pins.known("bob@example.com"), {KEY1, KEY2})
-        for i in range(100):
-            self.assertEqual(pins.known(f"p{i}@example.com"), {bytes([i]) * 32})
-
-    @defer.inlineCallbacks
-    def test_pin_policy_on_store(self) -> Gen:
-        policy = PinPolicy(self.store.pins, "refuse")
-        self.assertEqual(policy.check("bob@example.com", KEY1), "new")
-        policy.add("bob@example.com", KEY1)
-        self.assertEqual(policy.check("bob@example.com", KEY1), "known")
-        self.assertEqual(policy.check("bob@example.com", KEY2), "changed")
-        yield self.reopen()
-        policy = PinPolicy(self.store.pins, "refuse")
-        self.assertEqual(policy.check("bob@example.com", KEY1), "known")
-
-    @defer.inlineCallbacks
-    def test_key_change_and_accept(self) -> Gen:
-        pins = self.store.pins
-        pins.add("bob@example.com", KEY1)
-        noted = yield pins.note_key_change("bob@example.com", KEY2, T0)
-        self.assertTrue(noted)
-        yield pins.note_key_change("bob@example.com", KEY2, T0 + SEC)
-        self.assertFalse((yield pins.note_key_change("bob@example.com", KEY1, T0)))
-        [change] = yield pins.key_changes("bob@EXAMPLE.com")
-        self.assertEqual(
-            (change.identity, change.spki_sha256, change.first_noted, change.last_noted),
-            ("bob@example.com", KEY2, T0, T0 + SEC),
-        )
-        self.assertEqual((change.times, change.fingerprint), (2, KEY2.hex()))
-        self.assertEqual(pins.pending_changes("bob@example.com"), {KEY2})
-        self.assertEqual(len((yield pins.key_changes())), 1)
-        [contact] = yield self.store.contacts()
-        self.assertTrue(contact.key_change_pending)
-        # Still pending after a restart, until the user decides.
-        yield self.reopen()
-        pins = self.store.pins
-        self.assertEqual(pins.pending_changes("bob@example.com"), {KEY2})
-        self.assertEqual(pins.known("bob@example.com"), {KEY1})
-        accepted = yield pins.accept_key("bob@example.com")
-        self.assertEqual(accepted, [KEY2])
-        self.assertEqual(pins.known("bob@example.com"), {KEY1, KEY2})
-        self.assertEqual((yield pins.key_changes()), [])
-        [contact] = yield self.store.contacts()
-        self.assertEqual((contact.key_change_pending, contact.pinned_keys), (False, 2))
-        self.assertEqual((yield pins.accept_key("bob@example.com")), [])
-        yield self.reopen()
-        self.assertEqual(self.store.pins.known("bob@example.com"), {KEY1, KEY2})
-
-    @defer.inlineCallbacks
-    def test_accept_named_key_and_pin_settles_change(self) -> Gen:
-        pins = self.store.pins
-        yield pins.note_key_change("bob@example.com", KEY1, T0)
-        yield pins.note_key_change("bob@example.com", KEY2, T0)
-        self.assertEqual((yield pins.accept_key("bob@example.com", KEY1)), [KEY1])
-        self.assertEqual(pins.pending_changes("bob@example.com"), {KEY2})
-        pins.add("bob@example.com", KEY2)  # e.g. IRP returned that key: no longer a change
-        self.assertEqual(pins.pending_changes("bob@example.com"), frozenset())
-        yield self.store.flush()
-        self.assertEqual((yield pins.key_changes()), [])
-        yield self.assertFailure(pins.accept_key("bob@example.com", b"x"), ValueError)
-
-
 # -- crash safety ----------------------------------------------------------------------------
 
 _CHILD = r"""
@@ -978,177 +856,3 @@ class CrashTests(SynchronousTestCase):
             self.assertEqual(pending, out_ids)
             self.assertEqual(pending[: len(reported_out)], reported_out)
         self.assertGreater(len(reported_out), 50)
-
-
-# -- property test ---------------------------------------------------------------------------
-
-NODES = ("n1", "n2", "n3")
-PEERS = ("bob@example.com", "carol@example.com")
-
-
-class OutboxMachine(RuleBasedStateMachine):
-    """
-    Any sequence of queue / add_targets / mark_attempt / mark_delivered / mark_failed /
-    expire keeps the outbox invariants; checked against a model of what was done.
-    """
-
-    messages = Bundle("messages")
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.db = MessageDatabase(":memory:")
-        self.now = T0
-        self.counter = 0
-        self.ids: list[str] = []
-        self.delivered: dict[str, set[str]] = {}  # receipts given, per message
-        self.targets: dict[str, set[str]] = {}  # nodes the message must have entries for
-        # Messages that became expired or failed: the outbox gave up on them for good.
-        self.closed: dict[str, str] = {}
-
-    def teardown(self) -> None:
-        self.db.close()
-
-    @rule(target=messages, peer=st.sampled_from(PEERS), body=st.text(max_size=20))
-    def queue(self, peer: str, body: str) -> str:
-        self.counter += 1
-        mid = f"m{self.counter}"
-        out = self.db.queue_outgoing(peer, body, self.now, id=mid)
-        assert (out.id, out.state, out.nodes, out.body) == (mid, QUEUED, (), body)
-        self.ids.append(mid)
-        self.delivered[mid] = set()
-        self.targets[mid] = set()
-        return mid
-
-    @rule(mid=messages, nodes=st.lists(st.sampled_from(NODES), max_size=4))
-    def add_targets(self, mid: str, nodes: list[str]) -> None:
-        before = {n.node for n in self.status(mid).nodes}
-        added = self.db.add_targets(mid, nodes)
-        if mid in self.closed:
-            assert added == []
-        else:
-            assert set(added) == set(nodes) - before
-            assert len(added) == len(set(added))
-            self.targets[mid] |= set(added)
-
-    @rule(mid=messages, node=st.sampled_from(NODES), sent=st.booleans(), wait=st.integers(0, 5))
-    def mark_attempt(self, mid: str, node: str, sent: bool, wait: int) -> None:
-        before = self.status(mid)
-        status = self.db.mark_attempt(mid, node, self.now, self.now + wait * SEC, sent=sent)
-        assert status is not None
-        if before.state in (EXPIRED, FAILED):
-            assert status == before
-
-    @rule(mid=messages, node=st.sampled_from(NODES))
-    def mark_delivered(self, mid: str, node: str) -> None:
-        status = self.db.mark_delivered(mid, node, self.now)
-        assert status is not None and status.state == DELIVERED
-        self.delivered[mid].add(node)
-
-    @rule(mid=messages, node=st.one_of(st.none(), st.sampled_from(NODES)))
-    def mark_failed(self, mid: str, node: str | None) -> None:
-        status = self.db.mark_failed(mid, node, "bad_request", self.now)
-        assert status is not None
-        if status.state == FAILED:
-            self.closed[mid] = FAILED
-
-    @rule(seconds=st.integers(0, 100))
-    def tick(self, seconds: int) -> None:
-        self.now += seconds * SEC
-
-    @rule(ttl=st.integers(0, 60))
-    def expire(self, ttl: int) -> None:
-        changed = self.db.expire(self.now, ttl * SEC)
-        for status in changed:
-            assert status.created_at < self.now - ttl * SEC
-            assert status.state in (EXPIRED, DELIVERED)
-            assert not status.owed_nodes
-            if status.state == EXPIRED:
-                self.closed[status.id] = EXPIRED
-        for message in self.db.pending():
-            assert message.created_at >= self.now - ttl * SEC
-
-    @rule()
-    def unknown_ids_are_ignored(self) -> None:
-        assert self.db.mark_delivered("unknown", "n1", self.now) is None
-        assert self.db.mark_failed("unknown", None, "x", self.now) is None
-        assert self.db.add_targets("unknown", ["n1"]) == []
-        assert self.db.status("unknown") is None
-
-    def status(self, mid: str) -> Any:
-        status = self.db.status(mid)
-        assert status is not None
-        return status
-
-    @invariant()
-    def states_are_consistent(self) -> None:
-        pending = {m.id: m for m in self.db.pending()}
-        due = {m.id for m in self.db.pending(self.now)}
-        history = {e.id: e for e in self.db.history(limit=10_000)}
-        for mid in self.ids:
-            s = self.status(mid)
-            assert s.state in MESSAGE_STATES
-            states = [n.state for n in s.nodes]
-            assert [n.node for n in s.nodes] == sorted(n.node for n in s.nodes)
-            assert s.total_nodes == len(s.nodes)
-            assert s.delivered_nodes == states.count(DELIVERED)
-            assert 0 <= s.delivered_nodes <= s.total_nodes
-            # Receipts are never lost, and "delivered" means a node receipted it.
-            assert {n.node for n in s.nodes if n.state == DELIVERED} == self.delivered[mid]
-            assert (s.state == DELIVERED) == bool(self.delivered[mid])
-            assert self.targets[mid] <= {n.node for n in s.nodes}
-            if s.state == QUEUED:
-                assert SENT not in states and DELIVERED not in states
-            if s.state == SENT:
-                assert SENT in states
-            if s.state in (EXPIRED, FAILED):
-                assert not s.owed_nodes and s.closed_at is not None
-                assert self.closed.get(mid) == s.state
-            if s.state == FAILED:
-                assert s.reason == "bad_request"
-            for n in s.nodes:
-                if not n.owed:
-                    assert n.next_attempt is None
-                if n.state == FAILED:
-                    assert n.reason == "bad_request"
-            # The outbox's work list matches the entries.
-            owes = bool(s.owed_nodes) or (not s.nodes and s.state not in (EXPIRED, FAILED))
-            assert (mid in pending) == owes, (mid, s)
-            if mid in pending:
-                assert pending[mid].status == s
-                assert (mid in due) == pending[mid].is_due(self.now)
-            assert history[mid].state == s.state
-            assert (history[mid].delivered_nodes, history[mid].total_nodes) == (
-                s.delivered_nodes,
-                s.total_nodes,
-            )
-
-
-class OutboxPropertyTests(SynchronousTestCase):
-    def test_random_operation_sequences(self) -> None:
-        run_state_machine_as_test(
-            OutboxMachine,
-            settings=settings(max_examples=60, stateful_step_count=40, deadline=None),
-        )
-
-    def test_machine_catches_a_lost_receipt(self) -> None:
-        """The invariants are not vacuous: a receipt missing from the file is noticed."""
-        machine = OutboxMachine()
-        try:
-            mid = machine.queue("bob@example.com", "x")
-            machine.add_targets(mid, ["n1"])
-            machine.mark_delivered(mid, "n1")
-            machine.states_are_consistent()
-            machine.db._conn.execute("UPDATE deliveries SET state = 'sent'")
-            self.assertRaises(AssertionError, machine.states_are_consistent)
-        finally:
-            machine.teardown()
-
-    def test_machine_catches_a_stale_work_list(self) -> None:
-        machine = OutboxMachine()
-        try:
-            mid = machine.queue("bob@example.com", "x")
-            machine.add_targets(mid, ["n1"])
-            machine.db._conn.execute("UPDATE messages SET owed = 0")
-            self.assertRaises(AssertionError, machine.states_are_consistent)
-        finally:
-            machine.teardown()

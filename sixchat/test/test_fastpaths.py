@@ -575,9 +575,9 @@ class RegistryFastPathTests(SynchronousTestCase):
     def test_record_same_bytes_as_generic(self, rid, identity, nodes, cert) -> None:  # type: ignore[no-untyped-def]
         from datetime import UTC
 
-        from sixchat.irp.interfaces import Binding, IdentityState
         from sixchat.irp.messages import Contact, Record
         from sixchat.irp.server.fastpaths import _nodes, record_bytes
+        from sixchat.irp.store.interfaces import Binding, IdentityState
 
         bindings = tuple(
             Binding(name, tuple(Contact(h, p) for h, p in contacts), c, 1,

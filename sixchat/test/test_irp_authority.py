@@ -29,7 +29,7 @@ from sixchat.irp.messages import (
     Watch,
 )
 from sixchat.irp.server.authority import Authority, check_csr, token_hash
-from sixchat.irp.sqlite_store import SQLiteStore
+from sixchat.irp.store.sqlite import SQLiteStore
 from sixchat.test import certs
 from sixchat.test.irp_harness import (
     CONTACT,

@@ -18,7 +18,7 @@ from sixchat.irp.messages import (
     Unwatch,
     Watch,
 )
-from sixchat.irp.sqlite_store import SQLiteStore
+from sixchat.irp.store.sqlite import SQLiteStore
 from sixchat.test import certs
 from sixchat.test.irp_harness import (
     CONTACT,

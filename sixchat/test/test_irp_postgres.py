@@ -1,5 +1,5 @@
 """
-L{sixchat.irp.postgres_store.PostgresStore} against a real PostgreSQL (see L{sixchat.test.pg}):
+L{sixchat.irp.store.postgres.PostgresStore} against a real PostgreSQL (see L{sixchat.test.pg}):
 the interface's semantics, then what only a shared database has: two stores (standing in for
 two registry processes) on one database see each other's writes at once, hear of each other's
 changes through LISTEN/NOTIFY, and race safely on tokens, the node limit and migrations.
@@ -18,14 +18,14 @@ from twisted.internet import defer, reactor, threads
 from twisted.trial import unittest
 
 from sixchat import pki
-from sixchat.irp.interfaces import ConflictError
 from sixchat.irp.messages import Contact
+from sixchat.irp.store.interfaces import ConflictError
 from sixchat.test import certs, pg
 
 if pg.psycopg_missing() is None:
     import psycopg
 
-    from sixchat.irp.postgres_store import (
+    from sixchat.irp.store.postgres import (
         MIGRATIONS,
         PostgresStore,
         PostgresStoreError,

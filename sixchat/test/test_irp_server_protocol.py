@@ -24,7 +24,7 @@ from sixchat.irp.messages import (
     Unwatch,
     Watch,
 )
-from sixchat.irp.sqlite_store import issuer_key
+from sixchat.irp.store.sqlite import issuer_key
 from sixchat.record import header, plain_record
 from sixchat.test import certs
 from sixchat.test.irp_harness import (

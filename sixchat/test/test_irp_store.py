@@ -10,6 +10,7 @@ cleanup). L{SQLiteStoreTests} runs it for L{SQLiteStore} and adds what is specif
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sqlite3
 import threading
@@ -21,11 +22,13 @@ from twisted.internet import defer, reactor, task
 from twisted.trial.unittest import TestCase
 from zope.interface.verify import verifyObject
 
+from sixchat._sqlite import to_us
 from sixchat.identity import Identity
-from sixchat.irp import sqlite_store
-from sixchat.irp.interfaces import ConflictError, IdentityState, IRegistryStore
 from sixchat.irp.messages import Contact
-from sixchat.irp.sqlite_store import SQLiteStore, StoreError
+from sixchat.irp.store import sqlite as sqlite_store
+from sixchat.irp.store.common import issuer_key
+from sixchat.irp.store.interfaces import ConflictError, IdentityState, IRegistryStore
+from sixchat.irp.store.sqlite import SQLiteStore, StoreError
 from sixchat.test import certs
 
 C1 = [Contact("2001:db8::5", 4605), Contact("192.0.2.7", 4605)]
@@ -432,7 +435,10 @@ class SQLiteStoreTests(StoreTestsMixin, TestCase):
             await store.close()
         conn = sqlite3.connect(path)
         self.addCleanup(conn.close)
-        self.assertEqual(conn.execute("SELECT version FROM schema_version").fetchone()[0], 2)
+        self.assertEqual(
+            conn.execute("SELECT version FROM schema_version").fetchone()[0],
+            len(sqlite_store.MIGRATIONS),
+        )
         self.assertEqual(conn.execute("SELECT count(*) FROM later_step").fetchone()[0], 1)
 
     async def test_cannot_open(self) -> None:
@@ -531,3 +537,101 @@ class SQLiteStoreTests(StoreTestsMixin, TestCase):
         await store.close()
         with self.assertRaises(StoreError):
             await store.state("alice@example.com", self.now)
+
+
+class IssuerKeyMigrationTests(TestCase):
+    """
+    Schema version 2 of the SQLite store: issuer keys change from version 1's hex text to the
+    32 bytes of L{issuer_key} (the form the PostgreSQL store always had); a version 1
+    database keeps its revocations and issued certificates.
+    """
+
+    def setUp(self) -> None:
+        self.ca = certs.make_ca()
+        self.now = datetime.now(UTC).replace(microsecond=123000)
+        self.path = os.path.abspath(self.mktemp()) + ".sqlite"
+
+    async def make_version_1(self) -> None:
+        """A database as the code of schema version 1 left it."""
+        patches = [
+            self.patch(sqlite_store, "MIGRATIONS", sqlite_store.MIGRATIONS[:1]),
+            self.patch(sqlite_store, "SCHEMA_VERSION", 1),
+        ]
+        store = SQLiteStore(self.path, reactor)
+        await store.open()
+        await store.close()
+        for p in patches:
+            p.restore()
+
+    async def test_version_1_database_is_migrated(self) -> None:
+        await self.make_version_1()
+        alice = certs.make_identity("alice@example.com", self.ca)
+        bob = certs.make_identity("bob@example.com", self.ca)
+        name = self.ca.cert.subject.public_bytes()
+        old_key = hashlib.sha256(name).hexdigest()  # what version 1 wrote
+        old_raw = "raw:" + hashlib.sha256(b"junk").hexdigest()
+        conn = sqlite3.connect(self.path)
+        with conn:
+            self.assertEqual(conn.execute("SELECT version FROM schema_version").fetchone(), (1,))
+            conn.execute(
+                "INSERT INTO revocations (issuer, serial, issuer_name, revoked_at) "
+                "VALUES (?, ?, ?, ?)",
+                (old_key, format(bob.leaf.serial_number, "x"), name, to_us(self.now)),
+            )
+            conn.execute(
+                "INSERT INTO revocations (issuer, serial, issuer_name, revoked_at) "
+                "VALUES (?, '7', NULL, ?)",
+                (old_raw, to_us(self.now)),
+            )
+            conn.execute(
+                "INSERT INTO issued (issuer, serial, identity, spelling, cert) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (old_key, format(alice.leaf.serial_number, "x"), "alice@example.com",
+                 "alice@example.com", alice.leaf_der),
+            )  # fmt: skip
+        conn.close()
+
+        store = SQLiteStore(self.path, reactor)
+        await store.open()
+        self.addCleanup(store.close)
+        # The revocation is found under today's key: in the CRL and by is_revoked.
+        self.assertTrue(await store.is_revoked(bob.leaf.serial_number, self.ca.cert_der))
+        self.assertEqual(
+            await store.revoked(self.ca.cert_der), [(bob.leaf.serial_number, self.now)]
+        )
+        # The issued certificate too: revoking it announces its holder (irp-1 §7.7).
+        heard: list[str] = []
+        store.subscribe(heard.append)
+        await store.revoke(alice.leaf.serial_number, self.ca.cert_der, self.now)
+        self.assertEqual(heard, ["alice@example.com"])
+        # Re-recording it replaces the migrated row instead of adding a second one.
+        await store.record_issued(
+            "alice@example.com", alice.leaf.serial_number, self.ca.cert_der, alice.leaf_der
+        )
+        await store.close()
+
+        conn = sqlite3.connect(self.path)
+        self.addCleanup(conn.close)
+        self.assertEqual(
+            conn.execute("SELECT version FROM schema_version").fetchone(),
+            (sqlite_store.SCHEMA_VERSION,),
+        )
+        key = issuer_key(self.ca.cert_der)[0]
+        self.assertEqual(
+            conn.execute("SELECT issuer, count(*) FROM issued GROUP BY issuer").fetchall(),
+            [(key, 1)],
+        )
+        self.assertEqual(
+            sorted(conn.execute("SELECT issuer, serial FROM revocations").fetchall()),
+            sorted([
+                (key, format(bob.leaf.serial_number, "x")),
+                (key, format(alice.leaf.serial_number, "x")),
+                # A key of bytes that were no certificate cannot be recomputed; it is kept
+                # apart from every key of today.
+                (b"raw:" + hashlib.sha256(b"junk").digest(), "7"),
+            ]),
+        )  # fmt: skip
+        self.assertEqual(
+            conn.execute("SELECT DISTINCT typeof(issuer) FROM revocations").fetchall(),
+            [("blob",)],
+        )

@@ -33,7 +33,7 @@ from sixchat.irp.messages import (
 )
 from sixchat.irp.server import IRPServerService
 from sixchat.irp.server.gcpolicy import CollectorPolicy
-from sixchat.irp.sqlite_store import SQLiteStore
+from sixchat.irp.store.sqlite import SQLiteStore
 from sixchat.test import certs
 from sixchat.test.irp_harness import (
     CONTACT,

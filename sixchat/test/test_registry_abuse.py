@@ -36,7 +36,7 @@ from sixchat.irp.messages import (
 )
 from sixchat.irp.server import MAX_PUSH_BACKLOG, IRPServerService, RegistryConfig
 from sixchat.irp.server.authority import Authority
-from sixchat.irp.sqlite_store import SQLiteStore
+from sixchat.irp.store.sqlite import SQLiteStore
 from sixchat.record import header, plain_record
 from sixchat.test import certs
 from sixchat.test.irp_harness import (

@@ -55,8 +55,8 @@ from twisted.logger import Logger
 from sixchat import pki, sigalgs
 from sixchat.errors import BadCertificate
 from sixchat.identity import is_valid_identity
-from sixchat.irp.interfaces import IRegistryStore
 from sixchat.irp.messages import IRPError
+from sixchat.irp.store.interfaces import IRegistryStore
 from sixchat.trust import TrustStore
 
 __all__ = [
@@ -236,7 +236,7 @@ class Authority:
 
     async def _enroll(self, token: str, csr: bytes) -> list[bytes]:
         public_key = check_csr(csr)
-        identity = await self.store.consume_token(token_hash(token), self.now())  # type: ignore[misc]
+        identity = await self.store.consume_token(token_hash(token), self.now())
         if identity is None:
             raise IRPError("invalid_token", "unknown, used or expired token")
         chain = await self._issue(identity, public_key)
@@ -266,7 +266,7 @@ class Authority:
             not_before=not_before, not_after=not_after,
         )  # fmt: skip
         leaf_der = _der(leaf)
-        await self.store.record_issued(identity, leaf.serial_number, self.issuer_der, leaf_der)  # type: ignore[misc]
+        await self.store.record_issued(identity, leaf.serial_number, self.issuer_der, leaf_der)
         log.info(
             "issued certificate serial {serial} for {identity}, valid until {until}",
             serial=format(leaf.serial_number, "x"),
@@ -288,7 +288,7 @@ class Authority:
         return defer.ensureDeferred(self._revoke(serial, issuer or self.issuer_der))
 
     async def _revoke(self, serial: int, issuer: bytes) -> set[str]:
-        touched: set[str] = await self.store.revoke(serial, issuer, self.now())  # type: ignore[misc]
+        touched: set[str] = await self.store.revoke(serial, issuer, self.now())
         log.info("revoked certificate serial {serial}", serial=format(serial, "x"))
         await self.refresh_crls(force=True)
         return touched
@@ -312,7 +312,7 @@ class Authority:
 
     async def _refresh(self, force: bool) -> bool:
         now = self.now()
-        revoked: list[tuple[int, datetime]] = await self.store.revoked(self.issuer_der)  # type: ignore[misc]
+        revoked: list[tuple[int, datetime]] = await self.store.revoked(self.issuer_der)
         serials = frozenset(serial for serial, _when in revoked)
         fresh = self._crl_made is not None and now - self._crl_made < CRL_MAX_AGE
         if not force and fresh and serials == self._crl_serials:

@@ -11,8 +11,8 @@ import functools
 import re
 
 from sixchat.identity import is_valid_identity
-from sixchat.irp.interfaces import IdentityState
 from sixchat.irp.messages import Lookup, NodeBinding
+from sixchat.irp.store.interfaces import IdentityState
 from sixchat.stanzas import format_timestamp
 from sixchat.xmlcodec import b64encode, encode_checked, escape_attribute
 

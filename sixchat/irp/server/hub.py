@@ -30,9 +30,9 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from sixchat.identity import normalize_identity
-from sixchat.irp.interfaces import IdentityState, IRegistryStore
 from sixchat.irp.server.authority import Authority
 from sixchat.irp.server.config import RegistryConfig
+from sixchat.irp.store.interfaces import IdentityState, IRegistryStore
 
 __all__ = ["HubConnection", "RegistryHub", "Subscription", "identity_key"]
 
@@ -206,7 +206,7 @@ class RegistryHub:
         """The identity's state, numbered so later fetches win over earlier ones."""
         self._fetch_seq += 1
         seq = self._fetch_seq
-        d: defer.Deferred[IdentityState] = self.store.state(identity, self.now())  # type: ignore[assignment]
+        d: defer.Deferred[IdentityState] = self.store.state(identity, self.now())
         return d.addCallback(lambda state: (seq, state))
 
     def _changed(self, identity: str) -> None:
@@ -272,10 +272,10 @@ class RegistryHub:
     async def _expire_once(self) -> float:
         delay = self.config.expiry_interval
         try:
-            await self.store.expire(self.now())  # type: ignore[misc]
+            await self.store.expire(self.now())
             if not self._running:
                 return delay
-            nxt: datetime | None = await self.store.next_expiry()  # type: ignore[misc]
+            nxt: datetime | None = await self.store.next_expiry()
         except Exception:
             if self._running:
                 self.log.failure("expiring registry bindings failed")

@@ -50,7 +50,6 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from sixchat.errors import AlertError
-from sixchat.irp.interfaces import IdentityState, IRegistryStore
 from sixchat.irp.messages import (
     IRPError,
     Lookup,
@@ -63,6 +62,7 @@ from sixchat.irp.server.config import MAX_PUSH_BACKLOG, RegistryConfig
 from sixchat.irp.server.fastpaths import _nodes, fast_lookup
 from sixchat.irp.server.hub import RegistryHub, Subscription
 from sixchat.irp.server.requests import RequestHandler
+from sixchat.irp.store.interfaces import IdentityState, IRegistryStore
 from sixchat.record import MAX_PLAINTEXT, RecordReader, plain_record
 from sixchat.trust import PeerCertificate
 from sixchat.xmlcodec import Element, parse, serialize

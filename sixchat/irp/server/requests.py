@@ -31,7 +31,6 @@ from twisted.internet.interfaces import ITransport
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from sixchat.irp.interfaces import ConflictError, IdentityState
 from sixchat.irp.messages import (
     ANONYMOUS_REQUESTS,
     CA,
@@ -56,6 +55,7 @@ from sixchat.irp.messages import (
 )
 from sixchat.irp.server.fastpaths import _nodes, record_bytes
 from sixchat.irp.server.hub import Subscription, identity_key
+from sixchat.irp.store.interfaces import ConflictError, IdentityState
 from sixchat.netaddr import format_hostport
 from sixchat.record import MAX_PLAINTEXT
 from sixchat.trust import PeerCertificate
@@ -188,8 +188,8 @@ class RequestHandler:
                 # The revocation recheck (about once a second per connection) and the
                 # lookup go to the store together: one trip instead of two in a row.
                 reads: list[defer.Deferred[Any]] = [
-                    store.is_revoked(peer.leaf.serial_number, self._issuer_der(peer)),  # type: ignore[list-item]
-                    store.state(request.identity, when),  # type: ignore[list-item]
+                    store.is_revoked(peer.leaf.serial_number, self._issuer_der(peer)),
+                    store.state(request.identity, when),
                 ]
                 both: defer.Deferred[list[Any]] = defer.gatherResults(reads, consumeErrors=True)
                 both.addCallbacks(
@@ -197,7 +197,7 @@ class RequestHandler:
                     errbackArgs=(request,),
                 )  # fmt: skip
                 return True
-        d: defer.Deferred[IdentityState] = store.state(request.identity, when)  # type: ignore[assignment]
+        d: defer.Deferred[IdentityState] = store.state(request.identity, when)
         d.addCallbacks(
             self._looked_up, self._lookup_failed, callbackArgs=(request.id,),
             errbackArgs=(request,),
@@ -272,7 +272,7 @@ class RequestHandler:
             raise IRPError("unauthenticated", "the client certificate has expired")
         recheck = self.config.revocation_recheck
         if self._checked_at is None or now - self._checked_at >= recheck:
-            revoked = await self.factory.store.is_revoked(  # type: ignore[misc]
+            revoked = await self.factory.store.is_revoked(
                 peer.leaf.serial_number, self._issuer_der(peer)
             )
             if self._peer is not peer:  # lost meanwhile
@@ -348,7 +348,7 @@ class RequestHandler:
         if isinstance(request, Lookup):
             if not factory.serves(request.identity):
                 raise IRPError("not_found", "this registry does not serve that domain")
-            state: IdentityState = await store.state(request.identity, factory.now())  # type: ignore[misc]
+            state: IdentityState = await store.state(request.identity, factory.now())
             if not state.known:
                 raise IRPError("not_found", "unknown identity")
             return [Record(state.identity, _nodes(state), state.cert, rid).to_element()]
@@ -364,7 +364,7 @@ class RequestHandler:
         if isinstance(request, Register):
             return await self._register(request, peer)
         if isinstance(request, Unregister):
-            removed = await store.unregister(identity, request.node)  # type: ignore[misc]
+            removed = await store.unregister(identity, request.node)
             if removed:
                 self.log.info("unregistered {identity} node {node}", identity=identity,
                               node=request.node)  # fmt: skip
@@ -393,7 +393,7 @@ class RequestHandler:
         now = factory.now()
         until = now + timedelta(seconds=request.expires)
         try:
-            await factory.store.register(  # type: ignore[misc]
+            await factory.store.register(
                 identity, request.node, contacts, peer.leaf_der, peer.leaf.serial_number,
                 peer.leaf.not_valid_after_utc, now, until, self.config.max_nodes,
             )  # fmt: skip

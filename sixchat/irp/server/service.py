@@ -12,12 +12,12 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from sixchat.identity import Identity
-from sixchat.irp.interfaces import IRegistryStore
 from sixchat.irp.server.authority import Authority
 from sixchat.irp.server.config import DEFAULT_LISTEN, RegistryConfig
 from sixchat.irp.server.gcpolicy import CollectorPolicy
 from sixchat.irp.server.protocol import IRPServerFactory
 from sixchat.irp.server.tls import GuardedTLSFactory, ServerTLS
+from sixchat.irp.store.interfaces import IRegistryStore
 from sixchat.listener import EndpointService
 from sixchat.trust import PeerCertificate
 
@@ -76,7 +76,7 @@ class IRPServerService(EndpointService):
 
     async def _open(self) -> None:
         try:
-            await self.store.open()  # type: ignore[misc]
+            await self.store.open()
             await self.factory.start()
         except Exception as e:
             text = str(e) or type(e).__name__
@@ -107,7 +107,7 @@ class IRPServerService(EndpointService):
             protocol.close()
         if self._opened is not None:
             await self._opened
-        await self.store.close()  # type: ignore[misc]
+        await self.store.close()
         if self.collector is not None and self.collector.running:
             self.collector.stopService()
 
@@ -118,10 +118,10 @@ def make_store(db: str, reactor: Any) -> IRegistryStore:
     shared PostgreSQL store, anything else is a SQLite file.
     """
     if db.startswith(("postgresql://", "postgres://")):
-        from sixchat.irp.postgres_store import PostgresStore
+        from sixchat.irp.store.postgres import PostgresStore
 
         store: IRegistryStore = PostgresStore(db, reactor)
         return store
-    from sixchat.irp.sqlite_store import SQLiteStore
+    from sixchat.irp.store.sqlite import SQLiteStore
 
     return SQLiteStore(db, reactor)

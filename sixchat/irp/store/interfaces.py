@@ -1,9 +1,11 @@
 """
 What the IRP server needs of its storage, as a zope.interface with two implementations:
-SQLite (L{sixchat.irp.sqlite_store}, the embedded default, one file) and PostgreSQL
-(L{sixchat.irp.postgres_store}, shared by several registry processes).
+SQLite (L{sixchat.irp.store.sqlite}, the embedded default, one file) and PostgreSQL
+(L{sixchat.irp.store.postgres}, shared by several registry processes), and the values it
+answers with.
 
-Every method returns a Deferred and never blocks the reactor. Identities are passed as given;
+Every method returns a Deferred of the type it names (so callers need no casts) and never
+blocks the reactor. Identities are passed as given;
 implementations key them by L{sixchat.identity.normalize_identity} (domain lowercased) and
 keep the certificate's spelling for answers (irp-1 §3.3). Times are timezone-aware UTC
 datetimes supplied by the caller (the server's injected clock), never read by the store.
@@ -15,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from twisted.internet.defer import Deferred
 from zope.interface import Interface
 
 from sixchat.irp.messages import Contact
@@ -57,10 +60,10 @@ class ConflictError(Exception):
 class IRegistryStore(Interface):
     """Persistent registry state: bindings, certificates, revocations, enrolment tokens."""
 
-    def open() -> object:
+    def open() -> Deferred[None]:
         """Connect and apply pending schema migrations; fires with None."""
 
-    def close() -> object:
+    def close() -> Deferred[None]:
         """Release connections; fires with None."""
 
     # --- bindings (irp-1 §3) --------------------------------------------------------------
@@ -75,48 +78,48 @@ class IRegistryStore(Interface):
         now: datetime,
         until: datetime,
         max_nodes: int,
-    ) -> object:
+    ) -> Deferred[None]:
         """
         Replace C{node}'s binding (atomically); the certificate becomes the node's published
         one and the identity's most recently presented. Fails with L{ConflictError} if the
         node is new and the identity already has C{max_nodes} live bindings. Fires with None.
         """
 
-    def unregister(identity: str, node: str) -> object:
+    def unregister(identity: str, node: str) -> Deferred[bool]:
         """Remove the node's binding (idempotent); fires with True if one was removed."""
 
-    def state(identity: str, now: datetime) -> object:
+    def state(identity: str, now: datetime) -> Deferred[IdentityState]:
         """Fires with the L{IdentityState} at C{now}."""
 
-    def expire(now: datetime) -> object:
+    def expire(now: datetime) -> Deferred[set[str]]:
         """Delete bindings whose C{until} <= now; fires with the set of identities touched."""
 
-    def next_expiry() -> object:
+    def next_expiry() -> Deferred[datetime | None]:
         """Fires with the earliest C{until} of any binding, or None."""
 
     # --- certificates and revocation (irp-1 §4) ---------------------------------------------
 
-    def record_issued(identity: str, serial: int, issuer: bytes, cert: bytes) -> object:
+    def record_issued(identity: str, serial: int, issuer: bytes, cert: bytes) -> Deferred[None]:
         """Remember a certificate this registry issued (C{issuer}: DER of the issuing CA)."""
 
-    def revoke(serial: int, issuer: bytes, now: datetime) -> object:
+    def revoke(serial: int, issuer: bytes, now: datetime) -> Deferred[set[str]]:
         """
         Revoke a certificate (idempotent); remove every binding registered with it. Fires
         with the set of identities whose bindings changed.
         """
 
-    def revoked(issuer: bytes) -> object:
+    def revoked(issuer: bytes) -> Deferred[list[tuple[int, datetime]]]:
         """Fires with a list of (serial, revocation time) for that issuer, for its CRL."""
 
-    def is_revoked(serial: int, issuer: bytes) -> object:
+    def is_revoked(serial: int, issuer: bytes) -> Deferred[bool]:
         """Fires with a bool."""
 
     # --- enrolment tokens (irp-1 §4.2) ------------------------------------------------------
 
-    def add_token(token_hash: bytes, identity: str, expires: datetime) -> object:
+    def add_token(token_hash: bytes, identity: str, expires: datetime) -> Deferred[None]:
         """Store an invitation (only its hash) for one identity; fires with None."""
 
-    def consume_token(token_hash: bytes, now: datetime) -> object:
+    def consume_token(token_hash: bytes, now: datetime) -> Deferred[str | None]:
         """
         Atomically use an unexpired, unused token: fires with its identity, or None if it is
         unknown, used or expired. Two concurrent consumers never both succeed.
@@ -131,5 +134,5 @@ class IRegistryStore(Interface):
         revocation. In-process for SQLite; LISTEN/NOTIFY for PostgreSQL.
         """
 
-    def notify(identity: str) -> object:
+    def notify(identity: str) -> Deferred[None]:
         """Announce a change made by this process (the mutating methods call it too)."""

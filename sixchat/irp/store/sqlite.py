@@ -3,27 +3,30 @@ The embedded registry store: one SQLite file, the default of C{twistd sixchat-ir
 
 Why it looks the way it does:
 
-  - B{Off the reactor.} Every SQLite call runs on a dedicated pool of exactly one thread
-    (C{deferToThreadPool}), which owns the only connection. One thread serialises all work
-    of this process without locks of our own, and SQLite's file locks (with a busy timeout
-    that blocks only that thread) serialise it against other processes, e.g. C{sixchat pki
-    invite} or C{sixchat pki revoke} run by an administrator while the registry serves.
+  - B{Off the reactor.} Every SQLite call runs on a dedicated thread
+    (L{sixchat._sqlite.DatabaseThread}), which owns the only connection. One thread
+    serialises all work of this process without locks of our own, and SQLite's file locks
+    (with a busy timeout that blocks only that thread) serialise it against other
+    processes, e.g. C{sixchat pki invite} or C{sixchat pki revoke} run by an administrator
+    while the registry serves.
   - B{WAL mode}, so readers in other processes never block the registry's writes, with
     C{synchronous=FULL}: a committed revocation or a consumed token must survive a power cut.
     Write transactions start with C{BEGIN IMMEDIATE} so two processes never deadlock while
     upgrading read locks.
   - B{Versioned schema.} A C{schema_version} table holds one number; L{MIGRATIONS} is the
-    ordered list of steps, step I{n} taking the schema from version I{n}-1 to I{n}, each in its
-    own transaction. A later version appends steps and never edits old ones; a database newer
-    than this code is refused rather than misread.
+    ordered list of steps, step I{n} taking the schema from version I{n}-1 to I{n}, applied
+    by the runner the agent's store uses too (L{sixchat._sqlite.migrate}). A later version
+    appends steps and never edits old ones; a database newer than this code is refused
+    rather than misread.
   - B{Values.} Times are integer microseconds since the epoch (exact round trips; the wire
     carries milliseconds). Serials are lowercase hex text, because 128-bit serials (and the
     20-octet ones RFC 5280 allows) do not fit SQLite's 64-bit integers. Identities are keyed
     by L{normalize_identity}; the certificate's spelling is kept for answers (irp-1 §3.3).
   - B{Issuers} are compared by name: a revocation is keyed by the subject name (DER) of the
-    issuer certificate it is given, and each binding remembers its certificate's issuer name,
-    so a revocation reaches exactly the certificates of that CA even if two CAs ever used the
-    same serial. Bytes that do not parse as a certificate are keyed as they are.
+    issuer certificate it is given (L{issuer_key}, the same key as in PostgreSQL), and each
+    binding remembers its certificate's issuer name, so a revocation reaches exactly the
+    certificates of that CA even if two CAs ever used the same serial. Bytes that do not
+    parse as a certificate are keyed by their own hash.
   - B{Tokens} are stored only as the hashes the caller gives; consuming one is a single
     C{UPDATE … RETURNING} inside an immediate transaction, so of two concurrent consumers
     (threads or processes) exactly one succeeds.
@@ -38,100 +41,41 @@ Why it looks the way it does:
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import os
 import secrets
 import sqlite3
-from collections.abc import Callable, Iterable, Sequence
-from datetime import UTC, datetime
+from collections.abc import Callable, Iterable
+from datetime import datetime
 from typing import Any, TypeVar
 
-from cryptography import x509
 from twisted.internet import defer, task
-from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
+from sixchat._sqlite import DatabaseThread, from_us, immediate, migrate, to_us
 from sixchat.errors import SixchatError
 from sixchat.identity import normalize_identity
-from sixchat.irp.interfaces import Binding, ConflictError, IdentityState, IRegistryStore
 from sixchat.irp.messages import Contact
+from sixchat.irp.store.common import (
+    REVOKED_SQL,
+    cert_issuer_name,
+    contact_pairs,
+    contacts_of,
+    identity_state,
+    issuer_key,
+    sha256,
+)
+from sixchat.irp.store.interfaces import Binding, ConflictError, IdentityState, IRegistryStore
+from sixchat.irp.store.sqlite_schema import MIGRATIONS, SCHEMA_VERSION
 
-__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "SQLiteStore", "StoreError"]
+__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "SQLiteStore", "StoreError", "issuer_key"]
 
 log = Logger()
 
 T = TypeVar("T")
 
-#: Ordered schema steps; step i (0-based) brings the schema from version i to i + 1. Append
-#: new steps for later versions; never change a released one.
-MIGRATIONS: list[Sequence[str]] = [
-    (
-        # One row per live node binding (irp-1 §3.1).
-        """CREATE TABLE bindings (
-            identity TEXT NOT NULL,
-            node TEXT NOT NULL,
-            spelling TEXT NOT NULL,
-            contacts TEXT NOT NULL,
-            cert BLOB NOT NULL,
-            serial TEXT NOT NULL,
-            issuer_name BLOB,
-            cert_not_after INTEGER NOT NULL,
-            until INTEGER NOT NULL,
-            updated INTEGER NOT NULL,
-            PRIMARY KEY (identity, node)
-        )""",
-        "CREATE INDEX bindings_until ON bindings (until)",
-        "CREATE INDEX bindings_serial ON bindings (serial)",
-        # Every leaf presented in a register, for the identity-level cert (irp-1 §7.4).
-        """CREATE TABLE presented (
-            identity TEXT NOT NULL,
-            cert_sha256 BLOB NOT NULL,
-            spelling TEXT NOT NULL,
-            cert BLOB NOT NULL,
-            serial TEXT NOT NULL,
-            issuer_name BLOB,
-            not_after INTEGER NOT NULL,
-            seq INTEGER NOT NULL,
-            PRIMARY KEY (identity, cert_sha256)
-        )""",
-        "CREATE INDEX presented_serial ON presented (serial)",
-        # Certificates this registry issued (enrol, renew).
-        """CREATE TABLE issued (
-            issuer TEXT NOT NULL,
-            serial TEXT NOT NULL,
-            identity TEXT NOT NULL,
-            spelling TEXT NOT NULL,
-            cert BLOB NOT NULL,
-            PRIMARY KEY (issuer, serial)
-        )""",
-        """CREATE TABLE revocations (
-            issuer TEXT NOT NULL,
-            serial TEXT NOT NULL,
-            issuer_name BLOB,
-            revoked_at INTEGER NOT NULL,
-            PRIMARY KEY (issuer, serial)
-        )""",
-        "CREATE INDEX revocations_serial ON revocations (serial)",
-        # Enrolment tokens, by hash only (irp-1 §4.2).
-        """CREATE TABLE tokens (
-            hash BLOB PRIMARY KEY,
-            identity TEXT NOT NULL,
-            expires INTEGER NOT NULL,
-            used INTEGER
-        )""",
-        """CREATE TABLE changes (
-            seq INTEGER PRIMARY KEY AUTOINCREMENT,
-            identity TEXT NOT NULL,
-            origin TEXT NOT NULL
-        )""",
-    ),
-]
-
-SCHEMA_VERSION = len(MIGRATIONS)
 
 #: Rows kept in C{changes}; a process polling once a second never falls that far behind.
 CHANGES_KEPT = 10_000
@@ -141,52 +85,16 @@ class StoreError(SixchatError):
     """The database cannot be opened or used; one line for the administrator."""
 
 
-def _us(when: datetime) -> int:
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    delta = when - datetime(1970, 1, 1, tzinfo=UTC)
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
-
-
-def _dt(us: int) -> datetime:
-    from datetime import timedelta
-
-    return datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=us)
-
-
 def _serial(serial: int) -> str:
     return format(serial, "x")
 
 
-@functools.lru_cache(maxsize=1024)
-def _cert_issuer_name(cert: bytes) -> bytes | None:
-    """The issuer name (DER) of a leaf, or None for bytes that are no certificate."""
-    try:
-        return x509.load_der_x509_certificate(cert).issuer.public_bytes()
-    except ValueError:
-        return None
-
-
-@functools.lru_cache(maxsize=256)
-def issuer_key(issuer: bytes) -> tuple[str, bytes | None]:
-    """
-    How revocations name their CA: the hex SHA-256 of the issuer certificate's subject name
-    (DER), and that name; for bytes that are no certificate, their own hash and None.
-    Cached: every revocation check of every connection names the same few CAs.
-    """
-    try:
-        name = x509.load_der_x509_certificate(issuer).subject.public_bytes()
-    except ValueError:
-        return "raw:" + hashlib.sha256(issuer).hexdigest(), None
-    return hashlib.sha256(name).hexdigest(), name
-
-
 def _contacts_json(contacts: Iterable[Contact]) -> str:
-    return json.dumps([[c.host, c.port] for c in contacts], separators=(",", ":"))
+    return json.dumps(contact_pairs(contacts), separators=(",", ":"))
 
 
 def _contacts(text: str) -> tuple[Contact, ...]:
-    return tuple(Contact(str(h), int(p)) for h, p in json.loads(text))
+    return contacts_of(json.loads(text))
 
 
 @functools.lru_cache(maxsize=1024)
@@ -201,28 +109,25 @@ def _identity_state(
     and the registry's answer cache (L{sixchat.irp.server.record_bytes}) finds them at once.
     """
     bindings = tuple(
-        Binding(node, _contacts(contacts), bytes(cert), int(serial, 16), _dt(until),
-                _dt(updated))
+        Binding(node, _contacts(contacts), bytes(cert), int(serial, 16), from_us(until),
+                from_us(updated))
         for node, contacts, cert, serial, until, updated, _spelling in rows
     )  # fmt: skip
-    spelling = latest[1] if latest is not None else rows[0][6]
-    return IdentityState(spelling, bindings, bytes(latest[0]) if latest is not None else None)
+    # Not both empty, so the spelling asked with (not part of the memo key) is never used.
+    return identity_state("", bindings, latest, rows[0][6] if rows else None)
 
 
-# A certificate is revoked when a revocation has its serial and, where both names are known,
-# its issuer name. (The queries are constants: nothing is ever formatted into SQL.)
-_LIVE_BINDINGS = """
-    SELECT node, contacts, cert, serial, until, updated, spelling FROM bindings b
-    WHERE identity = ? AND until > ? AND cert_not_after > ? AND NOT EXISTS (
-        SELECT 1 FROM revocations r WHERE r.serial = b.serial AND (
-            r.issuer_name IS NULL OR b.issuer_name IS NULL OR r.issuer_name = b.issuer_name))
-    ORDER BY node"""
-_LATEST_PRESENTED = """
-    SELECT cert, spelling FROM presented p
-    WHERE identity = ? AND not_after > ? AND NOT EXISTS (
-        SELECT 1 FROM revocations r WHERE r.serial = p.serial AND (
-            r.issuer_name IS NULL OR p.issuer_name IS NULL OR r.issuer_name = p.issuer_name))
-    ORDER BY seq DESC LIMIT 1"""
+# Live: not expired, certificate neither expired nor revoked (L{REVOKED_SQL}). The queries
+# are constants: no value is ever formatted into SQL.
+_LIVE_BINDINGS = (
+    "SELECT node, contacts, cert, serial, until, updated, spelling FROM bindings x"  # noqa: S608
+    " WHERE identity = ? AND until > ? AND cert_not_after > ? AND NOT " + REVOKED_SQL +
+    " ORDER BY node"
+)  # fmt: skip
+_LATEST_PRESENTED = (
+    "SELECT cert, spelling FROM presented x WHERE identity = ? AND not_after > ?"  # noqa: S608
+    " AND NOT " + REVOKED_SQL + " ORDER BY seq DESC LIMIT 1"
+)  # fmt: skip
 _REVOKE_BINDINGS = """
     DELETE FROM bindings WHERE serial = ?
     AND (? IS NULL OR issuer_name IS NULL OR issuer_name = ?) RETURNING spelling"""
@@ -249,13 +154,9 @@ class SQLiteStore:
         self.path = os.fspath(path)
         self._reactor = reactor
         self.poll_interval = poll_interval
-        self._pool: ThreadPool | None = None
+        self._pool: DatabaseThread | None = None
         self._conn: sqlite3.Connection | None = None
-        self._subscribers: list[Callable[[str], None]] = []
-        self._origin = secrets.token_hex(8)
-        self._last_change = 0
-        self._poller: task.LoopingCall | None = None
-        self._polls = 0
+        self._changes = _Changes(self)
         self._shutdown_trigger: Any = None
         self._closing: defer.Deferred[None] | None = None
         self._pending_reads: list[tuple[Callable[..., Any], tuple[Any, ...], Any]] = []
@@ -269,21 +170,14 @@ class SQLiteStore:
     def _run(self, fn: Callable[..., T], *args: Any) -> defer.Deferred[T]:
         if self._pool is None:
             return defer.fail(StoreError(f"registry database {self.path} is not open"))
-        return deferToThreadPool(self._reactor, self._pool, fn, *args)
+        return self._pool.run(fn, *args)
 
     def _write(self, fn: Callable[..., T], *args: Any) -> defer.Deferred[T]:
         """Run C{fn(conn, *args)} in one immediate transaction, in the store's thread."""
 
         def transaction() -> T:
-            conn = self._connection()
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                result = fn(conn, *args)
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
-            return result
+            with immediate(self._connection()) as conn:
+                return fn(conn, *args)
 
         return self._run(transaction)
 
@@ -344,7 +238,7 @@ class SQLiteStore:
     def open(self) -> defer.Deferred[None]:
         if self._pool is not None:
             return defer.succeed(None)
-        self._pool = ThreadPool(minthreads=1, maxthreads=1, name=f"sixchat-irp-sqlite {self.path}")
+        self._pool = DatabaseThread(self._reactor, f"sixchat-irp-sqlite {self.path}")
         self._pool.start()
         if hasattr(self._reactor, "addSystemEventTrigger"):
             self._shutdown_trigger = self._reactor.addSystemEventTrigger(
@@ -353,8 +247,8 @@ class SQLiteStore:
         d = self._run(self._open_db)
 
         def opened(last_change: int) -> None:
-            self._last_change = last_change
-            self._start_polling()
+            self._changes.last_change = last_change
+            self._changes.start_polling()
             log.info(
                 "registry database {path} open (schema version {version})",
                 path=self.path,
@@ -390,46 +284,20 @@ class SQLiteStore:
         return int(row[0])
 
     def _migrate(self, conn: sqlite3.Connection) -> None:
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
-            row = conn.execute("SELECT version FROM schema_version").fetchone()
-            if row is None:
-                conn.execute("INSERT INTO schema_version (version) VALUES (0)")
-                version = 0
-            else:
-                version = int(row[0])
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        if version > SCHEMA_VERSION:
-            raise StoreError(
+        def too_new(version: int, known: int) -> StoreError:
+            return StoreError(
                 f"registry database {self.path} has schema version {version}, newer than "
-                f"this sixchat understands ({SCHEMA_VERSION}); upgrade sixchat"
+                f"this sixchat understands ({known}); upgrade sixchat"
             )
-        for target in range(version + 1, SCHEMA_VERSION + 1):
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                # Another process may have migrated meanwhile: re-read under the lock.
-                (current,) = conn.execute("SELECT version FROM schema_version").fetchone()
-                if current < target:
-                    for statement in MIGRATIONS[target - 1]:
-                        conn.execute(statement)
-                    conn.execute("UPDATE schema_version SET version = ?", (target,))
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
+
+        migrate(conn, MIGRATIONS, too_new)
 
     def close(self) -> defer.Deferred[None]:
         if self._closing is not None:
             return self._closing
         if self._pool is None:
             return defer.succeed(None)
-        if self._poller is not None and self._poller.running:
-            self._poller.stop()
-        self._poller = None
+        self._changes.stop_polling()
         if self._shutdown_trigger is not None:
             try:
                 self._reactor.removeSystemEventTrigger(self._shutdown_trigger)
@@ -472,7 +340,7 @@ class SQLiteStore:
         max_nodes: int,
     ) -> defer.Deferred[None]:
         key = normalize_identity(identity)
-        issuer_name = _cert_issuer_name(cert)
+        issuer_name = cert_issuer_name(cert)
 
         def run(conn: sqlite3.Connection) -> None:
             existing = conn.execute(
@@ -481,7 +349,7 @@ class SQLiteStore:
             if existing is None:
                 (live,) = conn.execute(
                     "SELECT count(*) FROM bindings WHERE identity = ? AND until > ?",
-                    (key, _us(now)),
+                    (key, to_us(now)),
                 ).fetchone()
                 if live >= max_nodes:
                     raise ConflictError(f"{identity} already has {live} nodes")
@@ -490,7 +358,7 @@ class SQLiteStore:
                 "serial, issuer_name, cert_not_after, until, updated) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (key, node, identity, _contacts_json(contacts), cert, _serial(serial),
-                 issuer_name, _us(cert_not_after), _us(until), _us(now)),
+                 issuer_name, to_us(cert_not_after), to_us(until), to_us(now)),
             )  # fmt: skip
             (seq,) = conn.execute(
                 "SELECT coalesce(max(seq), 0) + 1 FROM presented WHERE identity = ?", (key,)
@@ -498,12 +366,12 @@ class SQLiteStore:
             conn.execute(
                 "INSERT OR REPLACE INTO presented (identity, cert_sha256, spelling, cert, "
                 "serial, issuer_name, not_after, seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (key, hashlib.sha256(cert).digest(), identity, cert, _serial(serial),
-                 issuer_name, _us(cert_not_after), seq),
+                (key, sha256(cert), identity, cert, _serial(serial),
+                 issuer_name, to_us(cert_not_after), seq),
             )  # fmt: skip
-            self._log_changes(conn, [identity])
+            self._changes.log(conn, [identity])
 
-        return self._write(run).addCallback(lambda _: self._announce([identity]))
+        return self._write(run).addCallback(lambda _: self._changes.announce([identity]))
 
     def unregister(self, identity: str, node: str) -> defer.Deferred[bool]:
         key = normalize_identity(identity)
@@ -513,19 +381,19 @@ class SQLiteStore:
                 "DELETE FROM bindings WHERE identity = ? AND node = ?", (key, node)
             ).rowcount
             if removed:
-                self._log_changes(conn, [identity])
+                self._changes.log(conn, [identity])
             return bool(removed)
 
         def done(removed: bool) -> bool:
             if removed:
-                self._announce([identity])
+                self._changes.announce([identity])
             return removed
 
         return self._write(run).addCallback(done)
 
     def state(self, identity: str, now: datetime) -> defer.Deferred[IdentityState]:
         key = normalize_identity(identity)
-        t = _us(now)
+        t = to_us(now)
 
         def run(conn: sqlite3.Connection) -> IdentityState:
             rows = conn.execute(_LIVE_BINDINGS, (key, t, t)).fetchall()
@@ -537,7 +405,7 @@ class SQLiteStore:
         return self._read(run)
 
     def expire(self, now: datetime) -> defer.Deferred[set[str]]:
-        t = _us(now)
+        t = to_us(now)
 
         def run(conn: sqlite3.Connection) -> set[str]:
             rows = conn.execute(
@@ -548,17 +416,17 @@ class SQLiteStore:
             conn.execute("DELETE FROM presented WHERE not_after <= ?", (t,))
             conn.execute("DELETE FROM tokens WHERE expires <= ?", (t,))
             touched = {spelling for (spelling,) in rows}
-            self._log_changes(conn, touched)
+            self._changes.log(conn, touched)
             return touched
 
-        return self._write(run).addCallback(self._announce_and_return)
+        return self._write(run).addCallback(self._changes.announce_and_return)
 
     def next_expiry(self) -> defer.Deferred[datetime | None]:
         def run(conn: sqlite3.Connection) -> datetime | None:
             (value,) = conn.execute(
                 "SELECT min(min(until, cert_not_after)) FROM bindings"
             ).fetchone()
-            return None if value is None else _dt(int(value))
+            return None if value is None else from_us(int(value))
 
         return self._read(run)
 
@@ -586,7 +454,7 @@ class SQLiteStore:
             conn.execute(
                 "INSERT OR IGNORE INTO revocations (issuer, serial, issuer_name, revoked_at) "
                 "VALUES (?, ?, ?, ?)",
-                (key, hex_serial, name, _us(now)),
+                (key, hex_serial, name, to_us(now)),
             )
             rows = conn.execute(_REVOKE_BINDINGS, (hex_serial, name, name)).fetchall()
             touched = {spelling for (spelling,) in rows}
@@ -596,12 +464,12 @@ class SQLiteStore:
                 _CERT_HOLDERS, (hex_serial, name, name, key, hex_serial)
             ).fetchall()
             announced = touched | {s for (s,) in holders}
-            self._log_changes(conn, announced)
+            self._changes.log(conn, announced)
             return touched, announced
 
         def done(result: tuple[set[str], set[str]]) -> set[str]:
             touched, announced = result
-            self._announce(announced)
+            self._changes.announce(announced)
             return touched
 
         return self._write(run).addCallback(done)
@@ -614,7 +482,7 @@ class SQLiteStore:
                 "SELECT serial, revoked_at FROM revocations WHERE issuer = ? ORDER BY revoked_at",
                 (key,),
             ).fetchall()
-            return [(int(serial, 16), _dt(at)) for serial, at in rows]
+            return [(int(serial, 16), from_us(at)) for serial, at in rows]
 
         return self._read(run)
 
@@ -637,7 +505,7 @@ class SQLiteStore:
         def run(conn: sqlite3.Connection) -> None:
             conn.execute(
                 "INSERT INTO tokens (hash, identity, expires, used) VALUES (?, ?, ?, NULL)",
-                (token_hash, identity, _us(expires)),
+                (token_hash, identity, to_us(expires)),
             )
 
         return self._write(run)
@@ -647,7 +515,7 @@ class SQLiteStore:
             row = conn.execute(
                 "UPDATE tokens SET used = ? WHERE hash = ? AND used IS NULL AND expires > ? "
                 "RETURNING identity",
-                (_us(now), token_hash, _us(now)),
+                (to_us(now), token_hash, to_us(now)),
             ).fetchone()
             return None if row is None else str(row[0])
 
@@ -656,47 +524,72 @@ class SQLiteStore:
     # --- change notification ----------------------------------------------------------------
 
     def subscribe(self, callback: Callable[[str], None]) -> None:
-        self._subscribers.append(callback)
-        self._start_polling()
+        self._changes.subscribers.append(callback)
+        self._changes.start_polling()
 
     def notify(self, identity: str) -> defer.Deferred[None]:
         def run(conn: sqlite3.Connection) -> None:
-            self._log_changes(conn, [identity])
+            self._changes.log(conn, [identity])
 
-        return self._write(run).addCallback(lambda _: self._announce([identity]))
+        return self._write(run).addCallback(lambda _: self._changes.announce([identity]))
 
-    def _log_changes(self, conn: sqlite3.Connection, identities: Iterable[str]) -> None:
+
+class _Changes:
+    """
+    Change notification of one L{SQLiteStore}: the identities a mutation touched go to the
+    C{changes} table in its transaction, tagged with this store's random origin, and to
+    the local subscribers once it committed; a poll delivers the rows of other processes.
+    """
+
+    def __init__(self, store: SQLiteStore) -> None:
+        self._store = store
+        self.subscribers: list[Callable[[str], None]] = []
+        self.origin = secrets.token_hex(8)
+        #: The newest row seen (rows up to it were delivered or are ours).
+        self.last_change = 0
+        self._poller: task.LoopingCall | None = None
+        self._polls = 0
+
+    def log(self, conn: sqlite3.Connection, identities: Iterable[str]) -> None:
         conn.executemany(
             "INSERT INTO changes (identity, origin) VALUES (?, ?)",
-            [(identity, self._origin) for identity in sorted(set(identities))],
+            [(identity, self.origin) for identity in sorted(set(identities))],
         )
 
-    def _announce(self, identities: Iterable[str]) -> None:
+    def announce(self, identities: Iterable[str]) -> None:
         for identity in sorted(set(identities)):
-            for callback in list(self._subscribers):
+            for callback in list(self.subscribers):
                 try:
                     callback(identity)
                 except Exception:
                     log.failure("registry change subscriber failed")
 
-    def _announce_and_return(self, identities: set[str]) -> set[str]:
-        self._announce(identities)
+    def announce_and_return(self, identities: set[str]) -> set[str]:
+        self.announce(identities)
         return identities
 
-    def _start_polling(self) -> None:
-        if self._poller is not None or self._pool is None or not self._subscribers:
+    def start_polling(self) -> None:
+        """Poll while the store is open and someone listens (idempotent)."""
+        store = self._store
+        if self._poller is not None or store._pool is None or not self.subscribers:
             return
         self._poller = task.LoopingCall(self._poll)
-        self._poller.clock = self._reactor
-        self._poller.start(self.poll_interval, now=False).addErrback(
+        self._poller.clock = store._reactor
+        self._poller.start(store.poll_interval, now=False).addErrback(
             lambda f: log.failure("registry change poll stopped", f)
         )
 
+    def stop_polling(self) -> None:
+        if self._poller is not None and self._poller.running:
+            self._poller.stop()
+        self._poller = None
+
     def _poll(self) -> defer.Deferred[None] | None:
-        if self._pool is None:
+        store = self._store
+        if store._pool is None:
             return None
         self._polls += 1
-        last, trim = self._last_change, self._polls % 100 == 0
+        last, trim = self.last_change, self._polls % 100 == 0
 
         def run(conn: sqlite3.Connection) -> tuple[int, list[str]]:
             rows = conn.execute(
@@ -705,15 +598,15 @@ class SQLiteStore:
             newest = rows[-1][0] if rows else last
             if trim:
                 conn.execute("DELETE FROM changes WHERE seq <= ?", (newest - CHANGES_KEPT,))
-            return newest, [identity for _seq, identity, origin in rows if origin != self._origin]
+            return newest, [identity for _seq, identity, origin in rows if origin != self.origin]
 
         def got(result: tuple[int, list[str]]) -> None:
             newest, identities = result
-            self._last_change = max(self._last_change, newest)
-            self._announce(identities)
+            self.last_change = max(self.last_change, newest)
+            self.announce(identities)
 
         def failed(failure: Any) -> None:
-            if self._pool is not None:
+            if store._pool is not None:
                 log.failure("polling the registry database for changes failed", failure)
 
-        return self._read(run).addCallbacks(got, failed)
+        return store._read(run).addCallbacks(got, failed)

@@ -1,0 +1,103 @@
+"""
+The agent store's schema: one entry per version, run by the shared migration runner
+(L{sixchat._sqlite.migrate}), and the column lists the queries share.
+"""
+
+from __future__ import annotations
+
+from sixchat._sqlite import Step
+
+# Each entry is one schema version, applied in order to reach it; a step is an SQL statement
+# or a callable taking the connection (for data migrations). Never edit a released entry:
+# append a new one. All pending steps run in one transaction, so an interrupted migration
+# leaves the file at its old version.
+MIGRATIONS: tuple[tuple[Step, ...], ...] = (
+    # version 1
+    (
+        # One row per peer identity we have dealt with: contacts and conversations.
+        """
+        CREATE TABLE peers (
+            peer TEXT PRIMARY KEY,                -- normalize_identity()
+            display TEXT NOT NULL,                -- spelling for display
+            first_seen_us INTEGER NOT NULL,
+            last_seen_us INTEGER                  -- NULL: the peer never showed up itself
+        ) WITHOUT ROWID
+        """,
+        # Both directions in one table so history has one order (seq breaks ties of at_us).
+        # owed = 1 while the outbox has work for an outgoing message; kept in step with the
+        # deliveries rows by MessageDatabase._settle in the same transaction.
+        """
+        CREATE TABLE messages (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            direction TEXT NOT NULL CHECK (direction IN ('in', 'out')),
+            peer TEXT NOT NULL REFERENCES peers (peer),
+            peer_display TEXT NOT NULL,
+            id TEXT NOT NULL,
+            ts TEXT NOT NULL,
+            body TEXT NOT NULL,
+            thread TEXT,
+            reply_to TEXT,
+            at_us INTEGER NOT NULL,               -- received (in) / queued (out), our clock
+            is_read INTEGER NOT NULL CHECK (is_read IN (0, 1)),
+            owed INTEGER NOT NULL DEFAULT 0 CHECK (owed IN (0, 1)),
+            outcome TEXT CHECK (outcome IN ('expired', 'failed')),
+            outcome_reason TEXT,
+            outcome_at_us INTEGER,
+            CHECK (direction = 'out' OR (owed = 0 AND outcome IS NULL))
+        )
+        """,
+        # §8.2: exactly once per (sender, id); our own ids are unique across our messages.
+        "CREATE UNIQUE INDEX messages_in_id ON messages (peer, id) WHERE direction = 'in'",
+        "CREATE UNIQUE INDEX messages_out_id ON messages (id) WHERE direction = 'out'",
+        "CREATE INDEX messages_by_peer ON messages (peer, at_us, seq)",
+        "CREATE INDEX messages_by_time ON messages (at_us, seq)",
+        "CREATE INDEX messages_unread ON messages (peer) WHERE direction = 'in' AND is_read = 0",
+        "CREATE INDEX messages_owed ON messages (at_us, seq) WHERE owed = 1",
+        # §11.16: one outbox entry per (message, node).
+        """
+        CREATE TABLE deliveries (
+            msg INTEGER NOT NULL REFERENCES messages (seq) ON DELETE CASCADE,
+            node TEXT NOT NULL,
+            state TEXT NOT NULL
+                CHECK (state IN ('queued', 'sent', 'delivered', 'failed', 'expired')),
+            attempts INTEGER NOT NULL DEFAULT 0,
+            last_attempt_us INTEGER,
+            next_attempt_us INTEGER,
+            done_at_us INTEGER,
+            reason TEXT,
+            PRIMARY KEY (msg, node)
+        ) WITHOUT ROWID
+        """,
+        # §11.15: pins are a set per identity. No foreign key to peers: keys learnt from the
+        # registry may precede any dealing with the identity.
+        """
+        CREATE TABLE pins (
+            peer TEXT NOT NULL,
+            spki BLOB NOT NULL CHECK (length(spki) = 32),
+            PRIMARY KEY (peer, spki)
+        ) WITHOUT ROWID
+        """,
+        # §9.3: key changes reported to the user and not yet decided.
+        """
+        CREATE TABLE key_changes (
+            peer TEXT NOT NULL REFERENCES peers (peer),
+            spki BLOB NOT NULL CHECK (length(spki) = 32),
+            first_noted_us INTEGER NOT NULL,
+            last_noted_us INTEGER NOT NULL,
+            times INTEGER NOT NULL,
+            PRIMARY KEY (peer, spki)
+        ) WITHOUT ROWID
+        """,
+    ),
+)
+
+#: The schema version this code writes.
+SCHEMA_VERSION = len(MIGRATIONS)
+
+OUT_COLUMNS = (
+    "seq, peer, peer_display, id, ts, body, thread, reply_to, at_us, "
+    "outcome, outcome_reason, outcome_at_us"
+)
+DELIVERY_COLUMNS = (
+    "msg, node, state, attempts, last_attempt_us, next_attempt_us, done_at_us, reason"
+)
