@@ -24,6 +24,11 @@ from sixchat.record import SUITES
 DEFAULT_PORT = 4605
 
 
+def _warn(text: str) -> None:
+    """Revocation that could not be checked, a stale CRL: said on standard error (§4)."""
+    print(f"sixchat: warning: {text}", file=sys.stderr)
+
+
 def _read_cert_der(path: str) -> bytes:
     from cryptography import x509
     from cryptography.hazmat.primitives.serialization import Encoding
@@ -156,7 +161,7 @@ def run(args: argparse.Namespace) -> int:
             return 2
     try:
         identity = load_identity(args.cert, read_password(args.password_file), key_path=args.key)
-        trust = TrustStore.from_paths(args.trust, args.crl)
+        trust = TrustStore.from_paths(args.trust, args.crl, warn=_warn)
         registry_anchors = None
         if args.registry_ca:
             from sixchat.irp.client import load_certificates
