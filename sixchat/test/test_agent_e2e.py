@@ -20,8 +20,8 @@ Every process gets an ephemeral port, every wait is bounded, and every process i
 C{/tmp/sc-XXXXXX/}: the control socket's path must stay under 107 bytes, which trial's own
 temporary directories exceed.
 
-The helpers (L{ChildProcess}, L{RegistryProcess}, L{AgentProcess}, L{E2ECase}) are meant to
-be reused by other end-to-end tests.
+The helpers (L{RegistryProcess}, L{AgentProcess}, L{E2ECase}, on L{sixchat.test.processes}'
+L{ChildProcess}) are meant to be reused by other end-to-end tests.
 """
 
 from __future__ import annotations
@@ -33,198 +33,36 @@ import shutil
 import signal
 import stat
 import sys
-import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
-from twisted.internet import defer, protocol, reactor, task
-from twisted.internet.error import ProcessDone, ProcessTerminated
-from twisted.python.failure import Failure
+from twisted.internet import defer, reactor
 from twisted.trial import unittest
 from zope.interface import implementer
 
 from sixchat.agent.interfaces import IAgentEvents
-from sixchat.test.processes import child_env, run_cli, twistd_argv
+from sixchat.test.processes import (
+    START_TIMEOUT,
+    ChildProcess,
+    bounded,
+    eventually,
+    run_cli,
+    short_tempdir,
+    spawn,
+    twistd_argv,
+)
 
 ALICE = "alice@example.com"
 BOB = "bob@example.com"
 
-#: Bounds for waits (seconds). Generous for a loaded 2-core CI machine; a healthy run takes
-#: a fraction of each.
-START_TIMEOUT = 30.0
-STOP_TIMEOUT = 15.0
+#: Bounds for waits (seconds) beyond START_TIMEOUT/STOP_TIMEOUT (L{sixchat.test.processes}).
+#: Generous for a loaded 2-core CI machine; a healthy run takes a fraction of each.
 DELIVERY_TIMEOUT = 60.0
 BURST_TIMEOUT = 120.0
 
 _READY_AGENT = r"user agent \S+ \(node {node}\) ready"
 _REGISTERED = r"registered node {node} at "
 _READY_REGISTRY = r"IRP registry for .* listening on (\S+) port (\d+)"
-
-
-def short_tempdir(case: unittest.TestCase, prefix: str = "sc-") -> str:
-    """A fresh directory directly under /tmp (short enough for UNIX socket paths), removed
-    when the test ends."""
-    path = tempfile.mkdtemp(prefix=prefix, dir="/tmp")
-    case.addCleanup(shutil.rmtree, path, True)
-    return path
-
-
-def bounded(d: defer.Deferred[Any], seconds: float, what: str, context: Callable[[], str]) -> Any:
-    """
-    C{d}, failing with an C{AssertionError} naming C{what} (and the output C{context} gives)
-    if it has not fired within C{seconds}. C{d} must be the caller's own Deferred: it is
-    cancelled on timeout.
-    """
-
-    def timed_out(failure: Failure) -> None:
-        failure.trap(defer.TimeoutError, defer.CancelledError)
-        raise AssertionError(f"{what}: nothing within {seconds:g} s\n{context()}")
-
-    return d.addTimeout(seconds, reactor).addErrback(timed_out)
-
-
-@defer.inlineCallbacks
-def eventually(probe: Callable[[], Any], seconds: float, what: str, interval: float = 0.25) -> Any:
-    """
-    Call C{probe} (which may return a Deferred) until it returns something true, at most
-    C{seconds}; returns that value. The last value is shown on failure.
-    """
-    deadline = reactor.seconds() + seconds
-    last: Any = None
-    while True:
-        last = yield defer.maybeDeferred(probe)
-        if last:
-            return last
-        if reactor.seconds() >= deadline:
-            raise AssertionError(f"{what}: not within {seconds:g} s; last: {last!r:.2000}")
-        yield task.deferLater(reactor, interval, lambda: None)
-
-
-class ProcessGone(Exception):
-    """The process ended while something was still waiting for its output."""
-
-
-class ChildProcess(protocol.ProcessProtocol):
-    """
-    A child process whose output (stdout and stderr together) is kept line by line and can
-    be waited on: L{wait} fires as soon as a pattern has appeared C{count} times, from the
-    very chunk of output that completes it (no polling), so a test can act at a precise
-    moment, e.g. SIGKILL a receiver after its 30th message.
-    """
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.lines: list[str] = []
-        self._partial = b""
-        self._waits: list[list[Any]] = []  # [regex, count, seen, deferred]
-        self._enders: list[defer.Deferred[Any]] = []
-        self.transport: Any = None
-        self.pid: int | None = None
-        self.exit: Any = None  # ("exit", code) or ("signal", number) once ended
-        self.running = False
-
-    # output ------------------------------------------------------------------------------
-
-    def connectionMade(self) -> None:
-        self.running = True
-        self.pid = self.transport.pid
-
-    def childDataReceived(self, childFD: int, data: bytes) -> None:
-        *complete, self._partial = (self._partial + data).split(b"\n")
-        for raw in complete:
-            self._line(raw.decode("utf-8", "replace"))
-
-    def _line(self, line: str) -> None:
-        self.lines.append(line)
-        for wait in list(self._waits):
-            match = wait[0].search(line)
-            if match:
-                wait[2] += 1
-                if wait[2] >= wait[1]:
-                    self._waits.remove(wait)
-                    wait[3].callback(match)
-
-    @property
-    def log(self) -> str:
-        return "\n".join(self.lines)
-
-    def tail(self, n: int = 60) -> str:
-        return f"--- last lines of {self.name} ---\n" + "\n".join(self.lines[-n:])
-
-    def count(self, pattern: str) -> int:
-        regex = re.compile(pattern)
-        return sum(1 for line in self.lines if regex.search(line))
-
-    def wait(self, pattern: str, count: int = 1, timeout: float = START_TIMEOUT) -> Any:
-        """Fires with the match once C{pattern} has been seen C{count} times in all."""
-        regex = re.compile(pattern)
-        seen = self.count(pattern)
-        d: defer.Deferred[Any] = defer.Deferred()
-        if seen >= count:
-            match = [m for m in map(regex.search, self.lines) if m][count - 1]
-            d.callback(match)
-            return d
-        if not self.running and self.exit is not None:
-            d.errback(ProcessGone(f"{self.name} ended ({self.exit})\n{self.tail()}"))
-            return d
-        self._waits.append([regex, count, seen, d])
-        return bounded(d, timeout, f"{self.name}: {pattern!r} x{count}", self.tail)
-
-    # the end -----------------------------------------------------------------------------
-
-    def processEnded(self, reason: Failure) -> None:
-        if self._partial:
-            self._line(self._partial.decode("utf-8", "replace"))
-            self._partial = b""
-        value = reason.value
-        if isinstance(value, ProcessTerminated) and value.signal is not None:
-            self.exit = ("signal", value.signal)
-        elif isinstance(value, ProcessDone | ProcessTerminated):
-            self.exit = ("exit", value.exitCode)
-        else:
-            self.exit = ("unknown", repr(value))
-        self.running = False
-        waits, self._waits = self._waits, []
-        for wait in waits:
-            wait[3].errback(ProcessGone(f"{self.name} ended ({self.exit})\n{self.tail()}"))
-        enders, self._enders = self._enders, []
-        for d in enders:
-            d.callback(self.exit)
-
-    def ended(self, timeout: float = STOP_TIMEOUT) -> Any:
-        """Fires with C{("exit", code)} or C{("signal", n)} once the process is gone."""
-        d: defer.Deferred[Any] = defer.Deferred()
-        if not self.running:
-            d.callback(self.exit)
-            return d
-        self._enders.append(d)
-        return bounded(d, timeout, f"{self.name} to end", self.tail)
-
-    def signal(self, name: str) -> None:
-        if self.running:
-            try:
-                self.transport.signalProcess(name)
-            except Exception:  # already gone
-                pass
-
-    @defer.inlineCallbacks
-    def terminate(self, grace: float = STOP_TIMEOUT) -> Any:
-        """SIGTERM; SIGKILL if still there after C{grace} seconds. Never fails."""
-        if not self.running:
-            return self.exit
-        self.signal("TERM")
-        try:
-            result = yield self.ended(grace)
-        except AssertionError:
-            self.signal("KILL")
-            result = yield self.ended(grace).addErrback(lambda _: None)
-        return result
-
-
-def spawn(name: str, argv: list[str], cwd: str, env: dict[str, str] | None = None) -> ChildProcess:
-    proc = ChildProcess(name)
-    reactor.spawnProcess(proc, sys.executable, argv, env=child_env(cwd, **(env or {})), path=cwd)
-    return proc
 
 
 class RegistryProcess:

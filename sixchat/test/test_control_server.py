@@ -17,7 +17,6 @@ import sys
 from typing import Any
 
 from twisted.internet import defer, endpoints, protocol, reactor
-from twisted.python.failure import Failure
 from twisted.trial import unittest
 
 from sixchat.agent.control.client import ControlClient
@@ -25,7 +24,7 @@ from sixchat.agent.control.commands import Event
 from sixchat.agent.control.unixsocket import check_peer_uid, peer_credentials, socket_path
 from sixchat.agent.errors import AgentAlreadyRunning, AgentDisconnected, DataDirError, PeerRefused
 from sixchat.test.control_support import Recorder, ServerMixin, run, wait_for
-from sixchat.test.processes import child_env
+from sixchat.test.processes import spawn
 from sixchat.testing.agent import ALICE, BOB, FakeAgent
 
 # -- events and flow control ---------------------------------------------------------------
@@ -311,44 +310,19 @@ class PermissionTests(ServerMixin, unittest.TestCase):
 # -- a fake agent in its own process -------------------------------------------------------
 
 
-class AgentProcess(protocol.ProcessProtocol):
-    def __init__(self) -> None:
-        self.out = b""
-        self.ready: defer.Deferred[None] = defer.Deferred()
-        self.ended: defer.Deferred[None] = defer.Deferred()
-
-    def outReceived(self, data: bytes) -> None:
-        self.out += data
-        if b"ready\n" in self.out and not self.ready.called:
-            self.ready.callback(None)
-
-    errReceived = outReceived
-
-    def processEnded(self, reason: Failure) -> None:
-        if not self.ready.called:
-            self.ready.errback(RuntimeError(self.out.decode(errors="replace")))
-        self.ended.callback(None)
-
-
 class SeparateProcessTests(ServerMixin, unittest.TestCase):
     @defer.inlineCallbacks
     def test_real_other_agent_then_crash_leaves_stale_socket(self) -> Any:
-        proc = AgentProcess()
-        transport = reactor.spawnProcess(
-            proc,
-            sys.executable,
-            [sys.executable, "-m", "sixchat.testing.agent", self.data_dir],
-            env=child_env(),
-        )
+        proc = spawn("fake agent", [sys.executable, "-m", "sixchat.testing.agent", self.data_dir])
         try:
-            yield proc.ready
+            yield proc.wait("^ready$")
             out, err, code = yield run(["status", "--json", "--data-dir", self.data_dir])
             self.assertEqual((code, json.loads(out)["identity"]), (0, ALICE), err)
             error = yield self.assertFailure(self.serve(), AgentAlreadyRunning)
             self.assertIn(self.data_dir, str(error))
         finally:
-            transport.signalProcess("KILL")  # a crash: the socket file stays behind
-            yield proc.ended
+            proc.signal("KILL")  # a crash: the socket file stays behind
+            yield proc.ended()
         self.assertTrue(os.path.exists(os.path.join(self.data_dir, "control.sock")))
         yield self.serve()
         client = yield self.connect()
