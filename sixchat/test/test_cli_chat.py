@@ -74,7 +74,11 @@ class ChatCLITests(AgentCLIMixin, unittest.TestCase):
     def test_chat_send_failure_is_shown(self) -> Any:
         out, err, code = yield run(["chat", "nobody@example.com", *self.dd], stdin=b"hi\n")
         self.assertEqual(code, 0, err)
-        self.assertIn("  ✗ not sent: nobody@example.com is not a contact", out)
+        self.assertIn(
+            "  ✗ not sent: nobody@example.com is not known to registry irp.example.com "
+            "(never registered there)\n",
+            out,
+        )
 
     @defer.inlineCallbacks
     def test_chat_on_a_terminal(self) -> Any:
