@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from sixchat.irp.client import IRPClientProtocol as RegistryClient
     from sixchat.irp.messages import Record
 
-__all__ = ["RECORD_TTL", "RegistryDirectory"]
+__all__ = ["RECORD_TTL", "RegistryDirectory", "unknown_reason"]
 
 log = Logger()
 
@@ -161,3 +161,28 @@ class RegistryDirectory:
         if client is not None:
             return defer.maybeDeferred(client.close).addErrback(lambda f: None)
         return defer.succeed(None)
+
+
+def unknown_reason(
+    clock: IReactorTime, directory: IDirectory, identity: str, timeout: float
+) -> defer.Deferred[str | None]:
+    """
+    Whether C{directory} says C{identity} does not exist: fires with its reason (one line)
+    if so, and with None when it knows the identity, cannot tell (registry unreachable), or
+    has not answered within C{timeout} seconds (then whoever asked goes on without it; the
+    lookup still finishes and its answer is cached as usual).
+    """
+    result: defer.Deferred[str | None] = defer.Deferred()
+    timer = clock.callLater(timeout, lambda: result.callback(None))
+
+    def answered(outcome: object) -> None:
+        if result.called:
+            return
+        timer.cancel()
+        if isinstance(outcome, Failure) and outcome.check(UnknownIdentity):
+            result.callback(outcome.getErrorMessage())
+        else:
+            result.callback(None)
+
+    defer.maybeDeferred(directory.lookup, identity).addBoth(answered)
+    return result

@@ -30,6 +30,7 @@ from sixchat.agent import events, views
 from sixchat.agent.crls import DEFAULT_REFRESH as DEFAULT_CRL_REFRESH
 from sixchat.agent.crls import CRLUpdater
 from sixchat.agent.datadir import DataDirLock, prepare_data_dir
+from sixchat.agent.directory import unknown_reason
 from sixchat.agent.errors import AgentError, MessageFinal, UnknownIdentity, UnknownMessage
 from sixchat.agent.inbox import Inbox
 from sixchat.agent.interfaces import IAgentEvents, IDirectory, IUserAgent
@@ -162,7 +163,9 @@ class UserAgentService(service.MultiService):
             message_ttl=message_ttl,
             rand=rand,
             usable_nodes=pins.usable_nodes,
-            on_unknown=self._unknownRecipient,
+            on_unknown=lambda peer, reason, ids: self._emit(
+                events.unknown_recipient_event(peer, reason, ids, "queued")
+            ),
         )
         self.inbox = Inbox(
             self.sessions, self.crls, self.store, self._emit, self.outbox.kick, self.now,
@@ -282,9 +285,6 @@ class UserAgentService(service.MultiService):
         if getattr(record, "nodes", None):
             self.outbox.peerAppeared(peer)
 
-    def _unknownRecipient(self, peer: str, reason: str, ids: list[str]) -> None:
-        self._emit(events.unknown_recipient_event(peer, reason, ids, "queued"))
-
     def _statusChanged(self, status: MessageStatus) -> None:
         self._emit(events.delivery_event(status))
         if status.state in ("delivered", "expired", "failed"):
@@ -311,8 +311,14 @@ class UserAgentService(service.MultiService):
 
         @defer.inlineCallbacks
         def queue() -> Any:
-            if not queue_unknown:
-                yield self._checkRecipient(to)
+            if not queue_unknown and self.directory is not None:
+                unknown = yield unknown_reason(self.clock, self.directory, to, RECIPIENT_CHECK)
+                if unknown is not None:
+                    self._emit(events.unknown_recipient_event(to, unknown, [], "refused"))
+                    if ";" not in unknown:  # the registry said no more than "unknown"
+                        unknown += " (never registered there, or its certificate expired or "
+                        unknown += "was revoked)"
+                    raise UnknownIdentity(unknown)
             ids = []
             for part in split_text(text):
                 queued = yield self.store.queue_outgoing(
@@ -324,32 +330,6 @@ class UserAgentService(service.MultiService):
             return {"id": ids[-1], "ids": ids, "peer": to, "state": "queued"}
 
         return queue()
-
-    def _checkRecipient(self, to: str) -> defer.Deferred[None]:
-        """
-        Fails with L{UnknownIdentity} (and tells the observers) if the directory answers
-        that C{to} does not exist; fires with None when it exists, cannot tell (registry
-        unreachable), or has not answered within L{RECIPIENT_CHECK} seconds.
-        """
-        if self.directory is None:
-            return defer.succeed(None)
-        result: defer.Deferred[None] = defer.Deferred()
-        timer = self.clock.callLater(RECIPIENT_CHECK, lambda: result.callback(None))
-
-        def answered(outcome: object) -> None:
-            if result.called:
-                return  # queued already; the outbox reports an unknown peer itself
-            timer.cancel()
-            if isinstance(outcome, Failure) and outcome.check(UnknownIdentity):
-                reason = outcome.getErrorMessage()
-                self._emit(events.unknown_recipient_event(to, reason, [], "refused"))
-                why = "never registered there, or its certificate expired or was revoked"
-                result.errback(UnknownIdentity(f"{reason} ({why})"))
-            else:
-                result.callback(None)
-
-        defer.maybeDeferred(self.directory.lookup, to).addBoth(answered)
-        return result
 
     def cancel(self, message_id: str) -> defer.Deferred[dict[str, Any]]:
         def done(status: MessageStatus | None) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from typing import Any
 from twisted.internet import defer, task
 from twisted.trial import unittest
 
-from sixchat.agent.directory import RECORD_TTL, RegistryDirectory
+from sixchat.agent.directory import RECORD_TTL, RegistryDirectory, unknown_reason
 from sixchat.agent.errors import UnknownIdentity
 from sixchat.irp.client import IRPConnectionLost
 from sixchat.irp.messages import Contact, IRPError, NodeBinding, Record
@@ -128,3 +128,37 @@ class UnknownIsNotOfflineTests(unittest.TestCase):
         self.failureResultOf(self.directory.lookup(CAROL), UnknownIdentity)
         self.client.lost.callback(None)
         self.assertEqual(self.directory.unknown, set())
+
+
+class UnknownReasonTests(unittest.TestCase):
+    """L{unknown_reason}: what C{send} asks before queueing, bounded in time."""
+
+    def test_answers(self) -> None:
+        from sixchat.testing.directory import MemoryDirectory
+
+        clock = task.Clock()
+        strict = MemoryDirectory(unknown_unregistered=True)
+        self.assertEqual(
+            self.successResultOf(unknown_reason(clock, strict, CAROL, 5)),
+            f"{CAROL} is not known to the directory",
+        )
+        strict.register(CAROL, node())
+        self.assertIsNone(self.successResultOf(unknown_reason(clock, strict, CAROL, 5)))
+        self.assertEqual(clock.getDelayedCalls(), [])  # the timer went with the answer
+
+    def test_cannot_tell_and_too_slow_are_not_unknown(self) -> None:
+        from sixchat.testing.directory import MemoryDirectory
+
+        clock = task.Clock()
+        broken = MemoryDirectory()
+        broken.lookup = lambda identity: defer.fail(IRPConnectionLost("down"))  # type: ignore[method-assign]
+        self.assertIsNone(self.successResultOf(unknown_reason(clock, broken, CAROL, 5)))
+        slow = MemoryDirectory()
+        pending: defer.Deferred[Record] = defer.Deferred()
+        slow.lookup = lambda identity: pending  # type: ignore[method-assign]
+        d = unknown_reason(clock, slow, CAROL, 5)
+        clock.advance(4.9)
+        self.assertNoResult(d)
+        clock.advance(0.1)
+        self.assertIsNone(self.successResultOf(d))
+        pending.errback(UnknownIdentity("late"))  # too late: ignored
