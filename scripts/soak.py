@@ -219,7 +219,9 @@ class Soak:
             if client is None or not self.procs[sender].running:
                 self.refused += 1
             else:
-                d = client.send(f"{recipient}@{DOMAIN}", body)
+                # queue_unknown: an agent just (re)started may not have registered yet; every
+                # recipient here is a real agent, so refusing it as unknown would be wrong.
+                d = client.send(f"{recipient}@{DOMAIN}", body, None, None, True)
                 d.addCallbacks(
                     lambda _r, b=body, s=sender, r=recipient: self.sent.__setitem__(b, (s, r)),
                     lambda _f, b=body, s=sender, r=recipient: self.cut_off.__setitem__(b, (s, r)),

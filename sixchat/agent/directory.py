@@ -2,6 +2,12 @@
 Where peers are: the registry as the agent's L{IDirectory}. A looked-up record is trusted for
 L{RECORD_TTL} seconds, or for as long as a C{watch} keeps it current; one registry connection
 carries every lookup and watch, re-opened on demand and re-watching what it watched before.
+
+Unknown is not offline: a lookup the registry answers C{not_found} (irp-1 §3.3: no live node
+and no valid certificate ever registered) fails with L{UnknownIdentity}, while a C{record}
+without nodes is an offline peer. A watch's C{presence} cannot tell the two apart (it has
+nodes or not), so an identity last found unknown is asked again on every lookup (the outbox
+spaces those out) until a presence with nodes shows it registered.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from sixchat.agent._shared import Shared
+from sixchat.agent.errors import UnknownIdentity
 from sixchat.agent.interfaces import IDirectory, PresenceCallback
 from sixchat.identity import normalize_identity
 
@@ -23,7 +30,7 @@ if TYPE_CHECKING:
     from sixchat.irp.client import IRPClientProtocol as RegistryClient
     from sixchat.irp.messages import Record
 
-__all__ = ["RECORD_TTL", "RegistryDirectory"]
+__all__ = ["RECORD_TTL", "RegistryDirectory", "unknown_reason"]
 
 log = Logger()
 
@@ -43,10 +50,15 @@ class RegistryDirectory:
         clock: IReactorTime,
         connect: Callable[[], defer.Deferred[RegistryClient]],
         on_presence: PresenceCallback | None = None,
+        name: str = "the registry",
     ) -> None:
         self.clock = clock
         self.connect = connect
         self.on_presence = on_presence
+        #: The registry as messages name it ("registry irp.example.com").
+        self.name = name
+        #: Identities the registry last answered C{not_found} for (normalized).
+        self.unknown: set[str] = set()
         self._client: RegistryClient | None = None
         self._connecting: Shared | None = None
         self._cache: dict[str, tuple[float, Record]] = {}
@@ -81,13 +93,22 @@ class RegistryDirectory:
         if self._client is client:
             self._client = None
             self._cache.clear()
+            self.unknown.clear()
 
     def _presence(self, identity: str, record: Record) -> None:
-        self._cache[normalize_identity(identity)] = (self.clock.seconds(), record)
+        key = normalize_identity(identity)
+        if record.nodes:
+            self.unknown.discard(key)
+        if key not in self.unknown:  # a presence without nodes does not make it known
+            self._cache[key] = (self.clock.seconds(), record)
         if self.on_presence is not None:
             self.on_presence(identity, record)
 
     def lookup(self, identity: str) -> defer.Deferred[Record]:
+        """
+        The peer's record (no nodes: offline), or L{UnknownIdentity} when the registry
+        answers C{not_found}; any other failure means the registry could not tell.
+        """
         key = normalize_identity(identity)
         cached = self._cache.get(key)
         if cached is not None and (
@@ -96,10 +117,23 @@ class RegistryDirectory:
             return defer.succeed(cached[1])
 
         def remember(record: Record) -> Record:
+            self.unknown.discard(key)
             self._cache[key] = (self.clock.seconds(), record)
             return record
 
-        return self._connection().addCallback(lambda c: c.lookup(identity)).addCallback(remember)
+        def not_found(failure: Failure) -> Failure:
+            from sixchat.irp.messages import IRPError
+
+            error = failure.value
+            if not isinstance(error, IRPError) or error.reason != "not_found":
+                return failure
+            self.unknown.add(key)
+            self._cache.pop(key, None)
+            why = "" if error.text in ("", "unknown identity") else f"; {error.text}"
+            raise UnknownIdentity(f"{identity} is not known to {self.name}{why}")
+
+        d = self._connection().addCallback(lambda c: c.lookup(identity))
+        return d.addCallbacks(remember, not_found)
 
     def watch(self, identity: str) -> None:
         key = normalize_identity(identity)
@@ -127,3 +161,28 @@ class RegistryDirectory:
         if client is not None:
             return defer.maybeDeferred(client.close).addErrback(lambda f: None)
         return defer.succeed(None)
+
+
+def unknown_reason(
+    clock: IReactorTime, directory: IDirectory, identity: str, timeout: float
+) -> defer.Deferred[str | None]:
+    """
+    Whether C{directory} says C{identity} does not exist: fires with its reason (one line)
+    if so, and with None when it knows the identity, cannot tell (registry unreachable), or
+    has not answered within C{timeout} seconds (then whoever asked goes on without it; the
+    lookup still finishes and its answer is cached as usual).
+    """
+    result: defer.Deferred[str | None] = defer.Deferred()
+    timer = clock.callLater(timeout, lambda: result.callback(None))
+
+    def answered(outcome: object) -> None:
+        if result.called:
+            return
+        timer.cancel()
+        if isinstance(outcome, Failure) and outcome.check(UnknownIdentity):
+            result.callback(outcome.getErrorMessage())
+        else:
+            result.callback(None)
+
+    defer.maybeDeferred(directory.lookup, identity).addBoth(answered)
+    return result

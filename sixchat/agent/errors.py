@@ -18,6 +18,7 @@ __all__ = [
     "BadArgument",
     "ControlError",
     "DataDirError",
+    "MessageFinal",
     "NoAgentRunning",
     "NotConnected",
     "PeerRefused",
@@ -40,11 +41,19 @@ class ControlError(SixchatError):
 
 
 class UnknownIdentity(ControlError):
-    """No contact, session or registry entry for that identity (or it is not one)."""
+    """
+    No contact, session or registry entry for that identity (or it is not one). The
+    directory (L{sixchat.agent.interfaces.IDirectory}) fails a lookup with it when the
+    registry answers C{not_found}; C{send} then refuses the message.
+    """
 
 
 class UnknownMessage(ControlError):
     """No message with that id in the store."""
+
+
+class MessageFinal(ControlError):
+    """The message is past the outbox (delivered to some device, expired or failed)."""
 
 
 class BadArgument(ControlError):
@@ -83,6 +92,7 @@ class DataDirError(ControlError):
 ERRORS: dict[type[Exception], bytes] = {
     UnknownIdentity: b"UNKNOWN_IDENTITY",
     UnknownMessage: b"UNKNOWN_MESSAGE",
+    MessageFinal: b"MESSAGE_FINAL",
     BadArgument: b"BAD_ARGUMENT",
     NotConnected: b"NOT_CONNECTED",
     AgentFailure: b"AGENT_FAILURE",

@@ -25,6 +25,7 @@ __all__ = [
     "EVENT_TYPES",
     "EventFanout",
     "LogEvents",
+    "cancelled_event",
     "delivery_event",
     "key_change_event",
     "message_event",
@@ -33,12 +34,22 @@ __all__ = [
     "session_closed_event",
     "session_opened_event",
     "typing_event",
+    "unknown_recipient_event",
 ]
 
 log = Logger(namespace="sixchat.agent.service")
 
 #: Event types the agent emits; the control layer adds C{overflow} for a client that fell behind.
-EVENT_TYPES = ("message", "delivery", "typing", "key_change", "presence", "session", "revoked")
+EVENT_TYPES = (
+    "message",
+    "delivery",
+    "typing",
+    "key_change",
+    "presence",
+    "session",
+    "revoked",
+    "unknown_recipient",
+)
 
 Event = dict[str, Any]
 
@@ -60,6 +71,27 @@ def delivery_event(status: MessageStatus) -> Event:
     event = status_dict(status)
     event["type"] = "delivery"
     return event
+
+
+def cancelled_event(status: MessageStatus) -> Event:
+    """A C{delivery} event for a message taken out of the outbox (C{sixchat cancel})."""
+    event = delivery_event(status)
+    event.update(state="cancelled", description="cancelled", reason=None)
+    return event
+
+
+def unknown_recipient_event(peer: str, reason: str, ids: list[str], action: str) -> Event:
+    """
+    The registry does not know C{peer}: C{action} C{refused} (a C{send} that was not
+    stored, C{ids} empty) or C{queued} (messages already queued stay: C{ids}).
+    """
+    return {
+        "type": "unknown_recipient",
+        "peer": peer,
+        "reason": reason,
+        "ids": ids,
+        "action": action,
+    }
 
 
 def typing_event(peer: str, state: str) -> Event:
@@ -134,6 +166,13 @@ class LogEvents:
                 id=event["id"],
                 peer=event["peer"],
                 body=event["body"],
+            )
+        elif kind == "unknown_recipient":
+            log.warn(
+                "{peer} is unknown to the registry: {action} {ids}",
+                peer=event["peer"],
+                action="refused a message" if event["action"] == "refused" else "still queued",
+                ids=" ".join(event["ids"]),
             )
         elif kind == "delivery" and event["state"] != "queued":
             log.info(

@@ -38,7 +38,11 @@ class IDirectory(Interface):
     )
 
     def lookup(identity: str) -> Deferred[Record]:
-        """Fires with the peer's record (no nodes: offline)."""
+        """
+        Fires with the peer's record (no nodes: offline), or fails with
+        L{sixchat.agent.errors.UnknownIdentity} when the directory knows there is no such
+        peer (the registry's C{not_found}); any other failure means it cannot tell now.
+        """
 
     def watch(identity: str) -> None:
         """Push changes of C{identity}'s record to C{on_presence} from now on."""
@@ -59,12 +63,15 @@ class IAgentEvents(Interface):
           - C{message}: an incoming message stored (keys: id, peer, body, ts, thread, reply_to,
             received_at);
           - C{delivery}: an outgoing message changed state (id, peer, state: queued|sent|
-            delivered|expired|failed, description, delivered_nodes, total_nodes, reason,
+            delivered|expired|failed|cancelled, description, delivered_nodes, total_nodes, reason,
             nodes: the per-node entries);
           - C{typing}: the peer is composing or paused (peer, state);
           - C{key_change}: a known contact presented a new key (peer, fingerprint, policy,
             action: accepted|warned|refused);
           - C{presence}: a peer's registry presence changed (peer, nodes);
+          - C{unknown_recipient}: the registry does not know a peer we send to (peer,
+            reason, ids, action: C{refused}, a send not stored, ids empty; or C{queued},
+            messages queued earlier or with C{queue_unknown} stay, ids listed);
           - C{session}: a session opened or closed (peer, state; when opened also role,
             suite, group).
         """
@@ -73,11 +80,31 @@ class IAgentEvents(Interface):
 class IUserAgent(Interface):
     """The agent's small API; every method returns a Deferred firing with plain data."""
 
-    def send(to: str, text: str, thread: str | None = None, reply_to: str | None = None) -> Any:
+    def send(
+        to: str,
+        text: str,
+        thread: str | None = None,
+        reply_to: str | None = None,
+        queue_unknown: bool = False,
+    ) -> Any:
         """
         Queue a message (stored before this fires) and start delivering it. Fires with a dict
         {id, peer, state}; texts over 32,768 characters are split, and the dict then carries
         the ids of all parts in C{ids}.
+
+        Fails with L{sixchat.agent.errors.UnknownIdentity}, storing nothing, when the
+        registry answers that C{to} does not exist (never registered, or its certificate
+        expired or was revoked), unless C{queue_unknown}: then the message is queued and
+        waits for C{to} to register. An offline peer (known, no node now) is queued.
+        """
+
+    def cancel(message_id: str) -> Any:
+        """
+        Take a message out of the outbox before any device received it (C{queued} or
+        C{sent}: a device that got it without our receipt may keep it). Fires with its
+        status dict, C{state} C{cancelled}; fails with
+        L{sixchat.agent.errors.UnknownMessage} (no such outgoing message) or
+        L{sixchat.agent.errors.MessageFinal} (delivered, expired or failed already).
         """
 
     def waitDelivered(message_id: str, timeout: float) -> Any:

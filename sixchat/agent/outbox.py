@@ -4,6 +4,10 @@ outbox keeps a per-node entry for every registered node of the peer (§11.16) an
 each with exponential backoff and jitter until that node's receipt, at once when the
 directory reports the peer online, until the message expires (C{message_ttl}).
 
+A peer the directory does not know (the registry's C{not_found}) is reported once through
+C{on_unknown} with the ids still queued for it, and looked up again only every
+L{UNKNOWN_RETRY} seconds until it registers (a presence with nodes: L{peerAppeared}).
+
 Its time is an injected C{IReactorTime} and its collaborators (store, directory, sessions)
 are narrow, so the rules — backoff, jitter, the send window, expiry, ticks — are unit-tested
 on a C{task.Clock} with fakes and no reactor.
@@ -21,6 +25,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from sixchat.agent.errors import UnknownIdentity
 from sixchat.agent.interfaces import IDirectory
 from sixchat.identity import normalize_identity
 from sixchat.protocol import HandshakeFailed, SessionLost, StanzaRefused
@@ -37,6 +42,7 @@ __all__ = [
     "RETRY_MAX",
     "SEND_WINDOW",
     "TICK",
+    "UNKNOWN_RETRY",
     "OutboxScheduler",
     "OutboxSessions",
     "OutboxStore",
@@ -53,6 +59,8 @@ SEND_WINDOW = 64
 #: How often the outbox looks for due work and expired messages.
 TICK = 1.0
 EXPIRE_EVERY = 60.0
+#: How often messages owed to an unknown peer look it up again (besides its presence push).
+UNKNOWN_RETRY = 30.0
 
 
 class OutboxStore(Protocol):
@@ -122,6 +130,7 @@ class OutboxScheduler:
         message_ttl: timedelta = DEFAULT_TTL,
         rand: Callable[[], float] = random.random,
         usable_nodes: Callable[[str, Sequence[NodeBinding]], list[NodeBinding]] = _all_nodes,
+        on_unknown: Callable[[str, str, list[str]], None] | None = None,
     ) -> None:
         self.clock = clock
         self.store = store
@@ -131,6 +140,11 @@ class OutboxScheduler:
         self.message_ttl = message_ttl
         self.rand = rand
         self.usable_nodes = usable_nodes
+        #: Told (peer, the directory's reason, ids still queued) when a peer with queued
+        #: messages is found unknown, once until it is known again.
+        self.on_unknown = on_unknown
+        #: Peers found unknown (normalized) -> when last looked up.
+        self.unknown: dict[str, float] = {}
         self.running = False
         self.stopping = False
         self._tick_call: IDelayedCall | None = None
@@ -207,23 +221,46 @@ class OutboxScheduler:
 
         d.addBoth(done)
 
+    def isUnknown(self, peer: str) -> bool:
+        """Whether the last lookup of C{peer} found it unknown to the directory."""
+        return normalize_identity(peer) in self.unknown
+
+    def peerAppeared(self, peer: str) -> None:
+        """C{peer} has nodes now (a presence push): known again, deliver at once."""
+        self.unknown.pop(normalize_identity(peer), None)
+        self.kick(peer)
+
     def retryDelay(self, attempts: int) -> float:
         return min(RETRY_MAX, RETRY_BASE * (2 ** min(attempts, 16))) * (0.5 + self.rand() / 2)
 
     async def _deliverPeer(self, peer: str) -> None:
+        key = normalize_identity(peer)
         pending: list[OutgoingMessage] = await self.store.pending_for(peer)
         if not pending:
+            self.unknown.pop(key, None)
             if self.directory is not None:
                 self.directory.unwatch(peer)
             return
         if self.directory is None:
             return  # no registry: nowhere to look the peer up; incoming sessions still work
         self.directory.watch(peer)  # be told at once when the peer's nodes change
+        last = self.unknown.get(key)
+        if last is not None and self.clock.seconds() - last < UNKNOWN_RETRY:
+            return  # unknown a moment ago; its first registration is pushed to the watch
         try:
             record = await self.directory.lookup(peer)
+        except UnknownIdentity as e:
+            self.unknown[key] = self.clock.seconds()
+            if last is None:
+                log.info("{peer} is not known to the registry; its messages stay queued",
+                         peer=peer)  # fmt: skip
+                if self.on_unknown is not None:
+                    self.on_unknown(peer, str(e), [m.id for m in pending])
+            return
         except Exception as e:
             log.debug("lookup of {peer} failed: {e}", peer=peer, e=e)
             return
+        self.unknown.pop(key, None)
         nodes = self.usable_nodes(peer, record.nodes)
         if not nodes:
             return  # offline: the watch will kick us when a node registers

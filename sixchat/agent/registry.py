@@ -69,7 +69,7 @@ class RegistryLink:
         return d.addCallback(fetch)
 
     def directory(self, on_presence: PresenceCallback) -> RegistryDirectory:
-        return RegistryDirectory(self.reactor, self.connect, on_presence)
+        return RegistryDirectory(self.reactor, self.connect, on_presence, self.source)
 
     def keeper(
         self,

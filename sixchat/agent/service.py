@@ -30,7 +30,8 @@ from sixchat.agent import events, views
 from sixchat.agent.crls import DEFAULT_REFRESH as DEFAULT_CRL_REFRESH
 from sixchat.agent.crls import CRLUpdater
 from sixchat.agent.datadir import DataDirLock, prepare_data_dir
-from sixchat.agent.errors import AgentError
+from sixchat.agent.directory import unknown_reason
+from sixchat.agent.errors import AgentError, MessageFinal, UnknownIdentity, UnknownMessage
 from sixchat.agent.inbox import Inbox
 from sixchat.agent.interfaces import IAgentEvents, IDirectory, IUserAgent
 from sixchat.agent.outbox import DEFAULT_TTL, OutboxScheduler
@@ -52,9 +53,13 @@ if TYPE_CHECKING:
     from sixchat.irp.messages import Record
 
 #: AgentError and DEFAULT_TTL are defined elsewhere and stay importable from here.
-__all__ = ["DEFAULT_TTL", "AgentError", "UserAgentService", "default_node"]
+__all__ = ["DEFAULT_TTL", "RECIPIENT_CHECK", "AgentError", "UserAgentService", "default_node"]
 
 log = Logger()
+
+#: How long C{send} waits for the directory to say whether the recipient exists before it
+#: queues the message anyway (a slow or unreachable registry never blocks sending).
+RECIPIENT_CHECK = 5.0
 
 
 @implementer(IUserAgent)
@@ -158,6 +163,9 @@ class UserAgentService(service.MultiService):
             message_ttl=message_ttl,
             rand=rand,
             usable_nodes=pins.usable_nodes,
+            on_unknown=lambda peer, reason, ids: self._emit(
+                events.unknown_recipient_event(peer, reason, ids, "queued")
+            ),
         )
         self.inbox = Inbox(
             self.sessions, self.crls, self.store, self._emit, self.outbox.kick, self.now,
@@ -275,7 +283,7 @@ class UserAgentService(service.MultiService):
     def _presence(self, peer: str, record: Record) -> None:
         self._emit(events.presence_event(peer, record))
         if getattr(record, "nodes", None):
-            self.outbox.kick(peer)
+            self.outbox.peerAppeared(peer)
 
     def _statusChanged(self, status: MessageStatus) -> None:
         self._emit(events.delivery_event(status))
@@ -289,7 +297,12 @@ class UserAgentService(service.MultiService):
         self.outbox.kick(peer)
 
     def send(
-        self, to: str, text: str, thread: str | None = None, reply_to: str | None = None
+        self,
+        to: str,
+        text: str,
+        thread: str | None = None,
+        reply_to: str | None = None,
+        queue_unknown: bool = False,
     ) -> defer.Deferred[dict[str, Any]]:
         if not is_valid_identity(to):
             return defer.fail(AgentError(f"{to!r} is not an identity (local@domain)"))
@@ -298,6 +311,14 @@ class UserAgentService(service.MultiService):
 
         @defer.inlineCallbacks
         def queue() -> Any:
+            if not queue_unknown and self.directory is not None:
+                unknown = yield unknown_reason(self.clock, self.directory, to, RECIPIENT_CHECK)
+                if unknown is not None:
+                    self._emit(events.unknown_recipient_event(to, unknown, [], "refused"))
+                    if ";" not in unknown:  # the registry said no more than "unknown"
+                        unknown += " (never registered there, or its certificate expired or "
+                        unknown += "was revoked)"
+                    raise UnknownIdentity(unknown)
             ids = []
             for part in split_text(text):
                 queued = yield self.store.queue_outgoing(
@@ -310,6 +331,21 @@ class UserAgentService(service.MultiService):
 
         return queue()
 
+    def cancel(self, message_id: str) -> defer.Deferred[dict[str, Any]]:
+        def done(status: MessageStatus | None) -> dict[str, Any]:
+            if status is None:
+                raise UnknownMessage(f"no outgoing message {message_id}")
+            if status.state not in ("queued", "sent") or status.delivered_nodes:
+                what = status.describe()
+                raise MessageFinal(f"message {message_id} is already {what}; nothing to cancel")
+            event = events.cancelled_event(status)
+            self._emit(event)
+            result = {k: v for k, v in event.items() if k != "type"}
+            self._waiters.release(message_id, result)
+            return result
+
+        return self.store.cancel(message_id).addCallback(done)
+
     def waitDelivered(self, message_id: str, timeout: float) -> defer.Deferred[dict[str, Any]]:
         return self._waiters.wait(message_id, timeout)
 
@@ -317,7 +353,9 @@ class UserAgentService(service.MultiService):
         def convert(status: MessageStatus | None) -> dict[str, Any]:
             if status is None:
                 raise AgentError(f"no message {message_id}")
-            return status_dict(status)
+            result = status_dict(status)
+            result["recipient_unknown"] = self.outbox.isUnknown(status.to)
+            return result
 
         return self.store.status(message_id).addCallback(convert)
 

@@ -1,8 +1,8 @@
 """
 The commands that talk to a running user agent over its control socket
-(L{sixchat.agent.control}): C{send}, C{inbox}, C{watch}, C{chat}, C{contacts}, C{status},
-C{trust}. This module registers them all and holds the one-shot commands; C{watch} and C{chat}
-live in L{sixchat.cli.watch} and L{sixchat.cli.chat}, the presentation helpers in
+(L{sixchat.agent.control}): C{send}, C{cancel}, C{inbox}, C{watch}, C{chat}, C{contacts},
+C{status}, C{trust}. This module registers them all and holds the one-shot commands; C{watch}
+and C{chat} live in L{sixchat.cli.watch} and L{sixchat.cli.chat}, the presentation helpers in
 L{sixchat.cli.terminal}, the connection to the agent in L{sixchat.cli.client}.
 
 Output is for people by default and JSON with C{--json} (the agent's own data, unchanged).
@@ -10,7 +10,8 @@ Everything a peer controls (bodies, identities, reasons) is passed through L{cle
 reaches a terminal, so a message cannot carry escape sequences that rewrite the screen or
 bidirectional overrides that reorder what is shown.
 
-Exit statuses: 0 success; 1 an error (no agent, the agent refused, a message failed); 2 a
+Exit statuses: 0 success; 1 an error (no agent, the agent refused, a message failed, the
+recipient is unknown to the registry, nothing to cancel); 2 a
 usage error; 3 C{send --wait} timed out with the message still on its way; 130 C{send --wait}
 interrupted. C{watch} and C{chat} end with 0 on Ctrl-C, C{/quit} or end of input.
 """
@@ -50,6 +51,7 @@ __all__ = [
     "format_message",
     "format_status",
     "register",
+    "run_cancel",
     "run_contacts",
     "run_inbox",
     "run_send",
@@ -83,9 +85,19 @@ def run_send(args: argparse.Namespace) -> int:
     async def body(reactor: Any, client: Any) -> int:
         from twisted.internet import defer
 
-        result = await timed(
-            reactor, client.send(args.to, text, args.thread, args.reply_to), CALL_TIMEOUT
-        )
+        from sixchat.agent.errors import UnknownIdentity
+
+        try:
+            if args.queue_unknown:
+                sent = client.send(args.to, text, args.thread, args.reply_to, True)
+            else:
+                sent = client.send(args.to, text, args.thread, args.reply_to)
+            result = await timed(reactor, sent, CALL_TIMEOUT)
+        except UnknownIdentity as e:
+            raise UnknownIdentity(
+                f"{e}; nothing was queued: check the address, or use --queue-unknown to "
+                "queue it until it registers"
+            ) from None
         ids = result.get("ids") or [result.get("id")]
         if args.wait is None:
             if args.json:
@@ -105,7 +117,7 @@ def run_send(args: argparse.Namespace) -> int:
         states = [s.get("state") for s in statuses]
         if all(state == "delivered" for state in states):
             outcome, code = "delivered", 0
-        elif any(state in ("failed", "expired") for state in states):
+        elif any(state in ("failed", "expired", "cancelled") for state in states):
             outcome, code = "failed", 1
         else:
             outcome, code = "pending", 3
@@ -117,16 +129,45 @@ def run_send(args: argparse.Namespace) -> int:
             peer = clean(status.get("peer") or result.get("peer") or args.to)
             if state == "delivered":
                 out(f"delivered {mid} to {peer}{devices_suffix(status)}")
-            elif state in ("failed", "expired"):
+            elif state in ("failed", "expired", "cancelled"):
                 reason = status.get("reason")
                 why = f": {clean(reason, oneline=True)}" if reason else ""
                 out(f"FAILED {mid} to {peer}: {state}{why}")
             else:
+                unknown = (
+                    f"; {peer} is not known to the registry yet (sixchat cancel {mid} drops it)"
+                    if status.get("recipient_unknown")
+                    else ""
+                )
                 out(
                     f"not delivered after {args.wait:g} s: {mid} to {peer} is {state}"
-                    f"{devices_suffix(status)}"
+                    f"{devices_suffix(status)}{unknown}"
                 )
         return code
+
+    return with_agent(args, body)
+
+
+# -- cancel --------------------------------------------------------------------------------
+
+
+def run_cancel(args: argparse.Namespace) -> int:
+    async def body(reactor: Any, client: Any) -> int:
+        results = []
+        for mid in args.ids:
+            results.append(await timed(reactor, client.cancel(mid), CALL_TIMEOUT))
+        if args.json:
+            print_json(results)
+            return 0
+        for result in results:
+            nodes = result.get("nodes") or []
+            was_sent = any(isinstance(n, dict) and n.get("state") == "sent" for n in nodes)
+            note = " (it had been sent: a device may have it without our receipt)"
+            out(
+                f"cancelled {clean(result.get('id'))} to "
+                f"{clean(result.get('peer'), oneline=True)}{note if was_sent else ''}"
+            )
+        return 0
 
     return with_agent(args, body)
 
@@ -379,8 +420,10 @@ def register(subparsers: Any) -> None:
         help="send a message through the running agent",
         description="Queue a message in the running agent, which delivers it (and retries "
         "until the peer's receipt arrives). Without --wait: exit 0 once queued. With --wait S: "
-        "exit 0 when delivered, 3 when still queued or sent after S seconds, 1 when it failed "
-        "or expired.",
+        "exit 0 when delivered, 3 when still queued or sent after S seconds (the peer is "
+        "offline), 1 when it failed or expired. A recipient the registry does not know (never "
+        "registered, or its certificate expired or was revoked) is refused with exit 1 and "
+        "nothing is queued, unless --queue-unknown.",
     )
     p.add_argument("to", metavar="IDENTITY", help="the recipient, e.g. bob@example.com")
     p.add_argument("text", metavar="TEXT", help="the message; '-' reads it from standard input")
@@ -389,9 +432,28 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--thread", help="conversation thread id")
     p.add_argument("--reply-to", metavar="ID", help="the id of the message this answers")
+    p.add_argument(
+        "--queue-unknown",
+        action="store_true",
+        help="queue the message even if the registry does not know IDENTITY (yet), for "
+        "someone who has enrolled but never started an agent; it waits (7 days by default) "
+        "for them to register",
+    )
     add_json_option(p, "print the agent's answer as JSON")
     add_connection_options(p)
     p.set_defaults(handler=run_send)
+
+    p = subparsers.add_parser(
+        "cancel",
+        help="take queued messages out of the outbox",
+        description="Remove outgoing messages no device has received yet (queued, or sent "
+        "without a receipt) from the outbox and the history. Exit 1 for an unknown id or a "
+        "message already delivered, expired or failed.",
+    )
+    p.add_argument("ids", nargs="+", metavar="ID", help="the message id send printed")
+    add_json_option(p, "print the cancelled messages' status objects")
+    add_connection_options(p)
+    p.set_defaults(handler=run_cancel)
 
     p = subparsers.add_parser(
         "inbox",
@@ -421,14 +483,16 @@ def register(subparsers: Any) -> None:
         "watch",
         help="stream incoming messages and delivery events until Ctrl-C",
         description="Print one line per agent event until Ctrl-C (exit 0). By default "
-        "incoming messages and delivery changes; --type chooses (repeatable, or 'all').",
+        "incoming messages, delivery changes and unknown recipients; --type chooses "
+        "(repeatable, or 'all').",
     )
     p.add_argument("--peer", metavar="IDENTITY", help="only events about IDENTITY")
     p.add_argument(
         "--type",
         action="append",
         choices=(*EVENT_TYPES, "all"),
-        help="event type to show (repeatable; default: message and delivery)",
+        help="event type to show (repeatable; default: message, delivery and "
+        "unknown_recipient)",
     )
     add_json_option(p, "one JSON object per line")
     add_connection_options(p)

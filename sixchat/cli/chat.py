@@ -143,10 +143,18 @@ class ChatUI:
                 self.show(f"  ✓✓ delivered{devices_suffix(event)}: {snippet}")
             elif state == "sent":
                 self.show(f"  ✓ sent: {snippet}")
+            elif state == "cancelled":
+                self.show(f"  ✗ cancelled: {snippet}")
             elif state in ("failed", "expired"):
                 reason = event.get("reason")
                 why = f" ({clean(reason, oneline=True)})" if reason else ""
                 self.show(f"  ✗ not delivered, {clean(state)}{why}: {snippet}")
+        elif kind == "unknown_recipient" and event.get("action") == "queued":
+            # (a refused send is shown by _send's failure already)
+            self.show(
+                f"  ✗ {clean(event.get('reason'), oneline=True)}; queued until it registers "
+                f"(sixchat cancel {' '.join(clean(i) for i in event.get('ids') or [])})"
+            )
         elif kind == "key_change":
             self.show(
                 f"!! {clean(self.peer, oneline=True)} presented a new key "
@@ -373,7 +381,9 @@ def run_chat(args: argparse.Namespace) -> int:
         client.addObserver(ui)  # events are held until the history is shown
         await timed(
             reactor,
-            client.subscribe(["message", "delivery", "typing", "key_change"], args.peer),
+            client.subscribe(
+                ["message", "delivery", "typing", "key_change", "unknown_recipient"], args.peer
+            ),
             CALL_TIMEOUT,
         )
         history = await timed(reactor, client.history(args.peer, None, args.history), CALL_TIMEOUT)

@@ -221,8 +221,12 @@ async def _demo(reactor: Any, base: str, say: Printer) -> int:
     alice = await start_agent("alice@example.com", "laptop")
 
     # 5. Alice writes while bob is offline ---------------------------------------------------
-    first = await alice.send("bob@example.com", "Hi Bob! Are you there?")
+    # Bob has never run his agent, so the registry does not know him yet: a plain send would
+    # be refused as an unknown recipient (a typo, most often); this one asks to queue anyway.
+    first = await alice.send("bob@example.com", "Hi Bob! Are you there?", queue_unknown=True)
     say("alice", f"-> bob@example.com: 'Hi Bob! Are you there?' ({first['state']}: bob is offline)")
+    say("alice", "bob has never registered, so this send asked to queue anyway "
+        "(sixchat send --queue-unknown); to an unknown address it would be refused")  # fmt: skip
     await _until(reactor, lambda: True, delay=0.5)
     status = await alice.status_of(first["id"])
     say("alice", f"message {first['id'][:8]} is still {status['state']}, waiting in the outbox")

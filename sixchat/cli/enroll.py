@@ -12,7 +12,9 @@ connection and saves them beside the identity (C{alice-ca.pem}): that is the C{-
 for C{twistd sixchat} and C{sixchat probe}.
 
 Everything that can go wrong locally (output exists, bad identity, unreadable files) is
-checked I{before} the token is sent, because the token is single-use. Tokens are never
+checked I{before} the token is sent, because the token is single-use; the name is sent with
+it, and a sixchat registry refuses an invitation for another name without spending the token
+(a typo costs nothing). Tokens are never
 printed or logged; C{--token-file} keeps it out of the process list.
 """
 
@@ -329,12 +331,21 @@ def run_enroll(args: argparse.Namespace) -> int:
     key = pki.generate_key(args.key_type)
     csr = make_csr(key, identity)
 
+    from sixchat.irp.messages import IRPError
+
     async def work(proto: Any) -> tuple[list[x509.Certificate] | str, list[x509.Certificate]]:
         # Both pipelined; the certificate matters most (the token is spent once it is
         # issued), so a failing `ca` only costs a warning.
         got_ca: list[Any] = []
         fetched = proto.ca().addBoth(got_ca.append)
-        issued = await proto.enroll(token, csr)
+        try:
+            # With the name we expect: the registry refuses an invitation for another name
+            # before spending the token, so the right name still works with it afterwards.
+            issued = await proto.enroll(token, csr, identity)
+        except IRPError as e:
+            if e.reason == "forbidden" and e.text:
+                raise CommandError(f"{e.text} (enrol again with the invitation's name)") from None
+            raise
         await fetched
         anchors = got_ca[0] if isinstance(got_ca[0], list) else got_ca[0].getErrorMessage()
         return anchors, issued

@@ -19,7 +19,7 @@ from sixchat.cli.terminal import clean, devices_suffix, local_time, out, print_j
 __all__ = ["WATCH_DEFAULT_TYPES", "format_event", "run_watch"]
 
 #: Event types C{watch} shows unless told otherwise (C{--type}).
-WATCH_DEFAULT_TYPES = ("message", "delivery")
+WATCH_DEFAULT_TYPES = ("message", "delivery", "unknown_recipient")
 
 
 def format_event(event: dict[str, Any], now: datetime | None = None) -> str:
@@ -46,6 +46,14 @@ def format_event(event: dict[str, Any], now: datetime | None = None) -> str:
             f"{stamp}  !! {peer} presented a new key {clean(event.get('fingerprint'))} "
             f"(policy {clean(event.get('policy'))}: {clean(event.get('action'))})"
         )
+    if kind == "unknown_recipient":
+        ids = [clean(i) for i in event.get("ids") or []]
+        what = (
+            f"message(s) {' '.join(ids)} stay queued (sixchat cancel ID)"
+            if event.get("action") == "queued"
+            else "message not sent"
+        )
+        return f"{stamp}  !! {clean(event.get('reason'), oneline=True)}: {what}"
     if kind == "presence":
         nodes = event.get("nodes")
         count = len(nodes) if isinstance(nodes, list) else nodes

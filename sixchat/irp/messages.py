@@ -229,14 +229,24 @@ class CA:
 
 @dataclass
 class Enroll:
+    """
+    C{identity} (optional, an extension irp-1 §1 lets old servers ignore): the identity the
+    client expects the invitation to be for; a registry that knows it refuses a mismatch
+    before spending the token (docs/irp.md).
+    """
+
     id: str
     token: str
     csr: bytes
+    identity: str | None = None
     tag = "enroll"
 
     def to_element(self) -> Element:
         csr = Element("csr", text=b64encode(self.csr))
-        return Element("enroll", {"id": self.id, "token": self.token}, [csr])
+        attrs = {"id": self.id, "token": self.token}
+        if self.identity is not None:
+            attrs["identity"] = self.identity
+        return Element("enroll", attrs, [csr])
 
 
 @dataclass
@@ -355,7 +365,8 @@ def parse_request(element: Element, allow_private: bool = False) -> Request:
         token = element.get("token")
         if not token:
             raise IRPError("bad_request", "missing token", rid)
-        return Enroll(rid, token, _csr(element, rid))
+        expected = None if element.get("identity") is None else _identity_attr(element, rid)
+        return Enroll(rid, token, _csr(element, rid), expected)
     if tag == "renew":
         return Renew(rid, _csr(element, rid))
     simple: dict[str, Callable[[str], Request]] = {

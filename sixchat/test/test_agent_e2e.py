@@ -325,11 +325,13 @@ class OfflineDeliveryTests(E2ECase):
         """
         yield self.startRegistry()
         alice = yield self.agent("alice", ALICE).start()
-        bob = self.agent("bob", BOB)
+        bob = yield self.agent("bob", BOB).start()  # registered once: known to the registry
+        yield bob.stop()  # offline (unregistered), not unknown
 
         out, err, code = yield alice.cli("send", BOB, "hi while you are away", "--wait", "1")
         self.assertEqual(code, 3, out + err)
         self.assertIn("not delivered after 1 s", out)
+        self.assertNotIn("not known", out + err)
         history = yield alice.inbox(BOB)
         (first,) = history
         self.assertEqual((first["direction"], first["state"]), ("out", "queued"))
@@ -357,6 +359,95 @@ class OfflineDeliveryTests(E2ECase):
         inbox = yield bob.inbox()
         self.assertExactlyOnce(inbox, ALICE, ["hi while you are away", "and now?"])
         self.assertEqual({m["id"] for m in inbox}, {m["id"] for m in history})
+
+
+class UnknownRecipientTests(E2ECase):
+    """
+    Issue 17 item 3 with a real registry and real processes: an unknown recipient is refused
+    in one line (exit 1), leaves no outbox entry and no contact, and shows in `watch`;
+    --queue-unknown queues it, `cancel` removes it; an offline peer is still queued.
+    """
+
+    @defer.inlineCallbacks
+    def test_unknown_recipient_refused_queued_on_purpose_and_cancelled(self) -> Any:
+        carol = "carol@example.com"
+        yield self.startRegistry()
+        alice = yield self.agent("alice", ALICE).start()
+        assert self.registry is not None
+        watch = spawn(
+            "watch", [sys.executable, "-m", "sixchat.cli", "watch", "--data-dir", alice.data_dir],
+            self.base,
+        )  # fmt: skip
+        self.addCleanup(watch.terminate)
+        client = yield alice.control(self)
+        events = EventLog()
+        client.addObserver(events)
+        yield client.subscribe()
+
+        out, err, code = yield alice.cli("send", carol, "hi", "--wait", "5")
+        self.assertEqual(code, 1, out + err)
+        self.assertEqual(out, "")
+        self.assertEqual(
+            err,
+            f"sixchat: error: {carol} is not known to registry {self.registry.address} (never "
+            "registered there, or its certificate expired or was revoked); nothing was queued: "
+            "check the address, or use --queue-unknown to queue it until it registers\n",
+        )
+        contacts = yield alice.cli_json("contacts")
+        history = yield alice.inbox()
+        status = yield alice.cli_json("status")
+        self.assertEqual((contacts, history), ([], []))
+        self.assertEqual(status["outbox"], {"queued": 0, "sent": 0, "delivered": 0})
+        # `watch` shows it (a refused send changes nothing, so it may be repeated until the
+        # watch, started above, has subscribed).
+        shown = rf"!! {re.escape(carol)} is not known to registry .*: message not sent"
+        yield eventually(
+            lambda: watch.count(shown) or alice.cli("send", carol, "hi").addCallback(lambda _: 0),
+            DELIVERY_TIMEOUT,
+            "watch showing the refusal",
+        )
+        refused = yield eventually(lambda: events.of("unknown_recipient"), 10, "event")
+        self.assertEqual({(e["peer"], e["action"], tuple(e["ids"])) for e in refused},
+                         {(carol, "refused", ())})  # fmt: skip
+
+        # Queued on purpose: exit 3 says the recipient is unknown; watch shows it; cancel.
+        out, err, code = yield alice.cli("send", carol, "welcome", "--queue-unknown", "--wait", "2")
+        self.assertEqual(code, 3, out + err)
+        mid = re.match(r"not delivered after 2 s: (\S+) to ", out)
+        assert mid is not None, out
+        self.assertIn(f"{carol} is not known to the registry yet (sixchat cancel {mid[1]}", out)
+        yield watch.wait(rf"message\(s\) {mid[1]} stay queued", timeout=DELIVERY_TIMEOUT)
+        contacts = yield alice.cli_json("contacts")
+        self.assertEqual([c["identity"] for c in contacts], [carol])
+        out, err, code = yield alice.cli("cancel", mid[1])
+        self.assertEqual((out, code), (f"cancelled {mid[1]} to {carol}\n", 0), err)
+        yield watch.wait(rf"-> {re.escape(carol)}  {mid[1]} cancelled", timeout=DELIVERY_TIMEOUT)
+        contacts = yield alice.cli_json("contacts")
+        history = yield alice.inbox()
+        self.assertEqual((contacts, history), ([], []))
+        out, err, code = yield alice.cli("cancel", mid[1])
+        self.assertEqual(
+            (out, err, code), ("", f"sixchat: error: no outgoing message {mid[1]}\n", 1)
+        )
+
+    @defer.inlineCallbacks
+    def test_queued_for_an_unknown_peer_delivered_once_it_registers(self) -> Any:
+        """--queue-unknown for someone who enrolled but never ran an agent: delivered later."""
+        yield self.startRegistry()
+        alice = yield self.agent("alice", ALICE).start()
+        bob = self.agent("bob", BOB)
+        out, err, code = yield alice.cli("send", BOB, "for later", "--queue-unknown")
+        self.assertEqual(code, 0, out + err)
+        yield bob.start()
+        yield eventually(
+            lambda: alice.inbox(BOB).addCallback(
+                lambda h: [m for m in h if m["state"] == "delivered"]
+            ),
+            DELIVERY_TIMEOUT,
+            "delivered after bob's first registration",
+        )
+        inbox = yield bob.inbox()
+        self.assertExactlyOnce(inbox, ALICE, ["for later"])
 
 
 class CrashTests(E2ECase):
@@ -424,7 +515,10 @@ class CrashTests(E2ECase):
         bob = self.agent("bob", BOB)
         client = yield alice.control(self)
         bodies = [f"queued {i:02d}" for i in range(count)]
-        results = yield defer.gatherResults([client.send(BOB, body) for body in bodies])
+        # bob has never run an agent: the registry does not know him, so queue on purpose
+        results = yield defer.gatherResults(
+            [client.send(BOB, body, None, None, True) for body in bodies]
+        )
         ids = [r["id"] for r in results]
         status = yield client.status()
         self.assertEqual(status["outbox"]["queued"], count)

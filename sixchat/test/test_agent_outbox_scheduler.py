@@ -434,6 +434,64 @@ class SchedulerTests(unittest.TestCase):
         self.assertEqual(sorted(n for _, n in self.sessions.dials), ["laptop", "phone"])
 
 
+    # unknown peers (issue 17 item 3) ------------------------------------------------------------
+
+    def test_unknown_peer_reported_once_and_looked_up_every_unknown_retry(self) -> None:
+        self.directory = MemoryDirectory(unknown_unregistered=True)
+        unknown: list[tuple[str, str, list[str]]] = []
+        scheduler = self.scheduler(on_unknown=lambda *a: unknown.append(a))
+        self.queue(scheduler, "m1")
+        self.queue(scheduler, "m2")
+        scheduler.kick(BOB)
+        self.assertEqual(unknown, [(BOB, f"{BOB} is not known to the directory", ["m1", "m2"])])
+        self.assertTrue(scheduler.isUnknown("bob@EXAMPLE.com"))
+        self.assertEqual(self.directory.lookups, 1)
+        self.assertEqual(self.directory.watched, {BOB})  # its first registration is pushed
+        for _ in range(int(outbox.UNKNOWN_RETRY) - 1):  # ticks and kicks: no lookup
+            self.clock.advance(1)
+            scheduler.kick(BOB)
+        self.assertEqual(self.directory.lookups, 1)
+        self.clock.advance(1)
+        scheduler.kick(BOB)
+        self.assertEqual(self.directory.lookups, 2)
+        self.assertEqual(len(unknown), 1)  # reported once while it stays unknown
+        self.assertEqual(self.store.attempts, [])
+        self.assertEqual(self.sessions.dials, [])
+        # It registers: the presence push makes it known and delivers at once.
+        self.directory.register(BOB, binding())
+        scheduler.peerAppeared(BOB)
+        self.assertFalse(scheduler.isUnknown(BOB))
+        self.assertEqual(self.sessions.dials, [(BOB, "phone")])
+        self.assertEqual(sorted(self.store.nodes), ["m1", "m2"])
+        self.assertEqual(len(self.sessions.sessions["phone"].sent), 2)
+
+    def test_known_offline_peer_is_not_unknown(self) -> None:
+        unknown: list[Any] = []
+        scheduler = self.scheduler(on_unknown=lambda *a: unknown.append(a))
+        self.queue(scheduler)
+        scheduler.kick(BOB)  # MemoryDirectory() knows everyone: offline, not unknown
+        self.assertEqual((unknown, scheduler.isUnknown(BOB)), ([], False))
+        scheduler.kick(BOB)
+        self.assertEqual(self.directory.lookups, 2)  # no spacing for an offline peer
+        # A peer the directory forgets (certificate expired or revoked) becomes unknown.
+        self.directory.forget(BOB)
+        scheduler.kick(BOB)
+        self.assertEqual([u[2] for u in unknown], [["m1"]])
+        self.assertTrue(scheduler.isUnknown(BOB))
+
+    def test_unknown_entry_dropped_when_nothing_is_owed(self) -> None:
+        self.directory = MemoryDirectory(unknown_unregistered=True)
+        scheduler = self.scheduler()
+        self.queue(scheduler)
+        scheduler.kick(BOB)
+        self.assertTrue(scheduler.isUnknown(BOB))
+        self.store.final["m1"] = "failed"  # e.g. cancelled: nothing owed any more
+        self.clock.advance(outbox.UNKNOWN_RETRY)
+        scheduler.kick(BOB)
+        self.assertFalse(scheduler.isUnknown(BOB))
+        self.assertEqual(self.directory.watched, set())
+
+
 class MemoryDirectoryTests(unittest.TestCase):
     def test_provides_idirectory(self) -> None:
         self.assertTrue(verifyObject(IDirectory, MemoryDirectory()))
@@ -464,3 +522,18 @@ class MemoryDirectoryTests(unittest.TestCase):
         self.assertEqual(len(pushed), 2)
         self.successResultOf(directory.close())
         self.assertTrue(directory.closed)
+
+    def test_unknown_identities(self) -> None:
+        from sixchat.agent.errors import UnknownIdentity
+
+        strict = MemoryDirectory(unknown_unregistered=True)
+        self.failureResultOf(strict.lookup(BOB), UnknownIdentity)
+        strict.register(BOB, binding())
+        self.assertEqual(len(self.successResultOf(strict.lookup(BOB)).nodes), 1)
+        strict.withdraw(BOB, "phone")  # offline now, still known
+        self.assertEqual(self.successResultOf(strict.lookup(BOB)).nodes, [])
+        lenient = MemoryDirectory()
+        self.assertEqual(self.successResultOf(lenient.lookup(BOB)).nodes, [])
+        lenient.forget("bob@EXAMPLE.com")
+        failure = self.failureResultOf(lenient.lookup(BOB), UnknownIdentity)
+        self.assertEqual(failure.getErrorMessage(), f"{BOB} is not known to the directory")

@@ -15,6 +15,7 @@ from twisted.trial import unittest
 from zope.interface import implementer
 
 from sixchat.agent import outbox as agent_outbox
+from sixchat.agent.errors import MessageFinal, UnknownIdentity, UnknownMessage
 from sixchat.agent.interfaces import IAgentEvents
 from sixchat.agent.service import AgentError, UserAgentService
 from sixchat.handshake import PeerConfig
@@ -51,7 +52,9 @@ def deferLater(seconds: float) -> defer.Deferred[None]:
     return task.deferLater(reactor, seconds, lambda: None)
 
 
-class AgentTests(unittest.TestCase):
+class AgentCase(unittest.TestCase):
+    """Agents on real TCP with real stores, found through a L{FakeDirectory}."""
+
     timeout = 60
 
     def setUp(self) -> None:
@@ -77,8 +80,7 @@ class AgentTests(unittest.TestCase):
             listen="tcp:0:interface=127.0.0.1",
             node=node,
             control=False,
-            directory=self.directory,
-            **kw,
+            **{"directory": self.directory, **kw},
         )
         events = Events()
         agent.addObserver(events)
@@ -99,6 +101,8 @@ class AgentTests(unittest.TestCase):
             yield deferLater(0.02)
         self.fail("condition not reached in time")
 
+
+class AgentTests(AgentCase):
     @defer.inlineCallbacks
     def test_send_while_offline_then_deliver(self) -> Any:
         alice, alice_events = yield self.agent("alice@example.com")
@@ -316,6 +320,130 @@ class AgentTests(unittest.TestCase):
         self.directory.publish("bob@example.com", "n1", bob)
         status = yield again.waitDelivered(sent["id"], 10)
         self.assertEqual(status["state"], "delivered")
+
+
+class UnknownRecipientTests(AgentCase):
+    """
+    Issue 17 item 3: a recipient the registry does not know is refused (nothing stored, no
+    contact made) unless queued on purpose; an offline one is queued; C{cancel} takes a
+    message out of the outbox.
+    """
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.directory = FakeDirectory(unknown_unregistered=True)
+
+    @defer.inlineCallbacks
+    def test_unknown_recipient_is_refused_and_nothing_is_left(self) -> Any:
+        alice, events = yield self.agent("alice@example.com")
+        failure = yield self.assertFailure(
+            alice.send("carol@example.com", "hi"), UnknownIdentity
+        )
+        self.assertEqual(
+            str(failure),
+            "carol@example.com is not known to the directory (never registered there, or its "
+            "certificate expired or was revoked)",
+        )
+        history = yield alice.history(None, None, 10)
+        contacts = yield alice.contacts()
+        counts = yield alice.store.outbox_counts()
+        self.assertEqual((history, contacts), ([], []))
+        self.assertEqual(counts, {"queued": 0, "sent": 0, "delivered": 0})
+        self.assertEqual(events.of("delivery"), [])
+        [event] = events.of("unknown_recipient")
+        self.assertEqual(
+            (event["peer"], event["action"], event["ids"]), ("carol@example.com", "refused", [])
+        )
+
+    @defer.inlineCallbacks
+    def test_offline_known_recipient_is_queued(self) -> Any:
+        alice, events = yield self.agent("alice@example.com")
+        bob, _ = yield self.agent("bob@example.com")
+        self.directory.publish("bob@example.com", "n1", bob)
+        self.directory.withdraw("bob@example.com", "n1")  # registered once, offline now
+        yield bob.stopService()
+        sent = yield alice.send("bob@example.com", "later")
+        self.assertEqual(sent["state"], "queued")
+        yield deferLater(0.2)
+        status = yield alice.status_of(sent["id"])
+        self.assertEqual((status["state"], status["recipient_unknown"]), ("queued", False))
+        self.assertEqual(events.of("unknown_recipient"), [])
+
+    @defer.inlineCallbacks
+    def test_queue_unknown_waits_for_the_first_registration(self) -> Any:
+        alice, events = yield self.agent("alice@example.com")
+        sent = yield alice.send("carol@example.com", "welcome", queue_unknown=True)
+        self.assertEqual(sent["state"], "queued")
+        [event] = yield self.until(lambda: events.of("unknown_recipient"))
+        self.assertEqual(
+            (event["action"], event["ids"], event["peer"]),
+            ("queued", [sent["id"]], "carol@example.com"),
+        )
+        status = yield alice.status_of(sent["id"])
+        self.assertEqual((status["state"], status["recipient_unknown"]), ("queued", True))
+        # carol's own directory: the shared one pushes presence to the newest agent only
+        carol, carol_events = yield self.agent("carol@example.com", directory=MemoryDirectory())
+        waiting = alice.waitDelivered(sent["id"], 10)
+        self.directory.publish("carol@example.com", "n1", carol)  # the push: known and online
+        status = yield waiting
+        self.assertEqual(status["state"], "delivered")
+        self.assertEqual([e["body"] for e in carol_events.of("message")], ["welcome"])
+        self.assertFalse(alice.outbox.isUnknown("carol@example.com"))
+
+    @defer.inlineCallbacks
+    def test_a_silent_directory_does_not_block_sending(self) -> Any:
+        from sixchat.agent.service import RECIPIENT_CHECK
+
+        clock = task.Clock()
+        clock.advance(1_800_000_000)
+        silent = FakeDirectory()
+        asked: list[defer.Deferred[Any]] = []
+        silent.lookup = lambda identity: asked.append(defer.Deferred()) or asked[-1]  # type: ignore[method-assign]
+        alice, _ = yield self.agent("alice@example.com", directory=silent, clock=clock)
+        d = alice.send("bob@example.com", "anyone?")
+        self.assertNoResult(d)
+        self.assertEqual(len(asked), 1)
+        clock.advance(RECIPIENT_CHECK)
+        sent = yield d
+        self.assertEqual(sent["state"], "queued")
+        asked[0].errback(UnknownIdentity("too late"))  # the outbox reports it from now on
+        status = yield alice.status_of(sent["id"])
+        self.assertEqual(status["state"], "queued")
+
+    @defer.inlineCallbacks
+    def test_cancel(self) -> Any:
+        alice, events = yield self.agent("alice@example.com")
+        sent = yield alice.send("carol@example.com", "typo", queue_unknown=True)
+        waiting = alice.waitDelivered(sent["id"], 30)
+        cancelled = yield alice.cancel(sent["id"])
+        self.assertEqual((cancelled["id"], cancelled["state"]), (sent["id"], "cancelled"))
+        released = yield waiting
+        self.assertEqual(released["state"], "cancelled")
+        self.assertEqual(events.of("delivery")[-1]["state"], "cancelled")
+        history = yield alice.history(None, None, 10)
+        contacts = yield alice.contacts()
+        self.assertEqual((history, contacts), ([], []))
+        yield self.assertFailure(alice.cancel(sent["id"]), UnknownMessage)
+        yield self.assertFailure(alice.cancel("no-such-id"), UnknownMessage)
+
+    @defer.inlineCallbacks
+    def test_cancel_keeps_a_real_contact_and_refuses_delivered(self) -> Any:
+        alice, _ = yield self.agent("alice@example.com")
+        bob, _ = yield self.agent("bob@example.com")
+        self.directory.publish("bob@example.com", "n1", bob)
+        first = yield alice.send("bob@example.com", "delivered")
+        status = yield alice.waitDelivered(first["id"], 10)
+        self.assertEqual(status["state"], "delivered")
+        failure = yield self.assertFailure(alice.cancel(first["id"]), MessageFinal)
+        self.assertIn("already delivered", str(failure))
+        yield bob.stopService()
+        self.directory.withdraw("bob@example.com", "n1")
+        second = yield alice.send("bob@example.com", "never mind")
+        yield alice.cancel(second["id"])
+        contacts = yield alice.contacts()
+        self.assertEqual([c["identity"] for c in contacts], ["bob@example.com"])
+        history = yield alice.history("bob@example.com", None, 10)
+        self.assertEqual([m["body"] for m in history], ["delivered"])
 
 
 def _now() -> datetime:

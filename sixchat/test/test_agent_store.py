@@ -339,6 +339,40 @@ class OutgoingTests(StoreTestCase):
         self.assertEqual(pending[0], out)
 
     @defer.inlineCallbacks
+    def test_cancel(self) -> Gen:
+        """Queued and sent messages go, with a contact made only by them; others stay."""
+        first = yield self.store.queue_outgoing("carol@Example.com", "typo", T0)
+        second = yield self.store.queue_outgoing("carol@example.com", "typo 2", T0)
+        yield self.store.mark_attempt(second.id, "n1", T0, T0 + SEC)  # sent, no receipt
+        status = yield self.store.cancel(first.id)
+        self.assertEqual((status.id, status.state), (first.id, QUEUED))
+        contacts = yield self.store.contacts()
+        self.assertEqual([c.identity for c in contacts], ["carol@example.com"])  # second's
+        status = yield self.store.cancel(second.id)
+        self.assertEqual(status.state, "sent")
+        contacts = yield self.store.contacts()
+        history = yield self.store.history()
+        pending = yield self.store.pending()
+        self.assertEqual((contacts, history, pending), ([], [], []))
+        gone = yield self.store.cancel(second.id)
+        self.assertIsNone(gone)
+        # Delivered (to any node), expired or failed: nothing changes.
+        done = yield self.store.queue_outgoing("bob@example.com", "got it", T0)
+        yield self.store.mark_delivered(done.id, "n1", T0)
+        status = yield self.store.cancel(done.id)
+        self.assertEqual(status.state, "delivered")
+        history = yield self.store.history()
+        self.assertEqual([h.id for h in history], [done.id])
+        # A contact that showed up itself stays when its queued message is cancelled.
+        yield self.store.touch_contact("dave@example.com", T0)
+        queued = yield self.store.queue_outgoing("dave@example.com", "hi", T0)
+        yield self.store.cancel(queued.id)
+        contacts = yield self.store.contacts()
+        self.assertEqual(
+            sorted(c.identity for c in contacts), ["bob@example.com", "dave@example.com"]
+        )
+
+    @defer.inlineCallbacks
     def test_queue_explicit_fields_idempotent(self) -> Gen:
         out = yield self.store.queue_outgoing(
             "bob@example.com", "re", T0, id="m-1", thread="th", reply_to="q_2"

@@ -66,14 +66,44 @@ class CLITests(AgentCLIMixin, unittest.TestCase):
         self.assertEqual(out, "FAILED m2 to fail@example.com: expired: no receipt within 7 days\n")
 
     @defer.inlineCallbacks
+    def test_queue_unknown_then_cancel(self) -> Any:
+        """Issue 17 item 3 from the command line: --queue-unknown, then sixchat cancel."""
+        out, err, code = yield run(
+            ["send", "nobody@example.com", "hi", "--queue-unknown", "--wait", "0.3", *self.dd]
+        )
+        self.assertEqual(code, 3, err)
+        self.assertEqual(
+            out,
+            "not delivered after 0.3 s: m1 to nobody@example.com is queued; nobody@example.com "
+            "is not known to the registry yet (sixchat cancel m1 drops it)\n",
+        )
+        self.assertEqual(self.agent.sends()[-1][-1], "queue_unknown")
+        out, err, code = yield run(["cancel", "m1", *self.dd])
+        self.assertEqual((out, err, code), ("cancelled m1 to nobody@example.com\n", "", 0))
+        out, err, code = yield run(["cancel", "m1", *self.dd])
+        self.assertEqual(code, 1)
+        self.assertEqual(err, "sixchat: error: no outgoing message m1\n")
+        yield run(["send", BOB, "x", "--wait", "1", *self.dd])
+        out, err, code = yield run(["cancel", "m2", "--json", *self.dd])
+        self.assertEqual(code, 1)
+        self.assertEqual(
+            err, "sixchat: error: message m2 is already delivered; nothing to cancel\n"
+        )
+        out, err, code = yield run(["cancel", *self.dd])
+        self.assertEqual(code, 2)
+        self.assertIn("ID", err)
+
+    @defer.inlineCallbacks
     def test_send_errors_are_one_line(self) -> Any:
         out, err, code = yield run(["send", "nobody@example.com", "hi", *self.dd])
         self.assertEqual(code, 1)
         self.assertEqual(
             err,
-            "sixchat: error: nobody@example.com is not a contact and the registry does not "
-            "know it\n",
+            "sixchat: error: nobody@example.com is not known to registry irp.example.com "
+            "(never registered there); nothing was queued: check the address, or use "
+            "--queue-unknown to queue it until it registers\n",
         )
+        self.assertEqual(out, "")
         out, err, code = yield run(["send", BOB, "hi", "--wait", "0", *self.dd])
         self.assertEqual(code, 2)
         self.assertIn("--wait", err)

@@ -74,7 +74,32 @@ class ChatCLITests(AgentCLIMixin, unittest.TestCase):
     def test_chat_send_failure_is_shown(self) -> Any:
         out, err, code = yield run(["chat", "nobody@example.com", *self.dd], stdin=b"hi\n")
         self.assertEqual(code, 0, err)
-        self.assertIn("  ✗ not sent: nobody@example.com is not a contact", out)
+        self.assertIn(
+            "  ✗ not sent: nobody@example.com is not known to registry irp.example.com "
+            "(never registered there)\n",
+            out,
+        )
+
+    @defer.inlineCallbacks
+    def test_chat_shows_unknown_recipient(self) -> Any:
+        """Messages queued for a peer the registry does not know are shown in its chat."""
+        nobody = "nobody@example.com"
+        proc = spawn_cli(["chat", nobody, *self.dd])
+        yield wait_for(lambda: b"--- chat with" in proc.out, what="history")
+        yield wait_for(lambda: self.agent.observers, what="subscription")
+        reason = f"{nobody} is not known to registry irp.example.com"
+        self.agent.emit({"type": "unknown_recipient", "peer": nobody, "reason": reason,
+                         "ids": ["q1"], "action": "queued"})  # fmt: skip
+        self.agent.emit({"type": "unknown_recipient", "peer": BOB, "reason": "not this chat",
+                         "ids": ["q2"], "action": "queued"})  # fmt: skip
+        yield wait_for(lambda: b"queued until" in proc.out, what="unknown recipient")
+        proc.transport.write(b"/quit\n")
+        code = yield proc.ended
+        self.assertEqual(code, 0, proc.err)
+        self.assertIn(
+            f"  ✗ {reason}; queued until it registers (sixchat cancel q1)\n", proc.text
+        )
+        self.assertNotIn("not this chat", proc.text)
 
     @defer.inlineCallbacks
     def test_chat_on_a_terminal(self) -> Any:

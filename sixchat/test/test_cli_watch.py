@@ -30,6 +30,29 @@ class FormatEventTests(unittest.TestCase):
         self.assertIn(f"<- {BOB}  a ⏎ b", line)
         line = format_event({"type": "typing", "peer": BOB, "state": "composing"}, now)
         self.assertTrue(line.endswith(f"{BOB} is typing…"))
+        reason = "carol@example.com is not known to registry irp.example.com"
+        line = format_event(
+            {"type": "unknown_recipient", "peer": "carol@example.com", "reason": reason,
+             "ids": [], "action": "refused"}, now,
+        )  # fmt: skip
+        self.assertTrue(line.endswith(f"  !! {reason}: message not sent"), line)
+        line = format_event(
+            {"type": "unknown_recipient", "peer": "carol@example.com", "reason": reason,
+             "ids": ["m1", "m2"], "action": "queued"}, now,
+        )  # fmt: skip
+        self.assertTrue(
+            line.endswith(f"  !! {reason}: message(s) m1 m2 stay queued (sixchat cancel ID)"),
+            line,
+        )
+        line = format_event(
+            {"type": "delivery", "peer": BOB, "id": "m3", "state": "cancelled"}, now
+        )
+        self.assertTrue(line.endswith(f"-> {BOB}  m3 cancelled"), line)
+
+    def test_watch_shows_unknown_recipients_by_default(self) -> None:
+        from sixchat.cli.watch import WATCH_DEFAULT_TYPES
+
+        self.assertIn("unknown_recipient", WATCH_DEFAULT_TYPES)
 
 
 class WatchCLITests(AgentCLIMixin, unittest.TestCase):

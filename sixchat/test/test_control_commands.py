@@ -16,6 +16,7 @@ from sixchat.agent.control.commands import normalize_timestamp
 from sixchat.agent.errors import (
     AgentFailure,
     BadArgument,
+    MessageFinal,
     NotConnected,
     UnknownIdentity,
     UnknownMessage,
@@ -36,6 +37,28 @@ class CommandTests(ServerMixin, unittest.TestCase):
         self.assertEqual(self.agent.calls, [("send", BOB, "hello ✓", "t1", "r1")])
         result = yield client.send(BOB, "plain")
         self.assertEqual(self.agent.calls[-1], ("send", BOB, "plain", None, None))
+
+    @defer.inlineCallbacks
+    def test_send_queue_unknown_and_cancel(self) -> Any:
+        yield self.serve()
+        client = yield self.connect()
+        result = yield client.send("nobody@example.com", "hi", None, None, True)
+        self.assertEqual(result["state"], "queued")
+        self.assertEqual(
+            self.agent.calls[-1], ("send", "nobody@example.com", "hi", None, None, "queue_unknown")
+        )
+        cancelled = yield client.cancel(result["id"])
+        self.assertEqual((cancelled["id"], cancelled["state"]), (result["id"], "cancelled"))
+        self.assertEqual(self.agent.calls[-1], ("cancel", result["id"]))
+        failure = yield self.assertFailure(client.cancel(result["id"]), UnknownMessage)
+        self.assertIn(result["id"], str(failure))
+        sent = yield client.send(BOB, "delivered soon")
+        yield client.waitDelivered(sent["id"], 1)
+        failure = yield self.assertFailure(client.cancel(sent["id"]), MessageFinal)
+        self.assertEqual(
+            str(failure), f"message {sent['id']} is already delivered; nothing to cancel"
+        )
+        yield self.assertFailure(client.cancel(""), BadArgument)
 
     @defer.inlineCallbacks
     def test_send_long_text_crosses_amp_value_limit(self) -> Any:

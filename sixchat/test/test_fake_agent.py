@@ -34,3 +34,28 @@ class FakeAgentTests(unittest.TestCase):
         self.successResultOf(agent.typing(BOB, "composing"))
         self.assertEqual(agent.sends(), [("send", BOB, "hello", None, None)])
         self.assertEqual(agent.typings(), [("typing", BOB, "composing")])
+
+    def test_unknown_recipient_queue_unknown_and_cancel(self) -> None:
+        from sixchat.agent.errors import MessageFinal, UnknownIdentity, UnknownMessage
+
+        clock = Clock()
+        agent = FakeAgent(clock)
+        events: list[dict[str, object]] = []
+        agent.addObserver(type("O", (), {"agentEvent": lambda self, e: events.append(e)})())
+        with self.assertRaises(UnknownIdentity) as refused:
+            agent.send("nobody@example.com", "hi")
+        self.assertIn("is not known to registry", str(refused.exception))
+        self.assertEqual(
+            [(e["type"], e["action"]) for e in events], [("unknown_recipient", "refused")]
+        )
+        sent = self.successResultOf(agent.send("nobody@example.com", "hi", queue_unknown=True))
+        d = agent.waitDelivered(sent["id"], 2)
+        clock.advance(2)
+        self.assertEqual(self.successResultOf(d)["recipient_unknown"], True)
+        cancelled = self.successResultOf(agent.cancel(sent["id"]))
+        self.assertEqual(cancelled["state"], "cancelled")
+        self.assertEqual(events[-1]["type"], "delivery")
+        self.failureResultOf(agent.cancel(sent["id"]), UnknownMessage)
+        delivered = self.successResultOf(agent.send(BOB, "x"))
+        self.successResultOf(agent.waitDelivered(delivered["id"], 1))
+        self.failureResultOf(agent.cancel(delivered["id"]), MessageFinal)

@@ -128,6 +128,37 @@ class AuthorityRequestTests(RequestTestCase):
         no_token = el("enroll", [el("csr", text="AAAA")], id="t")
         self.assertEqual((await client.request(no_token)).get("reason"), "bad_request")
 
+    async def test_enroll_checks_the_expected_identity_before_spending_the_token(self) -> None:
+        """
+        An C{enroll} naming another identity than the invitation's is refused (forbidden,
+        naming both) and leaves the token usable; the right name then enrols with it.
+        """
+        h = await self.harness()
+        token = await h.authority.invite("gina@example.com")
+        key = ed25519.Ed25519PrivateKey.generate()
+        client = h.connect()
+        typo = await client.request(Enroll("1", token, make_csr(key), "gina@exmaple.com"))
+        self.assertEqual((typo.tag, typo.get("reason")), ("error", "forbidden"))
+        self.assertIn("gina@example.com", typo.text)
+        self.assertIn("not gina@exmaple.com", typo.text)
+        # A wrong token with a name says nothing about any invitation.
+        wrong = await client.request(Enroll("2", "no-such-token", make_csr(key), "gina@x.org"))
+        self.assertEqual(wrong.get("reason"), "invalid_token")
+        self.assertNotIn("gina@example.com", wrong.text or "")
+        # Identities compare as identities (domain case-insensitive), and the token still works.
+        issued = await client.request(Enroll("3", token, make_csr(key), "gina@EXAMPLE.com"))
+        self.assertEqual(issued.tag, "issued")
+        leaf = x509.load_der_x509_certificate(base64.b64decode(issued.find("cert").text))  # type: ignore[union-attr]
+        self.assertEqual(rfc822_names(leaf), ("gina@example.com",))
+        # Now spent: the expected name does not revive it.
+        again = await client.request(Enroll("4", token, make_csr(key), "gina@example.com"))
+        self.assertEqual(again.get("reason"), "invalid_token")
+        # A malformed expected identity is a bad request.
+        token = await h.authority.invite("hal@example.com")
+        bad = el("enroll", [el("csr", text="AAAA")], id="5", token=token, identity="not-one")
+        self.assertEqual((await client.request(bad)).get("reason"), "bad_request")
+        self.assertEqual((await client.request(Enroll("6", token, make_csr(key)))).tag, "issued")
+
     async def test_renew(self) -> None:
         h = await self.harness()
         a = h.connect(h.identity("alice@example.com"))

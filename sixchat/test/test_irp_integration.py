@@ -139,6 +139,33 @@ class EnrollTests(RegistryFixture):
         self.assertIn("carol@example.com", out)
 
     @defer.inlineCallbacks
+    def test_name_typo_does_not_spend_the_invitation(self) -> Any:
+        """
+        Issue 17 item 4: `sixchat enroll gina@exmaple.com --token T` (a typo) fails with one
+        line naming both identities, writes nothing, and the same token then enrols
+        gina@example.com.
+        """
+        token = yield self.invite("gina@example.com")
+        common = ["--registry", self.address, "--registry-ca", self.ca, "--token", token]
+        _, err, code = yield self.cli(
+            "enroll", "gina@exmaple.com", *common, "--out", "gina.p12", ok=False
+        )
+        self.assertEqual(code, 1, err)
+        self.assertEqual(len(err.strip().splitlines()), 1, err)
+        self.assertRegex(
+            err, r"^sixchat: error: this invitation is for gina@example\.com, not "
+            r"gina@exmaple\.com; the token was not used"
+        )  # fmt: skip
+        self.assertFalse(os.path.exists(os.path.join(self.tmp, "gina.p12")))
+        out, _, _ = yield self.cli("enroll", "gina@example.com", *common, "--out", "gina.p12")
+        self.assertIn("wrote gina.p12", out)
+        from sixchat.identity import load_identity
+
+        self.assertEqual(
+            load_identity(os.path.join(self.tmp, "gina.p12"), None).names, ("gina@example.com",)
+        )
+
+    @defer.inlineCallbacks
     def test_untrusted_registry_is_refused(self) -> Any:
         token = yield self.invite("dave@example.com")
         _, err, code = yield self.cli(

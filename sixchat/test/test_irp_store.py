@@ -321,8 +321,13 @@ class StoreTestsMixin:
         h = os.urandom(32)
         await store.add_token(h, "alice@example.com", self.now + timedelta(days=7))
         self.assertIsNone(await store.consume_token(os.urandom(32), self.now))
+        self.assertIsNone(await store.token_identity(os.urandom(32), self.now))
+        # Peeking neither uses the token nor needs to be repeated.
+        self.assertEqual(await store.token_identity(h, self.now), "alice@example.com")
+        self.assertEqual(await store.token_identity(h, self.now), "alice@example.com")
         self.assertEqual(await store.consume_token(h, self.now), "alice@example.com")
         self.assertIsNone(await store.consume_token(h, self.now))
+        self.assertIsNone(await store.token_identity(h, self.now))
 
     async def test_token_expires(self) -> None:
         store = await self.open_store()
@@ -330,6 +335,7 @@ class StoreTestsMixin:
         expires = self.now + timedelta(days=7)
         await store.add_token(late, "alice@example.com", expires)
         await store.add_token(early, "bob@example.com", expires)
+        self.assertIsNone(await store.token_identity(late, expires))
         self.assertIsNone(await store.consume_token(late, expires))
         just_before = expires - timedelta(milliseconds=1)
         self.assertEqual(await store.consume_token(early, just_before), "bob@example.com")

@@ -21,7 +21,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 from zope.interface import implementer
 
-from sixchat.agent.errors import NotConnected, UnknownIdentity, UnknownMessage
+from sixchat.agent.errors import MessageFinal, NotConnected, UnknownIdentity, UnknownMessage
 from sixchat.agent.interfaces import IAgentEvents, IUserAgent
 
 __all__ = ["ALICE", "BOB", "FakeAgent", "sample_history", "serve_fake_agent"]
@@ -67,10 +67,12 @@ def sample_history() -> list[dict[str, Any]]:
 class FakeAgent:
     """
     Answers like the real agent, records every call. Recipients steer the outcome: C{nobody@}
-    is unknown, C{boom@} crashes, C{bad@} rejects the text, C{slow@} is never delivered in
+    is unknown to the registry (refused, or queued with C{queue_unknown}), C{boom@} crashes,
+    C{bad@} rejects the text, C{slow@} is never delivered in
     time, C{fail@} expires, C{offline@} has no session (typing), C{multi@} has two devices.
 
-    Every call is appended to L{calls} as C{(method name, *arguments)}; L{sends} and
+    Every call is appended to L{calls} as C{(method name, *arguments)} (C{send} adds
+    C{"queue_unknown"} only when that is set); L{sends} and
     L{typings} pick out two kinds. L{emit} plays an agent event to the observers. L{messages}
     (the history) and L{contact_list} may be replaced by a test.
 
@@ -107,11 +109,21 @@ class FakeAgent:
         ]
 
     def send(
-        self, to: str, text: str, thread: str | None = None, reply_to: str | None = None
+        self,
+        to: str,
+        text: str,
+        thread: str | None = None,
+        reply_to: str | None = None,
+        queue_unknown: bool = False,
     ) -> defer.Deferred[dict[str, Any]]:
-        self.calls.append(("send", to, text, thread, reply_to))
-        if to.startswith("nobody@"):
-            raise UnknownIdentity(f"{to} is not a contact and the registry does not know it")
+        call: tuple[Any, ...] = ("send", to, text, thread, reply_to)
+        # queue_unknown is recorded only when set, as a last "queue_unknown".
+        self.calls.append((*call, "queue_unknown") if queue_unknown else call)
+        if to.startswith("nobody@") and not queue_unknown:
+            reason = f"{to} is not known to registry irp.example.com"
+            self.emit({"type": "unknown_recipient", "peer": to, "reason": reason, "ids": [],
+                       "action": "refused"})  # fmt: skip
+            raise UnknownIdentity(f"{reason} (never registered there)")
         if to.startswith("boom@"):
             raise RuntimeError("secret internals")
         if to.startswith("bad@"):
@@ -133,11 +145,31 @@ class FakeAgent:
             result["ids"] = ids
         return defer.succeed(result)
 
+    def cancel(self, message_id: str) -> defer.Deferred[dict[str, Any]]:
+        """Cancels a message not yet delivered (not after C{waitDelivered} delivered it)."""
+        self.calls.append(("cancel", message_id))
+        status = self.statuses.get(message_id)
+        if status is None:
+            return defer.fail(UnknownMessage(f"no outgoing message {message_id}"))
+        if status["state"] not in ("queued", "sent"):
+            state = status["state"]
+            return defer.fail(
+                MessageFinal(f"message {message_id} is already {state}; nothing to cancel")
+            )
+        del self.statuses[message_id]
+        cancelled = dict(status, state="cancelled", description="cancelled")
+        self.emit(dict(cancelled, type="delivery"))
+        return defer.succeed(cancelled)
+
     def waitDelivered(self, message_id: str, timeout: float) -> defer.Deferred[dict[str, Any]]:
         self.calls.append(("waitDelivered", message_id, timeout))
         status = self.statuses.get(message_id)
         if status is None:
             return defer.fail(UnknownMessage(f"no message {message_id}"))
+        if status["peer"].startswith("nobody@"):  # queued with queue_unknown: never delivered
+            return deferLater(
+                self.clock, timeout, lambda: dict(status, state="queued", recipient_unknown=True)
+            )
         if status["peer"].startswith("slow@"):
             return deferLater(self.clock, timeout, lambda: dict(status, state="sent"))
         if status["peer"].startswith("fail@"):

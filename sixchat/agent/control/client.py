@@ -18,6 +18,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from sixchat.agent.control.commands import (
+    Cancel,
     Contacts,
     Conversations,
     Event,
@@ -94,9 +95,21 @@ class ControlClient(amp.AMP):
     # IUserAgent --------------------------------------------------------------------------
 
     def send(
-        self, to: str, text: str, thread: str | None = None, reply_to: str | None = None
+        self,
+        to: str,
+        text: str,
+        thread: str | None = None,
+        reply_to: str | None = None,
+        queue_unknown: bool = False,
     ) -> defer.Deferred[Any]:
-        d = self._remote(Send, "send", to=to, text=text, thread=thread, reply_to=reply_to)
+        extra = {"queue_unknown": True} if queue_unknown else {}
+        d = self._remote(
+            Send, "send", to=to, text=text, thread=thread, reply_to=reply_to, **extra
+        )
+        return d.addCallback(lambda r: r["result"])
+
+    def cancel(self, message_id: str) -> defer.Deferred[Any]:
+        d = self._remote(Cancel, "cancel", message_id=message_id)
         return d.addCallback(lambda r: r["result"])
 
     def waitDelivered(self, message_id: str, timeout: float) -> defer.Deferred[Any]:

@@ -38,6 +38,7 @@ __all__ = [
     "MAX_WAIT",
     "TYPING_STATES",
     "BigUnicode",
+    "Cancel",
     "Contacts",
     "Conversations",
     "Event",
@@ -148,7 +149,18 @@ class Send(_AgentCommand):
         (b"text", BigUnicode()),
         (b"thread", amp.Unicode(optional=True)),
         (b"reply_to", amp.Unicode(optional=True)),
+        (b"queue_unknown", amp.Boolean(optional=True)),
     ]
+    response = [(b"result", JSON())]
+
+
+class Cancel(_AgentCommand):
+    """
+    L{IUserAgent.cancel}: the cancelled message's status dict; C{UNKNOWN_MESSAGE} or
+    C{MESSAGE_FINAL} when there is nothing to cancel.
+    """
+
+    arguments = [(b"message_id", amp.Unicode())]
     response = [(b"result", JSON())]
 
 

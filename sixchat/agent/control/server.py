@@ -34,6 +34,7 @@ from sixchat.agent.control.commands import (
     MAX_TEXT,
     MAX_WAIT,
     TYPING_STATES,
+    Cancel,
     Contacts,
     Conversations,
     Event,
@@ -172,15 +173,29 @@ class ControlProtocol(amp.AMP):
 
     @Send.responder
     def _send(
-        self, to: str, text: str, thread: str | None = None, reply_to: str | None = None
+        self,
+        to: str,
+        text: str,
+        thread: str | None = None,
+        reply_to: str | None = None,
+        queue_unknown: bool | None = None,
     ) -> defer.Deferred[Any]:
         check_identity(to, "recipient")
         if not text:
             raise BadArgument("empty message")
         if len(text) > MAX_TEXT:
             raise BadArgument(f"message too long ({len(text)} characters, at most {MAX_TEXT})")
+        args: tuple[Any, ...] = (to, text, thread, reply_to)
+        if queue_unknown:  # only then: an IUserAgent from before the option still works
+            args += (True,)
+        return self._call("send", self.agent.send, *args, wrap=lambda r: {"result": r})
+
+    @Cancel.responder
+    def _cancel(self, message_id: str) -> defer.Deferred[Any]:
+        if not message_id:
+            raise BadArgument("empty message id")
         return self._call(
-            "send", self.agent.send, to, text, thread, reply_to, wrap=lambda r: {"result": r}
+            "cancel", self.agent.cancel, message_id, wrap=lambda r: {"result": r}
         )
 
     @WaitDelivered.responder

@@ -20,6 +20,8 @@ from sixchat.agent.store.reads import DatabaseReads
 from sixchat.agent.store.records import (
     EXPIRED,
     FAILED,
+    QUEUED,
+    SENT,
     MessageIdConflict,
     MessageStatus,
     OutgoingMessage,
@@ -415,6 +417,26 @@ class MessageDatabase(DatabaseReads):
                 )
             self._settle(seq, now_us, reason)
         return self.status(message_id)
+
+    def cancel(self, message_id: str) -> MessageStatus | None:
+        with self._write() as conn:
+            status = self.status(message_id)
+            if status is None or status.state not in (QUEUED, SENT) or status.delivered_nodes:
+                return status
+            peer = status.to
+            conn.execute("DELETE FROM messages WHERE direction = 'out' AND id = ?", (message_id,))
+            # A contact made only by queueing to it goes with its last message: nothing ever
+            # came from it, no key of it is pinned, no key change is pending.
+            conn.execute(
+                """
+                DELETE FROM peers WHERE peer = ? AND last_seen_us IS NULL
+                    AND NOT EXISTS (SELECT 1 FROM messages WHERE peer = ?)
+                    AND NOT EXISTS (SELECT 1 FROM pins WHERE peer = ?)
+                    AND NOT EXISTS (SELECT 1 FROM key_changes WHERE peer = ?)
+                """,
+                (peer, peer, peer, peer),
+            )
+        return status
 
     def expire(self, now: datetime, ttl: timedelta) -> list[MessageStatus]:
         if ttl < timedelta(0):

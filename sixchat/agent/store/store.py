@@ -330,6 +330,17 @@ class MessageStore:
         """
         return self._run(MessageDatabase.mark_failed, message_id, node, reason, now)
 
+    def cancel(self, message_id: str) -> Deferred[MessageStatus | None]:
+        """
+        Take outgoing message C{message_id} out of the outbox: if no node has received it
+        (C{queued} or C{sent}), delete it with its node entries, and the recipient's contact
+        too when that message was all there was of it (never seen, no pins, no pending key
+        change, no other message). Fires with its status as it was (check C{state}: anything
+        but C{queued}/C{sent}, or any delivered node, means nothing was changed), or
+        C{None} for an unknown id.
+        """
+        return self._run(MessageDatabase.cancel, message_id)
+
     def expire(self, now: datetime, ttl: timedelta) -> Deferred[list[MessageStatus]]:
         """
         Give up on messages queued more than C{ttl} before C{now} (C{created_at < now -

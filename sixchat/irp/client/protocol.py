@@ -361,14 +361,22 @@ class IRPClientProtocol(Protocol):
         """The trust anchors of this registry's users (§4.1, anonymous)."""
         return self._request(lambda rid: m.CA(rid)).addCallback(_certs)
 
-    def enroll(self, token: str, csr_der: bytes) -> defer.Deferred[list[x509.Certificate]]:
+    def enroll(
+        self, token: str, csr_der: bytes, identity: str | None = None
+    ) -> defer.Deferred[list[x509.Certificate]]:
         """
         Exchange a one-time token and a CSR for a certificate (§4.2, anonymous); fires with
-        the leaf followed by its intermediates. The token is never logged.
+        the leaf followed by its intermediates. The token is never logged. C{identity}: the
+        identity we expect the invitation to be for; a sixchat registry refuses another one
+        (C{forbidden}) without spending the token, older registries ignore it.
         """
         if not token or not is_xml_text(token):
             return defer.fail(ValueError("the token is empty or holds characters XML cannot carry"))
-        return self._request(lambda rid: m.Enroll(rid, token, csr_der)).addCallback(_certs)
+        if identity is not None and not is_valid_identity(identity):
+            return defer.fail(ValueError(f"invalid identity {identity!r}"))
+        return self._request(lambda rid: m.Enroll(rid, token, csr_der, identity)).addCallback(
+            _certs
+        )
 
     def renew(self, csr_der: bytes) -> defer.Deferred[list[x509.Certificate]]:
         """A new certificate for the connection's identity (§4.3): leaf, intermediates."""

@@ -17,6 +17,10 @@ Why these choices:
     certificates, even with two registry instances racing.
   - B{The CSR is checked before the token is spent}: a client whose CSR we refuse can fix
     it and retry with the same invitation.
+  - B{The name the client expects is checked first}: an C{enroll} that carries an
+    C{identity} attribute (an extension; the C{sixchat enroll} command sends it) for another
+    identity than the invitation's is refused with C{forbidden} before the token is spent,
+    so a typo does not waste the invitation.
   - B{Names in the CSR are ignored}: the leaf proves exactly the token's identity (or, on
     renewal, the connection's), over the CSR's public key, with the profile of irp-1 §4.2
     made by L{sixchat.pki.issue_leaf}; its lifetime never outlasts the CA's.
@@ -54,7 +58,7 @@ from twisted.logger import Logger
 
 from sixchat import pki, sigalgs
 from sixchat.errors import BadCertificate
-from sixchat.identity import is_valid_identity
+from sixchat.identity import is_valid_identity, same_identity
 from sixchat.irp.messages import IRPError
 from sixchat.irp.store.interfaces import IRegistryStore
 from sixchat.trust import TrustStore
@@ -227,16 +231,33 @@ class Authority:
         days = self.invite_days if valid_days is None else valid_days
         return create_invitation(self.store, identity, self.now() + timedelta(days=days))
 
-    def enroll(self, token: str, csr: bytes) -> defer.Deferred[list[bytes]]:
+    def enroll(
+        self, token: str, csr: bytes, expected: str | None = None
+    ) -> defer.Deferred[list[bytes]]:
         """
         irp-1 §4.2: fires with the leaf and the intermediates (DER), or fails with
         L{IRPError} C{bad_csr} or C{invalid_token} (without id).
-        """
-        return defer.ensureDeferred(self._enroll(token, csr))
 
-    async def _enroll(self, token: str, csr: bytes) -> list[bytes]:
+        @param expected: the identity the client asked for (the C{identity} attribute, an
+            extension): an invitation for another identity is refused with C{forbidden}
+            I{before} the token is spent, so a typo in the name does not waste it.
+        """
+        return defer.ensureDeferred(self._enroll(token, csr, expected))
+
+    async def _enroll(self, token: str, csr: bytes, expected: str | None = None) -> list[bytes]:
         public_key = check_csr(csr)
-        identity = await self.store.consume_token(token_hash(token), self.now())
+        hashed = token_hash(token)
+        if expected is not None:
+            invited = await self.store.token_identity(hashed, self.now())
+            if invited is None:
+                raise IRPError("invalid_token", "unknown, used or expired token")
+            if not same_identity(invited, expected):
+                # Only a holder of this valid token learns the name: they may enrol as it.
+                raise IRPError(
+                    "forbidden",
+                    f"this invitation is for {invited}, not {expected}; the token was not used",
+                )
+        identity = await self.store.consume_token(hashed, self.now())
         if identity is None:
             raise IRPError("invalid_token", "unknown, used or expired token")
         chain = await self._issue(identity, public_key)

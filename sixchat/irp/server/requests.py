@@ -343,7 +343,7 @@ class RequestHandler:
             crls = await factory.authority.crls()
             return [CRLData(rid, crls).to_element()]
         if isinstance(request, Enroll):
-            chain = await factory.authority.enroll(request.token, request.csr)
+            chain = await factory.authority.enroll(request.token, request.csr, request.identity)
             return [Certs(rid, chain, "issued").to_element()]
         if isinstance(request, Lookup):
             if not factory.serves(request.identity):

@@ -119,6 +119,12 @@ class IRegistryStore(Interface):
     def add_token(token_hash: bytes, identity: str, expires: datetime) -> Deferred[None]:
         """Store an invitation (only its hash) for one identity; fires with None."""
 
+    def token_identity(token_hash: bytes, now: datetime) -> Deferred[str | None]:
+        """
+        The identity of an unexpired, unused token, without using it (or None): the
+        enrolment checks the name the client expects before spending the token.
+        """
+
     def consume_token(token_hash: bytes, now: datetime) -> Deferred[str | None]:
         """
         Atomically use an unexpired, unused token: fires with its identity, or None if it is

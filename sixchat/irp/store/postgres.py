@@ -345,6 +345,10 @@ class PostgresStore:
     ) -> defer.Deferred[None]:
         return self._run(queries.add_token, token_hash, identity, expires)
 
+    def token_identity(self, token_hash: bytes, now: datetime) -> defer.Deferred[str | None]:
+        """The identity of an unexpired, unused token, without using it."""
+        return self._run(queries.token_identity, token_hash, now)
+
     def consume_token(self, token_hash: bytes, now: datetime) -> defer.Deferred[str | None]:
         """
         One statement, so PostgreSQL's row lock decides between concurrent consumers: the

@@ -227,6 +227,14 @@ def add_token(
     )
 
 
+def token_identity(conn: psycopg.Connection[Any], token_hash: bytes, now: datetime) -> str | None:
+    row = conn.execute(
+        "SELECT identity FROM tokens WHERE hash = %s AND used_at IS NULL AND expires > %s",
+        (token_hash, now),
+    ).fetchone()
+    return row[0] if row is not None else None
+
+
 def consume_token(conn: psycopg.Connection[Any], token_hash: bytes, now: datetime) -> str | None:
     row = conn.execute(
         "UPDATE tokens SET used_at = %s"

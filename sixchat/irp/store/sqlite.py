@@ -510,6 +510,16 @@ class SQLiteStore:
 
         return self._write(run)
 
+    def token_identity(self, token_hash: bytes, now: datetime) -> defer.Deferred[str | None]:
+        def run(conn: sqlite3.Connection) -> str | None:
+            row = conn.execute(
+                "SELECT identity FROM tokens WHERE hash = ? AND used IS NULL AND expires > ?",
+                (token_hash, to_us(now)),
+            ).fetchone()
+            return None if row is None else str(row[0])
+
+        return self._read(run)
+
     def consume_token(self, token_hash: bytes, now: datetime) -> defer.Deferred[str | None]:
         def run(conn: sqlite3.Connection) -> str | None:
             row = conn.execute(
