@@ -144,6 +144,17 @@ class Options(usage.Options):
             from sixchat.agent.datadir import default_data_dir
 
             self["data-dir"] = default_data_dir(self["config"].identities[0].names[0])
+        check_store(self)
+
+
+def check_store(options: Any) -> None:
+    """The store's at-rest mode against what is on disk: a wrong password is one line here."""
+    from sixchat.agent.store.encryption import check
+
+    try:
+        check(options["data-dir"], options["store-password"], options["store-encryption"])
+    except SixchatError as e:
+        raise usage.UsageError(str(e)) from None
 
 
 def parse_duration(text: str, option: str) -> Any:

@@ -44,6 +44,7 @@ from sixchat.agent.store.records import DEFAULT_FILENAME, StoreError
 __all__ = [
     "MODES",
     "StoreLocked",
+    "check",
     "decrypt",
     "describe",
     "encrypt",
@@ -129,29 +130,68 @@ def unlock(
     state = cipher.file_state(db)
     if state == "encrypted":
         if password is None:
-            raise StoreLocked(
-                f"the message store in {data_dir} is encrypted: give the identity's "
-                "PKCS#12 password (--password-file or SIXCHAT_P12_PASSWORD)"
-            )
+            raise _no_password(data_dir)
         return read_key_file(key_path, password)
     if state == "plain":
         if mode == "on":
-            raise StoreLocked(
-                f"the message store in {data_dir} is not encrypted: stop the agent and run "
-                f"'sixchat store encrypt --data-dir {data_dir}' (or drop --store-encryption on)"
-            )
+            raise _not_encrypted(data_dir)
         return None
     if mode == "off" or (mode == "auto" and (password is None or not cipher.available())):
         return None
     if password is None:
-        raise StoreLocked(
-            "--store-encryption on needs a password-protected identity (the key is wrapped "
-            "with the PKCS#12 password: --password-file or SIXCHAT_P12_PASSWORD)"
-        )
+        raise _needs_password()
     cipher.require()
     key = os.urandom(cipher.KEY_BYTES)
     write_key_file(key_path, key, password, params)
     return key
+
+
+def check(data_dir: str, password: bytes | None, mode: str = "auto") -> None:
+    """
+    What L{unlock} would refuse, found without changing anything (no recovery, no key made):
+    the twistd plugin calls it while parsing options, so a wrong password or a plain store
+    under C{--store-encryption on} is one line before the agent starts.
+
+    @raise StoreLocked: as L{unlock}.
+    @raise KeyFileError: as L{unlock}.
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}")
+    db, new, key_path, _ = _paths(data_dir)
+    if os.path.exists(new):
+        return  # an interrupted migration: unlock() recovers it under the lock first
+    state = cipher.file_state(db)
+    if state == "encrypted":
+        if password is None:
+            raise _no_password(data_dir)
+        read_key_file(key_path, password)
+    elif state == "plain" and mode == "on":
+        raise _not_encrypted(data_dir)
+    elif state == "absent" and mode == "on":
+        if password is None:
+            raise _needs_password()
+        cipher.require()
+
+
+def _no_password(data_dir: str) -> StoreLocked:
+    return StoreLocked(
+        f"the message store in {data_dir} is encrypted: give the identity's "
+        "PKCS#12 password (--password-file or SIXCHAT_P12_PASSWORD)"
+    )
+
+
+def _not_encrypted(data_dir: str) -> StoreLocked:
+    return StoreLocked(
+        f"the message store in {data_dir} is not encrypted: stop the agent and run "
+        f"'sixchat store encrypt --data-dir {data_dir}' (or drop --store-encryption on)"
+    )
+
+
+def _needs_password() -> StoreLocked:
+    return StoreLocked(
+        "--store-encryption on needs a password-protected identity (the key is wrapped "
+        "with the PKCS#12 password: --password-file or SIXCHAT_P12_PASSWORD)"
+    )
 
 
 # -- migrations -------------------------------------------------------------------------------
