@@ -70,10 +70,10 @@ class UserAgentService(service.MultiService):
     Constructing it only records its parts: the data directory is created and locked, and
     the store opened, when the service starts. C{config} is copied, not changed.
 
-    At rest (docs/security.md): C{store_encryption} is C{off} (new stores plain), C{auto} (a
-    new store is encrypted when C{store_password}, the identity's PKCS#12 password, is
-    given) or C{on} (the store must be encrypted); an existing store opens as it is
-    (L{sixchat.agent.store.encryption.unlock}).
+    At rest (docs/security.md): C{store_encryption} is C{auto} (the default: a new store is
+    encrypted when C{store_password}, the identity's PKCS#12 password, is given), C{on}
+    (the store must be encrypted) or C{off} (new stores plain); an existing store opens as
+    it is (L{sixchat.agent.store.encryption.unlock}).
     """
 
     def __init__(
@@ -100,7 +100,7 @@ class UserAgentService(service.MultiService):
         crl_fetch: Callable[[], defer.Deferred[list[x509.CertificateRevocationList]]]
         | None = None,
         store_password: bytes | None = None,
-        store_encryption: str = "off",
+        store_encryption: str = "auto",
     ) -> None:
         super().__init__()
         self.reactor = reactor
@@ -246,7 +246,9 @@ class UserAgentService(service.MultiService):
             identity=self.name_,
             node=self.node,
             dir=self.data_dir,
-            at_rest="store encrypted" if self.store.encrypted else "store NOT encrypted",
+            at_rest="store encrypted"
+            if self.store.encrypted
+            else "store NOT encrypted (docs/security.md: at rest)",
         )
         self.outbox.schedule(0)
         self.ready.callback(None)

@@ -73,7 +73,7 @@ class Options(usage.Options):
         [
             "store-encryption",
             None,
-            "off",
+            "auto",
             "the message store at rest: on (must be encrypted; needs a PKCS#12 password), "
             "auto (a new store is encrypted when the identity has a password), off (a new "
             "store is plain); an existing store opens as it is (sixchat store encrypt/decrypt)",

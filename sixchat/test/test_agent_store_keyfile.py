@@ -83,6 +83,18 @@ class KeyFileTests(SynchronousTestCase):
         self.assertIn("wrong password", str(e))
         self.assertIn("SIXCHAT_P12_PASSWORD", str(e))
 
+    def test_a_right_read_never_unlocks_a_wrong_one(self) -> None:
+        """The last unwrapped key is remembered (one KDF per start), but only for the same
+        file bytes and the same password."""
+        write_key_file(self.path, KEY, b"secret", FAST)
+        self.assertEqual(read_key_file(self.path, b"secret"), KEY)
+        self.assertEqual(read_key_file(self.path, b"secret"), KEY)
+        self.assertRaises(WrongPassword, read_key_file, self.path, b"secreT")
+        body = self.body()
+        body["nonce"] = base64.b64encode(b"\x01" * 12).decode()
+        self.rewrite(body)
+        self.assertRaises(KeyFileDamaged, read_key_file, self.path, b"secret")
+
     def test_missing(self) -> None:
         e = self.assertRaises(KeyFileError, read_key_file, self.path, b"secret")
         self.assertIn("key file", str(e))

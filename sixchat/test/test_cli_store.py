@@ -189,3 +189,22 @@ class StartUpTests(StoreCommandCase):
         out, err, code = yield self.store(os.path.join(self.base, "missing"), "status")
         self.assertEqual(code, 1)
         self.assertIn("is not a directory", err)
+
+    @defer.inlineCallbacks
+    def test_default_encrypts_new_stores_of_password_identities(self) -> Any:
+        """C{--store-encryption auto}, the default: a new data directory is encrypted when
+        the identity has a password, plain when it has none."""
+        from sixchat.agent.store import encryption
+
+        cert = self.issue_with_password(BOB, "bob.p12")
+        bob = self.agent("bob", BOB, "--password-file", self.password_file, cert=cert)
+        yield bob.start()
+        self.assertIn("store encrypted", bob.proc.log if bob.proc else "")
+        yield bob.stop()
+        self.assertEqual(encryption.describe(bob.data_dir), "encrypted")
+        carol = self.agent("carol", "carol@example.com")
+        yield carol.start()
+        self.assertIn("store NOT encrypted", carol.proc.log if carol.proc else "")
+        yield carol.stop()
+        self.assertEqual(encryption.describe(carol.data_dir), "plain")
+        self.assertFalse(os.path.exists(os.path.join(carol.data_dir, "store.key")))

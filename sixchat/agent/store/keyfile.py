@@ -259,6 +259,9 @@ def read_key_file(path: str, password: bytes) -> bytes:
     check = _unb64(body.get("check"), "check value", 16)
     nonce = _unb64(body.get("nonce"), "nonce", 12)
     wrapped = _unb64(body.get("wrapped"), "wrapped key", KEY_BYTES + 16)
+    memo = (hashlib.sha256(raw).digest(), hashlib.sha256(password).digest())
+    if _last_unwrapped is not None and hmac.compare_digest(_last_unwrapped[0], b"".join(memo)):
+        return _last_unwrapped[1]
     derived = _derive(password, salt, params)
     if not hmac.compare_digest(_check(derived), check):
         raise WrongPassword(
@@ -272,4 +275,17 @@ def read_key_file(path: str, password: bytes) -> bytes:
         raise KeyFileDamaged(
             f"the store key file {path} was altered or damaged: its key does not unwrap"
         ) from None
+    _remember(b"".join(memo), bytes(key))
     return bytes(key)
+
+
+#: The last key unwrapped in this process, by (hash of the file's bytes, hash of the
+#: password): C{twistd sixchat} checks the password while parsing its options and the store
+#: opens moments later, and the KDF (~0.5 s, 64 MiB) then runs once, not twice. The same
+#: file with the same password gives the same key; anything else derives again.
+_last_unwrapped: tuple[bytes, bytes] | None = None
+
+
+def _remember(memo: bytes, key: bytes) -> None:
+    global _last_unwrapped
+    _last_unwrapped = (memo, key)
