@@ -121,7 +121,13 @@ class UserAgentService(service.MultiService):
         self.store = MessageStore(
             os.path.join(data_dir, "messages.sqlite"),
             reactor,
-            functools.partial(encryption.unlock, data_dir, store_password, store_encryption),
+            functools.partial(
+                encryption.unlock,
+                data_dir,
+                store_password,
+                store_encryption,
+                note=lambda text: reactor.callFromThread(log.warn, "{text}", text=text),
+            ),
         )
         policy = PinPolicy(self.store.pins, pin_policy)
         self.config = dataclasses.replace(config, pins=policy)

@@ -135,6 +135,35 @@ class UnlockTests(DataDirCase):
         fill(self.db, self.unlock(b"pw"))
         self.assertRaises(cipher.WrongStoreKey, MessageDatabase, self.db, b"\x00" * 32)
 
+    def test_unlock_tells_what_recovery_did(self) -> None:
+        fill(self.db, n=1)
+        open(self.db + ".new", "wb").close()
+        notes: list[str] = []
+        self.assertIsNone(encryption.unlock(self.dir, None, "auto", FAST, notes.append))
+        self.assertEqual(len(notes), 1)
+        self.assertIn("interrupted store migration was undone", notes[0])
+        encryption.unlock(self.dir, None, "auto", FAST, notes.append)
+        self.assertEqual(len(notes), 1)  # nothing left to do
+
+    def test_content_digest_sees_every_row(self) -> None:
+        import sqlite3
+
+        fill(self.db, n=3)
+        before = cipher.content_digest(self.db, None)
+        conn = sqlite3.connect(self.db, isolation_level=None)
+        tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+        counts = [conn.execute(f'SELECT count(*) FROM "{t}"').fetchone()[0] for t in tables]
+        self.assertEqual(before[1], sum(counts))
+        self.assertGreaterEqual(before[1], 3 * 2 + 3)  # messages both ways, deliveries
+        conn.execute("UPDATE messages SET body = body || '!' WHERE seq = 2")
+        changed = cipher.content_digest(self.db, None)
+        self.assertNotEqual(changed[0], before[0])
+        conn.execute("UPDATE messages SET body = substr(body, 1, length(body) - 1) WHERE seq = 2")
+        self.assertEqual(cipher.content_digest(self.db, None), before)
+        conn.execute("DELETE FROM key_changes")  # empty already: nothing changes
+        self.assertEqual(cipher.content_digest(self.db, None), before)
+        conn.close()
+
     def test_file_state(self) -> None:
         self.assertEqual(cipher.file_state(self.db), "absent")
         open(self.db, "wb").close()

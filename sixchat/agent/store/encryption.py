@@ -112,6 +112,7 @@ def unlock(
     password: bytes | None,
     mode: str = "auto",
     params: KdfParams | None = None,
+    note: Callable[[str], None] | None = None,
 ) -> bytes | None:
     """
     The key for the agent's store (C{None}: a plain store), after L{recover}. An existing
@@ -122,10 +123,13 @@ def unlock(
     @raise StoreLocked: C{mode} is C{on} and the store is plain or cannot be encrypted, or
         the store is encrypted and there is no password.
     @raise KeyFileError: the key file is missing, damaged, or the password is wrong.
+    @param note: told what L{recover} did, if anything (the agent logs it).
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}")
-    recover(data_dir)
+    done = recover(data_dir)
+    if done is not None and note is not None:
+        note(done)
     db, _, key_path, _ = _paths(data_dir)
     state = cipher.file_state(db)
     if state == "encrypted":
