@@ -365,10 +365,43 @@ class MigrationTests(DataDirCase):
         self.patch(cipher, "export", broken)
         e = self.assertRaises(StoreError, encryption.encrypt, self.dir, b"pw", FAST)
         self.assertIn("messages.sqlite.new", str(e))
-        encryption.recover(self.dir)
+        self.assertEqual(sorted(os.listdir(self.dir)), ["messages.sqlite"])  # cleaned up
+        self.assertIsNone(encryption.recover(self.dir))
         self.assertEqual(encryption.describe(self.dir), "plain")
         self.assertEqual(history(self.db, None), expected)
         self.assertFalse(os.path.exists(self.key))
+
+    def test_recovery_interrupted_itself(self) -> None:
+        """A crash while undoing a rekey (at the marker's removal) still leaves the old key."""
+        old = self.unlock(b"pw")
+        expected = fill(self.db, old, n=3)
+        self.assertRaises(
+            Crash,
+            encryption.rekey,
+            self.dir,
+            b"pw",
+            b"new",
+            FAST,
+            lambda step: self._crash_if(step == "exported"),
+        )
+        real = os.unlink
+
+        def unlink(path: str) -> None:
+            if path.endswith("messages.sqlite.new"):
+                raise Crash(path)
+            real(path)
+
+        self.patch(os, "unlink", unlink)
+        self.assertRaises(Crash, encryption.recover, self.dir)
+        self.assertFalse(os.path.exists(self.key + ".new"))
+        self.patch(os, "unlink", real)
+        encryption.recover(self.dir)
+        self.assertEqual(self.unlock(b"pw"), old)
+        self.assertEqual(history(self.db, old), expected)
+
+    def _crash_if(self, condition: bool) -> None:
+        if condition:
+            raise Crash()
 
     def test_half_written_key_file_is_removed(self) -> None:
         fill(self.db, n=2)

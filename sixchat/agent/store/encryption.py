@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from typing import Any
 
 from sixchat.agent.store import cipher
 from sixchat.agent.store.keyfile import KEY_FILENAME, KdfParams, read_key_file, write_key_file
@@ -87,8 +88,12 @@ def recover(data_dir: str) -> str | None:
     db, new, key, new_key = _paths(data_dir)
     done = None
     if os.path.exists(new):
-        for path in (new, new + "-journal", new + "-wal", new + "-shm", new_key, new_key + ".tmp"):
+        # The new key file goes first, and for good, before the marker: a crash in between
+        # must never leave "no marker, a new key file", which reads as a committed migration.
+        for path in (new_key + ".tmp", new_key, new + "-journal", new + "-wal", new + "-shm"):
             _remove(path)
+        cipher.fsync_path(data_dir)
+        _remove(new)
         done = "an interrupted store migration was undone; the store is as it was before"
     elif os.path.exists(new_key):
         os.replace(new_key, key)
@@ -205,7 +210,16 @@ def _never(step: str) -> None:
     pass
 
 
-def _migrate(
+def _migrate(*args: Any) -> None:
+    """L{_steps}; an error (not a crash) is cleaned up at once by L{recover}."""
+    try:
+        _steps(*args)
+    except Exception:
+        recover(args[0])
+        raise
+
+
+def _steps(
     data_dir: str,
     old_key: bytes | None,
     new_key: bytes | None,
