@@ -30,7 +30,7 @@ def _data_dir(args: argparse.Namespace) -> str:
     else:
         raise UsageError("say which data directory: --data-dir DIR or --as IDENTITY")
     if not os.path.isdir(path):
-        raise CommandError(f"{path} is not a directory")
+        raise CommandError(f"{path} is not a directory (no agent has used it)")
     return path
 
 
