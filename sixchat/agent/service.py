@@ -12,6 +12,7 @@ receipted again and not stored twice (§8.2). Sending: see L{sixchat.agent.outbo
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import random
 from collections.abc import Callable, Sequence
@@ -37,7 +38,7 @@ from sixchat.agent.interfaces import IAgentEvents, IDirectory, IUserAgent
 from sixchat.agent.outbox import DEFAULT_TTL, OutboxScheduler
 from sixchat.agent.pinning import RegistryKeyPins
 from sixchat.agent.sessions import SessionTable
-from sixchat.agent.store import MessageStatus, MessageStore
+from sixchat.agent.store import MessageStatus, MessageStore, encryption
 from sixchat.agent.views import status_dict
 from sixchat.agent.waiters import DeliveryWaiters
 from sixchat.handshake import PeerConfig
@@ -73,6 +74,11 @@ class UserAgentService(service.MultiService):
 
     Constructing it only records its parts: the data directory is created and locked, and
     the store opened, when the service starts. C{config} is copied, not changed.
+
+    At rest (docs/security.md): C{store_encryption} is C{auto} (the default: a new store is
+    encrypted when C{store_password}, the identity's PKCS#12 password, is given), C{on}
+    (the store must be encrypted) or C{off} (new stores plain); an existing store opens as
+    it is (L{sixchat.agent.store.encryption.unlock}).
     """
 
     def __init__(
@@ -98,6 +104,8 @@ class UserAgentService(service.MultiService):
         crl_refresh: float = DEFAULT_CRL_REFRESH,
         crl_fetch: Callable[[], defer.Deferred[list[x509.CertificateRevocationList]]]
         | None = None,
+        store_password: bytes | None = None,
+        store_encryption: str = "auto",
     ) -> None:
         super().__init__()
         self.reactor = reactor
@@ -114,7 +122,18 @@ class UserAgentService(service.MultiService):
         self.registry = registry
         self.registry_anchors = list(registry_anchors) if registry_anchors else None
         self.lock = DataDirLock(data_dir)
-        self.store = MessageStore(os.path.join(data_dir, "messages.sqlite"), reactor)
+        # At rest: encryption.unlock picks the key (or none) on the store's thread.
+        self.store = MessageStore(
+            os.path.join(data_dir, "messages.sqlite"),
+            reactor,
+            functools.partial(
+                encryption.unlock,
+                data_dir,
+                store_password,
+                store_encryption,
+                note=lambda text: reactor.callFromThread(log.warn, "{text}", text=text),
+            ),
+        )
         policy = PinPolicy(self.store.pins, pin_policy)
         self.config = dataclasses.replace(config, pins=policy)
         self._events = events.EventFanout(events.LogEvents())
@@ -237,10 +256,13 @@ class UserAgentService(service.MultiService):
             self.keeper.on_state = state
         self.crls.start()
         log.info(
-            "user agent {identity} (node {node}) ready; data in {dir}",
+            "user agent {identity} (node {node}) ready; data in {dir} ({at_rest})",
             identity=self.name_,
             node=self.node,
             dir=self.data_dir,
+            at_rest="store encrypted"
+            if self.store.encrypted
+            else "store NOT encrypted (docs/security.md: at rest)",
         )
         self.outbox.schedule(0)
         self.ready.callback(None)

@@ -71,6 +71,14 @@ class Options(usage.Options):
             "(default: $XDG_DATA_HOME/sixchat/<identity>/)",
         ],
         [
+            "store-encryption",
+            None,
+            "auto",
+            "the message store at rest: on (must be encrypted; needs a PKCS#12 password), "
+            "auto (a new store is encrypted when the identity has a password), off (a new "
+            "store is plain); an existing store opens as it is (sixchat store encrypt/decrypt)",
+        ],
+        [
             "message-ttl",
             None,
             "7d",
@@ -124,6 +132,10 @@ class Options(usage.Options):
             self["padding"] = int(self["padding"])
         except ValueError:
             raise usage.UsageError("--padding must be a whole number of bytes") from None
+        from sixchat.agent.store.encryption import MODES
+
+        if self["store-encryption"] not in MODES:
+            raise usage.UsageError("--store-encryption must be on, auto or off")
         self["config"] = build_config(self)
         check_registry_options(self)
         self["message-ttl"] = parse_duration(self["message-ttl"], "--message-ttl")
@@ -132,6 +144,17 @@ class Options(usage.Options):
             from sixchat.agent.datadir import default_data_dir
 
             self["data-dir"] = default_data_dir(self["config"].identities[0].names[0])
+        check_store(self)
+
+
+def check_store(options: Any) -> None:
+    """The store's at-rest mode against what is on disk: a wrong password is one line here."""
+    from sixchat.agent.store.encryption import check
+
+    try:
+        check(options["data-dir"], options["store-password"], options["store-encryption"])
+    except SixchatError as e:
+        raise usage.UsageError(str(e)) from None
 
 
 def parse_duration(text: str, option: str) -> Any:
@@ -216,6 +239,8 @@ def build_config(options: Any) -> PeerConfig:
     try:
         password = read_password(options["password-file"])
         identity = load_identity(options["cert"], password, key_path=options["key"])
+        # Kept for the store key only (unwrapped once, on the store's thread, at start).
+        options["store-password"] = password
         trust = TrustStore.from_paths(
             options["trust"], options["crl"], warn=lambda text: log.warn("{text}", text=text)
         )
@@ -252,4 +277,6 @@ def makeService(options: Options) -> service.IService:
         handshake_timeout=options["handshake-timeout"],
         idle_timeout=options["idle-timeout"],
         crl_refresh=options["crl-refresh"],
+        store_password=options["store-password"],
+        store_encryption=options["store-encryption"],
     )

@@ -18,6 +18,7 @@ the protocol's alone.
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import time
 from typing import Any
@@ -44,6 +45,7 @@ async def agent(reactor: Any, spec: dict[str, Any]) -> None:
     workdir = spec["workdir"]
     identity = fixtures.load_identity(workdir, spec["who"], "ed25519")
     directory = MemoryDirectory()
+    variant = "encrypted" if spec.get("encrypted") else "ours"
     service = UserAgentService(
         reactor,
         PeerConfig([identity], fixtures.load_trust(workdir)),
@@ -52,6 +54,9 @@ async def agent(reactor: Any, spec: dict[str, Any]) -> None:
         node="n1",
         control=False,
         directory=directory,
+        # encrypted: a SQLCipher store (the key wrapped with a stand-in password)
+        store_password=b"bench" if spec.get("encrypted") else None,
+        store_encryption="on" if spec.get("encrypted") else "off",
     )
     delivered: dict[str, defer.Deferred[None]] = {}
 
@@ -87,7 +92,7 @@ async def agent(reactor: Any, spec: dict[str, Any]) -> None:
         await defer.gatherResults(waits)
         elapsed = time.perf_counter() - t0
         if rnd >= 0:
-            emit("sample", bench="receipted", variant="ours", round=rnd,
+            emit("sample", bench="receipted", variant=variant, round=rnd,
                  metrics={"msgs_per_s": count / elapsed,
                           "sender_cpu_ms": (cpu_seconds() - cpu0) / count * 1000})  # fmt: skip
         else:
@@ -126,20 +131,35 @@ async def idle_client(reactor: Any, spec: dict[str, Any]) -> None:
 
 
 def bench_receipted(run: Any) -> None:
+    """
+    Two pairs of agents, one with plain stores (variant C{ours}) and one with both stores
+    encrypted (C{encrypted}: SQLCipher), measured in alternate rounds of the same run.
+    """
     p = run.profile
-    run.say(f"receipted: {p.receipted_count} messages alice -> bob through two agents")
-    bob = run.worker("agent-bob", {"role": "agent", "who": "bob", "deadline": 900})
-    with bob:
-        b = bob.expect("ready", 60)
-        alice = run.worker("agent-alice", {"role": "agent", "who": "alice", "deadline": 900})
-        with alice:
+    run.say(
+        f"receipted: {p.receipted_count} messages alice -> bob through two agents "
+        "(plain stores, then encrypted stores, alternating)"
+    )
+    with contextlib.ExitStack() as stack:
+        pairs = []
+        for encrypted in (False, True):
+            tag = "-encrypted" if encrypted else ""
+            spec = {"role": "agent", "deadline": 900, "encrypted": encrypted}
+            bob = stack.enter_context(run.worker(f"agent-bob{tag}", {**spec, "who": "bob"}))
+            b = bob.expect("ready", 60)
+            alice = stack.enter_context(
+                run.worker(f"agent-alice{tag}", {**spec, "who": "alice"})
+            )
             alice.expect("ready", 60)
             alice.send("peer", identity=b["identity"], port=b["port"], cert=b["cert"])
             alice.expect("ok", 30)
-            body = "Hello, Bob! " * 8
+            pairs.append((alice, b))
+        body = "Hello, Bob! " * 8
+        for alice, b in pairs:
             alice.send("send", to=b["identity"], count=20, body=body, round=-1)  # warm-up
             alice.expect("sent", 120)
-            for rnd in range(p.rounds):
+        for rnd in range(p.rounds):
+            for alice, b in pairs:
                 alice.send("send", to=b["identity"], count=p.receipted_count, body=body,
                            round=rnd)  # fmt: skip
                 event = alice.expect("sample", 600)

@@ -16,6 +16,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sixchat._sqlite import MICROSECOND, immediate, migrate, opt_us, to_us
+from sixchat.agent.store import cipher
 from sixchat.agent.store.reads import DatabaseReads
 from sixchat.agent.store.records import (
     EXPIRED,
@@ -46,11 +47,14 @@ class MessageDatabase(DatabaseReads):
 
     @param path: the database file (created mode 0600, since it holds private messages), or
         C{":memory:"} for a throwaway database (tests; no durability).
+    @param key: the 32-byte key of an encrypted (SQLCipher) file, or C{None} for a plain one
+        (L{sixchat.agent.store.encryption} decides which).
+    @raise WrongStoreKey: the key does not open the file.
     @raise SchemaTooNewError: if a newer sixchat wrote the file.
     @raise StoreError: if the file cannot be put in WAL mode.
     """
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, key: bytes | None = None) -> None:
         memory = path == ":memory:"
         if not memory:
             # SQLite creates files with the umask's mode and gives -wal/-shm the main
@@ -59,9 +63,9 @@ class MessageDatabase(DatabaseReads):
         # isolation_level=None: we issue BEGIN/COMMIT ourselves, so each public method is
         # exactly one transaction. check_same_thread=False: the single-thread pool already
         # serializes every use, and a pool may replace its worker thread.
-        self._conn = sqlite3.connect(
-            path, isolation_level=None, check_same_thread=False, timeout=10.0
-        )
+        # A key: SQLCipher (sixchat.agent.store.cipher, the one place that knows it).
+        self._conn = cipher.connect(path, key, timeout=10.0)
+        self.encrypted = key is not None
         try:
             mode = self._conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
             if str(mode).lower() != ("memory" if memory else "wal"):
@@ -530,9 +534,14 @@ def _too_new(version: int, known: int) -> SchemaTooNewError:
     )
 
 
-def _open_database(path: str) -> tuple[MessageDatabase, PinMaps, PinMaps]:
-    """Open (and migrate) the file and read the pins: the store's first job on its thread."""
-    db = MessageDatabase(path)
+def _open_database(
+    path: str, unlock: Callable[[], bytes | None] | None = None
+) -> tuple[MessageDatabase, PinMaps, PinMaps]:
+    """
+    Find the key (C{unlock}: the KDF takes a moment), open (and migrate) the file and read
+    the pins: the store's first job on its thread.
+    """
+    db = MessageDatabase(path, None if unlock is None else unlock())
     try:
         pins, changes = db.load_pins()
     except BaseException:

@@ -81,13 +81,25 @@ class MessageStore:
     Calls run one at a time, in the order made, and their Deferreds fire in that order.
 
     @ivar pins: the persistent L{IPinStore} (L{SQLitePinStore}) for L{sixchat.trust.PinPolicy}.
+
+    @param unlock: called on the store's thread when it opens, returns the key of an
+        encrypted store or C{None} for a plain one (L{sixchat.agent.store.encryption.unlock});
+        without it the store is plain.
     """
 
     log = Logger()
 
-    def __init__(self, path: str, reactor: IReactorFromThreads) -> None:
+    def __init__(
+        self,
+        path: str,
+        reactor: IReactorFromThreads,
+        unlock: Callable[[], bytes | None] | None = None,
+    ) -> None:
         self.path = path
         self._reactor = reactor
+        self._unlock = unlock
+        #: Whether the open store is encrypted at rest (C{None} until it is open).
+        self.encrypted: bool | None = None
         self._pool: DatabaseThread | None = None
         self._db: MessageDatabase | None = None
         self._trigger: Any = None
@@ -119,6 +131,7 @@ class MessageStore:
         def opened(result: tuple[MessageDatabase, PinMaps, PinMaps]) -> None:
             db, pins, changes = result
             self._db = db
+            self.encrypted = db.encrypted
             self.pins._loaded(pins, changes)
             if IReactorCore.providedBy(self._reactor):
                 self._trigger = self._reactor.addSystemEventTrigger(
@@ -130,7 +143,7 @@ class MessageStore:
             pool.stop()  # the worker is idle again: this join is immediate
             return failure
 
-        d = pool.run(_open_database, self.path)
+        d = pool.run(_open_database, self.path, self._unlock)
         return d.addCallbacks(opened, failed)
 
     def close(self) -> Deferred[None]:
