@@ -7,7 +7,6 @@ and turns "address in use" into one actionable line instead of a traceback.
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 from twisted.application import service
@@ -17,6 +16,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from sixchat.errors import StartupError
 from sixchat.handshake import PeerConfig
 from sixchat.protocol import ISessionObserver, PeerFactory, Session
 from sixchat.stanzas import ErrorStanza, Message, Typing
@@ -66,9 +66,10 @@ class EndpointService(service.Service):
     """
     Listens with C{factory} on a Twisted endpoint string. It binds in
     C{privilegedStartService} (before twistd drops privileges or daemonises) and turns a
-    failure such as "address in use" into one actionable line and exit status 1 instead of a
-    traceback; if the bind only fails later (an asynchronous endpoint), it logs that line and
-    stops the reactor.
+    failure such as "address in use" or a bad endpoint string into a one-line L{StartupError}
+    (which the twistd plugins print as one line with exit status 1, never a traceback); if
+    the bind only fails later (an asynchronous endpoint), it logs that line and stops the
+    reactor.
 
     @cvar program: the command name starting the error line.
     @cvar what: what else might hold the port, for the hint.
@@ -86,7 +87,10 @@ class EndpointService(service.Service):
         self._listening: defer.Deferred[Any] | None = None
 
     def privilegedStartService(self) -> None:
-        endpoint = endpoints.serverFromString(self.reactor, self.listen)
+        try:
+            endpoint = endpoints.serverFromString(self.reactor, self.listen)
+        except ValueError as e:  # an unknown endpoint type, a bad port, …
+            raise StartupError(f"--listen {self.listen!r}: {e}") from None
         outcome: list[Any] = []
         self._listening = endpoint.listen(self.listening_factory)
         self._listening.addBoth(outcome.append)
@@ -117,15 +121,14 @@ class EndpointService(service.Service):
             err = getattr(failure.value, "socketError", None)
             why = getattr(err, "strerror", None) or str(err)
         line = (
-            f"{self.program}: error: cannot listen on {self.listen}: {why} "
-            f"(is another {self.what} running? choose another --listen)\n"
+            f"cannot listen on {self.listen}: {why} "
+            f"(is another {self.what} running? choose another --listen)"
         )
         if self.running:
-            self.log.critical(line.strip())
+            self.log.critical("{program}: error: {line}", program=self.program, line=line)
             self.reactor.stop()
             return
-        sys.stderr.write(line)
-        raise SystemExit(1)
+        raise StartupError(line)
 
     def stopListening(self) -> defer.Deferred[None]:
         self._listening = None
