@@ -181,6 +181,9 @@ class UserAgentService(service.MultiService):
                 self.node, self._listeningAddress, advertise, register_expires
             )
         self._waiters = DeliveryWaiters(self.clock, self.status_of)
+        #: Called with one line when the agent cannot go on (another agent holds our node at
+        #: the registry); the twistd plugin prints it and exits 1. Default: log, stop.
+        self.on_fatal: Callable[[str], None] | None = None
         self._control_port: IListeningPort | None = None
         self.ready: defer.Deferred[None] = defer.Deferred()
 
@@ -203,6 +206,13 @@ class UserAgentService(service.MultiService):
         d = self.store.open()
         d.addCallback(self._opened)
         d.addErrback(self._startFailed)
+
+    def _fatal(self, line: str) -> None:
+        if self.on_fatal is not None:
+            self.on_fatal(line)
+        else:
+            log.critical("{line}; stopping", line=line)
+            self.stopService()
 
     def _startFailed(self, failure: Failure) -> None:
         log.failure("the user agent could not start", failure)
@@ -227,6 +237,7 @@ class UserAgentService(service.MultiService):
                     self.crls.registryReachable()
 
             self.keeper.on_state = state
+            self.keeper.on_conflict = self._fatal
         self.crls.start()
         log.info(
             "user agent {identity} (node {node}) ready; data in {dir}",
@@ -354,7 +365,7 @@ class UserAgentService(service.MultiService):
             "listening": None if port is None else format_hostport(port.host, port.port),
             "registry": None
             if keeper is None
-            else {"registry": self.registry, "state": keeper.state, "expires": keeper.granted},
+            else {"registry": self.registry, **keeper.describe()},
             "advertised": []
             if keeper is None
             else [format_hostport(c.host, c.port) for c in keeper.contacts],
