@@ -19,7 +19,13 @@ from twisted.trial import unittest
 from sixchat.irp import contacts as contacts_module
 from sixchat.irp import messages as m
 from sixchat.irp.client import IRPConnectionLost, IRPTimeout
-from sixchat.irp.keeper import AutoContacts, RegistrationKeeper, local_addresses, parse_advertise
+from sixchat.irp.keeper import (
+    AutoContacts,
+    RegistrationKeeper,
+    local_addresses,
+    parse_advertise,
+    tcp_probe,
+)
 
 CONTACT = m.Contact("2001:db8::5", 4605)
 
@@ -663,3 +669,25 @@ class LocalAddressTests(unittest.SynchronousTestCase):
             socket.inet_aton(addr)
         if os.path.exists("/proc/net/if_inet6"):
             contacts_module._proc_ipv6()
+
+
+class TCPProbeTests(unittest.TestCase):
+    """L{tcp_probe} on real loopback sockets: who answers, and nobody."""
+
+    @defer.inlineCallbacks
+    def test_finds_the_listening_contact(self) -> Any:
+        from twisted.internet import reactor
+        from twisted.internet.protocol import Factory, Protocol
+
+        port = reactor.listenTCP(0, Factory.forProtocol(Protocol), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        closed = socket.socket()
+        closed.bind(("127.0.0.1", 0))  # bound, not listening: connections are refused
+        self.addCleanup(closed.close)
+        live = m.Contact("127.0.0.1", port.getHost().port)
+        dead = m.Contact("127.0.0.1", closed.getsockname()[1])
+        probe = tcp_probe(reactor, timeout=5)
+        found = yield probe([dead, live])
+        self.assertEqual(found, live)
+        found = yield probe([dead])
+        self.assertIsNone(found)
