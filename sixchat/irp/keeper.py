@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 from twisted.application import service
@@ -130,6 +131,8 @@ class RegistrationKeeper(service.Service):
         #: Whether this run has checked the node is free (once, before its first register).
         self.checked = False
         self.registered_once = False
+        #: When and how our binding was last lost in this run (for status), or None.
+        self.last_lost: str | None = None
         self._watched: Any = None
         self.state = "stopped"
         self.granted: int | None = None
@@ -350,6 +353,7 @@ class RegistrationKeeper(service.Service):
             self._timer.cancel()
         self._timer = None
         if binding is None:
+            self._lost_at("removed at the registry (unregistered elsewhere, or expired)")
             self.log.warn(
                 "the registration of node {node} was removed from {registry} (unregistered "
                 "by another agent, or expired); registering again",
@@ -359,6 +363,8 @@ class RegistrationKeeper(service.Service):
             return
         first = self.state != "taken-over"
         self.holder = list(binding.contacts)
+        if first:
+            self._lost_at(f"taken over by another agent at {self._describe(self.holder)}")
         self.checked = False  # after a reconnect, look before registering again
         self._setState("taken-over")
         if first:
@@ -370,9 +376,18 @@ class RegistrationKeeper(service.Service):
                 holder=self._describe(self.holder),
             )  # fmt: skip
 
+    def _lost_at(self, what: str) -> None:
+        when = datetime.fromtimestamp(self.reactor.seconds(), UTC).strftime("%Y-%m-%d %H:%M:%S")
+        self.last_lost = f"{when} UTC: {what}"
+
     def describe(self) -> dict[str, Any]:
-        """The registration for C{status}: state, granted expiry, the other agent if any."""
+        """
+        The registration for C{status}: state, granted expiry, the other agent if any, and
+        when our binding was last lost (taken over or removed) in this run.
+        """
         out: dict[str, Any] = {"state": self.state, "expires": self.granted}
+        if self.last_lost is not None:
+            out["last_lost"] = self.last_lost
         if self.state in _HELD and self.holder:
             out["held_by"] = self._describe(self.holder)
             out["note"] = (

@@ -120,6 +120,11 @@ class OneNodeOneAgentTests(E2ECase):
         )
         bound = yield self.node(other, "n1")
         self.assertEqual(list(bound.contacts), [m.Contact("127.0.0.1", alice.port)])
+        registry = yield registry_state()
+        self.assertRegex(
+            registry["last_lost"],
+            r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC: removed at the registry",
+        )
 
         # taken over again, then alice stops: she leaves the other agent's binding alone
         yield other.register("n1", [elsewhere], 300)

@@ -499,6 +499,8 @@ class OneNodeOneAgentTests(unittest.TestCase):
                 "held_by": "[2001:db8::77]:4605",
                 "note": "another agent of this identity holds this node name; give one of "
                 "them another --node",
+                "last_lost": "1970-01-01 00:00:00 UTC: taken over by another agent at "
+                "[2001:db8::77]:4605",
             },
         )
         h.clock.advance(10_000)  # no refresh takes it back
@@ -539,11 +541,23 @@ class OneNodeOneAgentTests(unittest.TestCase):
     def test_restores_a_removed_binding(self) -> None:
         h = GuardHarness()
         client = h.registered()
+        self.assertNotIn("last_lost", h.keeper.describe())
+        h.clock.advance(90)
         client.push()  # unregistered by someone else, or expired
         self.assertEqual(len(client.registers), 2)
         self.assertEqual(h.keeper.state, "registering")
         client.grant(300)
         self.assertEqual(h.keeper.state, "registered")
+        # status still says it happened
+        self.assertEqual(
+            h.keeper.describe(),
+            {
+                "state": "registered",
+                "expires": 300,
+                "last_lost": "1970-01-01 00:01:30 UTC: removed at the registry (unregistered "
+                "elsewhere, or expired)",
+            },
+        )
 
     def test_restores_once_the_other_agent_leaves(self) -> None:
         h = GuardHarness()
