@@ -7,6 +7,7 @@ and turns "address in use" into one actionable line instead of a traceback.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from twisted.application import service
@@ -78,6 +79,9 @@ class EndpointService(service.Service):
     log = Logger()
     program = "sixchat"
     what = "agent"
+    #: Called with one line when the service cannot go on once running (the twistd plugins
+    #: print it and exit 1); None: log it and stop the reactor.
+    on_fatal: Callable[[str], None] | None = None
 
     def __init__(self, reactor: Any, listen: str, factory: Any) -> None:
         self.reactor = reactor
@@ -125,6 +129,9 @@ class EndpointService(service.Service):
             f"(is another {self.what} running? choose another --listen)"
         )
         if self.running:
+            if self.on_fatal is not None:
+                self.on_fatal(line)
+                return
             self.log.critical("{program}: error: {line}", program=self.program, line=line)
             self.reactor.stop()
             return

@@ -173,6 +173,7 @@ class UserAgentService(service.MultiService):
             idle_timeout=idle_timeout,
         )
         self.listener.factory.paused = True  # until the store is open (pins, messages)
+        self.listener.on_fatal = self._fatal  # a bind that fails once running
         self.listener.setServiceParent(self)
         #: The L{RegistrationKeeper} with a registry (typed loosely: callers read its state).
         self.keeper: Any = None
@@ -215,9 +216,21 @@ class UserAgentService(service.MultiService):
             self.stopService()
 
     def _startFailed(self, failure: Failure) -> None:
-        log.failure("the user agent could not start", failure)
+        import sqlite3
+
+        from sixchat.errors import SixchatError
+
+        # A damaged or foreign messages.sqlite, an unusable socket path, …: one line under
+        # twistd (on_fatal); the traceback only for what no person can fix.
+        if self.on_fatal is None or not failure.check(sqlite3.Error, OSError, SixchatError):
+            log.failure("the user agent could not start", failure)
         if not self.ready.called:
             self.ready.errback(failure)
+        if self.on_fatal is not None:
+            self.ready.addErrback(lambda _: None)  # said here; not again when collected
+            self.on_fatal(
+                f"cannot start on data directory {self.data_dir}: {failure.getErrorMessage()}"
+            )
 
     @defer.inlineCallbacks
     def _opened(self, _: object) -> Any:

@@ -169,3 +169,34 @@ class StartupErrorProcessTests(E2ECase):
             ["sixchat-irp", "--cert", "missing.p12", "--ca-dir", self.ca_dir], self.base
         )
         self.assertOneLine(result, "twistd: error: missing.p12 does not exist")
+
+    @defer.inlineCallbacks
+    def test_damaged_message_store(self) -> Any:
+        """A setup error found once the reactor runs: still one line and exit 1."""
+        cert = self.issue("alice@example.com")
+        data = os.path.join(short_tempdir(self), "data")
+        os.mkdir(data, 0o700)
+        with open(os.path.join(data, "messages.sqlite"), "w") as f:
+            f.write("these are not my messages\n")
+        result = yield run_twistd(
+            ["sixchat", "--cert", cert, "--trust", self.ca, "--data-dir", data,
+             "--listen", "tcp:0:interface=127.0.0.1"],
+            self.base,
+        )  # fmt: skip
+        self.assertOneLine(
+            result, f"sixchat: error: cannot start on data directory {data}: file is not a database"
+        )
+
+    @defer.inlineCallbacks
+    def test_registry_database_not_a_database(self) -> Any:
+        db = os.path.join(self.base, "notes.sqlite")
+        with open(db, "w") as f:
+            f.write("shopping list\n")
+        result = yield run_twistd(
+            ["sixchat-irp", "--cert", self.server_p12, "--ca-dir", self.ca_dir, "--db", db,
+             "--listen", "tcp:0:interface=127.0.0.1"],
+            self.base,
+        )  # fmt: skip
+        self.assertOneLine(
+            result, f"sixchat-irp: error: cannot use registry database {db}: file is not a database"
+        )
