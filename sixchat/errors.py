@@ -16,6 +16,14 @@ class SixchatError(Exception):
     """Base of every error this package raises on purpose."""
 
 
+class StartupError(SixchatError):
+    """
+    A service cannot start for a reason a person can fix (the port is taken, the data
+    directory is in use, …). The message is one line, without the program name: the twistd
+    plugins print it as C{PROGRAM: error: MESSAGE} and exit 1, without a traceback.
+    """
+
+
 class AlertError(SixchatError):
     """A fatal protocol failure; C{reason} is the spec's alert token."""
 

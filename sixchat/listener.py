@@ -7,7 +7,7 @@ and turns "address in use" into one actionable line instead of a traceback.
 
 from __future__ import annotations
 
-import sys
+from collections.abc import Callable
 from typing import Any
 
 from twisted.application import service
@@ -17,6 +17,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from sixchat.errors import StartupError
 from sixchat.handshake import PeerConfig
 from sixchat.protocol import ISessionObserver, PeerFactory, Session
 from sixchat.stanzas import ErrorStanza, Message, Typing
@@ -66,9 +67,10 @@ class EndpointService(service.Service):
     """
     Listens with C{factory} on a Twisted endpoint string. It binds in
     C{privilegedStartService} (before twistd drops privileges or daemonises) and turns a
-    failure such as "address in use" into one actionable line and exit status 1 instead of a
-    traceback; if the bind only fails later (an asynchronous endpoint), it logs that line and
-    stops the reactor.
+    failure such as "address in use" or a bad endpoint string into a one-line L{StartupError}
+    (which the twistd plugins print as one line with exit status 1, never a traceback); if
+    the bind only fails later (an asynchronous endpoint), it logs that line and stops the
+    reactor.
 
     @cvar program: the command name starting the error line.
     @cvar what: what else might hold the port, for the hint.
@@ -77,6 +79,9 @@ class EndpointService(service.Service):
     log = Logger()
     program = "sixchat"
     what = "agent"
+    #: Called with one line when the service cannot go on once running (the twistd plugins
+    #: print it and exit 1); None: log it and stop the reactor.
+    on_fatal: Callable[[str], None] | None = None
 
     def __init__(self, reactor: Any, listen: str, factory: Any) -> None:
         self.reactor = reactor
@@ -86,7 +91,10 @@ class EndpointService(service.Service):
         self._listening: defer.Deferred[Any] | None = None
 
     def privilegedStartService(self) -> None:
-        endpoint = endpoints.serverFromString(self.reactor, self.listen)
+        try:
+            endpoint = endpoints.serverFromString(self.reactor, self.listen)
+        except ValueError as e:  # an unknown endpoint type, a bad port, …
+            raise StartupError(f"--listen {self.listen!r}: {e}") from None
         outcome: list[Any] = []
         self._listening = endpoint.listen(self.listening_factory)
         self._listening.addBoth(outcome.append)
@@ -117,15 +125,17 @@ class EndpointService(service.Service):
             err = getattr(failure.value, "socketError", None)
             why = getattr(err, "strerror", None) or str(err)
         line = (
-            f"{self.program}: error: cannot listen on {self.listen}: {why} "
-            f"(is another {self.what} running? choose another --listen)\n"
+            f"cannot listen on {self.listen}: {why} "
+            f"(is another {self.what} running? choose another --listen)"
         )
         if self.running:
-            self.log.critical(line.strip())
+            if self.on_fatal is not None:
+                self.on_fatal(line)
+                return
+            self.log.critical("{program}: error: {line}", program=self.program, line=line)
             self.reactor.stop()
             return
-        sys.stderr.write(line)
-        raise SystemExit(1)
+        raise StartupError(line)
 
     def stopListening(self) -> defer.Deferred[None]:
         self._listening = None

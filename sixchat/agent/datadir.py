@@ -12,10 +12,12 @@ import stat
 from collections.abc import Mapping
 
 from sixchat.agent.errors import AgentError, BadArgument, DataDirError, NoAgentRunning
+from sixchat.errors import StartupError
 from sixchat.identity import is_valid_identity
 
 __all__ = [
     "SOCKET_NAME",
+    "DataDirInUse",
     "DataDirLock",
     "agent_dirs",
     "default_data_dir",
@@ -126,6 +128,14 @@ def prepare_data_dir(data_dir: str) -> str:
     return path
 
 
+class DataDirInUse(AgentError, StartupError):
+    """The data directory's lock is held by another process (C{pid}, when it wrote it)."""
+
+    def __init__(self, message: str, pid: int | None) -> None:
+        super().__init__(message)
+        self.pid = pid
+
+
 class DataDirLock:
     """One agent per data directory: an exclusive C{flock} on C{agent.lock}, held while up."""
 
@@ -138,17 +148,35 @@ class DataDirLock:
         return self._fd is not None
 
     def acquire(self) -> None:
+        """
+        Take the lock, writing our PID into the file.
+
+        @raise DataDirInUse: another process holds it (its PID in the message when known).
+        """
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
+            pid = self.holder(fd)
             os.close(fd)
-            raise AgentError(
-                f"another sixchat agent is already running on {os.path.dirname(self.path)}"
+            who = "another sixchat agent" + (f" (PID {pid})" if pid else "")
+            raise DataDirInUse(
+                f"{who} is already running on {os.path.dirname(self.path)}: stop it, "
+                "or give this one another --data-dir",
+                pid,
             ) from None
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         self._fd = fd
+
+    @staticmethod
+    def holder(fd: int) -> int | None:
+        """The PID the holder wrote into the lock file, or None (not yet written, garbage)."""
+        try:
+            text = os.pread(fd, 32, 0).decode("ascii").strip()
+        except (OSError, UnicodeDecodeError):
+            return None
+        return int(text) if text.isdigit() and int(text) > 0 else None
 
     def release(self) -> None:
         if self._fd is not None:

@@ -16,7 +16,7 @@ from sixchat.agent.directory import RegistryDirectory
 from sixchat.agent.interfaces import PresenceCallback
 from sixchat.identity import Identity
 from sixchat.irp.client import IRPClientProtocol, connectRegistry
-from sixchat.irp.keeper import AutoContacts, RegistrationKeeper
+from sixchat.irp.keeper import AutoContacts, RegistrationKeeper, tcp_probe
 
 __all__ = ["RegistryLink"]
 
@@ -86,4 +86,6 @@ class RegistryLink:
             AutoContacts(self.reactor, listening, advertise),
             expires=expires,
             registry_name=self.source,
+            identity=self.name,
+            probe=tcp_probe(self.reactor),
         )

@@ -200,6 +200,7 @@ class UserAgentService(service.MultiService):
             idle_timeout=idle_timeout,
         )
         self.listener.factory.paused = True  # until the store is open (pins, messages)
+        self.listener.on_fatal = self._fatal  # a bind that fails once running
         self.listener.setServiceParent(self)
         #: The L{RegistrationKeeper} with a registry (typed loosely: callers read its state).
         self.keeper: Any = None
@@ -208,6 +209,9 @@ class UserAgentService(service.MultiService):
                 self.node, self._listeningAddress, advertise, register_expires
             )
         self._waiters = DeliveryWaiters(self.clock, self.status_of)
+        #: Called with one line when the agent cannot go on (another agent holds our node at
+        #: the registry); the twistd plugin prints it and exits 1. Default: log, stop.
+        self.on_fatal: Callable[[str], None] | None = None
         self._control_port: IListeningPort | None = None
         self.ready: defer.Deferred[None] = defer.Deferred()
 
@@ -231,10 +235,29 @@ class UserAgentService(service.MultiService):
         d.addCallback(self._opened)
         d.addErrback(self._startFailed)
 
+    def _fatal(self, line: str) -> None:
+        if self.on_fatal is not None:
+            self.on_fatal(line)
+        else:
+            log.critical("{line}; stopping", line=line)
+            self.stopService()
+
     def _startFailed(self, failure: Failure) -> None:
-        log.failure("the user agent could not start", failure)
+        import sqlite3
+
+        from sixchat.errors import SixchatError
+
+        # A damaged or foreign messages.sqlite, an unusable socket path, …: one line under
+        # twistd (on_fatal); the traceback only for what no person can fix.
+        if self.on_fatal is None or not failure.check(sqlite3.Error, OSError, SixchatError):
+            log.failure("the user agent could not start", failure)
         if not self.ready.called:
             self.ready.errback(failure)
+        if self.on_fatal is not None:
+            self.ready.addErrback(lambda _: None)  # said here; not again when collected
+            self.on_fatal(
+                f"cannot start on data directory {self.data_dir}: {failure.getErrorMessage()}"
+            )
 
     @defer.inlineCallbacks
     def _opened(self, _: object) -> Any:
@@ -254,6 +277,7 @@ class UserAgentService(service.MultiService):
                     self.crls.registryReachable()
 
             self.keeper.on_state = state
+            self.keeper.on_conflict = self._fatal
         self.crls.start()
         log.info(
             "user agent {identity} (node {node}) ready; data in {dir} ({at_rest})",
@@ -414,7 +438,7 @@ class UserAgentService(service.MultiService):
             "listening": None if port is None else format_hostport(port.host, port.port),
             "registry": None
             if keeper is None
-            else {"registry": self.registry, "state": keeper.state, "expires": keeper.granted},
+            else {"registry": self.registry, **keeper.describe()},
             "advertised": []
             if keeper is None
             else [format_hostport(c.host, c.port) for c in keeper.contacts],

@@ -17,11 +17,13 @@ from twisted.python import usage
 from sixchat.errors import SixchatError
 from sixchat.handshake import AccessPolicy, PeerConfig
 from sixchat.listener import DEFAULT_LISTEN
+from sixchat.twistd import OneLineOptions, check_listen
 
 PIN_POLICIES = ("accept", "warn", "refuse")
 
 
-class Options(usage.Options):
+class Options(OneLineOptions):
+    tapname = "sixchat"
     synopsis = "--cert FILE.p12 --trust CA.pem [options]"
     longdesc = (
         "Runs a SixChat End2End Direct user agent: accepts sessions from peers whose "
@@ -119,6 +121,7 @@ class Options(usage.Options):
             raise usage.UsageError("--cert is required (your .p12 identity file)")
         if not self["trust"]:
             raise usage.UsageError("--trust is required (the CA certificate(s) you trust)")
+        check_listen(self["listen"])
         if self["pin-policy"] not in PIN_POLICIES:
             raise usage.UsageError("--pin-policy must be accept, warn or refuse")
         for name in ("handshake-timeout", "idle-timeout"):

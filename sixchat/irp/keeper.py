@@ -1,6 +1,6 @@
 """
-Keeping a user agent registered (irp-1 §3.1): L{RegistrationKeeper}, and finding the
-addresses to advertise (L{local_addresses}, L{AutoContacts}).
+Keeping a user agent registered (irp-1 §3.1): L{RegistrationKeeper}. The addresses it
+registers come from L{sixchat.irp.contacts} (re-exported here).
 
 The keeper is a C{twisted.application} service with one loop:
 
@@ -8,7 +8,22 @@ The keeper is a C{twisted.application} service with one loop:
             → wait (exponential backoff with jitter) → connect → …
 
 and C{stopService} unregisters (bounded by a timeout, so a dead registry never holds up a
-shutdown). Why these choices:
+shutdown). Given the agent's C{identity}, the keeper also guards the node's binding against a
+second agent of the same identity and node name (docs/irp.md, "One node, one agent"):
+
+  - B{Before the first register} it looks its identity up. A live binding of our node with
+    other contacts is probed (a TCP connect to each, C{probe}); if one answers, another agent
+    holds the node: state C{conflict}, C{on_conflict(line)} (the agent refuses to start), and
+    no register. A binding nobody answers at is a stale one (a crash) and is replaced.
+  - B{While registered} it watches its identity (irp-1 §3.4). A push showing our node with
+    other contacts means another agent took the binding over: state C{taken-over}, no more
+    refreshes. A push without our node (unregistered elsewhere, expired) re-registers at once:
+    the keeper restores its registration.
+  - B{Stopping}, it unregisters only a binding it verified is still its own (a lookup right
+    before: our contacts), never one another agent has taken over: irp-1's C{unregister}
+    carries only the node name.
+
+Why these choices:
 
   - B{Refresh at 2/3} of the I{granted} expiry (the server clamps the request to [30, 3600]):
     one refresh can be lost or slow (a request times out after 30 s) and the binding still
@@ -24,214 +39,38 @@ shutdown). Why these choices:
   - B{Refusals} (C{bad_request}, C{unauthenticated}, …) are logged as errors and retried with
     the same backoff on a fresh connection: an administrator may fix the cause (e.g. allow
     the address) without restarting the agent.
-
-Address discovery (L{local_addresses}) uses the standard library only (psutil is not a
-dependency):
-
-  - IPv6: C{/proc/net/if_inet6} (Linux), keeping scope-global addresses that are usable for
-    incoming connections: not temporary (RFC 8981 privacy addresses are for outgoing
-    connections; publishing them would defeat their purpose), not deprecated, tentative or
-    failed duplicate-address detection;
-  - IPv4: the C{SIOCGIFADDR} ioctl for each interface of C{socket.if_nameindex()} (Linux; it
-    yields each interface's primary address, not secondary aliases);
-  - fallbacks when those give nothing (other systems): the source address the kernel
-    would use towards a documentation address (a UDP C{connect}, which sends no packet),
-    then C{getaddrinfo(gethostname())}.
-
-Loopback, link-local, unspecified, multicast and broadcast addresses are dropped (the
-registry refuses them, irp-1 §3.1); private (RFC 1918, ULA) ones are kept, for flat private
-networks. C{getaddrinfo} may block on DNS, so L{AutoContacts} runs the scan in a thread.
-C{--advertise} replaces all of this.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import random
-import socket
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 from twisted.application import service
-from twisted.internet import defer, threads
+from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from sixchat.irp import messages as m
 from sixchat.irp.client import IRPConnectionError
-from sixchat.netaddr import format_hostport, parse_hostport
+from sixchat.irp.contacts import AutoContacts, local_addresses, parse_advertise
+from sixchat.netaddr import format_hostport
 
 __all__ = [
     "AutoContacts",
     "RegistrationKeeper",
     "local_addresses",
     "parse_advertise",
+    "tcp_probe",
 ]
 
 log = Logger()
 
-# /proc/net/if_inet6 flags (linux/if_addr.h)
-_IFA_F_TEMPORARY = 0x01
-_IFA_F_DADFAILED = 0x08
-_IFA_F_DEPRECATED = 0x20
-_IFA_F_TENTATIVE = 0x40
-_SIOCGIFADDR = 0x8915
-
-
-def _usable(host: str) -> str | None:
-    try:
-        return m.canonical_host(host)
-    except ValueError:
-        return None
-
-
-def _proc_ipv6(path: str = "/proc/net/if_inet6") -> list[str]:
-    found = []
-    try:
-        with open(path) as f:
-            lines = f.readlines()
-    except OSError:
-        return []
-    for line in lines:
-        fields = line.split()
-        if len(fields) < 6 or len(fields[0]) != 32:
-            continue
-        try:
-            scope, flags = int(fields[3], 16), int(fields[4], 16)
-            addr = ipaddress.IPv6Address(bytes.fromhex(fields[0]))
-        except ValueError:
-            continue
-        if scope != 0:  # 0x00 global; 0x10 host, 0x20 link, 0x40 site (deprecated)
-            continue
-        if flags & (_IFA_F_TEMPORARY | _IFA_F_DADFAILED | _IFA_F_DEPRECATED | _IFA_F_TENTATIVE):
-            continue
-        found.append(str(addr))
-    return found
-
-
-def _ioctl_ipv4() -> list[str]:
-    try:
-        import fcntl
-        import struct
-
-        names = [name for _, name in socket.if_nameindex()]
-    except (ImportError, OSError, AttributeError):
-        return []
-    found = []
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        for name in names:
-            try:
-                req = struct.pack("256s", name.encode()[:15])
-                res = fcntl.ioctl(s.fileno(), _SIOCGIFADDR, req)
-            except OSError:  # no IPv4 address on this interface
-                continue
-            found.append(socket.inet_ntoa(res[20:24]))
-    return found
-
-
-def _route_source(family: int, probe: str) -> list[str]:
-    """The address the kernel would send from towards C{probe}; UDP connect sends nothing."""
-    try:
-        with socket.socket(family, socket.SOCK_DGRAM) as s:
-            s.connect((probe, 9))
-            return [s.getsockname()[0]]
-    except OSError:
-        return []
-
-
-def _hostname_addresses() -> list[str]:
-    try:
-        infos = socket.getaddrinfo(socket.gethostname(), None, proto=socket.IPPROTO_TCP)
-    except OSError:
-        return []
-    return [str(info[4][0]).split("%")[0] for info in infos]
-
-
-def local_addresses(family: int | None = None) -> list[str]:
-    """
-    This machine's addresses worth advertising, IPv6 first (see the module docstring for
-    the sources). C{family} limits to C{AF_INET} or C{AF_INET6}. May block (C{getaddrinfo}
-    fallback): call it in a thread from the reactor.
-    """
-    v6: list[str] = []
-    v4: list[str] = []
-    if family in (None, socket.AF_INET6):
-        v6 = _proc_ipv6() or _route_source(socket.AF_INET6, "2001:db8::1")
-    if family in (None, socket.AF_INET):
-        v4 = _ioctl_ipv4() or _route_source(socket.AF_INET, "192.0.2.1")
-    if not [a for a in v6 + v4 if _usable(a)]:
-        extra = _hostname_addresses()
-        v6 += [a for a in extra if ":" in a and family in (None, socket.AF_INET6)]
-        v4 += [a for a in extra if ":" not in a and family in (None, socket.AF_INET)]
-    seen: set[str] = set()
-    out = []
-    for addr in v6 + v4:
-        canon = _usable(addr)
-        if canon is not None and canon not in seen:
-            seen.add(canon)
-            out.append(canon)
-    return out
-
-
-def parse_advertise(text: str) -> tuple[str, int | None]:
-    """
-    C{IP}, C{IP:PORT}, C{[v6]} or C{[v6]:PORT} for C{--advertise}; the port is None when not
-    given (the listening port is used). The host must be an IP literal (irp-1 §3.1).
-
-    @raise ValueError: with a one-line reason.
-    """
-    host, port = parse_hostport(text, 0)
-    try:
-        host = m.canonical_host(host, allow_private=True)
-    except ValueError as e:
-        raise ValueError(f"--advertise {text!r}: {e}") from None
-    return host, (port or None)
-
-
-class AutoContacts:
-    """
-    The contacts of a listening agent, computed when asked (the keeper asks at every
-    register): the C{advertise} list if given, else the listener's own address when it is
-    bound to a specific one, else every usable local address (L{local_addresses}, in a
-    thread), each with the listening port.
-
-    @param port: returns the listener's bound address (C{IPv4Address}/C{IPv6Address}) or
-        None while it is not listening; read at each call, so C{--listen} port 0 works.
-    """
-
-    def __init__(
-        self,
-        reactor: Any,
-        port: Callable[[], Any],
-        advertise: Sequence[tuple[str, int | None]] = (),
-        scan: Callable[[int | None], list[str]] = local_addresses,
-    ) -> None:
-        self.reactor = reactor
-        self.port = port
-        self.advertise = list(advertise)
-        self.scan = scan
-
-    def __call__(self) -> defer.Deferred[list[m.Contact]]:
-        address = self.port()
-        if address is None:
-            return defer.fail(RuntimeError("the peer listener is not listening yet"))
-        port = int(address.port)
-        if self.advertise:
-            return defer.succeed(
-                [m.Contact(host, p or port) for host, p in self.advertise][: m.MAX_CONTACTS]
-            )
-        bound = str(getattr(address, "host", "")).split("%")[0]
-        try:
-            ip = ipaddress.ip_address(bound)
-        except ValueError:
-            ip = None
-        if ip is not None and not ip.is_unspecified:
-            mapped = ip.ipv4_mapped if isinstance(ip, ipaddress.IPv6Address) else None
-            return defer.succeed([m.Contact(str(mapped or ip), port)])
-        family = socket.AF_INET if isinstance(ip, ipaddress.IPv4Address) else None
-        d = threads.deferToThreadPool(self.reactor, self.reactor.getThreadPool(), self.scan, family)
-        return d.addCallback(lambda hosts: [m.Contact(h, port) for h in hosts][: m.MAX_CONTACTS])
+#: Keeper states in which another agent holds our node (kept while we retry).
+_HELD = ("taken-over", "conflict")
 
 
 class RegistrationKeeper(service.Service):
@@ -244,8 +83,14 @@ class RegistrationKeeper(service.Service):
     @param contacts_provider: returns the contacts (a list or a Deferred of one).
     @param rand: a C{random()} in [0, 1) for the jitter (tests pin it).
 
-    @ivar state: C{stopped}, C{connecting}, C{registering}, C{registered}, C{waiting}.
+    @param identity: our identity; given, the binding is guarded (module docstring).
+    @param probe: fires with the first of the given contacts that accepts a connection, or
+        None (L{tcp_probe}); without one, a foreign live binding counts as held.
+
+    @ivar state: C{stopped}, C{connecting}, C{registering}, C{registered}, C{waiting},
+        C{taken-over} (another agent holds our node), C{conflict} (it did at start-up).
     @ivar granted: the expiry the registry granted last (seconds), or None.
+    @ivar holder: the contacts of the other agent in C{taken-over} and C{conflict}.
     """
 
     log = Logger()
@@ -263,6 +108,8 @@ class RegistrationKeeper(service.Service):
         stop_timeout: float = 5.0,
         rand: Callable[[], float] = random.random,
         registry_name: str = "registry",
+        identity: str | None = None,
+        probe: Callable[[list[m.Contact]], defer.Deferred[m.Contact | None]] | None = None,
     ) -> None:
         if not m.is_valid_node(node):
             raise ValueError(
@@ -278,6 +125,15 @@ class RegistrationKeeper(service.Service):
         self.stop_timeout = stop_timeout
         self.rand = rand
         self.registry_name = registry_name
+        self.identity = identity
+        self.probe = probe
+        self.holder: list[m.Contact] = []
+        #: Whether this run has checked the node is free (once, before its first register).
+        self.checked = False
+        self.registered_once = False
+        #: When and how our binding was last lost in this run (for status), or None.
+        self.last_lost: str | None = None
+        self._watched: Any = None
         self.state = "stopped"
         self.granted: int | None = None
         self.contacts: list[m.Contact] = []
@@ -287,6 +143,8 @@ class RegistrationKeeper(service.Service):
         self._pending: defer.Deferred[Any] | None = None
         #: Called with the new state on each change (tests, status displays).
         self.on_state: Callable[[str], None] | None = None
+        #: Called with a one-line explanation when another agent holds our node at start-up.
+        self.on_conflict: Callable[[str], None] | None = None
 
     # the loop ---------------------------------------------------------------------------------
 
@@ -299,13 +157,15 @@ class RegistrationKeeper(service.Service):
     def startService(self) -> None:
         super().startService()
         self.failures = 0
+        self.checked = self.registered_once = False
         self._connect()
 
     def _connect(self) -> None:
         self._timer = None
         if not self.running:
             return
-        self._setState("connecting")
+        if self.state not in _HELD:
+            self._setState("connecting")
         self.log.debug("connecting to {registry}", registry=self.registry_name)
         d = defer.maybeDeferred(self.connect)
         self._pending = d
@@ -318,7 +178,10 @@ class RegistrationKeeper(service.Service):
             return
         self.protocol = proto
         proto.whenLost().addCallback(self._lost, proto)
-        self._register()
+        if self.identity is not None and not self.checked:
+            self._check(proto)
+        else:
+            self._register()
 
     def _connectFailed(self, failure: Failure) -> None:
         self._pending = None
@@ -359,6 +222,14 @@ class RegistrationKeeper(service.Service):
         first = self.state != "registered" or self.granted != granted
         self.granted = granted
         self.failures = 0
+        self.holder = []
+        self.checked = True
+        self.registered_once = True
+        if self.identity is not None and self._watched is not proto:
+            self._watched = proto
+            w = defer.maybeDeferred(proto.watch, self.identity, self._presence)
+            w.addErrback(lambda f: self.log.debug("cannot watch our own bindings: {why}",
+                                                  why=f.getErrorMessage()))  # fmt: skip
         self._setState("registered")
         contacts = ", ".join(format_hostport(c.host, c.port) for c in self.contacts)
         (self.log.info if first else self.log.debug)(
@@ -400,29 +271,173 @@ class RegistrationKeeper(service.Service):
             return
         self.log.warn("connection to {registry} lost: {why}", registry=self.registry_name,
                       why=str(why))  # fmt: skip
-        self._retry()
+        self._retry(state=self.state if self.state in _HELD else "waiting")
+
+    # one node, one agent -------------------------------------------------------------------
+
+    def _ours(self, binding: m.NodeBinding) -> bool:
+        return set(binding.contacts) == set(self.contacts)
+
+    def _mine(self, record: m.Record) -> m.NodeBinding | None:
+        return next((n for n in record.nodes if n.name == self.node), None)
+
+    def _describe(self, contacts: Sequence[m.Contact]) -> str:
+        return ", ".join(format_hostport(c.host, c.port) for c in contacts)
+
+    def _check(self, proto: Any) -> None:
+        """Before the first register: is our node held by another running agent?"""
+        if self.state not in _HELD:
+            self._setState("registering")
+        d = defer.maybeDeferred(self.contacts_provider)
+        self._pending = d
+
+        def lookup(contacts: list[m.Contact]) -> Any:
+            self.contacts = list(contacts)
+            return proto.lookup(self.identity)
+
+        def found(record: m.Record) -> Any:
+            binding = self._mine(record)
+            if binding is None or self._ours(binding):
+                return None
+            others = [c for c in binding.contacts if c not in self.contacts]
+            if self.probe is None:
+                return others[0] if others else None
+            return self.probe(others) if others else None
+
+        def unknown(f: Failure) -> Failure | None:
+            if f.check(m.IRPError):  # not_found: never registered; anything else: try anyway
+                return None
+            return f
+
+        d.addCallback(lookup)
+        d.addCallbacks(found, unknown)
+        d.addCallbacks(self._checked, self._registerFailed, callbackArgs=(proto,),
+                       errbackArgs=(proto,))  # fmt: skip
+
+    def _checked(self, live: m.Contact | None, proto: Any) -> None:
+        self._pending = None
+        if proto is not self.protocol or not self.running:
+            return
+        if live is None:
+            self._register()
+            return
+        self.holder = [live]
+        if self.registered_once:  # it took our node over while we were away: wait for it
+            self.log.warn("node {node} is still held by another agent at {holder}",
+                          node=self.node, holder=self._describe(self.holder))  # fmt: skip
+            self.protocol = None
+            proto.close()
+            self._retry(state="taken-over")
+            return
+        line = (
+            f"node {self.node} of {self.identity} is already registered by a running agent "
+            f"at {self._describe(self.holder)} (a second agent of this identity, e.g. on "
+            "another data directory?): stop it, or give this one another --node"
+        )
+        self.log.error("{line}", line=line)
+        self._setState("conflict")
+        if self.on_conflict is not None:
+            self.on_conflict(line)
+        self.protocol = None
+        proto.close()
+        self._retry(state="conflict")
+
+    def _presence(self, record: m.Record) -> None:
+        """A push about our identity's bindings (irp-1 §3.4)."""
+        if self.state not in ("registered", "taken-over") or not self.running:
+            return  # a register of ours is on its way, or we are not registered
+        binding = self._mine(record)
+        if binding is not None and self._ours(binding):
+            return
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        if binding is None:
+            self._lost_at("removed at the registry (unregistered elsewhere, or expired)")
+            self.log.warn(
+                "the registration of node {node} was removed from {registry} (unregistered "
+                "by another agent, or expired); registering again",
+                node=self.node, registry=self.registry_name,
+            )  # fmt: skip
+            self._register()
+            return
+        first = self.state != "taken-over"
+        self.holder = list(binding.contacts)
+        if first:
+            self._lost_at(f"taken over by another agent at {self._describe(self.holder)}")
+        self.checked = False  # after a reconnect, look before registering again
+        self._setState("taken-over")
+        if first:
+            self.log.warn(
+                "node {node} was taken over at {registry} by another agent at {holder} (same "
+                "identity and node name: give one of them another --node); not refreshing or "
+                "unregistering it, registering again once it is gone",
+                node=self.node, registry=self.registry_name,
+                holder=self._describe(self.holder),
+            )  # fmt: skip
+
+    def _lost_at(self, what: str) -> None:
+        when = datetime.fromtimestamp(self.reactor.seconds(), UTC).strftime("%Y-%m-%d %H:%M:%S")
+        self.last_lost = f"{when} UTC: {what}"
+
+    def describe(self) -> dict[str, Any]:
+        """
+        The registration for C{status}: state, granted expiry, the other agent if any, and
+        when our binding was last lost (taken over or removed) in this run.
+        """
+        out: dict[str, Any] = {"state": self.state, "expires": self.granted}
+        if self.last_lost is not None:
+            out["last_lost"] = self.last_lost
+        if self.state in _HELD and self.holder:
+            out["held_by"] = self._describe(self.holder)
+            out["note"] = (
+                "another agent of this identity holds this node name; give one of them "
+                "another --node"
+            )
+        return out
 
     def backoff(self, failures: int) -> float:
         """The wait before reconnecting after C{failures} consecutive failures (≥ 1)."""
         base = min(self.max_backoff, 2 * self.min_backoff * 2 ** min(failures - 1, 64))
         return base / 2 + self.rand() * base / 2
 
-    def _retry(self) -> None:
+    def _retry(self, state: str = "waiting") -> None:
         if not self.running:
             return
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self.failures += 1
         delay = self.backoff(self.failures)
-        self._setState("waiting")
+        self._setState(state)
         self.log.info("retrying {registry} in {delay:.1f} s", registry=self.registry_name,
                       delay=delay)  # fmt: skip
         self._timer = self.reactor.callLater(delay, self._connect)
 
     # stopping ---------------------------------------------------------------------------------
 
+    def _unregisterIfOurs(self, record: m.Record, proto: Any) -> Any:
+        """irp-1 §3.2 removes whatever the node is bound to: only ever remove our binding."""
+        binding = self._mine(record)
+        if binding is None:
+            return None  # gone already (expired, or unregistered elsewhere)
+        if not self._ours(binding):
+            self.log.warn(
+                "not unregistering node {node}: another agent at {holder} registered it since",
+                node=self.node, holder=self._describe(binding.contacts),
+            )  # fmt: skip
+            return None
+
+        def unregistered(_: object) -> None:
+            self.log.info("unregistered node {node} from {registry}", node=self.node,
+                          registry=self.registry_name)  # fmt: skip
+
+        return proto.unregister(self.node).addCallback(unregistered)
+
     def stopService(self) -> defer.Deferred[None]:
-        """Unregister (bounded by C{stop_timeout}) and close; never fails."""
+        """
+        Unregister (bounded by C{stop_timeout}) and close; never fails. Given our
+        C{identity}, only a binding a lookup shows is still ours (module docstring).
+        """
         super().stopService()
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
@@ -462,11 +477,45 @@ class RegistrationKeeper(service.Service):
             if not done.called:
                 done.callback(None)
 
-        if was_registered:
-            d: defer.Deferred[Any] = defer.maybeDeferred(proto.unregister, self.node)
+        if was_registered and self.identity is not None:
+            d: defer.Deferred[Any] = defer.maybeDeferred(proto.lookup, self.identity)
+            d.addCallback(self._unregisterIfOurs, proto)
+            d.addErrback(failed)
+        elif was_registered:
+            d = defer.maybeDeferred(proto.unregister, self.node)
             d.addCallbacks(unregistered, failed)
         else:
             d = defer.succeed(None)
         timer = self.reactor.callLater(self.stop_timeout, too_slow)
         d.addBoth(finish)
         return done
+
+
+def tcp_probe(
+    reactor: Any, timeout: float = 3.0
+) -> Callable[[list[m.Contact]], defer.Deferred[m.Contact | None]]:
+    """
+    For L{RegistrationKeeper}'s C{probe}: connect to each contact at once (TCP only, closed
+    as soon as it is open) and fire with the first that accepts, or None when none does
+    within C{timeout} seconds.
+    """
+    from twisted.internet.protocol import Factory, Protocol
+
+    from sixchat.netaddr import client_endpoint
+
+    def probe(contacts: list[m.Contact]) -> defer.Deferred[m.Contact | None]:
+        def one(contact: m.Contact) -> defer.Deferred[m.Contact | None]:
+            endpoint = client_endpoint(reactor, contact.host, contact.port, timeout)
+            d = endpoint.connect(Factory.forProtocol(Protocol))
+
+            def opened(proto: Protocol) -> m.Contact:
+                assert proto.transport is not None
+                proto.transport.loseConnection()
+                return contact
+
+            return d.addCallbacks(opened, lambda _: None)
+
+        found = defer.gatherResults([one(c) for c in contacts])
+        return found.addCallback(lambda r: next((c for c in r if c is not None), None))
+
+    return probe

@@ -25,6 +25,7 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from sixchat.errors import SixchatError
+from sixchat.twistd import OneLineOptions, check_listen
 
 DEFAULT_DB = "irp.sqlite"
 
@@ -41,7 +42,8 @@ def _positive(options: usage.Options, name: str, kind: type[int] | type[float]) 
     options[name] = value
 
 
-class Options(usage.Options):
+class Options(OneLineOptions):
+    tapname = "sixchat-irp"
     synopsis = "--cert SERVER.p12 --ca-dir CA_DIR [options]"
     longdesc = (
         "Runs a SixChat IRP registry: users register where they can be reached and look "
@@ -90,6 +92,7 @@ class Options(usage.Options):
             raise usage.UsageError("--cert is required (the registry's TLS certificate, .p12)")
         if not self["ca-dir"]:
             raise usage.UsageError("--ca-dir is required (the CA that enrols users)")
+        check_listen(self["listen"])
         if self["lookup-policy"] not in ("authenticated", "public"):
             raise usage.UsageError("--lookup-policy must be authenticated or public")
         for name in ("max-requests", "max-watches", "max-nodes", "leaf-days"):

@@ -61,3 +61,34 @@ class DataDirTests(unittest.TestCase):
         error = self.assertRaises(DataDirError, prepare_data_dir, self.data_dir)
         self.assertIn("accessible to other users (mode 0755)", str(error))
         self.assertIn("Operation not permitted", str(error))
+
+
+class DataDirLockTests(unittest.TestCase):
+    def test_second_lock_names_the_holder(self) -> None:
+        path = prepare_data_dir(os.path.join(short_tempdir(self), "d"))
+        first = datadir.DataDirLock(path)
+        first.acquire()
+        self.addCleanup(first.release)
+        second = datadir.DataDirLock(path)
+        error = self.assertRaises(datadir.DataDirInUse, second.acquire)
+        self.assertEqual(error.pid, os.getpid())
+        self.assertEqual(
+            str(error),
+            f"another sixchat agent (PID {os.getpid()}) is already running on {path}: stop it, "
+            "or give this one another --data-dir",
+        )
+        self.assertFalse(second.held)
+        first.release()
+        second.acquire()  # free again
+        self.assertTrue(second.held)
+        second.release()
+
+    def test_holder_without_a_pid(self) -> None:
+        path = prepare_data_dir(os.path.join(short_tempdir(self), "d"))
+        lock_path = os.path.join(path, "agent.lock")
+        for text in (b"", b"garbage\n", b"-3\n"):
+            with open(lock_path, "wb") as f:
+                f.write(text)
+            fd = os.open(lock_path, os.O_RDONLY)
+            self.addCleanup(os.close, fd)
+            self.assertIsNone(datadir.DataDirLock.holder(fd))

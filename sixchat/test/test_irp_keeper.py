@@ -1,7 +1,8 @@
 """
 The registration keeper on a task.Clock with fake registry connections: refresh timing,
-backoff growth and jitter bounds, re-registration after a reconnect, unregistering on stop;
-and the contact discovery around it.
+backoff growth and jitter bounds, re-registration after a reconnect, unregistering on stop,
+one node per agent (a second agent's binding is detected, shown, never unregistered, and ours
+restored); and the contact discovery around it (L{sixchat.irp.contacts}).
 """
 
 from __future__ import annotations
@@ -15,10 +16,16 @@ from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.logger import globalLogPublisher
 from twisted.trial import unittest
 
-from sixchat.irp import keeper as keeper_module
+from sixchat.irp import contacts as contacts_module
 from sixchat.irp import messages as m
 from sixchat.irp.client import IRPConnectionLost, IRPTimeout
-from sixchat.irp.keeper import AutoContacts, RegistrationKeeper, local_addresses, parse_advertise
+from sixchat.irp.keeper import (
+    AutoContacts,
+    RegistrationKeeper,
+    local_addresses,
+    parse_advertise,
+    tcp_probe,
+)
 
 CONTACT = m.Contact("2001:db8::5", 4605)
 
@@ -342,6 +349,244 @@ class StopTests(unittest.TestCase):
 # contacts
 
 
+ALICE = "alice@example.com"
+OTHER = m.Contact("2001:db8::77", 4605)
+
+
+def binding(*contacts: m.Contact, name: str = "laptop") -> m.NodeBinding:
+    return m.NodeBinding(
+        name, tuple(contacts), b"cert", "2026-12-07T03:00:00.000Z", "2026-12-07T02:55:00.000Z"
+    )
+
+
+def record(*nodes: m.NodeBinding) -> m.Record:
+    return m.Record(ALICE, list(nodes), b"cert", id="1")
+
+
+class GuardClient(FakeClient):
+    """A FakeClient that also answers C{lookup} and takes C{watch} (irp-1 §3.3, §3.4)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lookups: list[tuple[str, defer.Deferred[m.Record]]] = []
+        self.watches: list[tuple[str, Any]] = []
+
+    def lookup(self, identity: str) -> defer.Deferred[m.Record]:
+        d: defer.Deferred[m.Record] = defer.Deferred()
+        self.lookups.append((identity, d))
+        return d
+
+    def watch(self, identity: str, callback: Any) -> defer.Deferred[None]:
+        self.watches.append((identity, callback))
+        return defer.succeed(None)
+
+    def answer(self, answer: m.Record | Exception) -> None:
+        d = self.lookups[-1][1]
+        if isinstance(answer, Exception):
+            d.errback(answer)
+        else:
+            d.callback(answer)
+
+    def push(self, *nodes: m.NodeBinding) -> None:
+        for _, callback in self.watches:
+            callback(m.Record(ALICE, list(nodes)))
+
+
+class GuardHarness(Harness):
+    """A keeper that knows its identity and probes through the test."""
+
+    def __init__(self, **kw: Any) -> None:
+        self.probes: list[tuple[list[m.Contact], defer.Deferred[Any]]] = []
+        self.conflicts: list[str] = []
+        super().__init__(identity=ALICE, probe=self.probe, **kw)
+        self.keeper.on_conflict = self.conflicts.append
+
+    def probe(self, contacts: list[m.Contact]) -> defer.Deferred[Any]:
+        d: defer.Deferred[Any] = defer.Deferred()
+        self.probes.append((contacts, d))
+        return d
+
+    def succeed(self) -> GuardClient:
+        client = GuardClient()
+        self.clients.append(client)
+        self.connects[-1].callback(client)
+        return client
+
+    def registered(self) -> GuardClient:
+        """Start, find the node free, register: the usual beginning."""
+        self.keeper.startService()
+        client = self.succeed()
+        client.answer(m.IRPError("not_found"))
+        client.grant(300)
+        assert self.keeper.state == "registered"
+        return client
+
+
+class OneNodeOneAgentTests(unittest.TestCase):
+    """Two agents of one identity with one node name (docs/irp.md, "One node, one agent")."""
+
+    def test_looks_before_the_first_register_and_watches_after(self) -> None:
+        h = GuardHarness()
+        h.keeper.startService()
+        client = h.succeed()
+        self.assertEqual([i for i, _ in client.lookups], [ALICE])
+        self.assertEqual(client.registers, [])  # not before the answer
+        client.answer(m.IRPError("not_found"))
+        self.assertEqual(len(client.registers), 1)
+        client.grant(300)
+        self.assertEqual([i for i, _ in client.watches], [ALICE])
+        h.clock.advance(200)  # the refresh does not look again
+        self.assertEqual((len(client.lookups), len(client.registers)), (1, 2))
+
+    def test_own_stale_binding_is_replaced_without_probing(self) -> None:
+        h = GuardHarness()
+        h.keeper.startService()
+        client = h.succeed()
+        client.answer(record(binding(CONTACT), binding(OTHER, name="phone")))
+        self.assertEqual(h.probes, [])
+        self.assertEqual(len(client.registers), 1)
+
+    def test_live_foreign_binding_is_a_conflict(self) -> None:
+        h = GuardHarness()
+        h.keeper.startService()
+        client = h.succeed()
+        client.answer(record(binding(OTHER)))
+        ((probed, d),) = h.probes
+        self.assertEqual(probed, [OTHER])
+        d.callback(OTHER)
+        self.assertEqual(client.registers, [])
+        self.assertEqual(h.keeper.state, "conflict")
+        self.assertTrue(client.closed)
+        (line,) = h.conflicts
+        self.assertEqual(
+            line,
+            "node laptop of alice@example.com is already registered by a running agent at "
+            "[2001:db8::77]:4605 (a second agent of this identity, e.g. on another data "
+            "directory?): stop it, or give this one another --node",
+        )
+        self.assertEqual(h.keeper.describe()["held_by"], "[2001:db8::77]:4605")
+        # it looks again later, and registers once the other agent is gone
+        h.clock.advance(h.next_call_in())
+        self.assertEqual(h.keeper.state, "conflict")
+        again = h.succeed()
+        again.answer(record())
+        self.assertEqual(len(again.registers), 1)
+        again.grant(300)
+        self.assertEqual(h.keeper.state, "registered")
+        self.assertEqual(len(h.conflicts), 1)
+
+    def test_dead_foreign_binding_is_replaced(self) -> None:
+        h = GuardHarness()
+        h.keeper.startService()
+        client = h.succeed()
+        client.answer(record(binding(OTHER)))
+        h.probes[0][1].callback(None)  # nobody answers there: a crashed agent's binding
+        self.assertEqual(len(client.registers), 1)
+        self.assertEqual(h.conflicts, [])
+
+    def test_taken_over_is_shown_and_never_unregistered(self) -> None:
+        h = GuardHarness()
+        client = h.registered()
+        client.push(binding(CONTACT))  # our own register's echo
+        self.assertEqual(h.keeper.state, "registered")
+        client.push(binding(OTHER))  # another agent registered our node
+        self.assertEqual(h.keeper.state, "taken-over")
+        self.assertEqual(
+            h.keeper.describe(),
+            {
+                "state": "taken-over",
+                "expires": 300,
+                "held_by": "[2001:db8::77]:4605",
+                "note": "another agent of this identity holds this node name; give one of "
+                "them another --node",
+                "last_lost": "1970-01-01 00:00:00 UTC: taken over by another agent at "
+                "[2001:db8::77]:4605",
+            },
+        )
+        h.clock.advance(10_000)  # no refresh takes it back
+        self.assertEqual(len(client.registers), 1)
+        h.keeper.stopService()
+        self.assertEqual(client.unregisters, [])
+        self.assertEqual(len(client.lookups), 1)  # the one at start: no need to look
+
+    def test_stop_unregisters_only_a_binding_still_ours(self) -> None:
+        h = GuardHarness()
+        client = h.registered()
+        d = h.keeper.stopService()
+        self.assertEqual(client.unregisters, [])  # not before looking
+        client.answer(record(binding(OTHER)))  # taken over without a push reaching us
+        self.assertEqual(client.unregisters, [])
+        self.assertTrue(d.called)
+
+        h = GuardHarness()
+        client = h.registered()
+        h.keeper.stopService()
+        client.answer(record(binding(CONTACT)))
+        self.assertEqual([n for n, _ in client.unregisters], ["laptop"])
+
+        h = GuardHarness()
+        client = h.registered()
+        h.keeper.stopService()
+        client.answer(record(binding(CONTACT, name="phone")))  # ours gone already
+        self.assertEqual(client.unregisters, [])
+
+    def test_lookup_failure_on_stop_leaves_the_binding(self) -> None:
+        h = GuardHarness()
+        client = h.registered()
+        d = h.keeper.stopService()
+        client.answer(m.IRPError("internal"))
+        self.assertEqual(client.unregisters, [])
+        self.assertTrue(d.called)
+
+    def test_restores_a_removed_binding(self) -> None:
+        h = GuardHarness()
+        client = h.registered()
+        self.assertNotIn("last_lost", h.keeper.describe())
+        h.clock.advance(90)
+        client.push()  # unregistered by someone else, or expired
+        self.assertEqual(len(client.registers), 2)
+        self.assertEqual(h.keeper.state, "registering")
+        client.grant(300)
+        self.assertEqual(h.keeper.state, "registered")
+        # status still says it happened
+        self.assertEqual(
+            h.keeper.describe(),
+            {
+                "state": "registered",
+                "expires": 300,
+                "last_lost": "1970-01-01 00:01:30 UTC: removed at the registry (unregistered "
+                "elsewhere, or expired)",
+            },
+        )
+
+    def test_restores_once_the_other_agent_leaves(self) -> None:
+        h = GuardHarness()
+        client = h.registered()
+        client.push(binding(OTHER))
+        self.assertEqual(h.keeper.state, "taken-over")
+        client.push(binding(OTHER))  # its refreshes change nothing
+        self.assertEqual(len(client.registers), 1)
+        client.push()  # it stopped (and unregistered what was its binding)
+        self.assertEqual(len(client.registers), 2)
+        client.grant(300)
+        self.assertEqual(h.keeper.state, "registered")
+        self.assertNotIn("held_by", h.keeper.describe())
+
+    def test_taken_over_then_reconnected_waits_without_a_conflict(self) -> None:
+        h = GuardHarness()
+        client = h.registered()
+        client.push(binding(OTHER))
+        client.lose()
+        self.assertEqual(h.keeper.state, "taken-over")  # still what status should say
+        h.clock.advance(h.next_call_in())
+        again = h.succeed()
+        again.answer(record(binding(OTHER)))
+        h.probes[-1][1].callback(OTHER)
+        self.assertEqual(again.registers, [])
+        self.assertEqual(h.keeper.state, "taken-over")
+        self.assertEqual(h.conflicts, [])  # a running agent is not stopped for it
+
+
 class AdvertiseTests(unittest.SynchronousTestCase):
     def test_parse(self) -> None:
         self.assertEqual(parse_advertise("192.0.2.7"), ("192.0.2.7", None))
@@ -411,30 +656,52 @@ class LocalAddressTests(unittest.SynchronousTestCase):
             for i, (addr, scope, flags) in enumerate(rows):
                 f.write(f"{addr} {i + 1:02x} 40 {scope} {flags} eth0\n")
             f.write("garbage line\n")
-        self.assertEqual(keeper_module._proc_ipv6(path), ["2001:db8::5", "fd00::9"])
-        self.assertEqual(keeper_module._proc_ipv6(path + ".missing"), [])
+        self.assertEqual(contacts_module._proc_ipv6(path), ["2001:db8::5", "fd00::9"])
+        self.assertEqual(contacts_module._proc_ipv6(path + ".missing"), [])
 
     def test_local_addresses_are_usable(self) -> None:
         for addr in local_addresses():
             self.assertEqual(m.canonical_host(addr), addr)  # no loopback, link-local, …
 
     def test_fallbacks_when_linux_sources_are_empty(self) -> None:
-        self.patch(keeper_module, "_proc_ipv6", lambda: [])
-        self.patch(keeper_module, "_ioctl_ipv4", lambda: [])
+        self.patch(contacts_module, "_proc_ipv6", lambda: [])
+        self.patch(contacts_module, "_ioctl_ipv4", lambda: [])
         self.patch(
-            keeper_module,
+            contacts_module,
             "_route_source",
             lambda family, probe: ["127.0.0.1"] if family == socket.AF_INET else [],
         )
         self.patch(
-            keeper_module, "_hostname_addresses", lambda: ["198.51.100.4", "2001:db8::4", "::1"]
+            contacts_module, "_hostname_addresses", lambda: ["198.51.100.4", "2001:db8::4", "::1"]
         )
         self.assertEqual(local_addresses(), ["2001:db8::4", "198.51.100.4"])
         self.assertEqual(local_addresses(socket.AF_INET), ["198.51.100.4"])
 
     def test_ioctl_source_runs(self) -> None:
         # whatever this machine has, the probe neither raises nor returns junk
-        for addr in keeper_module._ioctl_ipv4():
+        for addr in contacts_module._ioctl_ipv4():
             socket.inet_aton(addr)
         if os.path.exists("/proc/net/if_inet6"):
-            keeper_module._proc_ipv6()
+            contacts_module._proc_ipv6()
+
+
+class TCPProbeTests(unittest.TestCase):
+    """L{tcp_probe} on real loopback sockets: who answers, and nobody."""
+
+    @defer.inlineCallbacks
+    def test_finds_the_listening_contact(self) -> Any:
+        from twisted.internet import reactor
+        from twisted.internet.protocol import Factory, Protocol
+
+        port = reactor.listenTCP(0, Factory.forProtocol(Protocol), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        closed = socket.socket()
+        closed.bind(("127.0.0.1", 0))  # bound, not listening: connections are refused
+        self.addCleanup(closed.close)
+        live = m.Contact("127.0.0.1", port.getHost().port)
+        dead = m.Contact("127.0.0.1", closed.getsockname()[1])
+        probe = tcp_probe(reactor, timeout=5)
+        found = yield probe([dead, live])
+        self.assertEqual(found, live)
+        found = yield probe([dead])
+        self.assertIsNone(found)

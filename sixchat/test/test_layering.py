@@ -57,6 +57,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
         (
             "sixchat.cli",
             "*.tap",
+            "=sixchat.twistd",
             "sixchat.bench",
             "sixchat.testing",
             "twisted.plugins",

@@ -80,6 +80,9 @@ class IRPServerService(EndpointService):
             await self.factory.start()
         except Exception as e:
             text = str(e) or type(e).__name__
+            if self.on_fatal is not None:  # twistd sixchat-irp: stderr, exit status 1
+                self.on_fatal(text)
+                return
             self.log.critical("sixchat-irp: error: {text}", text=text)
             if self.reactor.running:
                 self.reactor.stop()
