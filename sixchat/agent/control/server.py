@@ -131,6 +131,14 @@ class ControlProtocol(amp.AMP):
 
     # connection ------------------------------------------------------------------------
 
+    def makeConnection(self, transport: Any) -> None:
+        # amp.AMP logs every connection at info level; each CLI call is one, so the agent's
+        # log would be mostly those lines. The same, at debug level.
+        self._transportPeer = transport.getPeer()
+        self._transportHost = transport.getHost()
+        log.debug("control connection established")
+        amp.BinaryBoxProtocol.makeConnection(self, transport)
+
     def connectionMade(self) -> None:
         super().connectionMade()
         self.credentials = creds = peer_credentials(self.transport)
@@ -152,7 +160,9 @@ class ControlProtocol(amp.AMP):
         # Nobody is left to answer: stop waiting for the agent (e.g. a long WaitDelivered).
         for d in list(self._pending):
             d.cancel()
-        super().connectionLost(reason)
+        log.debug("control connection lost")
+        amp.BinaryBoxProtocol.connectionLost(self, reason)  # amp.AMP's, without its info line
+        self.transport = None
 
     # commands --------------------------------------------------------------------------
 
@@ -234,10 +244,17 @@ class ControlProtocol(amp.AMP):
         return self._call("status", self.agent.status, wrap=lambda r: {"status": r})
 
     @Trust.responder
-    def _trust(self, identity: str, accept_new_key: bool) -> defer.Deferred[Any]:
+    def _trust(
+        self, identity: str, accept_new_key: bool, forget_old: bool | None = None
+    ) -> defer.Deferred[Any]:
         check_identity(identity)
         return self._call(
-            "trust", self.agent.trust, identity, accept_new_key, wrap=lambda r: {"result": r}
+            "trust",
+            self.agent.trust,
+            identity,
+            accept_new_key,
+            bool(forget_old),
+            wrap=lambda r: {"result": r},
         )
 
     @Typing.responder
