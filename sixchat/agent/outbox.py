@@ -131,6 +131,9 @@ class OutboxScheduler:
         self.message_ttl = message_ttl
         self.rand = rand
         self.usable_nodes = usable_nodes
+        #: Peers whose registry watch stays when nothing is owed them (someone follows
+        #: their presence: C{UserAgentService.followPresence}).
+        self.keep_watching: Callable[[str], bool] = lambda peer: False
         self.running = False
         self.stopping = False
         self._tick_call: IDelayedCall | None = None
@@ -213,7 +216,7 @@ class OutboxScheduler:
     async def _deliverPeer(self, peer: str) -> None:
         pending: list[OutgoingMessage] = await self.store.pending_for(peer)
         if not pending:
-            if self.directory is not None:
+            if self.directory is not None and not self.keep_watching(peer):
                 self.directory.unwatch(peer)
             return
         if self.directory is None:

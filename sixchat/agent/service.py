@@ -40,7 +40,7 @@ from sixchat.agent.store import MessageStatus, MessageStore
 from sixchat.agent.views import status_dict
 from sixchat.agent.waiters import DeliveryWaiters
 from sixchat.handshake import PeerConfig
-from sixchat.identity import is_valid_identity
+from sixchat.identity import is_valid_identity, normalize_identity
 from sixchat.listener import DEFAULT_LISTEN, PeerListenerService
 from sixchat.netaddr import format_hostport
 from sixchat.protocol import HANDSHAKE_TIMEOUT, IDLE_TIMEOUT, split_text
@@ -152,6 +152,8 @@ class UserAgentService(service.MultiService):
         self.key_changes = KeyChanges(policy, self.store.pins, self.now, self._emit)
         policy.on_refused = self.key_changes.refused
         pins = RegistryKeyPins(policy, self.store.pins, self.key_changes)
+        #: Peers whose presence a client follows (chat), with how many follow each.
+        self._following: dict[str, int] = {}
         self.outbox = OutboxScheduler(
             self.clock,
             self.store,
@@ -162,6 +164,7 @@ class UserAgentService(service.MultiService):
             rand=rand,
             usable_nodes=pins.usable_nodes,
         )
+        self.outbox.keep_watching = lambda peer: normalize_identity(peer) in self._following
         self.inbox = Inbox(
             self.sessions, self.crls, self.store, self._emit, self.outbox.kick, self.now,
             self.key_changes,
@@ -430,6 +433,30 @@ class UserAgentService(service.MultiService):
     def _keys(self, identity: str) -> list[str]:
         """The contact's pinned keys: SPKI SHA-256 fingerprints in hex, sorted."""
         return sorted(spki.hex() for spki in self.store.pins.known(identity))
+
+    def followPresence(self, peer: str) -> Callable[[], None]:
+        """
+        Watch C{peer}'s presence at the registry (C{presence} events when its devices come
+        and go) until the callable returned is called; followers share one watch. The
+        control server calls it for a subscription to one peer's presence (C{sixchat chat}).
+        """
+        key = normalize_identity(peer)
+        self._following[key] = self._following.get(key, 0) + 1
+        if self.directory is not None:
+            self.directory.watch(peer)
+        released: list[bool] = []
+
+        def release() -> None:
+            if released:
+                return
+            released.append(True)
+            self._following[key] -= 1
+            if not self._following[key]:
+                del self._following[key]
+                # the outbox ends the watch unless it still owes the peer messages
+                self.outbox.kick(peer)
+
+        return release
 
     def typing(self, to: str, state: str) -> defer.Deferred[dict[str, Any]]:
         if state not in TYPING_STATES:

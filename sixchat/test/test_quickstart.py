@@ -113,6 +113,21 @@ class ReadStepsTests(unittest.TestCase):
         self.assertGreaterEqual(sum(c.startswith("twistd -n") for c in commands), 5)
 
 
+class ReadmeTests(unittest.TestCase):
+    def test_invitation_tokens_stay_off_command_lines(self) -> None:
+        """Issue 17 item 6: the README's commands pass tokens in files (--token-file), as
+        the quickstart advises, never as an argument other users can see in ps."""
+        steps = read_steps(os.path.join(REPO, "README.md"))
+        commands = [c for s in steps if s.kind == "block" for c in s.commands]
+        enrol = [c for c in commands if c.startswith("sixchat enroll")]
+        self.assertEqual(len(enrol), 2)
+        for command in enrol:
+            self.assertIn("--token-file ", command)
+            self.assertNotRegex(command, r"--token(?!-file)")
+        self.assertIn("sixchat pki invite alice@example.com --db irp.sqlite > alice.token",
+                      commands)  # fmt: skip
+
+
 class QuickstartTests(unittest.TestCase):
     timeout = 900
 

@@ -14,6 +14,7 @@ for trying the command line by hand.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from typing import Any, cast
 
 from twisted.internet import defer
@@ -232,6 +233,10 @@ class FakeAgent:
                     }
                 )
         raise UnknownIdentity(f"{identity} is not a contact")
+
+    def followPresence(self, peer: str) -> Callable[[], None]:
+        self.calls.append(("followPresence", peer))
+        return lambda: self.calls.append(("unfollowPresence", peer))
 
     def typing(self, to: str, state: str) -> defer.Deferred[None]:
         self.calls.append(("typing", to, state))

@@ -128,6 +128,8 @@ class ControlProtocol(amp.AMP):
         self._abort_timer: IDelayedCall | None = None
         self._pending: set[defer.Deferred[Any]] = set()
         self.credentials: PeerCredentials | None = None
+        #: Ends the presence watch a subscription for one peer's presence asked for.
+        self._following: Callable[[], None] | None = None
 
     # connection ------------------------------------------------------------------------
 
@@ -276,10 +278,21 @@ class ControlProtocol(amp.AMP):
             check_identity(peer, "peer")
         self._types = frozenset(types) if types else None
         self._peer = peer
+        self._stop_following()
+        follow = getattr(self.agent, "followPresence", None)
+        if follow is not None and peer is not None and (types is None or "presence" in types):
+            # presence of one peer is wanted (chat): have the agent watch it meanwhile (an
+            # agent without that method, e.g. another IUserAgent, sends what it has)
+            self._following = follow(peer)
         if not self.subscribed:
             self.subscribed = True
             self.agent.addObserver(self)
         return {}
+
+    def _stop_following(self) -> None:
+        release, self._following = self._following, None
+        if release is not None:
+            release()
 
     @Unsubscribe.responder
     def _unsubscribe(self) -> dict[str, Any]:
@@ -289,6 +302,7 @@ class ControlProtocol(amp.AMP):
     # events ----------------------------------------------------------------------------
 
     def _stop_events(self) -> None:
+        self._stop_following()
         if self.subscribed:
             self.subscribed = False
             self.agent.removeObserver(self)
