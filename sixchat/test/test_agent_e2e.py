@@ -786,6 +786,13 @@ class KeyChangeTests(E2ECase):
         contacts = yield alice.cli_json("contacts")
         (before,) = [c for c in contacts if c["identity"] == BOB]
         self.assertEqual((len(before["keys"]), before["key_change_pending"]), (1, False))
+        # no key change yet: nothing tells an old key from a new one
+        out, err, code = yield alice.cli("trust", BOB, "--forget-old")
+        self.assertEqual(
+            (code, out, err),
+            (1, "", f"sixchat: error: no key change of {BOB} is recorded, so no key is older "
+                    "than another; nothing forgotten\n"),
+        )  # fmt: skip
 
         yield self.rekeyBob(bob)
         result = yield alice.cli_json("send", BOB, "after", "--wait", "3", codes=(3,))
@@ -809,6 +816,9 @@ class KeyChangeTests(E2ECase):
         out, err, code = yield alice.cli("trust", BOB)
         self.assertEqual(code, 0, out + err)
         self.assertIn("a key change is pending", out)
+        out, err, code = yield alice.cli("trust", BOB, "--forget-old")  # decide first
+        self.assertEqual((code, out), (1, ""), err)
+        self.assertIn(f"a key change of {BOB} is pending: decide on it first", err)
         out, err, code = yield alice.cli("trust", BOB, "--accept-new-key")
         self.assertEqual(code, 0, out + err)
         self.assertIn(f"accepted the new key of {BOB}", out)
