@@ -332,6 +332,9 @@ class InitiatorHandshake(_Machine):
             self.state = "wait_m4"
         elif self.state == "wait_m4":
             self._check_verify(element, payload, RESPONDER_CONTEXT)
+            # Pins once the responder proved it holds the key (M4), so that a key recorded
+            # as a pending change (§9.3) is one the peer really has.
+            self._check_pin()
             self.state = "wait_m5"
         elif self.state == "wait_m5":
             assert self.secrets is not None
@@ -369,7 +372,6 @@ class InitiatorHandshake(_Machine):
             raise IdentityMismatch(f"reached {self.peer_name}, not {self.to}")
         if self.group == G.RSA_OAEP and self.peer.leaf_der != self.responder_cert:
             raise BadCertificate("the responder's leaf is not the certificate we encrypted to")
-        self._check_pin()
 
     def _send_m6_m8(self) -> None:
         assert self.secrets is not None

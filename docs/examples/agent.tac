@@ -1,10 +1,12 @@
 # A sixchat user agent composed with two other Twisted services, run by twistd:
 #
-#   SIXCHAT_CERT=alice.p12 SIXCHAT_TRUST=alice-ca.pem SIXCHAT_DATA_DIR=alice \
+#   SIXCHAT_CERT=alice.p12 SIXCHAT_TRUST=alice-ca.pem SIXCHAT_DATA_DIR=alice-bot \
 #       twistd -n --pidfile= -y docs/examples/agent.tac
 #
+# (a data directory of its own: one running agent per data directory)
+#
 # - the agent itself (UserAgentService): peers, message store, outbox, control socket, so
-#   `sixchat status --data-dir alice` and the other commands work as with `twistd sixchat`;
+#   `sixchat status --data-dir alice-bot` and the other commands work as with `twistd sixchat`;
 # - a small web status page (twisted.web) with the agent's status and the messages seen;
 # - a TimerService that logs the outbox counts every SIXCHAT_OUTBOX_EVERY seconds;
 # - and an IAgentEvents observer that counts events and, with SIXCHAT_ECHO=1, answers every
@@ -14,7 +16,8 @@
 #   SIXCHAT_CERT          the identity, PKCS#12 (password: SIXCHAT_P12_PASSWORD) or PEM
 #   SIXCHAT_TRUST         trust anchors (PEM bundle or directory)
 #   SIXCHAT_DATA_DIR      data directory (default: ~/.local/share/sixchat/<identity>/)
-#   SIXCHAT_LISTEN        peer endpoint (default tcp6:4605)
+#   SIXCHAT_LISTEN        peer endpoint (default tcp:0:interface=127.0.0.1, loopback as in the
+#                         README; tcp6:4605 to be reachable from other machines)
 #   SIXCHAT_REGISTRY      registry HOST[:PORT] (default: none, incoming sessions only)
 #   SIXCHAT_REGISTRY_CA   the registry's CA certificate(s)
 #   SIXCHAT_NODE          this device's node name at the registry (default: the host name)
@@ -55,7 +58,7 @@ agent = UserAgentService(
     reactor,
     config,
     env.get("SIXCHAT_DATA_DIR") or default_data_dir(identity.names[0]),
-    listen=env.get("SIXCHAT_LISTEN", "tcp6:4605"),
+    listen=env.get("SIXCHAT_LISTEN", "tcp:0:interface=127.0.0.1"),
     registry=env.get("SIXCHAT_REGISTRY") or None,
     registry_anchors=registry_anchors,
     node=env.get("SIXCHAT_NODE") or None,

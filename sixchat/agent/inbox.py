@@ -22,6 +22,7 @@ from sixchat.stanzas import Message, Typing, format_timestamp
 
 if TYPE_CHECKING:
     from sixchat.agent.crls import CRLUpdater
+    from sixchat.agent.pinning import KeyChanges
     from sixchat.agent.sessions import SessionTable
     from sixchat.agent.store import MessageStore
 
@@ -34,7 +35,8 @@ log = Logger(namespace="sixchat.agent.service")
 class Inbox:
     """
     @param kick: told the peer of every new session (we may owe it messages).
-    @param pin_policy: the handshakes' pin policy, named in C{key_change} events.
+    @param key_changes: told of a session whose peer presented a new key (the policy let it
+        through: C{accept} or C{warn}; a refused one never becomes a session).
     """
 
     def __init__(
@@ -45,7 +47,7 @@ class Inbox:
         emit: Callable[[dict[str, Any]], None],
         kick: Callable[[str], None],
         now: Callable[[], datetime],
-        pin_policy: str,
+        key_changes: KeyChanges,
     ) -> None:
         self.sessions = sessions
         self.crls = crls
@@ -53,7 +55,7 @@ class Inbox:
         self.emit = emit
         self.kick = kick
         self.now = now
-        self.pin_policy = pin_policy
+        self.key_changes = key_changes
 
     def sessionStarted(self, session: Session) -> None:
         if self.sessions.endIfRevokedSince(session, self.crls):
@@ -62,10 +64,9 @@ class Inbox:
         result = session.result
         self.store.touch_contact(result.peer_name, self.now()).addErrback(lambda f: None)
         if result.pin_status == "changed":
-            action = "accepted" if self.pin_policy == "accept" else "warned"
-            fingerprint = result.peer.spki_sha256.hex()
-            self.emit(
-                events.key_change_event(result.peer_name, fingerprint, self.pin_policy, action)
+            role = "incoming" if session.connection.role == "responder" else "outgoing"
+            self.key_changes.changed(
+                result.peer_name, result.peer.spki_sha256, f"in an {role} handshake"
             )
         self.emit(events.session_opened_event(session))
         # A peer that reaches us may be one we owe messages: try now.

@@ -120,7 +120,10 @@ class IUserAgent(Interface):
         """Fires with a list of {peer, last_ts, last_body, unread}."""
 
     def contacts() -> Any:
-        """Fires with a list of {identity, first_seen, last_seen, keys, key_change_pending}."""
+        """
+        Fires with a list of {identity, first_seen, last_seen, keys, key_change_pending,
+        pending_keys, key_events: [{what, fingerprint, at}]} (key history oldest first).
+        """
 
     def status() -> Any:
         """
@@ -128,8 +131,12 @@ class IUserAgent(Interface):
         advertised: [...], sessions: [{peer, node, suite, group, since}], outbox: {queued,…}}.
         """
 
-    def trust(identity: str, accept_new_key: bool) -> Any:
-        """Accept a pending key change for C{identity}; fires with {identity, keys, accepted}."""
+    def trust(identity: str, accept_new_key: bool, forget_old: bool = False) -> Any:
+        """
+        Accept a pending key change for C{identity} (C{accept_new_key}) and/or unpin its
+        older keys (C{forget_old}: all but the key just accepted, or else the newest key a
+        key change brought); fires with {identity, keys, accepted, forgotten}.
+        """
 
     def typing(to: str, state: str) -> Any:
         """Tell a peer with an open session that we are composing/paused (never queued)."""

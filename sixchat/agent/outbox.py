@@ -145,6 +145,9 @@ class OutboxScheduler:
         self.on_unknown = on_unknown
         #: Peers found unknown (normalized) -> when last looked up.
         self.unknown: dict[str, float] = {}
+        #: Peers whose registry watch stays when nothing is owed them (someone follows
+        #: their presence: C{UserAgentService.followPresence}).
+        self.keep_watching: Callable[[str], bool] = lambda peer: False
         self.running = False
         self.stopping = False
         self._tick_call: IDelayedCall | None = None
@@ -238,7 +241,7 @@ class OutboxScheduler:
         pending: list[OutgoingMessage] = await self.store.pending_for(peer)
         if not pending:
             self.unknown.pop(key, None)
-            if self.directory is not None:
+            if self.directory is not None and not self.keep_watching(peer):
                 self.directory.unwatch(peer)
             return
         if self.directory is None:

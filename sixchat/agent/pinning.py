@@ -21,17 +21,21 @@ if TYPE_CHECKING:
     from sixchat.agent.store import SQLitePinStore
     from sixchat.irp.messages import NodeBinding
 
-__all__ = ["RegistryKeyPins"]
+__all__ = ["KeyChanges", "RegistryKeyPins"]
 
 log = Logger(namespace="sixchat.agent.service")
 
+#: How each pin policy meets a key change (the C{action} of a C{key_change} event).
+ACTIONS = {"accept": "accepted", "warn": "warned", "refuse": "refused"}
 
-class RegistryKeyPins:
+
+class KeyChanges:
     """
-    Decides which registry-listed nodes of a peer may be dialled, recording keys as it goes.
-
-    @param pins: the policy the handshakes use too (so a key accepted here is known there).
-    @param store: the durable pin store, for pending key changes.
+    Every key change the agent meets (§9.3), whether the registry returned the key or a peer
+    presented it in a handshake of either role, handled in one place: a refused key is
+    recorded as pending (for C{sixchat trust --accept-new-key}), every change becomes a line
+    of the contact's key history (shown in C{inbox} and C{chat}), a C{key_change} event (for
+    C{watch} and C{chat}) and a log line naming the peer.
     """
 
     def __init__(
@@ -45,6 +49,65 @@ class RegistryKeyPins:
         self.store = store
         self.now = now
         self.emit = emit
+
+    def refused(self, peer: str, spki: bytes) -> None:
+        """The handshake's pin hook (L{PinPolicy.on_refused}): a peer's key was refused."""
+        try:
+            self.changed(peer, spki, "in a handshake")
+        except Exception:  # the handshake fails with bad_certificate all the same
+            log.failure("could not record the key change of {peer}", peer=peer)
+
+    def changed(self, peer: str, spki: bytes, where: str) -> None:
+        """
+        C{peer} showed C{spki}, which is not among its pins, and the pin policy met it.
+        C{where}: how we came to see it, for the log. A refused key already pending is only
+        logged again (quietly): retries do not repeat the notice.
+        """
+        policy = self.pins.policy
+        action = ACTIONS[policy]
+        if action == "refused":
+            if spki in self.store.pending_changes(peer):
+                log.info(
+                    "key change of {peer} still refused ({fp}): "
+                    "sixchat trust {peer} --accept-new-key",
+                    peer=peer,
+                    fp=spki.hex(),
+                )
+                return
+            self.store.note_key_change(peer, spki, self.now()).addErrback(self._failed, peer)
+        self.store.note_key_event(peer, spki, action, self.now()).addErrback(self._failed, peer)
+        self.emit(key_change_event(peer, spki.hex(), policy, action))
+        advice = {
+            "refused": f"not used until you run 'sixchat trust {peer} --accept-new-key'",
+            "warned": "used (pin policy warn); check it with them",
+            "accepted": "used (pin policy accept)",
+        }[action]
+        (log.warn if action != "accepted" else log.info)(
+            "KEY CHANGE: {where}, a new key for {peer} ({fp}); {action}: {advice}",
+            peer=peer,
+            fp=spki.hex(),
+            where=where,
+            action=action,
+            advice=advice,
+        )
+
+    def _failed(self, failure: Any, peer: str) -> None:
+        log.failure("could not record the key change of {peer}", failure, peer=peer)
+
+
+class RegistryKeyPins:
+    """
+    Decides which registry-listed nodes of a peer may be dialled, recording keys as it goes.
+
+    @param pins: the policy the handshakes use too (so a key accepted here is known there).
+    @param store: the durable pin store.
+    @param changes: where key changes go.
+    """
+
+    def __init__(self, pins: PinPolicy, store: SQLitePinStore, changes: KeyChanges) -> None:
+        self.pins = pins
+        self.store = store
+        self.changes = changes
 
     def usable_nodes(self, peer: str, nodes: Sequence[NodeBinding]) -> list[NodeBinding]:
         # First contact: every node's key in this record is the contact's (one key per
@@ -73,16 +136,7 @@ class RegistryKeyPins:
         if status == "new" or first_contact:
             pins.add(peer, spki)
             return True
-        action = {"accept": "accepted", "warn": "warned", "refuse": "refused"}[pins.policy]
         if pins.policy != "refuse":
             pins.add(peer, spki)
-        if spki not in self.store.pending_changes(peer):
-            self.store.note_key_change(peer, spki, self.now()).addErrback(lambda f: None)
-            self.emit(key_change_event(peer, spki.hex(), pins.policy, action))
-            (log.warn if pins.policy != "accept" else log.info)(
-                "KEY CHANGE: the registry returned a new key for {peer} ({fp}); {action}",
-                peer=peer,
-                fp=spki.hex(),
-                action=action,
-            )
+        self.changes.changed(peer, spki, "in the registry's record")
         return pins.policy != "refuse"

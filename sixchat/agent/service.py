@@ -36,13 +36,13 @@ from sixchat.agent.errors import AgentError, MessageFinal, UnknownIdentity, Unkn
 from sixchat.agent.inbox import Inbox
 from sixchat.agent.interfaces import IAgentEvents, IDirectory, IUserAgent
 from sixchat.agent.outbox import DEFAULT_TTL, OutboxScheduler
-from sixchat.agent.pinning import RegistryKeyPins
+from sixchat.agent.pinning import KeyChanges, RegistryKeyPins
 from sixchat.agent.sessions import SessionTable
 from sixchat.agent.store import MessageStatus, MessageStore, encryption
 from sixchat.agent.views import status_dict
 from sixchat.agent.waiters import DeliveryWaiters
 from sixchat.handshake import PeerConfig
-from sixchat.identity import is_valid_identity
+from sixchat.identity import is_valid_identity, normalize_identity
 from sixchat.listener import DEFAULT_LISTEN, PeerListenerService
 from sixchat.netaddr import format_hostport
 from sixchat.protocol import HANDSHAKE_TIMEOUT, IDLE_TIMEOUT, split_text
@@ -172,7 +172,12 @@ class UserAgentService(service.MultiService):
             rand=rand,
             source="the registry" if self.link is None else self.link.source,
         )
-        pins = RegistryKeyPins(policy, self.store.pins, self.now, self._emit)
+        #: Key changes (§9.3), from the registry and from handshakes in both roles.
+        self.key_changes = KeyChanges(policy, self.store.pins, self.now, self._emit)
+        policy.on_refused = self.key_changes.refused
+        pins = RegistryKeyPins(policy, self.store.pins, self.key_changes)
+        #: Peers whose presence a client follows (chat), with how many follow each.
+        self._following: dict[str, int] = {}
         self.outbox = OutboxScheduler(
             self.clock,
             self.store,
@@ -186,9 +191,10 @@ class UserAgentService(service.MultiService):
                 events.unknown_recipient_event(peer, reason, ids, "queued")
             ),
         )
+        self.outbox.keep_watching = lambda peer: normalize_identity(peer) in self._following
         self.inbox = Inbox(
             self.sessions, self.crls, self.store, self._emit, self.outbox.kick, self.now,
-            pin_policy,
+            self.key_changes,
         )  # fmt: skip
         self.sessions.observer = self.inbox
         self.listener = PeerListenerService(
@@ -421,10 +427,23 @@ class UserAgentService(service.MultiService):
             lambda rows: [views.conversation_dict(c) for c in rows]
         )
 
-    def contacts(self) -> defer.Deferred[list[dict[str, Any]]]:
-        return self.store.contacts().addCallback(
-            lambda rows: [views.contact_dict(c, self._keys(c.identity)) for c in rows]
-        )
+    @defer.inlineCallbacks
+    def contacts(self) -> Any:
+        rows = yield self.store.contacts()
+        history = yield self.store.pins.key_events(None, None, 10_000)
+        by_peer: dict[str, list[Any]] = {}
+        for event in history:
+            by_peer.setdefault(event.identity, []).append(event)
+        pins = self.store.pins
+        return [
+            views.contact_dict(
+                c,
+                self._keys(c.identity),
+                sorted(s.hex() for s in pins.pending_changes(c.identity)),
+                by_peer.get(c.identity, []),
+            )
+            for c in rows
+        ]
 
     @defer.inlineCallbacks
     def status(self) -> Any:
@@ -447,25 +466,81 @@ class UserAgentService(service.MultiService):
             "revocation": self.crls.status(),
         }
 
-    def trust(self, identity: str, accept_new_key: bool) -> defer.Deferred[dict[str, Any]]:
-        if not accept_new_key:
-            return defer.succeed(
-                {"identity": identity, "keys": self._keys(identity), "accepted": []}
+    def trust(
+        self, identity: str, accept_new_key: bool, forget_old: bool = False
+    ) -> defer.Deferred[dict[str, Any]]:
+        return defer.ensureDeferred(self._trust(identity, accept_new_key, forget_old))
+
+    async def _trust(self, identity: str, accept_new_key: bool, forget_old: bool) -> dict[str, Any]:
+        pins = self.store.pins
+        accepted: list[bytes] = []
+        if accept_new_key:
+            accepted = await pins.accept_key(identity)
+            for spki in accepted:
+                await pins.note_key_event(identity, spki, "trusted", self.now())
+            if accepted:
+                self.outbox.kick(identity)
+        forgotten: list[bytes] = []
+        if forget_old:
+            keep = frozenset(accepted) or await self._current_keys(identity)
+            forgotten = await pins.forget(identity, keep, self.now())
+        return {
+            "identity": identity,
+            "keys": self._keys(identity),
+            "accepted": [s.hex() for s in accepted],
+            "forgotten": [s.hex() for s in forgotten],
+        }
+
+    async def _current_keys(self, identity: str) -> frozenset[bytes]:
+        """
+        The key C{--forget-old} keeps: the newest key that came with a key change (warned,
+        accepted or trusted) and is still pinned.
+
+        @raise AgentError: no key change is known, so there is no "old" key to tell apart
+            (one pinned key, or several devices' keys from the first contact).
+        """
+        pinned = self.store.pins.known(identity)
+        if self.store.pins.pending_changes(identity):
+            raise AgentError(
+                f"a key change of {identity} is pending: decide on it first "
+                f"(sixchat trust {identity} --accept-new-key --forget-old)"
             )
-
-        def accepted(spkis: list[bytes]) -> dict[str, Any]:
-            self.outbox.kick(identity)
-            return {
-                "identity": identity,
-                "keys": self._keys(identity),
-                "accepted": [s.hex() for s in spkis],
-            }
-
-        return self.store.pins.accept_key(identity).addCallback(accepted)
+        history = await self.store.pins.key_events(identity, None, 1000)
+        for event in reversed(history):
+            if event.what in ("warned", "accepted", "trusted") and event.spki_sha256 in pinned:
+                return frozenset([event.spki_sha256])
+        raise AgentError(
+            f"no key change of {identity} is recorded, so no key is older than another; "
+            "nothing forgotten"
+        )
 
     def _keys(self, identity: str) -> list[str]:
         """The contact's pinned keys: SPKI SHA-256 fingerprints in hex, sorted."""
         return sorted(spki.hex() for spki in self.store.pins.known(identity))
+
+    def followPresence(self, peer: str) -> Callable[[], None]:
+        """
+        Watch C{peer}'s presence at the registry (C{presence} events when its devices come
+        and go) until the callable returned is called; followers share one watch. The
+        control server calls it for a subscription to one peer's presence (C{sixchat chat}).
+        """
+        key = normalize_identity(peer)
+        self._following[key] = self._following.get(key, 0) + 1
+        if self.directory is not None:
+            self.directory.watch(peer)
+        released: list[bool] = []
+
+        def release() -> None:
+            if released:
+                return
+            released.append(True)
+            self._following[key] -= 1
+            if not self._following[key]:
+                del self._following[key]
+                # the outbox ends the watch unless it still owes the peer messages
+                self.outbox.kick(peer)
+
+        return release
 
     def typing(self, to: str, state: str) -> defer.Deferred[dict[str, Any]]:
         if state not in TYPING_STATES:

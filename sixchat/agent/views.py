@@ -5,13 +5,20 @@ sends and C{--json} prints, so every field name is part of that contract and liv
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from sixchat.stanzas import format_timestamp
 
 if TYPE_CHECKING:
-    from sixchat.agent.store import Contact, ConversationSummary, HistoryEntry, MessageStatus
+    from sixchat.agent.store import (
+        Contact,
+        ConversationSummary,
+        HistoryEntry,
+        KeyEvent,
+        MessageStatus,
+    )
     from sixchat.protocol import Session
 
 __all__ = [
@@ -19,6 +26,7 @@ __all__ = [
     "conversation_dict",
     "history_dict",
     "iso",
+    "key_event_dict",
     "session_dict",
     "status_dict",
 ]
@@ -72,15 +80,32 @@ def conversation_dict(c: ConversationSummary) -> dict[str, Any]:
     }
 
 
-def contact_dict(c: Contact, keys: list[str]) -> dict[str, Any]:
-    """C{keys}: the contact's pinned keys, SPKI SHA-256 fingerprints in hex, sorted."""
+def contact_dict(
+    c: Contact,
+    keys: list[str],
+    pending: Sequence[str] = (),
+    key_events: Sequence[KeyEvent] = (),
+) -> dict[str, Any]:
+    """
+    C{keys}: the contact's pinned keys, SPKI SHA-256 fingerprints in hex, sorted;
+    C{pending}: the keys awaiting C{sixchat trust --accept-new-key}; C{key_events}: the
+    contact's key history (§9.3), oldest first.
+    """
     return {
         "identity": c.display or c.identity,
         "first_seen": iso(c.first_seen),
         "last_seen": iso(c.last_seen),
         "keys": keys,
-        "key_change_pending": c.key_change_pending,
+        "key_change_pending": c.key_change_pending or bool(pending),
+        "pending_keys": list(pending),
+        "key_events": [key_event_dict(e) for e in key_events],
     }
+
+
+def key_event_dict(e: KeyEvent) -> dict[str, Any]:
+    """One line of a contact's key history: C{what} is warned, accepted, refused (how the
+    pin policy met a key change), trusted or forgotten (the user's decisions)."""
+    return {"what": e.what, "fingerprint": e.fingerprint, "at": iso(e.at)}
 
 
 def session_dict(session: Session, node: str | None) -> dict[str, Any]:

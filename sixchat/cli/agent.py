@@ -38,12 +38,16 @@ from sixchat.cli.client import (
 from sixchat.cli.terminal import (
     clean,
     devices_suffix,
+    format_key_event,
     indent_body,
     is_outgoing,
     local_time,
     out,
     parse_since,
+    peer_key,
     print_json,
+    seconds_between,
+    with_key_events,
 )
 from sixchat.cli.watch import run_watch
 
@@ -175,33 +179,109 @@ def run_cancel(args: argparse.Namespace) -> int:
 # -- inbox ---------------------------------------------------------------------------------
 
 
+#: A sender's clock further than this from ours is shown next to our time (seconds).
+CLOCK_SKEW_SHOWN = 120.0
+
+
 def format_message(message: dict[str, Any], fmt: str = "%Y-%m-%d %H:%M:%S") -> str:
-    """One history entry: time, direction arrow, peer, body (continuation lines indented)."""
-    when = local_time(message.get("ts") or message.get("received_at"), fmt)
+    """
+    One history entry: time, direction arrow, peer, body (continuation lines indented).
+    The time is this agent's (C{at}: when it received or queued the message), the order
+    the history is in; the sender's own clock (C{ts}) is added when it differs by more
+    than L{CLOCK_SKEW_SHOWN}. A key history entry (C{key_event}) is one C{!!} line.
+    """
+    if "key_event" in message:
+        when = local_time(message.get("at"), fmt)
+        return f"{when}  {format_key_event(message.get('peer'), message['key_event'])}"
+    ours = message.get("at") or message.get("received_at")
+    when = local_time(ours or message.get("ts"), fmt)
     arrow = "->" if is_outgoing(message) else "<-"
     peer = clean(message.get("peer"), oneline=True)
     prefix = f"{when}  {arrow} {peer}  "
     line = prefix + indent_body(message.get("body", ""), len(prefix))
     if is_outgoing(message) and message.get("state"):
         line += f"  [{clean(message['state'], oneline=True)}]"
+    skew = seconds_between(ours, message.get("ts"))
+    if not is_outgoing(message) and skew is not None and abs(skew) > CLOCK_SKEW_SHOWN:
+        line += f"  (sent {local_time(message.get('ts'), fmt)} by their clock)"
     return line
 
 
 def run_inbox(args: argparse.Namespace) -> int:
+    from sixchat.agent.errors import NoAgentRunning
+
     since = parse_since(args.since) if args.since else None
 
     async def body(reactor: Any, client: Any) -> int:
+        contacts = [] if args.json else await timed(reactor, client.contacts(), CALL_TIMEOUT)
         messages = await timed(reactor, client.history(args.peer, since, args.limit), CALL_TIMEOUT)
-        if args.json:
-            print_json(messages)
-        elif not messages:
-            print("no messages", file=sys.stderr)
-        else:
-            for message in messages:
-                out(format_message(message))
+        _print_inbox(args, messages, contacts, since)
         return 0
 
-    return with_agent(args, body)
+    try:
+        return with_agent(args, body)
+    except NoAgentRunning:
+        stored = _read_stopped_store(args, since)
+        if stored is None:
+            raise
+        return _print_inbox(args, *stored, since)
+
+
+def _print_inbox(
+    args: argparse.Namespace, messages: list[dict[str, Any]], contacts: Any, since: str | None
+) -> int:
+    if args.json:
+        print_json(messages)
+        return 0
+    shown = with_key_events(messages, contacts, args.peer, since)
+    if not shown:
+        print("no messages", file=sys.stderr)
+    for entry in shown:
+        out(format_message(entry))
+    return 0
+
+
+def _read_stopped_store(
+    args: argparse.Namespace, since: str | None
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]] | None:
+    """
+    With no agent running: the history (and key history) read from the agent's store
+    itself, read-only; C{None} when there is no store to read (the error stands).
+    """
+    import os
+
+    from sixchat.agent import views
+    from sixchat.agent.datadir import resolve_data_dir
+    from sixchat.agent.errors import NoAgentRunning
+    from sixchat.agent.store import DEFAULT_FILENAME, ReadOnlyDatabase, StoreError
+    from sixchat.stanzas import parse_timestamp
+
+    try:
+        data_dir = resolve_data_dir(args.data_dir, args.identity)
+    except NoAgentRunning:
+        return None
+    path = os.path.join(data_dir, DEFAULT_FILENAME)
+    if not os.path.isfile(path):
+        return None
+    try:
+        db = ReadOnlyDatabase(path)
+    except StoreError as e:
+        raise CommandError(f"the agent is not running and its store cannot be read: {e}") from None
+    try:
+        when = parse_timestamp(since) if since else None
+        entries = db.history(args.peer, when, args.limit)
+        events = db.key_events(args.peer, None, 10_000)
+    finally:
+        db.close()
+    print(
+        f"(the agent is not running: read from {path}, read-only)",
+        file=sys.stderr,
+    )
+    by_peer: dict[str, list[dict[str, Any]]] = {}
+    for event in events:
+        by_peer.setdefault(event.identity, []).append(views.key_event_dict(event))
+    contacts = [{"identity": p, "key_events": e} for p, e in by_peer.items()]
+    return [views.history_dict(e) for e in entries], contacts
 
 
 # -- contacts, status, trust ---------------------------------------------------------------
@@ -229,9 +309,20 @@ def run_contacts(args: argparse.Namespace) -> int:
         for c in contacts:
             keys = c.get("keys") or []
             note = ""
+            ident = clean(c.get("identity"), oneline=True)
+            changes = [
+                e
+                for e in c.get("key_events") or []
+                if isinstance(e, dict) and e.get("what") in ("warned", "accepted", "refused")
+            ]
             if c.get("key_change_pending"):
-                ident = clean(c.get("identity"), oneline=True)
                 note = f"KEY CHANGE PENDING: sixchat trust {ident} --accept-new-key"
+            elif changes:
+                last = changes[-1]
+                note = (
+                    f"key changed {local_time(last.get('at'), '%Y-%m-%d %H:%M')} "
+                    f"({clean(last.get('what'), oneline=True)}): sixchat trust {ident}"
+                )
             rows.append(
                 (
                     clean(c.get("identity"), oneline=True),
@@ -292,20 +383,26 @@ def format_status(status: dict[str, Any]) -> list[str]:
     elif registry is not None:
         lines.append(f"registry:    {_scalar(registry)}")
     lines.append(f"advertised:  {_scalar(status.get('advertised') or [])}")
-    sessions = status.get("sessions") or []
-    lines.append(f"sessions:    {len(sessions)}")
+    sessions = [s for s in status.get("sessions") or [] if isinstance(s, dict)]
+    # One line per peer: a peer we dialled that also dialled us has two sessions (ours and
+    # theirs), which is one connection as far as the user is concerned.
+    by_peer: dict[str, list[dict[str, Any]]] = {}
     for s in sessions:
-        if isinstance(s, dict):
-            since = f", since {local_time(s['since'])}" if s.get("since") else ""
-            lines.append(
-                f"  {_scalar(s.get('peer'))}  node {_scalar(s.get('node'))}  "
-                f"{_scalar(s.get('suite'))}  {_scalar(s.get('group'))}{since}"
-            )
+        by_peer.setdefault(peer_key(s.get("peer")), []).append(s)
+    lines.append(f"sessions:    {len(by_peer)}")
+    for group in by_peer.values():
+        first = next((s for s in group if s.get("node")), group[0])
+        since = f", since {local_time(first['since'])}" if first.get("since") else ""
+        node = f"  node {_scalar(first.get('node'))}" if first.get("node") else ""
+        directions = sorted({str(s.get("direction") or "") for s in group} - {""})
+        how = f"  ({len(group)} sessions: {' and '.join(directions)})" if len(group) > 1 else ""
+        lines.append(
+            f"  {_scalar(first.get('peer'))}{node}  "
+            f"{_scalar(first.get('suite'))}  {_scalar(first.get('group'))}{since}{how}"
+        )
     outbox = status.get("outbox")
     if isinstance(outbox, dict):
-        lines.append(
-            "outbox:      " + (", ".join(f"{_scalar(v)} {k}" for k, v in outbox.items()) or "empty")
-        )
+        lines.append("outbox:      " + _format_outbox(outbox))
     elif outbox is not None:
         lines.append(f"outbox:      {_scalar(outbox)}")
     revocation = status.get("revocation")
@@ -316,6 +413,22 @@ def format_status(status: dict[str, Any]) -> list[str]:
     for key in sorted(set(status) - shown):
         lines.append(f"{key + ':':<13}{_scalar(status[key])}")
     return lines
+
+
+#: The outbox states, as the status names them, in words.
+_OUTBOX_WORDS = {
+    "queued": "queued",
+    "sent": "sent, awaiting the receipt",
+    "delivered": "delivered to some devices, not yet all",
+}
+
+
+def _format_outbox(outbox: dict[str, Any]) -> str:
+    """Messages still owed, by state; "empty" when none (delivered ones have left it)."""
+    parts = [
+        f"{_scalar(v)} {_OUTBOX_WORDS.get(k, k)}" for k, v in outbox.items() if v not in (0, None)
+    ]
+    return ", ".join(parts) if parts else "empty (every message delivered)"
 
 
 def _format_revocation(revocation: dict[str, Any]) -> list[str]:
@@ -376,18 +489,34 @@ def run_trust(args: argparse.Namespace) -> int:
     async def body(reactor: Any, client: Any) -> int:
         from sixchat.agent.errors import UnknownIdentity
 
-        if args.accept_new_key:
-            result = await timed(reactor, client.trust(args.peer, True), CALL_TIMEOUT)
+        if args.accept_new_key or args.forget_old:
+            result = await timed(
+                reactor,
+                client.trust(args.peer, args.accept_new_key, args.forget_old),
+                CALL_TIMEOUT,
+            )
             if args.json:
                 print_json(result)
                 return 0
             who = clean(result.get("identity") or args.peer, oneline=True)
-            if result.get("accepted"):
-                out(f"accepted the new key of {who}")
-            else:
-                out(f"no pending key change for {who}; nothing changed")
+            accepted = result.get("accepted") or []
+            if args.accept_new_key:
+                if accepted:
+                    out(f"accepted the new key of {who}")
+                else:
+                    out(f"no pending key change for {who}; nothing changed")
+            forgotten = result.get("forgotten") or []
+            if args.forget_old:
+                if forgotten:
+                    out(f"forgot {len(forgotten)} old key(s) of {who}:")
+                    for key in forgotten:
+                        out(f"  forgotten {_fingerprint(key)}")
+                else:
+                    out(f"no old key of {who} to forget")
+            new = accepted if isinstance(accepted, list) else []
             for key in result.get("keys") or []:
-                out(f"  key {_fingerprint(key)}")
+                mark = "  (new)" if key in new else ""
+                out(f"  key {_fingerprint(key)}{mark}")
             return 0
         contacts = await timed(reactor, client.contacts(), CALL_TIMEOUT)
         contact = next((c for c in contacts if c.get("identity") == args.peer), None)
@@ -399,13 +528,18 @@ def run_trust(args: argparse.Namespace) -> int:
         out(f"{clean(args.peer, oneline=True)}")
         for key in contact.get("keys") or []:
             out(f"  key {_fingerprint(key)}")
+        for key in contact.get("pending_keys") or []:
+            out(f"  new key {_fingerprint(key)}  (refused, pending)")
         if contact.get("key_change_pending"):
             out(
                 f"a key change is pending: accept it with 'sixchat trust "
-                f"{clean(args.peer, oneline=True)} --accept-new-key'"
+                f"{clean(args.peer, oneline=True)} --accept-new-key' (add --forget-old to "
+                "retire the old key) once you have checked the new key with them"
             )
         else:
             out("no key change pending")
+        for event in contact.get("key_events") or []:
+            out(format_key_event(args.peer, event))
         return 0
 
     return with_agent(args, body)
@@ -458,8 +592,11 @@ def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "inbox",
         help="show stored messages (both directions)",
-        description="Print stored messages, oldest first, both directions: '<-' received, "
-        "'->' sent (with its delivery state).",
+        description="Print stored messages, both directions, oldest first in the order this "
+        "agent received or queued them, with this agent's time ('<-' received, '->' sent with "
+        "its delivery state; a sender's clock far from ours is shown too), and the contacts' "
+        "key changes ('!!' lines) among them. Works with the agent stopped too: the store is "
+        "then read directly, read-only.",
     )
     p.add_argument("--peer", metavar="IDENTITY", help="only the conversation with IDENTITY")
     p.add_argument(
@@ -491,7 +628,7 @@ def register(subparsers: Any) -> None:
         "--type",
         action="append",
         choices=(*EVENT_TYPES, "all"),
-        help="event type to show (repeatable; default: message, delivery and "
+        help="event type to show (repeatable; default: message, delivery, key_change and "
         "unknown_recipient)",
     )
     add_json_option(p, "one JSON object per line")
@@ -538,13 +675,20 @@ def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "trust",
         help="show a contact's keys or accept its new key",
-        description="Without options, show IDENTITY's known keys and whether a key change is "
-        "pending. With --accept-new-key, accept the pending key change (exit 0 also when "
-        "none is pending).",
+        description="Without options, show IDENTITY's known keys, whether a key change is "
+        "pending and the key history. With --accept-new-key, accept the pending key change "
+        "(exit 0 also when none is pending); with --forget-old, retire the older keys.",
     )
     p.add_argument("peer", metavar="IDENTITY")
     p.add_argument(
         "--accept-new-key", action="store_true", help="trust the new key IDENTITY presented"
+    )
+    p.add_argument(
+        "--forget-old",
+        action="store_true",
+        help="unpin IDENTITY's older keys: all but the key just accepted (with "
+        "--accept-new-key) or the newest key a key change brought; presenting one of them "
+        "again is then a key change",
     )
     add_json_option(p, "print JSON")
     add_connection_options(p)

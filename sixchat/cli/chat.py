@@ -16,7 +16,16 @@ from typing import Any
 
 from sixchat.cli import UsageError
 from sixchat.cli.client import CALL_TIMEOUT, timed, with_agent
-from sixchat.cli.terminal import clean, devices_suffix, indent_body, is_outgoing, local_time
+from sixchat.cli.terminal import (
+    clean,
+    devices_suffix,
+    format_key_event,
+    indent_body,
+    is_outgoing,
+    local_time,
+    peer_key,
+    with_key_events,
+)
 
 __all__ = ["ChatUI", "run_chat"]
 
@@ -62,6 +71,8 @@ class ChatUI:
         self._early: list[dict[str, Any]] = []
         self._finishing = False
         self._status = 0
+        self._online: bool | None = None  # what we last showed: None (nothing yet)
+        self._sessions = 0  # open sessions with the peer, from session events
 
     # output --------------------------------------------------------------------------
 
@@ -81,12 +92,18 @@ class ChatUI:
             self._write("\r\x1b[K" + self.PROMPT + "".join(self._line))
 
     def _show_message(self, message: dict[str, Any]) -> None:
+        if "key_event" in message:
+            when = local_time(message.get("at"), "%H:%M")
+            self.show(f"[{when}] {format_key_event(self.peer, message['key_event'])}")
+            return
         mid = message.get("id")
         if isinstance(mid, str):
             if mid in self._shown:
                 return
             self._shown.add(mid)
-        when = local_time(message.get("ts") or message.get("received_at"), "%H:%M")
+        # our clock (when this agent received or queued it), the order history is in
+        ours = message.get("at") or message.get("received_at") or message.get("ts")
+        when = local_time(ours, "%H:%M")
         if is_outgoing(message):
             who = "me"
             if isinstance(mid, str):
@@ -105,11 +122,21 @@ class ChatUI:
     def connectionMade(self) -> None:
         """Output starts with L{start}, once the history is known."""
 
-    def start(self, history: list[dict[str, Any]]) -> None:
+    def start(self, history: list[dict[str, Any]], contacts: Any = ()) -> None:
+        """
+        Show the history, with the peer's key history (C{contacts}: the agent's answer)
+        merged in by time, and a pending key change last, where it is seen.
+        """
         how = "Ctrl-D" if self.tty else "end of input"
         self.show(f"--- chat with {clean(self.peer, oneline=True)} (/quit or {how} to leave) ---")
-        for message in history:
+        for message in with_key_events(history, list(contacts), self.peer, None):
             self._show_message(message)
+        for contact in contacts:
+            if isinstance(contact, dict) and peer_key(contact.get("identity")) == peer_key(
+                self.peer
+            ):
+                for fp in contact.get("pending_keys") or []:
+                    self.show(format_key_event(self.peer, {"what": "refused", "fingerprint": fp}))
         self._started = True
         for event in self._early:
             self.agentEvent(event)
@@ -123,7 +150,7 @@ class ChatUI:
             self._early.append(event)
             return
         kind = event.get("type")
-        if event.get("peer") not in (None, self.peer):
+        if event.get("peer") is not None and peer_key(event["peer"]) != peer_key(self.peer):
             return
         if kind == "message":
             self._peer_typing = False
@@ -156,11 +183,32 @@ class ChatUI:
                 f"(sixchat cancel {' '.join(clean(i) for i in event.get('ids') or [])})"
             )
         elif kind == "key_change":
-            self.show(
-                f"!! {clean(self.peer, oneline=True)} presented a new key "
-                f"{clean(event.get('fingerprint'))} ({clean(event.get('action'))}); see "
-                f"'sixchat trust {clean(self.peer, oneline=True)}'"
-            )
+            self.show(format_key_event(self.peer, event))
+        elif kind == "presence":
+            nodes = event.get("nodes")
+            self._presence(bool(nodes), len(nodes) if isinstance(nodes, list) else 0)
+        elif kind == "session":
+            if event.get("state") == "open":
+                self._sessions += 1
+                self._presence(True, None)
+            elif event.get("state") == "closed":
+                self._sessions = max(0, self._sessions - 1)
+
+    def _presence(self, online: bool, nodes: int | None) -> None:
+        """
+        Say when the peer goes offline (the registry reports no node of it) or comes back.
+        Sessions closing are not "offline": idle sessions close while the peer is there.
+        """
+        if online == self._online:
+            return
+        first = self._online is None
+        self._online = online
+        who = clean(self.peer, oneline=True)
+        if not online:
+            self.show(f"--- {who} is offline: messages wait in the outbox until they are back ---")
+        elif not first:
+            where = f" ({nodes} device(s))" if nodes else ""
+            self.show(f"--- {who} is online again{where} ---")
 
     def agent_gone(self, _: object) -> None:
         if not self._finishing:
@@ -179,7 +227,7 @@ class ChatUI:
                 self._key(ch)
                 if self._finishing:
                     return
-            self._typing_activity(bool(self._line))
+            self._typing_activity(_is_text("".join(self._line)))
         else:
             self._pending_text += text
             *lines, self._pending_text = self._pending_text.split("\n")
@@ -187,7 +235,7 @@ class ChatUI:
                 self._submit(line.rstrip("\r"))
                 if self._finishing:
                     return
-            self._typing_activity(bool(self._pending_text))
+            self._typing_activity(_is_text(self._pending_text))
 
     def _key(self, ch: str) -> None:
         if self._escape is not None:  # skip ESC [ params final / ESC O x / ESC x
@@ -336,6 +384,13 @@ class ChatUI:
             self.done.callback(self._status)
 
 
+def _is_text(line: str) -> bool:
+    """A line being typed that is a message, not a command (C{/help}): typing is shown only
+    for messages; C{//...} is a message beginning with C{/}."""
+    stripped = line.lstrip()
+    return bool(stripped) and (not stripped.startswith("/") or stripped.startswith("//"))
+
+
 def _snippet(body: Any, size: int = 40) -> str:
     text = clean(body, oneline=True)
     return text if len(text) <= size else text[: size - 1] + "…"
@@ -382,16 +437,26 @@ def run_chat(args: argparse.Namespace) -> int:
         await timed(
             reactor,
             client.subscribe(
-                ["message", "delivery", "typing", "key_change", "unknown_recipient"], args.peer
+                [
+                    "message",
+                    "delivery",
+                    "typing",
+                    "key_change",
+                    "presence",
+                    "session",
+                    "unknown_recipient",
+                ],
+                args.peer,
             ),
             CALL_TIMEOUT,
         )
+        contacts = await timed(reactor, client.contacts(), CALL_TIMEOUT)
         history = await timed(reactor, client.history(args.peer, None, args.history), CALL_TIMEOUT)
         reactor.addSystemEventTrigger("before", "shutdown", restore_all)
         if tty:
             ttymod.setcbreak(0)
         StandardIO(ui, reactor=reactor)
-        ui.start(history)
+        ui.start(history, contacts)
         client.disconnected.addCallback(ui.agent_gone)
         return await ui.done
 

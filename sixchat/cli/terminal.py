@@ -17,11 +17,17 @@ from sixchat.cli import UsageError
 __all__ = [
     "clean",
     "devices_suffix",
+    "format_key_event",
+    "key_event_lines",
     "indent_body",
     "is_outgoing",
     "local_time",
     "out",
     "parse_since",
+    "parse_time",
+    "peer_key",
+    "seconds_between",
+    "with_key_events",
     "print_json",
 ]
 
@@ -46,6 +52,19 @@ def clean(text: Any, oneline: bool = False) -> str:
     if oneline:
         text = text.replace("\n", " ⏎ ")
     return text
+
+
+def parse_time(ts: Any) -> datetime | None:
+    """An agent timestamp (RFC 3339) as an aware datetime; C{None} if it is not one."""
+    return _parse_time(ts)
+
+
+def seconds_between(later: Any, earlier: Any) -> float | None:
+    """C{later - earlier} in seconds, for two agent timestamps; C{None} if either is bad."""
+    a, b = _parse_time(later), _parse_time(earlier)
+    if a is None or b is None:
+        return None
+    return (a - b).total_seconds()
 
 
 def _parse_time(ts: Any) -> datetime | None:
@@ -131,3 +150,88 @@ def print_json(value: Any, indent: int | None = 2) -> None:
         ),
         flush=True,
     )
+
+
+def format_key_event(peer: Any, event: dict[str, Any]) -> str:
+    """
+    One line of a contact's key history (the agent's C{key_events}, or a live C{key_change}
+    event, whose C{action} is the C{what}), like a messenger's "safety number changed".
+    """
+    who = clean(peer, oneline=True)
+    what = event.get("what") or event.get("action")
+    fp = clean(event.get("fingerprint"), oneline=True)
+    if what == "refused":
+        return (
+            f"!! {who} has a NEW KEY {fp}, REFUSED (pin policy refuse): nothing is exchanged "
+            f"with it until you check it with them and run 'sixchat trust {who} "
+            "--accept-new-key'"
+        )
+    if what == "warned":
+        return (
+            f"!! {who} has a NEW KEY {fp} (pin policy warn: messages still flow); check it "
+            f"with them, then 'sixchat trust {who} --forget-old' retires the old one"
+        )
+    if what == "accepted":
+        return f"!! {who} has a NEW KEY {fp} (accepted: pin policy accept)"
+    if what == "trusted":
+        return f"-- you trusted the new key {fp} of {who}"
+    if what == "forgotten":
+        return f"-- you retired the old key {fp} of {who}"
+    return f"!! {who}: key {fp}: {clean(what, oneline=True)}"
+
+
+def peer_key(identity: Any) -> str:
+    """An identity as the agent compares them (normalized), for matching answers."""
+    from sixchat.identity import normalize_identity
+
+    try:
+        return normalize_identity(str(identity))
+    except ValueError:
+        return str(identity)
+
+
+def key_event_lines(contacts: Any, peer: str | None = None) -> list[dict[str, Any]]:
+    """
+    Key history entries from a C{contacts} answer, as history-like dicts
+    (C{{"key_event": ..., "peer": ..., "at": ...}}) for merging into a conversation by time;
+    only C{peer}'s when given.
+    """
+    entries = []
+    for contact in contacts if isinstance(contacts, list) else []:
+        if not isinstance(contact, dict):
+            continue
+        identity = contact.get("identity")
+        if peer is not None and peer_key(identity) != peer_key(peer):
+            continue
+        for event in contact.get("key_events") or []:
+            if isinstance(event, dict):
+                entries.append({"key_event": event, "peer": identity, "at": event.get("at")})
+    return entries
+
+
+def with_key_events(
+    messages: list[dict[str, Any]], contacts: Any, peer: str | None, since: str | None
+) -> list[dict[str, Any]]:
+    """
+    C{messages} with the key history of their peers (C{peer}'s only, when given) merged in
+    by time: the lines from the first message shown on (or from C{since}, or all when no
+    message is shown).
+    """
+    events = key_event_lines(contacts, peer)
+    start = since
+    if messages:
+        first = messages[0].get("at") or messages[0].get("ts")
+        start = max(filter(None, [start, first]), default=None, key=lambda t: _sort_key(t))
+    if start is not None:
+        events = [e for e in events if _sort_key(e.get("at")) >= _sort_key(start)]
+    if peer is None and messages:
+        peers = {peer_key(m.get("peer")) for m in messages}
+        events = [e for e in events if peer_key(e.get("peer")) in peers]
+    merged = [(_sort_key(m.get("at") or m.get("ts")), 0, i, m) for i, m in enumerate(messages)]
+    merged += [(_sort_key(e.get("at")), 1, i, e) for i, e in enumerate(events)]
+    return [m for *_, m in sorted(merged, key=lambda x: x[:3])]
+
+
+def _sort_key(ts: Any) -> float:
+    when = parse_time(ts)
+    return when.timestamp() if when is not None else 0.0

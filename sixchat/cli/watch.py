@@ -14,12 +14,19 @@ from typing import Any
 
 from sixchat.cli import CommandError
 from sixchat.cli.client import CALL_TIMEOUT, timed, with_agent
-from sixchat.cli.terminal import clean, devices_suffix, local_time, out, print_json
+from sixchat.cli.terminal import (
+    clean,
+    devices_suffix,
+    format_key_event,
+    local_time,
+    out,
+    print_json,
+)
 
 __all__ = ["WATCH_DEFAULT_TYPES", "format_event", "run_watch"]
 
 #: Event types C{watch} shows unless told otherwise (C{--type}).
-WATCH_DEFAULT_TYPES = ("message", "delivery", "unknown_recipient")
+WATCH_DEFAULT_TYPES = ("message", "delivery", "key_change", "unknown_recipient")
 
 
 def format_event(event: dict[str, Any], now: datetime | None = None) -> str:
@@ -42,10 +49,7 @@ def format_event(event: dict[str, Any], now: datetime | None = None) -> str:
         doing = "is typing…" if state == "composing" else "stopped typing"
         return f"{stamp}  {peer} {doing}"
     if kind == "key_change":
-        return (
-            f"{stamp}  !! {peer} presented a new key {clean(event.get('fingerprint'))} "
-            f"(policy {clean(event.get('policy'))}: {clean(event.get('action'))})"
-        )
+        return f"{stamp}  {format_key_event(event.get('peer'), event)}"
     if kind == "unknown_recipient":
         ids = [clean(i) for i in event.get("ids") or []]
         what = (

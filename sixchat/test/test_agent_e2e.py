@@ -12,7 +12,10 @@ What is proven here (the user-agent issue's "Tests"):
   3. the sender restarted with a full outbox delivers all of it, once;
   4. two nodes of one identity both receive, and the sender counts 2/2;
   5. a key change is refused (C{--pin-policy refuse}) until C{sixchat trust --accept-new-key},
-     and only warned about (the default C{warn});
+     whether the sender or the receiver refuses it, shown by C{watch}, C{contacts}, C{inbox}
+     and C{chat}, and old keys retired with C{--forget-old}; under the default C{warn} it
+     is shown in the conversation too, and C{inbox} reads the store of a stopped agent;
+     C{chat} says when the peer goes offline and comes back;
   6. the control socket (0600 in a 0700 directory) refuses another user's process.
 
 Every process gets an ephemeral port, every wait is bounded, and every process is stopped
@@ -279,6 +282,13 @@ class E2ECase(unittest.TestCase):
             self, self.base, name, cert, self.ca,
             registry=self.registry, registry_ca=self.ca, extra=extra, **kw,
         )  # fmt: skip
+
+    def cli_process(self, agent: AgentProcess, *args: str) -> ChildProcess:
+        """A long-running C{sixchat ARGS --data-dir DIR} (watch, chat), stopped at the end."""
+        argv = [sys.executable, "-m", "sixchat.cli", *args, "--data-dir", agent.data_dir]
+        proc = spawn(f"sixchat {args[0]}", argv, self.base)
+        self.addCleanup(proc.terminate)
+        return proc
 
     def dump(self, *agents: AgentProcess) -> str:
         parts = [a.tail() for a in agents]
@@ -596,6 +606,105 @@ class KeyChangeTests(E2ECase):
         yield bob.start()
 
     @defer.inlineCallbacks
+    def rekey(self, agent: AgentProcess, identity: str) -> Any:
+        """The agent stops, gets a new key and certificate and starts again with it."""
+        yield agent.stop()
+        agent.cert = self.issue(identity, f"{agent.name}-new.p12")
+        yield agent.start()
+
+    @defer.inlineCallbacks
+    def test_refused_incoming_key_change_can_be_accepted(self) -> Any:
+        """
+        Issue 17 item 5. Bob refuses key changes; alice comes back with a new key and dials
+        him (so bob is the responder that refuses). The change is recorded as pending, the
+        log names alice and the key change, `watch`, `contacts`, `inbox` and `chat` show
+        it; `trust --accept-new-key` accepts it, the message comes through, and
+        `trust --forget-old` retires alice's old key.
+        """
+        yield self.startRegistry()
+        alice = yield self.agent("alice", ALICE).start()
+        bob = yield self.agent("bob", BOB, "--pin-policy", "refuse").start()
+        out, err, code = yield alice.cli("send", BOB, "before", "--wait", "30")
+        self.assertEqual(code, 0, out + err)
+        contacts = yield bob.cli_json("contacts")
+        (old,) = [c for c in contacts if c["identity"] == ALICE]
+        watch = self.cli_process(bob, "watch")
+        # once watch shows a message it has subscribed (it may start after the first one)
+        watched: list[str] = []
+
+        @defer.inlineCallbacks
+        def shown() -> Any:
+            body = f"watched {len(watched) + 1}"
+            watched.append(body)
+            yield alice.cli("send", BOB, body, "--wait", "30")
+            return watch.count(rf"<- {re.escape(ALICE)}  watched \d+$")
+
+        yield eventually(shown, DELIVERY_TIMEOUT, "watch to show a message", interval=0.5)
+
+        yield self.rekey(alice, ALICE)
+        result = yield alice.cli_json("send", BOB, "after", "--wait", "3", codes=(3,))
+        message_id = result["message"]["id"]
+
+        def pending() -> Any:
+            return bob.cli_json("contacts").addCallback(
+                lambda cs: [c for c in cs if c["identity"] == ALICE and c["pending_keys"]]
+            )
+
+        (contact,) = yield eventually(pending, DELIVERY_TIMEOUT, "key change pending at bob")
+        self.assertTrue(contact["key_change_pending"])
+        self.assertEqual(contact["keys"], old["keys"])  # the new key is not pinned
+        (new_key,) = contact["pending_keys"]
+        self.assertNotIn(new_key, old["keys"])
+        self.assertEqual(
+            [(e["what"], e["fingerprint"]) for e in contact["key_events"]], [("refused", new_key)]
+        )
+        # the log names the peer and the key change, not only "sent alert bad_certificate"
+        self.assertRegex(
+            bob.log, rf"KEY CHANGE: in a handshake, a new key for {re.escape(ALICE)} \({new_key}\)"
+            r"; refused"
+        )
+        # watch shows it (by default)
+        yield watch.wait(rf"!! {re.escape(ALICE)} has a NEW KEY {new_key}, REFUSED")
+        out, err, code = yield bob.cli("contacts")
+        self.assertIn(f"KEY CHANGE PENDING: sixchat trust {ALICE} --accept-new-key", out)
+        out, err, code = yield bob.cli("inbox", "--peer", ALICE)
+        lines = out.splitlines()
+        self.assertRegex(lines[0], rf"<- {re.escape(ALICE)}  before$")
+        self.assertEqual(len(lines), 2 + len(watched), out)
+        self.assertRegex(lines[-1], rf"!! {re.escape(ALICE)} has a NEW KEY {new_key}, REFUSED")
+        # chat shows it in the conversation
+        chat = self.cli_process(bob, "chat", ALICE)
+        yield chat.wait(rf"!! {re.escape(ALICE)} has a NEW KEY {new_key}, REFUSED")
+        chat.transport.write(b"/quit\n")
+        yield chat.ended()
+        out, err, code = yield bob.cli("trust", ALICE)
+        self.assertIn(f"new key {new_key}  (refused, pending)", out)
+
+        out, err, code = yield bob.cli("trust", ALICE, "--accept-new-key")
+        self.assertEqual((code, out.splitlines()[0]), (0, f"accepted the new key of {ALICE}"), err)
+        client = yield alice.control(self)
+        yield alice.cli("send", BOB, "again", "--wait", "30")  # wakes alice's outbox
+        yield self.waitDelivered(client, [message_id], DELIVERY_TIMEOUT, alice, bob)
+        inbox = yield bob.inbox()
+        self.assertExactlyOnce(inbox, ALICE, ["before", *watched, "after", "again"])
+
+        out, err, code = yield bob.cli("trust", ALICE, "--forget-old")
+        self.assertEqual(code, 0, out + err)
+        self.assertIn(f"forgot 1 old key(s) of {ALICE}:\n  forgotten {old['keys'][0]}", out)
+        contacts = yield bob.cli_json("contacts")
+        (after,) = [c for c in contacts if c["identity"] == ALICE]
+        self.assertEqual((after["keys"], after["pending_keys"]), ([new_key], []))
+        self.assertEqual(
+            [e["what"] for e in after["key_events"]], ["refused", "trusted", "forgotten"]
+        )
+        out, err, code = yield bob.cli("trust", ALICE, "--forget-old")
+        self.assertEqual((code, out), (0, f"no old key of {ALICE} to forget\n  key {new_key}\n"))
+        # issue 17 item 6: the many CLI calls above left no info line each in the log
+        self.assertNotIn("ControlProtocol connection", bob.log)
+        messages = re.findall(r"\[sixchat\.agent\.service#info\] message ", bob.log)
+        self.assertGreater(len(messages), 3)  # info lines are there: only those went
+
+    @defer.inlineCallbacks
     def test_refuse_until_trusted(self) -> Any:
         """
         5a. With `--pin-policy refuse`, a message to bob after his key changed stays queued
@@ -609,6 +718,13 @@ class KeyChangeTests(E2ECase):
         contacts = yield alice.cli_json("contacts")
         (before,) = [c for c in contacts if c["identity"] == BOB]
         self.assertEqual((len(before["keys"]), before["key_change_pending"]), (1, False))
+        # no key change yet: nothing tells an old key from a new one
+        out, err, code = yield alice.cli("trust", BOB, "--forget-old")
+        self.assertEqual(
+            (code, out, err),
+            (1, "", f"sixchat: error: no key change of {BOB} is recorded, so no key is older "
+                    "than another; nothing forgotten\n"),
+        )  # fmt: skip
 
         yield self.rekeyBob(bob)
         result = yield alice.cli_json("send", BOB, "after", "--wait", "3", codes=(3,))
@@ -632,6 +748,9 @@ class KeyChangeTests(E2ECase):
         out, err, code = yield alice.cli("trust", BOB)
         self.assertEqual(code, 0, out + err)
         self.assertIn("a key change is pending", out)
+        out, err, code = yield alice.cli("trust", BOB, "--forget-old")  # decide first
+        self.assertEqual((code, out), (1, ""), err)
+        self.assertIn(f"a key change of {BOB} is pending: decide on it first", err)
         out, err, code = yield alice.cli("trust", BOB, "--accept-new-key")
         self.assertEqual(code, 0, out + err)
         self.assertIn(f"accepted the new key of {BOB}", out)
@@ -670,6 +789,70 @@ class KeyChangeTests(E2ECase):
         self.assertRegex(alice.log, r"KEY CHANGE: .* new key for bob@example\.com .*; warned")
         inbox = yield bob.inbox()
         self.assertExactlyOnce(inbox, ALICE, ["before", "after"])
+        # visible in the conversation, not only in the log (issue 17 item 5)
+        fp = event["fingerprint"]
+        out, err, code = yield alice.cli("inbox", "--peer", BOB)
+        self.assertEqual(code, 0, err)
+        lines = out.splitlines()
+        self.assertEqual(len(lines), 3, out)
+        self.assertRegex(lines[0], rf"-> {re.escape(BOB)}  before  \[delivered\]$")
+        # noted when "after" (queued first) went out to bob's new key
+        self.assertRegex(lines[1], rf"-> {re.escape(BOB)}  after  \[delivered\]$")
+        self.assertRegex(
+            lines[2], rf"!! {re.escape(BOB)} has a NEW KEY {fp} \(pin policy warn: messages "
+        )
+        chat = self.cli_process(alice, "chat", BOB)
+        yield chat.wait(rf"\] !! {re.escape(BOB)} has a NEW KEY {fp} \(pin policy warn")
+        chat.transport.closeStdin()  # end of input: leave
+        self.assertEqual((yield chat.ended()), ("exit", 0), chat.tail())
+        out, err, code = yield alice.cli("contacts")
+        self.assertRegex(out, r"key changed \d{4}-\d\d-\d\d \d\d:\d\d \(warned\)")
+        # the warned key is the newest: --forget-old keeps it and retires the old one
+        out, err, code = yield alice.cli("trust", BOB, "--forget-old")
+        self.assertEqual(code, 0, out + err)
+        self.assertIn("forgot 1 old key(s)", out)
+        contacts = yield alice.cli_json("contacts")
+        (bob_contact,) = [c for c in contacts if c["identity"] == BOB]
+        self.assertEqual(bob_contact["keys"], [fp])
+        # issue 17 item 6: with alice's agent stopped, inbox reads her store, read-only
+        running, err, code = yield alice.cli("inbox", "--peer", BOB)
+        self.assertIn("you retired the old key", running)
+        history = yield alice.inbox(BOB)
+        yield alice.stop()
+        out, err, code = yield alice.cli("inbox", "--peer", BOB)
+        self.assertEqual((code, out), (0, running), err)
+        self.assertIn("the agent is not running: read from ", err)
+        self.assertIn("read-only", err)
+        stopped = yield alice.inbox(BOB)
+        self.assertEqual(stopped, history)
+        out, err, code = yield alice.cli("status")
+        self.assertEqual(code, 1)  # the other commands still need the agent
+        self.assertIn("no sixchat agent is running", err)
+
+
+class ChatPresenceTests(E2ECase):
+    @defer.inlineCallbacks
+    def test_chat_shows_the_peer_going_offline_and_back(self) -> Any:
+        """Issue 17 item 6: `chat` says when the peer goes offline (its agent stops and
+        unregisters) and when it is back, instead of showing nothing."""
+        yield self.startRegistry()
+        alice = yield self.agent("alice", ALICE).start()
+        bob = yield self.agent("bob", BOB).start()
+        out, err, code = yield alice.cli("send", BOB, "hello", "--wait", "30")
+        self.assertEqual(code, 0, out + err)
+        chat = self.cli_process(alice, "chat", BOB)
+        yield chat.wait(r"\] me: hello$")
+        yield bob.stop()
+        yield chat.wait(
+            rf"^--- {re.escape(BOB)} is offline: messages wait in the outbox until they are "
+            "back ---$",
+            timeout=DELIVERY_TIMEOUT,
+        )
+        yield bob.start()
+        yield chat.wait(rf"^--- {re.escape(BOB)} is online again", timeout=DELIVERY_TIMEOUT)
+        chat.transport.closeStdin()
+        self.assertEqual((yield chat.ended()), ("exit", 0), chat.tail())
+        self.assertEqual(chat.count("is offline"), 1, chat.log)
 
 
 # A stdlib-only client run as another user: connect to the socket, say what happened.

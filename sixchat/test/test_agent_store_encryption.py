@@ -173,6 +173,17 @@ class UnlockTests(DataDirCase):
         self.assertEqual(cipher.file_state(self.db), "plain")
 
 
+    def test_stopped_agent_inbox_refuses_an_encrypted_store_in_one_line(self) -> None:
+        """C{sixchat inbox} with the agent stopped reads plain stores only (no password)."""
+        from sixchat.agent.store import ReadOnlyDatabase, StoreError
+
+        key = self.unlock(b"pw")
+        fill(self.db, key)
+        error = self.assertRaises(StoreError, ReadOnlyDatabase, self.db)
+        self.assertIn("is encrypted; start the agent", str(error))
+        self.assertNotIn("\n", str(error))
+
+
 class EncryptedStoreTests(TestCase):
     """The Deferred face over an encrypted file."""
 

@@ -52,6 +52,39 @@ class PinTests(StoreTestCase):
         self.assertEqual(policy.check("bob@example.com", KEY1), "known")
 
     @defer.inlineCallbacks
+    def test_key_events_and_forget(self) -> Gen:
+        """The key history (schema v2) survives a restart, oldest first, per identity;
+        forget() unpins all but the keys kept and notes each as forgotten."""
+        pins = self.store.pins
+        pins.add("bob@example.com", KEY1)
+        yield pins.note_key_event("bob@example.com", KEY2, "refused", T0)
+        yield pins.note_key_event("carol@example.com", KEY1, "warned", T0 + SEC)
+        yield pins.note_key_event("bob@EXAMPLE.com", KEY2, "trusted", T0 + 2 * SEC)
+        with self.assertRaises(ValueError):
+            yield pins.note_key_event("bob@example.com", KEY2, "liked", T0)
+        pins.add("bob@example.com", KEY2)
+        yield self.reopen()
+        pins = self.store.pins
+        events = yield pins.key_events("bob@example.com")
+        self.assertEqual(
+            [(e.identity, e.what, e.spki_sha256, e.at) for e in events],
+            [("bob@example.com", "refused", KEY2, T0), ("bob@example.com", "trusted", KEY2,
+                                                         T0 + 2 * SEC)],
+        )  # fmt: skip
+        self.assertEqual(len((yield pins.key_events())), 3)
+        self.assertEqual([e.what for e in (yield pins.key_events(limit=1))], ["trusted"])
+        forgotten = yield pins.forget("bob@example.com", frozenset([KEY2]), T0 + 3 * SEC)
+        self.assertEqual(forgotten, [KEY1])
+        self.assertEqual(pins.known("bob@example.com"), {KEY2})
+        self.assertEqual((yield pins.forget("bob@example.com", frozenset([KEY2]), T0)), [])
+        yield self.reopen()
+        pins = self.store.pins
+        self.assertEqual(pins.known("bob@example.com"), {KEY2})
+        self.assertEqual(PinPolicy(pins, "warn").check("bob@example.com", KEY1), "changed")
+        events = yield pins.key_events("bob@example.com")
+        self.assertEqual((events[-1].what, events[-1].spki_sha256), ("forgotten", KEY1))
+
+    @defer.inlineCallbacks
     def test_key_change_and_accept(self) -> Gen:
         pins = self.store.pins
         pins.add("bob@example.com", KEY1)

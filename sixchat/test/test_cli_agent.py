@@ -128,14 +128,40 @@ class CLITests(AgentCLIMixin, unittest.TestCase):
         self.assertEqual(
             out.splitlines(),
             [
-                f"2026-11-26 08:00:00  <- {BOB}  Hello, Alice",
+                # our clock (received / queued), the order the history is in
+                f"2026-11-26 08:00:01  <- {BOB}  Hello, Alice",
                 f"2026-11-26 08:01:00  -> {BOB}  Hi Bob",
                 "                                         second line  [delivered]",
-                "2026-11-26 09:00:00  <- carol@example.com  evil \\x1b[2J\\u202egnp.exe",
+                # carol's refused key change, among the messages by time
+                "2026-11-26 08:02:00  !! carol@example.com has a NEW KEY " + "bb" * 32
+                + ", REFUSED (pin policy refuse): nothing is exchanged with it until you check "
+                "it with them and run 'sixchat trust carol@example.com --accept-new-key'",
+                "2026-11-26 09:00:02  <- carol@example.com  evil \\x1b[2J\\u202egnp.exe",
             ],
         )
         self.assertNotIn("\x1b", out)
         self.assertEqual(self.agent.calls[-1], ("history", None, None, 50))
+
+    @defer.inlineCallbacks
+    def test_inbox_is_in_our_order_and_shows_a_skewed_sender_clock(self) -> Any:
+        """The sender's clock does not order the inbox: a message whose sender's clock is
+        an hour ahead is shown at our time, with theirs beside it."""
+        self.agent.messages = [
+            {"id": "x1", "peer": BOB, "direction": "in", "body": "first here",
+             "ts": "2026-11-26T09:00:00.000Z", "at": "2026-11-26T08:00:00.000Z"},
+            {"id": "x2", "peer": BOB, "direction": "in", "body": "second here",
+             "ts": "2026-11-26T08:00:30.000Z", "at": "2026-11-26T08:00:31.000Z"},
+        ]  # fmt: skip
+        out, err, code = yield run(["inbox", "--peer", BOB, *self.dd])
+        self.assertEqual(code, 0, err)
+        self.assertEqual(
+            out.splitlines(),
+            [
+                f"2026-11-26 08:00:00  <- {BOB}  first here  (sent 2026-11-26 09:00:00 by "
+                "their clock)",
+                f"2026-11-26 08:00:31  <- {BOB}  second here",
+            ],
+        )
 
     @defer.inlineCallbacks
     def test_inbox_filters_and_json(self) -> Any:
@@ -181,22 +207,66 @@ class CLITests(AgentCLIMixin, unittest.TestCase):
                 "advertised:  [2001:db8::1]:4605, 192.0.2.1:4605",
                 "sessions:    1",
                 f"  {BOB}  node n-b  chacha20-poly1305  x25519-mlkem768, since 2026-11-26 07:00:00",
-                "outbox:      2 queued, 1 sent",
+                "outbox:      2 queued, 1 sent, awaiting the receipt",
             ],
         )
         out, err, code = yield run(["status", "--json", *self.dd])
         self.assertEqual(json.loads(out)["advertised"][1], "192.0.2.1:4605")
+
+    def test_status_one_line_per_peer_and_an_empty_outbox(self) -> None:
+        """Issue 17 item 6: a peer with our session and its own is one line; an outbox
+        with nothing owed says so instead of "0 queued, 0 sent, 0 delivered"."""
+        from sixchat.cli.agent import format_status
+
+        session = {"peer": BOB, "suite": "aes-256-gcm", "group": "x25519"}
+        lines = format_status(
+            {
+                "identity": ALICE,
+                "listening": "127.0.0.1:4605",
+                "sessions": [
+                    {**session, "node": "laptop", "direction": "outgoing"},
+                    {**session, "node": None, "direction": "incoming"},
+                    {**session, "peer": "carol@example.com", "node": None,
+                     "direction": "incoming"},
+                ],  # fmt: skip
+                "outbox": {"queued": 0, "sent": 0, "delivered": 0},
+            }
+        )
+        self.assertEqual(
+            lines[2:],
+            [
+                "advertised:  -",
+                "sessions:    2",
+                f"  {BOB}  node laptop  aes-256-gcm  x25519  (2 sessions: incoming and outgoing)",
+                "  carol@example.com  aes-256-gcm  x25519",
+                "outbox:      empty (every message delivered)",
+            ],
+        )
 
     @defer.inlineCallbacks
     def test_trust(self) -> Any:
         out, err, code = yield run(["trust", "carol@example.com", *self.dd])
         self.assertEqual(code, 0, err)
         self.assertIn("a key change is pending", out)
-        self.assertNotIn(("trust", "carol@example.com", True), self.agent.calls)
+        self.assertIn(f"  new key {'bb' * 32}  (refused, pending)", out)
+        self.assertIn(f"!! carol@example.com has a NEW KEY {'bb' * 32}, REFUSED", out)
+        self.assertNotIn(("trust", "carol@example.com", True, False), self.agent.calls)
         out, err, code = yield run(["trust", "carol@example.com", "--accept-new-key", *self.dd])
         self.assertEqual(code, 0, err)
-        self.assertEqual(out, f"accepted the new key of carol@example.com\n  key {'bb' * 32}\n")
-        self.assertIn(("trust", "carol@example.com", True), self.agent.calls)
+        self.assertEqual(
+            out,
+            f"accepted the new key of carol@example.com\n  key {'aa' * 32}\n"
+            f"  key {'bb' * 32}  (new)\n",
+        )
+        self.assertIn(("trust", "carol@example.com", True, False), self.agent.calls)
+        out, err, code = yield run(["trust", "carol@example.com", "--forget-old", *self.dd])
+        self.assertEqual(code, 0, err)
+        self.assertEqual(
+            out,
+            f"forgot 1 old key(s) of carol@example.com:\n  forgotten {'aa' * 32}\n"
+            f"  key {'bb' * 32}\n",
+        )
+        self.assertIn(("trust", "carol@example.com", False, True), self.agent.calls)
         out, err, code = yield run(["trust", "carol@example.com", "--accept-new-key", *self.dd])
         self.assertEqual(code, 0, err)
         self.assertIn("no pending key change for carol@example.com", out)

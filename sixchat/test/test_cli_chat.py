@@ -65,6 +65,41 @@ class ChatCLITests(AgentCLIMixin, unittest.TestCase):
         self.assertEqual([s[2] for s in self.agent.sends()], ["héllo", "/slash"])
 
     @defer.inlineCallbacks
+    def test_chat_shows_key_changes_and_presence(self) -> Any:
+        """Issue 17 items 5 and 6: a pending key change after the history, live key
+        changes, and the peer going offline and coming back."""
+        carol = "carol@example.com"
+        proc = spawn_cli(["chat", carol, *self.dd])
+        yield wait_for(lambda: b"REFUSED" in proc.out, what="history")
+        yield wait_for(lambda: self.agent.observers, what="subscription")
+        lines = proc.text.splitlines()
+        self.assertRegex(lines[1], r"^\[09:00\] carol@example\.com: evil")
+        self.assertEqual(lines[2], f"!! {carol} has a NEW KEY {'bb' * 32}, REFUSED (pin policy "
+                         f"refuse): nothing is exchanged with it until you check it with them "
+                         f"and run 'sixchat trust {carol} --accept-new-key'")  # fmt: skip
+        self.agent.emit({"type": "session", "peer": carol, "state": "open"})
+        self.agent.emit({"type": "presence", "peer": carol, "nodes": []})
+        self.agent.emit({"type": "presence", "peer": carol, "nodes": []})  # once
+        self.agent.emit({"type": "presence", "peer": carol, "nodes": ["phone"]})
+        self.agent.emit({"type": "key_change", "peer": carol, "fingerprint": "cc" * 32,
+                         "policy": "warn", "action": "warned"})  # fmt: skip
+        self.agent.emit({"type": "presence", "peer": BOB, "nodes": []})  # another peer
+        yield wait_for(lambda: b"NEW KEY " + b"c" * 64 in proc.out, what="key change")
+        proc.transport.closeStdin()
+        code = yield proc.ended
+        self.assertEqual(code, 0, proc.err)
+        self.assertEqual(
+            proc.text.splitlines()[3:],
+            [
+                f"--- {carol} is offline: messages wait in the outbox until they are back ---",
+                f"--- {carol} is online again (1 device(s)) ---",
+                f"!! {carol} has a NEW KEY {'cc' * 32} (pin policy warn: messages still flow); "
+                f"check it with them, then 'sixchat trust {carol} --forget-old' retires the "
+                "old one",
+            ],
+        )
+
+    @defer.inlineCallbacks
     def test_chat_end_of_input_sends_last_line(self) -> Any:
         out, err, code = yield run(["chat", BOB, *self.dd], stdin=b"first\nlast without newline")
         self.assertEqual(code, 0, err)
@@ -118,6 +153,12 @@ class ChatCLITests(AgentCLIMixin, unittest.TestCase):
         proc.transport.write(b"\r")
         yield wait_for(lambda: self.agent.sends(), what="send")
         self.assertEqual(self.agent.sends(), [("send", BOB, "hi", None, None)])
+        # issue 17 item 6: typing a command tells the peer nothing
+        before = len(self.agent.typings())
+        proc.transport.write(b"/help")
+        proc.transport.write(b"\r")
+        yield wait_for(lambda: b"/quit leaves" in proc.out, what="help")
         proc.transport.write(b"\x04")  # Ctrl-D on an empty line
         code = yield proc.ended
         self.assertEqual(code, 0, proc.text)
+        self.assertEqual(self.agent.typings()[before:], [])

@@ -126,11 +126,14 @@ class CommandTests(ServerMixin, unittest.TestCase):
         yield self.serve()
         client = yield self.connect()
         result = yield client.trust("carol@example.com", True)
-        self.assertEqual(result, {"identity": "carol@example.com", "keys": ["bb" * 32],
-                                  "accepted": True})  # fmt: skip
+        self.assertEqual(result, {"identity": "carol@example.com", "keys": ["aa" * 32, "bb" * 32],
+                                  "accepted": ["bb" * 32], "forgotten": []})  # fmt: skip
         result = yield client.trust(BOB, False)
         self.assertFalse(result["accepted"])
-        self.assertEqual(self.agent.calls[-1], ("trust", BOB, False))
+        self.assertEqual(self.agent.calls[-1], ("trust", BOB, False, False))
+        result = yield client.trust("carol@example.com", False, True)
+        self.assertEqual((result["keys"], result["forgotten"]), (["bb" * 32], ["aa" * 32]))
+        self.assertEqual(self.agent.calls[-1], ("trust", "carol@example.com", False, True))
         yield client.typing(BOB, "composing")
         yield client.typing(BOB, "paused")
         self.assertEqual(

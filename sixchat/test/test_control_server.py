@@ -72,6 +72,29 @@ class EventTests(ServerMixin, unittest.TestCase):
         self.assertEqual(len(recorder.events), 3)
 
     @defer.inlineCallbacks
+    def test_one_peers_presence_is_followed_while_subscribed(self) -> Any:
+        """Issue 17 item 6 (chat shows the peer going offline): a subscription to one
+        peer's presence has the agent follow it, until unsubscribed or disconnected."""
+        yield self.serve()
+        client = yield self.connect()
+        follows = lambda: [c for c in self.agent.calls if "ollowPresence" in c[0]]  # noqa: E731
+        yield client.subscribe(["message"], BOB)  # no presence: nothing followed
+        yield client.subscribe(None)  # every peer: nothing followed
+        self.assertEqual(follows(), [])
+        yield client.subscribe(["message", "presence"], BOB)
+        self.assertEqual(follows(), [("followPresence", BOB)])
+        yield client.subscribe(["presence"], "carol@example.com")  # replaces it
+        yield client.unsubscribe()
+        self.assertEqual(
+            follows(),
+            [("followPresence", BOB), ("unfollowPresence", BOB),
+             ("followPresence", "carol@example.com"), ("unfollowPresence", "carol@example.com")],
+        )  # fmt: skip
+        yield client.subscribe(["presence"], BOB)
+        client.transport.loseConnection()
+        yield wait_for(lambda: follows()[-1] == ("unfollowPresence", BOB), what="release")
+
+    @defer.inlineCallbacks
     def test_add_observer_subscribes_and_disconnect_unsubscribes(self) -> Any:
         yield self.serve()
         client = yield self.connect()

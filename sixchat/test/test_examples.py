@@ -57,6 +57,30 @@ class AgentTacTests(E2ECase):
         self.assertIsInstance(timer, internet.TimerService)
         self.assertFalse(agent.running)
 
+    def test_listens_on_loopback_by_default(self) -> None:
+        """Issue 17 item 6: like the README, the example listens on loopback unless told."""
+        env = self.tacEnv()
+        del env["SIXCHAT_LISTEN"]
+        self.patch(os, "environ", {**{k: v for k, v in os.environ.items()
+                                      if k != "SIXCHAT_LISTEN"}, **env})  # fmt: skip
+        application = service.loadApplication(TAC, "python")
+        agent = list(service.IServiceCollection(application))[0]
+        self.assertEqual(agent.listener.listen, "tcp:0:interface=127.0.0.1")
+
+    def test_api_md_runs_it_beside_the_readme_agent(self) -> None:
+        """Issue 17 items 6 and 7: api.md's command gives the example a data directory and
+        node of its own (the README's agent uses `--data-dir alice`) and loopback."""
+        with open(os.path.join(REPO, "docs", "api.md"), encoding="utf-8") as f:
+            api = f.read()
+        command = api[api.index("SIXCHAT_CERT=alice.p12") : api.index("agent.tac\n")]
+        self.assertIn("SIXCHAT_DATA_DIR=alice-bot", command)
+        self.assertIn("SIXCHAT_NODE=bot", command)
+        self.assertIn("SIXCHAT_LISTEN=tcp:0:interface=127.0.0.1", command)
+        with open(os.path.join(REPO, "README.md"), encoding="utf-8") as f:
+            readme = f.read()
+        self.assertIn("--data-dir alice ", readme)
+        self.assertNotIn("--data-dir alice-bot", readme)
+
     @defer.inlineCallbacks
     def test_twistd_runs_it(self) -> Any:
         """twistd -n -y agent.tac: registered, echoes bob, status page and CLI answer."""

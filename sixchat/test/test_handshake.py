@@ -582,6 +582,59 @@ class PinTests(unittest.SynchronousTestCase):
         self.assertEqual(x.failure("alice").error.reason, "bad_certificate")
         self.assertEqual(x.peer_alert("bob"), "bad_certificate")
 
+    def test_refused_key_is_reported_in_both_roles(self) -> None:
+        """Issue 17 item 5: C{on_refused} hears of the refused key whichever side refuses,
+        and only once the peer proved it holds the key (initiator: after M4)."""
+        refused: list[tuple[str, bytes]] = []
+        store = InMemoryPinStore()
+        self.handshake("refuse", store, fresh_key=False)
+        key = certs.new_key("ed25519")
+        identity = certs.make_identity("bob@example.com", CA, key=key)
+        pins = PinPolicy(store, "refuse", on_refused=lambda *a: refused.append(a))
+        x = Exchange(
+            alice=config("alice@example.com", pins=pins),
+            bob=config("bob@example.com", identity=identity),
+        ).run()
+        self.assertEqual(x.failure("alice").error.reason, "bad_certificate")
+        self.assertEqual(refused, [("bob@example.com", identity.spki_sha256)])
+        self.assertEqual(store.known("bob@example.com"), pins.store.known("bob@example.com"))
+        self.assertNotIn(identity.spki_sha256, store.known("bob@example.com"))
+        # responder
+        old = certs.make_identity("alice@example.com", CA)
+        store.add("alice@example.com", old.spki_sha256)
+        new = certs.make_identity("alice@example.com", CA, key=certs.new_key("ed25519"))
+        bob = config("bob@example.com", pins=pins)
+        x = Exchange(alice=config("alice@example.com", identity=new), bob=bob).run()
+        self.assertEqual(x.failure("bob").error.reason, "bad_certificate")
+        self.assertEqual(refused[1], ("alice@example.com", new.spki_sha256))
+        # warn and accept never call it
+        for policy in ("warn", "accept"):
+            pins = PinPolicy(store, policy, on_refused=lambda *a: refused.append(a))
+            other = certs.make_identity("alice@example.com", CA, key=certs.new_key("ed25519"))
+            Exchange(
+                alice=config("alice@example.com", identity=other),
+                bob=config("bob@example.com", pins=pins),
+            ).run()
+        self.assertEqual(len(refused), 2)
+
+    def test_initiator_checks_pins_after_the_responders_signature(self) -> None:
+        """A responder that shows a pinned identity's other certificate but cannot sign
+        with its key is not a key change: nothing is reported (bad signature instead)."""
+        refused: list[tuple[str, bytes]] = []
+        store = InMemoryPinStore()
+        self.handshake("refuse", store, fresh_key=False)
+        real = certs.make_identity("bob@example.com", CA, key=certs.new_key("ed25519"))
+        impostor = certs.make_identity("bob@example.com", CA, key=certs.new_key("ed25519"))
+        impostor.leaf, impostor.leaf_der = real.leaf, real.leaf_der
+        impostor.chain_der = [real.leaf_der, *real.chain_der[1:]]
+        pins = PinPolicy(store, "refuse", on_refused=lambda *a: refused.append(a))
+        x = Exchange(
+            alice=config("alice@example.com", pins=pins),
+            bob=config("bob@example.com", identity=impostor),
+        ).run()
+        self.assertNotEqual(x.failure("alice").error.reason, "bad_certificate")
+        self.assertEqual(refused, [])
+
     def test_responder_refuses_only_after_m8(self) -> None:
         store = InMemoryPinStore()
         pins = PinPolicy(store, "refuse")

@@ -14,6 +14,7 @@ for trying the command line by hand.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from typing import Any, cast
 
 from twisted.internet import defer
@@ -43,7 +44,7 @@ def sample_history() -> list[dict[str, Any]]:
             "direction": "in",
             "body": "Hello, Alice",
             "ts": "2026-11-26T08:00:00.000Z",
-            "received_at": "2026-11-26T08:00:01.000Z",
+            "at": "2026-11-26T08:00:01.000Z",
         },
         {
             "id": "h2",
@@ -51,6 +52,7 @@ def sample_history() -> list[dict[str, Any]]:
             "direction": "out",
             "body": "Hi Bob\nsecond line",
             "ts": "2026-11-26T08:01:00.000Z",
+            "at": "2026-11-26T08:01:00.000Z",
             "state": "delivered",
         },
         {
@@ -59,6 +61,7 @@ def sample_history() -> list[dict[str, Any]]:
             "direction": "in",
             "body": "evil \x1b[2J\u202egnp.exe",
             "ts": "2026-11-26T09:00:00.000Z",
+            "at": "2026-11-26T09:00:02.000Z",
         },
     ]
 
@@ -98,13 +101,19 @@ class FakeAgent:
                 "last_seen": "2026-11-26T08:00:00.000Z",
                 "keys": ["9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"],
                 "key_change_pending": False,
+                "pending_keys": [],
+                "key_events": [],
             },
             {
                 "identity": "carol@example.com",
                 "first_seen": "2026-11-02T10:00:00.000Z",
                 "last_seen": None,
-                "keys": ["aa" * 32, "bb" * 32],
+                "keys": ["aa" * 32],
                 "key_change_pending": True,
+                "pending_keys": ["bb" * 32],
+                "key_events": [
+                    {"what": "refused", "fingerprint": "bb" * 32, "at": "2026-11-26T08:02:00.000Z"}
+                ],
             },
         ]
 
@@ -231,18 +240,35 @@ class FakeAgent:
             }
         )
 
-    def trust(self, identity: str, accept_new_key: bool) -> defer.Deferred[dict[str, Any]]:
-        self.calls.append(("trust", identity, accept_new_key))
+    def trust(
+        self, identity: str, accept_new_key: bool, forget_old: bool = False
+    ) -> defer.Deferred[dict[str, Any]]:
+        self.calls.append(("trust", identity, accept_new_key, forget_old))
         for contact in self.contact_list:
             if contact["identity"] == identity:
-                accepted = bool(accept_new_key and contact["key_change_pending"])
+                accepted = contact["pending_keys"] if accept_new_key else []
                 if accepted:
                     contact["key_change_pending"] = False
-                    contact["keys"] = contact["keys"][-1:]
+                    contact["pending_keys"] = []
+                    contact["keys"] = sorted(set(contact["keys"]) | set(accepted))
+                forgotten: list[str] = []
+                if forget_old:
+                    keep = set(accepted or contact["keys"][-1:])
+                    forgotten = [k for k in contact["keys"] if k not in keep]
+                    contact["keys"] = [k for k in contact["keys"] if k in keep]
                 return defer.succeed(
-                    {"identity": identity, "keys": contact["keys"], "accepted": accepted}
+                    {
+                        "identity": identity,
+                        "keys": contact["keys"],
+                        "accepted": accepted,
+                        "forgotten": forgotten,
+                    }
                 )
         raise UnknownIdentity(f"{identity} is not a contact")
+
+    def followPresence(self, peer: str) -> Callable[[], None]:
+        self.calls.append(("followPresence", peer))
+        return lambda: self.calls.append(("unfollowPresence", peer))
 
     def typing(self, to: str, state: str) -> defer.Deferred[None]:
         self.calls.append(("typing", to, state))

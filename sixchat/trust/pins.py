@@ -9,6 +9,8 @@ that recording stays the caller's decision, made once a handshake is accepted.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from zope.interface import Interface, implementer
 
 from sixchat.errors import BadCertificate
@@ -54,14 +56,24 @@ class PinPolicy:
     L{check} only classifies; recording is the caller's decision, made after the handshake
     is accepted (§11.15: the set holds keys "seen in an accepted handshake"), with L{add}.
     L{enforce} is L{check} plus the C{refuse} policy; a responder calls it only after M7 and
-    M8 verified (§11.15).
+    M8 verified (§11.15), an initiator after M4 (the responder's signature) verified.
+
+    @ivar on_refused: called with (identity, SPKI hash) when L{enforce} refuses a key, before
+        it raises, so the refused key can be kept for the user to decide on (a user agent
+        records it as a pending key change).
     """
 
-    def __init__(self, store: IPinStore | None = None, policy: str = "warn") -> None:
+    def __init__(
+        self,
+        store: IPinStore | None = None,
+        policy: str = "warn",
+        on_refused: Callable[[str, bytes], None] | None = None,
+    ) -> None:
         if policy not in PIN_POLICIES:
             raise ValueError(f"pin policy must be one of {', '.join(PIN_POLICIES)}, not {policy!r}")
         self.store: IPinStore = store if store is not None else InMemoryPinStore()
         self.policy = policy
+        self.on_refused = on_refused
 
     def check(self, identity: str, spki_sha256: bytes) -> str:
         """C{'new'} (first contact), C{'known'} (in the set) or C{'changed'} (another key)."""
@@ -80,6 +92,8 @@ class PinPolicy:
         """
         result = self.check(identity, spki_sha256)
         if result == "changed" and self.policy == "refuse":
+            if self.on_refused is not None:
+                self.on_refused(identity, bytes(spki_sha256))
             raise BadCertificate(f"the key of {identity} changed and pin policy is refuse")
         return result
 

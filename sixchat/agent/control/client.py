@@ -137,8 +137,16 @@ class ControlClient(amp.AMP):
     def status(self) -> defer.Deferred[Any]:
         return self._remote(Status, "status").addCallback(lambda r: r["status"])
 
-    def trust(self, identity: str, accept_new_key: bool) -> defer.Deferred[Any]:
-        d = self._remote(Trust, "trust", identity=identity, accept_new_key=accept_new_key)
+    def trust(
+        self, identity: str, accept_new_key: bool, forget_old: bool = False
+    ) -> defer.Deferred[Any]:
+        d = self._remote(
+            Trust,
+            "trust",
+            identity=identity,
+            accept_new_key=accept_new_key,
+            forget_old=forget_old,
+        )
         return d.addCallback(lambda r: r["result"])
 
     def typing(self, to: str, state: str) -> defer.Deferred[None]:

@@ -211,9 +211,13 @@ class Status(_AgentCommand):
 
 
 class Trust(_AgentCommand):
-    """L{IUserAgent.trust}: C{result} is C{{identity, keys, accepted}}."""
+    """L{IUserAgent.trust}: C{result} is C{{identity, keys, accepted, forgotten}}."""
 
-    arguments = [(b"identity", amp.Unicode()), (b"accept_new_key", amp.Boolean())]
+    arguments = [
+        (b"identity", amp.Unicode()),
+        (b"accept_new_key", amp.Boolean()),
+        (b"forget_old", amp.Boolean(optional=True)),
+    ]
     response = [(b"result", JSON())]
 
 

@@ -129,8 +129,18 @@ class ControlProtocol(amp.AMP):
         self._abort_timer: IDelayedCall | None = None
         self._pending: set[defer.Deferred[Any]] = set()
         self.credentials: PeerCredentials | None = None
+        #: Ends the presence watch a subscription for one peer's presence asked for.
+        self._following: Callable[[], None] | None = None
 
     # connection ------------------------------------------------------------------------
+
+    def makeConnection(self, transport: Any) -> None:
+        # amp.AMP logs every connection at info level; each CLI call is one, so the agent's
+        # log would be mostly those lines. The same, at debug level.
+        self._transportPeer = transport.getPeer()
+        self._transportHost = transport.getHost()
+        log.debug("control connection established")
+        amp.BinaryBoxProtocol.makeConnection(self, transport)
 
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -153,7 +163,9 @@ class ControlProtocol(amp.AMP):
         # Nobody is left to answer: stop waiting for the agent (e.g. a long WaitDelivered).
         for d in list(self._pending):
             d.cancel()
-        super().connectionLost(reason)
+        log.debug("control connection lost")
+        amp.BinaryBoxProtocol.connectionLost(self, reason)  # amp.AMP's, without its info line
+        self.transport = None
 
     # commands --------------------------------------------------------------------------
 
@@ -249,10 +261,17 @@ class ControlProtocol(amp.AMP):
         return self._call("status", self.agent.status, wrap=lambda r: {"status": r})
 
     @Trust.responder
-    def _trust(self, identity: str, accept_new_key: bool) -> defer.Deferred[Any]:
+    def _trust(
+        self, identity: str, accept_new_key: bool, forget_old: bool | None = None
+    ) -> defer.Deferred[Any]:
         check_identity(identity)
         return self._call(
-            "trust", self.agent.trust, identity, accept_new_key, wrap=lambda r: {"result": r}
+            "trust",
+            self.agent.trust,
+            identity,
+            accept_new_key,
+            bool(forget_old),
+            wrap=lambda r: {"result": r},
         )
 
     @Typing.responder
@@ -274,10 +293,21 @@ class ControlProtocol(amp.AMP):
             check_identity(peer, "peer")
         self._types = frozenset(types) if types else None
         self._peer = peer
+        self._stop_following()
+        follow = getattr(self.agent, "followPresence", None)
+        if follow is not None and peer is not None and (types is None or "presence" in types):
+            # presence of one peer is wanted (chat): have the agent watch it meanwhile (an
+            # agent without that method, e.g. another IUserAgent, sends what it has)
+            self._following = follow(peer)
         if not self.subscribed:
             self.subscribed = True
             self.agent.addObserver(self)
         return {}
+
+    def _stop_following(self) -> None:
+        release, self._following = self._following, None
+        if release is not None:
+            release()
 
     @Unsubscribe.responder
     def _unsubscribe(self) -> dict[str, Any]:
@@ -287,6 +317,7 @@ class ControlProtocol(amp.AMP):
     # events ----------------------------------------------------------------------------
 
     def _stop_events(self) -> None:
+        self._stop_following()
         if self.subscribed:
             self.subscribed = False
             self.agent.removeObserver(self)

@@ -68,12 +68,14 @@ from __future__ import annotations
 
 from sixchat.agent.store.database import MessageDatabase
 from sixchat.agent.store.pins import SQLitePinStore
+from sixchat.agent.store.reads import ReadOnlyDatabase
 from sixchat.agent.store.records import (
     DEFAULT_FILENAME,
     DELIVERED,
     EXPIRED,
     FAILED,
     INCOMING,
+    KEY_EVENTS,
     MESSAGE_STATES,
     NODE_STATES,
     OUTGOING,
@@ -86,6 +88,7 @@ from sixchat.agent.store.records import (
     ConversationSummary,
     HistoryEntry,
     KeyChange,
+    KeyEvent,
     MessageIdConflict,
     MessageStatus,
     NodeDelivery,
@@ -107,7 +110,9 @@ __all__ = [
     "FAILED",
     "HistoryEntry",
     "INCOMING",
+    "KEY_EVENTS",
     "KeyChange",
+    "KeyEvent",
     "MESSAGE_STATES",
     "MessageDatabase",
     "MessageIdConflict",
@@ -120,6 +125,7 @@ __all__ = [
     "OutgoingMessage",
     "QUEUED",
     "RECEIVED",
+    "ReadOnlyDatabase",
     "SCHEMA_VERSION",
     "SENT",
     "SNIPPET_CHARS",

@@ -21,6 +21,7 @@ from sixchat.agent.store.reads import DatabaseReads
 from sixchat.agent.store.records import (
     EXPIRED,
     FAILED,
+    KEY_EVENTS,
     QUEUED,
     SENT,
     MessageIdConflict,
@@ -525,6 +526,32 @@ class MessageDatabase(DatabaseReads):
                 (peer, spki, now_us, now_us),
             )
             return True
+
+    def note_key_event(self, identity: str, spki: bytes, what: str, now: datetime) -> None:
+        """Add a line to the contact's key history (L{KeyEvent})."""
+        if what not in KEY_EVENTS:
+            raise ValueError(f"key event must be one of {', '.join(KEY_EVENTS)}")
+        peer = normalize_identity(identity)
+        with self._write(durable=False) as conn:
+            conn.execute(
+                "INSERT INTO key_events (peer, spki, what, at_us) VALUES (?, ?, ?, ?)",
+                (peer, check_spki(spki), what, to_us(now)),
+            )
+
+    def forget_pins(self, identity: str, spkis: Sequence[bytes], now: datetime) -> None:
+        """Unpin keys (C{sixchat trust --forget-old}), each noted as C{forgotten}."""
+        peer = normalize_identity(identity)
+        now_us = to_us(now)
+        with self._write() as conn:
+            for spki in spkis:
+                conn.execute(
+                    "DELETE FROM pins WHERE peer = ? AND spki = ?", (peer, check_spki(spki))
+                )
+                conn.execute(
+                    "INSERT INTO key_events (peer, spki, what, at_us) "
+                    "VALUES (?, ?, 'forgotten', ?)",
+                    (peer, bytes(spki), now_us),
+                )
 
 
 def _too_new(version: int, known: int) -> SchemaTooNewError:

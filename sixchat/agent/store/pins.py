@@ -14,7 +14,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from sixchat.agent.store.database import MessageDatabase
-from sixchat.agent.store.records import KeyChange, PinMaps, StoreError, check_spki
+from sixchat.agent.store.records import KeyChange, KeyEvent, PinMaps, StoreError, check_spki
 from sixchat.identity import normalize_identity
 from sixchat.trust import IPinStore
 
@@ -121,3 +121,33 @@ class SQLitePinStore:
         # Nothing new to write: an earlier add() of the key may still be on its way.
         d = written if written is not None else self._store.flush()
         return d.addCallback(lambda _: spkis)
+
+    def note_key_event(
+        self, identity: str, spki_sha256: bytes, what: str, now: datetime
+    ) -> Deferred[None]:
+        """A line of the contact's key history (L{KeyEvent}), for the conversation view."""
+        return self._store._run(MessageDatabase.note_key_event, identity, spki_sha256, what, now)
+
+    def key_events(
+        self, identity: str | None = None, since: datetime | None = None, limit: int = 100
+    ) -> Deferred[list[KeyEvent]]:
+        """The most recent key events (of one identity, or all), oldest first."""
+        return self._store._run(MessageDatabase.key_events, identity, since, limit)
+
+    def forget(self, identity: str, keep: frozenset[bytes], now: datetime) -> Deferred[list[bytes]]:
+        """
+        Unpin every key of C{identity} but those in C{keep} (C{sixchat trust --forget-old}):
+        the peer presenting one of them again is a key change. Durable when it fires; fires
+        with the keys forgotten.
+        """
+        try:
+            peer = normalize_identity(identity)
+            db = self._store._database()
+        except (ValueError, StoreError) as e:
+            return fail(e)
+        pinned = self._pins.get(peer, set())
+        gone = sorted(pinned - keep)
+        if not gone:
+            return succeed([])
+        pinned.difference_update(gone)
+        return self._store._call(db.forget_pins, peer, gone, now).addCallback(lambda _: gone)

@@ -7,13 +7,16 @@ reads are one snapshot each and change nothing.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
+from urllib.parse import quote
 
 from sixchat._sqlite import from_us, opt_dt, to_us
+from sixchat.agent.store.cipher import file_state
 from sixchat.agent.store.records import (
     DELIVERED,
     INCOMING,
@@ -25,16 +28,19 @@ from sixchat.agent.store.records import (
     ConversationSummary,
     HistoryEntry,
     KeyChange,
+    KeyEvent,
     MessageStatus,
     NodeDelivery,
     OutgoingMessage,
     PinMaps,
+    SchemaTooNewError,
+    StoreError,
     derive_state,
 )
-from sixchat.agent.store.schema import DELIVERY_COLUMNS, OUT_COLUMNS
+from sixchat.agent.store.schema import DELIVERY_COLUMNS, OUT_COLUMNS, SCHEMA_VERSION
 from sixchat.identity import normalize_identity
 
-__all__ = ["DatabaseReads"]
+__all__ = ["DatabaseReads", "ReadOnlyDatabase"]
 
 
 class DatabaseReads:
@@ -291,3 +297,74 @@ class DatabaseReads:
             KeyChange(peer, bytes(spki), from_us(first), from_us(last), int(times))
             for peer, spki, first, last, times in rows
         ]
+
+    def key_events(
+        self, identity: str | None = None, since: datetime | None = None, limit: int = 100
+    ) -> list[KeyEvent]:
+        """The most recent C{limit} key events (of one identity, or all), oldest first."""
+        clauses = ["1"]
+        params: list[Any] = []
+        if identity is not None:
+            clauses.append("peer = ?")
+            params.append(normalize_identity(identity))
+        if since is not None:
+            clauses.append("at_us >= ?")
+            params.append(to_us(since))
+        params.append(limit)
+        sql = (
+            "SELECT peer, spki, what, at_us FROM key_events WHERE "  # noqa: S608
+            + " AND ".join(clauses)
+            + " ORDER BY at_us DESC, seq DESC LIMIT ?"
+        )
+        rows = list(self._conn.execute(sql, params))
+        return [
+            KeyEvent(peer, bytes(spki), what, from_us(at_us))
+            for peer, spki, what, at_us in reversed(rows)
+        ]
+
+
+class ReadOnlyDatabase(DatabaseReads):
+    """
+    The agent's store opened read-only, for C{sixchat inbox} while the agent is stopped.
+
+    SQLite's read-only mode (C{mode=ro}) never writes the file, never migrates it and never
+    takes the write lock, so it is safe next to an agent that starts meanwhile (WAL: readers
+    and the one writer do not block each other). Blocking: for a short-lived command, not
+    the reactor thread.
+
+    @raise StoreError: the file does not exist or is not a sixchat store.
+    @raise SchemaTooNewError: a newer sixchat wrote it.
+    """
+
+    def __init__(self, path: str) -> None:
+        if not os.path.isfile(path):
+            raise StoreError(f"no message store at {path}")
+        if file_state(path) == "encrypted":
+            raise StoreError(
+                f"{path} is encrypted; start the agent (it unlocks the store with the "
+                "identity's password) to read it"
+            )
+        uri = "file:" + quote(os.path.abspath(path)) + "?mode=ro"
+        self._conn = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=10.0)
+        try:
+            row = self._conn.execute("SELECT version FROM schema_version").fetchone()
+        except sqlite3.DatabaseError as e:
+            self._conn.close()
+            raise StoreError(f"{path} is not a sixchat message store ({e})") from None
+        self.schema_version = int(row[0]) if row else 0
+        if self.schema_version > SCHEMA_VERSION:
+            self._conn.close()
+            raise SchemaTooNewError(
+                f"the message store has schema version {self.schema_version}; this sixchat "
+                f"knows {SCHEMA_VERSION} (upgrade sixchat)"
+            )
+
+    def key_events(
+        self, identity: str | None = None, since: datetime | None = None, limit: int = 100
+    ) -> list[KeyEvent]:
+        if self.schema_version < 2:  # written before the key history existed
+            return []
+        return super().key_events(identity, since, limit)
+
+    def close(self) -> None:
+        self._conn.close()

@@ -283,6 +283,29 @@ class KeyChange:
         return self.spki_sha256.hex()
 
 
+#: What a key event records (L{KeyEvent.what}): how the pin policy met a key change, or what
+#: the user decided.
+KEY_EVENTS = ("warned", "accepted", "refused", "trusted", "forgotten")
+
+
+@dataclass(frozen=True)
+class KeyEvent:
+    """
+    One line of a contact's key history (§9.3), for the conversation view: a key change
+    and how the pin policy met it (C{warned}, C{accepted}, C{refused}), or the user's
+    decision (C{trusted}: C{sixchat trust --accept-new-key}; C{forgotten}: C{--forget-old}).
+    """
+
+    identity: str
+    spki_sha256: bytes
+    what: str
+    at: datetime
+
+    @property
+    def fingerprint(self) -> str:
+        return self.spki_sha256.hex()
+
+
 def check_spki(spki: bytes) -> bytes:
     if not isinstance(spki, bytes | bytearray | memoryview) or len(spki) != 32:
         raise ValueError("a pin is a 32-byte SHA-256")

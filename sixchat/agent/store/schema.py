@@ -89,6 +89,25 @@ MIGRATIONS: tuple[tuple[Step, ...], ...] = (
         ) WITHOUT ROWID
         """,
     ),
+    # version 2
+    (
+        # §9.3: what the user was told about keys, kept for the conversation view (like a
+        # messenger's "safety number changed" line): a key change and how the pin policy met
+        # it (warned, accepted, refused), and the user's decisions (trusted, forgotten). The
+        # agent notes a change once, when it is first seen (a refused key presented at every
+        # retry is one line).
+        """
+        CREATE TABLE key_events (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            peer TEXT NOT NULL,
+            spki BLOB NOT NULL CHECK (length(spki) = 32),
+            what TEXT NOT NULL
+                CHECK (what IN ('warned', 'accepted', 'refused', 'trusted', 'forgotten')),
+            at_us INTEGER NOT NULL
+        )
+        """,
+        "CREATE INDEX key_events_by_peer ON key_events (peer, at_us, seq)",
+    ),
 )
 
 #: The schema version this code writes.
