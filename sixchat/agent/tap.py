@@ -36,6 +36,13 @@ class Options(usage.Options):
         ["trust", "t", None, "trust anchors: a PEM bundle or a directory of PEM files"],
         ["listen", "l", DEFAULT_LISTEN, "Twisted endpoint string to listen on"],
         ["pin-policy", None, "warn", "on a known contact's key change: accept|warn|refuse"],
+        [
+            "revocation",
+            None,
+            "soft",
+            "soft: without a usable CRL for an issuer, log it and accept (the spec's default); "
+            "hard: refuse (bad_certificate) unless every issuer on the path has a current CRL",
+        ],
         ["handshake-timeout", None, "15", "seconds a handshake may take"],
         ["idle-timeout", None, "300", "seconds without traffic before a session is closed"],
         ["padding", None, "0", "pad sealed records to a multiple of this many bytes (0: off)"],
@@ -113,6 +120,7 @@ class Options(usage.Options):
             raise usage.UsageError("--trust is required (the CA certificate(s) you trust)")
         if self["pin-policy"] not in PIN_POLICIES:
             raise usage.UsageError("--pin-policy must be accept, warn or refuse")
+        check_revocation_option(self["revocation"])
         for name in ("handshake-timeout", "idle-timeout"):
             try:
                 self[name] = float(self[name])
@@ -205,6 +213,14 @@ def check_registry_options(options: Any) -> None:
     options["register-expires"] = expires
 
 
+def check_revocation_option(value: str) -> None:
+    """C{--revocation}: soft or hard (L{sixchat.trust.crl.REVOCATION_MODES})."""
+    from sixchat.trust.crl import REVOCATION_MODES
+
+    if value not in REVOCATION_MODES:
+        raise usage.UsageError(f"--revocation must be soft or hard, not {value!r}")
+
+
 def build_config(options: Any) -> PeerConfig:
     """Load identity, trust anchors, CRLs and policies; one-line errors for the user."""
     from twisted.logger import Logger
@@ -217,7 +233,10 @@ def build_config(options: Any) -> PeerConfig:
         password = read_password(options["password-file"])
         identity = load_identity(options["cert"], password, key_path=options["key"])
         trust = TrustStore.from_paths(
-            options["trust"], options["crl"], warn=lambda text: log.warn("{text}", text=text)
+            options["trust"],
+            options["crl"],
+            warn=lambda text: log.warn("{text}", text=text),
+            revocation=options.get("revocation") or "soft",
         )
     except SixchatError as e:
         raise usage.UsageError(str(e)) from None
