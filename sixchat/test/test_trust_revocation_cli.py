@@ -6,20 +6,26 @@ line: C{twistd sixchat --revocation}, C{sixchat probe --revocation} and C{twistd
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 from typing import Any
 
+from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
 from twisted.internet import defer
 from twisted.python import usage
 from twisted.trial import unittest
 
 from sixchat import pki
 from sixchat.agent import tap
+from sixchat.identity import Identity
 from sixchat.irp import tap as irp_tap
+from sixchat.irp.messages import Enroll, Register
 from sixchat.test import certs
-from sixchat.test.processes import Agent, run_cli, run_twistd
+from sixchat.test.irp_harness import CONTACT, make_csr, tls_connect
+from sixchat.test.processes import Agent, Registry, run_cli, run_twistd
 from sixchat.test.test_integration import deferLater, write_people
 
 
@@ -142,3 +148,38 @@ class ProcessTests(unittest.TestCase):
         self.assertIn("--revocation", err)
         self.assertNotIn("Traceback", err)
 
+
+
+class RegistryProcessTests(unittest.TestCase):
+    """A real C{twistd -n sixchat-irp --revocation hard} with a root CA directory."""
+
+    timeout = 120
+
+    async def test_hard_registry_accepts_its_own_users(self) -> None:
+        """The registry's own CRL (made at start-up) covers its users: hard mode works."""
+        tmp = os.path.abspath(self.mktemp())
+        os.makedirs(tmp)
+        for args in (["pki", "init-ca", "ca"],
+                     ["pki", "issue-server", "127.0.0.1", "--ca", "ca", "--out", "irp.p12"]):
+            out, err, code = await run_cli(args, cwd=tmp)
+            self.assertEqual(code, 0, err)  # fmt: skip
+        registry = Registry(tmp, ["--cert", "irp.p12", "--ca-dir", "ca", "--db", "irp.sqlite",
+                                  "--listen", "tcp:0:interface=127.0.0.1",
+                                  "--revocation", "hard"])  # fmt: skip
+        self.addCleanup(registry.stop)
+        port = await registry.start()
+        with open(os.path.join(tmp, "ca", "ca.pem"), "rb") as f:
+            anchor = x509.load_pem_x509_certificate(f.read())
+        out, err, code = await run_cli(
+            ["pki", "invite", "alice@example.com", "--db", "irp.sqlite"], cwd=tmp
+        )
+        self.assertEqual(code, 0, err)
+        client = await tls_connect(self, port, anchor)
+        key = ed25519.Ed25519PrivateKey.generate()
+        issued = await client.request(Enroll("1", out.strip(), make_csr(key)))
+        cert = issued.find("cert")
+        assert cert is not None, issued
+        leaf = x509.load_der_x509_certificate(base64.b64decode(cert.text or ""))
+        alice = await tls_connect(self, port, anchor, Identity(key, leaf, [anchor]))
+        self.assertEqual((await alice.request(Register("2", "n", CONTACT))).tag, "registered")
+        self.assertNotIn("no CRL for issuer", registry.log)
