@@ -38,6 +38,13 @@ class Options(OneLineOptions):
         ["trust", "t", None, "trust anchors: a PEM bundle or a directory of PEM files"],
         ["listen", "l", DEFAULT_LISTEN, "Twisted endpoint string to listen on"],
         ["pin-policy", None, "warn", "on a known contact's key change: accept|warn|refuse"],
+        [
+            "revocation",
+            None,
+            "soft",
+            "soft: without a usable CRL for an issuer, log it and accept (the spec's default); "
+            "hard: refuse (bad_certificate) unless every issuer on the path has a current CRL",
+        ],
         ["handshake-timeout", None, "15", "seconds a handshake may take"],
         ["idle-timeout", None, "300", "seconds without traffic before a session is closed"],
         ["padding", None, "0", "pad sealed records to a multiple of this many bytes (0: off)"],
@@ -124,6 +131,7 @@ class Options(OneLineOptions):
         check_listen(self["listen"])
         if self["pin-policy"] not in PIN_POLICIES:
             raise usage.UsageError("--pin-policy must be accept, warn or refuse")
+        check_revocation_option(self["revocation"])
         for name in ("handshake-timeout", "idle-timeout"):
             try:
                 self[name] = float(self[name])
@@ -231,6 +239,14 @@ def check_registry_options(options: Any) -> None:
     options["register-expires"] = expires
 
 
+def check_revocation_option(value: str) -> None:
+    """C{--revocation}: soft or hard (L{sixchat.trust.crl.REVOCATION_MODES})."""
+    from sixchat.trust.crl import REVOCATION_MODES
+
+    if value not in REVOCATION_MODES:
+        raise usage.UsageError(f"--revocation must be soft or hard, not {value!r}")
+
+
 def build_config(options: Any) -> PeerConfig:
     """Load identity, trust anchors, CRLs and policies; one-line errors for the user."""
     from twisted.logger import Logger
@@ -245,7 +261,10 @@ def build_config(options: Any) -> PeerConfig:
         # Kept for the store key only (unwrapped once, on the store's thread, at start).
         options["store-password"] = password
         trust = TrustStore.from_paths(
-            options["trust"], options["crl"], warn=lambda text: log.warn("{text}", text=text)
+            options["trust"],
+            options["crl"],
+            warn=lambda text: log.warn("{text}", text=text),
+            revocation=options.get("revocation") or "soft",
         )
     except SixchatError as e:
         raise usage.UsageError(str(e)) from None

@@ -58,6 +58,12 @@ def register(subparsers: Any) -> None:
     p.add_argument("--password-file", help="file holding the PKCS#12 password")
     p.add_argument("--trust", required=True, help="trust anchors (PEM bundle or directory)")
     p.add_argument("--crl", action="append", default=[], help="CRL file; repeatable")
+    p.add_argument(
+        "--revocation",
+        choices=("soft", "hard"),
+        default="soft",
+        help="without a usable CRL for an issuer: soft: warn and go on (default); hard: refuse",
+    )
     p.add_argument("--to", help="the identity you want to reach (sent like TLS SNI)")
     p.add_argument("--group", choices=GROUPS, action="append", help="offer only this group")
     p.add_argument("--suite", choices=tuple(SUITES), action="append", help="offer this suite")
@@ -161,7 +167,9 @@ def run(args: argparse.Namespace) -> int:
             return 2
     try:
         identity = load_identity(args.cert, read_password(args.password_file), key_path=args.key)
-        trust = TrustStore.from_paths(args.trust, args.crl, warn=_warn)
+        trust = TrustStore.from_paths(
+            args.trust, args.crl, warn=_warn, revocation=args.revocation
+        )
         registry_anchors = None
         if args.registry_ca:
             from sixchat.irp.client import load_certificates

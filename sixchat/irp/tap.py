@@ -66,6 +66,13 @@ class Options(OneLineOptions):
         ["idle-timeout", None, "600", "seconds without a request before a connection closes"],
         ["leaf-days", None, "365", "validity in days of the certificates the registry issues"],
         [
+            "revocation",
+            None,
+            "soft",
+            "checking client chains' revocation: soft (no usable CRL for an issuer: log, "
+            "accept) or hard (refuse the TLS handshake)",
+        ],
+        [
             "gc-interval",
             None,
             "10",
@@ -95,6 +102,8 @@ class Options(OneLineOptions):
         check_listen(self["listen"])
         if self["lookup-policy"] not in ("authenticated", "public"):
             raise usage.UsageError("--lookup-policy must be authenticated or public")
+        if self["revocation"] not in ("soft", "hard"):
+            raise usage.UsageError(f"--revocation must be soft or hard, not {self['revocation']!r}")
         for name in ("max-requests", "max-watches", "max-nodes", "leaf-days"):
             _positive(self, name, int)
         _positive(self, "idle-timeout", float)
@@ -178,6 +187,7 @@ def makeService(options: Options) -> service.IService:
         now=lambda: datetime.fromtimestamp(reactor.seconds(), UTC),
         leaf_days=options["leaf-days"],
         warn=lambda text: log.warn("{text}", text=text),
+        revocation=options["revocation"],
     )
     interval = options["gc-interval"]
     collector = CollectorPolicy(reactor, interval) if interval else None

@@ -473,3 +473,146 @@ class VectorTests(SynchronousTestCase):
             CertificateExpired, self.trust.validate, alice.chain_der,
             datetime.datetime(2025, 12, 31, tzinfo=datetime.UTC),
         )
+
+
+def _with_extra(template: x509.Certificate, issuer_key, extra) -> x509.Certificate:
+    """C{template} re-signed by C{issuer_key} with C{extra} (extension, critical) added."""
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(template.subject)
+        .issuer_name(template.issuer)
+        .public_key(template.public_key())  # type: ignore[arg-type]
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(template.not_valid_before_utc)
+        .not_valid_after(template.not_valid_after_utc)
+    )
+    for ext in template.extensions:
+        builder = builder.add_extension(ext.value, ext.critical)
+    for value, critical in extra:
+        builder = builder.add_extension(value, critical)
+    return builder.sign(issuer_key, None)
+
+
+def _der(cert: x509.Certificate) -> bytes:
+    return cert.public_bytes(serialization.Encoding.DER)
+
+
+class PathBuildingTests(SynchronousTestCase):
+    """
+    Alternative issuers (two certificates of one CA: same subject and key): the result does
+    not depend on the order the intermediates come in (OpenSSL alone takes the first that
+    fits and never tries the other).
+    """
+
+    def setUp(self):
+        self.now = certs.utcnow()
+        self.ca = certs.make_ca()
+        key = certs.key_for("ed25519", "int:alternatives")
+        _, self.plain = pki.create_intermediate(self.ca.key, self.ca.cert, "alt CA", key=key)
+        constraint = x509.NameConstraints(
+            permitted_subtrees=[x509.RFC822Name("other.org")], excluded_subtrees=None
+        )
+        self.constrained = _with_extra(self.plain, self.ca.key, [(constraint, True)])
+        self.leaf = pki.issue_leaf(key, self.plain, ["alice@example.com"],
+                                   certs.key_for("ed25519", "leaf:alt").public_key())  # fmt: skip
+        self.trust = TrustStore([self.ca.anchor], chain_cache=0)
+
+    def test_either_order(self):
+        for order in ([self.constrained, self.plain], [self.plain, self.constrained]):
+            chain = [_der(self.leaf), *(_der(c) for c in order)]
+            peer = self.trust.validate(chain, self.now)
+            self.assertEqual(peer.names, ("alice@example.com",))
+            self.assertEqual(_der(peer.chain[1]), _der(self.plain))
+
+    def test_only_the_bad_alternative(self):
+        chain = [_der(self.leaf), _der(self.constrained)]
+        error = self.assertRaises(BadCertificate, self.trust.validate, chain, self.now)
+        self.assertIn("depth 0", error.text)
+
+    def test_the_first_error_is_reported(self):
+        """Both alternatives fail: the alert is the first attempt's, whatever the order."""
+        expired = pki.create_intermediate(
+            self.ca.key, self.ca.cert, "alt CA", key=certs.key_for("ed25519", "int:alternatives"),
+            not_before=self.now - 30 * DAY, not_after=self.now - DAY,
+        )[1]  # fmt: skip
+        chain = [_der(self.leaf), _der(self.constrained), _der(expired)]
+        self.assertRaises(BadCertificate, self.trust.validate, chain, self.now)
+
+    def test_bounded(self):
+        """Seven alternatives that all fail: at most 1 + MAX_PATH_ATTEMPTS verifications."""
+        from sixchat.trust import chain as chain_module
+
+        def constrained(template, i):
+            return _with_extra(template, self.ca.key, [(x509.NameConstraints(
+                permitted_subtrees=[x509.RFC822Name(f"other{i}.org")], excluded_subtrees=None),
+                True)])  # fmt: skip
+
+        _, other = pki.create_intermediate(self.ca.key, self.ca.cert, "other CA",
+                                           key=certs.key_for("ed25519", "int:other"))
+        # 4 x 3 orderings of two groups of alternatives, all failing
+        bad = [constrained(self.plain, i) for i in range(4)] + [
+            constrained(other, i) for i in range(3)]  # fmt: skip
+        chain = [_der(self.leaf), *(_der(c) for c in bad)]
+        calls = []
+        real = chain_module.TrustStore._openssl_path
+
+        def counting(store, *args):
+            calls.append(1)
+            return real(store, *args)
+
+        self.patch(chain_module.TrustStore, "_openssl_path", counting)
+        self.assertRaises(BadCertificate, self.trust.validate, chain, self.now)
+        self.assertEqual(len(calls), 1 + chain_module.MAX_PATH_ATTEMPTS)
+
+
+class ConstrainedMailboxTests(SynchronousTestCase):
+    """A name like a@b@x.example.com never satisfies a name constraint."""
+
+    def setUp(self):
+        self.now = certs.utcnow()
+        self.ca = certs.make_ca()
+        key = certs.key_for("ed25519", "int:constrained")
+        _, plain = pki.create_intermediate(self.ca.key, self.ca.cert, "constrained CA", key=key)
+        constraint = x509.NameConstraints(
+            permitted_subtrees=[x509.RFC822Name(".example.com")], excluded_subtrees=None
+        )
+        self.inter = _with_extra(plain, self.ca.key, [(constraint, True)])
+        self.key = key
+        self.trust = TrustStore([self.ca.anchor])
+
+    def leaf(self, *names):
+        template = pki.issue_leaf(self.key, self.inter, [names[0]],
+                                  certs.key_for("ed25519", "leaf:" + names[0]).public_key())
+        # cryptography refuses to build an rfc822Name with two "@": bypass its check
+        san = x509.SubjectAlternativeName(
+            [x509.RFC822Name._init_without_validation(n) for n in names]  # type: ignore[attr-defined]
+        )
+        builder = (
+            x509.CertificateBuilder().subject_name(template.subject)
+            .issuer_name(template.issuer).public_key(template.public_key())
+            .serial_number(template.serial_number)
+            .not_valid_before(template.not_valid_before_utc)
+            .not_valid_after(template.not_valid_after_utc)
+        )
+        for ext in template.extensions:
+            builder = builder.add_extension(
+                san if isinstance(ext.value, x509.SubjectAlternativeName) else ext.value,
+                ext.critical,
+            )
+        leaf = builder.sign(self.key, None)
+        return [_der(leaf), _der(self.inter)]  # fmt: skip
+
+    def test_a_mailbox_inside_the_constraint(self):
+        peer = self.trust.validate(self.leaf("alice@x.example.com"), self.now)
+        self.assertEqual(peer.names, ("alice@x.example.com",))
+
+    def test_double_at_is_refused(self):
+        error = self.assertRaises(
+            BadCertificate, self.trust.validate,
+            self.leaf("alice@x.example.com", "a@b@x.example.com"), self.now,
+        )  # fmt: skip
+        self.assertIn("'a@b@x.example.com', which is not a mailbox", error.text)
+
+    def test_outside_the_constraint(self):
+        self.assertRaises(BadCertificate, self.trust.validate,
+                          self.leaf("alice@example.org"), self.now)  # fmt: skip

@@ -18,7 +18,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from sixchat import pki
 from sixchat.agent import crls as agent_crls
-from sixchat.errors import CertificateRevoked
+from sixchat.errors import BadCertificate, CertificateRevoked
 from sixchat.test import certs
 from sixchat.trust import TrustLoadError, TrustStore
 from sixchat.trust import crl as trust_crl
@@ -29,6 +29,8 @@ from sixchat.trust.crl import (
     crl_number,
     crl_signature_valid,
     crl_signed_by,
+    crl_unusable,
+    name_key,
     revoked_on_path,
     revoking_crl,
 )
@@ -206,7 +208,9 @@ class RevocationRuleTests(SynchronousTestCase):
         self.assertNotEqual(leaf.issuer, self.inter.cert.subject)
         chain = [der(leaf), der(self.inter.cert)]
         path = TrustStore([self.ca.anchor]).validate(chain, self.now).chain
-        crl = bare_crl(self.inter, shouted, [leaf.serial_number], last_update=self.now)
+        crl = bare_crl(
+            self.inter, shouted, [leaf.serial_number], last_update=self.now, number=1
+        )
 
         self.assertEqual(agent_crls.revoked_on_path(path, [crl]), (0, crl))
         trust = TrustStore([self.ca.anchor], [self.root_crl, crl])
@@ -383,3 +387,274 @@ class RevocationTests(SynchronousTestCase):
         self.assertTrue(trust.add_crl(old))
         self.assertTrue(trust.add_crl(new))
         trust.validate(self.alice.chain_der, self.now)
+
+
+def custom_crl(ca, serials, *, extensions=(), now=None, entry_extensions=(), days=7):
+    """A CRL of C{ca} with the given (extension, critical) pairs and nothing else added."""
+    now = now or certs.utcnow()
+    builder = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(ca.cert.subject)
+        .last_update(now - DAY)
+        .next_update(now + days * DAY)
+    )
+    for ext, critical in extensions:
+        builder = builder.add_extension(ext, critical=critical)
+    for serial in serials:
+        entry = x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(now - DAY)
+        for ext, critical in entry_extensions:
+            entry = entry.add_extension(ext, critical=critical)
+        builder = builder.add_revoked_certificate(entry.build())
+    return builder.sign(ca.key, None)
+
+
+def without_crl_sign(parent, name="sixchat no-crlsign intermediate"):
+    """An intermediate under C{parent} whose keyUsage allows keyCertSign but not cRLSign."""
+    key = certs.key_for("ed25519", "int:" + name)
+    _, template = pki.create_intermediate(parent.key, parent.cert, name, key=key)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(template.subject)
+        .issuer_name(template.issuer)
+        .public_key(key.public_key())
+        .serial_number(template.serial_number)
+        .not_valid_before(template.not_valid_before_utc)
+        .not_valid_after(template.not_valid_after_utc)
+    )
+    for ext in template.extensions:
+        if isinstance(ext.value, x509.KeyUsage):
+            continue
+        builder = builder.add_extension(ext.value, ext.critical)
+    builder = builder.add_extension(
+        x509.KeyUsage(False, False, False, False, False, True, False, False, False), True
+    )
+    cert = builder.sign(parent.key, None)
+    return certs.TestCA(key=key, cert=cert, anchor=parent.anchor, chain=(cert, *parent.chain))
+
+
+class UsableCRLTests(SynchronousTestCase):
+    """RFC 5280 §5.2, §6.3.3: which CRLs are used at all (L{crl_unusable}), warned once."""
+
+    def setUp(self):
+        self.now = certs.utcnow()
+        self.ca = certs.make_ca()
+        self.inter = certs.make_intermediate(self.ca)
+        self.alice = certs.make_identity("alice@example.com", self.inter)
+        self.warnings: list[str] = []
+        self.root_crl = pki.issue_crl(self.ca.key, self.ca.cert, [])
+
+    def check_refused(self, crl, text):
+        self.assertIn(text, crl_unusable(crl) or "")
+        for mode in ("soft", "hard"):
+            self.warnings.clear()
+            trust = TrustStore([self.ca.anchor], [self.root_crl, crl],
+                               warn=self.warnings.append, revocation=mode)  # fmt: skip
+            self.assertFalse(trust.add_crl(crl))
+            self.assertEqual(len([w for w in self.warnings if text in w]), 1, self.warnings)
+            if mode == "soft":
+                trust.validate(self.alice.chain_der, self.now)  # soft fail, not revoked
+                self.assertTrue(any("no CRL for issuer" in w for w in self.warnings))
+            else:
+                error = self.assertRaises(BadCertificate, trust.validate,
+                                          self.alice.chain_der, self.now)  # fmt: skip
+                self.assertIn("no usable CRL", error.text)
+            # the revoking serial on a refused CRL is never read
+            self.assertIsNone(revoked_on_path(
+                trust.validate(self.alice.chain_der, self.now).chain, [crl]
+            ) if mode == "soft" else None)  # fmt: skip
+
+    def test_a_usable_crl(self):
+        self.assertIsNone(crl_unusable(pki.issue_crl(self.inter.key, self.inter.cert, [])))
+
+    def test_no_crl_number(self):
+        crl = custom_crl(self.inter, [self.alice.leaf.serial_number])
+        self.check_refused(crl, "has no CRL number")
+
+    def test_critical_crl_number(self):
+        crl = custom_crl(self.inter, [self.alice.leaf.serial_number],
+                         extensions=[(x509.CRLNumber(3), True)])  # fmt: skip
+        self.check_refused(crl, "marks its CRL number critical")
+
+    def test_delta_crl(self):
+        delta = custom_crl(self.inter, [], extensions=[
+            (x509.CRLNumber(4), False), (x509.DeltaCRLIndicator(3), True)])  # fmt: skip
+        self.check_refused(delta, "is a delta CRL (not supported)")
+
+    def test_delta_never_replaces_the_base(self):
+        """PKITS 4.15.3: a newer delta without the serial does not undo the base CRL."""
+        base = pki.issue_crl(self.inter.key, self.inter.cert, [self.alice.leaf.serial_number],
+                             crl_number=3)  # fmt: skip
+        delta = custom_crl(self.inter, [], extensions=[
+            (x509.CRLNumber(9), False), (x509.DeltaCRLIndicator(3), True)])  # fmt: skip
+        trust = TrustStore([self.ca.anchor], [self.root_crl, base, delta],
+                           warn=self.warnings.append)  # fmt: skip
+        self.assertRaises(CertificateRevoked, trust.validate, self.alice.chain_der, self.now)
+        self.assertEqual(trust.crls.count(base), 1)
+        self.assertNotIn(delta, trust.crls)
+
+    def test_unrecognised_critical_extension(self):
+        crl = custom_crl(self.inter, [self.alice.leaf.serial_number], extensions=[
+            (x509.CRLNumber(3), False),
+            (x509.UnrecognizedExtension(x509.ObjectIdentifier("1.3.6.1.4.1.99999.1"),
+                                        b"\x05\x00"), True),
+        ])  # fmt: skip
+        self.check_refused(crl, "unrecognised critical extension (1.3.6.1.4.1.99999.1)")
+
+    def test_unrecognised_critical_entry_extension(self):
+        crl = custom_crl(
+            self.inter, [self.alice.leaf.serial_number],
+            extensions=[(x509.CRLNumber(3), False)],
+            entry_extensions=[(x509.UnrecognizedExtension(
+                x509.ObjectIdentifier("1.3.6.1.4.1.99999.2"), b"\x05\x00"), True)],
+        )  # fmt: skip
+        self.check_refused(crl, "unrecognised critical entry extension")
+
+    def test_known_entry_extensions_are_fine(self):
+        crl = custom_crl(
+            self.inter, [self.alice.leaf.serial_number],
+            extensions=[(x509.CRLNumber(3), False)],
+            entry_extensions=[(x509.CRLReason(x509.ReasonFlags.key_compromise), False)],
+        )  # fmt: skip
+        self.assertIsNone(crl_unusable(crl))
+        trust = TrustStore([self.ca.anchor], [self.root_crl, crl], revocation="hard")
+        self.assertRaises(CertificateRevoked, trust.validate, self.alice.chain_der, self.now)
+
+    def test_narrowing_distribution_points(self):
+        def idp(**kw):
+            base = dict(full_name=None, relative_name=None, only_contains_user_certs=False,
+                        only_contains_ca_certs=False, only_some_reasons=None,
+                        indirect_crl=False, only_contains_attribute_certs=False)  # fmt: skip
+            base.update(kw)
+            return custom_crl(self.inter, [self.alice.leaf.serial_number], extensions=[
+                (x509.CRLNumber(3), False),
+                (x509.IssuingDistributionPoint(**base), True)])  # fmt: skip
+
+        self.check_refused(idp(indirect_crl=True), "is an indirect CRL")
+        self.check_refused(
+            idp(only_some_reasons=frozenset([x509.ReasonFlags.key_compromise])),
+            "covers only some revocation reasons",
+        )
+        self.check_refused(idp(only_contains_attribute_certs=True), "attribute certificates")
+        self.check_refused(
+            idp(relative_name=x509.RelativeDistinguishedName(
+                [x509.NameAttribute(NameOID.COMMON_NAME, "dp")])),
+            "relative to its issuer",
+        )  # fmt: skip
+
+    def test_scope_user_or_ca_certificates(self):
+        def idp(users, cas, serials):
+            return custom_crl(self.inter, serials, extensions=[
+                (x509.CRLNumber(3), False),
+                (x509.IssuingDistributionPoint(None, None, users, cas, None, False, False),
+                 True)])  # fmt: skip
+
+        serial = [self.alice.leaf.serial_number]
+        users = TrustStore([self.ca.anchor], [self.root_crl, idp(True, False, serial)],
+                           revocation="hard")  # fmt: skip
+        self.assertRaises(CertificateRevoked, users.validate, self.alice.chain_der, self.now)
+        cas = TrustStore([self.ca.anchor], [self.root_crl, idp(False, True, serial)],
+                         warn=self.warnings.append, revocation="hard")  # fmt: skip
+        error = self.assertRaises(BadCertificate, cas.validate, self.alice.chain_der, self.now)
+        self.assertIn("no usable CRL", error.text)
+        # and a root CRL only for CA certificates covers the intermediate
+        root_cas = custom_crl(self.ca, [self.inter.cert.serial_number], extensions=[
+            (x509.CRLNumber(3), False),
+            (x509.IssuingDistributionPoint(None, None, False, True, None, False, False),
+             True)])  # fmt: skip
+        trust = TrustStore([self.ca.anchor],
+                           [root_cas, pki.issue_crl(self.inter.key, self.inter.cert, [])],
+                           revocation="hard")  # fmt: skip
+        error = self.assertRaises(CertificateRevoked, trust.validate,
+                                  self.alice.chain_der, self.now)  # fmt: skip
+        self.assertIn("depth 1", error.text)
+
+    def test_signer_without_crl_sign(self):
+        """PKITS 4.7.4/4.7.5: a CRL signed by a CA whose keyUsage lacks cRLSign is not used."""
+        inter = without_crl_sign(self.ca)
+        bob = certs.make_identity("bob@example.com", inter)
+        crl = pki.issue_crl(inter.key, inter.cert, [bob.leaf.serial_number])
+        trust = TrustStore([self.ca.anchor], [self.root_crl, crl], warn=self.warnings.append)
+        trust.validate(bob.chain_der, self.now)
+        self.assertTrue(any("may not sign CRLs" in w for w in self.warnings), self.warnings)
+        self.assertIsNone(revoked_on_path(trust.validate(bob.chain_der, self.now).chain, [crl]))
+        hard = TrustStore([self.ca.anchor], [self.root_crl, crl], revocation="hard")
+        self.assertRaises(BadCertificate, hard.validate, bob.chain_der, self.now)
+
+    def test_name_comparison_rfc5280(self):
+        """§7.1: case and white space do not make two names differ."""
+        a = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Good  CA ")])
+        b = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "good ca")])
+        c = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "good cb")])
+        self.assertEqual(name_key(a), name_key(b))
+        self.assertNotEqual(name_key(a), name_key(c))
+
+
+class RevocationModeTests(SynchronousTestCase):
+    """C{TrustStore(revocation="hard")}: no usable, current CRL in scope -> bad_certificate."""
+
+    def setUp(self):
+        self.now = certs.utcnow()
+        self.ca = certs.make_ca()
+        self.inter = certs.make_intermediate(self.ca)
+        self.alice = certs.make_identity("alice@example.com", self.inter)
+        self.warnings: list[str] = []
+
+    def store(self, *crls, mode="hard"):
+        return TrustStore([self.ca.anchor], crls, warn=self.warnings.append, revocation=mode)
+
+    def test_unknown_mode(self):
+        error = self.assertRaises(ValueError, TrustStore, [self.ca.anchor], revocation="medium")
+        self.assertIn("soft or hard", str(error))
+
+    def test_default_is_soft(self):
+        self.assertEqual(TrustStore([self.ca.anchor]).revocation, "soft")
+        TrustStore([self.ca.anchor]).validate(self.alice.chain_der, self.now)
+
+    def test_hard_accepts_with_every_crl(self):
+        trust = self.store(pki.issue_crl(self.ca.key, self.ca.cert, []),
+                           pki.issue_crl(self.inter.key, self.inter.cert, []))  # fmt: skip
+        trust.validate(self.alice.chain_der, self.now)
+        trust.validate(self.alice.chain_der, self.now)  # the cached path too
+        self.assertEqual(self.warnings, [])
+
+    def test_hard_refuses_a_missing_crl_at_any_depth(self):
+        only_inter = self.store(pki.issue_crl(self.inter.key, self.inter.cert, []))
+        error = self.assertRaises(BadCertificate, only_inter.validate,
+                                  self.alice.chain_der, self.now)  # fmt: skip
+        self.assertIn("depth 1", error.text)
+        self.assertIn("revocation=hard", error.text)
+        self.assertEqual(error.reason, "bad_certificate")
+        only_root = self.store(pki.issue_crl(self.ca.key, self.ca.cert, []))
+        error = self.assertRaises(BadCertificate, only_root.validate,
+                                  self.alice.chain_der, self.now)  # fmt: skip
+        self.assertIn("depth 0", error.text)
+
+    def test_hard_refuses_a_stale_crl_soft_uses_it(self):
+        stale = pki.issue_crl(self.inter.key, self.inter.cert, [],
+                              last_update=self.now - 10 * DAY, next_update=self.now - DAY)
+        root = pki.issue_crl(self.ca.key, self.ca.cert, [])
+        error = self.assertRaises(BadCertificate, self.store(root, stale).validate,
+                                  self.alice.chain_der, self.now)  # fmt: skip
+        self.assertIn("stale", error.text)
+        self.store(root, stale, mode="soft").validate(self.alice.chain_der, self.now)
+        self.assertTrue(any("stale" in w for w in self.warnings))
+
+    def test_hard_refuses_on_the_cached_path_once_stale(self):
+        """The validated-chain cache checks revocation again at every use, in the same mode."""
+        crl = pki.issue_crl(self.inter.key, self.inter.cert, [],
+                            last_update=self.now - DAY, next_update=self.now + DAY)
+        root = pki.issue_crl(self.ca.key, self.ca.cert, [], next_update_days=30)
+        trust = self.store(root, crl)
+        trust.validate(self.alice.chain_der, self.now)
+        later = self.now + 2 * DAY
+        self.assertRaises(BadCertificate, trust.validate, self.alice.chain_der, later)
+
+    def test_revoked_is_revoked_in_both_modes(self):
+        for mode in ("soft", "hard"):
+            trust = self.store(
+                pki.issue_crl(self.ca.key, self.ca.cert, []),
+                pki.issue_crl(self.inter.key, self.inter.cert, [self.alice.leaf.serial_number]),
+                mode=mode,
+            )
+            self.assertRaises(CertificateRevoked, trust.validate, self.alice.chain_der,
+                              self.now)  # fmt: skip

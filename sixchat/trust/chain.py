@@ -8,7 +8,11 @@ How validation is split between OpenSSL and this package:
     C{X509StoreContext}), never ours: signatures, validity periods, basicConstraints,
     pathLen, keyCertSign, unknown critical extensions. The store gets the configured anchors,
     the validation time and C{X509_V_FLAG_PARTIAL_CHAIN}, so every configured certificate is
-    an anchor even if it is not self-signed (RFC 5280 §6.1: an anchor is a name and a key).
+    an anchor even if it is not self-signed (RFC 5280 §6.1: an anchor is a name and a key),
+    C{X509_V_FLAG_POLICY_CHECK} (certificate policies; L{sixchat.trust.policy} decides the
+    one case OpenSSL cannot) and C{X509_V_FLAG_X509_STRICT} (see C{_VERIFY_FLAGS}). OpenSSL
+    takes the first presented issuer that fits; when a path fails and the peer sent
+    alternative issuers, others are tried (L{_orderings}, bounded).
     No purpose is set: §4's leaf profile is not OpenSSL's "SSL client" purpose, so it is
     checked here. OpenSSL's verification error codes are mapped to alerts by
     L{OPENSSL_ERRORS}; any code not listed there is C{bad_certificate}.
@@ -21,12 +25,12 @@ How validation is split between OpenSSL and this package:
 
   - B{Revocation} (§11.8) is ours too, with C{cryptography}, on the verified path. OpenSSL's
     C{CRL_CHECK} flags give the wrong semantics for this protocol: a missing CRL is a hard
-    failure there (we must soft-fail and log), a CRL past C{nextUpdate} is rejected there (we
-    must use it and log that it is stale), and its delta/indirect CRL processing goes beyond
-    what version 1 defines. Here a CRL counts for a certificate when its issuer name equals
-    the certificate's issuer and its signature verifies with the key of the next
-    certificate on the path; that is the whole rule (L{sixchat.trust.crl}, which the agent
-    uses too).
+    failure there (the default C{soft} mode must soft-fail and log), a CRL past
+    C{nextUpdate} is rejected there (soft mode must use it and log that it is stale), and
+    its delta/indirect CRL processing goes beyond what version 1 defines. Every rule is in
+    L{sixchat.trust.crl} (which the agent uses too): which CRLs are usable, their scope,
+    their signers (with key rollover: L{TrustStore._crl_signers}), and the C{soft} and
+    C{hard} revocation modes.
 
   - B{The leaf profile} of §4 (rfc822Name, keyUsage, EKU, cA=FALSE, key type) is checked
     last, once the chain is known to be trusted (L{sixchat.trust.profile}).
@@ -44,8 +48,9 @@ from __future__ import annotations
 
 import datetime
 import hashlib
+import itertools
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,9 +68,15 @@ from sixchat.errors import (
     UnknownCA,
 )
 from sixchat.identity import MAX_CHAIN, same_identity, spki_sha256
-from sixchat.trust.crl import CRLSet
+from sixchat.trust.crl import REVOCATION_MODES, CRLSet
 from sixchat.trust.files import TrustLoadError, load_anchors, load_crls
-from sixchat.trust.profile import check_key_strength, check_leaf, check_signature_strength
+from sixchat.trust.policy import explicit_policy_holds
+from sixchat.trust.profile import (
+    check_constrained_mailboxes,
+    check_key_strength,
+    check_leaf,
+    check_signature_strength,
+)
 
 __all__ = ["CHAIN_CACHE_SIZE", "OPENSSL_ERRORS", "PeerCertificate", "TrustStore"]
 
@@ -88,6 +99,25 @@ _EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
 _ONE_SECOND = datetime.timedelta(seconds=1)
 _MIN_SECOND = (datetime.datetime.min.replace(tzinfo=datetime.UTC) - _EPOCH) // _ONE_SECOND
 _MAX_SECOND = (datetime.datetime.max.replace(tzinfo=datetime.UTC) - _EPOCH) // _ONE_SECOND
+
+#: OpenSSL verification flags: every configured certificate is an anchor (PARTIAL_CHAIN);
+#: RFC 5280 §6.1 policy processing is on (POLICY_CHECK: the requireExplicitPolicy,
+#: inhibitPolicyMapping and inhibitAnyPolicy constraints of the certificates, and policy
+#: mapping, are enforced) with the default inputs: user-initial-policy-set any-policy,
+#: initial-explicit-policy, -policy-mapping-inhibit and -any-policy-inhibit false; and
+#: X509_STRICT: the RFC 5280 profile rules OpenSSL checks only in strict mode (a CA without
+#: keyUsage or subjectKeyIdentifier, a non-root without authorityKeyIdentifier, an empty CA
+#: subject, a root without basicConstraints, a leaf with keyCertSign, ...) are refused too
+#: (docs/security.md, "X509_STRICT").
+_VERIFY_FLAGS = (
+    crypto.X509StoreFlags.PARTIAL_CHAIN
+    | crypto.X509StoreFlags.POLICY_CHECK
+    | crypto.X509StoreFlags.X509_STRICT
+)
+#: The same without policy processing: for a path OpenSSL refuses with
+#: X509_V_ERR_NO_EXPLICIT_POLICY, which L{explicit_policy_holds} then decides.
+_NO_POLICY_FLAGS = crypto.X509StoreFlags.PARTIAL_CHAIN | crypto.X509StoreFlags.X509_STRICT
+_NO_EXPLICIT_POLICY = 43
 
 #: Validated chains a trust store keeps by default (see L{TrustStore._cached}).
 CHAIN_CACHE_SIZE = 512
@@ -136,6 +166,8 @@ class _Validated:
     peer: PeerCertificate
     #: The DER of each certificate of C{peer.chain} but the anchor (None if unknown).
     ders: tuple[bytes | None, ...]
+    #: The other CRL signers of each certificate's issuer, all on the path (L{_crl_signers}).
+    signers: tuple[tuple[x509.Certificate, ...], ...]
     generation: int
     #: The whole seconds (since the epoch) in which it may be used: [first, end).
     first: int
@@ -149,6 +181,60 @@ def _boundaries(certs: Iterable[x509.Certificate]) -> list[int]:
         out.append((cert.not_valid_before_utc - _EPOCH) // _ONE_SECOND)
         out.append((cert.not_valid_after_utc - _EPOCH) // _ONE_SECOND)
     return out
+
+
+def _openssl_alert(error: crypto.X509StoreContextError) -> AlertError:
+    code, depth, message = error.errors[0], error.errors[1], error.errors[2]
+    return OPENSSL_ERRORS.get(code, BadCertificate)(f"certificate at depth {depth}: {message}")
+
+
+def _mapped(
+    cert: crypto.X509, ours: dict[Any, x509.Certificate], known: dict[Any, x509.Certificate]
+) -> x509.Certificate:
+    """A certificate of OpenSSL's verified path as our parsed object (see L{_validate})."""
+    return ours.get(cert._x509) or known.get(cert._x509) or cert.to_cryptography()
+
+
+#: Orderings of the intermediates tried after the first (L{_orderings}).
+MAX_PATH_ATTEMPTS = 8
+
+
+def _orderings(
+    untrusted: list[crypto.X509], ours: dict[Any, x509.Certificate]
+) -> Iterator[list[crypto.X509]]:
+    """
+    The presented intermediates as given, then, if two or more share a subject (alternative
+    issuers: cross-certificates, a re-issued CA), orderings that put each alternative first
+    in its group, at most L{MAX_PATH_ATTEMPTS} more. OpenSSL takes the first presented
+    certificate that can be an issuer and never backtracks: these retries make the result
+    independent of the order the peer chose.
+    """
+    yield untrusted
+    if len(untrusted) < 2:
+        return
+    groups: dict[Any, list[int]] = {}
+    for i, cert in enumerate(untrusted):
+        groups.setdefault(ours[cert._x509].subject, []).append(i)
+    shared = [members for members in groups.values() if len(members) > 1]
+    if not shared:
+        return
+    tried = {tuple(range(len(untrusted)))}
+    attempts = 0
+    choices = [[m[k:] + m[:k] for k in range(len(m))] for m in shared]
+    for combination in itertools.product(*choices):
+        order = list(range(len(untrusted)))
+        for members, rotated in zip(shared, combination, strict=True):
+            positions = sorted(members)
+            for position, index in zip(positions, rotated, strict=True):
+                order[position] = index
+        key = tuple(order)
+        if key in tried:
+            continue
+        tried.add(key)
+        attempts += 1
+        if attempts > MAX_PATH_ATTEMPTS:
+            return
+        yield [untrusted[i] for i in order]
 
 
 def _utc(when: datetime.datetime) -> datetime.datetime:
@@ -175,7 +261,13 @@ class TrustStore:
         *,
         warn: Callable[[str], None] | None = None,
         chain_cache: int = CHAIN_CACHE_SIZE,
+        revocation: str = "soft",
     ) -> None:
+        if revocation not in REVOCATION_MODES:
+            raise ValueError(f"revocation must be soft or hard, not {revocation!r}")
+        #: C{"soft"} or C{"hard"} (L{CRLSet.check}).
+        self.revocation = revocation
+        self._hard = revocation == "hard"
         self.warn = warn or _no_warning
         #: Validated chains (see L{_cached}); at most this many, 0 for none.
         self.chain_cache_size = chain_cache
@@ -205,7 +297,7 @@ class TrustStore:
         #: may be replaced after construction.
         self._crls = CRLSet(lambda message: self.warn(message))
         for crl in crls:
-            problem = self._add_crl(crl)
+            taken, problem = self._add_crl(crl)
             if problem:
                 raise TrustLoadError(problem)
 
@@ -216,6 +308,7 @@ class TrustStore:
         crl_paths: Iterable[str | Path] = (),
         *,
         warn: Callable[[str], None] | None = None,
+        revocation: str = "soft",
     ) -> TrustStore:
         """
         Anchors from a PEM bundle (or a single DER certificate), or from every file in a
@@ -226,7 +319,7 @@ class TrustStore:
         """
         anchors = load_anchors(Path(trust_path))
         crls = [crl for path in crl_paths for crl in load_crls(Path(path))]
-        return cls(anchors, crls, warn=warn)
+        return cls(anchors, crls, warn=warn, revocation=revocation)
 
     @property
     def anchors(self) -> list[x509.Certificate]:
@@ -241,21 +334,24 @@ class TrustStore:
         """
         Use C{crl} from now on, replacing an older CRL from the same issuer (same issuer
         name and authority key identifier). Returns C{False}, and warns, if it was not
-        taken: an older CRL than the one held, or one that names an anchor as issuer but is
-        not signed by it.
+        taken: an older CRL than the one held, one that names an anchor as issuer but is
+        not signed by it, or one that cannot be used at all (L{sixchat.trust.crl.crl_unusable}:
+        a delta CRL, an unrecognised critical extension, ...).
         """
-        problem = self._add_crl(crl)
+        taken, problem = self._add_crl(crl)
         if problem:
             self.warn(problem)
-            return False
-        return True
+        return taken
 
-    def _add_crl(self, crl: x509.CertificateRevocationList) -> str | None:
+    def _add_crl(self, crl: x509.CertificateRevocationList) -> tuple[bool, str | None]:
+        """(taken, why not): an unusable CRL is not taken, its warning given already."""
+        if self._crls.refuse_unusable(crl):
+            return False, None
         problem = self._crls.add(crl, self._anchors)
         if problem is None:
             self._generation += 1
             self._validated.clear()
-        return problem
+        return problem is None, problem
 
     def validate(
         self,
@@ -285,17 +381,29 @@ class TrustStore:
                 key = hit = None
             if hit is not None:
                 return hit
-        peer, presented, ders = self._validate(certs_der, now, require_key_encipherment)
-        if key is not None:
-            self._remember(key, peer, presented, ders, now)
+        peer, presented, ders, signers = self._validate(
+            certs_der, now, require_key_encipherment
+        )
+        if key is not None and all(
+            any(s is c for c in peer.chain) for found in signers for s in found
+        ):
+            # A chain whose CRLs were verified with a signer off its path (key rollover) is
+            # not kept: that signer's own checks would have to be made again at each use.
+            self._remember(key, peer, presented, ders, signers, now)
         return peer
 
     def _validate(
         self, certs_der: Sequence[bytes], now: datetime.datetime, require_key_encipherment: bool
-    ) -> tuple[PeerCertificate, list[x509.Certificate], tuple[bytes | None, ...]]:
+    ) -> tuple[
+        PeerCertificate,
+        list[x509.Certificate],
+        tuple[bytes | None, ...],
+        tuple[tuple[x509.Certificate, ...], ...],
+    ]:
         """
-        L{validate} itself: the peer, the presented certificates as parsed, and the DER of
-        each certificate of the path but the anchor.
+        L{validate} itself: the peer, the presented certificates as parsed, the DER of each
+        certificate of the path but the anchor, and the other CRL signers of each one's
+        issuer (L{_crl_signers}).
         """
         # Each certificate is parsed once by each library, straight from its DER; the
         # verified path is then mapped back to these objects (and to our anchors) by the
@@ -315,18 +423,21 @@ class TrustStore:
             ders[id(cert)] = der
 
         store = self._verify_store(now)
-        context = crypto.X509StoreContext(store, parsed[0], parsed[1:])
-        try:
-            verified = context.get_verified_chain()
-        except crypto.X509StoreContextError as e:
-            code, depth, message = e.errors[0], e.errors[1], e.errors[2]
-            alert = OPENSSL_ERRORS.get(code, BadCertificate)
-            raise alert(f"certificate at depth {depth}: {message}") from None
         known = self._anchor_objects()
-        path = tuple(
-            ours.get(c._x509) or known.get(c._x509) or c.to_cryptography() for c in verified
-        )
+        first_error: AlertError | None = None
+        verified = None
+        for untrusted in _orderings(parsed[1:], ours):
+            try:
+                verified = self._openssl_path(store, parsed[0], untrusted, ours, known, now)
+                break
+            except AlertError as e:
+                first_error = first_error or e
+        if verified is None:
+            assert first_error is not None
+            raise first_error
+        path = tuple(_mapped(c, ours, known) for c in verified)
 
+        check_constrained_mailboxes(path)
         last = len(path) - 1
         strong_anchors = self._strong_anchors
         for depth, cert in enumerate(path):
@@ -339,9 +450,14 @@ class TrustStore:
                 check_key_strength(cert, depth)
                 if any(cert is anchor for anchor in self._anchors):
                     strong_anchors.add(id(cert))
+        signers = self._crl_signers(path, parsed, ours, store, now)
+        hard = self._hard
         for depth in range(last):
             cert = path[depth]
-            self._crls.check(cert, path[depth + 1], now, depth, ders.get(id(cert)))
+            self._crls.check(
+                cert, path[depth + 1], now, depth, ders.get(id(cert)),
+                signers=signers[depth], hard=hard,
+            )  # fmt: skip
 
         names, alg, public_key = check_leaf(path[0], require_key_encipherment)
         # The leaf object the checks used caches every parsed extension (about 3 KiB per
@@ -356,7 +472,96 @@ class TrustStore:
             spki_sha256=spki_sha256(public_key),
             chain=(leaf, *path[1:]),
         )
-        return peer, list(ours.values()), tuple(ders.get(id(c)) for c in path[:-1])
+        ders_out = tuple(ders.get(id(c)) for c in path[:-1])
+        return peer, list(ours.values()), ders_out, signers
+
+    def _openssl_path(
+        self,
+        store: crypto.X509Store,
+        leaf: crypto.X509,
+        untrusted: list[crypto.X509],
+        ours: dict[Any, x509.Certificate],
+        known: dict[Any, x509.Certificate],
+        now: datetime.datetime,
+    ) -> list[crypto.X509]:
+        """OpenSSL's verified path for C{leaf} with these intermediates, or its alert."""
+        try:
+            return crypto.X509StoreContext(store, leaf, untrusted).get_verified_chain()
+        except crypto.X509StoreContextError as e:
+            if e.errors[0] != _NO_EXPLICIT_POLICY:
+                raise _openssl_alert(e) from None
+        # OpenSSL's reading of an empty user-initial-policy-set (sixchat.trust.policy): the
+        # path without policy processing, then policy processing here.
+        unchecked = self._verify_store(now, policy=False)
+        try:
+            verified = crypto.X509StoreContext(unchecked, leaf, untrusted).get_verified_chain()
+        except crypto.X509StoreContextError as again:
+            raise _openssl_alert(again) from None
+        if not explicit_policy_holds([_mapped(c, ours, known) for c in verified]):
+            raise BadCertificate(
+                "no certificate policy acceptable on the path, and its CA certificates "
+                "require one (requireExplicitPolicy)"
+            )
+        return verified
+
+    def _crl_signers(
+        self,
+        path: tuple[x509.Certificate, ...],
+        parsed: list[crypto.X509],
+        ours: dict[Any, x509.Certificate],
+        store: crypto.X509Store,
+        now: datetime.datetime,
+    ) -> tuple[tuple[x509.Certificate, ...], ...]:
+        """
+        For each certificate of C{path} but the anchor, the other certificates of its issuer
+        whose key may have signed the issuer's CRLs (RFC 5280 §6.3.3 (f): key rollover, a
+        separate CRL-signing key): certificates higher on C{path} with the issuer's subject
+        (self-issued), and presented certificates off the path with that subject whose own
+        path validates to the same anchor, with the chain strength and revocation checks.
+        A peer sending just its path (the usual case) costs a name comparison or two.
+        """
+        on_path = {id(c) for c in path}
+        extra = [(o, c) for o, c in zip(parsed, ours.values(), strict=True)
+                 if id(c) not in on_path]  # fmt: skip
+        out = []
+        for depth in range(len(path) - 1):
+            issuer = path[depth + 1]
+            found = [c for c in path[depth + 2 :] if c.subject == issuer.subject]
+            for ossl, cert in extra:
+                if cert.subject == issuer.subject and self._valid_signer(
+                    ossl, parsed, ours, store, now, path[-1]
+                ):
+                    found.append(cert)
+            out.append(tuple(found))
+        return tuple(out)
+
+    def _valid_signer(
+        self,
+        ossl: crypto.X509,
+        parsed: list[crypto.X509],
+        ours: dict[Any, x509.Certificate],
+        store: crypto.X509Store,
+        now: datetime.datetime,
+        anchor: x509.Certificate,
+    ) -> bool:
+        """Whether a presented certificate off the path is a valid CRL signer (above)."""
+        context = crypto.X509StoreContext(store, ossl, [o for o in parsed if o is not ossl])
+        try:
+            verified = context.get_verified_chain()
+        except crypto.X509StoreContextError:
+            return False
+        known = self._anchor_objects()
+        path = [_mapped(c, ours, known) for c in verified]
+        if path[-1] is not anchor:
+            return False
+        try:
+            for depth in range(len(path) - 1):
+                check_key_strength(path[depth], depth)
+                check_signature_strength(path[depth], depth)
+                self._crls.check(path[depth], path[depth + 1], now, depth, hard=self._hard)
+        except AlertError:
+            return False
+        return True
 
     # -- validated chains ----------------------------------------------------------------
     #
@@ -388,8 +593,13 @@ class TrustStore:
         self._validated.move_to_end(key)
         chain = entry.peer.chain
         ders = entry.ders
+        signers = entry.signers
+        hard = self._hard
         for depth in range(len(chain) - 1):
-            self._crls.check(chain[depth], chain[depth + 1], now, depth, ders[depth])
+            self._crls.check(
+                chain[depth], chain[depth + 1], now, depth, ders[depth],
+                signers=signers[depth], hard=hard,
+            )  # fmt: skip
         return entry.peer
 
     def _remember(
@@ -398,6 +608,7 @@ class TrustStore:
         peer: PeerCertificate,
         presented: list[x509.Certificate],
         ders: tuple[bytes | None, ...],
+        signers: tuple[tuple[x509.Certificate, ...], ...],
         now: datetime.datetime,
     ) -> None:
         second = (now - _EPOCH) // _ONE_SECOND
@@ -414,7 +625,7 @@ class TrustStore:
             else:
                 return  # a validity period starts or ends right now: not worth keeping
         validated = self._validated
-        validated[key] = _Validated(peer, ders, self._generation, first, end)
+        validated[key] = _Validated(peer, ders, signers, self._generation, first, end)
         validated.move_to_end(key)
         while len(validated) > self.chain_cache_size:
             validated.popitem(last=False)
@@ -425,7 +636,7 @@ class TrustStore:
             bounds = self._anchor_bounds = _boundaries(self._anchors)
         return bounds
 
-    def _verify_store(self, now: datetime.datetime) -> crypto.X509Store:
+    def _verify_store(self, now: datetime.datetime, policy: bool = True) -> crypto.X509Store:
         """
         The OpenSSL store of our anchors for validations at C{now}, reused while the second
         is the same (OpenSSL's validation time has one-second resolution; a store's time
@@ -434,12 +645,19 @@ class TrustStore:
         # calendar.timegm(now.timetuple()), as pyOpenSSL's set_time computes it (whole
         # seconds, rounded down), in integer arithmetic without building a time tuple.
         second = (now - _EPOCH) // _ONE_SECOND
+        if not policy:
+            store = crypto.X509Store()
+            for anchor in self._openssl_anchors:
+                store.add_cert(anchor)
+            store.set_time(now)
+            store.set_flags(_NO_POLICY_FLAGS)
+            return store
         if self._store is None or self._store_second != second:
             store = crypto.X509Store()
             for anchor in self._openssl_anchors:
                 store.add_cert(anchor)
             store.set_time(now)
-            store.set_flags(crypto.X509StoreFlags.PARTIAL_CHAIN)
+            store.set_flags(_VERIFY_FLAGS)
             self._store = store
             self._store_second = second
         return self._store

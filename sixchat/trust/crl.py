@@ -16,6 +16,27 @@ The rules, each written once here:
     verifies with the key of the next certificate on the verified path; the certificate is
     revoked when its serial number is on a CRL that counts for it.
 
+What a CRL must be to be used at all (RFC 5280 §5.2, §6.3.3; L{crl_unusable}, checked when
+it is added, a refused CRL being reported once): a complete CRL this module can read. Refused:
+a delta CRL (deltaCRLIndicator), a CRL without a CRL number or with a critical one, a CRL with
+any other critical extension than the authority key identifier and the issuing distribution
+point, an issuing distribution point that limits the CRL to some reasons, to attribute
+certificates, makes it indirect or names its distribution point relative to the issuer, and a
+CRL with a critical entry extension other than reasonCode and invalidityDate. Used, but only
+for the certificates in its scope (L{crl_in_scope}): an issuing distribution point limited to
+user or to CA certificates, or naming a distribution point by full name (the certificate's
+cRLDistributionPoints must share a name with it). A certificate whose distribution point names
+a cRLIssuer has no CRL in scope (indirect CRLs are not supported). The CRL's signer must be
+allowed to sign CRLs (keyUsage with cRLSign, or no keyUsage: L{may_sign_crls}). A CRL may be
+signed by another certificate of the certificate's issuer (same name, another key: key
+rollover, a separate CRL-signing key) when the caller gives that certificate as a signer it
+has validated (L{CRLSet.check}, C{signers}).
+
+B{Revocation modes} (L{CRLSet.check}): C{soft} (the default, spec §4) uses a stale CRL with a
+warning and, without a usable CRL in scope, warns once and does not check; C{hard} refuses the
+chain (C{bad_certificate}) unless every certificate on the path but the anchor has a usable,
+current (nextUpdate not past) CRL in scope.
+
 Where the trust store and the agent used to have copies that differed, the safer behaviour
 was kept:
 
@@ -44,29 +65,39 @@ from collections.abc import Callable, Iterable, Sequence
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.x509.oid import CRLEntryExtensionOID, ExtensionOID
 
-from sixchat.errors import CertificateRevoked
+from sixchat.errors import BadCertificate, CertificateRevoked
 from sixchat.identity import spki_sha256
 from sixchat.trust.der import issuer_field
 
 __all__ = [
     "MAX_CRL_CANDIDATES",
+    "REVOCATION_MODES",
     "CRLSet",
     "authority_key_id",
     "crl_age_key",
     "crl_is_newer",
     "crl_number",
     "crl_signature_valid",
+    "crl_in_scope",
     "crl_signed_by",
+    "crl_unusable",
+    "may_sign_crls",
+    "name_key",
     "name_text",
     "revoked_on_path",
     "revoking_crl",
+    "same_name",
     "subject_key_id",
 ]
 
 CRL = x509.CertificateRevocationList
 #: Checks a CRL's signature with a certificate's key (L{crl_signature_valid}, or a cache of it).
 Verifier = Callable[[CRL, x509.Certificate], bool]
+
+#: The revocation modes (see L{CRLSet.check}): C{soft} is the spec's default.
+REVOCATION_MODES = ("soft", "hard")
 
 #: Unverified CRLs held per issuer besides the newest genuine one (see L{CRLSet}).
 MAX_CRL_CANDIDATES = 4
@@ -85,6 +116,36 @@ def _subject(cert: x509.Certificate) -> str:
         return cert.subject.rfc4514_string() or "(empty subject)"
     except ValueError:  # pragma: no cover - undecodable attribute values
         return "(unprintable subject)"
+
+
+NameKey = tuple[tuple[tuple[str, object], ...], ...]
+
+
+def name_key(name: x509.Name) -> NameKey:
+    """
+    C{name} in the form RFC 5280 §7.1 compares names in (as OpenSSL links certificates):
+    attribute values case-folded, with leading, trailing and repeated inner white space
+    removed; the attributes of each RDN as a set. Two names are the same when their keys are.
+    """
+    return tuple(
+        tuple(
+            sorted(
+                (
+                    attr.oid.dotted_string,
+                    " ".join(attr.value.casefold().split())
+                    if isinstance(attr.value, str)
+                    else attr.value,
+                )
+                for attr in rdn
+            )
+        )
+        for rdn in name.rdns
+    )
+
+
+def same_name(a: x509.Name, b: x509.Name) -> bool:
+    """Whether two names are the same by RFC 5280 §7.1 (L{name_key}); exact equality first."""
+    return a == b or name_key(a) == name_key(b)
 
 
 # -- what a CRL says about itself --------------------------------------------------------
@@ -128,6 +189,135 @@ def subject_key_id(cert: x509.Certificate) -> bytes | None:
         return cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest
     except x509.ExtensionNotFound:
         return None
+
+
+def crl_unusable(crl: CRL) -> str | None:
+    """
+    Why C{crl} cannot be used as a complete CRL of its issuer (RFC 5280 §6.3.3, and what
+    version 1 supports), as the end of a sentence starting with the CRL's name; None if it can.
+    """
+    try:
+        extensions = list(crl.extensions)
+    except ValueError:
+        return "has malformed extensions"
+    has_number = False
+    for ext in extensions:
+        oid = ext.oid
+        if oid == ExtensionOID.DELTA_CRL_INDICATOR:
+            return "is a delta CRL (not supported)"
+        if oid == ExtensionOID.CRL_NUMBER:
+            if ext.critical:
+                return "marks its CRL number critical (RFC 5280 §5.2.3 forbids it)"
+            has_number = True
+        elif oid == ExtensionOID.ISSUING_DISTRIBUTION_POINT:
+            idp = ext.value
+            assert isinstance(idp, x509.IssuingDistributionPoint)
+            if idp.indirect_crl:
+                return "is an indirect CRL (not supported)"
+            if idp.only_some_reasons:
+                return "covers only some revocation reasons (not supported)"
+            if idp.only_contains_attribute_certs:
+                return "covers only attribute certificates"
+            if idp.relative_name is not None:
+                return "names its distribution point relative to its issuer (not supported)"
+        elif ext.critical and oid != ExtensionOID.AUTHORITY_KEY_IDENTIFIER:
+            return f"has an unrecognised critical extension ({oid.dotted_string})"
+    if not has_number:
+        return "has no CRL number (RFC 5280 §5.2.3 requires one)"
+    try:
+        for entry in crl:
+            for ext in entry.extensions:
+                if ext.critical and ext.oid not in _ENTRY_EXTENSIONS:
+                    return (
+                        "has an unrecognised critical entry extension "
+                        f"({ext.oid.dotted_string})"
+                    )
+    except ValueError:
+        return "has malformed entries"
+    return None
+
+
+#: CRL entry extensions understood (RFC 5280 §5.3): the others, when critical, make the CRL
+#: unusable (the certificateIssuer extension, critical by definition, belongs to indirect CRLs).
+_ENTRY_EXTENSIONS = (CRLEntryExtensionOID.CRL_REASON, CRLEntryExtensionOID.INVALIDITY_DATE)
+
+
+def _is_ca(cert: x509.Certificate) -> bool:
+    try:
+        return cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    except (x509.ExtensionNotFound, ValueError):
+        return False
+
+
+def issuing_distribution_point(crl: CRL) -> x509.IssuingDistributionPoint | None:
+    try:
+        return crl.extensions.get_extension_for_class(x509.IssuingDistributionPoint).value
+    except (x509.ExtensionNotFound, ValueError):
+        return None
+
+
+def crl_in_scope(
+    crl: CRL, cert: x509.Certificate, idp: x509.IssuingDistributionPoint | None = None
+) -> bool:
+    """
+    Whether a usable C{crl} (L{crl_unusable} is None) covers C{cert} (RFC 5280 §6.3.3 (b)):
+    not when C{cert}'s distribution points name a cRLIssuer (only an indirect CRL could), nor
+    when the CRL's issuing distribution point excludes it (only user or only CA
+    certificates, or a distribution point none of C{cert}'s shares a full name with).
+    C{idp}: the CRL's issuing distribution point if the caller has it at hand.
+    """
+    try:
+        points: x509.CRLDistributionPoints | None = cert.extensions.get_extension_for_class(
+            x509.CRLDistributionPoints
+        ).value
+    except x509.ExtensionNotFound:
+        points = None
+    except ValueError:
+        return False
+    if points is not None and any(point.crl_issuer for point in points):
+        return False  # only an indirect CRL of that cRLIssuer could cover it
+    if idp is None:
+        idp = issuing_distribution_point(crl)
+        if idp is None:
+            return True
+    if idp.only_contains_user_certs and _is_ca(cert):
+        return False
+    if idp.only_contains_ca_certs and not _is_ca(cert):
+        return False
+    if idp.full_name is not None:
+        if points is None:
+            return False
+        names = set(idp.full_name)
+        return any(p.full_name is not None and names.intersection(p.full_name) for p in points)
+    return True
+
+
+def points_to_crl_issuer(cert: x509.Certificate) -> bool:
+    """Whether a distribution point of C{cert} names a cRLIssuer (an indirect CRL)."""
+    try:
+        points = cert.extensions.get_extension_for_class(x509.CRLDistributionPoints).value
+    except (x509.ExtensionNotFound, ValueError):
+        return False
+    return any(point.crl_issuer for point in points)
+
+
+def may_sign_crls(cert: x509.Certificate) -> bool:
+    """Whether C{cert}'s key may sign CRLs: its keyUsage, if present, allows cRLSign."""
+    try:
+        return cert.extensions.get_extension_for_class(x509.KeyUsage).value.crl_sign
+    except x509.ExtensionNotFound:
+        return True
+    except ValueError:
+        return False
+
+
+def _listed(crl: CRL, serial: int) -> bool:
+    """Whether C{serial} is on C{crl}; never raises (a negative serial, RFC 5280 §4.1.2.2
+    notwithstanding, is looked up by comparing the entries)."""
+    try:
+        return crl.get_revoked_certificate_by_serial_number(serial) is not None
+    except (ValueError, OverflowError):
+        return any(entry.serial_number == serial for entry in crl)
 
 
 # -- who signed it -----------------------------------------------------------------------
@@ -175,11 +365,15 @@ def revoking_crl(
     """
     serial = cert.serial_number
     for crl in crls:
-        if not counted and crl.issuer != cert.issuer:
+        if not counted and (
+            not same_name(crl.issuer, cert.issuer)
+            or crl_unusable(crl)
+            or not crl_in_scope(crl, cert)
+        ):
             continue
-        if crl.get_revoked_certificate_by_serial_number(serial) is None:
+        if not _listed(crl, serial):
             continue
-        if counted or verify(crl, issuer):
+        if counted or (may_sign_crls(issuer) and verify(crl, issuer)):
             return crl
     return None
 
@@ -222,6 +416,15 @@ class CRLSet:
         self._verified: dict[tuple[bytes, bytes], bool] = {}
         self._warned: set[object] = set()
         self._issuer_names: dict[bytes, bytes] = {}
+        self._facts_of: dict[
+            int, tuple[CRL, x509.IssuingDistributionPoint | None, bool, bytes]
+        ] = {}
+        self._spkis: dict[int, tuple[x509.Certificate, bytes]] = {}
+        self._certs: dict[int, tuple[x509.Certificate, bool, bool]] = {}
+        #: Name keys of issuers a delta CRL was seen (and refused) for.
+        self._deltas: set[NameKey] = set()
+        self._name_keys: dict[x509.Name, NameKey] = {}
+        self._issuer_keys: dict[bytes, NameKey] = {}
 
     def newest(self) -> list[CRL]:
         """The newest CRL held per issuer (name and key identifier)."""
@@ -263,19 +466,24 @@ class CRLSet:
 
     def _known_good(self, crl: CRL) -> bool:
         """Has C{crl} verified with some issuer's key (at validation) before?"""
-        digest = hashlib.sha256(crl.public_bytes(serialization.Encoding.DER)).digest()
+        digest = self._facts(crl)[3]
         return any(ok for (d, _), ok in self._verified.items() if d == digest)
 
     def verify(self, crl: CRL, issuer: x509.Certificate) -> bool:
         """L{crl_signature_valid}, remembered per CRL and issuer key."""
-        try:
-            issuer_spki = spki_sha256(issuer.public_key())
-        except (TypeError, ValueError, UnsupportedAlgorithm):
-            return False
-        cache_key = (
-            hashlib.sha256(crl.public_bytes(serialization.Encoding.DER)).digest(),
-            issuer_spki,
-        )
+        # The CRL's digest and the key's hash are remembered per object (the objects a
+        # store holds are used at every validation; hashing a long CRL's DER each time
+        # would be most of the cost of a validation from the cache).
+        spki = self._spkis.get(id(issuer))
+        if spki is None or spki[0] is not issuer:
+            try:
+                spki = (issuer, spki_sha256(issuer.public_key()))
+            except (TypeError, ValueError, UnsupportedAlgorithm):
+                return False
+            if len(self._spkis) > 1024:
+                self._spkis.clear()
+            self._spkis[id(issuer)] = spki
+        cache_key = (self._facts(crl)[3], spki[1])
         verified = self._verified.get(cache_key)
         if verified is None:
             verified = crl_signature_valid(crl, issuer)
@@ -306,25 +514,120 @@ class CRLSet:
             self._issuer_names[raw] = known
         return known
 
-    def counting(self, cert: x509.Certificate, issuer: x509.Certificate) -> list[CRL]:
+    def refuse_unusable(self, crl: CRL) -> bool:
+        """
+        Whether C{crl} cannot be used at all (L{crl_unusable}); if so, warns once per CRL.
+        """
+        reason = crl_unusable(crl)
+        if reason is None:
+            return False
+        if reason.startswith("is a delta CRL"):
+            self._deltas.add(self._name_key(crl.issuer))
+        self._warn_once(
+            ("unusable", crl.fingerprint(hashes.SHA256())),
+            f"CRL of {name_text(crl.issuer)} {reason}; ignored",
+        )
+        return True
+
+    def _facts(self, crl: CRL) -> tuple[CRL, x509.IssuingDistributionPoint | None, bool, bytes]:
+        """
+        (C{crl}, its issuing distribution point, whether it has freshestCRL, the SHA-256 of
+        its DER), remembered per CRL object.
+        """
+        key = id(crl)
+        known = self._facts_of.get(key)
+        if known is None or known[0] is not crl:
+            if len(self._facts_of) > 1024:
+                self._facts_of.clear()
+            try:
+                crl.extensions.get_extension_for_class(x509.FreshestCRL)
+                freshest = True
+            except x509.ExtensionNotFound:
+                freshest = False
+            except ValueError:  # pragma: no cover - refused by crl_unusable already
+                freshest = True
+            digest = hashlib.sha256(crl.public_bytes(serialization.Encoding.DER)).digest()
+            known = (crl, issuing_distribution_point(crl), freshest, digest)
+            self._facts_of[key] = known
+        return known
+
+    def _cert_facts(self, cert: x509.Certificate) -> tuple[x509.Certificate, bool, bool]:
+        """(C{cert}, L{may_sign_crls}, L{points_to_crl_issuer}), remembered per object."""
+        known = self._certs.get(id(cert))
+        if known is None or known[0] is not cert:
+            if len(self._certs) > 1024:
+                self._certs.clear()
+            known = (cert, may_sign_crls(cert), points_to_crl_issuer(cert))
+            self._certs[id(cert)] = known
+        return known
+
+    def _name_key(self, name: x509.Name) -> NameKey:
+        """L{name_key} of a held CRL's issuer name, remembered."""
+        known = self._name_keys.get(name)
+        if known is None:
+            if len(self._name_keys) > 1024:
+                self._name_keys.clear()
+            known = self._name_keys[name] = name_key(name)
+        return known
+
+    def _issuer_key(self, cert: x509.Certificate, cert_der: bytes | None = None) -> NameKey:
+        """L{name_key} of C{cert}'s issuer, remembered by the issuer name's DER."""
+        der = self.issuer_name_der(cert, cert_der)
+        known = self._issuer_keys.get(der)
+        if known is None:
+            if len(self._issuer_keys) > 1024:
+                self._issuer_keys.clear()
+            known = self._issuer_keys[der] = name_key(cert.issuer)
+        return known
+
+    def counting(
+        self,
+        cert: x509.Certificate,
+        issuer: x509.Certificate,
+        signers: Sequence[x509.Certificate] = (),
+        der: bytes | None = None,
+    ) -> list[CRL]:
         """
         The held CRLs that count for C{cert} (§11.8, the two conditions of L{revoking_crl}),
         one per issuer key identifier: in each group named like C{cert}'s issuer (the name
         condition, once per group: every CRL of a group carries its name), the newest
-        candidate that verifies with C{issuer}'s key. Candidates it proves forged or
-        superseded are dropped on the way.
+        candidate in C{cert}'s scope (L{crl_in_scope}) that verifies with the key of
+        C{issuer} or, failing that, of one of C{signers} (other validated certificates of
+        the same CA: key rollover, a separate CRL key), the signer being allowed to sign CRLs
+        (L{may_sign_crls}). Candidates proven forged or superseded are dropped on the way.
         """
-        usable = []
+        usable: list[CRL] = []
+        keys = [c for c in (issuer, *signers) if self._cert_facts(c)[1]]
+        if not keys or keys[0] is not issuer:
+            self._warn_once(
+                ("no-crl-sign", issuer.fingerprint(hashes.SHA256())),
+                f"the key of {_subject(issuer)} may not sign CRLs (keyUsage without "
+                "cRLSign): its CRLs are not used",
+            )
+        indirect: bool | None = None
+        issuer_key: NameKey | None = None
         for (name, key_id), candidates in list(self.held.items()):
             if name != cert.issuer:
-                continue
+                if issuer_key is None:
+                    issuer_key = self._issuer_key(cert, der)
+                if self._name_key(name) != issuer_key:
+                    continue
+            if indirect is None:
+                indirect = self._cert_facts(cert)[2]
+            if indirect:
+                break
             forged = []
             chosen = None
             for crl in candidates:
-                if self.verify(crl, issuer):
+                idp = self._facts(crl)[1]
+                if idp is not None and not crl_in_scope(crl, cert, idp):
+                    continue
+                if any(self.verify(crl, key) for key in keys):
                     chosen = crl
                     usable.append(crl)
                     break  # newest first: older candidates are superseded
+                if not keys:
+                    continue
                 self._warn_once(
                     (
                         "bad-signature",
@@ -333,7 +636,7 @@ class CRLSet:
                     ),
                     f"CRL naming {name_text(name)} is not signed by that issuer's key; ignored",
                 )
-                if key_id is not None and key_id == subject_key_id(issuer):
+                if key_id is not None and key_id == subject_key_id(issuer) and not signers:
                     forged.append(crl)  # names this very key, yet its signature fails
             if chosen is not None:
                 # Keep the genuine one and what is newer but not proven forged; drop the
@@ -346,6 +649,12 @@ class CRLSet:
                 self.held[(name, key_id)] = [
                     c for c in candidates if all(c is not f for f in forged)
                 ]
+        if indirect:
+            self._warn_once(
+                ("crl-issuer", self.issuer_name_der(cert, None)),
+                f"certificates of {name_text(cert.issuer)} name another CRL issuer in their "
+                "distribution points: indirect CRLs are not supported",
+            )
         return usable
 
     def check(
@@ -355,17 +664,28 @@ class CRLSet:
         now: datetime.datetime,
         depth: int,
         der: bytes | None = None,
+        *,
+        signers: Sequence[x509.Certificate] = (),
+        hard: bool = False,
     ) -> None:
         """
         The revocation step of a validation for C{cert} at C{depth} of a verified path whose
-        next certificate is C{issuer}. No CRL that counts: soft fail, with a warning once per
-        issuer name. A stale newest CRL is used, with a warning once per CRL. C{der}, if
+        next certificate is C{issuer} (C{signers}: other validated certificates of that CA
+        whose key may have signed its CRLs). No CRL that counts: soft fail, with a warning
+        once per issuer name; in C{hard} mode C{bad_certificate}. A stale newest CRL is used,
+        with a warning once per CRL; in C{hard} mode it is C{bad_certificate}. C{der}, if
         given, is C{cert}'s DER (it saves parsing the issuer name).
 
         @raise CertificateRevoked: by L{revoking_crl}.
+        @raise BadCertificate: in C{hard} mode, without a usable and current CRL.
         """
-        usable = self.counting(cert, issuer)
+        usable = self.counting(cert, issuer, signers, der)
         if not usable:
+            if hard:
+                raise BadCertificate(
+                    f"revocation of the certificate at depth {depth} cannot be checked: no "
+                    f"usable CRL of {name_text(cert.issuer)} covers it (revocation=hard)"
+                )
             # Keyed by the issuer name's DER, and the message made only the first time: this
             # runs on every handshake with a peer whose CA publishes no CRL.
             key = ("no-crl", self.issuer_name_der(cert, der))
@@ -380,8 +700,24 @@ class CRLSet:
         for other in usable[1:]:
             if crl_is_newer(other, newest):
                 newest = other
+        if hard and (
+            self._facts(newest)[2]
+            or (self._deltas and self._issuer_key(cert, der) in self._deltas)
+        ):
+            if revoking_crl(cert, issuer, usable, counted=True) is None:
+                raise BadCertificate(
+                    f"revocation of the certificate at depth {depth} cannot be checked: "
+                    f"{name_text(cert.issuer)} publishes delta CRLs, which are not supported "
+                    "(revocation=hard)"
+                )
         next_update = newest.next_update_utc
         if next_update is not None and next_update < now:
+            if hard and revoking_crl(cert, issuer, usable, counted=True) is None:
+                raise BadCertificate(
+                    f"revocation of the certificate at depth {depth} cannot be checked: the "
+                    f"CRL of {name_text(newest.issuer)} is stale (its next update was due "
+                    f"{next_update:%Y-%m-%d %H:%M}Z; revocation=hard)"
+                )
             self._warn_once(
                 ("stale", newest.fingerprint(hashes.SHA256())),
                 f"CRL of {name_text(newest.issuer)} is stale (its next update was due "

@@ -24,7 +24,12 @@ from sixchat import sigalgs
 from sixchat.errors import BadCertificate
 from sixchat.identity import san_rfc822_names
 
-__all__ = ["check_key_strength", "check_leaf", "check_signature_strength"]
+__all__ = [
+    "check_constrained_mailboxes",
+    "check_key_strength",
+    "check_leaf",
+    "check_signature_strength",
+]
 
 _STRONG_HASHES = frozenset({"sha256", "sha384", "sha512", "sha3-256", "sha3-384", "sha3-512"})
 _EDDSA_SIGNATURES = frozenset({SignatureAlgorithmOID.ED25519, SignatureAlgorithmOID.ED448})
@@ -105,3 +110,42 @@ def check_leaf(
     except UnsupportedAlgorithm:
         raise BadCertificate("leaf key type is not allowed") from None
     return names, alg, public_key
+
+
+def _malformed_mailbox(name: str) -> bool:
+    local, at, domain = name.partition("@")
+    return not (at and local and domain) or "@" in domain
+
+
+def check_constrained_mailboxes(path: tuple[x509.Certificate, ...]) -> None:
+    """
+    Under a CA with name constraints, every rfc822Name below it must be a plain mailbox
+    (one "@", a local part and a domain): OpenSSL splits C{a@b@x.example.com} at the first
+    "@" and finds the domain C{b@x.example.com} inside a permitted C{.example.com}, so such a
+    name could pass a constraint it does not meet. Refused (C{bad_certificate}) instead; a
+    path without name constraints is not looked at (one extension lookup per CA).
+    """
+    for depth in range(1, len(path)):
+        try:
+            path[depth].extensions.get_extension_for_oid(ExtensionOID.NAME_CONSTRAINTS)
+        except x509.ExtensionNotFound:
+            continue
+        except ValueError:  # pragma: no cover - OpenSSL refused the path already
+            raise BadCertificate("malformed extensions on the path") from None
+        for below in range(depth):
+            try:
+                san = path[below].extensions.get_extension_for_oid(_SAN).value
+            except x509.ExtensionNotFound:
+                continue
+            except ValueError:
+                raise BadCertificate(
+                    f"certificate at depth {below}: malformed extensions"
+                ) from None
+            assert isinstance(san, x509.SubjectAlternativeName)
+            for name in san.get_values_for_type(x509.RFC822Name):
+                if _malformed_mailbox(name):
+                    raise BadCertificate(
+                        f"certificate at depth {below} has rfc822Name {name!r}, which is not a "
+                        "mailbox, under name constraints"
+                    )
+        return

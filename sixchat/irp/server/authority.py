@@ -179,6 +179,7 @@ class Authority:
         leaf_days: int = DEFAULT_LEAF_DAYS,
         invite_days: int = DEFAULT_INVITE_DAYS,
         warn: Callable[[str], None] | None = None,
+        revocation: str = "soft",
     ) -> None:
         self.ca_key = ca_key
         self.ca_cert = ca_cert
@@ -194,7 +195,7 @@ class Authority:
         self.intermediates: list[bytes] = [_der(c) for c in path if _der(c) not in anchor_ders]
         self.issuer_der = _der(ca_cert)
         #: The trust store of the registry's users: the anchors, and our CRLs as they are made.
-        self.trust = TrustStore(anchors, warn=warn)
+        self.trust = TrustStore(anchors, warn=warn, revocation=revocation)
         self._crl: x509.CertificateRevocationList | None = None
         self._crl_der: bytes | None = None
         self._crl_serials: frozenset[int] | None = None
