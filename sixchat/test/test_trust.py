@@ -541,6 +541,7 @@ class PathBuildingTests(SynchronousTestCase):
     def test_bounded(self):
         """Seven alternatives that all fail: at most 1 + MAX_PATH_ATTEMPTS verifications."""
         from sixchat.trust import chain as chain_module
+        from sixchat.trust.paths import MAX_PATH_ATTEMPTS
 
         def constrained(template, i):
             return _with_extra(template, self.ca.key, [(x509.NameConstraints(
@@ -562,7 +563,7 @@ class PathBuildingTests(SynchronousTestCase):
 
         self.patch(chain_module.TrustStore, "_openssl_path", counting)
         self.assertRaises(BadCertificate, self.trust.validate, chain, self.now)
-        self.assertEqual(len(calls), 1 + chain_module.MAX_PATH_ATTEMPTS)
+        self.assertEqual(len(calls), 1 + MAX_PATH_ATTEMPTS)
 
 
 class ConstrainedMailboxTests(SynchronousTestCase):

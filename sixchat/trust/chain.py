@@ -12,7 +12,7 @@ How validation is split between OpenSSL and this package:
     C{X509_V_FLAG_POLICY_CHECK} (certificate policies; L{sixchat.trust.policy} decides the
     one case OpenSSL cannot) and C{X509_V_FLAG_X509_STRICT} (see C{_VERIFY_FLAGS}). OpenSSL
     takes the first presented issuer that fits; when a path fails and the peer sent
-    alternative issuers, others are tried (L{_orderings}, bounded).
+    alternative issuers, others are tried (L{sixchat.trust.paths.orderings}, bounded).
     No purpose is set: §4's leaf profile is not OpenSSL's "SSL client" purpose, so it is
     checked here. OpenSSL's verification error codes are mapped to alerts by
     L{OPENSSL_ERRORS}; any code not listed there is C{bad_certificate}.
@@ -48,9 +48,8 @@ from __future__ import annotations
 
 import datetime
 import hashlib
-import itertools
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -68,8 +67,18 @@ from sixchat.errors import (
     UnknownCA,
 )
 from sixchat.identity import MAX_CHAIN, same_identity, spki_sha256
-from sixchat.trust.crl import REVOCATION_MODES, CRLSet
+from sixchat.trust.cache import (
+    EPOCH,
+    MAX_SECOND,
+    MIN_SECOND,
+    ONE_SECOND,
+    Validated,
+    boundaries,
+)
+from sixchat.trust.crl import REVOCATION_MODES
+from sixchat.trust.crlset import CRLSet
 from sixchat.trust.files import TrustLoadError, load_anchors, load_crls
+from sixchat.trust.paths import orderings
 from sixchat.trust.policy import explicit_policy_holds
 from sixchat.trust.profile import (
     check_constrained_mailboxes,
@@ -95,10 +104,6 @@ OPENSSL_ERRORS: dict[int, type[AlertError]] = {
     27: UnknownCA,  # CERT_UNTRUSTED
 }
 
-_EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
-_ONE_SECOND = datetime.timedelta(seconds=1)
-_MIN_SECOND = (datetime.datetime.min.replace(tzinfo=datetime.UTC) - _EPOCH) // _ONE_SECOND
-_MAX_SECOND = (datetime.datetime.max.replace(tzinfo=datetime.UTC) - _EPOCH) // _ONE_SECOND
 
 #: OpenSSL verification flags: every configured certificate is an anchor (PARTIAL_CHAIN);
 #: RFC 5280 §6.1 policy processing is on (POLICY_CHECK: the requireExplicitPolicy,
@@ -159,30 +164,6 @@ class PeerCertificate:
         return any(same_identity(name, n) for n in self.names)
 
 
-@dataclass(frozen=True)
-class _Validated:
-    """A chain that passed L{TrustStore.validate}: its result and where it holds."""
-
-    peer: PeerCertificate
-    #: The DER of each certificate of C{peer.chain} but the anchor (None if unknown).
-    ders: tuple[bytes | None, ...]
-    #: The other CRL signers of each certificate's issuer, all on the path (L{_crl_signers}).
-    signers: tuple[tuple[x509.Certificate, ...], ...]
-    generation: int
-    #: The whole seconds (since the epoch) in which it may be used: [first, end).
-    first: int
-    end: int
-
-
-def _boundaries(certs: Iterable[x509.Certificate]) -> list[int]:
-    """The notBefore and notAfter of C{certs}, in whole seconds since the epoch."""
-    out = []
-    for cert in certs:
-        out.append((cert.not_valid_before_utc - _EPOCH) // _ONE_SECOND)
-        out.append((cert.not_valid_after_utc - _EPOCH) // _ONE_SECOND)
-    return out
-
-
 def _openssl_alert(error: crypto.X509StoreContextError) -> AlertError:
     code, depth, message = error.errors[0], error.errors[1], error.errors[2]
     return OPENSSL_ERRORS.get(code, BadCertificate)(f"certificate at depth {depth}: {message}")
@@ -193,48 +174,6 @@ def _mapped(
 ) -> x509.Certificate:
     """A certificate of OpenSSL's verified path as our parsed object (see L{_validate})."""
     return ours.get(cert._x509) or known.get(cert._x509) or cert.to_cryptography()
-
-
-#: Orderings of the intermediates tried after the first (L{_orderings}).
-MAX_PATH_ATTEMPTS = 8
-
-
-def _orderings(
-    untrusted: list[crypto.X509], ours: dict[Any, x509.Certificate]
-) -> Iterator[list[crypto.X509]]:
-    """
-    The presented intermediates as given, then, if two or more share a subject (alternative
-    issuers: cross-certificates, a re-issued CA), orderings that put each alternative first
-    in its group, at most L{MAX_PATH_ATTEMPTS} more. OpenSSL takes the first presented
-    certificate that can be an issuer and never backtracks: these retries make the result
-    independent of the order the peer chose.
-    """
-    yield untrusted
-    if len(untrusted) < 2:
-        return
-    groups: dict[Any, list[int]] = {}
-    for i, cert in enumerate(untrusted):
-        groups.setdefault(ours[cert._x509].subject, []).append(i)
-    shared = [members for members in groups.values() if len(members) > 1]
-    if not shared:
-        return
-    tried = {tuple(range(len(untrusted)))}
-    attempts = 0
-    choices = [[m[k:] + m[:k] for k in range(len(m))] for m in shared]
-    for combination in itertools.product(*choices):
-        order = list(range(len(untrusted)))
-        for members, rotated in zip(shared, combination, strict=True):
-            positions = sorted(members)
-            for position, index in zip(positions, rotated, strict=True):
-                order[position] = index
-        key = tuple(order)
-        if key in tried:
-            continue
-        tried.add(key)
-        attempts += 1
-        if attempts > MAX_PATH_ATTEMPTS:
-            return
-        yield [untrusted[i] for i in order]
 
 
 def _utc(when: datetime.datetime) -> datetime.datetime:
@@ -271,7 +210,7 @@ class TrustStore:
         self.warn = warn or _no_warning
         #: Validated chains (see L{_cached}); at most this many, 0 for none.
         self.chain_cache_size = chain_cache
-        self._validated: OrderedDict[tuple[tuple[bytes, ...], bool], _Validated] = OrderedDict()
+        self._validated: OrderedDict[tuple[tuple[bytes, ...], bool], Validated] = OrderedDict()
         #: Bumped whenever the CRLs change: cached validations of an older generation are
         #: not used.
         self._generation = 0
@@ -426,7 +365,7 @@ class TrustStore:
         known = self._anchor_objects()
         first_error: AlertError | None = None
         verified = None
-        for untrusted in _orderings(parsed[1:], ours):
+        for untrusted in orderings(parsed[1:], ours):
             try:
                 verified = self._openssl_path(store, parsed[0], untrusted, ours, known, now)
                 break
@@ -588,7 +527,7 @@ class TrustStore:
         entry = self._validated.get(key)
         if entry is None or entry.generation != self._generation:
             return None
-        if not entry.first <= (now - _EPOCH) // _ONE_SECOND < entry.end:
+        if not entry.first <= (now - EPOCH) // ONE_SECOND < entry.end:
             return None
         self._validated.move_to_end(key)
         chain = entry.peer.chain
@@ -611,12 +550,12 @@ class TrustStore:
         signers: tuple[tuple[x509.Certificate, ...], ...],
         now: datetime.datetime,
     ) -> None:
-        second = (now - _EPOCH) // _ONE_SECOND
+        second = (now - EPOCH) // ONE_SECOND
         try:
-            bounds = self._anchor_boundaries() + _boundaries(presented)
+            bounds = self._anchor_boundaries() + boundaries(presented)
         except (ValueError, OverflowError):  # pragma: no cover - a time we cannot read
             return
-        first, end = _MIN_SECOND, _MAX_SECOND
+        first, end = MIN_SECOND, MAX_SECOND
         for bound in bounds:
             if bound <= second - 2:
                 first = max(first, bound + 2)
@@ -625,7 +564,7 @@ class TrustStore:
             else:
                 return  # a validity period starts or ends right now: not worth keeping
         validated = self._validated
-        validated[key] = _Validated(peer, ders, signers, self._generation, first, end)
+        validated[key] = Validated(peer, ders, signers, self._generation, first, end)
         validated.move_to_end(key)
         while len(validated) > self.chain_cache_size:
             validated.popitem(last=False)
@@ -633,7 +572,7 @@ class TrustStore:
     def _anchor_boundaries(self) -> list[int]:
         bounds = self._anchor_bounds
         if bounds is None:
-            bounds = self._anchor_bounds = _boundaries(self._anchors)
+            bounds = self._anchor_bounds = boundaries(self._anchors)
         return bounds
 
     def _verify_store(self, now: datetime.datetime, policy: bool = True) -> crypto.X509Store:
@@ -644,7 +583,7 @@ class TrustStore:
         """
         # calendar.timegm(now.timetuple()), as pyOpenSSL's set_time computes it (whole
         # seconds, rounded down), in integer arithmetic without building a time tuple.
-        second = (now - _EPOCH) // _ONE_SECOND
+        second = (now - EPOCH) // ONE_SECOND
         if not policy:
             store = crypto.X509Store()
             for anchor in self._openssl_anchors:
