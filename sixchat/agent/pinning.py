@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from twisted.logger import Logger
 
+from sixchat.agent.errors import AgentError
 from sixchat.agent.events import key_change_event
 from sixchat.identity import spki_sha256
 from sixchat.trust import PinPolicy
@@ -35,7 +36,8 @@ class KeyChanges:
     presented it in a handshake of either role, handled in one place: a refused key is
     recorded as pending (for C{sixchat trust --accept-new-key}), every change becomes a line
     of the contact's key history (shown in C{inbox} and C{chat}), a C{key_change} event (for
-    C{watch} and C{chat}) and a log line naming the peer.
+    C{watch} and C{chat}) and a log line naming the peer. The user's decisions on them
+    (C{sixchat trust}: L{decide}) are made here too.
     """
 
     def __init__(
@@ -93,6 +95,59 @@ class KeyChanges:
 
     def _failed(self, failure: Any, peer: str) -> None:
         log.failure("could not record the key change of {peer}", failure, peer=peer)
+
+    async def decide(
+        self, identity: str, accept_new_key: bool, forget_old: bool, kick: Callable[[str], None]
+    ) -> dict[str, Any]:
+        """
+        The user's decision on a contact's keys (C{sixchat trust}): pin every pending key
+        (and retry the outbox for it through C{kick}), and/or retire the older keys.
+        """
+        pins = self.store
+        accepted: list[bytes] = []
+        if accept_new_key:
+            accepted = await pins.accept_key(identity)
+            for spki in accepted:
+                await pins.note_key_event(identity, spki, "trusted", self.now())
+            if accepted:
+                kick(identity)
+        forgotten: list[bytes] = []
+        if forget_old:
+            keep = frozenset(accepted) or await self._current_keys(identity)
+            forgotten = await pins.forget(identity, keep, self.now())
+        return {
+            "identity": identity,
+            "keys": self.keys(identity),
+            "accepted": [s.hex() for s in accepted],
+            "forgotten": [s.hex() for s in forgotten],
+        }
+
+    async def _current_keys(self, identity: str) -> frozenset[bytes]:
+        """
+        The key C{--forget-old} keeps: the newest key that came with a key change (warned,
+        accepted or trusted) and is still pinned.
+
+        @raise AgentError: no key change is known, so there is no "old" key to tell apart
+            (one pinned key, or several devices' keys from the first contact).
+        """
+        pinned = self.store.known(identity)
+        if self.store.pending_changes(identity):
+            raise AgentError(
+                f"a key change of {identity} is pending: decide on it first "
+                f"(sixchat trust {identity} --accept-new-key --forget-old)"
+            )
+        history = await self.store.key_events(identity, None, 1000)
+        for event in reversed(history):
+            if event.what in ("warned", "accepted", "trusted") and event.spki_sha256 in pinned:
+                return frozenset([event.spki_sha256])
+        raise AgentError(
+            f"no key change of {identity} is recorded, so no key is older than another; "
+            "nothing forgotten"
+        )
+
+    def keys(self, identity: str) -> list[str]:
+        """The contact's pinned keys: SPKI SHA-256 fingerprints in hex, sorted."""
+        return sorted(spki.hex() for spki in self.store.known(identity))
 
 
 class RegistryKeyPins:

@@ -438,7 +438,7 @@ class UserAgentService(service.MultiService):
         return [
             views.contact_dict(
                 c,
-                self._keys(c.identity),
+                self.key_changes.keys(c.identity),
                 sorted(s.hex() for s in pins.pending_changes(c.identity)),
                 by_peer.get(c.identity, []),
             )
@@ -469,54 +469,9 @@ class UserAgentService(service.MultiService):
     def trust(
         self, identity: str, accept_new_key: bool, forget_old: bool = False
     ) -> defer.Deferred[dict[str, Any]]:
-        return defer.ensureDeferred(self._trust(identity, accept_new_key, forget_old))
-
-    async def _trust(self, identity: str, accept_new_key: bool, forget_old: bool) -> dict[str, Any]:
-        pins = self.store.pins
-        accepted: list[bytes] = []
-        if accept_new_key:
-            accepted = await pins.accept_key(identity)
-            for spki in accepted:
-                await pins.note_key_event(identity, spki, "trusted", self.now())
-            if accepted:
-                self.outbox.kick(identity)
-        forgotten: list[bytes] = []
-        if forget_old:
-            keep = frozenset(accepted) or await self._current_keys(identity)
-            forgotten = await pins.forget(identity, keep, self.now())
-        return {
-            "identity": identity,
-            "keys": self._keys(identity),
-            "accepted": [s.hex() for s in accepted],
-            "forgotten": [s.hex() for s in forgotten],
-        }
-
-    async def _current_keys(self, identity: str) -> frozenset[bytes]:
-        """
-        The key C{--forget-old} keeps: the newest key that came with a key change (warned,
-        accepted or trusted) and is still pinned.
-
-        @raise AgentError: no key change is known, so there is no "old" key to tell apart
-            (one pinned key, or several devices' keys from the first contact).
-        """
-        pinned = self.store.pins.known(identity)
-        if self.store.pins.pending_changes(identity):
-            raise AgentError(
-                f"a key change of {identity} is pending: decide on it first "
-                f"(sixchat trust {identity} --accept-new-key --forget-old)"
-            )
-        history = await self.store.pins.key_events(identity, None, 1000)
-        for event in reversed(history):
-            if event.what in ("warned", "accepted", "trusted") and event.spki_sha256 in pinned:
-                return frozenset([event.spki_sha256])
-        raise AgentError(
-            f"no key change of {identity} is recorded, so no key is older than another; "
-            "nothing forgotten"
+        return defer.ensureDeferred(
+            self.key_changes.decide(identity, accept_new_key, forget_old, self.outbox.kick)
         )
-
-    def _keys(self, identity: str) -> list[str]:
-        """The contact's pinned keys: SPKI SHA-256 fingerprints in hex, sorted."""
-        return sorted(spki.hex() for spki in self.store.pins.known(identity))
 
     def followPresence(self, peer: str) -> Callable[[], None]:
         """
