@@ -19,14 +19,8 @@ from typing import Any
 from twisted.internet import defer, reactor
 
 from sixchat.irp import messages as m
-from sixchat.test.test_agent_e2e import (
-    ALICE,
-    BOB,
-    DELIVERY_TIMEOUT,
-    E2ECase,
-    ProcessGone,
-    eventually,
-)
+from sixchat.test.processes import ProcessGone, eventually
+from sixchat.test.test_agent_e2e import ALICE, BOB, DELIVERY_TIMEOUT, E2ECase
 
 
 class OneNodeOneAgentTests(E2ECase):

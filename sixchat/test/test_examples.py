@@ -13,17 +13,16 @@ from typing import Any
 from twisted.application import internet, service
 from twisted.internet import defer, reactor
 
-from sixchat.test.processes import REPO, run_cli, twistd_argv
-from sixchat.test.test_agent_e2e import (
-    ALICE,
-    BOB,
-    DELIVERY_TIMEOUT,
+from sixchat.test.processes import (
+    REPO,
     START_TIMEOUT,
-    E2ECase,
     bounded,
     eventually,
+    run_cli,
     spawn,
+    twistd_argv,
 )
+from sixchat.test.test_agent_e2e import ALICE, BOB, DELIVERY_TIMEOUT, E2ECase
 
 TAC = os.path.join(REPO, "docs", "examples", "agent.tac")
 

@@ -31,8 +31,7 @@ from typing import Any
 from twisted.internet import defer, reactor
 from twisted.trial import unittest
 
-from sixchat.test.processes import REPO, child_env
-from sixchat.test.test_agent_e2e import START_TIMEOUT, ChildProcess, short_tempdir
+from sixchat.test.processes import REPO, START_TIMEOUT, ChildProcess, child_env, short_tempdir
 
 QUICKSTART = os.path.join(REPO, "docs", "quickstart.md")
 

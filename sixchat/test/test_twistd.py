@@ -16,8 +16,8 @@ from twisted.python import usage
 from twisted.trial import unittest
 
 from sixchat.agent import tap as agent_tap
-from sixchat.test.processes import run_twistd, twistd_argv
-from sixchat.test.test_agent_e2e import START_TIMEOUT, E2ECase, short_tempdir, spawn
+from sixchat.test.processes import START_TIMEOUT, run_twistd, short_tempdir, spawn, twistd_argv
+from sixchat.test.test_agent_e2e import E2ECase
 
 #: twistd's usage text starts with "Usage: PROGRAM [options]"; never printed for a mistake.
 USAGE = "Usage:"
