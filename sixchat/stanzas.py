@@ -13,7 +13,7 @@ import functools
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from sixchat.errors import BadCertificate, ProtocolError, StanzaError
 from sixchat.xmlcodec import (
@@ -465,7 +465,13 @@ _RECEIPT_LIKE: dict[type, str] = {Receipt: "receipt", Ping: "ping", Pong: "pong"
 _PLAIN_ID = re.compile(r"[A-Za-z0-9_-]+").fullmatch
 
 
-def serialize_stanza(stanza: ApplicationStanza) -> bytes:
+class ElementStanza(Protocol):
+    """Any other stanza type (the §8.7 ones): it knows its element."""
+
+    def to_element(self) -> Element: ...
+
+
+def serialize_stanza(stanza: ApplicationStanza | ElementStanza) -> bytes:
     """
     C{serialize(stanza.to_element())} without building the tree for C{message}, C{receipt},
     C{ping} and C{pong}: one format string, the same escaping, the same C{Char} check.
