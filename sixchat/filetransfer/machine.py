@@ -342,6 +342,16 @@ class OutgoingFile:
         self.state = "sent"
         return Done(self.id)
 
+    def cut_short(self) -> Done:
+        """
+        C{done} before the end: the source cannot give the rest (it changed or cannot be
+        read). The receiver answers C{reject size_mismatch}, which ends the transfer.
+        """
+        if self.state != "sending":
+            raise ValueError(f"cannot end a transfer that is {self.state}")
+        self.state = "sent"
+        return Done(self.id)
+
     def delivered(self) -> None:
         self.state = "delivered"
 

@@ -363,6 +363,18 @@ class SenderTests(SynchronousTestCase):
         error = self.assertRaises(StanzaError, self.sender.accept, Accept("f1", 0))  # twice
         self.assertEqual(error.reason, "bad_request")
 
+    def test_cut_short(self) -> None:
+        """The source changed: done early, and the receiver rejects the file."""
+        self.assertRaises(ValueError, self.outgoing.cut_short)
+        self.sender.accept(Accept("f1", 0))
+        self.outgoing.next_chunk(b"abc")
+        self.assertEqual(self.outgoing.cut_short(), Done("f1"))
+        self.assertEqual(self.outgoing.state, "sent")
+        receiver = FileReceiver()
+        accept(receiver, offer_for(b"abcdef"))
+        receiver.chunk(Chunk("f1", 0, b"abc"), SESSION)
+        self.assertEqual(receiver.done(Done("f1"), SESSION), Reject("f1", "size_mismatch"))
+
     def test_one_offer_per_id_and_session(self) -> None:
         self.assertRaises(ValueError, self.sender.offer, offer_for(b"abcdef"))
 
