@@ -38,7 +38,16 @@ __all__ = [
 log = Logger(namespace="sixchat.agent.service")
 
 #: Event types the agent emits; the control layer adds C{overflow} for a client that fell behind.
-EVENT_TYPES = ("message", "delivery", "typing", "key_change", "presence", "session", "revoked")
+EVENT_TYPES = (
+    "message",
+    "delivery",
+    "typing",
+    "key_change",
+    "presence",
+    "session",
+    "revoked",
+    "file",
+)
 
 Event = dict[str, Any]
 

@@ -44,6 +44,7 @@ SUBCOMMAND_MODULES: list[str] = [
     "sixchat.cli.demo",
     "sixchat.cli.enroll",
     "sixchat.cli.agent",
+    "sixchat.cli.files",
 ]
 
 

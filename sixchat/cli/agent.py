@@ -421,14 +421,15 @@ def register(subparsers: Any) -> None:
         "watch",
         help="stream incoming messages and delivery events until Ctrl-C",
         description="Print one line per agent event until Ctrl-C (exit 0). By default "
-        "incoming messages and delivery changes; --type chooses (repeatable, or 'all').",
+        "incoming messages, delivery changes and file transfers; --type chooses (repeatable, "
+        "or 'all').",
     )
     p.add_argument("--peer", metavar="IDENTITY", help="only events about IDENTITY")
     p.add_argument(
         "--type",
         action="append",
         choices=(*EVENT_TYPES, "all"),
-        help="event type to show (repeatable; default: message and delivery)",
+        help="event type to show (repeatable; default: message, delivery and file)",
     )
     add_json_option(p, "one JSON object per line")
     add_connection_options(p)

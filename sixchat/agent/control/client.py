@@ -21,9 +21,11 @@ from sixchat.agent.control.commands import (
     Contacts,
     Conversations,
     Event,
+    Files,
     History,
     MessageStatus,
     Send,
+    SendFile,
     Status,
     Subscribe,
     Trust,
@@ -98,6 +100,13 @@ class ControlClient(amp.AMP):
     ) -> defer.Deferred[Any]:
         d = self._remote(Send, "send", to=to, text=text, thread=thread, reply_to=reply_to)
         return d.addCallback(lambda r: r["result"])
+
+    def sendFile(self, to: str, path: str) -> defer.Deferred[Any]:
+        d = self._remote(SendFile, "sendFile", to=to, path=path)
+        return d.addCallback(lambda r: r["result"])
+
+    def files(self) -> defer.Deferred[Any]:
+        return self._remote(Files, "files").addCallback(lambda r: r["files"])
 
     def waitDelivered(self, message_id: str, timeout: float) -> defer.Deferred[Any]:
         d = self._remote(

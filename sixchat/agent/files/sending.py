@@ -12,22 +12,24 @@ C{reject} or C{error}, final; L{SessionLost}, retried by the outbox on a new ses
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, BinaryIO
 
 from twisted.internet import defer, threads
 from twisted.logger import Logger
 
+from sixchat.agent.files.disk import file_digest
 from sixchat.agent.store.files import TransferRecord, TransferStore
 from sixchat.agent.store.records import OutgoingMessage
 from sixchat.connection import ConnectionClosedError
 from sixchat.errors import StanzaError
 from sixchat.filetransfer import Accept, FileOffer, FileSender, OutgoingFile, Reject
-from sixchat.session import Session, SessionLost
+from sixchat.session import Session, SessionLost, SessionObserver, new_stanza_id
 from sixchat.stanzas import ErrorStanza, Receipt
 
-__all__ = ["PROGRESS_EVERY", "FileOutbox"]
+__all__ = ["PROGRESS_EVERY", "FileOutbox", "OneFileSender"]
 
 log = Logger(namespace="sixchat.agent.service")
 
@@ -55,7 +57,7 @@ class FileOutbox:
     def __init__(
         self,
         reactor: Any,
-        transfers: TransferStore,
+        transfers: TransferStore | None,
         emit: Callable[[dict[str, Any]], None],
         now: Callable[[], datetime],
     ) -> None:
@@ -90,32 +92,39 @@ class FileOutbox:
         try:
             if session.ended:
                 raise SessionLost("session ended")
+            assert self.transfers is not None
             record = await self.transfers.get("out", message.to, message.id)
             if record is None:
                 raise SessionLost(f"file {message.id} has no transfer record")
-            offer = FileOffer(record.id, record.name, record.size, record.sha256, record.mime)
-            sender = self._senders.get(session)
-            if sender is None:
-                sender = self._senders[session] = FileSender()
-            if sender.get(offer.id) is not None:
-                raise SessionLost("file already offered on this session")
-            sender.offer(offer)
-            self._records[(session, offer.id)] = record
-            try:
-                receipt: Receipt = await session.offerFile(offer)
-            except StanzaError as e:
-                sender.error(offer.id, e.reason)
-                raise
-            except Exception as e:
-                sender.error(offer.id, getattr(e, "reason", "lost"))
-                raise
-            finally:
-                self._records.pop((session, offer.id), None)
-            sender.receipt(receipt)
-            self.emit(_event(record, "delivered", node_peer=session.peer))
-            return receipt
+            return await self.offer(session, record)
         finally:
             lock.release()
+
+    async def offer(self, session: Session, record: TransferRecord) -> Receipt:
+        """
+        Offer the file of C{record} on C{session} and stream it once accepted; returns the
+        receipt (or raises like L{Session.send}). The outbox calls it one file at a time per
+        session; C{sixchat probe --send-file} calls it directly.
+        """
+        offer = FileOffer(record.id, record.name, record.size, record.sha256, record.mime)
+        sender = self._senders.get(session)
+        if sender is None:
+            sender = self._senders[session] = FileSender()
+        if sender.get(offer.id) is not None:
+            raise SessionLost("file already offered on this session")
+        sender.offer(offer)
+        self._records[(session, offer.id)] = record
+        try:
+            receipt: Receipt = await session.offerFile(offer)
+        except Exception as e:
+            sender.error(offer.id, getattr(e, "reason", "lost"))
+            raise
+        finally:
+            self._records.pop((session, offer.id), None)
+        sender.receipt(receipt)
+        self.progress[record.id] = record.size
+        self.emit(_event(record, "delivered"))
+        return receipt
 
     # answers -------------------------------------------------------------------------------
 
@@ -210,3 +219,39 @@ class FileOutbox:
                 outgoing.failed("lost")
         for key in [k for k in self._records if k[0] is session]:
             del self._records[key]
+
+
+class OneFileSender(SessionObserver):
+    """
+    A session observer that sends one file without an agent (C{sixchat probe --send-file},
+    the benchmark): connect with it as the observer and a C{PeerConfig} with
+    C{file_transfer=True}, then C{await send(reactor, session)}.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.size = 0
+        self.outbox: FileOutbox | None = None
+
+    def stanzaReceived(self, session: Session, stanza: Any) -> None:
+        if self.outbox is not None:
+            self.outbox.stanza(session, stanza)
+
+    def sessionEnded(self, session: Session, reason: Any) -> None:
+        if self.outbox is not None:
+            self.outbox.sessionEnded(session)
+
+    async def send(self, reactor: Any, session: Session) -> Receipt:
+        """Hash the file (in a thread), offer it, stream it; the peer's receipt."""
+        size, digest = await threads.deferToThreadPool(
+            reactor, reactor.getThreadPool(), file_digest, self.path
+        )
+        self.size = size
+        now = datetime.now(UTC)
+        name = os.path.basename(self.path)
+        record = TransferRecord(
+            "out", session.peer, session.peer, new_stanza_id(), name, size, digest,
+            None, self.path, None, 0, 0, "offered", None, now, now,
+        )  # fmt: skip
+        self.outbox = FileOutbox(reactor, None, lambda event: None, lambda: now)
+        return await self.outbox.offer(session, record)
