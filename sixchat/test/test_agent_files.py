@@ -264,6 +264,46 @@ class AgentFileTests(unittest.TestCase):
         self.assertEqual(len(bob_events.of("message")), 1)
 
     @defer.inlineCallbacks
+    def test_every_node_of_the_recipient_gets_the_file(self) -> Any:
+        """§11.16: fanned out like a message; each node stores its own copy."""
+        alice, _ = yield self.agent("alice@example.com")
+        laptop, _ = yield self.agent("bob@example.com", "laptop")
+        phone, _ = yield self.agent("bob@example.com", "phone")
+        data = payload(100_000)
+        queued = yield alice.sendFile("bob@example.com", self.source(data))
+
+        def both() -> Any:
+            return alice.status_of(queued["id"]).addCallback(lambda s: s["delivered_nodes"] == 2)
+
+        yield self.until_deferred(both)
+        for node in (laptop, phone):
+            [incoming] = yield node.files()
+            with open(incoming["path"], "rb") as f:
+                self.assertEqual(f.read(), data)
+
+    @defer.inlineCallbacks
+    def test_a_peer_without_file_transfer_fails_the_file(self) -> Any:
+        """§8.7: such a UA answers error unsupported, final for the outbox entry (§8.6)."""
+        alice, _ = yield self.agent("alice@example.com")
+        bob, _ = yield self.agent("bob@example.com")
+        bob.config.file_transfer = False  # the listener's config: as an older UA
+        queued = yield alice.sendFile("bob@example.com", self.source(b"x"))
+        status = yield alice.waitDelivered(queued["id"], 30)
+        self.assertEqual((status["state"], status["reason"]), ("failed", "unsupported"))
+        sent = yield alice.send("bob@example.com", "messages still work")
+        status = yield alice.waitDelivered(sent["id"], 30)
+        self.assertEqual(status["state"], "delivered")
+
+    @defer.inlineCallbacks
+    def until_deferred(self, predicate: Any, timeout: float = 30) -> Any:
+        for _ in range(int(timeout / 0.05)):
+            done = yield predicate()
+            if done:
+                return
+            yield deferLater(0.05)
+        self.fail("condition not reached in time")
+
+    @defer.inlineCallbacks
     def test_unreadable_source(self) -> Any:
         alice, _ = yield self.agent("alice@example.com")
         error = yield self.assertFailure(
