@@ -273,6 +273,9 @@ class UserAgentService(service.MultiService):
             yield self._control_port.stopListening()
             self._control_port = None
         yield super().stopService()
+        # Sessions that completed their handshake while the first closeAll ran (the listener
+        # was still accepting) are closed too, not left to a stopped agent.
+        yield self.sessions.closeAll()
         if self.directory is not None:
             yield self.directory.close()
         yield crls_stopped  # no CRL file write outlives the lock

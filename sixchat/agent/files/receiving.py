@@ -45,6 +45,10 @@ log = Logger(namespace="sixchat.agent.service")
 
 #: fsync the partial file and record the durable prefix every this many bytes.
 SYNC_EVERY = 8 * 1024 * 1024
+#: Chunks are handed to the disk thread in batches of about this many bytes: one thread
+#: hop per batch, not per 32 KiB chunk. Below the session's 256 KiB input limit (chunks
+#: waiting here count toward it), or reading would stop before a batch is full.
+WRITE_BATCH = 128 * 1024
 
 
 @dataclass
@@ -56,6 +60,13 @@ class _Writing:
     session: Session
     chain: defer.Deferred[Any] = field(default_factory=lambda: defer.succeed(None))
     unsynced: int = 0
+    #: Chunks not yet handed to the disk thread (written in batches of L{WRITE_BATCH}).
+    pending: list[bytes] = field(default_factory=list)
+    pending_bytes: int = 0
+    #: Received bytes counted toward the session's input limit until written.
+    pending_held: int = 0
+    #: A write failed: the file on disk is not what was received (rejected at done).
+    failed: bool = False
 
 
 def file_event(record: TransferRecord, state: str, **extra: Any) -> dict[str, Any]:
@@ -70,6 +81,13 @@ def file_event(record: TransferRecord, state: str, **extra: Any) -> dict[str, An
     }
     event.update(extra)
     return event
+
+
+def _write_and_sync(writer: PartialWriter, data: bytes, sync: bool) -> int:
+    """In the disk thread: append C{data}, fsync if asked; the durable length."""
+    if data:
+        writer.write(data)
+    return writer.sync() if sync else writer.synced
 
 
 class FileInbox:
@@ -96,6 +114,8 @@ class FileInbox:
         #: Transfers whose writer is still being closed (see L{_stop}).
         self._closing: dict[tuple[str, str], defer.Deferred[None]] = {}
         self.stopping = False
+        #: Offers being decided (store and disk look-ups in flight); L{stop} waits for them.
+        self._deciding: set[defer.Deferred[None]] = set()
 
     def _thread(self, f: Callable[..., Any], *args: Any) -> defer.Deferred[Any]:
         return threads.deferToThreadPool(self.reactor, self.reactor.getThreadPool(), f, *args)
@@ -135,6 +155,8 @@ class FileInbox:
             return
         d = defer.ensureDeferred(self._decide(session, key, receiver, offer))
         d.addErrback(self._decisionFailed, session, receiver, offer)
+        self._deciding.add(d)
+        d.addBoth(lambda _: self._deciding.discard(d))
 
     async def _decide(
         self, session: Session, key: str, receiver: FileReceiver, offer: FileOffer
@@ -177,7 +199,7 @@ class FileInbox:
             return
         writer = await self._thread(self.files.open_partial, partial, offset)
         await self.transfers.put(new, durable=False)
-        if receiver.get(offer.id) is None or session.ended:  # gone meanwhile
+        if receiver.get(offer.id) is None or session.ended or self.stopping:  # gone meanwhile
             await self._thread(writer.close)
             return
         self._writing[(key, offer.id)] = _Writing(new, writer, session)
@@ -199,6 +221,8 @@ class FileInbox:
             self._answer(session, receiver.decline(offer.id, "io_error"))
 
     def chunk(self, session: Session, chunk: Chunk) -> None:
+        if self.stopping:
+            return  # the agent is going; the sender resumes on its next session
         key, receiver = self._receiver(session)
         try:
             _, keep = receiver.chunk(chunk, session)
@@ -212,30 +236,49 @@ class FileInbox:
             return
         size = len(chunk.data)
         session.holdInput(size)
+        writing.pending_held += size
+        if keep:
+            writing.pending.append(keep)
+            writing.pending_bytes += len(keep)
         writing.unsynced += len(keep)
         sync = writing.unsynced >= SYNC_EVERY
         if sync:
             writing.unsynced = 0
-        writing.chain.addCallback(lambda _: defer.ensureDeferred(self._write(writing, keep, sync)))
-        writing.chain.addBoth(self._released, session, size)
+        if sync or writing.pending_bytes >= WRITE_BATCH:
+            self._flush(writing, sync)
+
+    def _flush(self, writing: _Writing, sync: bool = False) -> None:
+        """Hand the pending chunks to the disk thread (after the writes before them)."""
+        data = b"".join(writing.pending)
+        held = writing.pending_held
+        writing.pending, writing.pending_bytes, writing.pending_held = [], 0, 0
+        if data or sync:
+            writing.chain.addCallback(
+                lambda _: defer.ensureDeferred(self._write(writing, data, sync))
+            )
+        writing.chain.addBoth(self._released, writing, held)
 
     async def _write(self, writing: _Writing, data: bytes, sync: bool) -> None:
-        if data:
-            await self._thread(writing.writer.write, data)
+        if writing.failed:
+            return
+        synced = await self._thread(_write_and_sync, writing.writer, data, sync)
         if sync:
-            synced = await self._thread(writing.writer.sync)
             writing.record = replace(writing.record, received=synced, updated=self.now())
             await self.transfers.put(writing.record, durable=False)
             self.emit(file_event(writing.record, "receiving", received=synced))
 
-    def _released(self, result: Any, session: Session, size: int) -> Any:
-        session.releaseInput(size)
+    def _released(self, result: Any, writing: _Writing, held: int) -> Any:
+        if held:
+            writing.session.releaseInput(held)
         if isinstance(result, Failure):
+            writing.failed = True
             log.failure("writing a file failed", result)
-            return None  # the chain goes on; done() finds the file short and rejects it
+            return None  # the chain goes on; _finish rejects the file (io_error)
         return result
 
     def done(self, session: Session, done: Done) -> None:
+        if self.stopping:
+            return
         key, receiver = self._receiver(session)
         try:
             outcome = receiver.done(done, session)
@@ -246,11 +289,19 @@ class FileInbox:
         writing = self._writing.pop((key, done.id), None)
         if writing is None:
             return
+        self._flush(writing)
         writing.chain.addCallback(lambda _: defer.ensureDeferred(self._finish(writing, outcome)))
         writing.chain.addErrback(self._finishFailed, writing, receiver)
 
     async def _finish(self, writing: _Writing, outcome: Reject | Verified) -> None:
         record, session = writing.record, writing.session
+        if writing.failed and not isinstance(outcome, Reject):
+            receiver = self._receivers.get(record.peer)
+            outcome = (
+                receiver.decline(record.id, "io_error")
+                if receiver is not None
+                else Reject(record.id, "io_error")
+            )
         if isinstance(outcome, Reject):
             await self._thread(writing.writer.close)
             await self._thread(self.files.discard, writing.writer.path)
@@ -289,6 +340,7 @@ class FileInbox:
         """Close a transfer's writer after its pending writes, keeping the durable prefix."""
         writing = self._writing.pop(key, None)
         if writing is not None:
+            self._flush(writing)
             writing.chain.addCallback(lambda _: defer.ensureDeferred(self._keep(writing)))
             writing.chain.addErrback(lambda f: log.failure("closing a partial file failed", f))
             # A re-offer of the same file waits for this (it reads the prefix we keep).
@@ -313,7 +365,8 @@ class FileInbox:
         self.stopping = True
         for key in list(self._writing):
             self._stop(key)
-        return defer.DeferredList(list(self._closing.values()), consumeErrors=True)
+        waits = [*self._deciding, *self._closing.values()]
+        return defer.DeferredList(waits, consumeErrors=True)
 
     def sessionEnded(self, session: Session) -> None:
         key = normalize_identity(session.peer)

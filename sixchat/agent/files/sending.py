@@ -12,6 +12,7 @@ C{reject} or C{error}, final; L{SessionLost}, retried by the outbox on a new ses
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -25,7 +26,7 @@ from sixchat.agent.store.files import TransferRecord, TransferStore
 from sixchat.agent.store.records import OutgoingMessage
 from sixchat.connection import ConnectionClosedError
 from sixchat.errors import StanzaError
-from sixchat.filetransfer import Accept, FileOffer, FileSender, OutgoingFile, Reject
+from sixchat.filetransfer import MAX_CHUNK, Accept, FileOffer, FileSender, OutgoingFile, Reject
 from sixchat.session import Session, SessionLost, SessionObserver, new_stanza_id
 from sixchat.stanzas import ErrorStanza, Receipt
 
@@ -35,6 +36,8 @@ log = Logger(namespace="sixchat.agent.service")
 
 #: Emit a progress event every this many bytes sent.
 PROGRESS_EVERY = 8 * 1024 * 1024
+#: The file is read in blocks of this many bytes (one thread hop each), one block ahead.
+READ_BLOCK = 32 * MAX_CHUNK
 
 
 def _event(record: TransferRecord, state: str, **extra: Any) -> dict[str, Any]:
@@ -167,28 +170,35 @@ class FileOutbox:
         self, session: Session, outgoing: OutgoingFile, record: TransferRecord
     ) -> None:
         assert record.path is not None
+        size = outgoing.offer.size
         f: BinaryIO = await self._thread(open, record.path, "rb")
+        reading: defer.Deferred[bytes] | None = None
         try:
             await self._thread(f.seek, outgoing.sent)
             self.progress[outgoing.id] = outgoing.sent
             last_event = outgoing.sent
-            want = outgoing.want()
+            # Blocks of READ_BLOCK bytes, one ahead: one thread hop per block, not per chunk.
+            offset = outgoing.sent
+            want = min(READ_BLOCK, size - offset)
             reading = self._thread(f.read, want) if want else None
             while reading is not None:
-                data: bytes = await reading
+                block: bytes = await reading
                 if outgoing.finished:
                     return  # refused or lost meanwhile
-                if len(data) != want:
+                if len(block) != want:
                     # The file changed under us: say done; the peer rejects it (size).
                     log.warn("file {path} changed while being sent", path=record.path)
                     break
-                chunk = outgoing.next_chunk(data)
-                want = outgoing.want()
+                offset += want
+                want = min(READ_BLOCK, size - offset)
                 reading = self._thread(f.read, want) if want else None
-                await session.whenWritable()
-                if outgoing.finished:
-                    return
-                session.sendStanza(chunk)
+                view = memoryview(block)
+                for start in range(0, len(block), MAX_CHUNK):
+                    chunk = outgoing.next_chunk(bytes(view[start : start + MAX_CHUNK]))
+                    await session.whenWritable()
+                    if outgoing.finished:
+                        return
+                    session.sendStanza(chunk)
                 self.progress[outgoing.id] = outgoing.sent
                 if outgoing.sent - last_event >= PROGRESS_EVERY:
                     last_event = outgoing.sent
@@ -197,6 +207,9 @@ class FileOutbox:
                 done = outgoing.finish() if not outgoing.want() else outgoing.cut_short()
                 session.sendStanza(done)
         finally:
+            if reading is not None and not reading.called:
+                with contextlib.suppress(Exception):
+                    await reading  # the file is closed only after its last read
             await self._thread(f.close)
 
     def _streamFailed(self, failure: Any, session: Session, outgoing: OutgoingFile) -> None:
