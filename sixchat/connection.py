@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from sixchat.errors import AlertError, PeerAlert, ProtocolError, StanzaError
-from sixchat.filetransfer.stanzas import FILE_STANZAS, FileStanza
+from sixchat.filetransfer.stanzas import FILE_STANZAS, FileStanza, parse_chunk
 from sixchat.handshake import (
     HandshakeResult,
     InitiatorHandshake,
@@ -342,7 +342,9 @@ class Connection:
             data = plaintext.rstrip(b" ")  # strip_padding
             if not data:
                 raise ProtocolError("empty SEALED plaintext")
-            stanza = parse_application(data)
+            stanza: ApplicationStanza | FileStanza | None = parse_application(data)
+            if stanza is None and self.config.file_transfer and data.startswith(b"<chunk "):
+                stanza = parse_chunk(data)  # a file's chunks, as we write them (§8.7)
             if stanza is None:
                 self._sealed_element(data, plaintext, events)
             elif type(stanza) is Ping:

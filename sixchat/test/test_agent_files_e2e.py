@@ -27,7 +27,7 @@ from sixchat.test.test_agent_e2e import (
     bounded,
 )
 
-#: Large enough that the receiver syncs (every 8 MiB) well before the end.
+#: Large enough that the receiver syncs (every 32 MiB) well before the end.
 BIG = 160 * 1024 * 1024
 
 

@@ -21,6 +21,7 @@ from sixchat.filetransfer.stanzas import (
     Done,
     FileOffer,
     Reject,
+    parse_chunk,
     parse_number,
 )
 from sixchat.xmlcodec import Element, b64encode, is_xml_text, parse, serialize
@@ -218,3 +219,58 @@ class RefusalTests(SynchronousTestCase):
             self.assertIn(e.reason, ("bad_request", "too_large"))
         else:
             self.assertEqual(wire(stanza), stanza)
+
+
+class FastPathTests(SynchronousTestCase):
+    """The chunk shortcuts are exact: the same bytes out, the same chunk (or none) in."""
+
+    @HYPOTHESIS
+    @given(ids | texts, st.integers(0, MAX_SIZE + 10), st.binary(max_size=2 * MAX_CHUNK))
+    def test_serialized_is_serialize_of_the_element(
+        self, sid: str, offset: int, data: bytes
+    ) -> None:
+        chunk = Chunk(sid, offset, data)
+        self.assertEqual(chunk.serialized(), serialize(chunk.to_element()))
+
+    @HYPOTHESIS
+    @given(
+        ids,
+        st.integers(0, MAX_SIZE),
+        st.binary(max_size=MAX_CHUNK + 3),
+        st.sampled_from(["none", "byte", "insert", "truncate", "prefix", "suffix"]),
+        st.integers(0, 2**16),
+        st.sampled_from([b"<", b"&amp;", b" ", b"=", b"A", b"\x00", b"\xc3", b'"', b"!--"]),
+    )
+    def test_parse_chunk_agrees_with_the_generic_path(
+        self, sid: str, offset: int, data: bytes, how: str, where: int, junk: bytes
+    ) -> None:
+        wire_bytes = Chunk(sid, offset, data).serialized()
+        i = where % (len(wire_bytes) + 1)
+        if how == "byte" and i < len(wire_bytes):
+            wire_bytes = wire_bytes[:i] + junk[:1] + wire_bytes[i + 1 :]
+        elif how == "insert":
+            wire_bytes = wire_bytes[:i] + junk + wire_bytes[i:]
+        elif how == "truncate":
+            wire_bytes = wire_bytes[:i]
+        elif how == "prefix":
+            wire_bytes = junk + wire_bytes
+        elif how == "suffix":
+            wire_bytes = wire_bytes + junk
+        fast = parse_chunk(wire_bytes)
+        if fast is None:
+            return  # the generic path decides (errors included)
+        element = parse(wire_bytes)
+        self.assertEqual(fast, Chunk.from_element(element))
+
+    def test_what_the_fast_path_leaves_to_the_generic_one(self) -> None:
+        good = Chunk("f1", 7, b"abc").serialized()
+        self.assertEqual(parse_chunk(good), Chunk("f1", 7, b"abc"))
+        for xml in (
+            b'<chunk offset="7" id="f1">YWJj</chunk>',  # attributes in another order
+            b'<chunk id="f1" offset="7">YWJj</chunk >',
+            b'<chunk id="f1" offset="7">YW<!-- -->Jj</chunk>',
+            b'<chunk id="f1" offset="7">YWJ</chunk>',  # invalid base64: the generic error
+            b'<chunk id="f1" offset="99999999999999999999">YWJj</chunk>',
+            b'<chunk id="f1" offset="0">' + b"A" * (MAX_CHUNK_B64 + 4) + b"</chunk>",
+        ):
+            self.assertIsNone(parse_chunk(xml), xml[:60])

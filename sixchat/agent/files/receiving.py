@@ -44,7 +44,7 @@ __all__ = ["SYNC_EVERY", "FileInbox"]
 log = Logger(namespace="sixchat.agent.service")
 
 #: fsync the partial file and record the durable prefix every this many bytes.
-SYNC_EVERY = 8 * 1024 * 1024
+SYNC_EVERY = 32 * 1024 * 1024
 #: Chunks are handed to the disk thread in batches of about this many bytes: one thread
 #: hop per batch, not per 32 KiB chunk. Below the session's 256 KiB input limit (chunks
 #: waiting here count toward it), or reading would stop before a batch is full.
