@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 from typing import Any
 
 from twisted.internet import defer, reactor
@@ -19,7 +20,8 @@ from sixchat.agent import tap
 from sixchat.agent.files import receiving
 from sixchat.agent.files.disk import FilesDir, file_digest
 from sixchat.agent.service import AgentError, UserAgentService
-from sixchat.filetransfer import Accept, Chunk, Done, FileOffer, Reject
+from sixchat.filetransfer import MAX_CHUNK, Accept, Chunk, Done, FileOffer, Reject
+from sixchat.flow import MAX_UNPROCESSED
 from sixchat.handshake import PeerConfig
 from sixchat.stanzas import ErrorStanza
 from sixchat.test import certs
@@ -262,6 +264,37 @@ class AgentFileTests(unittest.TestCase):
         )
         self.assertEqual(len([e for e in errors if isinstance(e, Accept)]), 4)
         self.assertEqual(len(bob_events.of("message")), 1)
+
+    @defer.inlineCallbacks
+    def test_a_stuck_disk_stops_reading_instead_of_buffering(self) -> Any:
+        """Chunks waiting for the disk count toward the §9.2 input limit: memory stays bounded."""
+        gate = threading.Event()
+        self.addCleanup(gate.set)
+        real = receiving._write_and_sync
+
+        def stuck(writer: Any, data: bytes, sync: bool) -> int:
+            gate.wait(60)  # the disk thread blocks until the test opens the gate
+            return real(writer, data, sync)
+
+        self.patch(receiving, "_write_and_sync", stuck)
+        alice, _ = yield self.agent("alice@example.com")
+        bob, _ = yield self.agent("bob@example.com")
+        data = payload(4_000_000)
+        queued = yield alice.sendFile("bob@example.com", self.source(data))
+
+        def paused() -> bool:
+            return any(s._protocol._reading_paused for s in bob.sessions.live)
+
+        yield self.until(paused)
+        yield deferLater(0.3)  # more time: still nothing more is read
+        [session] = [s for s in bob.sessions.live if s._protocol._reading_paused]
+        self.assertLessEqual(session._protocol.unstored, MAX_UNPROCESSED + MAX_CHUNK)
+        gate.set()
+        status = yield alice.waitDelivered(queued["id"], 60)
+        self.assertEqual(status["state"], "delivered")
+        [incoming] = yield bob.files()
+        with open(incoming["path"], "rb") as f:
+            self.assertEqual(f.read(), data)
 
     @defer.inlineCallbacks
     def test_every_node_of_the_recipient_gets_the_file(self) -> Any:
