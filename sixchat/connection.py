@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from sixchat.errors import AlertError, PeerAlert, ProtocolError, StanzaError
+from sixchat.filetransfer.stanzas import FILE_STANZAS, FileStanza, parse_chunk
 from sixchat.handshake import (
     HandshakeResult,
     InitiatorHandshake,
@@ -68,9 +69,10 @@ class HandshakeComplete:
 @dataclass(frozen=True)
 class StanzaReceived:
     """An application stanza for the user: C{Message}, C{Receipt}, C{Pong}, C{Typing},
-    C{ErrorStanza}. (Pings, rekeys and closes are handled here.)"""
+    C{ErrorStanza}, and with C{PeerConfig.file_transfer} the §8.7 stanzas (L{sixchat.
+    filetransfer.stanzas}). (Pings, rekeys and closes are handled here.)"""
 
-    stanza: ApplicationStanza
+    stanza: ApplicationStanza | FileStanza
 
 
 @dataclass(frozen=True)
@@ -197,7 +199,7 @@ class Connection:
         out, self._out = self._out, []
         return b"".join(out)
 
-    def send(self, stanza: ApplicationStanza) -> None:
+    def send(self, stanza: ApplicationStanza | FileStanza) -> None:
         """
         Seal one application stanza.
 
@@ -211,7 +213,7 @@ class Connection:
             raise ValueError("use close() or rekey()")
         self._send_bytes(serialize_stanza(stanza))
 
-    def prepare(self, stanza: ApplicationStanza) -> bytes:
+    def prepare(self, stanza: ApplicationStanza | FileStanza) -> bytes:
         """
         Check and serialise an application stanza to be sealed later by L{send_prepared}: the
         adapter queues stanzas this way while its transport is full, so that the errors of
@@ -340,7 +342,9 @@ class Connection:
             data = plaintext.rstrip(b" ")  # strip_padding
             if not data:
                 raise ProtocolError("empty SEALED plaintext")
-            stanza = parse_application(data)
+            stanza: ApplicationStanza | FileStanza | None = parse_application(data)
+            if stanza is None and self.config.file_transfer and data.startswith(b"<chunk "):
+                stanza = parse_chunk(data)  # a file's chunks, as we write them (§8.7)
             if stanza is None:
                 self._sealed_element(data, plaintext, events)
             elif type(stanza) is Ping:
@@ -423,6 +427,8 @@ class Connection:
                 events.append(CloseReceived(answered=False))
             return
         cls = APPLICATION_STANZAS.get(tag)
+        if cls is None and self.config.file_transfer:
+            cls = FILE_STANZAS.get(tag)  # §8.7, when the application takes files
         if cls is None:
             ref = element.get("id")
             error = StanzaError(
@@ -438,7 +444,9 @@ class Connection:
             return
         self._application_stanza(stanza, events)
 
-    def _application_stanza(self, stanza: ApplicationStanza, events: list[Event]) -> None:
+    def _application_stanza(
+        self, stanza: ApplicationStanza | FileStanza, events: list[Event]
+    ) -> None:
         if isinstance(stanza, Ping):
             if self.state == "open":
                 self._send_bytes(serialize_stanza(Pong(stanza.id)))

@@ -114,6 +114,9 @@ class PeerConfig:
     pins: PinChecker | None = None
     #: Pad sealed plaintexts with spaces to a multiple of this many bytes (0: no padding).
     padding: int = 0
+    #: Parse the §8.7 file-transfer stanzas and hand them to the application (which must
+    #: then answer them); off: they get C{error unsupported}, as a UA without file transfer.
+    file_transfer: bool = False
     #: The time chains are validated at.
     now: Callable[[], datetime] = field(default_factory=lambda: _utcnow)
     entropy: G.Entropy = field(default_factory=G.Entropy)

@@ -184,7 +184,7 @@ class Session:
         )
         return self.send(message)
 
-    def send(self, message: Message) -> defer.Deferred[Receipt]:
+    def send(self, message: Any) -> defer.Deferred[Receipt]:
         """Send a prepared L{Message} (e.g. a retransmission keeping its id)."""
         d: defer.Deferred[Receipt] = defer.Deferred()
         if self.ended:
@@ -238,6 +238,40 @@ class Session:
 
     def sendReceipt(self, message_id: str) -> None:
         self._protocol.sendAnswer(Receipt(message_id))
+
+    # file transfer (§8.7; the stanzas and state machines are sixchat.filetransfer) ----------
+
+    def offerFile(self, offer: Any) -> defer.Deferred[Receipt]:
+        """
+        Send a C{file} offer; the Deferred fires with the peer's L{Receipt} (the file is
+        stored), or fails with L{StanzaRefused} (an C{error}, or a C{reject} passed to
+        L{fileRejected}) or L{SessionLost}, like L{send}.
+        """
+        return self.send(offer)
+
+    def fileRejected(self, reject: Any) -> bool:
+        """A C{reject} (§11.9: final, like an error) for one of our offers; False if unknown."""
+        return self._error(ErrorStanza(reject.reason, reject.id, "rejected"))
+
+    def sendStanza(self, stanza: Any) -> None:
+        """Send one of our own stanzas (a C{chunk}, C{done}), behind what we queued before."""
+        self._protocol.sendStanza(stanza)
+
+    def sendAnswer(self, stanza: Any) -> None:
+        """Send an answer (C{accept}, C{reject}, C{receipt}, C{error}): never waits behind ours."""
+        self._protocol.sendAnswer(stanza)
+
+    def holdInput(self, nbytes: int) -> None:
+        """
+        Count C{nbytes} of received data as not yet stored (the §9.2 limit): past
+        L{sixchat.flow.MAX_UNPROCESSED} we stop reading the peer until L{releaseInput}.
+        """
+        self._protocol.unstored += nbytes
+        self._protocol._updateReading()
+
+    def releaseInput(self, nbytes: int) -> None:
+        self._protocol.unstored -= nbytes
+        self._protocol._updateReading()
 
     def rekey(self) -> None:
         """Switch our write key now (§8.5); it also happens automatically before the limits."""

@@ -49,6 +49,7 @@ EVENT_TYPES = (
     "session",
     "revoked",
     "unknown_recipient",
+    "file",
 )
 
 Event = dict[str, Any]

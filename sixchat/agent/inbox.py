@@ -17,6 +17,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from sixchat.agent import events
+from sixchat.filetransfer import Accept, Chunk, Done, FileOffer, Reject
 from sixchat.protocol import ISessionObserver, Session
 from sixchat.stanzas import Message, Typing, format_timestamp
 
@@ -48,6 +49,7 @@ class Inbox:
         kick: Callable[[str], None],
         now: Callable[[], datetime],
         key_changes: KeyChanges,
+        files: tuple[Any, Any] | None = None,
     ) -> None:
         self.sessions = sessions
         self.crls = crls
@@ -56,6 +58,8 @@ class Inbox:
         self.kick = kick
         self.now = now
         self.key_changes = key_changes
+        #: (L{FileInbox}, L{FileOutbox}) when the agent takes files (§8.7).
+        self.files = files
 
     def sessionStarted(self, session: Session) -> None:
         if self.sessions.endIfRevokedSince(session, self.crls):
@@ -92,7 +96,16 @@ class Inbox:
     def stanzaReceived(self, session: Session, stanza: object) -> None:
         if isinstance(stanza, Typing):
             self.emit(events.typing_event(session.peer, stanza.state))
+        elif self.files is not None and session not in self.sessions.revoked:
+            incoming, outgoing = self.files
+            if isinstance(stanza, FileOffer | Chunk | Done):
+                incoming.stanza(session, stanza)
+            elif isinstance(stanza, Accept | Reject):
+                outgoing.stanza(session, stanza)
 
     def sessionEnded(self, session: Session, reason: Failure) -> None:
         self.sessions.remove(session)
+        if self.files is not None:
+            for side in self.files:
+                side.sessionEnded(session)
         self.emit(events.session_closed_event(session))

@@ -141,6 +141,16 @@ class IUserAgent(Interface):
     def typing(to: str, state: str) -> Any:
         """Tell a peer with an open session that we are composing/paused (never queued)."""
 
+    def sendFile(to: str, path: str) -> Any:
+        """
+        Queue the file at C{path} (absolute) for C{to}, like a message (§8.7): fires once
+        queued with the transfer's dict {id, peer, direction, name, size, received, sha256,
+        state, path, resumed_from}; C{waitDelivered} works on its id.
+        """
+
+    def files() -> Any:
+        """Fires with a list of transfer dicts, both directions (docs/files.md)."""
+
     def addObserver(observer: IAgentEvents) -> None:
         """Start sending events to C{observer}."""
 

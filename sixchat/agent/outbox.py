@@ -117,6 +117,7 @@ class OutboxScheduler:
     @param usable_nodes: which of a peer's registered nodes may be dialled (the pin rule,
         L{sixchat.agent.pinning.RegistryKeyPins.usable_nodes}); default all.
     @param on_status: told every status change the scheduler causes (events, waiters).
+    @param deliver: sends one entry on a session (default: C{session.send(entry.stanza)}).
     """
 
     def __init__(
@@ -131,6 +132,7 @@ class OutboxScheduler:
         rand: Callable[[], float] = random.random,
         usable_nodes: Callable[[str, Sequence[NodeBinding]], list[NodeBinding]] = _all_nodes,
         on_unknown: Callable[[str, str, list[str]], None] | None = None,
+        deliver: Callable[[Session, OutgoingMessage], defer.Deferred[Any]] | None = None,
     ) -> None:
         self.clock = clock
         self.store = store
@@ -148,6 +150,9 @@ class OutboxScheduler:
         #: Peers whose registry watch stays when nothing is owed them (someone follows
         #: their presence: C{UserAgentService.followPresence}).
         self.keep_watching: Callable[[str], bool] = lambda peer: False
+        #: How one entry goes out on a session: fires with the receipt, fails like
+        #: C{Session.send} (the agent's file outbox sends files this way, §8.7).
+        self.deliver = deliver or _send_message
         self.running = False
         self.stopping = False
         self._tick_call: IDelayedCall | None = None
@@ -321,7 +326,7 @@ class OutboxScheduler:
             self.store.mark_attempt(message.id, node.name, now, retry_at).addCallbacks(
                 self._attempted, self._attemptNotRecorded, errbackArgs=(message.id,)
             )
-            d: defer.Deferred[Any] = session.send(message.stanza)
+            d: defer.Deferred[Any] = self.deliver(session, message)
             d.addBoth(_released, window)
             d.addCallbacks(
                 self._receipted,
@@ -355,6 +360,10 @@ class OutboxScheduler:
             self.schedule(0)  # the next tick re-sends when the entry is due
             return None
         return failure
+
+
+def _send_message(session: Session, message: OutgoingMessage) -> defer.Deferred[Any]:
+    return session.send(message.stanza)
 
 
 def _released(result: Any, window: defer.DeferredSemaphore) -> Any:

@@ -13,15 +13,17 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import mimetypes
 import os
 import random
+import secrets
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
 from twisted.application import service
-from twisted.internet import defer
+from twisted.internet import defer, threads
 from twisted.internet.interfaces import IListeningPort, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -33,14 +35,19 @@ from sixchat.agent.crls import CRLUpdater
 from sixchat.agent.datadir import DataDirLock, prepare_data_dir
 from sixchat.agent.directory import unknown_reason
 from sixchat.agent.errors import AgentError, MessageFinal, UnknownIdentity, UnknownMessage
+from sixchat.agent.files.disk import FilesDir, file_digest
+from sixchat.agent.files.receiving import FileInbox
+from sixchat.agent.files.sending import FileOutbox
 from sixchat.agent.inbox import Inbox
 from sixchat.agent.interfaces import IAgentEvents, IDirectory, IUserAgent
 from sixchat.agent.outbox import DEFAULT_TTL, OutboxScheduler
 from sixchat.agent.pinning import KeyChanges, RegistryKeyPins
 from sixchat.agent.sessions import SessionTable
 from sixchat.agent.store import MessageStatus, MessageStore, encryption
+from sixchat.agent.store.files import TransferRecord, TransferStore
 from sixchat.agent.views import status_dict
 from sixchat.agent.waiters import DeliveryWaiters
+from sixchat.filetransfer.machine import DEFAULT_MAX_CONCURRENT, DEFAULT_MAX_FILE_SIZE, FileLimits
 from sixchat.handshake import PeerConfig
 from sixchat.identity import is_valid_identity, normalize_identity
 from sixchat.listener import DEFAULT_LISTEN, PeerListenerService
@@ -106,6 +113,9 @@ class UserAgentService(service.MultiService):
         | None = None,
         store_password: bytes | None = None,
         store_encryption: str = "auto",
+        files_dir: str | None = None,
+        max_file_size: int = DEFAULT_MAX_FILE_SIZE,
+        max_concurrent_files: int = DEFAULT_MAX_CONCURRENT,
     ) -> None:
         super().__init__()
         self.reactor = reactor
@@ -135,7 +145,7 @@ class UserAgentService(service.MultiService):
             ),
         )
         policy = PinPolicy(self.store.pins, pin_policy)
-        self.config = dataclasses.replace(config, pins=policy)
+        self.config = dataclasses.replace(config, pins=policy, file_transfer=True)
         self._events = events.EventFanout(events.LogEvents())
         #: The registry's parts (directory, keeper, CRL source), when there is a registry.
         self.link: RegistryLink | None = None
@@ -178,6 +188,18 @@ class UserAgentService(service.MultiService):
         pins = RegistryKeyPins(policy, self.store.pins, self.key_changes)
         #: Peers whose presence a client follows (chat), with how many follow each.
         self._following: dict[str, int] = {}
+        #: File transfer (§8.7): where incoming files land, and both sides' drivers.
+        self.files_dir = FilesDir(files_dir or os.path.join(data_dir, "files"))
+        self.transfers = TransferStore(self.store)
+        self.file_outbox = FileOutbox(reactor, self.transfers, self._emit, self.now)
+        self.file_inbox = FileInbox(
+            reactor,
+            self.store,
+            self.files_dir,
+            FileLimits(max_file_size, max_concurrent_files),
+            self._emit,
+            self.now,
+        )
         self.outbox = OutboxScheduler(
             self.clock,
             self.store,
@@ -190,11 +212,13 @@ class UserAgentService(service.MultiService):
             on_unknown=lambda peer, reason, ids: self._emit(
                 events.unknown_recipient_event(peer, reason, ids, "queued")
             ),
+            deliver=self.file_outbox.deliver,
         )
         self.outbox.keep_watching = lambda peer: normalize_identity(peer) in self._following
         self.inbox = Inbox(
             self.sessions, self.crls, self.store, self._emit, self.outbox.kick, self.now,
             self.key_changes,
+            files=(self.file_inbox, self.file_outbox),
         )  # fmt: skip
         self.sessions.observer = self.inbox
         self.listener = PeerListenerService(
@@ -227,6 +251,7 @@ class UserAgentService(service.MultiService):
         if not self.lock.held:
             prepare_data_dir(self.data_dir)
             self.lock.acquire()
+            self.files_dir.prepare()
 
     def privilegedStartService(self) -> None:
         self._lockDataDir()
@@ -285,6 +310,7 @@ class UserAgentService(service.MultiService):
             self.keeper.on_state = state
             self.keeper.on_conflict = self._fatal
         self.crls.start()
+        self.file_outbox.ids = yield self.transfers.outgoing_ids()
         log.info(
             "user agent {identity} (node {node}) ready; data in {dir} ({at_rest})",
             identity=self.name_,
@@ -303,10 +329,14 @@ class UserAgentService(service.MultiService):
         crls_stopped = self.crls.stop()
         self._waiters.releaseAll()
         yield self.sessions.closeAll()
+        yield self.file_inbox.stop()  # partial files closed, prefixes recorded
         if self._control_port is not None:
             yield self._control_port.stopListening()
             self._control_port = None
         yield super().stopService()
+        # Sessions that completed their handshake while the first closeAll ran (the listener
+        # was still accepting) are closed too, not left to a stopped agent.
+        yield self.sessions.closeAll()
         if self.directory is not None:
             yield self.directory.close()
         yield crls_stopped  # no CRL file write outlives the lock
@@ -397,6 +427,57 @@ class UserAgentService(service.MultiService):
             return result
 
         return self.store.cancel(message_id).addCallback(done)
+
+    def sendFile(self, to: str, path: str) -> defer.Deferred[dict[str, Any]]:
+        """
+        Queue the file at C{path} for C{to} (§8.7): hashed now (in a thread), sent from disk
+        when delivered, so the file must stay as it is until then (a changed file is
+        rejected by the peer). Fires once queued, like L{send}.
+        """
+        if not is_valid_identity(to):
+            return defer.fail(AgentError(f"{to!r} is not an identity (local@domain)"))
+        if not self.store.is_open:
+            return defer.fail(AgentError("the agent is still starting"))
+        return defer.ensureDeferred(self._queueFile(to, os.path.abspath(path)))
+
+    async def _queueFile(self, to: str, path: str) -> dict[str, Any]:
+        try:
+            size, digest = await threads.deferToThreadPool(
+                self.reactor, self.reactor.getThreadPool(), file_digest, path
+            )
+        except OSError as e:
+            raise AgentError(f"cannot read {path}: {e.strerror or e}") from None
+        now = self.now()
+        name = os.path.basename(path)
+        record = TransferRecord(
+            "out", to, to, secrets.token_hex(16), name, size, digest,
+            mimetypes.guess_type(name)[0], path, None, 0, 0, "offered", None, now, now,
+        )  # fmt: skip
+        await self.transfers.queue_file(record, now)
+        self.file_outbox.ids.add(record.id)
+        status = await self.store.status(record.id)
+        if status is not None:
+            self._emit(events.delivery_event(status))
+        self.outbox.kick(to)
+        return views.transfer_dict(record, "queued", 0)
+
+    def files(self) -> defer.Deferred[list[dict[str, Any]]]:
+        """Every file transfer, both directions (C{sixchat files})."""
+        return defer.ensureDeferred(self._files())
+
+    async def _files(self) -> list[dict[str, Any]]:
+        result = []
+        for record in await self.transfers.all():
+            if record.direction == "in":
+                result.append(views.transfer_dict(record, record.state, record.received))
+                continue
+            status = await self.store.status(record.id)
+            state = status.state if status is not None else "failed"
+            sent = self.file_outbox.progress.get(record.id, 0)
+            held = record.size if state == "delivered" else sent
+            resumed = self.file_outbox.resumed.get(record.id, 0)
+            result.append(views.transfer_dict(record, state, held, resumed))
+        return result
 
     def waitDelivered(self, message_id: str, timeout: float) -> defer.Deferred[dict[str, Any]]:
         return self._waiters.wait(message_id, timeout)

@@ -93,6 +93,14 @@ class Options(OneLineOptions):
             "7d",
             "give up on undelivered messages after this long (e.g. 7d, 12h)",
         ],
+        ["files-dir", None, None, "where received files land (default: <data-dir>/files)"],
+        [
+            "max-file-size",
+            None,
+            "4G",
+            "refuse offered files larger than this (bytes, or with K, M, G, T: binary units)",
+        ],
+        ["max-file-transfers", None, "4", "files one peer may send us at the same time"],
     ]
     optFlags = [
         ["key-transport", None, "also accept rsa-oaep key transport (not forward secret)"],
@@ -151,6 +159,13 @@ class Options(OneLineOptions):
         check_registry_options(self)
         self["message-ttl"] = parse_duration(self["message-ttl"], "--message-ttl")
         self["crl-refresh"] = parse_crl_refresh(self["crl-refresh"])
+        self["max-file-size"] = parse_size(self["max-file-size"], "--max-file-size")
+        try:
+            self["max-file-transfers"] = int(self["max-file-transfers"])
+        except ValueError:
+            raise usage.UsageError("--max-file-transfers must be a whole number") from None
+        if self["max-file-transfers"] < 1:
+            raise usage.UsageError("--max-file-transfers must be at least 1")
         if not self["data-dir"]:
             from sixchat.agent.datadir import default_data_dir
 
@@ -181,6 +196,20 @@ def parse_duration(text: str, option: str) -> Any:
     if seconds <= 0:
         raise usage.UsageError(f"{option} must be positive")
     return timedelta(seconds=seconds)
+
+
+def parse_size(text: str, option: str) -> int:
+    """A size in bytes, optionally with K, M, G or T (powers of 1024): C{4G}, C{500M}."""
+    units = {"K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+    body = text.strip().upper().removesuffix("IB").removesuffix("B")
+    number, unit = (body[:-1], body[-1]) if body and body[-1] in units else (body, "")
+    try:
+        size = int(float(number) * units.get(unit, 1))
+    except ValueError:
+        raise usage.UsageError(f"{option} must be a size such as 4G, 500M or 1048576") from None
+    if size < 0:
+        raise usage.UsageError(f"{option} must not be negative")
+    return size
 
 
 def parse_crl_refresh(text: str) -> float:
@@ -301,4 +330,7 @@ def makeService(options: Options) -> service.IService:
         crl_refresh=options["crl-refresh"],
         store_password=options["store-password"],
         store_encryption=options["store-encryption"],
+        files_dir=options["files-dir"],
+        max_file_size=options["max-file-size"],
+        max_concurrent_files=options["max-file-transfers"],
     )

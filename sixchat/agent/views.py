@@ -117,3 +117,21 @@ def session_dict(session: Session, node: str | None) -> dict[str, Any]:
         "suite": session.result.suite,
         "group": session.result.group,
     }
+
+
+def transfer_dict(
+    record: Any, state: str, received: int, resumed_from: int | None = None
+) -> dict[str, Any]:
+    """One file transfer for C{sixchat files} (docs/cli.md lists the fields)."""
+    return {
+        "id": record.id,
+        "peer": record.peer_display,
+        "direction": record.direction,
+        "name": record.name,
+        "size": record.size,
+        "received": received,
+        "sha256": record.sha256.hex(),
+        "state": state,
+        "path": record.path,
+        "resumed_from": record.resumed_from if resumed_from is None else resumed_from,
+    }

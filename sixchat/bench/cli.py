@@ -25,7 +25,7 @@ from sixchat.bench.proc import Worker, WorkerError
 from sixchat.bench.results import Sample
 
 #: Every benchmark family of the default run, in the order they run.
-BENCHES = ("handshake", "bulk", "stanza", "receipted", "registry", "idle", "agent_idle")
+BENCHES = ("handshake", "bulk", "stanza", "receipted", "registry", "idle", "agent_idle", "file")
 #: Also available with --only (not part of the default run).
 EXTRA_BENCHES = ("scaling",)
 
@@ -55,6 +55,8 @@ class Profile:
     idle_rounds: int
     agent_sessions: int
     extra: dict[str, Any] = field(default_factory=dict)
+    #: The C{file} benchmark's file (1 GiB in the full run).
+    file_size: int = 2**30
 
 
 PROFILES = {
@@ -97,6 +99,7 @@ PROFILES = {
         idle_count=200,
         idle_rounds=1,
         agent_sessions=1_000,
+        file_size=256 * 2**20,
     ),
     # Not for measuring: the smallest run that exercises every piece of plumbing (the unit
     # tests run it; numbers from it mean nothing).
@@ -119,6 +122,7 @@ PROFILES = {
         idle_count=5,
         idle_rounds=1,
         agent_sessions=5,
+        file_size=2**20,
     ),
 }
 
@@ -378,12 +382,13 @@ BENCH_FUNCTIONS: dict[str, Callable[[Run], None]] = {
 
 
 def _register_optional() -> None:
-    from sixchat.bench import agents, registry, scaling
+    from sixchat.bench import agents, files, registry, scaling
 
     BENCH_FUNCTIONS["scaling"] = scaling.bench_scaling
     BENCH_FUNCTIONS["receipted"] = agents.bench_receipted
     BENCH_FUNCTIONS["agent_idle"] = agents.bench_agent_idle
     BENCH_FUNCTIONS["registry"] = registry.bench_registry
+    BENCH_FUNCTIONS["file"] = files.bench_file
 
 
 def machine() -> dict[str, Any]:

@@ -224,6 +224,13 @@ HEADLINES: tuple[Headline, ...] = (
              unit="sessions", label="idle sessions held by one agent"),
     Headline("agent_idle_session_kib", "agent_idle", "agent_kib", unit="KiB",
              label="agent memory per idle session"),
+    Headline("file_ratio_tls", "file", "mib_per_s", "ratio", baseline="tls", target=0.5,
+             unit="MiB/s", label="file agent to agent (stored, fsynced, SHA-checked, receipted) "
+             "vs TLS 1.3 FileSender"),
+    Headline("file_mib_per_s", "file", "mib_per_s", target=200, unit="MiB/s",
+             label="file agent to agent, MiB/s (ours)"),
+    Headline("file_rss_growth_mib", "file", "rss_growth_mib", target=64, op="<=", unit="MiB",
+             label="file: resident size growth, worse of the two agents"),
 )  # fmt: skip
 
 

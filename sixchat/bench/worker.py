@@ -22,6 +22,9 @@ ROLES = {
     "registry_server": ("sixchat.bench.registry", "registry_server"),
     "registry_client": ("sixchat.bench.registry", "registry_client"),
     "scaling": ("sixchat.bench.scaling", "scaling"),
+    "file_agent": ("sixchat.bench.files", "file_agent"),
+    "tls_file_server": ("sixchat.bench.files", "tls_file_server"),
+    "tls_file_client": ("sixchat.bench.files", "tls_file_client"),
 }
 
 

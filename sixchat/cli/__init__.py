@@ -45,6 +45,7 @@ SUBCOMMAND_MODULES: list[str] = [
     "sixchat.cli.enroll",
     "sixchat.cli.agent",
     "sixchat.cli.store",
+    "sixchat.cli.files",
 ]
 
 

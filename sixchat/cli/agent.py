@@ -620,16 +620,16 @@ def register(subparsers: Any) -> None:
         "watch",
         help="stream incoming messages and delivery events until Ctrl-C",
         description="Print one line per agent event until Ctrl-C (exit 0). By default "
-        "incoming messages, delivery changes and unknown recipients; --type chooses "
-        "(repeatable, or 'all').",
+        "incoming messages, delivery changes, key changes, unknown recipients and file "
+        "transfers; --type chooses (repeatable, or 'all').",
     )
     p.add_argument("--peer", metavar="IDENTITY", help="only events about IDENTITY")
     p.add_argument(
         "--type",
         action="append",
         choices=(*EVENT_TYPES, "all"),
-        help="event type to show (repeatable; default: message, delivery, key_change and "
-        "unknown_recipient)",
+        help="event type to show (repeatable; default: message, delivery, key_change, "
+        "unknown_recipient and file)",
     )
     add_json_option(p, "one JSON object per line")
     add_connection_options(p)

@@ -292,9 +292,15 @@ class ChatUI:
                 self.finish()
             elif command == "/help":
                 self.show(
-                    "type a line and press Enter to send it; /quit leaves; "
-                    "start a line with // to send one beginning with /"
+                    "type a line and press Enter to send it; /file PATH sends a file; "
+                    "/quit leaves; start a line with // to send one beginning with /"
                 )
+            elif command == "/file":
+                path = stripped[len("/file") :].strip()
+                if not path:
+                    self.show("usage: /file PATH")
+                else:
+                    self._sending.addBoth(lambda _: self._sendFile(path))
             else:
                 self.show(f"unknown command {clean(command)} (/help lists them)")
             return
@@ -318,6 +324,24 @@ class ChatUI:
             self.show(f"  ✗ not sent: {clean(failure.getErrorMessage(), oneline=True)}")
 
         return self.client.send(self.peer, text).addCallbacks(sent, failed)
+
+    def _sendFile(self, path: str) -> Any:
+        import os
+
+        full = os.path.abspath(os.path.expanduser(path))
+
+        def sent(result: dict[str, Any]) -> None:
+            fid = result.get("id")
+            name = clean(result.get("name"), oneline=True)
+            if isinstance(fid, str):
+                self._mine[fid] = f"[file] {name}"
+                self._shown.add(fid)
+            self.show(f"  sending file {name} ({result.get('size')} bytes)")
+
+        def failed(failure: Any) -> None:
+            self.show(f"  ✗ file not sent: {clean(failure.getErrorMessage(), oneline=True)}")
+
+        return self.client.sendFile(self.peer, full).addCallbacks(sent, failed)
 
     # typing notifications ------------------------------------------------------------
 

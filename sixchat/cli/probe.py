@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from typing import Any
@@ -72,6 +73,11 @@ def register(subparsers: Any) -> None:
         help="the peer's certificate (PEM or DER), needed to offer rsa-oaep key transport",
     )
     p.add_argument("--send", metavar="TEXT", help="also send TEXT and wait for the receipt")
+    p.add_argument(
+        "--send-file",
+        metavar="PATH",
+        help="also offer the file at PATH (§8.7), stream it and wait for the receipt",
+    )
     p.add_argument("--timeout", type=float, default=15.0, help="seconds for everything")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument(
@@ -131,6 +137,11 @@ def _report(args: argparse.Namespace, info: dict[str, Any]) -> None:
         print(f"sent message {info['message_id']}: receipt after {info['receipt_ms']:.1f} ms")
     elif "send_error" in info:
         print(f"message NOT delivered: {info['send_error']}")
+    if "file_id" in info:
+        print(f"sent file {info['file_id']} ({info['file_size']} bytes): receipt after "
+              f"{info['file_ms']:.1f} ms")  # fmt: skip
+    elif "file_error" in info:
+        print(f"file NOT delivered: {info['file_error']}")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -189,7 +200,18 @@ def run(args: argparse.Namespace) -> int:
     elif key_transport:
         print("sixchat: error: --group rsa-oaep needs --peer-cert", file=sys.stderr)
         return 2
-    config = PeerConfig([identity], trust, key_transport=key_transport)
+    file_path = os.path.abspath(args.send_file) if args.send_file else None
+    if file_path is not None and not os.path.isfile(file_path):
+        print(f"sixchat: error: --send-file {args.send_file}: no such file", file=sys.stderr)
+        return 2
+    config = PeerConfig(
+        [identity], trust, key_transport=key_transport, file_transfer=file_path is not None
+    )
+    files = None
+    if file_path is not None:
+        from sixchat.agent.files.sending import OneFileSender
+
+        files = OneFileSender(file_path)
     info: dict[str, Any] = {
         "ok": False,
         "address": format_hostport(host, port),
@@ -257,6 +279,7 @@ def run(args: argparse.Namespace) -> int:
                     groups=args.group,
                     suites=args.suite,
                     handshake_timeout=args.timeout,
+                    observer=files,
                 )
             except HandshakeFailed as e:
                 info.update(alert=e.reason, text=e.text, by_peer=e.sent_by_peer)
@@ -317,6 +340,16 @@ def run(args: argparse.Namespace) -> int:
                 info["receipt_ms"] = (time.perf_counter() - sent) * 1000
             except Exception as e:
                 info["send_error"] = str(e)
+                status = 1
+        if files is not None and status == 0:
+            sent = time.perf_counter()
+            try:
+                receipt = await files.send(reactor, session)
+                info["file_id"] = receipt.id
+                info["file_size"] = files.size
+                info["file_ms"] = (time.perf_counter() - sent) * 1000
+            except Exception as e:
+                info["file_error"] = str(e)
                 status = 1
         await session.close()
         return status

@@ -26,7 +26,7 @@ from sixchat.cli.terminal import (
 __all__ = ["WATCH_DEFAULT_TYPES", "format_event", "run_watch"]
 
 #: Event types C{watch} shows unless told otherwise (C{--type}).
-WATCH_DEFAULT_TYPES = ("message", "delivery", "key_change", "unknown_recipient")
+WATCH_DEFAULT_TYPES = ("message", "delivery", "key_change", "unknown_recipient", "file")
 
 
 def format_event(event: dict[str, Any], now: datetime | None = None) -> str:
@@ -66,6 +66,18 @@ def format_event(event: dict[str, Any], now: datetime | None = None) -> str:
         return (
             f"{stamp}  !! session with {peer} ended: certificate serial "
             f"{clean(event.get('serial'))} revoked by {clean(event.get('issuer'), oneline=True)}"
+        )
+    if kind == "file":
+        arrow = "<-" if event.get("direction") == "in" else "->"
+        done = event.get("received", event.get("sent"))
+        size = event.get("size")
+        progress = f" {done}/{size} bytes" if done is not None else f" {size} bytes"
+        reason = event.get("reason")
+        why = f": {clean(reason, oneline=True)}" if reason else ""
+        where = f" -> {clean(event.get('path'), oneline=True)}" if event.get("path") else ""
+        return (
+            f"{stamp}  {arrow} {peer}  file {clean(event.get('name'), oneline=True)} "
+            f"{clean(event.get('state'))}{progress}{why}{where}"
         )
     if kind == "session":
         return (

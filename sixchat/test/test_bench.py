@@ -311,3 +311,26 @@ class SmokeTests(SynchronousTestCase):
         self.assertIn(("stanza", "xmpp_tls"), variants)
         self.assertIn(("bulk", "tcp"), variants)
         self.assertIn(("handshake", "tls-conc-ed25519-x25519"), variants)
+
+
+class FileSmokeTests(SynchronousTestCase):
+    """The C{file} benchmark's plumbing: two agents and the TLS FileSender baseline."""
+
+    def test_file_smoke_run(self) -> None:
+        out = os.path.abspath(self.mktemp())
+        root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        env = dict(os.environ, PYTHONPATH=root)
+        proc = subprocess.run(
+            [sys.executable, "-m", "sixchat.bench", "--smoke", "--quiet", "--json", out,
+             "--only", "file"],
+            capture_output=True, text=True, timeout=300, env=env, check=False,
+        )  # fmt: skip
+        self.assertEqual(proc.returncode, 0, proc.stdout + proc.stderr)
+        with open(out) as f:
+            report = json.load(f)
+        self.assertEqual(report["meta"]["failures"], {})
+        for key in ("file_ratio_tls", "file_mib_per_s", "file_rss_growth_mib"):
+            self.assertIsInstance(report[key], float, key)
+        self.assertGreater(report["file_mib_per_s"], 0)
+        variants = {(s["bench"], s["variant"]) for s in report["samples"]}
+        self.assertEqual(variants, {("file", "ours"), ("file", "tls")})

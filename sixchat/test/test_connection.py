@@ -27,6 +27,7 @@ from sixchat.connection import (
     StanzaReceived,
 )
 from sixchat.errors import HandshakeTimeout, InternalError
+from sixchat.filetransfer.stanzas import MAX_CHUNK, Accept, Chunk, Done, FileOffer, Reject
 from sixchat.handshake import PeerConfig
 from sixchat.record import (
     MAX_PLAINTEXT,
@@ -233,6 +234,58 @@ class StanzaTests(SynchronousTestCase):
         wire.deliver()
         self.assertEqual(wire.take("alice"), [])
         self.assertEqual(wire.alice.data_to_send() + wire.bob.data_to_send(), b"")
+
+
+class FileStanzaTests(SynchronousTestCase):
+    """§8.7 stanzas reach the application only when it takes files (PeerConfig.file_transfer)."""
+
+    offer = FileOffer("f1", "a.txt", 3, b"\x01" * 32, "text/plain")
+
+    def test_without_file_transfer_every_file_element_is_unsupported(self) -> None:
+        wire = established()
+        for stanza in (self.offer, Accept("f1", 0), Chunk("f1", 0, b"abc"), Done("f1")):
+            wire.alice.send(stanza)
+        wire.deliver()
+        self.assertEqual(wire.take("bob"), [])
+        self.assertEqual(
+            [(e.stanza.reason, e.stanza.ref) for e in wire.take("alice")],
+            [("unsupported", "f1")] * 4,
+        )
+
+    def test_with_file_transfer_they_are_events(self) -> None:
+        wire = established(file_transfer=True)
+        stanzas = [self.offer, Chunk("f1", 0, b"abc"), Done("f1")]
+        for stanza in stanzas:
+            wire.alice.send(stanza)
+        wire.bob.send(Accept("f1", 0))
+        wire.bob.send(Reject("f1", "sha256_mismatch"))
+        wire.deliver()
+        self.assertEqual(wire.take("bob"), [StanzaReceived(s) for s in stanzas])
+        self.assertEqual(
+            wire.take("alice"),
+            [StanzaReceived(Accept("f1", 0)), StanzaReceived(Reject("f1", "sha256_mismatch"))],
+        )
+
+    def test_bad_file_stanzas_are_answered_not_fatal(self) -> None:
+        wire = established(file_transfer=True)
+        oversize = "A" * (4 * MAX_CHUNK // 3 + 8)
+        wire.alice._send_element(Element("chunk", {"id": "f1", "offset": "0"}, text=oversize))
+        wire.alice._send_element(Element("file", {"id": "f2", "name": "x", "size": "1"}))
+        wire.alice._send_element(Element("done", {}))
+        wire.deliver()
+        self.assertEqual(wire.take("bob"), [])
+        self.assertEqual(
+            [(e.stanza.reason, e.stanza.ref) for e in wire.take("alice")],
+            [("too_large", "f1"), ("bad_request", "f2"), ("bad_request", None)],
+        )
+        self.assertEqual((wire.alice.state, wire.bob.state), ("open", "open"))
+
+    def test_a_full_chunk_is_one_record(self) -> None:
+        wire = established(file_transfer=True, padding=1024)
+        chunk = Chunk("x" * 64, 2**40, bytes(MAX_CHUNK))
+        wire.alice.send(chunk)
+        wire.deliver()
+        self.assertEqual(wire.take("bob"), [StanzaReceived(chunk)])
 
 
 class RefusedSendTests(SynchronousTestCase):

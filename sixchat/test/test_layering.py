@@ -30,6 +30,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "sixchat.errors",
             "sixchat.xmlcodec",
             "sixchat.stanzas",
+            "sixchat.filetransfer",
             "sixchat.record",
             "sixchat.keyschedule",
             "sixchat.groups",

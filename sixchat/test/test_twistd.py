@@ -176,15 +176,24 @@ class StartupErrorProcessTests(E2ECase):
         cert = self.issue("alice@example.com")
         data = os.path.join(short_tempdir(self), "data")
         os.mkdir(data, 0o700)
-        with open(os.path.join(data, "messages.sqlite"), "w") as f:
-            f.write("these are not my messages\n")
-        result = yield run_twistd(
-            ["sixchat", "--cert", cert, "--trust", self.ca, "--data-dir", data,
-             "--listen", "tcp:0:interface=127.0.0.1"],
-            self.base,
-        )  # fmt: skip
+        argv = ["sixchat", "--cert", cert, "--trust", self.ca, "--data-dir", data,
+                "--listen", "tcp:0:interface=127.0.0.1"]  # fmt: skip
+        # a SQLite header, then damage: found when the store opens, with the reactor running
+        with open(os.path.join(data, "messages.sqlite"), "wb") as f:
+            f.write(b"SQLite format 3\x00" + b"these are not my messages\n" * 200)
+        result = yield run_twistd(argv, self.base)
         self.assertOneLine(
             result, f"sixchat: error: cannot start on data directory {data}: file is not a database"
+        )
+        # no SQLite header and no store.key: damaged, or encrypted with its key file lost
+        with open(os.path.join(data, "messages.sqlite"), "w") as f:
+            f.write("these are not my messages\n")
+        result = yield run_twistd(argv, self.base)
+        self.assertOneLine(
+            result,
+            f"twistd: error: the message store in {data} is not a plain SQLite database and "
+            "there is no store.key beside it: it is damaged, or encrypted and its key file is "
+            "lost (restore both from a backup, or move the store away to start afresh)",
         )
 
     @defer.inlineCallbacks

@@ -13,6 +13,8 @@ for trying the command line by hand.
 
 from __future__ import annotations
 
+import hashlib
+import os
 import sys
 from collections.abc import Callable
 from typing import Any, cast
@@ -22,7 +24,13 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 from zope.interface import implementer
 
-from sixchat.agent.errors import MessageFinal, NotConnected, UnknownIdentity, UnknownMessage
+from sixchat.agent.errors import (
+    AgentError,
+    MessageFinal,
+    NotConnected,
+    UnknownIdentity,
+    UnknownMessage,
+)
 from sixchat.agent.interfaces import IAgentEvents, IUserAgent
 
 __all__ = ["ALICE", "BOB", "FakeAgent", "sample_history", "serve_fake_agent"]
@@ -94,6 +102,21 @@ class FakeAgent:
         self.counter = 0
         self.statuses: dict[str, dict[str, Any]] = {}
         self.messages = sample_history()
+        #: File transfers, both directions (L{files}); L{sendFile} appends.
+        self.transfers: list[dict[str, Any]] = [
+            {
+                "id": "in1",
+                "peer": BOB,
+                "direction": "in",
+                "name": "photo.jpg",
+                "size": 2048,
+                "received": 2048,
+                "sha256": "ab" * 32,
+                "state": "received",
+                "path": "/data/files/photo.jpg",
+                "resumed_from": 1024,
+            }
+        ]
         self.contact_list: list[dict[str, Any]] = [
             {
                 "identity": BOB,
@@ -275,6 +298,44 @@ class FakeAgent:
         if to.startswith("offline@"):
             raise NotConnected(f"no session with {to}")
         return defer.succeed(None)
+
+    def sendFile(self, to: str, path: str) -> defer.Deferred[dict[str, Any]]:
+        """Like L{send}, for files: C{nobody@} is unknown; a missing file is an error."""
+        self.calls.append(("sendFile", to, path))
+        if to.startswith("nobody@"):
+            raise UnknownIdentity(f"{to} is not a contact and the registry does not know it")
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except OSError as e:
+            raise AgentError(f"cannot read {path}: {e.strerror}") from None
+        self.counter += 1
+        fid = f"f{self.counter}"
+        self.statuses[fid] = {
+            "id": fid,
+            "peer": to,
+            "state": "queued",
+            "delivered_nodes": 0,
+            "total_nodes": 1,
+        }
+        transfer = {
+            "id": fid,
+            "peer": to,
+            "direction": "out",
+            "name": os.path.basename(path),
+            "size": len(data),
+            "received": 0,
+            "sha256": hashlib.sha256(data).hexdigest(),
+            "state": "queued",
+            "path": path,
+            "resumed_from": 0,
+        }
+        self.transfers.append(transfer)
+        return defer.succeed(dict(transfer))
+
+    def files(self) -> defer.Deferred[list[dict[str, Any]]]:
+        self.calls.append(("files",))
+        return defer.succeed([dict(t) for t in self.transfers])
 
     def addObserver(self, observer: IAgentEvents) -> None:
         self.observers.append(observer)

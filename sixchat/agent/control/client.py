@@ -22,9 +22,11 @@ from sixchat.agent.control.commands import (
     Contacts,
     Conversations,
     Event,
+    Files,
     History,
     MessageStatus,
     Send,
+    SendFile,
     Status,
     Subscribe,
     Trust,
@@ -111,6 +113,13 @@ class ControlClient(amp.AMP):
     def cancel(self, message_id: str) -> defer.Deferred[Any]:
         d = self._remote(Cancel, "cancel", message_id=message_id)
         return d.addCallback(lambda r: r["result"])
+
+    def sendFile(self, to: str, path: str) -> defer.Deferred[Any]:
+        d = self._remote(SendFile, "sendFile", to=to, path=path)
+        return d.addCallback(lambda r: r["result"])
+
+    def files(self) -> defer.Deferred[Any]:
+        return self._remote(Files, "files").addCallback(lambda r: r["files"])
 
     def waitDelivered(self, message_id: str, timeout: float) -> defer.Deferred[Any]:
         d = self._remote(

@@ -42,9 +42,11 @@ __all__ = [
     "Contacts",
     "Conversations",
     "Event",
+    "Files",
     "History",
     "MessageStatus",
     "Send",
+    "SendFile",
     "Status",
     "Subscribe",
     "Trust",
@@ -162,6 +164,19 @@ class Cancel(_AgentCommand):
 
     arguments = [(b"message_id", amp.Unicode())]
     response = [(b"result", JSON())]
+
+
+class SendFile(_AgentCommand):
+    """L{IUserAgent.sendFile}: C{path} is absolute; response C{result} is the transfer's dict."""
+
+    arguments = [(b"to", amp.Unicode()), (b"path", BigUnicode())]
+    response = [(b"result", JSON())]
+
+
+class Files(_AgentCommand):
+    """L{IUserAgent.files}: a JSON list of transfer dicts."""
+
+    response = [(b"files", JSON())]
 
 
 class WaitDelivered(_AgentCommand):

@@ -38,9 +38,11 @@ from sixchat.agent.control.commands import (
     Contacts,
     Conversations,
     Event,
+    Files,
     History,
     MessageStatus,
     Send,
+    SendFile,
     Status,
     Subscribe,
     Trust,
@@ -209,6 +211,17 @@ class ControlProtocol(amp.AMP):
         return self._call(
             "cancel", self.agent.cancel, message_id, wrap=lambda r: {"result": r}
         )
+
+    @SendFile.responder
+    def _send_file(self, to: str, path: str) -> defer.Deferred[Any]:
+        check_identity(to, "recipient")
+        if not path or not os.path.isabs(path) or "\0" in path:
+            raise BadArgument("the file's path must be absolute")
+        return self._call("sendFile", self.agent.sendFile, to, path, wrap=lambda r: {"result": r})
+
+    @Files.responder
+    def _files(self) -> defer.Deferred[Any]:
+        return self._call("files", self.agent.files, wrap=lambda r: {"files": r})
 
     @WaitDelivered.responder
     def _wait_delivered(self, message_id: str, timeout: float) -> defer.Deferred[Any]:

@@ -171,6 +171,8 @@ def check(data_dir: str, password: bytes | None, mode: str = "auto") -> None:
         return  # an interrupted migration: unlock() recovers it under the lock first
     state = cipher.file_state(db)
     if state == "encrypted":
+        if not os.path.exists(key_path):
+            raise _unreadable(data_dir)
         if password is None:
             raise _no_password(data_dir)
         read_key_file(key_path, password)
@@ -186,6 +188,15 @@ def _no_password(data_dir: str) -> StoreLocked:
     return StoreLocked(
         f"the message store in {data_dir} is encrypted: give the identity's "
         "PKCS#12 password (--password-file or SIXCHAT_P12_PASSWORD)"
+    )
+
+
+def _unreadable(data_dir: str) -> StoreLocked:
+    """Not a plain SQLite file, and no key file: damaged, or its key file was lost."""
+    return StoreLocked(
+        f"the message store in {data_dir} is not a plain SQLite database and there is no "
+        f"{KEY_FILENAME} beside it: it is damaged, or encrypted and its key file is lost "
+        "(restore both from a backup, or move the store away to start afresh)"
     )
 
 

@@ -108,6 +108,32 @@ MIGRATIONS: tuple[tuple[Step, ...], ...] = (
         """,
         "CREATE INDEX key_events_by_peer ON key_events (peer, at_us, seq)",
     ),
+    # version 3: file transfers (§8.7). An outgoing file is also an outgoing message row
+    # (its body names the file), so the outbox fans it out, retries, expires and reports it
+    # like a message; this table holds what is particular to files, both directions.
+    (
+        """
+        CREATE TABLE transfers (
+            direction TEXT NOT NULL CHECK (direction IN ('in', 'out')),
+            peer TEXT NOT NULL,                   -- normalize_identity()
+            peer_display TEXT NOT NULL,
+            id TEXT NOT NULL,
+            name TEXT NOT NULL,                   -- as offered (in) / the file's name (out)
+            size INTEGER NOT NULL CHECK (size >= 0),
+            sha256 BLOB NOT NULL CHECK (length(sha256) = 32),
+            mime TEXT,
+            path TEXT,                            -- the source (out) / the stored file (in)
+            partial TEXT,                         -- in: the partial file while receiving
+            received INTEGER NOT NULL DEFAULT 0,  -- in: bytes durably held (fsynced)
+            resumed_from INTEGER NOT NULL DEFAULT 0,
+            state TEXT NOT NULL,                  -- in: receiving, received, failed
+            reason TEXT,
+            at_us INTEGER NOT NULL,
+            updated_us INTEGER NOT NULL,
+            PRIMARY KEY (direction, peer, id)
+        ) WITHOUT ROWID
+        """,
+    ),
 )
 
 #: The schema version this code writes.

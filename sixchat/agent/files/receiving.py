@@ -1,0 +1,399 @@
+"""
+Receiving files (§8.7, §11.9): L{FileInbox} answers offers, writes chunks to the partial file
+in a thread, fsyncs every L{SYNC_EVERY} bytes and records that durable prefix, verifies the
+SHA-256 at C{done}, and sends the receipt only once the file is stored under its final name
+and recorded. A transfer cut off (lost connection, either side crashing) resumes from the
+recorded prefix: the next offer of the same id, size and sha256 is accepted at that offset,
+with the hash state rebuilt from the prefix on disk.
+
+Memory stays bounded: chunks waiting for the disk count toward the session's §9.2 input
+limit (L{Session.holdInput}), so a disk slower than the network stops reading the peer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from typing import Any
+
+from twisted.internet import defer, threads
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from sixchat.agent.files.disk import FilesDir, PartialWriter
+from sixchat.agent.store.files import TransferRecord, TransferStore, file_body
+from sixchat.agent.store.records import StoreClosedError
+from sixchat.agent.store.store import MessageStore
+from sixchat.errors import StanzaError
+from sixchat.filetransfer import (
+    Chunk,
+    Done,
+    FileLimits,
+    FileOffer,
+    FileReceiver,
+    Reject,
+    Verified,
+)
+from sixchat.identity import normalize_identity
+from sixchat.session import Session
+from sixchat.stanzas import ErrorStanza, Message, Receipt, format_timestamp
+
+__all__ = ["SYNC_EVERY", "FileInbox"]
+
+log = Logger(namespace="sixchat.agent.service")
+
+#: fsync the partial file and record the durable prefix every this many bytes.
+SYNC_EVERY = 32 * 1024 * 1024
+#: Chunks are handed to the disk thread in batches of about this many bytes: one thread
+#: hop per batch, not per 32 KiB chunk. Below the session's 256 KiB input limit (chunks
+#: waiting here count toward it), or reading would stop before a batch is full.
+WRITE_BATCH = 128 * 1024
+
+
+@dataclass
+class _Writing:
+    """One accepted transfer's disk side: its writer and the chain of writes in order."""
+
+    record: TransferRecord
+    writer: PartialWriter
+    session: Session
+    chain: defer.Deferred[Any] = field(default_factory=lambda: defer.succeed(None))
+    unsynced: int = 0
+    #: Chunks not yet handed to the disk thread (written in batches of L{WRITE_BATCH}).
+    pending: list[bytes] = field(default_factory=list)
+    pending_bytes: int = 0
+    #: Received bytes counted toward the session's input limit until written.
+    pending_held: int = 0
+    #: A write failed: the file on disk is not what was received (rejected at done).
+    failed: bool = False
+
+
+def file_event(record: TransferRecord, state: str, **extra: Any) -> dict[str, Any]:
+    event = {
+        "type": "file",
+        "id": record.id,
+        "peer": record.peer_display,
+        "direction": record.direction,
+        "name": record.name,
+        "size": record.size,
+        "state": state,
+    }
+    event.update(extra)
+    return event
+
+
+def _write_and_sync(writer: PartialWriter, data: bytes, sync: bool) -> int:
+    """In the disk thread: append C{data}, fsync if asked; the durable length."""
+    if data:
+        writer.write(data)
+    return writer.sync() if sync else writer.synced
+
+
+class FileInbox:
+    """The receiving side of file transfer for every session of the agent."""
+
+    def __init__(
+        self,
+        reactor: Any,
+        store: MessageStore,
+        files: FilesDir,
+        limits: FileLimits,
+        emit: Callable[[dict[str, Any]], None],
+        now: Callable[[], datetime],
+    ) -> None:
+        self.reactor = reactor
+        self.store = store
+        self.transfers = TransferStore(store)
+        self.files = files
+        self.limits = limits
+        self.emit = emit
+        self.now = now
+        self._receivers: dict[str, FileReceiver] = {}
+        self._writing: dict[tuple[str, str], _Writing] = {}
+        #: Transfers whose writer is still being closed (see L{_stop}).
+        self._closing: dict[tuple[str, str], defer.Deferred[None]] = {}
+        self.stopping = False
+        #: Offers being decided (store and disk look-ups in flight); L{stop} waits for them.
+        self._deciding: set[defer.Deferred[None]] = set()
+
+    def _thread(self, f: Callable[..., Any], *args: Any) -> defer.Deferred[Any]:
+        return threads.deferToThreadPool(self.reactor, self.reactor.getThreadPool(), f, *args)
+
+    def _receiver(self, session: Session) -> tuple[str, FileReceiver]:
+        key = normalize_identity(session.peer)
+        receiver = self._receivers.get(key)
+        if receiver is None:
+            receiver = self._receivers[key] = FileReceiver(self.limits)
+        return key, receiver
+
+    # stanzas ---------------------------------------------------------------------------------
+
+    def stanza(self, session: Session, stanza: object) -> None:
+        if isinstance(stanza, FileOffer):
+            self.offer(session, stanza)
+        elif isinstance(stanza, Chunk):
+            self.chunk(session, stanza)
+        elif isinstance(stanza, Done):
+            self.done(session, stanza)
+
+    def offer(self, session: Session, offer: FileOffer) -> None:
+        if self.stopping:
+            return  # no answer: the session ends with the agent; the sender offers it again
+        key, receiver = self._receiver(session)
+        self._stop((key, offer.id))  # a re-offer replaces the transfer in progress (§11.9)
+        answer = receiver.reserve(offer, session)
+        if isinstance(answer, Reject):
+            log.info(
+                "refused file {id} from {peer}: {reason}",
+                id=offer.id,
+                peer=session.peer,
+                reason=answer.reason,
+            )
+            self._answer(session, answer)
+            self.emit(self._event(session, offer, "rejected", reason=answer.reason))
+            return
+        d = defer.ensureDeferred(self._decide(session, key, receiver, offer))
+        d.addErrback(self._decisionFailed, session, receiver, offer)
+        self._deciding.add(d)
+        d.addBoth(lambda _: self._deciding.discard(d))
+
+    async def _decide(
+        self, session: Session, key: str, receiver: FileReceiver, offer: FileOffer
+    ) -> None:
+        closing = self._closing.get((key, offer.id))
+        if closing is not None:
+            waiter: defer.Deferred[None] = defer.Deferred()
+
+            def wake(result: object) -> object:
+                waiter.callback(None)
+                return result
+
+            closing.addBoth(wake)
+            await waiter
+        record = await self.transfers.get("in", session.peer, offer.id)
+        if record is not None and record.state == "received":
+            self._answer(session, receiver.already_stored(offer.id))  # §11.9
+            return
+        same = (
+            record is not None
+            and record.state == "receiving"
+            and record.size == offer.size
+            and record.sha256 == offer.sha256
+        )
+        partial = self.files.partial_path(key, offer.id)
+        durable = record.received if same and record is not None else 0
+        offset, hasher = await self._thread(self.files.load_prefix, partial, durable)
+        free = await self._thread(self.files.free_space)
+        answer = receiver.accept(offer.id, offset, hasher, free)
+        now = self.now()
+        new = TransferRecord(
+            "in", key, session.peer, offer.id, offer.name, offer.size, offer.sha256,
+            offer.mime, None, partial, offset, offset, "receiving", None,
+            record.at if same and record is not None else now, now,
+        )  # fmt: skip
+        if isinstance(answer, Reject):
+            await self.transfers.put(replace(new, state="failed", reason=answer.reason))
+            self._answer(session, answer)
+            self.emit(file_event(new, "rejected", reason=answer.reason))
+            return
+        writer = await self._thread(self.files.open_partial, partial, offset)
+        await self.transfers.put(new, durable=False)
+        if receiver.get(offer.id) is None or session.ended or self.stopping:  # gone meanwhile
+            await self._thread(writer.close)
+            return
+        self._writing[(key, offer.id)] = _Writing(new, writer, session)
+        self._answer(session, answer)
+        self.emit(file_event(new, "receiving", received=offset, resumed_from=offset))
+
+    def _decisionFailed(
+        self, failure: Failure, session: Session, receiver: FileReceiver, offer: FileOffer
+    ) -> None:
+        if self.stopping or failure.check(StoreClosedError):
+            # Not the file's fault: no answer (a reject would be final, §11.9); the sender
+            # offers it again on its next session, which is this one's end.
+            log.info("file {id} from {peer} not taken: stopping", id=offer.id, peer=session.peer)
+            if receiver.get(offer.id) is not None:
+                receiver.decline(offer.id, "io_error")
+            return
+        log.failure("could not take file {id} from {peer}", failure, id=offer.id, peer=session.peer)
+        if receiver.get(offer.id) is not None:
+            self._answer(session, receiver.decline(offer.id, "io_error"))
+
+    def chunk(self, session: Session, chunk: Chunk) -> None:
+        if self.stopping:
+            return  # the agent is going; the sender resumes on its next session
+        key, receiver = self._receiver(session)
+        try:
+            _, keep = receiver.chunk(chunk, session)
+        except StanzaError as e:
+            self._answer(session, ErrorStanza(e.reason, e.ref, e.text))
+            self._stop((key, chunk.id))
+            return
+        writing = self._writing.get((key, chunk.id))
+        if writing is None:  # accepted, but the writer is gone (cannot happen: defensive)
+            self._answer(session, receiver.decline(chunk.id, "io_error"))
+            return
+        size = len(chunk.data)
+        session.holdInput(size)
+        writing.pending_held += size
+        if keep:
+            writing.pending.append(keep)
+            writing.pending_bytes += len(keep)
+        writing.unsynced += len(keep)
+        sync = writing.unsynced >= SYNC_EVERY
+        if sync:
+            writing.unsynced = 0
+        if sync or writing.pending_bytes >= WRITE_BATCH:
+            self._flush(writing, sync)
+
+    def _flush(self, writing: _Writing, sync: bool = False) -> None:
+        """Hand the pending chunks to the disk thread (after the writes before them)."""
+        data = b"".join(writing.pending)
+        held = writing.pending_held
+        writing.pending, writing.pending_bytes, writing.pending_held = [], 0, 0
+        if data or sync:
+            writing.chain.addCallback(
+                lambda _: defer.ensureDeferred(self._write(writing, data, sync))
+            )
+        writing.chain.addBoth(self._released, writing, held)
+
+    async def _write(self, writing: _Writing, data: bytes, sync: bool) -> None:
+        if writing.failed:
+            return
+        synced = await self._thread(_write_and_sync, writing.writer, data, sync)
+        if sync:
+            writing.record = replace(writing.record, received=synced, updated=self.now())
+            await self.transfers.put(writing.record, durable=False)
+            self.emit(file_event(writing.record, "receiving", received=synced))
+
+    def _released(self, result: Any, writing: _Writing, held: int) -> Any:
+        if held:
+            writing.session.releaseInput(held)
+        if isinstance(result, Failure):
+            writing.failed = True
+            log.failure("writing a file failed", result)
+            return None  # the chain goes on; _finish rejects the file (io_error)
+        return result
+
+    def done(self, session: Session, done: Done) -> None:
+        if self.stopping:
+            return
+        key, receiver = self._receiver(session)
+        try:
+            outcome = receiver.done(done, session)
+        except StanzaError as e:
+            self._answer(session, ErrorStanza(e.reason, e.ref, e.text))
+            self._stop((key, done.id))
+            return
+        writing = self._writing.pop((key, done.id), None)
+        if writing is None:
+            return
+        self._flush(writing)
+        writing.chain.addCallback(lambda _: defer.ensureDeferred(self._finish(writing, outcome)))
+        writing.chain.addErrback(self._finishFailed, writing, receiver)
+
+    async def _finish(self, writing: _Writing, outcome: Reject | Verified) -> None:
+        record, session = writing.record, writing.session
+        if writing.failed and not isinstance(outcome, Reject):
+            receiver = self._receivers.get(record.peer)
+            outcome = (
+                receiver.decline(record.id, "io_error")
+                if receiver is not None
+                else Reject(record.id, "io_error")
+            )
+        if isinstance(outcome, Reject):
+            await self._thread(writing.writer.close)
+            await self._thread(self.files.discard, writing.writer.path)
+            await self.transfers.put(replace(record, state="failed", reason=outcome.reason))
+            self._answer(session, outcome)
+            self.emit(file_event(record, "failed", reason=outcome.reason))
+            return
+        path = await self._thread(self.files.finish, writing.writer, record.name)
+        now = self.now()
+        stored = replace(
+            record, state="received", path=path, partial=None, received=record.size, updated=now
+        )
+        await self.transfers.put(stored)
+        message = Message(record.id, format_timestamp(now), file_body(record.name, record.size))
+        await self.store.store_incoming(session.peer, message, now)
+        receiver = self._receivers.get(record.peer)
+        if receiver is not None and receiver.get(record.id) is not None:
+            self._answer(session, receiver.stored(record.id))
+        else:  # the session ended meanwhile: stored all the same, a re-offer gets the receipt
+            self._answer(session, Receipt(record.id))
+        log.info(
+            "received file {id} from {peer}: {path}", id=record.id, peer=session.peer, path=path
+        )
+        self.emit(file_event(stored, "received", received=record.size, path=path))
+
+    def _finishFailed(self, failure: Failure, writing: _Writing, receiver: FileReceiver) -> None:
+        if self.stopping or failure.check(StoreClosedError):
+            receiver.decline(writing.record.id, "io_error")  # no answer: offered again later
+            return
+        log.failure("could not store file {id}", failure, id=writing.record.id)
+        self._answer(writing.session, receiver.decline(writing.record.id, "io_error"))
+
+    # the end of a transfer or a session ------------------------------------------------------
+
+    def _stop(self, key: tuple[str, str]) -> None:
+        """Close a transfer's writer after its pending writes, keeping the durable prefix."""
+        writing = self._writing.pop(key, None)
+        if writing is not None:
+            self._flush(writing)
+            writing.chain.addCallback(lambda _: defer.ensureDeferred(self._keep(writing)))
+            writing.chain.addErrback(lambda f: log.failure("closing a partial file failed", f))
+            # A re-offer of the same file waits for this (it reads the prefix we keep).
+            closed: defer.Deferred[None] = defer.Deferred()
+            self._closing[key] = closed
+
+            def finished(_: object) -> None:
+                if self._closing.get(key) is closed:
+                    del self._closing[key]
+                closed.callback(None)
+
+            writing.chain.addBoth(finished)
+
+    async def _keep(self, writing: _Writing) -> None:
+        synced = await self._thread(writing.writer.sync)
+        await self._thread(writing.writer.close)
+        writing.record = replace(writing.record, received=synced, updated=self.now())
+        await self.transfers.put(writing.record, durable=False)
+
+    def stop(self) -> defer.Deferred[Any]:
+        """The agent stops: close every partial file, keeping its durable prefix."""
+        self.stopping = True
+        for key in list(self._writing):
+            self._stop(key)
+        waits = [*self._deciding, *self._closing.values()]
+        return defer.DeferredList(waits, consumeErrors=True)
+
+    def sessionEnded(self, session: Session) -> None:
+        key = normalize_identity(session.peer)
+        receiver = self._receivers.get(key)
+        if receiver is None:
+            return
+        for incoming in receiver.detach(session):
+            self._stop((key, incoming.id))
+            self.emit(self._event(session, incoming.offer, "interrupted", received=incoming.held))
+        if not len(receiver):
+            del self._receivers[key]
+
+    # helpers -----------------------------------------------------------------------------------
+
+    def _answer(self, session: Session, stanza: Any) -> None:
+        if not session.ended and session.connection.state in ("open", "closing"):
+            try:
+                session.sendAnswer(stanza)
+            except Exception as e:  # the session is closing: the sender re-offers later
+                log.debug("could not answer {peer}: {e}", peer=session.peer, e=e)
+
+    def _event(
+        self, session: Session, offer: FileOffer, state: str, **extra: Any
+    ) -> dict[str, Any]:
+        now = self.now()
+        record = TransferRecord(
+            "in", normalize_identity(session.peer), session.peer, offer.id, offer.name,
+            offer.size, offer.sha256, offer.mime, None, None, 0, 0, state, None, now, now,
+        )  # fmt: skip
+        return file_event(record, state, **extra)

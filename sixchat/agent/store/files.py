@@ -1,0 +1,151 @@
+"""
+The store's file-transfer rows (schema version 2, table C{transfers}): what is particular to
+a file, both directions. An outgoing file is also an outgoing message (its body names the
+file) so that the outbox treats it like one (fan-out, retries, TTL, states); an incoming
+file becomes an incoming message once it is stored, so history shows it and a second offer
+of the same id is receipted, not stored twice (§8.2, §11.9).
+
+The functions take a L{MessageDatabase} and run on the store's thread (L{TransferStore}
+runs them there, through the same ordered queue as every other store call).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from twisted.internet.defer import Deferred
+
+from sixchat._sqlite import from_us, to_us
+from sixchat.agent.store.database import MessageDatabase
+from sixchat.agent.store.store import MessageStore
+from sixchat.identity import normalize_identity
+
+__all__ = ["FILE_BODY_PREFIX", "TransferRecord", "TransferStore", "file_body"]
+
+_COLUMNS = (
+    "direction, peer, peer_display, id, name, size, sha256, mime, path, partial, received, "
+    "resumed_from, state, reason, at_us, updated_us"
+)
+#: The body of the message row that stands for a file in history.
+FILE_BODY_PREFIX = "[file] "
+
+
+def file_body(name: str, size: int) -> str:
+    """The history text of a file: C{[file] report.pdf (123456 bytes)}."""
+    return f"{FILE_BODY_PREFIX}{name} ({size} bytes)"
+
+
+@dataclass(frozen=True, slots=True)
+class TransferRecord:
+    """
+    One file transfer. C{received}: incoming, the bytes durably held (fsynced); outgoing,
+    unused (0). C{state}: incoming C{receiving}, C{received} or C{failed}; outgoing C{offered}
+    (the message row's state is the delivery state).
+    """
+
+    direction: str
+    peer: str
+    peer_display: str
+    id: str
+    name: str
+    size: int
+    sha256: bytes
+    mime: str | None
+    path: str | None
+    partial: str | None
+    received: int
+    resumed_from: int
+    state: str
+    reason: str | None
+    at: datetime
+    updated: datetime
+
+
+def _record(row: tuple[Any, ...]) -> TransferRecord:
+    values = list(row)
+    values[6] = bytes(values[6])
+    values[14] = from_us(values[14])
+    values[15] = from_us(values[15])
+    return TransferRecord(*values)
+
+
+def get(db: MessageDatabase, direction: str, peer: str, file_id: str) -> TransferRecord | None:
+    row = db._conn.execute(
+        f"SELECT {_COLUMNS} FROM transfers WHERE direction = ? AND peer = ? AND id = ?",  # noqa: S608
+        (direction, normalize_identity(peer), file_id),
+    ).fetchone()
+    return None if row is None else _record(row)
+
+
+def all_transfers(db: MessageDatabase) -> list[TransferRecord]:
+    query = f"SELECT {_COLUMNS} FROM transfers ORDER BY at_us, id"  # noqa: S608 - constants
+    rows = db._conn.execute(query).fetchall()
+    return [_record(r) for r in rows]
+
+
+def outgoing_ids(db: MessageDatabase) -> set[str]:
+    rows = db._conn.execute("SELECT id FROM transfers WHERE direction = 'out'").fetchall()
+    return {r[0] for r in rows}
+
+
+def put(db: MessageDatabase, record: TransferRecord, durable: bool = True) -> None:
+    """Insert or replace one transfer row (one transaction)."""
+    with db._write(durable=durable) as conn:
+        conn.execute(
+            f"INSERT OR REPLACE INTO transfers ({_COLUMNS}) "  # noqa: S608 - constants
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                record.direction,
+                normalize_identity(record.peer),
+                record.peer_display,
+                record.id,
+                record.name,
+                record.size,
+                record.sha256,
+                record.mime,
+                record.path,
+                record.partial,
+                record.received,
+                record.resumed_from,
+                record.state,
+                record.reason,
+                to_us(record.at),
+                to_us(record.updated),
+            ),
+        )
+
+
+def queue_file(db: MessageDatabase, record: TransferRecord, now: datetime) -> None:
+    """An outgoing file: its message row (the outbox entry) and its transfer row, together."""
+    with db._write():
+        db._in_batch = True  # the two writes below become savepoints of this transaction
+        try:
+            body = file_body(record.name, record.size)
+            db.queue_outgoing(record.peer_display, body, now, id=record.id)
+            put(db, record)
+        finally:
+            db._in_batch = False
+
+
+class TransferStore:
+    """The Deferred face of the functions above, on the message store's thread and queue."""
+
+    def __init__(self, store: MessageStore) -> None:
+        self.store = store
+
+    def get(self, direction: str, peer: str, file_id: str) -> Deferred[TransferRecord | None]:
+        return self.store._run(get, direction, peer, file_id)
+
+    def all(self) -> Deferred[list[TransferRecord]]:
+        return self.store._run(all_transfers)
+
+    def outgoing_ids(self) -> Deferred[set[str]]:
+        return self.store._run(outgoing_ids)
+
+    def put(self, record: TransferRecord, durable: bool = True) -> Deferred[None]:
+        return self.store._run(put, record, durable)
+
+    def queue_file(self, record: TransferRecord, now: datetime) -> Deferred[None]:
+        return self.store._run(queue_file, record, now)
