@@ -473,6 +473,39 @@ class Base64Tests(SynchronousTestCase):
         for text in ("-_8=", "Zm-v", "Zm_v"):
             self.assertRaises(ValueError, b64decode, text)
 
+    @given(
+        st.one_of(
+            st.binary(max_size=40).map(lambda b: b64encode(b)),
+            st.text(alphabet="ABCDQRZghm89+/=-_ \n\u00e9", max_size=16),
+            st.binary(max_size=12).map(lambda b: b64encode(b)).flatmap(
+                lambda t: st.integers(0, max(len(t) - 1, 0)).flatmap(
+                    lambda i: st.sampled_from("AQRgh9+/=").map(
+                        lambda c: (t[:i] + c + t[i + 1 :]) if t else c
+                    )
+                )
+            ),
+        )
+    )
+    def test_same_as_decode_then_reencode_whole(self, text: str) -> None:
+        """
+        The fast canonical check (re-encoding only the last quad) accepts and refuses exactly
+        what decoding and re-encoding the whole text does.
+        """
+        import binascii
+
+        try:
+            raw = text.encode("ascii")
+            expected: bytes | None = binascii.a2b_base64(raw, strict_mode=True)
+            if binascii.b2a_base64(expected, newline=False) != raw:
+                expected = None
+        except (UnicodeEncodeError, binascii.Error):
+            expected = None
+        try:
+            got: bytes | None = b64decode(text)
+        except ValueError:
+            got = None
+        self.assertEqual(got, expected)
+
     def test_other_characters_refused(self) -> None:
         for text in ("Zm9v.", "Zm*v", "Zm9\u0661", "Ｚm9v", "Zm9v\x00"):
             self.assertRaises(ValueError, b64decode, text)
