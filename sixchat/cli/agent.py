@@ -1,8 +1,9 @@
 """
 The commands that talk to a running user agent over its control socket
 (L{sixchat.agent.control}): C{send}, C{cancel}, C{inbox}, C{watch}, C{chat}, C{contacts},
-C{status}, C{trust}. This module registers them all and holds the one-shot commands; C{watch}
-and C{chat} live in L{sixchat.cli.watch} and L{sixchat.cli.chat}, the presentation helpers in
+C{status}, C{trust}. This module registers them all and holds the one-shot commands; C{inbox},
+C{status}, C{watch} and C{chat} live in L{sixchat.cli.inbox}, L{sixchat.cli.status},
+L{sixchat.cli.watch} and L{sixchat.cli.chat}, the presentation helpers in
 L{sixchat.cli.terminal}, the connection to the agent in L{sixchat.cli.client}.
 
 Output is for people by default and JSON with C{--json} (the agent's own data, unchanged).
@@ -35,31 +36,23 @@ from sixchat.cli.client import (
     timed,
     with_agent,
 )
+from sixchat.cli.inbox import run_inbox
+from sixchat.cli.status import run_status
 from sixchat.cli.terminal import (
     clean,
     devices_suffix,
     format_key_event,
-    indent_body,
-    is_outgoing,
     local_time,
     out,
-    parse_since,
-    peer_key,
     print_json,
-    seconds_between,
-    with_key_events,
 )
 from sixchat.cli.watch import run_watch
 
 __all__ = [
-    "format_message",
-    "format_status",
     "register",
     "run_cancel",
     "run_contacts",
-    "run_inbox",
     "run_send",
-    "run_status",
     "run_trust",
 ]
 
@@ -176,114 +169,6 @@ def run_cancel(args: argparse.Namespace) -> int:
     return with_agent(args, body)
 
 
-# -- inbox ---------------------------------------------------------------------------------
-
-
-#: A sender's clock further than this from ours is shown next to our time (seconds).
-CLOCK_SKEW_SHOWN = 120.0
-
-
-def format_message(message: dict[str, Any], fmt: str = "%Y-%m-%d %H:%M:%S") -> str:
-    """
-    One history entry: time, direction arrow, peer, body (continuation lines indented).
-    The time is this agent's (C{at}: when it received or queued the message), the order
-    the history is in; the sender's own clock (C{ts}) is added when it differs by more
-    than L{CLOCK_SKEW_SHOWN}. A key history entry (C{key_event}) is one C{!!} line.
-    """
-    if "key_event" in message:
-        when = local_time(message.get("at"), fmt)
-        return f"{when}  {format_key_event(message.get('peer'), message['key_event'])}"
-    ours = message.get("at") or message.get("received_at")
-    when = local_time(ours or message.get("ts"), fmt)
-    arrow = "->" if is_outgoing(message) else "<-"
-    peer = clean(message.get("peer"), oneline=True)
-    prefix = f"{when}  {arrow} {peer}  "
-    line = prefix + indent_body(message.get("body", ""), len(prefix))
-    if is_outgoing(message) and message.get("state"):
-        line += f"  [{clean(message['state'], oneline=True)}]"
-    skew = seconds_between(ours, message.get("ts"))
-    if not is_outgoing(message) and skew is not None and abs(skew) > CLOCK_SKEW_SHOWN:
-        line += f"  (sent {local_time(message.get('ts'), fmt)} by their clock)"
-    return line
-
-
-def run_inbox(args: argparse.Namespace) -> int:
-    from sixchat.agent.errors import NoAgentRunning
-
-    since = parse_since(args.since) if args.since else None
-
-    async def body(reactor: Any, client: Any) -> int:
-        contacts = [] if args.json else await timed(reactor, client.contacts(), CALL_TIMEOUT)
-        messages = await timed(reactor, client.history(args.peer, since, args.limit), CALL_TIMEOUT)
-        _print_inbox(args, messages, contacts, since)
-        return 0
-
-    try:
-        return with_agent(args, body)
-    except NoAgentRunning:
-        stored = _read_stopped_store(args, since)
-        if stored is None:
-            raise
-        return _print_inbox(args, *stored, since)
-
-
-def _print_inbox(
-    args: argparse.Namespace, messages: list[dict[str, Any]], contacts: Any, since: str | None
-) -> int:
-    if args.json:
-        print_json(messages)
-        return 0
-    shown = with_key_events(messages, contacts, args.peer, since)
-    if not shown:
-        print("no messages", file=sys.stderr)
-    for entry in shown:
-        out(format_message(entry))
-    return 0
-
-
-def _read_stopped_store(
-    args: argparse.Namespace, since: str | None
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]]] | None:
-    """
-    With no agent running: the history (and key history) read from the agent's store
-    itself, read-only; C{None} when there is no store to read (the error stands).
-    """
-    import os
-
-    from sixchat.agent import views
-    from sixchat.agent.datadir import resolve_data_dir
-    from sixchat.agent.errors import NoAgentRunning
-    from sixchat.agent.store import DEFAULT_FILENAME, ReadOnlyDatabase, StoreError
-    from sixchat.stanzas import parse_timestamp
-
-    try:
-        data_dir = resolve_data_dir(args.data_dir, args.identity)
-    except NoAgentRunning:
-        return None
-    path = os.path.join(data_dir, DEFAULT_FILENAME)
-    if not os.path.isfile(path):
-        return None
-    try:
-        db = ReadOnlyDatabase(path)
-    except StoreError as e:
-        raise CommandError(f"the agent is not running and its store cannot be read: {e}") from None
-    try:
-        when = parse_timestamp(since) if since else None
-        entries = db.history(args.peer, when, args.limit)
-        events = db.key_events(args.peer, None, 10_000)
-    finally:
-        db.close()
-    print(
-        f"(the agent is not running: read from {path}, read-only)",
-        file=sys.stderr,
-    )
-    by_peer: dict[str, list[dict[str, Any]]] = {}
-    for event in events:
-        by_peer.setdefault(event.identity, []).append(views.key_event_dict(event))
-    contacts = [{"identity": p, "key_events": e} for p, e in by_peer.items()]
-    return [views.history_dict(e) for e in entries], contacts
-
-
 # -- contacts, status, trust ---------------------------------------------------------------
 
 
@@ -335,146 +220,6 @@ def run_contacts(args: argparse.Namespace) -> int:
         out(f"{'IDENTITY':<{width}}  {'LAST SEEN':<16}  KEYS")
         for ident, seen, nkeys, note in rows:
             out(f"{ident:<{width}}  {seen:<16}  {nkeys:<4}  {note}".rstrip())
-        return 0
-
-    return with_agent(args, body)
-
-
-def _scalar(value: Any) -> str:
-    if isinstance(value, list):
-        return ", ".join(_scalar(v) for v in value) or "-"
-    if isinstance(value, dict):
-        return ", ".join(f"{k} {_scalar(v)}" for k, v in value.items()) or "-"
-    return clean("-" if value is None else value, oneline=True)
-
-
-def format_status(status: dict[str, Any]) -> list[str]:
-    """The human form of L{IUserAgent.status}; unknown keys are shown too, generically."""
-    lines = []
-    shown = {
-        "identity",
-        "node",
-        "listening",
-        "registry",
-        "advertised",
-        "sessions",
-        "outbox",
-        "revocation",
-    }
-    lines.append(f"identity:    {_scalar(status.get('identity'))}")
-    if "node" in status:
-        lines.append(f"node:        {_scalar(status.get('node'))}")
-    lines.append(f"listening:   {_scalar(status.get('listening'))}")
-    registry = status.get("registry")
-    if isinstance(registry, dict):
-        extra = {k: v for k, v in registry.items() if k not in ("state", "registry", "expires")}
-        text = f"{_scalar(registry.get('state'))}"
-        if registry.get("registry"):
-            text += f" with {_scalar(registry['registry'])}"
-        expires = registry.get("expires")
-        if isinstance(expires, int | float) and not isinstance(expires, bool):
-            # the agent reports the expiry the registry granted, in seconds (refreshed at 2/3)
-            text += f" for {int(expires)} s at a time"
-        elif expires:
-            text += f", expires {local_time(expires)}"
-        if extra:
-            text += f" ({_scalar(extra)})"
-        lines.append(f"registry:    {text}")
-    elif registry is not None:
-        lines.append(f"registry:    {_scalar(registry)}")
-    lines.append(f"advertised:  {_scalar(status.get('advertised') or [])}")
-    sessions = [s for s in status.get("sessions") or [] if isinstance(s, dict)]
-    # One line per peer: a peer we dialled that also dialled us has two sessions (ours and
-    # theirs), which is one connection as far as the user is concerned.
-    by_peer: dict[str, list[dict[str, Any]]] = {}
-    for s in sessions:
-        by_peer.setdefault(peer_key(s.get("peer")), []).append(s)
-    lines.append(f"sessions:    {len(by_peer)}")
-    for group in by_peer.values():
-        first = next((s for s in group if s.get("node")), group[0])
-        since = f", since {local_time(first['since'])}" if first.get("since") else ""
-        node = f"  node {_scalar(first.get('node'))}" if first.get("node") else ""
-        directions = sorted({str(s.get("direction") or "") for s in group} - {""})
-        how = f"  ({len(group)} sessions: {' and '.join(directions)})" if len(group) > 1 else ""
-        lines.append(
-            f"  {_scalar(first.get('peer'))}{node}  "
-            f"{_scalar(first.get('suite'))}  {_scalar(first.get('group'))}{since}{how}"
-        )
-    outbox = status.get("outbox")
-    if isinstance(outbox, dict):
-        lines.append("outbox:      " + _format_outbox(outbox))
-    elif outbox is not None:
-        lines.append(f"outbox:      {_scalar(outbox)}")
-    revocation = status.get("revocation")
-    if isinstance(revocation, dict):
-        lines += _format_revocation(revocation)
-    elif revocation is not None:
-        lines.append(f"revocation:  {_scalar(revocation)}")
-    for key in sorted(set(status) - shown):
-        lines.append(f"{key + ':':<13}{_scalar(status[key])}")
-    return lines
-
-
-#: The outbox states, as the status names them, in words.
-_OUTBOX_WORDS = {
-    "queued": "queued",
-    "sent": "sent, awaiting the receipt",
-    "delivered": "delivered to some devices, not yet all",
-}
-
-
-def _format_outbox(outbox: dict[str, Any]) -> str:
-    """Messages still owed, by state; "empty" when none (delivered ones have left it)."""
-    parts = [
-        f"{_scalar(v)} {_OUTBOX_WORDS.get(k, k)}" for k, v in outbox.items() if v not in (0, None)
-    ]
-    return ", ".join(parts) if parts else "empty (every message delivered)"
-
-
-def _format_revocation(revocation: dict[str, Any]) -> list[str]:
-    """The C{revocation} part of the status: where CRLs come from, and each CRL held."""
-    lines = []
-    if revocation.get("own_certificate_revoked"):
-        lines.append(f"REVOKED:     {_scalar(revocation['own_certificate_revoked'])}")
-    source = revocation.get("fetch")
-    if source:
-        refresh = revocation.get("refresh")
-        every = f"{refresh:g}" if isinstance(refresh, int | float) else _scalar(refresh)
-        text = f"CRLs fetched from {_scalar(source)} every {every} s"
-        if revocation.get("last_fetch"):
-            text += f"; last {local_time(revocation['last_fetch'])}"
-        if revocation.get("next_fetch"):
-            text += f"; next {local_time(revocation['next_fetch'])}"
-    else:
-        text = "CRLs not fetched"
-    lines.append(f"revocation:  {text}")
-    if revocation.get("last_error"):
-        lines.append(f"  last error: {_scalar(revocation['last_error'])}")
-    crls = revocation.get("crls") or []
-    if isinstance(crls, list):
-        if not crls:
-            lines.append("  no CRL held: revocation is not checked")
-        for crl in crls:
-            if not isinstance(crl, dict):
-                continue
-            stale = "  STALE" if crl.get("stale") else ""
-            lines.append(
-                f"  {_scalar(crl.get('issuer'))}  number {_scalar(crl.get('number'))}  "
-                f"{_scalar(crl.get('revoked'))} revoked  updated "
-                f"{local_time(crl.get('this_update'))}, next {local_time(crl.get('next_update'))}"
-                f"{stale}"
-            )
-    return lines
-
-
-def run_status(args: argparse.Namespace) -> int:
-    async def body(reactor: Any, client: Any) -> int:
-        status = await timed(reactor, client.status(), CALL_TIMEOUT)
-        if args.json:
-            print_json(status)
-        else:
-            for line in format_status(status):
-                out(line)
         return 0
 
     return with_agent(args, body)

@@ -25,7 +25,7 @@ from sixchat.agent import crls as agent_crls
 from sixchat.agent import outbox as agent_outbox
 from sixchat.agent import tap
 from sixchat.agent.service import UserAgentService
-from sixchat.cli.agent import format_status
+from sixchat.cli.status import format_status
 from sixchat.cli.watch import format_event
 from sixchat.errors import CertificateRevoked
 from sixchat.handshake import PeerConfig

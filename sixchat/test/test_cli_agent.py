@@ -216,7 +216,7 @@ class CLITests(AgentCLIMixin, unittest.TestCase):
     def test_status_one_line_per_peer_and_an_empty_outbox(self) -> None:
         """Issue 17 item 6: a peer with our session and its own is one line; an outbox
         with nothing owed says so instead of "0 queued, 0 sent, 0 delivered"."""
-        from sixchat.cli.agent import format_status
+        from sixchat.cli.status import format_status
 
         session = {"peer": BOB, "suite": "aes-256-gcm", "group": "x25519"}
         lines = format_status(
