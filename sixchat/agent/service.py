@@ -13,17 +13,15 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import mimetypes
 import os
 import random
-import secrets
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
 from twisted.application import service
-from twisted.internet import defer, threads
+from twisted.internet import defer
 from twisted.internet.interfaces import IListeningPort, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -35,7 +33,7 @@ from sixchat.agent.crls import CRLUpdater
 from sixchat.agent.datadir import DataDirLock, prepare_data_dir
 from sixchat.agent.directory import unknown_reason
 from sixchat.agent.errors import AgentError, MessageFinal, UnknownIdentity, UnknownMessage
-from sixchat.agent.files.disk import FilesDir, file_digest
+from sixchat.agent.files.disk import FilesDir
 from sixchat.agent.files.receiving import FileInbox
 from sixchat.agent.files.sending import FileOutbox
 from sixchat.agent.inbox import Inbox
@@ -44,7 +42,7 @@ from sixchat.agent.outbox import DEFAULT_TTL, OutboxScheduler
 from sixchat.agent.pinning import KeyChanges, RegistryKeyPins
 from sixchat.agent.sessions import SessionTable
 from sixchat.agent.store import MessageStatus, MessageStore, encryption
-from sixchat.agent.store.files import TransferRecord, TransferStore
+from sixchat.agent.store.files import TransferStore
 from sixchat.agent.views import status_dict
 from sixchat.agent.waiters import DeliveryWaiters
 from sixchat.filetransfer.machine import DEFAULT_MAX_CONCURRENT, DEFAULT_MAX_FILE_SIZE, FileLimits
@@ -438,46 +436,13 @@ class UserAgentService(service.MultiService):
             return defer.fail(AgentError(f"{to!r} is not an identity (local@domain)"))
         if not self.store.is_open:
             return defer.fail(AgentError("the agent is still starting"))
-        return defer.ensureDeferred(self._queueFile(to, os.path.abspath(path)))
-
-    async def _queueFile(self, to: str, path: str) -> dict[str, Any]:
-        try:
-            size, digest = await threads.deferToThreadPool(
-                self.reactor, self.reactor.getThreadPool(), file_digest, path
-            )
-        except OSError as e:
-            raise AgentError(f"cannot read {path}: {e.strerror or e}") from None
-        now = self.now()
-        name = os.path.basename(path)
-        record = TransferRecord(
-            "out", to, to, secrets.token_hex(16), name, size, digest,
-            mimetypes.guess_type(name)[0], path, None, 0, 0, "offered", None, now, now,
-        )  # fmt: skip
-        await self.transfers.queue_file(record, now)
-        self.file_outbox.ids.add(record.id)
-        status = await self.store.status(record.id)
-        if status is not None:
-            self._emit(events.delivery_event(status))
-        self.outbox.kick(to)
-        return views.transfer_dict(record, "queued", 0)
+        return defer.ensureDeferred(
+            self.file_outbox.queue(to, os.path.abspath(path), self.outbox.kick)
+        )
 
     def files(self) -> defer.Deferred[list[dict[str, Any]]]:
         """Every file transfer, both directions (C{sixchat files})."""
-        return defer.ensureDeferred(self._files())
-
-    async def _files(self) -> list[dict[str, Any]]:
-        result = []
-        for record in await self.transfers.all():
-            if record.direction == "in":
-                result.append(views.transfer_dict(record, record.state, record.received))
-                continue
-            status = await self.store.status(record.id)
-            state = status.state if status is not None else "failed"
-            sent = self.file_outbox.progress.get(record.id, 0)
-            held = record.size if state == "delivered" else sent
-            resumed = self.file_outbox.resumed.get(record.id, 0)
-            result.append(views.transfer_dict(record, state, held, resumed))
-        return result
+        return defer.ensureDeferred(self.file_outbox.describe_all())
 
     def waitDelivered(self, message_id: str, timeout: float) -> defer.Deferred[dict[str, Any]]:
         return self._waiters.wait(message_id, timeout)

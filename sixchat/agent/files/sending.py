@@ -13,7 +13,9 @@ C{reject} or C{error}, final; L{SessionLost}, retried by the outbox on a new ses
 from __future__ import annotations
 
 import contextlib
+import mimetypes
 import os
+import secrets
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, BinaryIO
@@ -21,6 +23,8 @@ from typing import Any, BinaryIO
 from twisted.internet import defer, threads
 from twisted.logger import Logger
 
+from sixchat.agent import events, views
+from sixchat.agent.errors import AgentError
 from sixchat.agent.files.disk import file_digest
 from sixchat.agent.store.files import TransferRecord, TransferStore
 from sixchat.agent.store.records import OutgoingMessage
@@ -77,6 +81,47 @@ class FileOutbox:
         self.progress: dict[str, int] = {}
         #: The offset the peer last accepted each file from (a resume if not 0).
         self.resumed: dict[str, int] = {}
+
+    async def queue(self, to: str, path: str, kick: Callable[[str], None]) -> dict[str, Any]:
+        """
+        Queue the file at C{path} for C{to} (L{UserAgentService.sendFile}): hashed now (in a
+        thread), stored as an outgoing message plus its transfer record, then the outbox is
+        C{kick}ed; the file itself is read from disk when it is delivered.
+        """
+        assert self.transfers is not None
+        try:
+            size, digest = await self._thread(file_digest, path)
+        except OSError as e:
+            raise AgentError(f"cannot read {path}: {e.strerror or e}") from None
+        now = self.now()
+        name = os.path.basename(path)
+        record = TransferRecord(
+            "out", to, to, secrets.token_hex(16), name, size, digest,
+            mimetypes.guess_type(name)[0], path, None, 0, 0, "offered", None, now, now,
+        )  # fmt: skip
+        await self.transfers.queue_file(record, now)
+        self.ids.add(record.id)
+        status = await self.transfers.store.status(record.id)
+        if status is not None:
+            self.emit(events.delivery_event(status))
+        kick(to)
+        return views.transfer_dict(record, "queued", 0)
+
+    async def describe_all(self) -> list[dict[str, Any]]:
+        """Every transfer of both directions as C{sixchat files} shows it, with our progress."""
+        assert self.transfers is not None
+        result = []
+        for record in await self.transfers.all():
+            if record.direction == "in":
+                result.append(views.transfer_dict(record, record.state, record.received))
+                continue
+            status = await self.transfers.store.status(record.id)
+            state = status.state if status is not None else "failed"
+            sent = self.progress.get(record.id, 0)
+            held = record.size if state == "delivered" else sent
+            resumed = self.resumed.get(record.id, 0)
+            result.append(views.transfer_dict(record, state, held, resumed))
+        return result
 
     def _thread(self, f: Callable[..., Any], *args: Any) -> defer.Deferred[Any]:
         return threads.deferToThreadPool(self.reactor, self.reactor.getThreadPool(), f, *args)
