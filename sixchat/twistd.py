@@ -85,8 +85,9 @@ def fail(program: str, error: Exception, nodaemon: bool) -> NoReturn:
 class StartupGuard(MultiService):
     """A plugin's service, with a L{SixchatError} at start-up reported by L{fail}."""
 
-    def __init__(self, child: IService, program: str, nodaemon: bool) -> None:
+    def __init__(self, child: IService, program: str, nodaemon: bool, reactor: Any) -> None:
         super().__init__()
+        self.reactor = reactor
         self.program = program
         self.nodaemon = nodaemon
         child.setServiceParent(self)
@@ -98,15 +99,13 @@ class StartupGuard(MultiService):
         The running service cannot go on (e.g. another agent holds our node): say so in one
         line, stop the reactor, and make the process exit 1 once twistd is done.
         """
-        from twisted.internet import reactor
-
         log.critical("{program}: error: {line}", program=self.program, line=line)
         if self.nodaemon:
             stderr = sys.__stderr__ or sys.stderr
             stderr.write(f"{self.program}: error: {line}\n")
             stderr.flush()
         atexit.register(_exit_failed)
-        reactor.stop()
+        self.reactor.stop()
 
     def privilegedStartService(self) -> None:
         try:
@@ -121,15 +120,20 @@ class StartupGuard(MultiService):
             fail(self.program, e, self.nodaemon)
 
 
-def guarded(make: Callable[[Any], IService], program: str, options: Any) -> IService:
-    """C{make(options)} under a L{StartupGuard}; C{options.parent} is twistd's config."""
+def guarded(
+    make: Callable[[Any], IService], program: str, options: Any, reactor: Any
+) -> IService:
+    """
+    C{make(options)} under a L{StartupGuard} that stops C{reactor} on a fatal error;
+    C{options.parent} is twistd's config.
+    """
     parent = getattr(options, "parent", None)
     nodaemon = bool(parent["nodaemon"]) if parent is not None else True
     try:
         child = make(options)
     except SixchatError as e:
         fail(program, e, nodaemon)
-    return StartupGuard(child, program, nodaemon)
+    return StartupGuard(child, program, nodaemon, reactor)
 
 
 def check_listen(text: str) -> None:

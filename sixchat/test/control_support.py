@@ -110,7 +110,7 @@ class ServerMixin:
     def setUp(self) -> None:
         self.base = short_tempdir(self)  # type: ignore[arg-type]
         self.data_dir = os.path.join(self.base, ALICE)
-        self.agent = FakeAgent()
+        self.agent = FakeAgent(reactor)
         self.ports: list[Any] = []
 
     @defer.inlineCallbacks

@@ -9,7 +9,7 @@ import json
 import os
 from typing import Any
 
-from twisted.internet import defer
+from twisted.internet import defer, reactor
 from twisted.trial import unittest
 
 from sixchat.test.control_support import AgentCLIMixin, run, short_tempdir
@@ -278,10 +278,10 @@ class CLITests(AgentCLIMixin, unittest.TestCase):
         xdg = short_tempdir(self)
         env = {"XDG_DATA_HOME": xdg}
         alice_dir = os.path.join(xdg, "sixchat", ALICE)
-        yield self.serve(alice_dir, agent=FakeAgent())
+        yield self.serve(alice_dir, agent=FakeAgent(reactor))
         out, err, code = yield run(["status", "--json"], env=env)
         self.assertEqual((code, json.loads(out)["identity"]), (0, ALICE), err)
-        bob_agent = FakeAgent()
+        bob_agent = FakeAgent(reactor)
         yield self.serve(os.path.join(xdg, "sixchat", BOB), agent=bob_agent)
         out, err, code = yield run(["status"], env=env)
         self.assertEqual(code, 1)

@@ -263,7 +263,7 @@ class PermissionTests(ServerMixin, unittest.TestCase):
     @defer.inlineCallbacks
     def test_second_agent_refused_first_keeps_running(self) -> Any:
         yield self.serve()
-        error = yield self.assertFailure(self.serve(agent=FakeAgent()), AgentAlreadyRunning)
+        error = yield self.assertFailure(self.serve(agent=FakeAgent(reactor)), AgentAlreadyRunning)
         self.assertIn("another sixchat agent already answers", str(error))
         client = yield self.connect()
         yield client.status()

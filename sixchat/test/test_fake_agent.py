@@ -5,6 +5,7 @@ tests and applications built on it would test against something the real agent i
 
 from __future__ import annotations
 
+from twisted.internet import reactor
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 from zope.interface.verify import verifyClass, verifyObject
@@ -16,7 +17,7 @@ from sixchat.testing.agent import BOB, FakeAgent
 class FakeAgentTests(unittest.TestCase):
     def test_provides_the_agent_interface(self) -> None:
         verifyClass(IUserAgent, FakeAgent)
-        verifyObject(IUserAgent, FakeAgent())
+        verifyObject(IUserAgent, FakeAgent(reactor))
         verifyObject(IUserAgent, FakeAgent(Clock()))
 
     def test_slow_delivery_waits_on_the_given_clock(self) -> None:

@@ -17,7 +17,7 @@ import hashlib
 import os
 import sys
 from collections.abc import Callable
-from typing import Any, cast
+from typing import Any
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
@@ -87,15 +87,11 @@ class FakeAgent:
     L{typings} pick out two kinds. L{emit} plays an agent event to the observers. L{messages}
     (the history) and L{contact_list} may be replaced by a test.
 
-    @param clock: what C{waitDelivered} of a C{slow@} message waits on (default: the reactor,
-        imported only then so importing this module installs none).
+    @param clock: what C{waitDelivered} of a C{slow@} message waits on (a C{task.Clock} in
+        unit tests, the reactor when a real client talks to it).
     """
 
-    def __init__(self, clock: IReactorTime | None = None) -> None:
-        if clock is None:
-            from twisted.internet import reactor as default_reactor
-
-            clock = cast(IReactorTime, default_reactor)
+    def __init__(self, clock: IReactorTime) -> None:
         self.clock = clock
         self.calls: list[tuple[Any, ...]] = []
         self.observers: list[IAgentEvents] = []

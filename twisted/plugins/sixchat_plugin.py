@@ -13,9 +13,11 @@ class _OneLineErrors(ServiceMaker):
     """A L{ServiceMaker} whose service reports start-up failures in one line."""
 
     def makeService(self, options: Any) -> IService:
+        from twisted.internet import reactor
+
         from sixchat.twistd import guarded
 
-        return guarded(namedAny(self.module).makeService, self.tapname, options)
+        return guarded(namedAny(self.module).makeService, self.tapname, options, reactor)
 
 
 sixchat = _OneLineErrors(
