@@ -6,11 +6,12 @@ timeout still closes an idle session. On a C{task.Clock} through C{twisted.test.
 
 from __future__ import annotations
 
+import signal
 from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from twisted.internet import task
+from twisted.internet import defer, reactor, task
 from twisted.python import usage
 from twisted.trial import unittest
 
@@ -18,6 +19,8 @@ from sixchat.agent import tap as agent_tap
 from sixchat.keepalive import KEEPALIVE, KeepAlive, PeerUnresponsive
 from sixchat.protocol import IDLE_TIMEOUT
 from sixchat.session import SessionLost
+from sixchat.test.processes import eventually
+from sixchat.test.test_agent_e2e import ALICE, BOB, E2ECase
 from sixchat.testing.peers import PeerPair
 
 
@@ -220,3 +223,59 @@ class OptionTests(unittest.TestCase):
         options = agent_tap.Options()
         self.assertEqual(options["keepalive"], "30")
         self.assertEqual(float(options["keepalive"]), KEEPALIVE)
+
+
+class FrozenPeerProcessTests(E2ECase):
+    """
+    C{twistd sixchat --keepalive} as a user runs it (real processes on 127.0.0.1, no root):
+    bob's agent is frozen (SIGSTOP; his kernel still acknowledges TCP, so only pings can tell),
+    alice's session to him is found dead within the bound and her message waits; once bob
+    runs again it is delivered, once. The network version, a cut link, is in test_netlab.
+    """
+
+    timeout = 180
+
+    @defer.inlineCallbacks
+    def test_frozen_peer_detected_then_delivered(self) -> Any:
+        bound = 4
+        yield self.startRegistry()
+        options = ("--keepalive", str(bound), "--handshake-timeout", "5")
+        alice = yield self.agent("alice", ALICE, *options).start()
+        bob = yield self.agent("bob", BOB, *options).start()
+        out, err, code = yield alice.cli("send", BOB, "before", "--wait", "60")
+        self.assertEqual(code, 0, out + err + self.dump(alice, bob))
+
+        assert alice.proc is not None and bob.proc is not None
+        bob_proc = bob.proc
+
+        def resume() -> None:
+            # by number: Twisted's signalProcess knows only a few names, not CONT
+            if bob_proc.running:
+                bob_proc.transport.signalProcess(signal.SIGCONT)
+
+        self.addCleanup(resume)
+        dead = alice.proc.wait(r"answered no ping in \S+ s: session ended as dead", timeout=60)
+        frozen_at = reactor.seconds()  # type: ignore[attr-defined]
+        bob_proc.signal("STOP")
+        out, err, code = yield alice.cli("send", BOB, "while frozen", "--wait", "1")
+        self.assertEqual(code, 3, out + err)  # queued
+        yield dead
+        detected = reactor.seconds() - frozen_at  # type: ignore[attr-defined]
+        self.assertLessEqual(detected, bound + 6, self.dump(alice, bob))
+        print(f"\nkeepalive: frozen peer detected {detected:.1f} s after SIGSTOP (bound {bound} s)")
+
+        resume()
+
+        def delivered() -> Any:
+            return alice.inbox(BOB).addCallback(
+                lambda h: [
+                    m for m in h if m["body"] == "while frozen" and m["state"] == "delivered"
+                ]
+            )
+
+        try:
+            yield eventually(delivered, 90, "the queued message delivered after SIGCONT")
+        except AssertionError as e:
+            raise AssertionError(f"{e}\n{alice.log}\n{bob.log}") from None
+        inbox = yield bob.inbox()
+        self.assertExactlyOnce(inbox, ALICE, ["before", "while frozen"])
