@@ -137,6 +137,7 @@ def connectPeer(
     suites: list[str] | None = None,
     handshake_timeout: float = HANDSHAKE_TIMEOUT,
     idle_timeout: float = IDLE_TIMEOUT,
+    keepalive: float | None = None,
     **config_options: Any,
 ) -> defer.Deferred[Session]:
     """
@@ -159,6 +160,7 @@ def connectPeer(
         suites=suites,
         handshake_timeout=handshake_timeout,
         idle_timeout=idle_timeout,
+        keepalive=keepalive,
     )
     d = endpoint.connect(factory)
     return d.addCallback(lambda proto: proto.handshakeDone)

@@ -3,8 +3,9 @@ The Twisted adapter for the sans-IO L{Connection}: L{PeerProtocol}.
 
 The protocol feeds received bytes to the connection, writes what it queues, and owns
 everything that needs a clock or a socket: the handshake timeout (§7.7), the idle timeout
-(§9.2, §11.13), the bounded wait after C{close} (§8.8) and back-pressure towards a peer that
-does not read (L{sixchat.flow}). Time always comes from the injected C{IReactorTime}.
+(§9.2, §11.13), dead-peer detection by keep-alive pings (L{sixchat.keepalive}), the bounded
+wait after C{close} (§8.8) and back-pressure towards a peer that does not read
+(L{sixchat.flow}). Time always comes from the injected C{IReactorTime}.
 
 Its neighbours: L{sixchat.session} (the L{Session} applications talk to, the observer
 interface, the errors), L{sixchat.flow} (the outbox) and L{sixchat.peers} (L{PeerFactory}
@@ -38,6 +39,7 @@ from sixchat.connection import (
 from sixchat.errors import AlertError, HandshakeTimeout, SixchatError
 from sixchat.flow import MAX_ANSWER_BACKLOG, MAX_UNPROCESSED, WRITE_BATCH, FlowControl
 from sixchat.handshake import HandshakeResult, PeerConfig
+from sixchat.keepalive import KEEPALIVE, KeepAlive, PeerUnresponsive
 from sixchat.netaddr import format_hostport
 from sixchat.session import (
     HandshakeFailed,
@@ -50,7 +52,7 @@ from sixchat.session import (
     new_stanza_id,
     split_text,
 )
-from sixchat.stanzas import ErrorStanza, Message, Pong, Receipt, format_timestamp
+from sixchat.stanzas import ErrorStanza, Message, Ping, Pong, Receipt, format_timestamp
 
 if TYPE_CHECKING:
     from sixchat.peers import (
@@ -66,6 +68,7 @@ __all__ = [
     "HANDSHAKE_TIMEOUT",
     "IDLE_TIMEOUT",
     "INITIATOR",
+    "KEEPALIVE",
     "MAX_ANSWER_BACKLOG",
     "MAX_HANDSHAKES",
     "MAX_HANDSHAKES_PER_SOURCE",
@@ -119,6 +122,7 @@ class PeerProtocol(FlowControl):
         handshake_timeout: float = HANDSHAKE_TIMEOUT,
         idle_timeout: float = IDLE_TIMEOUT,
         close_wait: float = CLOSE_WAIT,
+        keepalive: float | None = None,
     ) -> None:
         self.config = config
         self.role = role
@@ -130,6 +134,13 @@ class PeerProtocol(FlowControl):
         self.handshake_timeout = handshake_timeout
         self.idle_timeout = idle_timeout
         self.close_wait = close_wait
+        #: Seconds from the peer's last record to declaring it dead (None or 0: never, the
+        #: library default; the agent's is L{KEEPALIVE}, 30 s).
+        self.keepalive = keepalive
+        self._keepalive: KeepAlive | None = None
+        #: Application stanzas received (not pongs; pings never get here): the keep-alive's
+        #: measure of an idle session.
+        self.stanzas_received = 0
         self.session: Session | None = None
         # Cancelling a pending handshake (e.g. Happy Eyeballs picked another contact) drops
         # the connection.
@@ -251,6 +262,18 @@ class PeerProtocol(FlowControl):
         self._handshakeEnded()
         self._resetIdle()
         session = self.session = Session(self, result)
+        if self.keepalive:
+            self._keepalive = KeepAlive(
+                self.clock,
+                self.keepalive,
+                self.idle_timeout,
+                records=lambda: self.connection.records_received,
+                activity=lambda: self.stanzas_received,
+                waiting=lambda: bool(session._pending or self._outbox),
+                ping=self._sendKeepalivePing,
+                dead=self._peerUnresponsive,
+            )
+            self._keepalive.start()
         from sixchat.peers import PeerFactory  # the factory module imports this one
 
         if isinstance(self.factory, PeerFactory):
@@ -282,6 +305,7 @@ class PeerProtocol(FlowControl):
     def _stanza(self, stanza: Any) -> None:
         session = self.session
         assert session is not None
+        self.stanzas_received += 1
         if isinstance(stanza, Message):
             self._receipts_pending += 1
             cost = _message_cost(stanza)
@@ -307,6 +331,7 @@ class PeerProtocol(FlowControl):
         if isinstance(stanza, Receipt) and session._receipt(stanza):
             return
         if isinstance(stanza, Pong):
+            self.stanzas_received -= 1  # a pong is keep-alive traffic, not activity
             session._pong(stanza)
             return
         if isinstance(stanza, ErrorStanza) and session._error(stanza):
@@ -351,6 +376,9 @@ class PeerProtocol(FlowControl):
             if timer is not None and timer.active():
                 timer.cancel()
         self._handshake_timer = self._idle_timer = self._close_timer = None
+        if self._keepalive is not None:
+            self._keepalive.stop()
+            self._keepalive = None
 
     def _resetIdle(self) -> None:
         """§11.13: idle means no record received for the idle period."""
@@ -378,6 +406,26 @@ class PeerProtocol(FlowControl):
         self._idle_timer = None
         self.log.info("closing idle session with {peer}", peer=self._peerAddr())
         self.closeGracefully()
+
+    def _sendKeepalivePing(self) -> None:
+        if not self._lost and self.connection.state == "open":
+            self.sendStanza(Ping(new_stanza_id()))  # its pong is ignored: any record counts
+
+    def _peerUnresponsive(self) -> None:
+        """The keep-alive bound passed without a record: the peer is gone; abort."""
+        self._keepalive = None
+        if self._lost:
+            return
+        self.log.info(
+            "peer {peer} answered no ping in {bound} s: session ended as dead",
+            peer=self._peerAddr(),
+            bound=self.keepalive,
+        )
+        self.failure = PeerUnresponsive(
+            f"peer answered no keep-alive ping within {self.keepalive:g} s"
+        )
+        self._discardOutbox()
+        self.transport.abortConnection()  # type: ignore[union-attr]
 
     def closeGracefully(self) -> None:
         """Send C{close}; drop the connection when the peer answers or after C{close_wait}."""

@@ -50,7 +50,7 @@ from sixchat.handshake import PeerConfig
 from sixchat.identity import is_valid_identity, normalize_identity
 from sixchat.listener import DEFAULT_LISTEN, PeerListenerService
 from sixchat.netaddr import format_hostport
-from sixchat.protocol import HANDSHAKE_TIMEOUT, IDLE_TIMEOUT, split_text
+from sixchat.protocol import HANDSHAKE_TIMEOUT, IDLE_TIMEOUT, KEEPALIVE, split_text
 from sixchat.stanzas import TYPING_STATES, parse_timestamp
 from sixchat.trust import PinPolicy
 
@@ -104,6 +104,7 @@ class UserAgentService(service.MultiService):
         directory: IDirectory | None = None,
         handshake_timeout: float = HANDSHAKE_TIMEOUT,
         idle_timeout: float = IDLE_TIMEOUT,
+        keepalive: float | None = KEEPALIVE,
         rand: Callable[[], float] = random.random,
         clock: IReactorTime | None = None,
         crl_refresh: float = DEFAULT_CRL_REFRESH,
@@ -165,6 +166,7 @@ class UserAgentService(service.MultiService):
             clock=self.clock,
             handshake_timeout=handshake_timeout,
             idle_timeout=idle_timeout,
+            keepalive=keepalive,
         )
         #: Revocation: CRLs kept in the data directory, fetched from the registry (or from
         #: C{crl_fetch}: tests, embedders) every C{crl_refresh} seconds (0: never).
@@ -226,6 +228,7 @@ class UserAgentService(service.MultiService):
             observer=self.inbox,
             handshake_timeout=handshake_timeout,
             idle_timeout=idle_timeout,
+            keepalive=keepalive,
         )
         self.listener.factory.paused = True  # until the store is open (pins, messages)
         self.listener.on_fatal = self._fatal  # a bind that fails once running

@@ -23,7 +23,7 @@ from sixchat.agent.views import session_dict
 from sixchat.errors import CertificateRevoked
 from sixchat.identity import normalize_identity
 from sixchat.netaddr import client_endpoint
-from sixchat.protocol import ISessionObserver, Session, connectPeer
+from sixchat.protocol import KEEPALIVE, ISessionObserver, Session, connectPeer
 from sixchat.trust.crl import crl_number, revoked_on_path
 
 if TYPE_CHECKING:
@@ -52,6 +52,7 @@ class SessionTable:
         clock: IReactorTime,
         handshake_timeout: float,
         idle_timeout: float,
+        keepalive: float | None = KEEPALIVE,
     ) -> None:
         self.reactor = reactor
         self.clock = clock
@@ -62,6 +63,7 @@ class SessionTable:
         self.emit = emit
         self.handshake_timeout = handshake_timeout
         self.idle_timeout = idle_timeout
+        self.keepalive = keepalive
         #: Every established session, both roles, from sessionStarted to sessionEnded.
         self.live: set[Session] = set()
         #: Sessions we ended because a CRL revoked the peer: nothing more is stored from them.
@@ -188,6 +190,7 @@ class SessionTable:
                 responder_cert=node.cert,
                 handshake_timeout=self.handshake_timeout,
                 idle_timeout=self.idle_timeout,
+                keepalive=self.keepalive,
             )
 
         def check(session: Session) -> Session:

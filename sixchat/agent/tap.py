@@ -47,6 +47,12 @@ class Options(OneLineOptions):
         ],
         ["handshake-timeout", None, "15", "seconds a handshake may take"],
         ["idle-timeout", None, "300", "seconds without traffic before a session is closed"],
+        [
+            "keepalive",
+            None,
+            "30",
+            "seconds after which a peer that answers no ping is declared dead (0: off)",
+        ],
         ["padding", None, "0", "pad sealed records to a multiple of this many bytes (0: off)"],
         [
             "registry",
@@ -140,12 +146,15 @@ class Options(OneLineOptions):
         if self["pin-policy"] not in PIN_POLICIES:
             raise usage.UsageError("--pin-policy must be accept, warn or refuse")
         check_revocation_option(self["revocation"])
-        for name in ("handshake-timeout", "idle-timeout"):
+        for name in ("handshake-timeout", "idle-timeout", "keepalive"):
             try:
                 self[name] = float(self[name])
             except ValueError:
                 raise usage.UsageError(f"--{name} must be a number of seconds") from None
-            if self[name] <= 0:
+            if name == "keepalive":
+                if not 0 <= self[name] < float("inf"):
+                    raise usage.UsageError("--keepalive must be 0 (off) or a number of seconds")
+            elif self[name] <= 0:
                 raise usage.UsageError(f"--{name} must be positive")
         try:
             self["padding"] = int(self["padding"])
@@ -327,6 +336,7 @@ def makeService(options: Options) -> service.IService:
         message_ttl=options["message-ttl"],
         handshake_timeout=options["handshake-timeout"],
         idle_timeout=options["idle-timeout"],
+        keepalive=options["keepalive"],
         crl_refresh=options["crl-refresh"],
         store_password=options["store-password"],
         store_encryption=options["store-encryption"],

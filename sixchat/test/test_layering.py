@@ -48,6 +48,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "sixchat.protocol",
             "sixchat.session",
             "sixchat.flow",
+            "sixchat.keepalive",
             "sixchat.peers",
             "sixchat.listener",
         ),
