@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import sys
 import tempfile
 from collections.abc import Callable
@@ -15,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from twisted.internet import defer, protocol, reactor, task
-from twisted.internet.error import ProcessDone, ProcessTerminated
+from twisted.internet.error import ProcessDone, ProcessExitedAlready, ProcessTerminated
 from twisted.python.failure import Failure
 from twisted.trial import unittest
 
@@ -188,10 +189,15 @@ class ChildProcess(protocol.ProcessProtocol):
         return bounded(d, timeout, f"{self.name} to end", self.tail)
 
     def signal(self, name: str) -> None:
+        """
+        Send signal C{name} (C{"TERM"}, C{"STOP"}, C{"CONT"}, …). By number: Twisted's
+        C{signalProcess} knows only a few names and refuses the others.
+        """
+        number = int(signal.Signals["SIG" + name])
         if self.running:
             try:
-                self.transport.signalProcess(name)
-            except Exception:  # already gone
+                self.transport.signalProcess(number)
+            except ProcessExitedAlready:  # already gone
                 pass
 
     @defer.inlineCallbacks
