@@ -6,6 +6,7 @@ outbox, listener) in two processes.
     alice's outbox, sent, stored durably by bob's agent, receipted, and marked delivered in
     alice's outbox. The rate is messages/s from the first C{send} call to the last
     "delivered" event, end to end.
+  - B{latency} (warm): the same two agents, one message at a time (L{sixchat.bench.latency});
   - B{agent_idle}: bob's agent holds C{count} idle sessions opened by a load process; its
     resident size before and after gives the memory per session, and the number still open
     after a hold period shows they are all kept.
@@ -26,7 +27,7 @@ from typing import Any
 from twisted.internet import defer
 from zope.interface import implementer
 
-from sixchat.bench import fixtures
+from sixchat.bench import fixtures, latency
 from sixchat.bench.common import commands, cpu_seconds, emit, rss_kib
 
 
@@ -69,6 +70,7 @@ async def agent(reactor: Any, spec: dict[str, Any]) -> None:
                     d.callback(None)
 
     service.addObserver(Deliveries())
+    clock = latency.observe(service)  # the latency benchmark's one-at-a-time sends
     service.privilegedStartService()
     service.startService()
     await service.ready
@@ -98,6 +100,14 @@ async def agent(reactor: Any, spec: dict[str, Any]) -> None:
         else:
             emit("sent", seconds=elapsed)
 
+    async def timed(to: str, count: int, body: str, rnd: int) -> None:
+        ms, queued = await latency.one_at_a_time(service, clock, [to] * count, body)
+        if rnd < 0:
+            emit("latencies", count=len(ms))  # warm-up
+        else:
+            emit("sample", bench="latency", variant="warm", round=rnd,
+                 metrics=latency.stats(ms, queued))  # fmt: skip
+
     def command(cmd: dict[str, Any]) -> None:
         name = cmd["cmd"]
         if name == "peer":
@@ -109,6 +119,9 @@ async def agent(reactor: Any, spec: dict[str, Any]) -> None:
             emit("ok")
         elif name == "send":
             d = defer.ensureDeferred(send(cmd["to"], cmd["count"], cmd["body"], cmd["round"]))
+            d.addErrback(lambda f: emit("error", error=f.getTraceback()))
+        elif name == "latency":
+            d = defer.ensureDeferred(timed(cmd["to"], cmd["count"], cmd["body"], cmd["round"]))
             d.addErrback(lambda f: emit("error", error=f.getTraceback()))
         elif name == "measure":
             sessions = len(service.listener.factory.sessions)

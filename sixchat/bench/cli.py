@@ -25,7 +25,10 @@ from sixchat.bench.proc import Worker, WorkerError
 from sixchat.bench.results import Sample
 
 #: Every benchmark family of the default run, in the order they run.
-BENCHES = ("handshake", "bulk", "stanza", "receipted", "registry", "idle", "agent_idle", "file")
+BENCHES = (
+    "handshake", "bulk", "stanza", "receipted", "latency", "registry", "idle", "agent_idle",
+    "file",
+)  # fmt: skip
 #: Also available with --only (not part of the default run).
 EXTRA_BENCHES = ("scaling",)
 
@@ -57,6 +60,13 @@ class Profile:
     extra: dict[str, Any] = field(default_factory=dict)
     #: The C{file} benchmark's file (1 GiB in the full run).
     file_size: int = 2**30
+    #: Latency: warm messages (one at a time), cold first contacts (one receiving agent
+    #: each), registrations timed across two PostgreSQL registry instances.
+    latency_warm: int = 1_000
+    latency_cold: int = 50
+    visibility_samples: int = 300
+    #: The registry-visibility latency needs PostgreSQL (off with --no-postgres).
+    latency_postgres: bool = True
 
 
 PROFILES = {
@@ -100,6 +110,9 @@ PROFILES = {
         idle_rounds=1,
         agent_sessions=1_000,
         file_size=256 * 2**20,
+        latency_warm=300,
+        latency_cold=20,
+        visibility_samples=100,
     ),
     # Not for measuring: the smallest run that exercises every piece of plumbing (the unit
     # tests run it; numbers from it mean nothing).
@@ -123,6 +136,9 @@ PROFILES = {
         idle_rounds=1,
         agent_sessions=5,
         file_size=2**20,
+        latency_warm=5,
+        latency_cold=2,
+        visibility_samples=5,
     ),
 }
 
@@ -147,7 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--skip", metavar="BENCH", action="append", choices=BENCHES, default=[],
                    help="skip this benchmark (repeatable)")  # fmt: skip
     p.add_argument("--rounds", type=_positive_int, help="interleaved rounds (default 3; quick 1)")
-    p.add_argument("--no-postgres", action="store_true", help="skip the PostgreSQL registry")
+    p.add_argument("--no-postgres", action="store_true",
+                   help="skip the PostgreSQL registry and registry-visibility latency")  # fmt: skip
     p.add_argument("--workdir", help="keep certificates, databases and worker logs here")
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     return p
@@ -180,6 +197,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
         profile.idle_rounds = min(args.rounds, profile.idle_rounds) or 1
     if args.no_postgres:
         profile.registry_postgres = False
+        profile.latency_postgres = False
     benches = tuple(b for b in (args.only or BENCHES) if b not in args.skip)
     if args.plot:
         _check_matplotlib()
@@ -382,11 +400,12 @@ BENCH_FUNCTIONS: dict[str, Callable[[Run], None]] = {
 
 
 def _register_optional() -> None:
-    from sixchat.bench import agents, files, registry, scaling
+    from sixchat.bench import agents, files, latency, registry, scaling
 
     BENCH_FUNCTIONS["scaling"] = scaling.bench_scaling
     BENCH_FUNCTIONS["receipted"] = agents.bench_receipted
     BENCH_FUNCTIONS["agent_idle"] = agents.bench_agent_idle
+    BENCH_FUNCTIONS["latency"] = latency.bench_latency
     BENCH_FUNCTIONS["registry"] = registry.bench_registry
     BENCH_FUNCTIONS["file"] = files.bench_file
 
@@ -423,6 +442,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         run.say(f"profile {options.profile.name}; work directory {workdir}")
         users = options.profile.registry_clients if "registry" in options.benches else 0
+        if "latency" in options.benches:  # alice and one user per cold contact
+            users = max(users, options.profile.latency_cold + 1, 2)
         fixtures.make_all(workdir, users)
         for bench in options.benches:
             try:

@@ -436,17 +436,20 @@ def bench_registry(run: Any) -> None:
             run.record(server.expect("sample", 60))
 
 
-def _postgres_dsn(run: Any) -> str | None:
-    """A fresh database in a throwaway cluster (as the test suite makes them), or None."""
+def _postgres_dsn(run: Any, what: str = "PostgreSQL registry") -> str | None:
+    """
+    A fresh database in a throwaway cluster (as the test suite makes them), or None with
+    "C{what} skipped: why" in the run's notes.
+    """
     try:
         from sixchat.test import pg
     except ImportError:  # pragma: no cover - the test package is not installed
-        run.notes.append("PostgreSQL registry skipped: sixchat.test.pg is not importable")
+        run.notes.append(f"{what} skipped: sixchat.test.pg is not importable")
         return None
     reason = pg.skip_reason()
     if reason:
-        run.notes.append(f"PostgreSQL registry skipped: {reason}")
-        run.say(f"registry (postgresql) skipped: {reason}")
+        run.notes.append(f"{what} skipped: {reason}")
+        run.say(f"{what} skipped: {reason}")
         return None
     database = pg.fresh_database()
     run.cleanups.append(database.drop)

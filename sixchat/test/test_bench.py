@@ -80,6 +80,16 @@ class ArgumentTests(SynchronousTestCase):
         self.assertFalse(cli.parse_args(["--no-postgres"]).profile.registry_postgres)
         self.assertTrue(cli.parse_args([]).profile.registry_postgres)
 
+    def test_latency_is_in_the_full_run_and_selectable(self) -> None:
+        self.assertIn("latency", cli.parse_args([]).benches)
+        self.assertEqual(cli.parse_args(["--only", "latency"]).benches, ("latency",))
+        self.assertNotIn("latency", cli.parse_args(["--skip", "latency"]).benches)
+        self.assertTrue(cli.parse_args(["--quick"]).profile.latency_postgres)
+        self.assertFalse(cli.parse_args(["--no-postgres"]).profile.latency_postgres)
+        full, quick = cli.PROFILES["full"], cli.PROFILES["quick"]
+        self.assertLess(quick.latency_warm, full.latency_warm)
+        self.assertLess(quick.latency_cold, full.latency_cold)
+
     def test_json_and_workdir(self) -> None:
         options = cli.parse_args(["--json", "out.json", "--workdir", "w", "--quiet"])
         self.assertEqual((options.json_path, options.workdir, options.quiet),
@@ -311,6 +321,118 @@ class SmokeTests(SynchronousTestCase):
         self.assertIn(("stanza", "xmpp_tls"), variants)
         self.assertIn(("bulk", "tcp"), variants)
         self.assertIn(("handshake", "tls-conc-ed25519-x25519"), variants)
+
+
+#: The latency keys (issue 15, item 1), with the (bench, variant) each comes from.
+LATENCY_KEYS = {
+    "deliver_latency_warm_p50_ms": ("latency", "warm", "p50_ms"),
+    "deliver_latency_warm_p99_ms": ("latency", "warm", "p99_ms"),
+    "deliver_latency_cold_p50_ms": ("latency", "cold", "p50_ms"),
+    "deliver_latency_cold_p99_ms": ("latency", "cold", "p99_ms"),
+    "registry_visibility_p50_ms": ("registry_visibility", "postgres", "p50_ms"),
+    "registry_visibility_p99_ms": ("registry_visibility", "postgres", "p99_ms"),
+}
+
+
+class LatencyReportTests(SynchronousTestCase):
+    def test_keys_and_targets(self) -> None:
+        samples = [
+            Sample(bench, variant, 0, {metric: float(i + 1)})
+            for i, (bench, variant, metric) in enumerate(LATENCY_KEYS.values())
+        ]
+        report = results.summarize(samples, {})
+        for i, key in enumerate(LATENCY_KEYS):
+            self.assertEqual(report[key], float(i + 1), key)
+        targets = report["targets"]
+        self.assertEqual(targets["deliver_latency_warm_p99_ms"]["target"], 5)
+        self.assertTrue(targets["deliver_latency_warm_p99_ms"]["met"])  # 2 <= 5
+        self.assertEqual(targets["deliver_latency_cold_p50_ms"]["target"], 50)
+        self.assertEqual(targets["registry_visibility_p99_ms"]["target"], 20)
+        self.assertEqual(targets["registry_visibility_p99_ms"]["op"], "<=")
+        missed = results.summarize([Sample("latency", "warm", 0, {"p99_ms": 5.5})], {})
+        self.assertFalse(missed["targets"]["deliver_latency_warm_p99_ms"]["met"])
+        self.assertIsNone(missed["registry_visibility_p99_ms"])
+
+    def test_stats(self) -> None:
+        from sixchat.bench.latency import stats
+
+        got = stats([float(i) for i in range(1, 101)])
+        self.assertEqual((got["p50_ms"], got["p99_ms"], got["max_ms"], got["samples"]),
+                         (50.0, 99.0, 100.0, 100.0))  # fmt: skip
+        self.assertEqual(stats([])["samples"], 0.0)
+        self.assertNotIn("queued_p50_ms", got)
+        queued = stats([5.0, 6.0], [1.0, 3.0])
+        self.assertEqual((queued["queued_p50_ms"], queued["queued_p99_ms"]), (1.0, 3.0))
+
+    def test_delivery_clock_either_order(self) -> None:
+        from sixchat.bench.latency import DeliveryClock
+
+        clock = DeliveryClock()
+        early = {"type": "delivery", "state": "delivered", "id": "m1"}
+        clock.agentEvent(early)  # before the sender knew the id
+        got: list[float] = []
+        clock.delivered("m1").addCallback(got.append)
+        self.assertEqual(len(got), 1)
+        d = clock.delivered("m2")
+        d.addCallback(got.append)
+        clock.agentEvent({"type": "delivery", "state": "sent", "id": "m2"})
+        clock.agentEvent({"type": "message", "id": "m2"})
+        self.assertEqual(len(got), 1)  # only "delivered" counts
+        clock.agentEvent({"type": "delivery", "state": "delivered", "id": "m2"})
+        self.assertEqual(len(got), 2)
+        self.assertLessEqual(got[0], got[1])
+        self.assertEqual((clock.at, clock.waiting), ({}, {}))
+
+    def test_visibility_skipped_without_postgres(self) -> None:
+        from sixchat.bench import latency
+
+        class FakeRun:
+            def __init__(self) -> None:
+                self.profile = cli.parse_args(["--no-postgres"]).profile
+                self.notes: list[str] = []
+
+            def worker(self, *a: object) -> None:
+                raise AssertionError("no registry may be started")
+
+        run = FakeRun()
+        latency._visibility(run)
+        self.assertEqual(run.notes, ["registry visibility skipped: --no-postgres"])
+
+
+class LatencySmokeTests(SynchronousTestCase):
+    """The latency benchmark's plumbing: warm and cold agents, two PostgreSQL registries."""
+
+    def test_latency_smoke_run(self) -> None:
+        from sixchat.test import pg
+
+        out = os.path.abspath(self.mktemp())
+        root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        env = dict(os.environ, PYTHONPATH=root)
+        proc = subprocess.run(
+            [sys.executable, "-m", "sixchat.bench", "--smoke", "--quiet", "--json", out,
+             "--only", "latency"],
+            capture_output=True, text=True, timeout=600, env=env, check=False,
+        )  # fmt: skip
+        self.assertEqual(proc.returncode, 0, proc.stdout + proc.stderr)
+        self.assertIn("first message to a new contact", proc.stdout)
+        with open(out) as f:
+            report = json.load(f)
+        self.assertEqual(report["meta"]["failures"], {})
+        reason = pg.skip_reason()
+        for key, (bench, _, _) in LATENCY_KEYS.items():
+            if bench == "registry_visibility" and reason:
+                self.assertIsNone(report[key], key)
+                continue
+            self.assertIsInstance(report[key], float, key)
+            self.assertGreater(report[key], 0, key)
+        if reason:
+            self.assertIn(f"registry visibility skipped: {reason}", report["meta"]["notes"])
+        counts = {(s["bench"], s["variant"]): s["metrics"]["samples"] for s in report["samples"]}
+        self.assertEqual(counts[("latency", "warm")], 5)
+        self.assertEqual(counts[("latency", "cold")], 2)
+        if not reason:
+            self.assertEqual(counts[("registry_visibility", "postgres")], 5)
+        self.assertIsNone(report["receipted_rate"])  # not run
 
 
 class FileSmokeTests(SynchronousTestCase):
