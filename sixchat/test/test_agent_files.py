@@ -183,11 +183,11 @@ class AgentFileTests(unittest.TestCase):
     @defer.inlineCallbacks
     def test_resume_after_the_receiver_restarts(self) -> Any:
         """
-        Known intermittent failure, about 1 run in 6 (hence C{skip}): during a graceful stop
-        a chunk write of the receiver sometimes lands after its store closed, and the
-        restarted receiver then resumes from 0 instead of its durable prefix. The
-        file still arrives intact; a crash (SIGKILL) of the receiver resumes from the prefix
-        (test_agent_files_e2e). Kept here, skipped, until the stop ordering is fixed.
+        Skipped (C{skip} below): about 1 run in 25 the sender's C{waitDelivered} does not see
+        the file delivered within 60 s after the receiver's restart. The file itself is
+        stored intact; the stop ordering that made the restarted receiver resume from 0 (a
+        finishing file outliving the store) is fixed. The SIGKILL resume tests
+        (test_agent_files_e2e) run.
         """
         self.patch(receiving, "SYNC_EVERY", 64 * 1024)
         alice, _ = yield self.agent("alice@example.com")
@@ -205,13 +205,16 @@ class AgentFileTests(unittest.TestCase):
         self.assertEqual(status["state"], "delivered")
         [incoming] = yield bob.files()
         self.assertEqual(incoming["state"], "received")
-        self.assertGreater(incoming["resumed_from"], 0)
+        if kept < len(data):
+            # Resumed from the prefix kept at the stop. (When alice's done was already in
+            # bob's buffer, the stop finishes the file first: nothing is left to resume.)
+            self.assertGreater(incoming["resumed_from"], 0)
         with open(incoming["path"], "rb") as f:
             self.assertEqual(f.read(), data)
 
     test_resume_after_the_receiver_restarts.skip = (  # type: ignore[attr-defined]
-        "intermittent: a chunk write can outlive the receiver's graceful stop and the restart "
-        "then resumes from 0 (the file still arrives intact); under investigation"
+        "intermittent (about 1 run in 25): delivery after the receiver's restart not seen "
+        "within 60 s; under investigation"
     )
 
     def partial_state(self, agent: UserAgentService) -> Any:

@@ -116,6 +116,9 @@ class FileInbox:
         self.stopping = False
         #: Offers being decided (store and disk look-ups in flight); L{stop} waits for them.
         self._deciding: set[defer.Deferred[None]] = set()
+        #: Transfers whose C{done} came: their last writes, check and storing are in flight;
+        #: L{stop} waits for them too, so none of it outlives the store.
+        self._finishing: set[defer.Deferred[None]] = set()
 
     def _thread(self, f: Callable[..., Any], *args: Any) -> defer.Deferred[Any]:
         return threads.deferToThreadPool(self.reactor, self.reactor.getThreadPool(), f, *args)
@@ -292,6 +295,15 @@ class FileInbox:
         self._flush(writing)
         writing.chain.addCallback(lambda _: defer.ensureDeferred(self._finish(writing, outcome)))
         writing.chain.addErrback(self._finishFailed, writing, receiver)
+        finished: defer.Deferred[None] = defer.Deferred()
+        self._finishing.add(finished)
+
+        def settled(result: object) -> object:
+            self._finishing.discard(finished)
+            finished.callback(None)
+            return result
+
+        writing.chain.addBoth(settled)
 
     async def _finish(self, writing: _Writing, outcome: Reject | Verified) -> None:
         record, session = writing.record, writing.session
@@ -365,7 +377,7 @@ class FileInbox:
         self.stopping = True
         for key in list(self._writing):
             self._stop(key)
-        waits = [*self._deciding, *self._closing.values()]
+        waits = [*self._deciding, *self._closing.values(), *self._finishing]
         return defer.DeferredList(waits, consumeErrors=True)
 
     def sessionEnded(self, session: Session) -> None:
