@@ -5,9 +5,10 @@ keeper, the agent's directory of peers and its watches).
 
 The n-th consecutive failure waits a uniformly random time in [b/2, b] with
 b = min(max_backoff, 2·min_backoff·2^(n-1)): never less than C{min_backoff} (given a cap of
-at least twice it), never more than C{max_backoff}, doubling in between. The random half spreads the reconnects of many agents
-after a registry dies or restarts (they all lost it at the same instant), even once they all
-reach the cap; the floor keeps a flapping registry from being hammered.
+at least twice it), never more than C{max_backoff}, doubling in between. The random half
+spreads the reconnects of many agents after a registry dies or restarts (they all lost it at
+the same instant), even once they all reach the cap; the floor keeps a flapping registry from
+being hammered.
 """
 
 from __future__ import annotations

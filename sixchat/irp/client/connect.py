@@ -81,7 +81,13 @@ async def _connect_target(
     except IRPConnectionError:
         lost = await proto.whenLost()
         raise lost from None
-    except BaseException:  # refused ping (rate_limited, …) or cancelled: do not leak it
+    except defer.CancelledError:  # another address won, or the caller gave up: at once
+        transport: Any = proto.transport
+        proto.close()
+        if transport is not None and hasattr(transport, "abortConnection"):
+            transport.abortConnection()  # a silent server would hold a TLS close forever
+        raise
+    except BaseException:  # refused ping (rate_limited, …): do not leak it
         proto.close()
         raise
     return proto
