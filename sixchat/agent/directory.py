@@ -13,7 +13,10 @@ Watches survive the registry: when the connection is lost while peers are watche
 directory reconnects by itself (not only on the next lookup), at once-ish and then with the
 registry's exponential backoff with jitter (L{sixchat.irp.backoff}, on the injected clock),
 and watches them again — on whichever registry of a list (or of the SRV records) answers, so
-a registry that dies moves the watches to another within seconds.
+a registry that dies moves the watches to another within seconds. And while no registry
+answers, a lookup falls back on the last record it got for that peer (L{lookup}): the
+sessions the agent has keep carrying messages, and a peer's last known address is still
+dialled.
 """
 
 from __future__ import annotations
@@ -85,6 +88,10 @@ class RegistryDirectory:
         #: Consecutive failed connects since the connection was last up (for the backoff).
         self.failures = 0
         self._retry: Any = None
+        #: The last record the registry gave for each identity (lookups and pushes), kept
+        #: across connection losses: the answer when no registry can be asked.
+        self._known: dict[str, Record] = {}
+        self._stale: set[str] = set()
         self._closed = False
         self._was_lost = False
 
@@ -120,7 +127,10 @@ class RegistryDirectory:
                 self._scheduleReconnect()
                 return f
 
-            self._connecting = Shared(d.addCallbacks(connected, failed))
+            shared = Shared(d.addCallbacks(connected, failed))
+            if not d.called:  # a connect that fired at once has settled everything already
+                self._connecting = shared
+            return shared.wait()
         return self._connecting.wait()
 
     def _startWatch(self, client: RegistryClient, identity: str) -> None:
@@ -165,13 +175,16 @@ class RegistryDirectory:
             self.unknown.discard(key)
         if key not in self.unknown:  # a presence without nodes does not make it known
             self._cache[key] = (self.clock.seconds(), record)
+            self._known[key] = record
         if self.on_presence is not None:
             self.on_presence(identity, record)
 
     def lookup(self, identity: str) -> defer.Deferred[Record]:
         """
         The peer's record (no nodes: offline), or L{UnknownIdentity} when the registry
-        answers C{not_found}; any other failure means the registry could not tell.
+        answers C{not_found}; any other failure means the registry could not tell. When the
+        registry cannot be asked (every address unreachable, or an error other than
+        C{not_found}), the last record it gave for the peer is the answer, if there is one.
         """
         key = normalize_identity(identity)
         cached = self._cache.get(key)
@@ -183,16 +196,27 @@ class RegistryDirectory:
         def remember(record: Record) -> Record:
             self.unknown.discard(key)
             self._cache[key] = (self.clock.seconds(), record)
+            self._known[key] = record
+            self._stale.discard(key)
             return record
 
-        def not_found(failure: Failure) -> Failure:
+        def not_found(failure: Failure) -> Failure | Record:
             from sixchat.irp.messages import IRPError
 
             error = failure.value
             if not isinstance(error, IRPError) or error.reason != "not_found":
-                return failure
+                known = self._known.get(key)
+                if known is None or failure.check(defer.CancelledError):
+                    return failure
+                if key not in self._stale:  # once until the registry answers again
+                    self._stale.add(key)
+                    log.info("{registry} cannot be asked about {peer} ({why}): using the nodes "
+                             "it gave last", registry=self.name, peer=identity,
+                             why=failure.getErrorMessage())  # fmt: skip
+                return known
             self.unknown.add(key)
             self._cache.pop(key, None)
+            self._known.pop(key, None)
             why = "" if error.text in ("", "unknown identity") else f"; {error.text}"
             raise UnknownIdentity(f"{identity} is not known to {self.name}{why}")
 

@@ -281,3 +281,66 @@ class WatchesSurviveTests(unittest.TestCase):
         client = self.succeed()
         self.assertTrue(client.closed)
         self.assertEqual(client.watches, {})
+
+
+class NoRegistryTests(unittest.TestCase):
+    """While no registry answers, a lookup gives the last record the registry gave."""
+
+    def setUp(self) -> None:
+        self.clock = task.Clock()
+        self.client = FakeClient()
+        self.up = True
+        self.directory = RegistryDirectory(
+            self.clock,
+            lambda: (
+                defer.succeed(self.client)  # type: ignore[arg-type]
+                if self.up
+                else defer.fail(IRPConnectionLost("cannot reach any registry"))
+            ),
+        )
+
+    def registryDies(self) -> None:
+        self.up = False
+        lost, self.client.lost = self.client.lost, defer.Deferred()
+        lost.callback(None)
+
+    def test_the_last_record_when_the_registry_is_unreachable(self) -> None:
+        self.client.answers[CAROL] = Record(CAROL, [node("phone")], b"cert", "1")
+        self.successResultOf(self.directory.lookup(CAROL))
+        self.registryDies()
+        record = self.successResultOf(self.directory.lookup(CAROL))
+        self.assertEqual([n.name for n in record.nodes], ["phone"])
+        self.clock.advance(3600)  # however long it lasts
+        record = self.successResultOf(self.directory.lookup(CAROL))
+        self.assertEqual([n.name for n in record.nodes], ["phone"])
+
+    def test_a_pushed_record_counts(self) -> None:
+        self.directory.watch(CAROL)
+        self.client.push(CAROL, [node("desk")])
+        self.registryDies()
+        record = self.successResultOf(self.directory.lookup(CAROL))
+        self.assertEqual([n.name for n in record.nodes], ["desk"])
+
+    def test_never_looked_up_still_fails(self) -> None:
+        self.registryDies()
+        self.failureResultOf(self.directory.lookup(CAROL), IRPConnectionLost)
+
+    def test_an_unknown_identity_is_forgotten(self) -> None:
+        self.client.answers[CAROL] = Record(CAROL, [node()], b"cert", "1")
+        self.successResultOf(self.directory.lookup(CAROL))
+        del self.client.answers[CAROL]  # revoked, say
+        self.clock.advance(RECORD_TTL)
+        self.failureResultOf(self.directory.lookup(CAROL), UnknownIdentity)
+        self.registryDies()
+        self.failureResultOf(self.directory.lookup(CAROL), IRPConnectionLost)
+
+    def test_other_refusals_fall_back_too_but_answers_win(self) -> None:
+        self.client.answers[CAROL] = Record(CAROL, [node("phone")], b"cert", "1")
+        self.successResultOf(self.directory.lookup(CAROL))
+        self.client.answers[CAROL] = IRPError("internal_error", "database down", "2")
+        self.clock.advance(RECORD_TTL)
+        record = self.successResultOf(self.directory.lookup(CAROL))
+        self.assertEqual([n.name for n in record.nodes], ["phone"])
+        self.client.answers[CAROL] = Record(CAROL, [], b"cert", "3")  # offline now
+        self.clock.advance(RECORD_TTL)
+        self.assertEqual(self.successResultOf(self.directory.lookup(CAROL)).nodes, [])
