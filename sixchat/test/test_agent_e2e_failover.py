@@ -13,6 +13,7 @@ C{twistd -n sixchat} agents given both (C{--registry A,B}, or C{--registry A --r
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
@@ -20,7 +21,7 @@ from twisted.internet import defer, reactor
 from twisted.trial import unittest
 
 from sixchat.test import pg
-from sixchat.test.processes import eventually
+from sixchat.test.processes import eventually, run_cli
 from sixchat.test.test_agent_e2e import (
     ALICE,
     BOB,
@@ -144,6 +145,15 @@ class OneRegistryDiesTests(FailoverCase):
         self.assertEqual(code, 0)
         both, second = re.escape(f"{a.address},{b.address}"), re.escape(b.address)
         self.assertRegex(out, rf"registry: +registered with {both} .*connected {second}")
+
+        # the command line too: `sixchat probe IDENTITY --registry A,B` finds bob through B
+        out, err, code = yield run_cli(
+            ["probe", BOB, "--registry", f"{a.address},{b.address}", "--registry-ca", self.ca,
+             "--cert", alice.cert, "--trust", self.ca, "--json"],
+            cwd=self.base,
+        )  # fmt: skip
+        self.assertEqual(code, 0, out + err)
+        self.assertEqual(json.loads(out)["peer"], BOB)
 
         # alice's watch is on B now: bob leaving (unregistering through B) reaches her chat
         yield bob.stop()
