@@ -175,7 +175,7 @@ async def _find(
     entries = _srv_entries(answers)
     if not entries:
         return [RegistryTarget(domain, DEFAULT_PORT, domain, "fallback")]
-    if len(entries) == 1 and entries[0].target in ("", "."):
+    if all(e.target in ("", ".") for e in entries):
         raise RegistryNotFound(f"{domain} runs no registry (its {name} record is '.')")
     ordered = order_srv([e for e in entries if e.target not in ("", ".")], rng)
     return [RegistryTarget(e.target, e.port, domain, "srv") for e in ordered]

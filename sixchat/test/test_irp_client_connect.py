@@ -77,6 +77,10 @@ class StaggerTests(unittest.TestCase):
         f = self.failureResultOf(race.result, IRPConnectionLost)
         self.assertIn("cannot reach the registry (192.0.2.1:4604)", str(f.value))
 
+    def test_no_address_at_all(self) -> None:
+        f = self.failureResultOf(Race().result, IRPConnectionLost)
+        self.assertIn("no address to try", str(f.value))
+
     def test_a_refusal_moves_on_at_once(self) -> None:
         race = Race(A, B, C)
         self.assertEqual(race.started(), [A])

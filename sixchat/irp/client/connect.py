@@ -111,6 +111,8 @@ def _first_of(
     closed, the attempts still running cancelled). A registry that refuses our certificate
     (L{TLSAlertError}) ends it all: another instance would refuse us too.
     """
+    if not targets:
+        return defer.fail(IRPConnectionLost("cannot reach the registry: no address to try"))
     pending: dict[int, defer.Deferred[IRPClientProtocol]] = {}
     failures: list[tuple[RegistryTarget, BaseException]] = []
     state: dict[str, Any] = {"next": 0, "timer": None, "ended": False}
