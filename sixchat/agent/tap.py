@@ -55,13 +55,6 @@ class Options(OneLineOptions):
         ],
         ["padding", None, "0", "pad sealed records to a multiple of this many bytes (0: off)"],
         [
-            "registry",
-            None,
-            None,
-            "register with this IRP registry: HOST[:PORT] (port 4604), or 'auto' to find it "
-            "from your identity's domain (DNS SRV _irp._tcp)",
-        ],
-        [
             "registry-ca",
             None,
             None,
@@ -117,6 +110,17 @@ class Options(OneLineOptions):
         self["crl"] = []
         self["allow"] = []
         self["advertise"] = []
+        self["registry"] = None
+
+    def opt_registry(self, value: str) -> None:
+        self["registry"] = ",".join(filter(None, [self["registry"], value.strip()]))
+
+    opt_registry.__doc__ = (
+        "register with this IRP registry: HOST[:PORT] (port 4604), or 'auto' to find it from "
+        "your identity's domain (DNS SRV _irp._tcp); registries sharing one database: repeat "
+        "it or give a comma list (the agent uses the first that answers, and moves to another "
+        "when it fails)"
+    )
 
     def opt_crl(self, path: str) -> None:
         """a CRL file (PEM or DER) to check revocation with; repeatable"""
@@ -239,7 +243,7 @@ def check_registry_options(options: Any) -> None:
     """Validate the registry options, load C{--registry-ca}; one-line errors."""
     from sixchat.irp import messages
     from sixchat.irp.client import load_certificates
-    from sixchat.irp.discovery import parse_registry_address
+    from sixchat.irp.discovery import parse_registry_list
 
     options["registry-anchors"] = None
     registry = options["registry"]
@@ -252,7 +256,7 @@ def check_registry_options(options: Any) -> None:
         return
     if registry != "auto":
         try:
-            parse_registry_address(registry)
+            parse_registry_list(registry)
         except ValueError as e:
             raise usage.UsageError(f"--registry: {e}") from None
     if options["registry-ca"]:

@@ -66,7 +66,8 @@ def _registry_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--registry",
         metavar="HOST[:PORT]",
-        help="the registry (port 4604); default: found from the identity's domain (DNS SRV)",
+        help="the registry (port 4604), or a comma list of registries sharing one database "
+        "(the first that answers); default: found from the identity's domain (DNS SRV)",
     )
     p.add_argument(
         "--registry-ca",
@@ -171,10 +172,10 @@ def _anchors(args: argparse.Namespace) -> list[x509.Certificate] | None:
 
 def _check_registry(args: argparse.Namespace) -> None:
     if args.registry and args.registry != "auto":
-        from sixchat.irp.discovery import parse_registry_address
+        from sixchat.irp.discovery import parse_registry_list
 
         try:
-            parse_registry_address(args.registry)
+            parse_registry_list(args.registry)
         except ValueError as e:
             raise UsageError(f"--registry: {e}") from None
     if args.timeout <= 0:

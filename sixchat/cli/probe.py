@@ -83,7 +83,8 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--registry",
         metavar="HOST[:PORT]",
-        help="with an IDENTITY target: the registry to ask (default: DNS SRV of its domain)",
+        help="with an IDENTITY target: the registry to ask, or a comma list of them (the first "
+        "that answers); default: DNS SRV of its domain",
     )
     p.add_argument(
         "--registry-ca",
@@ -160,10 +161,10 @@ def run(args: argparse.Namespace) -> int:
             print(f"sixchat: error: {args.target!r} is not a valid identity", file=sys.stderr)
             return 2
         if args.registry and args.registry != "auto":
-            from sixchat.irp.discovery import parse_registry_address
+            from sixchat.irp.discovery import parse_registry_list
 
             try:
-                parse_registry_address(args.registry)
+                parse_registry_list(args.registry)
             except ValueError as e:
                 print(f"sixchat: error: --registry: {e}", file=sys.stderr)
                 return 2

@@ -3,8 +3,9 @@ Finding the registry of a domain (irp-1 §1 "Discovery", §7.9).
 
 Three ways, in this order of precedence:
 
-  1. an explicit C{HOST[:PORT]} / C{[v6]:PORT} (private networks, tests): connect there and
-     check the server certificate against C{HOST};
+  1. explicit addresses, C{HOST[:PORT]} / C{[v6]:PORT} (private networks, tests), or a comma
+     list of them (C{a.example:4604,b.example:4604}: registries sharing one database, tried in
+     the order given): connect there and check each server certificate against its C{HOST};
   2. the DNS SRV records C{_irp._tcp.D} for the identity's domain C{D}, ordered by RFC 2782
      (lowest priority first, weighted random choice within a priority): connect to each
      target in turn, and check the certificate against C{D} itself, not the target — the
@@ -38,6 +39,7 @@ __all__ = [
     "findRegistry",
     "order_srv",
     "parse_registry_address",
+    "parse_registry_list",
 ]
 
 log = Logger()
@@ -84,6 +86,27 @@ def parse_registry_address(text: str) -> tuple[str, int]:
     @raise ValueError: with a one-line reason.
     """
     return parse_hostport(text, DEFAULT_PORT)
+
+
+def parse_registry_list(text: str) -> list[tuple[str, int]]:
+    """
+    One registry address or a comma list of them (C{a:4604,[2001:db8::1]:4604}), each by
+    L{parse_registry_address}, in the order given, duplicates dropped. A comma never occurs
+    in a host or port, so the list is unambiguous; C{auto} is not an address.
+
+    @raise ValueError: with a one-line reason naming the bad entry.
+    """
+    out: list[tuple[str, int]] = []
+    items = [item.strip() for item in text.split(",")]
+    for item in items:
+        if not item:
+            raise ValueError(f"{text!r}: an empty entry in the list of registries")
+        if item == "auto" and len(items) > 1:
+            raise ValueError("'auto' (DNS SRV discovery) cannot be combined with addresses")
+        address = parse_registry_address(item)
+        if address not in out:
+            out.append(address)
+    return out
 
 
 def order_srv(entries: Sequence[SRVEntry], rng: _Random | None = None) -> list[SRVEntry]:
@@ -134,8 +157,7 @@ async def _find(
     registry: str | None, identity: str | None, resolver: Any, rng: _Random | None
 ) -> list[RegistryTarget]:
     if registry is not None and registry != "auto":
-        host, port = parse_registry_address(registry)
-        return [RegistryTarget(host, port, host, "explicit")]
+        return [RegistryTarget(h, p, h, "explicit") for h, p in parse_registry_list(registry)]
     if identity is None:
         raise ValueError("give a registry (HOST[:PORT]) or an identity to find its registry")
     domain = domain_of(identity)
@@ -153,7 +175,7 @@ async def _find(
     entries = _srv_entries(answers)
     if not entries:
         return [RegistryTarget(domain, DEFAULT_PORT, domain, "fallback")]
-    if len(entries) == 1 and entries[0].target in ("", "."):
+    if all(e.target in ("", ".") for e in entries):
         raise RegistryNotFound(f"{domain} runs no registry (its {name} record is '.')")
     ordered = order_srv([e for e in entries if e.target not in ("", ".")], rng)
     return [RegistryTarget(e.target, e.port, domain, "srv") for e in ordered]
@@ -167,8 +189,8 @@ def findRegistry(
     rng: _Random | None = None,
 ) -> defer.Deferred[list[RegistryTarget]]:
     """
-    The addresses to try, in order, for C{registry} (explicit C{HOST[:PORT]}, or C{None} /
-    C{"auto"} for discovery from C{identity}'s domain).
+    The addresses to try, in order, for C{registry} (explicit C{HOST[:PORT]} or a comma list
+    of them, or C{None} / C{"auto"} for discovery from C{identity}'s domain).
 
     Fails with C{ValueError} for a malformed address or identity, L{RegistryNotFound} when
     the domain's SRV record says it has no registry.

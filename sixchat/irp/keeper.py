@@ -55,6 +55,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from sixchat.irp import messages as m
+from sixchat.irp.backoff import backoff_delay
 from sixchat.irp.client import IRPConnectionError
 from sixchat.irp.contacts import AutoContacts, local_addresses, parse_advertise
 from sixchat.netaddr import format_hostport
@@ -236,7 +237,7 @@ class RegistrationKeeper(service.Service):
             "registered node {node} at {contacts} with {registry} for {granted} s",
             node=self.node,
             contacts=contacts,
-            registry=self.registry_name,
+            registry=self._where(proto),
             granted=granted,
         )
         self._timer = self.reactor.callLater(granted * 2 / 3, self._register)
@@ -376,6 +377,14 @@ class RegistrationKeeper(service.Service):
                 holder=self._describe(self.holder),
             )  # fmt: skip
 
+    def _where(self, proto: Any) -> str:
+        """The registry as logs name it, with the address connected to when it was one of
+        several (a list of registries, SRV records)."""
+        target = getattr(proto, "target", None)
+        if target is None or self.registry_name.endswith(" " + target.address):
+            return self.registry_name
+        return f"{self.registry_name} at {target.address}"
+
     def _lost_at(self, what: str) -> None:
         when = datetime.fromtimestamp(self.reactor.seconds(), UTC).strftime("%Y-%m-%d %H:%M:%S")
         self.last_lost = f"{when} UTC: {what}"
@@ -386,6 +395,9 @@ class RegistrationKeeper(service.Service):
         when our binding was last lost (taken over or removed) in this run.
         """
         out: dict[str, Any] = {"state": self.state, "expires": self.granted}
+        target = getattr(self.protocol, "target", None)
+        if target is not None:  # which registry, when there are several
+            out["connected"] = target.address
         if self.last_lost is not None:
             out["last_lost"] = self.last_lost
         if self.state in _HELD and self.holder:
@@ -398,8 +410,7 @@ class RegistrationKeeper(service.Service):
 
     def backoff(self, failures: int) -> float:
         """The wait before reconnecting after C{failures} consecutive failures (≥ 1)."""
-        base = min(self.max_backoff, 2 * self.min_backoff * 2 ** min(failures - 1, 64))
-        return base / 2 + self.rand() * base / 2
+        return backoff_delay(failures, self.min_backoff, self.max_backoff, self.rand)
 
     def _retry(self, state: str = "waiting") -> None:
         if not self.running:

@@ -32,6 +32,11 @@ class FakeClient:
         self.lookups: list[str] = []
         self.watches: dict[str, Callable[[Record], Any]] = {}
         self.lost: defer.Deferred[None] = defer.Deferred()
+        self.closed = False
+
+    def close(self) -> defer.Deferred[None]:
+        self.closed = True
+        return defer.succeed(None)
 
     def whenLost(self) -> defer.Deferred[None]:
         return self.lost
@@ -162,3 +167,180 @@ class UnknownReasonTests(unittest.TestCase):
         clock.advance(0.1)
         self.assertIsNone(self.successResultOf(d))
         pending.errback(UnknownIdentity("late"))  # too late: ignored
+
+
+class WatchesSurviveTests(unittest.TestCase):
+    """
+    Registry fail-over: a lost connection with peers watched is re-opened by the directory
+    itself (not only at the next lookup), after the backoff with jitter on the clock, and
+    every watch is started again on the new connection (another registry of a list).
+    """
+
+    def setUp(self) -> None:
+        self.clock = task.Clock()
+        self.connects: list[defer.Deferred[Any]] = []
+        self.clients: list[FakeClient] = []
+        self.pushed: list[tuple[str, int]] = []
+        self.directory = RegistryDirectory(
+            self.clock,
+            self.connect,
+            lambda who, record: self.pushed.append((who, len(record.nodes))),
+            "registry a,b",
+            rand=lambda: 0.5,
+        )
+
+    def connect(self) -> defer.Deferred[Any]:
+        d: defer.Deferred[Any] = defer.Deferred()
+        self.connects.append(d)
+        return d
+
+    def succeed(self) -> FakeClient:
+        client = FakeClient()
+        self.clients.append(client)
+        self.connects[-1].callback(client)
+        return client
+
+    def refuse(self) -> None:
+        self.connects[-1].errback(IRPConnectionLost("cannot reach any registry"))
+
+    def retry_in(self) -> float:
+        (call,) = self.clock.getDelayedCalls()
+        return call.getTime() - self.clock.seconds()
+
+    def test_watches_move_to_the_next_connection(self) -> None:
+        self.directory.watch(CAROL)
+        self.directory.watch("dave@example.com")
+        first = self.succeed()
+        self.assertEqual(set(first.watches), {CAROL, "dave@example.com"})
+        first.lost.callback(None)  # the registry died
+        self.assertEqual(len(self.connects), 1)  # not at once: after the backoff
+        self.assertEqual(self.retry_in(), 1.5)  # [1, 2] s with the jitter pinned at 0.5
+        self.clock.advance(1.5)
+        self.assertEqual(len(self.connects), 2)
+        second = self.succeed()
+        self.assertEqual(set(second.watches), {CAROL, "dave@example.com"})
+        second.push(CAROL, [node()])
+        self.assertEqual(self.pushed, [(CAROL, 1)])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_backoff_doubles_while_every_registry_is_down_and_resets(self) -> None:
+        self.directory.watch(CAROL)
+        self.succeed().lost.callback(None)
+        waits = []
+        for _ in range(8):
+            waits.append(self.retry_in())
+            self.clock.advance(waits[-1])
+            self.refuse()
+        self.assertEqual(waits, [1.5, 3.0, 6.0, 12.0, 24.0, 45.0, 45.0, 45.0])  # cap 60 s
+        self.clock.advance(self.retry_in())
+        client = self.succeed()
+        self.assertEqual(list(client.watches), [CAROL])
+        self.assertEqual(self.directory.failures, 0)
+        client.lost.callback(None)
+        self.assertEqual(self.retry_in(), 1.5)  # back to the first step
+
+    def test_a_lookup_in_between_connects_on_demand(self) -> None:
+        self.directory.watch(CAROL)
+        self.succeed().lost.callback(None)
+        d = self.directory.lookup("dave@example.com")
+        self.assertEqual(len(self.connects), 2)  # at once, not after the backoff
+        client = FakeClient()
+        client.answers["dave@example.com"] = Record("dave@example.com", [node()])
+        self.connects[-1].callback(client)
+        self.clock.advance(10)
+        self.assertEqual(len(self.connects), 2)  # the timed reconnect found it connected
+        self.assertEqual(list(client.watches), [CAROL])
+        self.assertEqual(len(self.successResultOf(d).nodes), 1)
+
+    def test_nothing_watched_nothing_reconnects(self) -> None:
+        d = self.directory.lookup(CAROL)
+        self.succeed().lost.callback(None)
+        self.failureResultOf(d, UnknownIdentity)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.clock.advance(1000)
+        self.assertEqual(len(self.connects), 1)
+
+    def test_a_failed_first_watch_connect_is_retried(self) -> None:
+        self.directory.watch(CAROL)
+        self.refuse()  # the registry is down when the agent starts watching
+        self.assertEqual(self.retry_in(), 1.5)
+        self.clock.advance(1.5)
+        self.assertEqual(list(self.succeed().watches), [CAROL])
+
+    def test_close_stops_reconnecting(self) -> None:
+        self.directory.watch(CAROL)
+        self.succeed().lost.callback(None)
+        self.successResultOf(self.directory.close())
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.clock.advance(1000)
+        self.assertEqual(len(self.connects), 1)
+
+    def test_a_connection_arriving_after_close_is_closed(self) -> None:
+        self.directory.watch(CAROL)
+        self.successResultOf(self.directory.close())
+        client = self.succeed()
+        self.assertTrue(client.closed)
+        self.assertEqual(client.watches, {})
+
+
+class NoRegistryTests(unittest.TestCase):
+    """While no registry answers, a lookup gives the last record the registry gave."""
+
+    def setUp(self) -> None:
+        self.clock = task.Clock()
+        self.client = FakeClient()
+        self.up = True
+        self.directory = RegistryDirectory(
+            self.clock,
+            lambda: (
+                defer.succeed(self.client)  # type: ignore[arg-type]
+                if self.up
+                else defer.fail(IRPConnectionLost("cannot reach any registry"))
+            ),
+        )
+
+    def registryDies(self) -> None:
+        self.up = False
+        lost, self.client.lost = self.client.lost, defer.Deferred()
+        lost.callback(None)
+
+    def test_the_last_record_when_the_registry_is_unreachable(self) -> None:
+        self.client.answers[CAROL] = Record(CAROL, [node("phone")], b"cert", "1")
+        self.successResultOf(self.directory.lookup(CAROL))
+        self.registryDies()
+        record = self.successResultOf(self.directory.lookup(CAROL))
+        self.assertEqual([n.name for n in record.nodes], ["phone"])
+        self.clock.advance(3600)  # however long it lasts
+        record = self.successResultOf(self.directory.lookup(CAROL))
+        self.assertEqual([n.name for n in record.nodes], ["phone"])
+
+    def test_a_pushed_record_counts(self) -> None:
+        self.directory.watch(CAROL)
+        self.client.push(CAROL, [node("desk")])
+        self.registryDies()
+        record = self.successResultOf(self.directory.lookup(CAROL))
+        self.assertEqual([n.name for n in record.nodes], ["desk"])
+
+    def test_never_looked_up_still_fails(self) -> None:
+        self.registryDies()
+        self.failureResultOf(self.directory.lookup(CAROL), IRPConnectionLost)
+
+    def test_an_unknown_identity_is_forgotten(self) -> None:
+        self.client.answers[CAROL] = Record(CAROL, [node()], b"cert", "1")
+        self.successResultOf(self.directory.lookup(CAROL))
+        del self.client.answers[CAROL]  # revoked, say
+        self.clock.advance(RECORD_TTL)
+        self.failureResultOf(self.directory.lookup(CAROL), UnknownIdentity)
+        self.registryDies()
+        self.failureResultOf(self.directory.lookup(CAROL), IRPConnectionLost)
+
+    def test_other_refusals_fall_back_too_but_answers_win(self) -> None:
+        self.client.answers[CAROL] = Record(CAROL, [node("phone")], b"cert", "1")
+        self.successResultOf(self.directory.lookup(CAROL))
+        self.client.answers[CAROL] = IRPError("internal_error", "database down", "2")
+        self.clock.advance(RECORD_TTL)
+        record = self.successResultOf(self.directory.lookup(CAROL))
+        self.assertEqual([n.name for n in record.nodes], ["phone"])
+        self.client.answers[CAROL] = Record(CAROL, [], b"cert", "3")  # offline now
+        self.clock.advance(RECORD_TTL)
+        self.assertEqual(self.successResultOf(self.directory.lookup(CAROL)).nodes, [])

@@ -6,6 +6,8 @@ import collections
 import random
 from typing import Any
 
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from twisted.internet import defer
 from twisted.names import dns
 from twisted.names import error as dns_error
@@ -18,7 +20,9 @@ from sixchat.irp.discovery import (
     findRegistry,
     order_srv,
     parse_registry_address,
+    parse_registry_list,
 )
+from sixchat.netaddr import format_hostport
 
 
 class FakeResolver:
@@ -77,6 +81,56 @@ class ParseTests(unittest.SynchronousTestCase):
             self.assertRaises(ValueError, parse_registry_address, bad)
 
 
+class ParseListTests(unittest.SynchronousTestCase):
+    """Several registries (on one database): a comma list, in order, duplicates dropped."""
+
+    def test_forms(self) -> None:
+        self.assertEqual(parse_registry_list("reg.example.com"), [("reg.example.com", 4604)])
+        self.assertEqual(
+            parse_registry_list("a.example:5000, [2001:db8::1]:99 ,192.0.2.1,a.example:5000"),
+            [("a.example", 5000), ("2001:db8::1", 99), ("192.0.2.1", 4604)],
+        )
+        self.assertEqual(parse_registry_list("2001:db8::1,b"), [("2001:db8::1", 4604), ("b", 4604)])
+
+    def test_errors_name_the_entry(self) -> None:
+        for bad, fragment in (
+            ("a,,b", "empty entry"),
+            ("a,", "empty entry"),
+            (",a", "empty entry"),
+            ("", "empty entry"),
+            ("auto,a.example", "'auto'"),
+            ("a.example,auto", "'auto'"),
+            ("a.example,b.example:0", "b.example:0"),
+            ("a.example,[::1", "[::1"),
+        ):
+            with self.assertRaises(ValueError) as caught:
+                parse_registry_list(bad)
+            self.assertIn(fragment, str(caught.exception), bad)
+
+    @settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(
+        st.lists(
+            st.tuples(
+                st.one_of(
+                    st.builds(
+                        lambda first, rest: first + rest,
+                        st.sampled_from("abcxyz"),
+                        st.text("abz09-.", max_size=10),
+                    ),
+                    st.ip_addresses().map(str),
+                ),
+                st.integers(1, 65535),
+            ),
+            min_size=1,
+            max_size=5,
+        )
+    )
+    def test_round_trip(self, entries: list[tuple[str, int]]) -> None:
+        text = ",".join(format_hostport(h, p) for h, p in entries)
+        unique = list(dict.fromkeys(entries))
+        self.assertEqual(parse_registry_list(text), unique)
+
+
 class OrderTests(unittest.SynchronousTestCase):
     def test_priority_first(self) -> None:
         entries = [
@@ -133,6 +187,22 @@ class FindTests(unittest.TestCase):
         targets = self.successResultOf(findRegistry("[::1]:4604", None, resolver=resolver))
         self.assertEqual(targets[0].address, "[::1]:4604")
 
+    def test_a_list_of_registries_each_checks_its_host(self) -> None:
+        resolver = FakeResolver()
+        targets = self.successResultOf(
+            findRegistry("irp1.example.net,[2001:db8::2]:4700", "alice@example.com",
+                         resolver=resolver)
+        )  # fmt: skip
+        self.assertEqual(
+            targets,
+            [
+                RegistryTarget("irp1.example.net", 4604, "irp1.example.net", "explicit"),
+                RegistryTarget("2001:db8::2", 4700, "2001:db8::2", "explicit"),
+            ],
+        )
+        self.assertEqual(resolver.queries, [])
+        self.failureResultOf(findRegistry("a,,b", None, resolver=resolver), ValueError)
+
     def test_srv_targets_checked_against_the_domain(self) -> None:
         resolver = FakeResolver(
             [
@@ -175,6 +245,10 @@ class FindTests(unittest.TestCase):
             findRegistry(None, "alice@example.com", resolver=resolver), RegistryNotFound
         )
         self.assertIn("example.com runs no registry", str(f.value))
+        twice = FakeResolver([srv(0, 0, 0, ""), srv(1, 0, 0, "")])
+        self.failureResultOf(
+            findRegistry(None, "alice@example.com", resolver=twice), RegistryNotFound
+        )
 
     def test_needs_registry_or_identity(self) -> None:
         self.failureResultOf(findRegistry(None, None, resolver=FakeResolver()), ValueError)

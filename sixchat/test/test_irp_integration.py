@@ -360,6 +360,33 @@ class TapRegistryOptionTests(unittest.TestCase):
         self.assertIsNone(without.keeper)
         self.assertIsNone(without.directory)
 
+    def test_several_registries(self) -> None:
+        """Registries on one database: a comma list, the option repeated, or both."""
+        for args, expected in (
+            (["--registry", "127.0.0.1:4604"], "127.0.0.1:4604"),
+            (["--registry", "a.example,b.example:4700"], "a.example,b.example:4700"),
+            (["--registry", "a.example", "--registry", "[2001:db8::2]:4604"],
+             "a.example,[2001:db8::2]:4604"),
+            (["--registry", "a.example,b.example", "--registry", "c.example"],
+             "a.example,b.example,c.example"),
+            (["--registry", "auto"], "auto"),
+        ):  # fmt: skip
+            options = self.options(*args, "--data-dir", os.path.abspath(self.mktemp()))
+            self.assertEqual(options["registry"], expected, args)
+        svc = tap.makeService(options)
+        self.assertEqual(svc.link.source, "the registry")
+        options = self.options("--registry", "a.example", "--registry", "b.example:4700",
+                               "--data-dir", os.path.abspath(self.mktemp()))  # fmt: skip
+        svc = tap.makeService(options)
+        self.assertEqual(svc.link.registry, "a.example,b.example:4700")
+        self.assertEqual(svc.keeper.registry_name, "registry a.example,b.example:4700")
+
+    def test_several_registries_errors(self) -> None:
+        self.assertUsage(["--registry", "a.example,,b.example"], "empty entry")
+        self.assertUsage(["--registry", "a.example,"], "empty entry")
+        self.assertUsage(["--registry", "auto", "--registry", "a.example"], "'auto'")
+        self.assertUsage(["--registry", "a.example", "--registry", "b.example:0"], "b.example:0")
+
     def test_default_node_is_valid(self) -> None:
         from sixchat.irp.messages import is_valid_node
 

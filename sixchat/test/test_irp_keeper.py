@@ -705,3 +705,52 @@ class TCPProbeTests(unittest.TestCase):
         self.assertEqual(found, live)
         found = yield probe([dead])
         self.assertIsNone(found)
+
+
+class SeveralRegistriesTests(unittest.TestCase):
+    """Registry fail-over: the keeper says which registry of several it registered with,
+    and re-registers on the next one that answers after a loss."""
+
+    def test_the_registry_connected_to_is_named(self) -> None:
+        from twisted.logger import formatEvent
+
+        from sixchat.irp.discovery import RegistryTarget
+
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        h = Harness(registry_name="registry a.example,b.example")
+        h.keeper.startService()
+        client = h.succeed()
+        client.target = RegistryTarget("a.example", 4604, "a.example")  # type: ignore[attr-defined]
+        h.clients[-1].grant(300)
+        self.assertEqual(h.keeper.describe()["connected"], "a.example:4604")
+        client.lose()  # registry a dies
+        self.assertNotIn("connected", h.keeper.describe())
+        self.assertEqual(h.keeper.state, "waiting")
+        h.clock.advance(h.next_call_in())
+        other = FakeClient()
+        other.target = RegistryTarget("b.example", 4604, "b.example")  # type: ignore[attr-defined]
+        h.clients.append(other)
+        h.connects[-1].callback(other)
+        other.grant(300)
+        self.assertEqual(h.keeper.state, "registered")
+        self.assertEqual(h.keeper.describe()["connected"], "b.example:4604")
+        lines = [formatEvent(e) for e in events if "registered node" in e.get("log_format", "")]
+        self.assertEqual(
+            lines,
+            [
+                "registered node laptop at [2001:db8::5]:4605 with registry "
+                f"a.example,b.example at {host}:4604 for 300 s"
+                for host in ("a.example", "b.example")
+            ],
+        )
+
+    def test_one_registry_is_not_named_twice(self) -> None:
+        from sixchat.irp.discovery import RegistryTarget
+
+        h = Harness(registry_name="registry 127.0.0.1:4604")
+        client = FakeClient()
+        client.target = RegistryTarget("127.0.0.1", 4604, "127.0.0.1")  # type: ignore[attr-defined]
+        self.assertEqual(h.keeper._where(client), "registry 127.0.0.1:4604")
+        self.assertEqual(h.keeper._where(FakeClient()), "registry 127.0.0.1:4604")

@@ -27,7 +27,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
 from twisted.internet import defer
@@ -48,6 +48,9 @@ from sixchat.irp.client.errors import (
 )
 from sixchat.record import PLAIN, RecordReader, plain_record
 from sixchat.xmlcodec import Element, is_xml_text, parse, serialize
+
+if TYPE_CHECKING:
+    from sixchat.irp.discovery import RegistryTarget
 
 __all__ = ["DEFAULT_KEEPALIVE", "DEFAULT_TIMEOUT", "IRPClientFactory", "IRPClientProtocol"]
 
@@ -124,6 +127,8 @@ class IRPClientProtocol(Protocol):
         self._closing: IRPConnectionError | None = None
         self.connected = False
         self.lost: IRPConnectionError | None = None
+        #: The registry address this connection went to (set by C{connectRegistry}).
+        self.target: RegistryTarget | None = None
 
     # Twisted callbacks ----------------------------------------------------------------------
 
