@@ -408,7 +408,11 @@
   function describe(value) {
     if (value === null || value === undefined) return "\u2014";
     if (typeof value !== "object") return String(value);
-    return JSON.stringify(value, null, 1);
+    if (Array.isArray(value)) return value.map(describe).join("\n") || "\u2014";
+    return Object.entries(value)
+      .filter(([, v]) => v !== null && !(Array.isArray(v) && v.length === 0))
+      .map(([k, v]) => k.replace(/_/g, " ") + ": " + (typeof v === "object" ? JSON.stringify(v) : v))
+      .join("\n") || "\u2014";
   }
 
   async function loadStatus() {
