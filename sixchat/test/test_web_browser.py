@@ -149,6 +149,13 @@ class LiveConversationTests(WebUICase):
             "return document.getElementById('peer-title').textContent == arguments[0]",
             SHOWN, "bob's page to open the conversation", ALICE,
         )  # fmt: skip
+        # typing: alice types (without sending), bob's page says so
+        yield alice_page.type("#composer-text", "still typ")
+        yield bob_page.eventually(
+            "return document.getElementById('typing').textContent == arguments[0]",
+            SHOWN, "bob's page to show alice typing", f"{ALICE} is typing\u2026",
+        )  # fmt: skip
+        yield alice_page.script("document.getElementById('composer-text').value = ''")
         yield self.say(bob_page, HOSTILE)
 
         def hostile_shown() -> Any:
@@ -164,7 +171,28 @@ class LiveConversationTests(WebUICase):
         errors = yield alice_page.console_errors()
         self.assertEqual([e for e in errors if "Content Security Policy" in e["message"]], [])
 
-        # the unread count: a message to bob while he looks at another view
+        # unread counts: alice looks at another conversation while bob writes twice
+        yield self.open_chat(alice_page, "carol@example.com")
+        for text in ("unread one", "unread two"):
+            out, err, code = yield bob.cli("send", ALICE, text, "--wait", "30")
+            self.assertEqual(code, 0, out + err)
+        unread = (
+            "return Array.from(document.querySelectorAll('#conversations button'))"
+            ".map(b => [b.dataset.peer, (b.querySelector('.unread') || {}).textContent || ''])"
+        )
+        yield eventually(
+            lambda: alice_page.script(unread).addCallback(lambda rows: [BOB, "2"] in rows),
+            SHOWN, "alice's list to count 2 unread from bob",
+        )  # fmt: skip
+        yield alice_page.click(f"#conversations button[data-peer='{BOB}']")
+        yield eventually(
+            lambda: alice_page.script(unread).addCallback(lambda rows: [BOB, ""] in rows),
+            SHOWN, "the unread count to go once read",
+        )  # fmt: skip
+        messages = yield alice_page.script(MESSAGES_JS)
+        self.assertEqual([m["body"] for m in messages[-2:]], ["unread one", "unread two"])
+
+        # bob's status page
         yield bob_page.get(bob_page.driver.current_url.split("#")[0] + "#status")
         yield bob_page.eventually(
             "return document.querySelector('#status dd') !== null", SHOWN, "bob's status page"

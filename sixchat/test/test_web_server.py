@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+import sys
 from typing import Any
 
 from cryptography.hazmat.primitives import serialization
@@ -20,6 +21,7 @@ from twisted.trial import unittest
 from sixchat.agent.datadir import DataDirLock
 from sixchat.test import certs
 from sixchat.test.processes import run_cli, run_twistd, short_tempdir
+from sixchat.test.test_agent_e2e import E2ECase
 from sixchat.test.web_support import raw_http, request
 from sixchat.testing import FakeAgent
 from sixchat.testing.agent import ALICE, BOB
@@ -243,6 +245,12 @@ class ServiceTests(unittest.TestCase):
         code, headers, body = yield raw_http(self.port, head)
         self.assertEqual(code, 401)
         self.assertEqual(headers["connection"], "close")
+        # a small body in the same packet: still one answer, the request is not processed
+        small = request("POST", "/api/send", self.host, body=b'{"to": "bob@example.com"}')
+        code, _, body = yield raw_http(self.port, small)
+        self.assertEqual(code, 401)
+        self.assertNotIn(b"HTTP/1.1", body)
+        self.assertEqual(self.agent.sends(), [])
         # with one, over the upload bound: 413
         big = {**self.bearer, "Content-Length": str((1 << 20) * 3)}
         head = request("POST", "/api/files?to=bob@example.com&name=x", self.host, headers=big)
@@ -424,6 +432,25 @@ class CommandLineTests(unittest.TestCase):
         self.assertIn("is from an earlier run", err)
 
     @defer.inlineCallbacks
+    def test_open_hands_the_link_to_the_browser(self) -> Any:
+        lock = DataDirLock(self.dir)
+        lock.acquire()
+        self.addCleanup(lock.release)
+        with open(os.path.join(self.dir, URL_FILE), "w") as f:
+            f.write("http://127.0.0.1:1/?token=T\n")
+        opened = os.path.join(self.dir, "opened")
+        browser = os.path.join(self.dir, "browser")  # $BROWSER names one program
+        with open(browser, "w") as f:
+            f.write(f"#!{sys.executable}\nimport sys\nopen({opened!r}, 'w').write(sys.argv[1])\n")
+        os.chmod(browser, 0o700)
+        out, err, code = yield run_cli(
+            ["web", "--open", "--data-dir", self.dir], cwd=self.dir, env={"BROWSER": browser}
+        )
+        self.assertEqual((out, code), ("http://127.0.0.1:1/?token=T\n", 0), err)
+        with open(opened) as f:
+            self.assertEqual(f.read(), "http://127.0.0.1:1/?token=T")
+
+    @defer.inlineCallbacks
     def test_twistd_refuses_a_non_loopback_web_address(self) -> Any:
         ca = certs.make_ca()
         p12 = certs.write_identity_p12(self.dir, certs.make_identity(ALICE, ca), None, "a.p12")
@@ -448,3 +475,39 @@ class CommandLineTests(unittest.TestCase):
         )
         # the missing --trust is said first or the endpoint: either way one line
         self.assertNotIn("\n", str(e))
+
+
+class AgentProcessTests(E2ECase):
+    """C{twistd -n sixchat --web …} and C{sixchat web} as a user runs them (no browser)."""
+
+    @defer.inlineCallbacks
+    def test_link_cookie_api_and_cleanup(self) -> Any:
+        alice = yield self.agent("alice", ALICE, "--web", LOCAL).start()
+        yield alice.proc.wait(r"web UI on http://127\.0\.0\.1:\d+/ ")
+        out, err, code = yield alice.cli("web")
+        self.assertEqual(code, 0, err)
+        url = out.strip()
+        port = int(url.split(":")[2].split("/")[0])
+        token = url.split("token=")[1]
+        self.assertNotIn(token, alice.log)
+        host = f"127.0.0.1:{port}"
+        code, headers, _ = yield raw_http(port, request("GET", f"/?token={token}", host))
+        self.assertEqual(code, 303)
+        cookie = headers["set-cookie"].split(";")[0]
+        code, _, body = yield raw_http(
+            port, request("GET", "/api/status", host, headers={"Cookie": cookie})
+        )
+        self.assertEqual((code, json.loads(body)["identity"]), (200, ALICE))
+        send = json.dumps({"to": BOB, "body": "from a script"}).encode()
+        headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+        code, _, body = yield raw_http(
+            port, request("POST", "/api/send", host, headers=headers, body=send)
+        )
+        self.assertEqual(code, 200, body)
+        inbox = yield alice.inbox(BOB)
+        self.assertEqual([m["body"] for m in inbox], ["from a script"])
+        yield alice.stop()
+        self.assertFalse(os.path.exists(os.path.join(alice.data_dir, URL_FILE)))
+        out, err, code = yield alice.cli("web")
+        self.assertEqual((code, err.strip()), (1, f"sixchat: error: no agent is running on "
+                                                  f"{alice.data_dir}"))  # fmt: skip

@@ -264,7 +264,12 @@ class ApiResource(resource.Resource):
         yield threads.deferToThreadPool(
             self.reactor, self.reactor.getThreadPool(), _store_upload, request.content, path
         )
-        result = yield self.agent.sendFile(to, path)
+        try:
+            result = yield self.agent.sendFile(to, path)
+        except BaseException:
+            pool = self.reactor.getThreadPool()  # not queued: not kept
+            threads.deferToThreadPool(self.reactor, pool, shutil.rmtree, folder, True)
+            raise
         return result
 
     def download(self, request: Any, transfer_id: str) -> Any:

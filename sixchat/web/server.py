@@ -107,8 +107,14 @@ class _GuardedRequest(server.Request):
                 self._refuse(*refusal)
         super().gotLength(length)
 
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        if getattr(self, "_refused", False):
+            return  # answered in gotLength; the connection is closing
+        super().requestReceived(command, path, version)
+
     def _refuse(self, code: int, reason: bytes) -> None:
         transport: Any = self.channel.transport
+        self._refused = True
         phrase = http.RESPONSES.get(code, b"Misdirected Request" if code == 421 else b"Refused")
         head = [b"HTTP/1.1 %d %s" % (code, phrase), b"content-type: text/plain; charset=utf-8"]
         head += [name + b": " + value for name, value in SECURITY_HEADERS]
@@ -230,7 +236,10 @@ class WebService(service.Service):
 
         def ready(result: object) -> object:
             if self.running:
-                self._listen()
+                try:
+                    self._listen()
+                except Exception:
+                    self._bindFailed(Failure())
             return result
 
         self.agent.ready.addCallback(ready)

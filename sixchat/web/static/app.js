@@ -234,6 +234,7 @@
     try {
       await api("POST", "/api/send", { to: state.peer, body: text });
       box.value = "";
+      state.lastTyping = 0; // the next keystroke starts a new "composing"
       showError("");
       await loadHistory();
       debounce("conversations", 100, loadConversations);
