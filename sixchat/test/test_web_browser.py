@@ -378,6 +378,9 @@ class FileTests(WebUICase):
             ".some(li => li.dataset.state == 'delivered')",
             SHOWN, "alice's transfer delivered",
         )  # fmt: skip
+        # the upload is not kept once delivered
+        uploads = os.path.join(alice.data_dir, "web-uploads")
+        yield eventually(lambda: os.listdir(uploads) == [], SHOWN, "alice's upload removed")
         yield self.shot(bob_page, "web-files.png")
 
 

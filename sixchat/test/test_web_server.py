@@ -338,6 +338,35 @@ class ServiceTests(unittest.TestCase):
         self.assertTrue(path.startswith(os.path.join(self.dir, "web-uploads") + os.sep))
         with open(path, "rb") as f:
             self.assertEqual(f.read(), data)
+        self.assertEqual(stat.S_IMODE(os.stat(os.path.dirname(path)).st_mode), 0o700)
+        # kept while the agent may still read it; removed once delivered
+        self.agent.emit({"type": "file", "id": answer["id"], "direction": "out",
+                         "state": "sending"})  # fmt: skip
+        self.agent.emit({"type": "file", "id": "in1", "direction": "in", "state": "failed"})
+        yield task.deferLater(reactor, 0.1, lambda: None)
+        self.assertTrue(os.path.exists(path))
+        self.agent.emit({"type": "file", "id": answer["id"], "direction": "out",
+                         "state": "delivered"})  # fmt: skip
+        for _ in range(50):
+            if not os.path.exists(os.path.dirname(path)):
+                break
+            yield task.deferLater(reactor, 0.05, lambda: None)
+        self.assertFalse(os.path.exists(os.path.dirname(path)))
+
+    @defer.inlineCallbacks
+    def test_refused_upload_is_not_kept(self) -> Any:
+        head = request(
+            "POST", "/api/files?to=nobody%40example.com&name=a.txt", self.host,
+            headers=self.bearer, body=b"data",
+        )  # fmt: skip
+        code, _, body = yield raw_http(self.port, head)
+        self.assertEqual(code, 404, body)
+        uploads = os.path.join(self.dir, "web-uploads")
+        for _ in range(50):
+            if not os.listdir(uploads):
+                break
+            yield task.deferLater(reactor, 0.05, lambda: None)
+        self.assertEqual(os.listdir(uploads), [])
 
     @defer.inlineCallbacks
     def test_download_only_received_files(self) -> Any:
@@ -365,7 +394,9 @@ class ServiceTests(unittest.TestCase):
         self.addCleanup(stream.transport.loseConnection)
         yield stream.until(b": sixchat events\n\n")
         self.assertIn(b"text/event-stream", stream.text)
-        self.assertEqual(len(self.agent.observers), 1)
+        assert self.web.stream is not None
+        self.assertEqual(len(self.web.stream.listeners), 1)
+        observers = len(self.agent.observers)
         self.agent.emit({"type": "overflow-not-for-pages"})
         self.agent.emit({"type": "message", "peer": BOB, "body": "<b>hi</b>\nthere"})
         text = yield stream.until(b"there")
@@ -376,13 +407,14 @@ class ServiceTests(unittest.TestCase):
         yield stream.until(b": keep-alive\n\n")
         stream.transport.loseConnection()
         yield task.deferLater(reactor, 0.05, lambda: None)
-        self.assertEqual(self.agent.observers, [])  # the observer left with the page
+        self.assertEqual(len(self.agent.observers), observers - 1)  # it left with the page
+        self.assertEqual(self.web.stream.listeners, [])
 
     @defer.inlineCallbacks
     def test_events_need_credentials(self) -> Any:
         code, _, _ = yield raw_http(self.port, request("GET", "/api/events", self.host))
         self.assertEqual(code, 401)
-        self.assertEqual(self.agent.observers, [])
+        self.assertEqual(self.web.stream.listeners if self.web.stream else None, [])
 
 
 class StreamBackPressureTests(unittest.TestCase):

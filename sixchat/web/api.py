@@ -14,14 +14,12 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
-import shutil
 from collections.abc import Callable
 from datetime import UTC
 from typing import Any
 from urllib.parse import quote
 
-from twisted.internet import defer, threads
+from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import resource, server, static
@@ -38,6 +36,7 @@ from sixchat.agent.errors import (
 from sixchat.errors import SixchatError
 from sixchat.filetransfer.names import sanitize_name
 from sixchat.stanzas import TYPING_STATES
+from sixchat.web.uploads import Uploads
 
 __all__ = ["DEFAULT_HISTORY", "MAX_JSON_BODY", "ApiResource", "set_code", "write_json"]
 
@@ -145,11 +144,11 @@ class ApiResource(resource.Resource):
 
     isLeaf = True
 
-    def __init__(self, agent: Any, reactor: Any, uploads_dir: str, csrf: str) -> None:
+    def __init__(self, agent: Any, reactor: Any, uploads: Uploads, csrf: str) -> None:
         super().__init__()
         self.agent = agent
         self.reactor = reactor
-        self.uploads_dir = uploads_dir
+        self.uploads = uploads
         self.csrf = csrf
         self.routes: dict[tuple[bytes, str], Callable[[Any], Any]] = {
             (b"GET", "session"): self.session,
@@ -253,22 +252,17 @@ class ApiResource(resource.Resource):
     @defer.inlineCallbacks
     def upload(self, request: Any) -> Any:
         """
-        C{POST /api/files?to=ID&name=NAME} with the file as the raw body: kept under
-        C{<data-dir>/web-uploads/} (the agent sends files from disk when delivered), then
-        queued with the agent's C{sendFile}.
+        C{POST /api/files?to=ID&name=NAME} with the file as the raw body: kept by
+        L{Uploads} (the agent sends files from disk), then queued with the agent's
+        C{sendFile}.
         """
         to = check_identity(_arg(request, b"to") or "", "to")
         name = sanitize_name(_arg(request, b"name") or "")
-        folder = os.path.join(self.uploads_dir, secrets.token_hex(8))
-        path = os.path.join(folder, name)
-        yield threads.deferToThreadPool(
-            self.reactor, self.reactor.getThreadPool(), _store_upload, request.content, path
-        )
+        path = yield self.uploads.store(request.content, name)
         try:
             result = yield self.agent.sendFile(to, path)
         except BaseException:
-            pool = self.reactor.getThreadPool()  # not queued: not kept
-            threads.deferToThreadPool(self.reactor, pool, shutil.rmtree, folder, True)
+            self.uploads.discard(path)  # not queued: not kept
             raise
         return result
 
@@ -287,14 +281,6 @@ class ApiResource(resource.Resource):
         d.addCallback(found)
         d.addErrback(lambda f: _error(request, f))
         return server.NOT_DONE_YET
-
-
-def _store_upload(content: Any, path: str) -> None:
-    """Copy the request body to C{path} (in a thread; the folder is new and private)."""
-    os.makedirs(os.path.dirname(path), mode=0o700)
-    content.seek(0)
-    with open(path, "xb") as out:
-        shutil.copyfileobj(content, out, 1 << 20)
 
 
 def _serve_file(request: Any, path: str, name: str) -> None:

@@ -31,6 +31,7 @@ from sixchat.netaddr import format_hostport
 from sixchat.web.api import ApiResource, set_code, write_json
 from sixchat.web.security import SECURITY_HEADERS, Denied, Guard, Secrets, check_bind
 from sixchat.web.stream import EventStream
+from sixchat.web.uploads import Uploads
 
 __all__ = ["URL_FILE", "WebService", "parse_web_endpoint", "web_url"]
 
@@ -225,6 +226,7 @@ class WebService(service.Service):
         self.url: str | None = None
         self.site: _Site | None = None
         self.guard: Guard | None = None
+        self.uploads: Uploads | None = None
         self.stream: EventStream | None = None
 
     @property
@@ -247,8 +249,11 @@ class WebService(service.Service):
     def _listen(self) -> None:
         # The guard learns the port once bound (tcp:0 in tests); nothing is served before.
         self.guard = Guard(self.secrets, self.interface, 0, self.tls)
-        uploads = os.path.join(self.agent.data_dir, "web-uploads")
-        api = ApiResource(self.agent, self.reactor, uploads, self.secrets.csrf)
+        self.uploads = Uploads(
+            self.reactor, self.agent, os.path.join(self.agent.data_dir, "web-uploads")
+        )
+        self.agent.addObserver(self.uploads)
+        api = ApiResource(self.agent, self.reactor, self.uploads, self.secrets.csrf)
         self.stream = EventStream(self.agent, self.agent.clock)
         self.site = _Site(_Root(self.guard, api, self.stream), self.guard, self.max_upload)
         endpoint = endpoints.serverFromString(self.reactor, self.endpoint)
@@ -283,6 +288,9 @@ class WebService(service.Service):
             pass
         if self.stream is not None:
             self.stream.closeAll()
+        if self.uploads is not None:
+            self.agent.removeObserver(self.uploads)
+            self.uploads = None
         if self.port is not None:
             port, self.port = self.port, None
             return port.stopListening()
