@@ -49,24 +49,7 @@ class EndpointTests(unittest.TestCase):
     def test_loopback_and_tls_accepted(self) -> None:
         self.assertEqual(parse_web_endpoint("tcp:8605:interface=127.0.0.1"), ("127.0.0.1", False))
         self.assertEqual(parse_web_endpoint(r"tcp6:8605:interface=\:\:1"), ("::1", False))
-        from sixchat import pki
-
-        folder = short_tempdir(self)
-        ca_key, ca_cert = pki.init_ca(os.path.join(folder, "ca"), "Web CA")
-        key = pki.generate_key("p256")
-        cert = pki.issue_server(ca_key, ca_cert, ["192.0.2.7"], key.public_key())
-        key_pem = os.path.join(folder, "k.pem")
-        cert_pem = os.path.join(folder, "c.pem")
-        with open(key_pem, "wb") as f:
-            f.write(
-                key.private_bytes(
-                    serialization.Encoding.PEM,
-                    serialization.PrivateFormat.PKCS8,
-                    serialization.NoEncryption(),
-                )
-            )
-        with open(cert_pem, "wb") as f:
-            f.write(cert.public_bytes(serialization.Encoding.PEM))
+        key_pem, cert_pem, _ = tls_files(short_tempdir(self))
         text = f"ssl:8605:privateKey={key_pem}:certKey={cert_pem}:interface=192.0.2.7"
         self.assertEqual(parse_web_endpoint(text), ("192.0.2.7", True))
 
@@ -86,6 +69,28 @@ class EndpointTests(unittest.TestCase):
         self.assertEqual(web_url("127.0.0.1", 8605, False), "http://127.0.0.1:8605/")
         self.assertEqual(web_url("::1", 8605, False, "T"), "http://[::1]:8605/?token=T")
         self.assertEqual(web_url("0.0.0.0", 443, True), "https://localhost:443/")  # noqa: S104
+
+
+def tls_files(folder: str) -> tuple[str, str, bytes]:
+    """A server key and certificate for 127.0.0.1 (PEM files) and its CA's PEM."""
+    from sixchat import pki
+
+    ca_key, ca_cert = pki.init_ca(os.path.join(folder, "ca"), "Web CA")
+    key = pki.generate_key("p256")
+    cert = pki.issue_server(ca_key, ca_cert, ["127.0.0.1"], key.public_key())
+    key_pem = os.path.join(folder, "k.pem")
+    cert_pem = os.path.join(folder, "c.pem")
+    with open(key_pem, "wb") as f:
+        f.write(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
+    with open(cert_pem, "wb") as f:
+        f.write(cert.public_bytes(serialization.Encoding.PEM))
+    return key_pem, cert_pem, ca_cert.public_bytes(serialization.Encoding.PEM)
 
 
 class _Stream(protocol.Protocol):
@@ -543,3 +548,42 @@ class AgentProcessTests(E2ECase):
         out, err, code = yield alice.cli("web")
         self.assertEqual((code, err.strip()), (1, f"sixchat: error: no agent is running on "
                                                   f"{alice.data_dir}"))  # fmt: skip
+
+
+class TLSTests(unittest.TestCase):
+    @defer.inlineCallbacks
+    def test_https_link_and_secure_cookie(self) -> Any:
+        from twisted.internet import ssl
+
+        folder = short_tempdir(self)
+        key_pem, cert_pem, ca_pem = tls_files(folder)
+        agent = WebAgent(task.Clock(), folder)
+        endpoint = f"ssl:0:privateKey={key_pem}:certKey={cert_pem}:interface=127.0.0.1"
+        web = WebService(reactor, agent, endpoint)
+        web.startService()
+        self.addCleanup(web.stopService)
+        agent.ready.callback(None)
+        port = web.port.getHost().port
+        token = web.secrets.token
+        with open(os.path.join(folder, URL_FILE)) as f:
+            self.assertEqual(f.read(), f"https://127.0.0.1:{port}/?token={token}\n")
+        options = ssl.optionsForClientTLS("127.0.0.1", ssl.Certificate.loadPEM(ca_pem))
+        host = f"127.0.0.1:{port}"
+        code, headers, _ = yield raw_http(
+            port, request("GET", f"/?token={token}", host), tls=options
+        )
+        self.assertEqual(code, 303)
+        self.assertTrue(headers["set-cookie"].endswith("; Secure"))
+        cookie = headers["set-cookie"].split(";")[0]
+        post = {"Cookie": cookie, "Content-Type": "application/json",
+                "Origin": f"http://{host}", "X-Sixchat-CSRF": web.secrets.csrf}  # fmt: skip
+        body = json.dumps({"to": BOB, "body": "x"}).encode()
+        code, _, _ = yield raw_http(
+            port, request("POST", "/api/send", host, headers=post, body=body), tls=options
+        )
+        self.assertEqual(code, 403)  # http:// is another origin than https://
+        post["Origin"] = f"https://{host}"
+        code, _, _ = yield raw_http(
+            port, request("POST", "/api/send", host, headers=post, body=body), tls=options
+        )
+        self.assertEqual(code, 200)

@@ -25,15 +25,27 @@ class _Raw(protocol.Protocol):
 
     def dataReceived(self, data: bytes) -> None:
         self.data += data
+        # A complete answer with a length: close our side too (over TLS the server's
+        # close_notify alone leaves the socket open until its abort timeout).
+        head, sep, body = self.data.partition(b"\r\n\r\n")
+        for line in head.split(b"\r\n")[1:] if sep else []:
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length" and len(body) >= int(value):
+                self.transport.loseConnection()
 
     def connectionLost(self, reason: Any) -> None:
         self.done.callback(self.data)
 
 
 @defer.inlineCallbacks
-def raw_http(port: int, request: bytes) -> Any:
-    """C{(status, headers dict, body)} of a request sent byte for byte to 127.0.0.1:C{port}."""
-    endpoint = endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", port)
+def raw_http(port: int, request: bytes, tls: Any = None) -> Any:
+    """
+    C{(status, headers dict, body)} of a request sent byte for byte to 127.0.0.1:C{port}
+    (over TLS with the client options C{tls}).
+    """
+    endpoint: Any = endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", port)
+    if tls is not None:
+        endpoint = endpoints.wrapClientTLS(tls, endpoint)
     proto = yield endpoints.connectProtocol(endpoint, _Raw(request))
     data = yield proto.done
     head, _, body = data.partition(b"\r\n\r\n")
