@@ -418,6 +418,23 @@ class KeyChangeBannerTests(WebUICase):
         focused = yield page.script("return document.activeElement.id")
         self.assertEqual((inert, focused), (True, "keychange-accept"))
         yield self.shot(page, "web-key-change.png")
+        # refuse first (Tab to "Refuse", Enter): the banner goes, the conversation says why
+        # messages are held, the key stays unpinned; a reload asks again
+        yield page.keys("\t\n")
+        yield page.eventually(
+            "return document.getElementById('keychange').hidden", SHOWN, "the banner to go"
+        )
+        yield page.eventually(
+            "return !document.getElementById('key-note').hidden", SHOWN, "the held-key notice"
+        )
+        contacts = yield alice.cli_json("contacts")
+        self.assertEqual([c["pending_keys"] for c in contacts if c["identity"] == BOB], [[new_key]])
+        yield page.call(lambda d: d.refresh())
+        yield page.eventually(
+            "return !document.getElementById('keychange').hidden", SHOWN, "the banner again"
+        )
+        focused = yield page.script("return document.activeElement.id")
+        self.assertEqual(focused, "keychange-accept")
         yield page.keys("\n")  # Enter on the focused "Accept the new key"
         yield page.eventually(
             "return document.getElementById('keychange').hidden", SHOWN, "the banner to go"
@@ -426,3 +443,10 @@ class KeyChangeBannerTests(WebUICase):
         (after,) = [c for c in contacts if c["identity"] == BOB]
         self.assertIn(new_key, after["keys"])
         self.assertFalse(after["key_change_pending"])
+        # the held message goes out, and its tick says so
+        yield eventually(
+            lambda: page.script(MESSAGES_JS).addCallback(
+                lambda ms: [m for m in ms if m["body"] == "after" and m["tick"] == "delivered"]
+            ),
+            DELIVERY_TIMEOUT, "the held message delivered after accepting",
+        )  # fmt: skip
