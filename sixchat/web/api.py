@@ -176,7 +176,11 @@ class ApiResource(resource.Resource):
         if handler is None or rest:
             known = any(n == name for _, n in self.routes)
             code = 405 if known and not rest else 404
-            write_json(request, code, {"error": "no such endpoint" if code == 404 else "method"})
+            write_json(
+                request,
+                code,
+                {"error": "no such endpoint" if code == 404 else "method not allowed"},
+            )
             return server.NOT_DONE_YET
         d = defer.maybeDeferred(handler, request)
         request.notifyFinish().addErrback(lambda _: d.cancel())
