@@ -300,6 +300,24 @@ class RefusalTests(WebUICase):
         bodies = sorted(m["body"] for m in history)
         self.assertEqual(bodies, ["forged"])  # the bearer one only
 
+        # a restart makes the old link and the old session cookie worthless
+        yield alice.stop()
+        yield alice.start()
+        new_url = yield self.link(alice)
+        self.assertNotEqual(new_url.split("token=")[1], token)
+        new_base = new_url.split("?")[0]
+        new_port = int(re.search(r":(\d+)/", new_base).group(1))  # type: ignore[union-attr]
+        new_host = f"127.0.0.1:{new_port}"
+        code, _, _ = yield raw_http(new_port, request("GET", f"/?token={token}", new_host))
+        self.assertEqual(code, 403)  # the old token
+        yield browser.get(new_base)  # the new address with an old cookie, if any
+        text = yield browser.script("return document.body.textContent")
+        self.assertRegex(text, r"no credentials|stale or wrong session")
+        yield browser.get(new_url)
+        yield browser.eventually(
+            "return document.getElementById('live').textContent == 'live'", SHOWN, "new link"
+        )
+
     @defer.inlineCallbacks
     def attacker_site(self, target: int) -> Any:
         """A page on another origin (another port) whose form posts to alice's API."""

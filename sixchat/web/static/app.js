@@ -497,6 +497,17 @@
     source.addEventListener("error", () => {
       $("live").textContent = "reconnecting\u2026";
       state.wasDown = true;
+      if (source.readyState === EventSource.CLOSED) {
+        // refused (a restarted agent no longer knows this session) or gone: ask why
+        setTimeout(() => {
+          api("GET", "/api/session").then(listen, (e) => {
+            $("live").textContent = "disconnected";
+            showError("Lost the agent (" + e.message + "). If it restarted, open its new " +
+              "link: sixchat web");
+            setTimeout(listen, 10000);
+          });
+        }, 2000);
+      }
     });
     source.addEventListener("message", (e) => {
       let event = null;
