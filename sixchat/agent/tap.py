@@ -100,6 +100,13 @@ class Options(OneLineOptions):
             "refuse offered files larger than this (bytes, or with K, M, G, T: binary units)",
         ],
         ["max-file-transfers", None, "4", "files one peer may send us at the same time"],
+        [
+            "web",
+            None,
+            None,
+            "serve the web UI on this endpoint, e.g. tcp:8605:interface=127.0.0.1 (off by "
+            "default; a non-loopback address needs ssl:; the link: `sixchat web`)",
+        ],
     ]
     optFlags = [
         ["key-transport", None, "also accept rsa-oaep key transport (not forward secret)"],
@@ -184,6 +191,13 @@ class Options(OneLineOptions):
 
             self["data-dir"] = default_data_dir(self["config"].identities[0].names[0])
         check_store(self)
+        if self["web"]:
+            from sixchat.web.server import parse_web_endpoint
+
+            try:
+                parse_web_endpoint(self["web"])
+            except ValueError as e:
+                raise usage.UsageError(f"--web {self['web']!r}: {e}") from None
 
 
 def check_store(options: Any) -> None:
@@ -326,7 +340,7 @@ def makeService(options: Options) -> service.IService:
 
     from sixchat.agent.service import UserAgentService
 
-    return UserAgentService(
+    agent = UserAgentService(
         reactor,
         options["config"],
         options["data-dir"],
@@ -348,3 +362,9 @@ def makeService(options: Options) -> service.IService:
         max_file_size=options["max-file-size"],
         max_concurrent_files=options["max-file-transfers"],
     )
+    if options["web"]:
+        from sixchat.web.server import WebService
+
+        web = WebService(reactor, agent, options["web"], max_upload=options["max-file-size"])
+        web.setServiceParent(agent)
+    return agent

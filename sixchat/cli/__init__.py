@@ -46,6 +46,7 @@ SUBCOMMAND_MODULES: list[str] = [
     "sixchat.cli.agent",
     "sixchat.cli.store",
     "sixchat.cli.files",
+    "sixchat.cli.web",
 ]
 
 

@@ -62,6 +62,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "=sixchat.twistd",
             "sixchat.bench",
             "sixchat.testing",
+            "sixchat.web",
             "twisted.plugins",
         ),
     ),
