@@ -261,6 +261,25 @@ class LayeringTests(unittest.SynchronousTestCase):
             self.assertIn(names[layer], SANS_IO_LAYERS, module)
 
 
+class PackagingTests(unittest.SynchronousTestCase):
+    """setup.cfg names every package: a package missing there is absent from a wheel,
+    which the editable install used by tests and CI would never show."""
+
+    def test_setup_cfg_lists_every_package(self) -> None:
+        import configparser
+
+        config = configparser.ConfigParser()
+        config.read(ROOT / "setup.cfg")
+        listed = set(config["options"]["packages"].split())
+        found = {
+            ".".join(init.parent.relative_to(ROOT).parts)
+            for init in (ROOT / "sixchat").rglob("__init__.py")
+        }
+        self.assertIn("sixchat.agent", found)  # the scan found the packages
+        self.assertEqual(sorted(found - listed), [], "packages missing from setup.cfg")
+        self.assertEqual(sorted(listed - found - {"twisted.plugins"}), [], "listed, not found")
+
+
 def _graph(edges: Mapping[str, list[str]]) -> dict[str, list[Import]]:
     return {
         m: [Import(m, i, n + 1) for n, i in enumerate(imported)] for m, imported in edges.items()
