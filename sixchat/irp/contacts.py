@@ -25,6 +25,7 @@ C{--advertise} replaces all of this.
 from __future__ import annotations
 
 import ipaddress
+import os
 import socket
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -34,7 +35,7 @@ from twisted.internet import defer, threads
 from sixchat.irp import messages as m
 from sixchat.netaddr import parse_hostport
 
-__all__ = ["AutoContacts", "local_addresses", "parse_advertise"]
+__all__ = ["AutoContacts", "host_addresses", "local_addresses", "parse_advertise"]
 
 # /proc/net/if_inet6 flags (linux/if_addr.h)
 _IFA_F_TEMPORARY = 0x01
@@ -73,6 +74,71 @@ def _proc_ipv6(path: str = "/proc/net/if_inet6") -> list[str]:
             continue
         found.append(str(addr))
     return found
+
+
+def _proc_all_ipv6(path: str = "/proc/net/if_inet6") -> list[str]:
+    """Every IPv6 address of this host (any scope but host and link, any flags but tentative
+    or failed duplicate-address detection)."""
+    found = []
+    try:
+        with open(path) as f:
+            lines = f.readlines()
+    except OSError:
+        return []
+    for line in lines:
+        fields = line.split()
+        if len(fields) < 6 or len(fields[0]) != 32:
+            continue
+        try:
+            scope, flags = int(fields[3], 16), int(fields[4], 16)
+            addr = ipaddress.IPv6Address(bytes.fromhex(fields[0]))
+        except ValueError:
+            continue
+        if scope in (0x10, 0x20) or flags & (_IFA_F_DADFAILED | _IFA_F_TENTATIVE):
+            continue
+        found.append(str(addr))
+    return found
+
+
+def _fib_trie_ipv4(path: str = "/proc/net/fib_trie") -> list[str] | None:
+    """
+    Every local IPv4 address (secondary ones too: the C{/32 host LOCAL} entries of the
+    kernel's routing tables), loopback aside; None where the file does not exist.
+    """
+    try:
+        with open(path) as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    found: list[str] = []
+    for previous, line in zip(lines, lines[1:], strict=False):
+        if line.strip() != "/32 host LOCAL" or "|--" not in previous:
+            continue
+        addr = previous.split("|--", 1)[1].strip()
+        try:
+            ip = ipaddress.IPv4Address(addr)
+        except ValueError:
+            continue
+        if not ip.is_loopback and addr not in found:
+            found.append(addr)
+    return found
+
+
+def host_addresses() -> frozenset[str] | None:
+    """
+    Every address this host has now, whatever its scope or use (temporary ones too), from
+    the kernel (Linux: C{/proc/net/if_inet6} and C{/proc/net/fib_trie}; elsewhere the
+    primary IPv4 address of each interface): the set the agent's address watch compares
+    from one look to the next (L{sixchat.agent.addresses}). None when this system offers
+    no way to list them. Reads files of the kernel only (no DNS): cheap, but run it in a
+    thread from the reactor like L{local_addresses}.
+    """
+    if not os.path.exists("/proc/net/if_inet6") and not os.path.exists("/proc/net/fib_trie"):
+        return None
+    v4 = _fib_trie_ipv4()
+    if v4 is None:
+        v4 = [a for a in _ioctl_ipv4() if not a.startswith("127.")]
+    return frozenset(_proc_all_ipv6() + v4)
 
 
 def _ioctl_ipv4() -> list[str]:
