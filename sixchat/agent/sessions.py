@@ -28,7 +28,7 @@ from sixchat.agent.views import session_dict
 from sixchat.errors import CertificateRevoked
 from sixchat.identity import normalize_identity
 from sixchat.irp.messages import canonical_host
-from sixchat.netaddr import client_endpoint
+from sixchat.netaddr import client_endpoint, format_hostport
 from sixchat.protocol import KEEPALIVE, ISessionObserver, Session, connectPeer
 from sixchat.trust.crl import crl_number, revoked_on_path
 
@@ -242,6 +242,7 @@ class SessionTable:
 
     def _dial(self, peer: str, node: NodeBinding) -> defer.Deferred[Session]:
         contacts = [(c.host, c.port) for c in node.contacts]
+        started = self.clock.seconds()
 
         def attempt(host: str, port: int) -> defer.Deferred[Session]:
             endpoint = client_endpoint(self.reactor, host, port, self.handshake_timeout)
@@ -266,6 +267,15 @@ class SessionTable:
                     "registered"
                 )
             self.outgoing[(normalize_identity(peer), node.name)] = session
+            log.info(
+                "reached {peer} node {node} at {address} in {elapsed:.2f} s ({count} "
+                "contact(s) registered)",
+                peer=peer,
+                node=node.name,
+                address=_address_text(session),
+                elapsed=self.clock.seconds() - started,
+                count=len(contacts),
+            )
             return session
 
         return happy_eyeballs(self.clock, contacts, attempt).addCallback(check)
@@ -289,6 +299,11 @@ def _canonical(host: str) -> str | None:
         return canonical_host(str(host).split("%")[0], allow_private=True)
     except ValueError:
         return None
+
+
+def _address_text(session: Session) -> str:
+    address = session.address()
+    return format_hostport(getattr(address, "host", "?"), getattr(address, "port", None))
 
 
 def _contact_set(node: NodeBinding) -> frozenset[tuple[str, int]]:

@@ -164,6 +164,14 @@ class NetLab:
         host.address = new
         return new
 
+    def dead_route(self, host: Host, prefix: str, via: str) -> None:
+        """
+        From C{host}, send C{prefix} to C{via}, another lab host that does not forward: what
+        goes there vanishes without an answer, like an address gone dead upstream (a SYN
+        to it is never answered, never refused).
+        """
+        ip("-n", host.netns, "route", "add", prefix, "via", via)
+
     # processes -----------------------------------------------------------------------------
 
     def spawn(
