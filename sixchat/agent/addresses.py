@@ -13,9 +13,10 @@ C{on_change(added, removed)} once; the agent then (L{sixchat.agent.service}):
     connection (the old one may be bound to the vanished address);
   - re-opens the directory's registry connection (and its watches) for the same reason.
 
-Why polling rather than netlink: polling is a few file reads a second with the standard
-library on every Linux, needs no privileges and no new dependency, and its cost and latency
-are bounded by C{interval} (1 s by default, C{twistd sixchat --address-poll}); netlink would
+Why polling rather than netlink notifications: one rtnetlink address dump (or, without
+it, two C{/proc/net} files) a second costs little, needs the standard library only, no
+privileges and no new dependency, and its latency is bounded by C{interval} (1 s by
+default, C{twistd sixchat --address-poll}); subscribing to the kernel's notifications would
 save at most that second. The first look only records the baseline; a source that cannot
 list addresses (None) leaves the watch idle.
 """

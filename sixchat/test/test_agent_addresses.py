@@ -6,6 +6,8 @@ reads, parsed from sample files.
 
 from __future__ import annotations
 
+import socket
+import struct
 from typing import Any
 
 from twisted.internet import defer, task
@@ -183,5 +185,62 @@ class HostAddressesTests(unittest.TestCase):
         self.assertTrue(set(contacts.local_addresses()) <= found | {"127.0.0.1"})
 
     def test_no_kernel_lists_is_none(self) -> None:
+        self.patch(contacts, "_netlink_addresses", lambda: None)
         self.patch(contacts.os.path, "exists", lambda path: False)
         self.assertIsNone(contacts.host_addresses())
+
+    def test_netlink_and_proc_agree(self) -> None:
+        listed = contacts._netlink_addresses()
+        if listed is None:
+            raise unittest.SkipTest("no rtnetlink here")
+        by_netlink = contacts.host_addresses()
+        self.patch(contacts, "_netlink_addresses", lambda: None)
+        self.assertEqual(by_netlink, contacts.host_addresses())
+
+    def test_netlink_filters(self) -> None:
+        self.patch(contacts, "_netlink_addresses", lambda: [
+            ("127.0.0.1", 254, 0x80), ("192.0.2.7", 0, 0x80), ("2001:db8::1", 0, 0x01),
+            ("2001:db8::2", 0, 0x40), ("2001:db8::3", 0, 0x08), ("fe80::1", 253, 0x80),
+            ("::1", 254, 0x80), ("fd5c:6c61:6200::7", 0, 0x20),
+        ])  # fmt: skip
+        self.assertEqual(
+            contacts.host_addresses(), {"192.0.2.7", "2001:db8::1", "fd5c:6c61:6200::7"}
+        )
+
+
+def nlmsg(kind: int, payload: bytes) -> bytes:
+    length = 16 + len(payload)
+    padded = payload + b"\0" * (-length % 4)
+    return struct.pack("=IHHII", length, kind, 2, 1, 0) + padded
+
+
+def addr(family: int, scope: int, flags: int, attrs: list[tuple[int, bytes]]) -> bytes:
+    body = struct.pack("=BBBBI", family, 64, flags & 0xFF, scope, 2)
+    for kind, value in attrs:
+        length = 4 + len(value)
+        body += struct.pack("=HH", length, kind) + value + b"\0" * (-length % 4)
+    return nlmsg(20, body)
+
+
+class NetlinkParseTests(unittest.TestCase):
+    def test_addresses_flags_and_done(self) -> None:
+        v6 = socket.inet_pton(socket.AF_INET6, "2001:db8::1")
+        data = (
+            addr(socket.AF_INET6, 0, 0x80, [(1, v6), (8, struct.pack("=I", 0x201))])
+            + addr(socket.AF_INET, 0, 0x80, [(1, socket.inet_aton("192.0.2.99")),
+                                             (2, socket.inet_aton("192.0.2.7"))])  # fmt: skip
+            + nlmsg(3, struct.pack("=i", 0))
+        )
+        found, done = contacts.parse_addr_dump(data)
+        # IFA_FLAGS (32 bits) wins over the 8-bit field; IFA_LOCAL over IFA_ADDRESS (peer)
+        self.assertEqual(found, [("2001:db8::1", 0, 0x201), ("192.0.2.7", 0, 0x80)])
+        self.assertTrue(done)
+
+    def test_partial_read_is_not_done(self) -> None:
+        data = addr(socket.AF_INET, 254, 0x80, [(2, socket.inet_aton("127.0.0.1"))])
+        self.assertEqual(contacts.parse_addr_dump(data), ([("127.0.0.1", 254, 0x80)], False))
+        self.assertEqual(contacts.parse_addr_dump(data[:10]), ([], False))  # truncated
+
+    def test_error_raises(self) -> None:
+        with self.assertRaises(OSError):
+            contacts.parse_addr_dump(nlmsg(2, struct.pack("=i", -1) + b"\0" * 16))

@@ -20,7 +20,9 @@ from sixchat.test.processes import START_TIMEOUT, bounded, eventually
 from sixchat.test.test_agent_e2e import ALICE, BOB
 from sixchat.test.test_netlab import LabCase
 
-KEEPALIVE = 6
+#: Short bounds keep the test well under a minute: dead after 4 s, redials give up after 3.
+KEEPALIVE = 4
+HANDSHAKE = 3
 
 
 def now() -> float:
@@ -41,7 +43,7 @@ class PartitionTests(LabCase):
         self.addCleanup(relay.terminate)
         yield relay.wait(r"relay listening on 4606 ", timeout=START_TIMEOUT)
         alice, bob = yield self.labAgents(
-            lab, hosts, ("--keepalive", str(KEEPALIVE)),
+            lab, hosts, ("--keepalive", str(KEEPALIVE), "--handshake-timeout", str(HANDSHAKE)),
             advertise={"alice": [f"[{wan}]:4605"], "bob": [f"[{wan}]:4606"]},
         )  # fmt: skip
         out, err, code = yield alice.cli("send", BOB, "a0", "--wait", "60")
