@@ -20,9 +20,9 @@ Faults, each per direction of each relayed connection:
     during the partition is closed on the other side only after the heal (its held bytes
     dropped: they were lost), as the reset of a real network would arrive.
 
-The relay prints C{relay listening on PORT to TARGET} per route, C{partitioned} and C{healed},
-so tests can wait for them. L{Pacer} (the timing) is unit-tested on a C{task.Clock};
-L{FaultRelay} on loopback (test_faultrelay).
+The relay prints C{relay listening on PORT to TARGET} per route, C{partitioned}, C{healed}
+and C{dropped a connection after N bytes}, so tests can wait for them and count. L{Pacer}
+(the timing) is unit-tested on a C{task.Clock}; L{FaultRelay} on loopback (test_faultrelay).
 """
 
 from __future__ import annotations
@@ -189,6 +189,7 @@ class _Link:
             f.drop_prob and self.relay.rand() < f.drop_prob
         ):
             self.relay.drops += 1
+            self.relay.say(f"dropped a connection after {self.passed} bytes")
             self.abort()
             return
         if side is self.inside and self.outside is None:
@@ -260,6 +261,8 @@ class FaultRelay:
         self.links: set[_Link] = set()
         self.waiting: list[_Link] = []  # accepted during a partition: not dialled yet
         self.drops = 0
+        #: Told what the relay did (the command prints it).
+        self.say: Callable[[str], None] = lambda line: None
 
     def pacer(self, deliver: Callable[[bytes], None]) -> Pacer:
         pacer = Pacer(self.reactor, self.faults, deliver, self.rand)
@@ -364,6 +367,7 @@ def main(argv: list[str] | None = None) -> None:
         except ValueError as e:
             sys.exit(f"faultrelay: --route {route!r}: {e}")
         relay = FaultRelay(reactor, (host, port), faults, rand)
+        relay.say = lambda line: print(line, flush=True)
         relays.append(relay)
         try:
             server = endpoints.serverFromString(reactor, listen)

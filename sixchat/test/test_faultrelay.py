@@ -126,6 +126,8 @@ class RelayTests(unittest.TestCase):
         self.addCleanup(echo.stopListening)
         target = ("127.0.0.1", echo.getHost().port)
         self.fault_relay = FaultRelay(reactor, target, Faults(**faults))
+        self.said: list[str] = []
+        self.fault_relay.say = self.said.append
         port = yield endpoints.TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
             self.fault_relay.factory()
         )
@@ -207,6 +209,7 @@ class RelayTests(unittest.TestCase):
         client.transport.write(b"67890")  # 15 bytes passed in total: dropped
         yield client.lost
         self.assertEqual(self.fault_relay.drops, 1)
+        self.assertEqual(self.said, ["dropped a connection after 15 bytes"])
         self.assertEqual(client.got, b"12345")  # and nothing of it was relayed
 
 
