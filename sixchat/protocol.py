@@ -421,10 +421,21 @@ class PeerProtocol(FlowControl):
             peer=self._peerAddr(),
             bound=self.keepalive,
         )
-        self.failure = PeerUnresponsive(
-            f"peer answered no keep-alive ping within {self.keepalive:g} s"
-        )
+        why = f"peer answered no keep-alive ping within {self.keepalive:g} s"
+        self.abandon(PeerUnresponsive(why))
+
+    def abandon(self, failure: SixchatError) -> None:
+        """
+        End the connection now without a word to the peer, which cannot hear us (it stopped
+        answering, or our address is gone): queued stanzas are dropped, the TCP connection
+        is reset (one RST, no FIN retransmitted for minutes), and C{failure} becomes the
+        session's end reason (unreceipted sends fail with L{SessionLost}).
+        """
+        if self._lost:
+            return
+        self.failure = failure
         self._discardOutbox()
+        _reset_on_close(self.transport)
         self.transport.abortConnection()  # type: ignore[union-attr]
 
     def closeGracefully(self) -> None:
@@ -503,3 +514,19 @@ def __getattr__(name: str) -> Any:
 
         return getattr(peers, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _reset_on_close(transport: Any) -> None:
+    """
+    Make closing C{transport}'s socket send one RST (SO_LINGER 0) rather than a FIN the
+    kernel would retransmit for minutes to a peer that cannot answer, from an address that
+    may be gone (L{PeerProtocol.abandon}). Transports without a socket are left alone.
+    """
+    import socket
+    import struct
+
+    try:
+        handle = transport.getHandle()
+        handle.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    except (AttributeError, OSError, TypeError):
+        pass

@@ -154,6 +154,10 @@ class Session:
         """The peer's transport address."""
         return self._protocol.transport.getPeer()  # type: ignore[union-attr]
 
+    def localAddress(self) -> IAddress:
+        """Our own transport address (which of our addresses the session is bound to)."""
+        return self._protocol.transport.getHost()  # type: ignore[union-attr]
+
     def __repr__(self) -> str:
         r = self.result
         return f"<Session {r.local_name} <-> {r.peer_name} {r.suite}/{r.group}>"
@@ -285,6 +289,14 @@ class Session:
         dropped, and C{end_reason} becomes the L{HandshakeFailed} naming the alert.
         """
         self._protocol.failWith(error)
+
+    def abandon(self, why: str) -> None:
+        """
+        End the session now without a word to the peer, which can no longer hear us (the
+        local address it is bound to vanished): unreceipted sends fail with L{SessionLost}
+        saying C{why}, and C{end_reason} is that L{SessionLost}.
+        """
+        self._protocol.abandon(SessionLost(why))
 
     def close(self) -> defer.Deferred[None]:
         """Close gracefully (§8.8); fires when the connection is gone."""

@@ -244,6 +244,31 @@ class RegistryDirectory:
         if self._client is not None:
             self._client.unwatch(identity).addErrback(lambda f: None)
 
+    def invalidate(self, identity: str) -> None:
+        """
+        The record held for C{identity} proved stale (a dial to its node failed): the next
+        L{lookup} asks the registry, even while watched.
+        """
+        self._cache.pop(normalize_identity(identity), None)
+
+    def reconnect(self) -> None:
+        """
+        Drop the registry connection at once (our address it is bound to may be gone) and,
+        when something is watched, open a new one now: its watches start again and their
+        first presence refreshes what is held.
+        """
+        client, self._client = self._client, None
+        if client is not None:
+            transport = getattr(client, "transport", None)
+            if transport is not None and hasattr(transport, "abortConnection"):
+                transport.abortConnection()
+            else:
+                client.close()
+        if self.watched:
+            self._connection().addErrback(
+                lambda f: log.debug("registry unreachable: {f}", f=f.getErrorMessage())
+            )
+
     def close(self) -> defer.Deferred[Any]:
         self._closed = True
         if self._retry is not None and self._retry.active():

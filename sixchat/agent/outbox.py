@@ -11,6 +11,11 @@ L{UNKNOWN_RETRY} seconds until it registers (a presence with nodes: L{peerAppear
 Its time is an injected C{IReactorTime} and its collaborators (store, directory, sessions)
 are narrow, so the rules — backoff, jitter, the send window, expiry, ticks — are unit-tested
 on a C{task.Clock} with fakes and no reactor.
+
+A dial that fails makes the outbox doubt the address it dialled: it drops the directory's
+record of the peer (C{invalidate}, where the directory has it) and looks it up again, and if
+the node registers other contacts now (it moved) dials those at once rather than after the
+retry backoff.
 """
 
 from __future__ import annotations
@@ -291,13 +296,45 @@ class OutboxScheduler:
         if work:
             await defer.DeferredList(work, consumeErrors=True)
 
+    async def _lookAgain(self, peer: str, node: NodeBinding) -> NodeBinding | None:
+        """
+        After a failed dial: drop what the directory holds for C{peer} (the address may be
+        stale: the peer moved) and look it up anew; the node's new binding if its contacts
+        changed, else None.
+        """
+        invalidate = getattr(self.directory, "invalidate", None)
+        if self.directory is None or invalidate is None:
+            return None
+        invalidate(peer)
+        try:
+            record = await self.directory.lookup(peer)
+        except Exception:
+            return None
+        usable = self.usable_nodes(peer, record.nodes)
+        fresh = next((n for n in usable if n.name == node.name), None)
+        if fresh is None or set(fresh.contacts) == set(node.contacts):
+            return None
+        return fresh
+
     async def _deliverNode(
-        self, peer: str, node: NodeBinding, owed: list[OutgoingMessage]
+        self,
+        peer: str,
+        node: NodeBinding,
+        owed: list[OutgoingMessage],
+        looked_again: bool = False,
     ) -> None:
         try:
             session = await self.sessions.sessionFor(peer, node)
         except Exception as e:
             log.info("cannot reach {peer} node {node}: {why}", peer=peer, node=node.name, why=e)
+            # One failed attempt is enough to doubt the address: look the peer up again,
+            # and dial at once where the node is now if it moved (mobility).
+            fresh = None if looked_again else await self._lookAgain(peer, node)
+            if fresh is not None:
+                log.info("{peer} node {node} moved; dialling its new address", peer=peer,
+                         node=node.name)  # fmt: skip
+                await self._deliverNode(peer, fresh, owed, looked_again=True)
+                return
             now = self.now()
             for message in owed:
                 entry = next(n for n in message.nodes if n.node == node.name)

@@ -28,6 +28,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from sixchat.agent import events, views
+from sixchat.agent.addresses import AddressSource, AddressWatch, thread_source
 from sixchat.agent.crls import DEFAULT_REFRESH as DEFAULT_CRL_REFRESH
 from sixchat.agent.crls import CRLUpdater
 from sixchat.agent.datadir import DataDirLock, prepare_data_dir
@@ -105,6 +106,8 @@ class UserAgentService(service.MultiService):
         handshake_timeout: float = HANDSHAKE_TIMEOUT,
         idle_timeout: float = IDLE_TIMEOUT,
         keepalive: float | None = KEEPALIVE,
+        address_poll: float | None = None,
+        address_source: AddressSource | None = None,
         rand: Callable[[], float] = random.random,
         clock: IReactorTime | None = None,
         crl_refresh: float = DEFAULT_CRL_REFRESH,
@@ -239,6 +242,14 @@ class UserAgentService(service.MultiService):
             self.keeper = self.link.keeper(
                 self.node, self._listeningAddress, advertise, register_expires
             )
+        #: Mobility: the host's addresses looked at every C{address_poll} seconds (None or
+        #: 0: never), from C{address_source} (default: the kernel's list, in a thread).
+        self.addresses: AddressWatch | None = None
+        if address_poll:
+            self.addresses = AddressWatch(
+                self.clock, address_source or thread_source(reactor), self._addressesChanged,
+                address_poll,
+            )  # fmt: skip
         self._waiters = DeliveryWaiters(self.clock, self.status_of)
         #: Called with one line when the agent cannot go on (another agent holds our node at
         #: the registry); the twistd plugin prints it and exits 1. Default: log, stop.
@@ -310,6 +321,8 @@ class UserAgentService(service.MultiService):
 
             self.keeper.on_state = state
             self.keeper.on_conflict = self._fatal
+        if self.addresses is not None:
+            self.addresses.setServiceParent(self)
         self.crls.start()
         self.file_outbox.ids = yield self.transfers.outgoing_ids()
         log.info(
@@ -366,7 +379,19 @@ class UserAgentService(service.MultiService):
     def _presence(self, peer: str, record: Record) -> None:
         self._emit(events.presence_event(peer, record))
         if getattr(record, "nodes", None):
+            self.sessions.contactsChanged(peer, record)  # a node moved: leave where it was
             self.outbox.peerAppeared(peer)
+
+    def _addressesChanged(self, added: frozenset[str], removed: frozenset[str]) -> None:
+        """Our addresses changed (L{sixchat.agent.addresses}): the mobility steps."""
+        if removed:
+            self.sessions.abandonBoundTo(removed)
+            reconnect = getattr(self.directory, "reconnect", None)
+            if reconnect is not None:
+                reconnect()  # its connection may be bound to a vanished address
+        if self.keeper is not None:
+            self.keeper.addressesChanged()
+        self.outbox.schedule(0)
 
     def _statusChanged(self, status: MessageStatus) -> None:
         self._emit(events.delivery_event(status))

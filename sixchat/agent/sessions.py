@@ -3,6 +3,11 @@ The agent's session table: every established session, both roles, and the one ou
 session per peer node that deliveries share. A node is dialled once however many deliveries
 want it (Happy Eyeballs over its registered contacts, L{sixchat.agent.dialer}), and a session
 whose peer a CRL revokes is ended here and never used again.
+
+Mobility (docs/networks.md): a session bound to one of our addresses that vanished is ended
+at once (L{abandonBoundTo}), and so is an outgoing session, or a dial, to an address the peer's
+node no longer registers (L{contactsChanged}, and L{sessionFor} before reusing a session):
+the next delivery dials the node where it is now.
 """
 
 from __future__ import annotations
@@ -22,7 +27,8 @@ from sixchat.agent.events import revoked_event
 from sixchat.agent.views import session_dict
 from sixchat.errors import CertificateRevoked
 from sixchat.identity import normalize_identity
-from sixchat.netaddr import client_endpoint
+from sixchat.irp.messages import canonical_host
+from sixchat.netaddr import client_endpoint, format_hostport
 from sixchat.protocol import KEEPALIVE, ISessionObserver, Session, connectPeer
 from sixchat.trust.crl import crl_number, revoked_on_path
 
@@ -30,7 +36,7 @@ if TYPE_CHECKING:
     from cryptography import x509
 
     from sixchat.handshake import PeerConfig
-    from sixchat.irp.messages import NodeBinding
+    from sixchat.irp.messages import NodeBinding, Record
 
 __all__ = ["SessionTable"]
 
@@ -71,7 +77,7 @@ class SessionTable:
         #: Our sessions to the peers' nodes: (normalized peer, node) -> session.
         self.outgoing: dict[tuple[str, str], Session] = {}
         self.incoming: dict[str, set[Session]] = {}
-        self._dialing: dict[tuple[str, str], Shared] = {}
+        self._dialing: dict[tuple[str, str], _Dial] = {}
 
     # the table -----------------------------------------------------------------------------
 
@@ -159,6 +165,54 @@ class SessionTable:
         session.abort(CertificateRevoked(f"{what} revoked"))
         return True
 
+    # mobility ------------------------------------------------------------------------------
+
+    def abandonBoundTo(self, gone: frozenset[str]) -> int:
+        """
+        End at once every session bound to one of our addresses in C{gone} (they vanished:
+        nothing sent from them arrives any more); how many were ended.
+        """
+        gone = frozenset(h for h in (_canonical(a) for a in gone) if h is not None)
+        ended = 0
+        for session in list(self.live):
+            if session.ended:
+                continue
+            local = _canonical(getattr(session.localAddress(), "host", ""))
+            if local in gone:
+                log.info(
+                    "ending the session with {peer}: our address {address} is gone",
+                    peer=session.result.peer_name,
+                    address=local,
+                )
+                session.abandon(f"our address {local} is gone")
+                ended += 1
+        return ended
+
+    def contactsChanged(self, peer: str, record: Record) -> None:
+        """
+        C{peer}'s record changed (a watch's push): end our sessions to, and cancel our dials
+        of, addresses its nodes no longer register. A node missing from the record is left
+        alone (offline at the registry is not unreachable; the keep-alive decides that).
+        """
+        key = normalize_identity(peer)
+        for node in record.nodes:
+            session = self.outgoing.get((key, node.name))
+            if session is not None and not session.ended and not _reaches(session, node):
+                self._moved(session, node)
+            dialing = self._dialing.get((key, node.name))
+            if dialing is not None and dialing.contacts != _contact_set(node):
+                dialing.cancel()
+
+    def _moved(self, session: Session, node: NodeBinding) -> None:
+        where = ", ".join(f"{c.host} port {c.port}" for c in node.contacts) or "nowhere"
+        log.info(
+            "ending the session with {peer} node {node}: the node moved (now at {where})",
+            peer=session.result.peer_name,
+            node=node.name,
+            where=where,
+        )
+        session.abandon(f"{session.result.peer_name} node {node.name} moved")
+
     # dialling ------------------------------------------------------------------------------
 
     async def sessionFor(self, peer: str, node: NodeBinding) -> Session:
@@ -166,17 +220,29 @@ class SessionTable:
         key = (normalize_identity(peer), node.name)
         existing = self.outgoing.get(key)
         if existing is not None and not existing.ended and existing.connection.state == "open":
-            return existing
+            if _reaches(existing, node):
+                return existing
+            self._moved(existing, node)  # to an address the node no longer registers
         dialing = self._dialing.get(key)
+        if dialing is not None and dialing.contacts != _contact_set(node):
+            dialing.cancel()  # dialling where the node was; its failure reaches its waiters
+            dialing = None
         if dialing is None:
             d = self._dial(peer, node)
-            dialing = self._dialing[key] = Shared(d)
-            d.addBoth(lambda r: (self._dialing.pop(key, None), r)[1])
+            dialing = self._dialing[key] = _Dial(d, _contact_set(node))
+
+            def finished(result: Any, mine: _Dial = dialing) -> Any:
+                if self._dialing.get(key) is mine:
+                    del self._dialing[key]
+                return result
+
+            d.addBoth(finished)
         session: Session = await dialing.wait()
         return session
 
     def _dial(self, peer: str, node: NodeBinding) -> defer.Deferred[Session]:
         contacts = [(c.host, c.port) for c in node.contacts]
+        started = self.clock.seconds()
 
         def attempt(host: str, port: int) -> defer.Deferred[Session]:
             endpoint = client_endpoint(self.reactor, host, port, self.handshake_timeout)
@@ -201,6 +267,51 @@ class SessionTable:
                     "registered"
                 )
             self.outgoing[(normalize_identity(peer), node.name)] = session
+            log.info(
+                "reached {peer} node {node} at {address} in {elapsed:.2f} s ({count} "
+                "contact(s) registered)",
+                peer=peer,
+                node=node.name,
+                address=_address_text(session),
+                elapsed=self.clock.seconds() - started,
+                count=len(contacts),
+            )
             return session
 
         return happy_eyeballs(self.clock, contacts, attempt).addCallback(check)
+
+
+class _Dial(Shared):
+    """A dial in progress, shared by the deliveries that wait for it, and where it dials."""
+
+    def __init__(self, d: defer.Deferred[Any], contacts: frozenset[tuple[str, int]]) -> None:
+        super().__init__(d)
+        self.deferred = d
+        self.contacts = contacts
+
+    def cancel(self) -> None:
+        self.deferred.cancel()
+
+
+def _canonical(host: str) -> str | None:
+    """C{host} as registries write contacts (no zone id, IPv4-mapped as IPv4), or None."""
+    try:
+        return canonical_host(str(host).split("%")[0], allow_private=True)
+    except ValueError:
+        return None
+
+
+def _address_text(session: Session) -> str:
+    address = session.address()
+    return format_hostport(getattr(address, "host", "?"), getattr(address, "port", None))
+
+
+def _contact_set(node: NodeBinding) -> frozenset[tuple[str, int]]:
+    return frozenset((_canonical(c.host) or c.host, c.port) for c in node.contacts)
+
+
+def _reaches(session: Session, node: NodeBinding) -> bool:
+    """Whether C{session} was dialled to one of the addresses C{node} registers now."""
+    address = session.address()
+    host = _canonical(getattr(address, "host", ""))
+    return (host, getattr(address, "port", None)) in _contact_set(node)

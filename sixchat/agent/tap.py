@@ -53,6 +53,13 @@ class Options(OneLineOptions):
             "30",
             "seconds after which a peer that answers no ping is declared dead (0: off)",
         ],
+        [
+            "address-poll",
+            None,
+            "1",
+            "seconds between two looks at this host's addresses: when they change, sessions "
+            "bound to a vanished one end and the new ones are registered at once (0: off)",
+        ],
         ["padding", None, "0", "pad sealed records to a multiple of this many bytes (0: off)"],
         [
             "registry-ca",
@@ -157,14 +164,14 @@ class Options(OneLineOptions):
         if self["pin-policy"] not in PIN_POLICIES:
             raise usage.UsageError("--pin-policy must be accept, warn or refuse")
         check_revocation_option(self["revocation"])
-        for name in ("handshake-timeout", "idle-timeout", "keepalive"):
+        for name in ("handshake-timeout", "idle-timeout", "keepalive", "address-poll"):
             try:
                 self[name] = float(self[name])
             except ValueError:
                 raise usage.UsageError(f"--{name} must be a number of seconds") from None
-            if name == "keepalive":
+            if name in ("keepalive", "address-poll"):
                 if not 0 <= self[name] < float("inf"):
-                    raise usage.UsageError("--keepalive must be 0 (off) or a number of seconds")
+                    raise usage.UsageError(f"--{name} must be 0 (off) or a number of seconds")
             elif self[name] <= 0:
                 raise usage.UsageError(f"--{name} must be positive")
         try:
@@ -355,6 +362,7 @@ def makeService(options: Options) -> service.IService:
         handshake_timeout=options["handshake-timeout"],
         idle_timeout=options["idle-timeout"],
         keepalive=options["keepalive"],
+        address_poll=options["address-poll"],
         crl_refresh=options["crl-refresh"],
         store_password=options["store-password"],
         store_encryption=options["store-encryption"],

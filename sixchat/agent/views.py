@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from sixchat.netaddr import format_hostport
 from sixchat.stanzas import format_timestamp
 
 if TYPE_CHECKING:
@@ -116,7 +117,18 @@ def session_dict(session: Session, node: str | None) -> dict[str, Any]:
         "direction": "incoming" if node is None else "outgoing",
         "suite": session.result.suite,
         "group": session.result.group,
+        "address": _address(session),
     }
+
+
+def _address(session: Session) -> str | None:
+    """The peer's address and port (which of its contacts the session runs over)."""
+    try:
+        peer = session.address()
+    except AttributeError:  # no transport any more
+        return None
+    host = getattr(peer, "host", None)
+    return format_hostport(host, getattr(peer, "port", None)) if host else None
 
 
 def transfer_dict(

@@ -25,6 +25,7 @@ C{--advertise} replaces all of this.
 from __future__ import annotations
 
 import ipaddress
+import os
 import socket
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -34,7 +35,7 @@ from twisted.internet import defer, threads
 from sixchat.irp import messages as m
 from sixchat.netaddr import parse_hostport
 
-__all__ = ["AutoContacts", "local_addresses", "parse_advertise"]
+__all__ = ["AutoContacts", "host_addresses", "local_addresses", "parse_advertise"]
 
 # /proc/net/if_inet6 flags (linux/if_addr.h)
 _IFA_F_TEMPORARY = 0x01
@@ -73,6 +74,150 @@ def _proc_ipv6(path: str = "/proc/net/if_inet6") -> list[str]:
             continue
         found.append(str(addr))
     return found
+
+
+def _proc_all_ipv6(path: str = "/proc/net/if_inet6") -> list[str]:
+    """Every IPv6 address of this host (any scope but host and link, any flags but tentative
+    or failed duplicate-address detection)."""
+    found = []
+    try:
+        with open(path) as f:
+            lines = f.readlines()
+    except OSError:
+        return []
+    for line in lines:
+        fields = line.split()
+        if len(fields) < 6 or len(fields[0]) != 32:
+            continue
+        try:
+            scope, flags = int(fields[3], 16), int(fields[4], 16)
+            addr = ipaddress.IPv6Address(bytes.fromhex(fields[0]))
+        except ValueError:
+            continue
+        if scope in (0x10, 0x20) or flags & (_IFA_F_DADFAILED | _IFA_F_TENTATIVE):
+            continue
+        found.append(str(addr))
+    return found
+
+
+def _fib_trie_ipv4(path: str = "/proc/net/fib_trie") -> list[str] | None:
+    """
+    Every local IPv4 address (secondary ones too: the C{/32 host LOCAL} entries of the
+    kernel's routing tables), loopback aside; None where the file does not exist.
+    """
+    try:
+        with open(path) as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    found: list[str] = []
+    for previous, line in zip(lines, lines[1:], strict=False):
+        if line.strip() != "/32 host LOCAL" or "|--" not in previous:
+            continue
+        addr = previous.split("|--", 1)[1].strip()
+        try:
+            ip = ipaddress.IPv4Address(addr)
+        except ValueError:
+            continue
+        if not ip.is_loopback and addr not in found:
+            found.append(addr)
+    return found
+
+
+# rtnetlink (linux/netlink.h, linux/rtnetlink.h, linux/if_addr.h)
+_RTM_NEWADDR, _RTM_GETADDR = 20, 22
+_NLMSG_ERROR, _NLMSG_DONE = 2, 3
+_NLM_F_REQUEST, _NLM_F_DUMP = 0x1, 0x300
+_IFA_ADDRESS, _IFA_LOCAL, _IFA_FLAGS = 1, 2, 8
+_RT_SCOPE_LINK, _RT_SCOPE_HOST = 253, 254
+
+
+def parse_addr_dump(data: bytes) -> tuple[list[tuple[str, int, int]], bool]:
+    """
+    The C{RTM_NEWADDR} messages in one read of an rtnetlink address dump: (address, scope,
+    flags) each, and whether the dump ended (C{NLMSG_DONE}).
+
+    @raise OSError: the kernel answered the dump with an error.
+    """
+    import struct
+
+    found: list[tuple[str, int, int]] = []
+    offset = 0
+    while offset + 16 <= len(data):
+        length, kind = struct.unpack_from("=IH", data, offset)
+        if length < 16 or offset + length > len(data):
+            break
+        if kind == _NLMSG_DONE:
+            return found, True
+        if kind == _NLMSG_ERROR:
+            (code,) = struct.unpack_from("=i", data, offset + 16)
+            raise OSError(-code, "rtnetlink address dump failed")
+        if kind == _RTM_NEWADDR and length >= 24:
+            family, _, flags, scope, _ = struct.unpack_from("=BBBBI", data, offset + 16)
+            attrs: dict[int, bytes] = {}
+            at = offset + 24
+            while at + 4 <= offset + length:
+                alen, atype = struct.unpack_from("=HH", data, at)
+                if alen < 4:
+                    break
+                attrs[atype] = data[at + 4 : at + alen]
+                at += (alen + 3) & ~3
+            if _IFA_FLAGS in attrs and len(attrs[_IFA_FLAGS]) == 4:
+                (flags,) = struct.unpack("=I", attrs[_IFA_FLAGS])
+            raw = attrs.get(_IFA_LOCAL) or attrs.get(_IFA_ADDRESS)
+            if raw is not None and family in (socket.AF_INET, socket.AF_INET6):
+                found.append((str(ipaddress.ip_address(raw)), scope, flags))
+        offset += (length + 3) & ~3
+    return found, False
+
+
+def _netlink_addresses() -> list[tuple[str, int, int]] | None:
+    """Every address of this host's interfaces, by rtnetlink (Linux); None without it."""
+    import struct
+
+    if not hasattr(socket, "AF_NETLINK"):
+        return None
+    try:
+        with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE) as s:
+            s.settimeout(2)
+            s.bind((0, 0))
+            header = struct.pack("=IHHII", 24, _RTM_GETADDR, _NLM_F_REQUEST | _NLM_F_DUMP, 1, 0)
+            s.send(header + struct.pack("=BBBBI", socket.AF_UNSPEC, 0, 0, 0, 0))
+            found: list[tuple[str, int, int]] = []
+            while True:
+                more, done = parse_addr_dump(s.recv(65536))
+                found += more
+                if done:
+                    return found
+    except (OSError, ValueError):
+        return None
+
+
+def host_addresses() -> frozenset[str] | None:
+    """
+    Every address this host has now, whatever its use (temporary ones too; not loopback,
+    link-local, tentative or failed duplicate-address detection): the set the agent's
+    address watch compares from one look to the next (L{sixchat.agent.addresses}). From
+    rtnetlink (Linux: one dump, both families, secondary addresses too); without it from
+    C{/proc/net/if_inet6} and C{/proc/net/fib_trie}. None when this system offers no way
+    to list them. No DNS; cheap, but run it in a thread from the reactor like
+    L{local_addresses}.
+    """
+    listed = _netlink_addresses()
+    if listed is not None:
+        return frozenset(
+            address
+            for address, scope, flags in listed
+            if scope not in (_RT_SCOPE_LINK, _RT_SCOPE_HOST)
+            and not flags & (_IFA_F_DADFAILED | _IFA_F_TENTATIVE)
+            and not ipaddress.ip_address(address).is_loopback
+        )
+    if not os.path.exists("/proc/net/if_inet6") and not os.path.exists("/proc/net/fib_trie"):
+        return None
+    v4 = _fib_trie_ipv4()
+    if v4 is None:
+        v4 = [a for a in _ioctl_ipv4() if not a.startswith("127.")]
+    return frozenset(_proc_all_ipv6() + v4)
 
 
 def _ioctl_ipv4() -> list[str]:

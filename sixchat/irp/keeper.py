@@ -274,6 +274,28 @@ class RegistrationKeeper(service.Service):
                       why=str(why))  # fmt: skip
         self._retry(state=self.state if self.state in _HELD else "waiting")
 
+    def addressesChanged(self) -> None:
+        """
+        Our addresses changed (L{sixchat.agent.addresses}): register the new contacts now,
+        on a fresh connection (the old one may be bound to an address that is gone), without
+        waiting for the next refresh or a backoff.
+        """
+        if not self.running or self.state in _HELD:
+            return
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        if self._pending is not None and self.protocol is None:
+            self._pending.cancel()  # a connect in progress, maybe from the old address
+        proto, self.protocol = self.protocol, None
+        if proto is not None:
+            transport = getattr(proto, "transport", None)
+            if transport is not None and hasattr(transport, "abortConnection"):
+                transport.abortConnection()  # no goodbye over a path that may be gone
+            else:
+                proto.close()
+        self.failures = 0
+        self._connect()
+
     # one node, one agent -------------------------------------------------------------------
 
     def _ours(self, binding: m.NodeBinding) -> bool:

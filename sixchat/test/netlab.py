@@ -7,6 +7,7 @@ real processes, and links that can be cut and restored.
     alice = lab.host("alice")          # fd5c:6c61:6200::2
     proc = lab.spawn(alice, "alice", argv)   # the process runner's spawn, inside alice
     lab.cut(alice); lab.restore(alice)       # link down / up, the agent keeps running
+    lab.move(alice, 0x102)                   # a new address, the old one gone
 
 Layout: one "switch" namespace holds a bridge; each host is a namespace whose C{eth0} is a
 veth pair's end, the other end a port of the bridge. Both ends are created from inside the
@@ -151,6 +152,25 @@ class NetLab:
     def restore(self, host: Host) -> None:
         """Plug C{host} back in."""
         ip("-n", self.switch, "link", "set", host.port, "up")
+
+    def move(self, host: Host, number: int) -> str:
+        """
+        Give C{host} a new IPv6 address (C{…::NUMBER}) and remove its old one, as a prefix
+        change or a move does, under its running processes; the new address.
+        """
+        new = f"{NET6}{number:x}"
+        ip("-n", host.netns, "addr", "add", f"{new}/64", "dev", "eth0", "nodad")
+        ip("-n", host.netns, "addr", "del", f"{host.address}/64", "dev", "eth0")
+        host.address = new
+        return new
+
+    def dead_route(self, host: Host, prefix: str, via: str) -> None:
+        """
+        From C{host}, send C{prefix} to C{via}, another lab host that does not forward: what
+        goes there vanishes without an answer, like an address gone dead upstream (a SYN
+        to it is never answered, never refused).
+        """
+        ip("-n", host.netns, "route", "add", prefix, "via", via)
 
     # processes -----------------------------------------------------------------------------
 

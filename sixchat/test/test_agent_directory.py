@@ -7,6 +7,7 @@ watch's presence without nodes does not hide that.
 from __future__ import annotations
 
 from collections.abc import Callable
+from types import SimpleNamespace
 from typing import Any
 
 from twisted.internet import defer, task
@@ -133,6 +134,56 @@ class UnknownIsNotOfflineTests(unittest.TestCase):
         self.failureResultOf(self.directory.lookup(CAROL), UnknownIdentity)
         self.client.lost.callback(None)
         self.assertEqual(self.directory.unknown, set())
+
+
+class MobilityTests(unittest.TestCase):
+    """A stale record is dropped on demand; a connection bound to a gone address re-opened."""
+
+    def setUp(self) -> None:
+        self.clock = task.Clock()
+        self.clients: list[FakeClient] = []
+        self.directory = RegistryDirectory(self.clock, self.connect)  # type: ignore[arg-type]
+
+    def connect(self) -> defer.Deferred[FakeClient]:
+        client = FakeClient()
+        client.answers[CAROL] = Record(CAROL, [node()], b"cert", "1")
+        client.transport = SimpleNamespace(aborted=False)  # type: ignore[attr-defined]
+        client.transport.abortConnection = lambda: setattr(client.transport, "aborted", True)  # type: ignore[attr-defined]
+        self.clients.append(client)
+        return defer.succeed(client)
+
+    def test_invalidate_makes_the_next_lookup_ask_even_while_watched(self) -> None:
+        self.directory.watch(CAROL)
+        self.successResultOf(self.directory.lookup(CAROL))
+        self.successResultOf(self.directory.lookup(CAROL))
+        [client] = self.clients
+        self.assertEqual(client.lookups, [CAROL])  # held while watched
+        self.directory.invalidate("carol@EXAMPLE.com")
+        self.successResultOf(self.directory.lookup(CAROL))
+        self.assertEqual(client.lookups, [CAROL, CAROL])
+
+    def test_reconnect_aborts_and_rewatches_at_once(self) -> None:
+        self.directory.watch(CAROL)
+        self.successResultOf(self.directory.lookup(CAROL))
+        [old] = self.clients
+        self.directory.reconnect()
+        self.assertTrue(old.transport.aborted)  # type: ignore[attr-defined]
+        self.assertEqual(len(self.clients), 2)  # a new connection now, not on demand
+        self.assertEqual(list(self.clients[1].watches), [CAROL])
+        old.lost.callback(None)  # the old one's end changes nothing
+        self.successResultOf(self.directory.lookup(CAROL))
+        self.assertEqual(self.clients[1].lookups, [])  # the watched record is held
+
+    def test_reconnect_without_watches_opens_on_demand(self) -> None:
+        self.successResultOf(self.directory.lookup(CAROL))
+        self.directory.reconnect()
+        self.assertEqual(len(self.clients), 1)
+        self.clock.advance(RECORD_TTL)
+        self.successResultOf(self.directory.lookup(CAROL))
+        self.assertEqual(len(self.clients), 2)
+        self.directory.reconnect()
+        self.directory.reconnect()  # nothing open: nothing to do
+        self.assertEqual(len(self.clients), 2)
 
 
 class UnknownReasonTests(unittest.TestCase):

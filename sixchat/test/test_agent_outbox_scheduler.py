@@ -492,6 +492,102 @@ class SchedulerTests(unittest.TestCase):
         self.assertEqual(self.directory.watched, set())
 
 
+class StaleDirectory(MemoryDirectory):
+    """A directory holding an old record of the peer until C{invalidate} (like a cache)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.held: Any = None
+        self.invalidated: list[str] = []
+
+    def lookup(self, identity: str) -> Any:
+        if self.held is not None:
+            self.lookups += 1
+            return defer.succeed(self.held)
+        return super().lookup(identity)
+
+    def invalidate(self, identity: str) -> None:
+        self.invalidated.append(identity)
+        self.held = None
+
+
+class MovingSessions(FakeSessions):
+    """Dials fail to every address but C{live}."""
+
+    def __init__(self, live: Contact) -> None:
+        super().__init__()
+        self.live = live
+
+    async def sessionFor(self, peer: str, node: NodeBinding) -> Any:
+        self.down = self.live not in node.contacts
+        return await super().sessionFor(peer, node)
+
+
+class MobilityTests(unittest.TestCase):
+    """A peer that moved: one failed dial, a fresh lookup, the new address dialled at once."""
+
+    OLD = Contact("2001:db8::1", 4605)
+    NEW = Contact("2001:db8::2", 4605)
+    scheduler = SchedulerTests.scheduler
+    queue = SchedulerTests.queue
+    entry = SchedulerTests.entry
+    seconds_until = SchedulerTests.seconds_until
+
+    def setUp(self) -> None:
+        SchedulerTests.setUp(self)  # type: ignore[arg-type]
+        self.directory = StaleDirectory()
+        self.sessions = MovingSessions(self.NEW)
+
+    def moved(self) -> None:
+        old = NodeBinding("phone", (self.OLD,), b"cert", "", "")
+        self.directory.register(BOB, old)
+        self.directory.held = self.directory.record(BOB)  # what the agent holds: stale
+        self.directory.register(BOB, dataclasses.replace(old, contacts=(self.NEW,)))
+
+    def test_failed_dial_looks_up_again_and_dials_the_new_address_at_once(self) -> None:
+        self.moved()
+        scheduler = self.scheduler()
+        self.queue(scheduler)
+        scheduler.kick(BOB)
+        self.assertEqual(self.directory.invalidated, [BOB])
+        self.assertEqual(self.sessions.dials, [(BOB, "phone"), (BOB, "phone")])
+        session = self.sessions.sessions["phone"]
+        self.assertEqual([m.id for m, _ in session.sent], ["m1"])  # no backoff waited
+        session.receipt()
+        self.assertEqual(self.statuses[-1].state, "delivered")
+        self.assertEqual(self.clock.seconds(), START)
+
+    def test_same_contacts_after_the_lookup_wait_for_the_backoff(self) -> None:
+        self.directory.register(BOB, NodeBinding("phone", (self.OLD,), b"cert", "", ""))
+        scheduler = self.scheduler()
+        self.queue(scheduler)
+        scheduler.kick(BOB)
+        self.assertEqual(self.directory.invalidated, [BOB])  # doubted, looked up: no move
+        self.assertEqual(self.sessions.dials, [(BOB, "phone")])  # one dial, not two
+        entry = self.entry()
+        self.assertEqual((entry.attempts, entry.state), (1, "queued"))
+        self.assertEqual(self.seconds_until(entry.next_attempt, scheduler), outbox.RETRY_BASE / 2)
+
+    def test_the_new_address_failing_too_is_not_looked_up_a_third_time(self) -> None:
+        self.moved()
+        self.sessions.live = Contact("2001:db8::3", 4605)  # nowhere answers
+        scheduler = self.scheduler()
+        self.queue(scheduler)
+        scheduler.kick(BOB)
+        self.assertEqual(self.directory.invalidated, [BOB])
+        self.assertEqual(len(self.sessions.dials), 2)
+        self.assertEqual(self.entry().attempts, 1)  # one attempt recorded, then the backoff
+
+    def test_directory_without_invalidate_waits_for_the_backoff(self) -> None:
+        self.directory = MemoryDirectory()  # type: ignore[assignment]
+        self.directory.register(BOB, NodeBinding("phone", (self.OLD,), b"cert", "", ""))
+        scheduler = self.scheduler()
+        self.queue(scheduler)
+        scheduler.kick(BOB)
+        self.assertEqual(self.sessions.dials, [(BOB, "phone")])
+        self.assertEqual(self.entry().attempts, 1)
+
+
 class MemoryDirectoryTests(unittest.TestCase):
     def test_provides_idirectory(self) -> None:
         self.assertTrue(verifyObject(IDirectory, MemoryDirectory()))

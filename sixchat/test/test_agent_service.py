@@ -448,3 +448,54 @@ class UnknownRecipientTests(AgentCase):
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+class AddressChangeTests(AgentCase):
+    """Mobility inside one reactor: the agent's address watch with a fake address source."""
+
+    @defer.inlineCallbacks
+    def test_sessions_on_a_vanished_address_end_and_the_next_send_redials(self) -> Any:
+        addresses = {"now": frozenset({"127.0.0.1", "2001:db8::1"})}
+        alice, _ = yield self.agent(
+            "alice@example.com", address_poll=0.05, address_source=lambda: addresses["now"]
+        )
+        bob, bob_events = yield self.agent("bob@example.com")
+        self.directory.publish("bob@example.com", "n1", bob)
+        first = yield alice.send("bob@example.com", "one")
+        yield alice.waitDelivered(first["id"], 10)
+        [old] = alice.sessions.outgoing.values()
+        self.assertIsNotNone(alice.addresses)
+        addresses["now"] = frozenset({"2001:db8::1", "2001:db8::2"})  # 127.0.0.1 is gone
+        yield self.until(lambda: old.ended)
+        self.assertEqual(str(old.end_reason), "our address 127.0.0.1 is gone")
+        addresses["now"] = frozenset({"127.0.0.1", "2001:db8::2"})  # back (it is loopback)
+        second = yield alice.send("bob@example.com", "two")
+        status = yield alice.waitDelivered(second["id"], 10)
+        self.assertEqual(status["state"], "delivered")
+        [new] = alice.sessions.outgoing.values()
+        self.assertIsNot(new, old)
+        self.assertEqual(sorted(e["body"] for e in bob_events.of("message")), ["one", "two"])
+
+    @defer.inlineCallbacks
+    def test_off_by_default_in_the_library(self) -> Any:
+        alice, _ = yield self.agent("alice@example.com")
+        self.assertIsNone(alice.addresses)
+
+
+class AddressPollOptionTests(unittest.TestCase):
+    def test_bad_values(self) -> None:
+        from twisted.python import usage
+
+        from sixchat.agent import tap
+
+        for value, message in (
+            ("often", "--address-poll must be a number of seconds"),
+            ("-1", "--address-poll must be 0 (off) or a number of seconds"),
+            ("inf", "--address-poll must be 0 (off) or a number of seconds"),
+        ):
+            with self.assertRaises(usage.UsageError) as caught:
+                tap.Options().parseOptions(
+                    ["--cert", "x.p12", "--trust", "x.pem", "--address-poll", value]
+                )
+            self.assertEqual(str(caught.exception), message)
+        self.assertEqual(tap.Options()["address-poll"], "1")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import socket
+from types import SimpleNamespace
 from typing import Any
 
 from twisted.internet import defer, task
@@ -268,6 +269,67 @@ class ReconnectTests(unittest.TestCase):
         h.clock.advance(h.next_call_in())
         client2 = h.succeed()
         self.assertEqual(len(client2.registers), 1)
+
+
+class AddressesChangedTests(unittest.TestCase):
+    """Mobility: new addresses are registered at once, on a fresh connection, no backoff."""
+
+    def test_registers_again_at_once_on_a_new_connection(self) -> None:
+        h = Harness(expires=300)
+        h.keeper.startService()
+        old = h.succeed()
+        old.grant(300)
+        old.transport = SimpleNamespace(aborted=False)  # type: ignore[attr-defined]
+        old.transport.abortConnection = lambda: setattr(old.transport, "aborted", True)  # type: ignore[attr-defined]
+        h.contacts = [m.Contact("2001:db8::6", 4605)]
+        h.keeper.addressesChanged()
+        self.assertTrue(old.transport.aborted)  # type: ignore[attr-defined]
+        self.assertEqual(len(h.connects), 2)  # now, not after a backoff
+        new = h.succeed()
+        self.assertEqual(new.registers[0][1], h.contacts)
+        new.grant(300)
+        self.assertEqual((h.keeper.state, h.keeper.failures), ("registered", 0))
+        old.lose()  # the old connection's end is not a loss of ours
+        self.assertEqual(h.keeper.state, "registered")
+        self.assertEqual(h.next_call_in(), 200)  # only the refresh is pending
+
+    def test_a_connect_in_progress_is_replaced(self) -> None:
+        h = Harness()
+        h.keeper.startService()
+        first = h.connects[0]
+        h.keeper.addressesChanged()
+        self.assertTrue(first.called)  # cancelled, quietly
+        self.assertEqual(len(h.connects), 2)
+        h.succeed().grant(300)
+        self.assertEqual(h.keeper.state, "registered")
+
+    def test_waiting_for_the_backoff_reconnects_now(self) -> None:
+        h = Harness()
+        h.keeper.startService()
+        h.fail()
+        self.assertEqual(h.keeper.state, "waiting")
+        h.keeper.addressesChanged()
+        self.assertEqual(len(h.connects), 2)
+        h.succeed().grant(300)
+        self.assertEqual(len(h.clock.getDelayedCalls()), 1)  # the refresh, no stale retry
+
+    def test_client_without_transport_is_closed(self) -> None:
+        h = Harness()
+        h.keeper.startService()
+        old = h.succeed()
+        old.grant(300)
+        h.keeper.addressesChanged()
+        self.assertTrue(old.closed)
+
+    def test_nothing_when_stopped_or_held_by_another_agent(self) -> None:
+        h = Harness()
+        h.keeper.addressesChanged()
+        self.assertEqual(h.connects, [])
+        h.keeper.startService()
+        h.succeed().grant(300)
+        h.keeper.state = "taken-over"
+        h.keeper.addressesChanged()
+        self.assertEqual(len(h.connects), 1)
 
 
 class StopTests(unittest.TestCase):

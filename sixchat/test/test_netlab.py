@@ -143,30 +143,59 @@ class LabAgent(AgentProcess):
         return self
 
 
-class LabDeliveryTests(E2ECase):
+class LabCase(E2ECase):
+    """A registry and agents inside a lab (L{NetLab}), started by the command line."""
+
     timeout = 180
 
     @defer.inlineCallbacks
-    def test_cut_link_detected_dead_queued_then_delivered(self) -> Any:
-        lab = NetLab.create(self, "t3-")
-        hosts = {name: lab.host(name) for name in ("registry", "alice", "bob")}
+    def labAgents(
+        self,
+        lab: NetLab,
+        hosts: dict[str, netlab.Host],
+        extra: tuple[str, ...] = (),
+        advertise: dict[str, list[str]] | None = None,
+    ) -> Any:
+        """Start the registry in C{hosts["registry"]}, then alice and bob in theirs."""
         registry_address = hosts["registry"].address
         self._labRegistry(lab, hosts["registry"])
         yield self.registry_proc.wait(r"listening on \S+ port 4604", timeout=START_TIMEOUT)
-
         agents = {}
         for name, identity in (("alice", ALICE), ("bob", BOB)):
             cert = os.path.join(self.base, name + ".p12")
             self.issue(identity, os.path.basename(cert))
+            more = [a for entry in (advertise or {}).get(name, []) for a in ("--advertise", entry)]
             agent = LabAgent(
                 self, self.base, name, cert, self.ca,
                 extra=["--registry", f"[{registry_address}]:4604", "--registry-ca", self.ca,
-                       "--keepalive",
-                       str(KEEPALIVE), "--handshake-timeout", "5"],
+                       "--handshake-timeout", "5", *extra, *more],
             )  # fmt: skip
             agent.lab, agent.host = lab, hosts[name]
             agents[name] = yield agent.start()
-        alice, bob = agents["alice"], agents["bob"]
+        return agents["alice"], agents["bob"]
+
+    def _labRegistry(self, lab: NetLab, host: netlab.Host) -> None:
+        from sixchat import pki
+
+        key = pki.generate_key("p256")
+        cert = pki.issue_server(self.ca_key, self.ca_cert, [host.address], key.public_key())
+        p12 = os.path.join(self.base, "irp-lab.p12")
+        pki.write_p12(p12, key, cert, [], None)
+        argv = [
+            *twistd_argv(), "-n", "--pidfile=", "sixchat-irp", "--cert", p12,
+            "--ca-dir", self.ca_dir, "--db", os.path.join(self.base, "irp.sqlite"),
+            "--listen", "tcp6:4604", "--allow-private-addresses",
+        ]  # fmt: skip
+        self.registry_proc = lab.spawn(host, "registry", argv, self.base)
+        self.addCleanup(self.registry_proc.terminate)
+
+
+class LabDeliveryTests(LabCase):
+    @defer.inlineCallbacks
+    def test_cut_link_detected_dead_queued_then_delivered(self) -> Any:
+        lab = NetLab.create(self, "t3-")
+        hosts = {name: lab.host(name) for name in ("registry", "alice", "bob")}
+        alice, bob = yield self.labAgents(lab, hosts, ("--keepalive", str(KEEPALIVE)))
 
         out, err, code = yield alice.cli("send", BOB, "hello over IPv6", "--wait", "60")
         self.assertEqual(code, 0, out + err + self.dump(alice, bob))
@@ -207,18 +236,3 @@ class LabDeliveryTests(E2ECase):
             f"\nnetlab: dead peer detected {detected:.1f} s after the cut (--keepalive "
             f"{KEEPALIVE}); delivered {redelivered:.1f} s after the link came back"
         )
-
-    def _labRegistry(self, lab: NetLab, host: netlab.Host) -> None:
-        from sixchat import pki
-
-        key = pki.generate_key("p256")
-        cert = pki.issue_server(self.ca_key, self.ca_cert, [host.address], key.public_key())
-        p12 = os.path.join(self.base, "irp-lab.p12")
-        pki.write_p12(p12, key, cert, [], None)
-        argv = [
-            *twistd_argv(), "-n", "--pidfile=", "sixchat-irp", "--cert", p12,
-            "--ca-dir", self.ca_dir, "--db", os.path.join(self.base, "irp.sqlite"),
-            "--listen", "tcp6:4604", "--allow-private-addresses",
-        ]  # fmt: skip
-        self.registry_proc = lab.spawn(host, "registry", argv, self.base)
-        self.addCleanup(self.registry_proc.terminate)
