@@ -318,6 +318,26 @@ class SharedCacheTests(PostgresTestCase):
         self.assertNotIn(REVOCATION, self.heard_keys)  # not an identity: subscribers never see it
 
     @defer.inlineCallbacks
+    def test_a_recheck_on_the_identity_notification_sees_the_revocation(self) -> Any:
+        """
+        What a registry connection does when it hears of its identity (irp-1 §7.7): ask
+        at once whether its certificate is revoked. B's cached "not revoked" must be gone
+        by then.
+        """
+        yield self.a.record_issued(A, 7, b"issuer", b"cert")
+        self.assertFalse((yield self.b.is_revoked(7, b"issuer")))  # cached in B
+        answers: list[bool] = []
+
+        def recheck(identity: str) -> None:
+            if identity == A:
+                self.b.is_revoked(7, b"issuer").addCallback(answers.append)
+
+        self.b.subscribe(recheck)
+        yield self.a.revoke(7, b"issuer", NOW)
+        yield self.waitUntil(lambda: bool(answers), timeout=self.b.cache_fresh)
+        self.assertEqual(answers, [True])
+
+    @defer.inlineCallbacks
     def test_revoked_binding_leaves_b_cache(self) -> Any:
         yield self.register(self.a, serial=9)
         yield self.cached_in_b(["laptop"])

@@ -207,10 +207,12 @@ def revoke(conn: psycopg.Connection[Any], serial: int, issuer: bytes, now: datet
             " UNION SELECT identity FROM issued WHERE serial = %s AND issuer = %s",
             (serial, name, name, serial, key),
         ).fetchall()
+        # First every instance's cache of "not revoked" answers (L{postgres_cache}), so
+        # that a listener rechecking on the identities' notifications (which PostgreSQL
+        # delivers in this order) reads the revocation, not its cache.
+        announce(conn, REVOCATION)
         for identity in sorted({k for k, _ in rows} | {k for (k,) in holders}):
             announce(conn, identity)
-        # Every instance's cache of "not revoked" answers (L{postgres_cache}).
-        announce(conn, REVOCATION)
     return {spelling for _, spelling in rows}
 
 
