@@ -26,6 +26,11 @@ Why it is built this way:
    also written to the C{changes} table; after reconnecting, the listener delivers every
    identity changed since it was last known connected (with a safety margin). Without this
    a PostgreSQL restart would silently drop pushes to watchers.
+ - B{Lookups are answered from a cache per instance} (L{LookupCache}) that the change
+   notifications keep exact: a state is dropped when its identity's notification arrives,
+   never answered past its first expiry, and the whole cache answers only while the
+   listener proved itself alive within L{PostgresStore.cache_fresh} seconds (docs/irp.md).
+   A cached lookup costs no round trip and no thread hop.
  - B{Migrations are versioned} (C{schema_version}) and applied in one transaction under an
    advisory lock, so processes starting together neither race nor apply a step twice; a
    database newer than this code is refused rather than misread.
