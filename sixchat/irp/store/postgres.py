@@ -389,20 +389,21 @@ class PostgresStore:
         expired tokens, and journal rows older than L{CHANGES_RETENTION}.
         """
         d = self._run(queries.expire, now)
-        if self.cache is not None:
+        cache = self.cache
+        if cache is None:
+            return d
+
+        def expired(touched: set[str]) -> set[str]:
             # Cached states already leave out what this deletes (L{valid_until}); dropping
             # them is for tidiness, and the notifications do the same.
-            d.addCallback(self._expired)
-        return d
+            for spelling in touched:
+                try:
+                    cache.invalidate(normalize_identity(spelling))
+                except ValueError:  # pragma: no cover - only valid identities are stored
+                    pass
+            return touched
 
-    def _expired(self, touched: set[str]) -> set[str]:
-        assert self.cache is not None
-        for spelling in touched:
-            try:
-                self.cache.invalidate(normalize_identity(spelling))
-            except ValueError:  # pragma: no cover - only valid identities are stored
-                pass
-        return touched
+        return d.addCallback(expired)
 
     def next_expiry(self) -> defer.Deferred[datetime | None]:
         """The earliest moment a binding stops being live (C{until} or its cert's notAfter)."""
