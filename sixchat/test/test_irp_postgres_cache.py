@@ -78,12 +78,12 @@ class LookupCacheTests(unittest.TestCase):
     def test_a_new_listener_connection_drops_everything(self) -> None:
         ticket = self.cache.ticket()
         self.cache.put(A, ticket, NOW, state(1), LATER)
-        self.cache.put_revoked(5, b"ca", ticket, False)
+        self.cache.put_revoked(5, b"ca", ticket, False, 0.0)
         self.cache.sync(1)  # the same connection: nothing happens
         self.assertEqual(self.cache.get(A, NOW), state(1))
         self.cache.sync(2)
         self.assertIsNone(self.cache.get(A, NOW))
-        self.assertIsNone(self.cache.revoked(5, b"ca"))
+        self.assertIsNone(self.cache.revoked(5, b"ca", 0.0))
         self.assertFalse(self.cache.put(A, ticket, NOW, state(1), LATER))
 
     def test_nothing_already_expired(self) -> None:
@@ -106,15 +106,24 @@ class LookupCacheTests(unittest.TestCase):
 
     def test_revocation_answers(self) -> None:
         ticket = self.cache.ticket()
-        self.assertTrue(self.cache.put_revoked(5, b"ca", ticket, False))
-        self.assertTrue(self.cache.put_revoked(6, b"ca", ticket, True))
-        self.assertIs(self.cache.revoked(5, b"ca"), False)
+        self.assertTrue(self.cache.put_revoked(5, b"ca", ticket, False, 0.0))
+        self.assertTrue(self.cache.put_revoked(6, b"ca", ticket, True, 0.0))
+        self.assertIs(self.cache.revoked(5, b"ca", 1.0), False)
         self.cache.revocations_changed()
-        self.assertIsNone(self.cache.revoked(5, b"ca"))
-        self.assertIs(self.cache.revoked(6, b"ca"), True)  # a revocation is never undone
+        self.assertIsNone(self.cache.revoked(5, b"ca", 1.0))
+        self.assertIs(self.cache.revoked(6, b"ca", 1.0), True)  # never undone
         # A "not revoked" read in flight across a revocation is not kept; "revoked" is.
-        self.assertFalse(self.cache.put_revoked(5, b"ca", ticket, False))
-        self.assertTrue(self.cache.put_revoked(7, b"ca", ticket, True))
+        self.assertFalse(self.cache.put_revoked(5, b"ca", ticket, False, 0.0))
+        self.assertTrue(self.cache.put_revoked(7, b"ca", ticket, True, 0.0))
+
+    def test_not_revoked_is_kept_a_minute_at_most(self) -> None:
+        """Without a notification (a revocation by an older sixchat), a minute at most."""
+        ttl = self.cache.not_revoked_ttl
+        self.cache.put_revoked(5, b"ca", self.cache.ticket(), False, 100.0)
+        self.cache.put_revoked(6, b"ca", self.cache.ticket(), True, 100.0)
+        self.assertIs(self.cache.revoked(5, b"ca", 100.0 + ttl - 0.001), False)
+        self.assertIsNone(self.cache.revoked(5, b"ca", 100.0 + ttl))
+        self.assertIs(self.cache.revoked(6, b"ca", 100.0 + 10 * ttl), True)
 
     def test_valid_until(self) -> None:
         early = NOW + timedelta(seconds=5)
@@ -307,13 +316,15 @@ class SharedCacheTests(PostgresTestCase):
         hits = self.b.cache.hits
         self.assertFalse((yield self.b.is_revoked(5, b"issuer")))
         self.assertEqual(self.b.cache.hits, hits)  # revocation answers have their own count
-        self.assertIs(self.b.cache.revoked(5, issuer_key(b"issuer")[0]), False)
+        self.assertIs(self.b.cache.revoked(5, issuer_key(b"issuer")[0], self.b._monotonic()), False)
         yield self.a.revoke(5, b"issuer", NOW)
         yield self.waitUntil(lambda: "carol@example.com" in self.heard_keys,
                              timeout=self.b.cache_fresh)  # fmt: skip
         # The revocation marker follows the identities in the same transaction.
         key = issuer_key(b"issuer")[0]
-        yield self.waitUntil(lambda: self.b.cache.revoked(5, key) is None, timeout=1)
+        yield self.waitUntil(
+            lambda: self.b.cache.revoked(5, key, self.b._monotonic()) is None, timeout=1
+        )
         self.assertTrue((yield self.b.is_revoked(5, b"issuer")))
         self.assertNotIn(REVOCATION, self.heard_keys)  # not an identity: subscribers never see it
 

@@ -441,20 +441,22 @@ class PostgresStore:
     def is_revoked(self, serial: int, issuer: bytes) -> defer.Deferred[bool]:
         """
         Cached like states (every connection asks about once a second): a revocation
-        anywhere drops every cached "not revoked" (L{REVOCATION}).
+        anywhere drops every cached "not revoked" (L{REVOCATION}), which is also kept a
+        minute at most (L{LookupCache.not_revoked_ttl}).
         """
         cache = self._live_cache()
         if cache is None:
             return self._run(queries.is_revoked, serial, issuer)
         key = issuer_key(issuer)[0]
-        hit = cache.revoked(serial, key)
+        asked = self._monotonic()
+        hit = cache.revoked(serial, key, asked)
         if hit is not None:
             return defer.succeed(hit)
         ticket = cache.ticket()
 
         def read(revoked: bool) -> bool:
             if self._live_cache() is cache:
-                cache.put_revoked(serial, key, ticket, revoked)
+                cache.put_revoked(serial, key, ticket, revoked, asked)
             return revoked
 
         return self._run(queries.is_revoked, serial, issuer).addCallback(read)

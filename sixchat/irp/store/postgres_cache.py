@@ -72,11 +72,17 @@ class LookupCache:
     @ivar misses: answers that had to be read.
     """
 
+    #: Seconds a "not revoked" answer is kept at most, whatever the notifications say: a
+    #: revocation written by a sixchat that does not send L{REVOCATION} (an older version
+    #: still running beside this one) is seen within this (as CRLs are, within a minute).
+    not_revoked_ttl = 60.0
+
     def __init__(self, max_states: int = 20_000, max_revocations: int = 100_000) -> None:
         self.max_states = max_states
         self.max_revocations = max_revocations
         self._states: dict[str, _Entry] = {}
-        self._revoked: dict[tuple[int, bytes], bool] = {}
+        #: (serial, issuer key) -> (revoked, when it was read: the caller's monotonic clock)
+        self._revoked: dict[tuple[int, bytes], tuple[bool, float]] = {}
         #: A counter of invalidations; tickets are its values.
         self._clock = 0
         #: Identity -> the counter at its last invalidation (only while reads may be in
@@ -164,26 +170,35 @@ class LookupCache:
 
     # --- revocations -----------------------------------------------------------------------
 
-    def revoked(self, serial: int, issuer: bytes) -> bool | None:
-        """The cached answer of C{is_revoked}, or None."""
-        return self._revoked.get((serial, issuer))
+    def revoked(self, serial: int, issuer: bytes, now: float) -> bool | None:
+        """The cached answer of C{is_revoked} at C{now} (a monotonic clock), or None."""
+        found = self._revoked.get((serial, issuer))
+        if found is None:
+            return None
+        revoked, read_at = found
+        if not revoked and now - read_at >= self.not_revoked_ttl:
+            return None
+        return revoked
 
-    def put_revoked(self, serial: int, issuer: bytes, ticket: int, revoked: bool) -> bool:
+    def put_revoked(
+        self, serial: int, issuer: bytes, ticket: int, revoked: bool, now: float
+    ) -> bool:
         """
-        Remember an C{is_revoked} answer unless a revocation was heard of since C{ticket}.
-        A revocation is never undone, so C{True} answers stay valid; C{False} answers are
-        dropped by L{revocations_changed}.
+        Remember an C{is_revoked} answer read at C{now} unless a revocation was heard of
+        since C{ticket}. A revocation is never undone, so C{True} answers stay valid;
+        C{False} answers are dropped by L{revocations_changed}, and after
+        L{not_revoked_ttl} seconds in any case.
         """
         if ticket < self._cleared or (not revoked and ticket < self._revocations_changed):
             return False
         if len(self._revoked) >= self.max_revocations:
             self._revoked.clear()
-        self._revoked[(serial, issuer)] = revoked
+        self._revoked[(serial, issuer)] = (revoked, now)
         return True
 
     def revocations_changed(self) -> None:
         """Some certificate was (or is being) revoked: forget every "not revoked"."""
-        self._revoked = {k: v for k, v in self._revoked.items() if v}
+        self._revoked = {k: v for k, v in self._revoked.items() if v[0]}
         self._revocations_changed = self._tick()
 
     @property
