@@ -6,8 +6,10 @@ Per round, on those connections:
 
   - B{register}: every client registers its node (closed loop, one request in flight per
     client, C{register_per_client} each): registers/s;
-  - B{lookup, saturation}: every client keeps one C{lookup} of a random registered user in
-    flight for C{seconds}: lookups/s is the registry's capacity with that many clients;
+  - B{lookup, saturation}: after an unmeasured warm-up (L{_warm_up}: every instance looks
+    up every user once, so that the registrations just made leave no cache cold), every
+    client keeps one C{lookup} of a random registered user in flight for C{seconds}:
+    lookups/s is the registry's capacity with that many clients;
   - B{lookup, offered load}: C{rate} lookups/s spread evenly over the clients (open loop,
     issued on a 5 ms tick whether or not earlier ones were answered) for C{seconds}: the
     latency percentiles at that load, and the rate actually achieved.
@@ -17,15 +19,19 @@ load; a C{rate_limited} answer would be counted as an error, not as a lookup.
 
 The registry process runs with the garbage-collection policy of C{twistd sixchat-irp}
 (L{sixchat.irp.server.gcpolicy}; the spec's C{gc_interval}, 0 for Python's default collector) and
-reports, after the rounds, the pauses its collector made (variant C{server}): the longest
-pause of any collection and of the full ones, their count and total, and its resident size.
+reports, after the rounds, the pauses its collector made once it was serving (variant
+C{server}): the longest pause of any collection and of the full ones (wall clock, and the
+collecting thread's CPU), their count and total, and its resident size; the start-up
+collection (the policy's freeze, before the first client connects) apart.
 """
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 import random
+import threading
 import time
 from typing import Any
 
@@ -33,7 +39,7 @@ from twisted.internet import defer, endpoints, task
 from twisted.internet.protocol import Factory, Protocol
 
 from sixchat.bench import fixtures
-from sixchat.bench.common import commands, cpu_seconds, emit, rss_kib, sleep
+from sixchat.bench.common import CLK_TCK, commands, cpu_seconds, emit, rss_kib, sleep
 from sixchat.bench.results import percentile
 
 TICK = 0.005
@@ -79,12 +85,21 @@ async def registry_server(reactor: Any, spec: dict[str, Any]) -> None:
     assert service.port is not None
 
     def command(cmd: dict[str, Any]) -> None:
-        if cmd["cmd"] == "measure":
+        if cmd["cmd"] == "serving":
+            # The start-up collection (the policy's freeze, before the first client) is
+            # reported apart; the pauses from here on are those of a serving registry.
+            pauses.reset()
+        elif cmd["cmd"] == "measure":
             emit("measured", rss_kib=rss_kib(), cpu_s=cpu_seconds(),
                  connections=len(service.factory.connections))  # fmt: skip
         elif cmd["cmd"] == "report":
             metrics = {**pauses.metrics(), "rss_kib": rss_kib(), "gc_interval_s": interval}
-            emit("sample", bench=cmd["bench"], variant="server", round=0, metrics=metrics)
+            cache = getattr(store, "cache", None)
+            if cache is not None:  # the PostgreSQL store's lookup cache
+                metrics["cache_hits"] = float(cache.hits)
+                metrics["cache_misses"] = float(cache.misses)
+            variant = cmd.get("variant", "server")
+            emit("sample", bench=cmd["bench"], variant=variant, round=0, metrics=metrics)
 
     commands(reactor, command)
     emit("ready", port=service.port.getHost().port, pid=os.getpid())  # type: ignore[attr-defined]
@@ -96,24 +111,45 @@ class _CollectorPauses:
 
     def __init__(self) -> None:
         self.started = 0.0
+        self.started_cpu = 0.0
         self.count = [0, 0, 0]
         self.longest = [0.0, 0.0, 0.0]
+        self.longest_cpu = 0.0
         self.total = 0.0
+        self.other_thread = 0
+        self.startup = 0.0
         gc.callbacks.append(self.callback)
 
     def callback(self, phase: str, info: dict[str, int]) -> None:
         if phase == "start":
             self.started = time.perf_counter()
+            self.started_cpu = time.thread_time()
             return
         pause = time.perf_counter() - self.started
         generation = info["generation"]
         self.count[generation] += 1
         self.longest[generation] = max(self.longest[generation], pause)
+        # The collecting thread's own CPU: the pause without the time the machine (other
+        # processes) or the GIL (other threads, while finalizers ran) took from it.
+        self.longest_cpu = max(self.longest_cpu, time.thread_time() - self.started_cpu)
         self.total += pause
+        if threading.current_thread() is not threading.main_thread():
+            self.other_thread += 1
+
+    def reset(self) -> None:
+        self.startup = max(self.longest)
+        self.count = [0, 0, 0]
+        self.longest = [0.0, 0.0, 0.0]
+        self.longest_cpu = 0.0
+        self.total = 0.0
+        self.other_thread = 0
 
     def metrics(self) -> dict[str, float]:
         return {
+            "gc_startup_max_ms": self.startup * 1000,
             "gc_pause_max_ms": max(self.longest) * 1000,
+            "gc_pause_cpu_max_ms": self.longest_cpu * 1000,
+            "gc_off_reactor_count": float(self.other_thread),
             "gc_full_max_ms": self.longest[2] * 1000,
             "gc_full_count": float(self.count[2]),
             "gc_count": float(sum(self.count)),
@@ -194,8 +230,9 @@ def _register_template(i: int) -> bytes:
     )
 
 
-async def _connect_all(reactor: Any, port: int, users: list[Any], anchors: list[Any],
+async def _connect_all(reactor: Any, ports: list[int], users: list[Any], anchors: list[Any],
                        concurrency: int) -> list[LeanIRPClient]:  # fmt: skip
+    """Client C{i} connects to C{ports[i % len(ports)]} (several registry instances)."""
     from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 
     from sixchat.irp.tls import client_options
@@ -214,6 +251,7 @@ async def _connect_all(reactor: Any, port: int, users: list[Any], anchors: list[
             factory.noisy = False
             tls_factory = TLSMemoryBIOFactory(options, True, factory)
             tls_factory.protocol = TLSMemoryBIOProtocol
+            port = ports[i % len(ports)]
             endpoint = endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", port, timeout=30)
             tls: Any = await endpoint.connect(tls_factory)
             proto = tls.wrappedProtocol
@@ -237,6 +275,21 @@ async def _register(clients: list[LeanIRPClient], per_client: int) -> tuple[int,
         [defer.ensureDeferred(one(i, c)) for i, c in enumerate(clients)], consumeErrors=True
     )
     return len(clients) * per_client, time.perf_counter() - t0
+
+
+async def _warm_up(clients: list[LeanIRPClient], names: list[bytes]) -> None:
+    """
+    Client C{i} looks up user C{i}, then user C{i + 1}: with the clients spread over one or
+    two instances, every instance reads every user once.
+    """
+
+    async def lane(i: int, client: LeanIRPClient) -> None:
+        for j in (i, i + 1):
+            await client.request(names[j % len(names)])
+
+    await defer.gatherResults(
+        [defer.ensureDeferred(lane(i, c)) for i, c in enumerate(clients)], consumeErrors=True
+    )
 
 
 async def _saturate(reactor: Any, clients: list[LeanIRPClient], names: list[bytes],
@@ -353,12 +406,21 @@ async def registry_client(reactor: Any, spec: dict[str, Any]) -> None:
     _quiet_logs()
     workdir = spec["workdir"]
     bench = spec["bench"]
-    server_pid = spec["server_pid"]
+    # Every registry instance's CPU counts, and (PostgreSQL) the database server's.
+    server_pids: list[int] = spec["server_pids"]
+    db_pid: int | None = spec.get("db_pid")
+
+    def server_cpu() -> float:
+        return sum(cpu_seconds(pid) for pid in server_pids)
+
+    def db_cpu() -> float:
+        return cluster_cpu_seconds(db_pid) if db_pid else 0.0
+
     users = fixtures.load_registry_users(workdir, spec["clients"])
     anchors = [fixtures.load_cert(os.path.join(workdir, "registry-ca.pem"))]
     rng = random.Random(1)  # noqa: S311 - choosing lookup targets, not secrets
     t0 = time.perf_counter()
-    clients = await _connect_all(reactor, spec["port"], users, anchors, 32)
+    clients = await _connect_all(reactor, spec["ports"], users, anchors, 32)
     emit("connected", seconds=time.perf_counter() - t0, clients=len(clients))
     # The load generator's own garbage collections would show as registry latency: move its
     # long-lived objects (1,000 connections) out of the collector's way.
@@ -368,15 +430,21 @@ async def registry_client(reactor: Any, spec: dict[str, Any]) -> None:
     names = [_lookup_template(name) for name in identities]
     await _register(clients, 1)  # everyone exists before the first lookup
     for rnd in range(spec["rounds"]):
-        cpu0 = cpu_seconds(server_pid)
+        cpu0, db0 = server_cpu(), db_cpu()
         n, elapsed = await _register(clients, spec["register_per_client"])
-        cpu1 = cpu_seconds(server_pid)
-        emit("sample", bench=bench, variant="register", round=rnd,
-             metrics={"per_s": n / elapsed, "server_cpu_us": (cpu1 - cpu0) / n * 1e6})  # fmt: skip
+        cpu1, db1 = server_cpu(), db_cpu()
+        register = {"per_s": n / elapsed, "server_cpu_us": (cpu1 - cpu0) / n * 1e6}
+        if db_pid:
+            register["db_cpu_us"] = (db1 - db0) / n * 1e6
+        emit("sample", bench=bench, variant="register", round=rnd, metrics=register)
         await sleep(reactor, 0.2)
-        cpu0, mine0 = cpu_seconds(server_pid), cpu_seconds()
+        # Unmeasured warm-up, the same for every backend: the round's registrations just
+        # changed every identity, so a cache (PostgreSQL's lookup cache; SQLite's page cache
+        # and answer memo) would otherwise be measured cold on its first lookup of each.
+        await _warm_up(clients, names)
+        cpu0, mine0, db0 = server_cpu(), cpu_seconds(), db_cpu()
         ok, errors = await _saturate(reactor, clients, names, spec["seconds"], rng)
-        cpu1, mine1 = cpu_seconds(server_pid), cpu_seconds()
+        cpu1, mine1, db1 = server_cpu(), cpu_seconds(), db_cpu()
         saturation = ok / spec["seconds"]
         await sleep(reactor, 0.5)
         offered = await _offered(reactor, clients, names, spec["rate"], spec["seconds"], rng)
@@ -387,9 +455,11 @@ async def registry_client(reactor: Any, spec: dict[str, Any]) -> None:
             "client_cpu_us": (mine1 - mine0) / max(ok, 1) * 1e6,
             **offered,
         }
+        if db_pid:
+            metrics["db_cpu_us"] = (db1 - db0) / max(ok, 1) * 1e6
         emit("sample", bench=bench, variant="lookup", round=rnd, metrics=metrics)
         await sleep(reactor, 0.2)
-    full = await _full_client_cost(reactor, spec["port"], users, anchors, identities)
+    full = await _full_client_cost(reactor, spec["ports"][0], users, anchors, identities)
     emit("sample", bench=bench, variant="full_client", round=0,
          metrics={"client_cpu_us": full})  # fmt: skip
     for client in clients:
@@ -398,27 +468,43 @@ async def registry_client(reactor: Any, spec: dict[str, Any]) -> None:
 
 
 def bench_registry(run: Any) -> None:
-    """Parent side: SQLite, then (if available and asked for) PostgreSQL."""
+    """
+    Parent side: SQLite, then (if available and asked for) PostgreSQL with one instance,
+    then PostgreSQL with two instances on the same database, the clients split between them.
+    """
     p = run.profile
-    backends = [("registry_sqlite", os.path.join(run.workdir, "registry.sqlite"), False)]
+    # (bench, one database per instance, PostgreSQL?, the postmaster's pid or 0)
+    runs: list[tuple[str, list[Any], bool, int]] = [
+        ("registry_sqlite", [os.path.join(run.workdir, "registry.sqlite")], False, 0)
+    ]
     if p.registry_postgres:
         dsn = _postgres_dsn(run)
         if dsn is not None:
-            backends.append(("registry_postgres", dsn, True))
-    for bench, db, postgres in backends:
-        run.say(f"registry ({bench.split('_')[1]}): {p.registry_clients} TLS clients, "
+            db_pid = _postmaster_pid()  # 0 for a database someone else runs: not measured
+            runs.append(("registry_postgres", [dsn], True, db_pid))
+            runs.append(("registry_postgres_x2", [dsn, dsn], True, db_pid))
+    for bench, dbs, postgres, db_pid in runs:
+        run.say(f"registry ({bench.split('_', 1)[1]}): {p.registry_clients} TLS clients, "
                 f"lookups at {p.registry_lookup_rate}/s offered")  # fmt: skip
-        spec = {"role": "registry_server", "db": db, "postgres": postgres, "deadline": 900}
-        server = run.worker(f"{bench}-server", spec)
-        with server:
-            ready = server.expect("ready", 120)
+        servers = [
+            run.worker(f"{bench}-server{i or ''}", {"role": "registry_server", "db": db,
+                       "postgres": postgres, "deadline": 900})  # fmt: skip
+            for i, db in enumerate(dbs)
+        ]
+        with contextlib.ExitStack() as stack:
+            readies = []
+            for server in servers:
+                stack.enter_context(server)
+                readies.append(server.expect("ready", 120))
+                server.send("serving")
             client = run.worker(
                 f"{bench}-client",
                 {
                     "role": "registry_client",
                     "bench": bench,
-                    "port": ready["port"],
-                    "server_pid": ready["pid"],
+                    "ports": [r["port"] for r in readies],
+                    "server_pids": [r["pid"] for r in readies],
+                    "db_pid": db_pid or None,
                     "clients": p.registry_clients,
                     "rounds": p.registry_rounds,
                     "register_per_client": 2,
@@ -432,8 +518,39 @@ def bench_registry(run: Any) -> None:
                 run.say(f"  {connected['clients']} clients connected in "
                         f"{connected['seconds']:.1f} s")  # fmt: skip
                 run.collect(client, 900)
-            server.send("report", bench=bench)
-            run.record(server.expect("sample", 60))
+            for i, server in enumerate(servers):
+                server.send("report", bench=bench, variant=f"server{i + 1 if i else ''}")
+                run.record(server.expect("sample", 60))
+
+
+def _postmaster_pid() -> int:
+    """The throwaway cluster's postmaster (0 when the database is not ours to measure)."""
+    from sixchat.test import pg
+
+    cluster = pg._cluster
+    if cluster is None or cluster.directory is None:
+        return 0
+    try:
+        with open(os.path.join(cluster.directory, "data", "postmaster.pid")) as f:
+            return int(f.readline())
+    except (OSError, ValueError):
+        return 0
+
+
+def cluster_cpu_seconds(postmaster: int) -> float:
+    """User + system CPU of a PostgreSQL server: its postmaster and every child process."""
+    total = cpu_seconds(postmaster)
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == postmaster:
+            total += (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return total
 
 
 def _postgres_dsn(run: Any, what: str = "PostgreSQL registry") -> str | None:

@@ -73,6 +73,12 @@ class Options(OneLineOptions):
             "accept) or hard (refuse the TLS handshake)",
         ],
         [
+            "lookup-cache",
+            None,
+            "20000",
+            "PostgreSQL only: identities each instance keeps in its lookup cache (0: none)",
+        ],
+        [
             "gc-interval",
             None,
             "10",
@@ -107,6 +113,12 @@ class Options(OneLineOptions):
         for name in ("max-requests", "max-watches", "max-nodes", "leaf-days"):
             _positive(self, name, int)
         _positive(self, "idle-timeout", float)
+        try:
+            self["lookup-cache"] = int(self["lookup-cache"])
+        except ValueError:
+            raise usage.UsageError("--lookup-cache must be a number of identities") from None
+        if self["lookup-cache"] < 0:
+            raise usage.UsageError("--lookup-cache must be 0 (off) or a positive number")
         try:
             self["gc-interval"] = float(self["gc-interval"])
         except ValueError:
@@ -169,7 +181,7 @@ def makeService(options: Options) -> service.IService:
     from sixchat.irp.server.gcpolicy import CollectorPolicy
 
     credentials, (ca_key, ca_cert), chain = options["loaded"]
-    store = make_store(options["db"], reactor)
+    store = make_store(options["db"], reactor, lookup_cache=options["lookup-cache"])
     config = RegistryConfig(
         lookup_policy=options["lookup-policy"],
         allow_private_addresses=bool(options["allow-private-addresses"]),

@@ -30,6 +30,11 @@ ISSUE_KEYS = (
     "registry_lookups_per_s",
     "registry_lookup_p99_ms",
     "registry_register_per_s",
+    "registry_lookups_per_s_postgres",
+    "registry_lookup_p99_ms_postgres",
+    "registry_server_cpu_us",
+    "registry_server_cpu_us_postgres",
+    "registry_gc_pause_max_ms",
     "idle_session_kib",
     "idle_memory_ratio_tls",
 )
@@ -168,6 +173,21 @@ class ArithmeticTests(SynchronousTestCase):
         self.assertIsNone(values["handshake_conc_ratio"])
         self.assertEqual(values["handshake_seq_hs_per_s"], 100.0)
 
+    def test_worst_collector_pause_of_every_backend(self) -> None:
+        samples = [
+            Sample("registry_sqlite", "server", 0, {"gc_pause_max_ms": 12.0}),
+            Sample("registry_postgres", "server", 0, {"gc_pause_max_ms": 30.0}),
+            Sample("registry_postgres_x2", "server2", 0, {"gc_pause_max_ms": 61.0}),
+            Sample("registry_postgres_x2", "lookup", 0, {"gc_pause_max_ms": 99.0}),
+        ]
+        values = results.headline_values(samples)
+        self.assertEqual(values["registry_gc_pause_max_ms"], 61.0)
+        by_key = {h.key: h for h in HEADLINES}
+        self.assertFalse(by_key["registry_gc_pause_max_ms"].met(61.0))
+        self.assertTrue(by_key["registry_lookups_per_s_postgres"].met(5_000))
+        self.assertFalse(by_key["registry_lookup_p99_ms_postgres"].met(50.1))
+        self.assertIsNone(results.headline_values([])["registry_gc_pause_max_ms"])
+
     def test_targets(self) -> None:
         by_key = {h.key: h for h in HEADLINES}
         self.assertTrue(by_key["bulk_ratio_tls"].met(1.5))
@@ -198,6 +218,9 @@ def _full_samples() -> list[Sample]:
                 samples.append(Sample(h.bench, base, 0, {h.metric: 1.0}))
         elif h.kind == "ratio_row":
             continue  # the same samples as the min_ratio rows above
+        elif h.kind == "max_value":
+            for bench, variant in h.variants:
+                samples.append(Sample(bench, variant, 0, {h.metric: 3.0}))
         else:
             samples.append(Sample(h.bench, h.variant, 0, {h.metric: 3.0}))
             if h.baseline:

@@ -10,6 +10,8 @@ import base64
 from datetime import UTC, datetime, timedelta
 
 from cryptography.hazmat.primitives.asymmetric import ed25519
+from twisted.internet import defer
+from twisted.trial.unittest import SynchronousTestCase
 
 from sixchat.irp.messages import (
     CA,
@@ -24,6 +26,8 @@ from sixchat.irp.messages import (
     Unwatch,
     Watch,
 )
+from sixchat.irp.server.requests import _joined
+from sixchat.irp.store.interfaces import IdentityState
 from sixchat.irp.store.sqlite import issuer_key
 from sixchat.record import header, plain_record
 from sixchat.test import certs
@@ -393,3 +397,32 @@ class RequestTests(RequestTestCase):
         self.assertEqual(
             (await b.request(Lookup("3", "x@example.com"))).get("reason"), "unauthenticated"
         )
+
+
+class JoinedTests(SynchronousTestCase):
+    """L{_joined}: the revocation recheck and the lookup's state, as one result."""
+
+    def test_both(self) -> None:
+        state = IdentityState("alice@example.com")
+        d = _joined(defer.succeed(False), defer.succeed(state))
+        self.assertEqual(self.successResultOf(d), (False, state))
+
+    def test_later(self) -> None:
+        first: defer.Deferred[bool] = defer.Deferred()
+        second: defer.Deferred[IdentityState] = defer.Deferred()
+        d = _joined(first, second)
+        second.callback(IdentityState("bob@example.com"))
+        self.assertNoResult(d)
+        first.callback(True)
+        self.assertEqual(self.successResultOf(d), (True, IdentityState("bob@example.com")))
+
+    def test_first_fails_second_consumed(self) -> None:
+        second: defer.Deferred[IdentityState] = defer.Deferred()
+        d = _joined(defer.fail(RuntimeError("revocation read")), second)
+        self.failureResultOf(d, RuntimeError)
+        second.errback(ValueError("state read"))  # consumed: no unhandled error
+        self.assertEqual(self.flushLoggedErrors(ValueError), [])
+
+    def test_second_fails(self) -> None:
+        d = _joined(defer.succeed(False), defer.fail(ValueError("state read")))
+        self.failureResultOf(d, ValueError)

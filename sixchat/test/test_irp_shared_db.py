@@ -138,3 +138,36 @@ class SharedDatabaseTests(unittest.TestCase):
         record = await within(bob_on_b.lookup("alice@example.com"), TIMEOUT, "lookup via B")
         self.assertEqual(record.nodes, [])
         self.assertEqual(record.cert, alice.leaf_der)
+
+    async def test_removed_through_a_gone_from_lookups_through_b(self) -> None:
+        """
+        Registry B answers lookups from its cache (docs/irp.md): once alice's node is
+        removed through A, B's lookups stop answering it within the documented bound
+        (3 s; in practice the notification's milliseconds), with no watch involved.
+        """
+        db = url_for(await pg.database_for(self))
+        a = await self.registry(db)
+        b = await self.registry(db)
+        alice, bob = self.person("alice@example.com"), self.person("bob@example.com")
+        alice_on_a = await self.client(a, alice)
+        bob_on_b = await self.client(b, bob)
+        await within(
+            alice_on_a.register("laptop", [Contact("127.0.0.1", 4605)], 120), TIMEOUT, "register"
+        )
+        # Looked up through B until it answers the node (it may not have heard of it at
+        # first if it answered an earlier lookup), then again: B's cache holds it now.
+        for _ in range(3):
+            record = await within(bob_on_b.lookup("alice@example.com"), TIMEOUT, "lookup")
+            if record.nodes:
+                break
+            await task.deferLater(reactor, 0.05, lambda: None)
+        self.assertEqual([n.name for n in record.nodes], ["laptop"])
+        await within(alice_on_a.unregister("laptop"), TIMEOUT, "unregister through A")
+        removed = reactor.seconds()
+        while True:  # inside the 50 requests/s of a connection
+            record = await within(bob_on_b.lookup("alice@example.com"), TIMEOUT, "lookup")
+            if not record.nodes:
+                break
+            self.assertLess(reactor.seconds() - removed, 3.0, "B still answers the node")
+            await task.deferLater(reactor, 0.05, lambda: None)
+        self.assertEqual(record.cert, alice.leaf_der)

@@ -17,7 +17,7 @@ from twisted.application.service import IServiceMaker
 from twisted.internet import reactor, task
 from twisted.plugin import getPlugins
 from twisted.python import usage
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SkipTest, TestCase
 
 from sixchat import pki
 from sixchat.identity import Identity, load_identity
@@ -34,7 +34,7 @@ from sixchat.irp.messages import (
 from sixchat.irp.server import IRPServerService
 from sixchat.irp.server.gcpolicy import CollectorPolicy
 from sixchat.irp.store.sqlite import SQLiteStore
-from sixchat.test import certs
+from sixchat.test import certs, pg
 from sixchat.test.irp_harness import (
     CONTACT,
     make_csr,
@@ -141,6 +141,23 @@ class PluginTests(TestCase):
             self.assertEqual(interval, expected)
         for value in ("-1", "soon", "nan", "inf"):
             self.assertUsage([*base, "--gc-interval", value], "--gc-interval")
+
+
+    def test_lookup_cache_option(self) -> None:
+        if pg.psycopg_missing() is not None:
+            raise SkipTest(pg.psycopg_missing())
+        f = self.write_files()
+        base = ["--cert", f["p12"], "--ca-dir", f["ca"], "--password-file", f["pw"]]
+        base += ["--db", "postgresql:///sixchat?host=/nonexistent"]  # not connected here
+        for value, expected in ((None, 20_000), ("5", 5), ("0", None)):
+            options = irp_tap.Options()
+            options.parseOptions([*base, "--lookup-cache", value] if value else base)
+            service = irp_tap.makeService(options)
+            assert isinstance(service, IRPServerService)
+            cache = service.store.cache  # type: ignore[attr-defined]
+            self.assertEqual(cache.max_states if cache is not None else None, expected)
+        for value in ("-1", "many", "2.5"):
+            self.assertUsage([*base, "--lookup-cache", value], "--lookup-cache")
 
 
 class RealProcessTests(TestCase):

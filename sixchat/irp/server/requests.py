@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import functools
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 from typing import Protocol as TypingProtocol
 
 from cryptography import x509
@@ -116,6 +116,25 @@ def _issuer_der_of(cert: x509.Certificate) -> bytes:
     return cert.public_bytes(serialization.Encoding.DER)
 
 
+def _joined(
+    first: defer.Deferred[bool], second: defer.Deferred[IdentityState]
+) -> defer.Deferred[tuple[bool, IdentityState]]:
+    """
+    Both results as a pair, or the first failure (the other one consumed): what
+    C{gatherResults} does for two, at a third of its cost when both have fired already
+    (the PostgreSQL store's lookup cache answers both at once).
+    """
+
+    def got(value: bool) -> defer.Deferred[tuple[bool, IdentityState]]:
+        return second.addCallback(lambda state: (value, state))
+
+    def failed(failure: Failure) -> Failure:
+        second.addErrback(lambda _: None)
+        return failure
+
+    return first.addCallbacks(got, failed)
+
+
 class RequestHandler:
     """
     One connection's identity, watches and requests. It is what the hub knows of the
@@ -187,11 +206,9 @@ class RequestHandler:
             if checked is None or now - checked >= self.config.revocation_recheck:
                 # The revocation recheck (about once a second per connection) and the
                 # lookup go to the store together: one trip instead of two in a row.
-                reads: list[defer.Deferred[Any]] = [
-                    store.is_revoked(peer.leaf.serial_number, self._issuer_der(peer)),
-                    store.state(request.identity, when),
-                ]
-                both: defer.Deferred[list[Any]] = defer.gatherResults(reads, consumeErrors=True)
+                revoked = store.is_revoked(peer.leaf.serial_number, self._issuer_der(peer))
+                state = store.state(request.identity, when)
+                both = _joined(revoked, state)
                 both.addCallbacks(
                     self._rechecked, self._lookup_failed, callbackArgs=(peer, now, request.id),
                     errbackArgs=(request,),
@@ -205,7 +222,7 @@ class RequestHandler:
         return True
 
     def _rechecked(
-        self, results: list[Any], peer: PeerCertificate, now: float, rid: str
+        self, results: tuple[bool, IdentityState], peer: PeerCertificate, now: float, rid: str
     ) -> None:
         """L{_authenticated}'s revocation outcome, then the lookup's answer."""
         revoked, state = results

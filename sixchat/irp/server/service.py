@@ -115,15 +115,16 @@ class IRPServerService(EndpointService):
             self.collector.stopService()
 
 
-def make_store(db: str, reactor: Any) -> IRegistryStore:
+def make_store(db: str, reactor: Any, *, lookup_cache: int = 20_000) -> IRegistryStore:
     """
     The store a C{--db} value names: a C{postgresql://} (or C{postgres://}) DSN opens the
-    shared PostgreSQL store, anything else is a SQLite file.
+    shared PostgreSQL store, with a lookup cache of C{lookup_cache} identities (0: none;
+    C{--lookup-cache}), anything else is a SQLite file.
     """
     if db.startswith(("postgresql://", "postgres://")):
         from sixchat.irp.store.postgres import PostgresStore
 
-        store: IRegistryStore = PostgresStore(db, reactor)
+        store: IRegistryStore = PostgresStore(db, reactor, cache_size=lookup_cache)
         return store
     from sixchat.irp.store.sqlite import SQLiteStore
 

@@ -26,6 +26,11 @@ Why it is built this way:
    also written to the C{changes} table; after reconnecting, the listener delivers every
    identity changed since it was last known connected (with a safety margin). Without this
    a PostgreSQL restart would silently drop pushes to watchers.
+ - B{Lookups are answered from a cache per instance} (L{LookupCache}) that the change
+   notifications keep exact: a state is dropped when its identity's notification arrives,
+   never answered past its first expiry, and the whole cache answers only while the
+   listener proved itself alive within L{PostgresStore.cache_fresh} seconds (docs/irp.md).
+   A cached lookup costs no round trip and no thread hop.
  - B{Migrations are versioned} (C{schema_version}) and applied in one transaction under an
    advisory lock, so processes starting together neither race nor apply a step twice; a
    database newer than this code is refused rather than misread.
@@ -50,10 +55,12 @@ from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
+from sixchat.identity import normalize_identity
 from sixchat.irp.messages import Contact
 from sixchat.irp.store import postgres_queries as queries
 from sixchat.irp.store.common import issuer_key
 from sixchat.irp.store.interfaces import IdentityState, IRegistryStore
+from sixchat.irp.store.postgres_cache import REVOCATION, LookupCache, valid_until
 from sixchat.irp.store.postgres_dsn import PostgresStoreError, mask_dsn, scrub
 from sixchat.irp.store.postgres_notify import CHANNEL, Listener
 from sixchat.irp.store.postgres_schema import MIGRATIONS, migrate
@@ -92,11 +99,18 @@ class PostgresStore:
     #: Listener: poll granularity (how soon it notices C{close}), heartbeat interval, and
     #: reconnection backoff bounds, in seconds.
     listen_poll = 0.2
-    heartbeat = 10.0
+    heartbeat = 1.0
     backoff_initial = 0.2
     backoff_max = 30.0
 
-    def __init__(self, dsn: str, reactor: Any, *, pool_size: int = 4) -> None:
+    #: The lookup cache answers only while the listener proved itself alive (a round trip on
+    #: its connection, every L{heartbeat}) within this many seconds: the most a lookup can lag
+    #: behind a change if the listener's connection dies without a sign (docs/irp.md).
+    cache_fresh = 3.0
+
+    def __init__(
+        self, dsn: str, reactor: Any, *, pool_size: int = 4, cache_size: int = 20_000
+    ) -> None:
         try:
             params = conninfo_to_dict(dsn)
         except psycopg.Error:
@@ -120,6 +134,10 @@ class PostgresStore:
         self._state = "new"  # new -> opening -> open -> closing -> closed
         self._shutdown_trigger: Any = None
         self._close_waiters: list[defer.Deferred[None]] = []
+        #: Identity states and revocation answers (L{LookupCache}); None: every read goes
+        #: to the database (C{cache_size=0}).
+        self.cache = LookupCache(cache_size) if cache_size > 0 else None
+        self._monotonic = time.monotonic
 
     def __repr__(self) -> str:
         return f"<PostgresStore {self._masked}>"
@@ -284,7 +302,7 @@ class PostgresStore:
         until: datetime,
         max_nodes: int,
     ) -> defer.Deferred[None]:
-        return self._run(
+        d = self._run(
             queries.register,
             identity,
             node,
@@ -296,12 +314,72 @@ class PostgresStore:
             until,
             max_nodes,
         )
+        return self._changing(identity, d)
 
     def unregister(self, identity: str, node: str) -> defer.Deferred[bool]:
-        return self._run(queries.unregister, identity, node)
+        return self._changing(identity, self._run(queries.unregister, identity, node))
 
     def state(self, identity: str, now: datetime) -> defer.Deferred[IdentityState]:
-        return self._run(queries.state_of, identity, now)
+        """
+        From the lookup cache when it holds the identity at C{now}; else read in one
+        statement, and cached if nothing changed the identity meanwhile (L{LookupCache}).
+        """
+        cache = self._live_cache()
+        if cache is None:
+            return self._run(queries.state_of, identity, now)
+        try:
+            key = normalize_identity(identity)
+        except ValueError:
+            return self._run(queries.state_of, identity, now)  # fails as it always did
+        hit = cache.get(key, now)
+        if hit is not None:
+            return defer.succeed(hit)
+        ticket = cache.ticket()
+
+        def read(result: tuple[IdentityState, list[datetime]]) -> IdentityState:
+            state, not_afters = result
+            # Unknown identities are not kept: their answer is spelled as asked.
+            if state.known and self._live_cache() is cache:
+                cache.put(key, ticket, now, state, valid_until(state, not_afters))
+            return state
+
+        d = self._run(queries.state_and_expiry, identity, now)
+        return d.addCallback(read)
+
+    def _live_cache(self) -> LookupCache | None:
+        """
+        The cache if it may answer now: the store is open and the listener is LISTENing and
+        proved itself alive within L{cache_fresh} seconds. Everything cached is dropped
+        when the listener has reconnected since (notifications may have been lost).
+        """
+        cache, listener = self.cache, self._listener
+        if cache is None or listener is None or self._state != "open" or not listener.live:
+            return None
+        if self._monotonic() - listener.alive_at > self.cache_fresh:
+            return None
+        cache.sync(listener.epoch)
+        return cache
+
+    def _changing(self, identity: str, d: defer.Deferred[_R]) -> defer.Deferred[_R]:
+        """
+        A write of this process to C{identity}: its cached state goes now (reads in flight
+        are not cached) and again once the write is over, so that a lookup made after the
+        write's answer reads it even before its own notification comes back.
+        """
+        cache = self.cache
+        if cache is None:
+            return d
+        try:
+            key = normalize_identity(identity)
+        except ValueError:
+            return d
+        cache.invalidate(key)
+
+        def over(result: _R | Failure) -> _R | Failure:
+            cache.invalidate(key)
+            return result
+
+        return d.addBoth(over)
 
     def expire(self, now: datetime) -> defer.Deferred[set[str]]:
         """
@@ -310,7 +388,22 @@ class PostgresStore:
         prunes what can never be answered again: presented certificates past C{notAfter},
         expired tokens, and journal rows older than L{CHANGES_RETENTION}.
         """
-        return self._run(queries.expire, now)
+        d = self._run(queries.expire, now)
+        cache = self.cache
+        if cache is None:
+            return d
+
+        def expired(touched: set[str]) -> set[str]:
+            # Cached states already leave out what this deletes (L{valid_until}); dropping
+            # them is for tidiness, and the notifications do the same.
+            for spelling in touched:
+                try:
+                    cache.invalidate(normalize_identity(spelling))
+                except ValueError:  # pragma: no cover - only valid identities are stored
+                    pass
+            return touched
+
+        return d.addCallback(expired)
 
     def next_expiry(self) -> defer.Deferred[datetime | None]:
         """The earliest moment a binding stops being live (C{until} or its cert's notAfter)."""
@@ -330,13 +423,43 @@ class PostgresStore:
         spell them. Every identity known to hold the certificate is announced, bindings or
         not, so connections it authenticated learn of it on every instance (irp-1 §7.7).
         """
-        return self._run(queries.revoke, serial, issuer, now)
+        cache = self.cache
+        if cache is None:
+            return self._run(queries.revoke, serial, issuer, now)
+        # Rare: every cached state and "not revoked" answer goes, before and after.
+        cache.clear()
+
+        def over(result: Any) -> Any:
+            cache.clear()
+            return result
+
+        return self._run(queries.revoke, serial, issuer, now).addBoth(over)
 
     def revoked(self, issuer: bytes) -> defer.Deferred[list[tuple[int, datetime]]]:
         return self._run(queries.revoked, issuer)
 
     def is_revoked(self, serial: int, issuer: bytes) -> defer.Deferred[bool]:
-        return self._run(queries.is_revoked, serial, issuer)
+        """
+        Cached like states (every connection asks about once a second): a revocation
+        anywhere drops every cached "not revoked" (L{REVOCATION}), which is also kept a
+        minute at most (L{LookupCache.not_revoked_ttl}).
+        """
+        cache = self._live_cache()
+        if cache is None:
+            return self._run(queries.is_revoked, serial, issuer)
+        key = issuer_key(issuer)[0]
+        asked = self._monotonic()
+        hit = cache.revoked(serial, key, asked)
+        if hit is not None:
+            return defer.succeed(hit)
+        ticket = cache.ticket()
+
+        def read(revoked: bool) -> bool:
+            if self._live_cache() is cache:
+                cache.put_revoked(serial, key, ticket, revoked, asked)
+            return revoked
+
+        return self._run(queries.is_revoked, serial, issuer).addCallback(read)
 
     # --- enrolment tokens -------------------------------------------------------------------
 
@@ -371,10 +494,20 @@ class PostgresStore:
 
     def notify(self, identity: str) -> defer.Deferred[None]:
         """Announce a change to every process (journal + NOTIFY, one transaction)."""
-        return self._run(queries.notify, identity)
+        return self._changing(identity, self._run(queries.notify, identity))
 
     def _deliver(self, key: str) -> None:
-        """In the reactor thread: one subscriber's failure does not starve the others."""
+        """
+        In the reactor thread: the cache forgets the identity before anyone hears of the
+        change; one subscriber's failure does not starve the others.
+        """
+        cache = self.cache
+        if key == REVOCATION:
+            if cache is not None:
+                cache.revocations_changed()
+            return
+        if cache is not None:
+            cache.invalidate(key)
         for callback in list(self._subscribers):
             try:
                 callback(key)

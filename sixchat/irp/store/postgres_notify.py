@@ -65,6 +65,14 @@ class Listener:
         #: reconnection starts there (minus L{REPLAY_MARGIN}). Only the thread touches it.
         self.last_alive: datetime | None = None
         self._listening = False
+        #: For the lookup cache (L{sixchat.irp.store.postgres_cache}), read from the reactor
+        #: thread: whether the connection is LISTENing, which connection it is (a new
+        #: number after every reconnection), and when (C{time.monotonic}) a round trip on
+        #: it last completed: every notification committed before that round trip started
+        #: has been handed to the reactor by then.
+        self.live = False
+        self.epoch = 0
+        self.alive_at = 0.0
 
     def start(self) -> None:
         self._thread.start()
@@ -132,6 +140,7 @@ class Listener:
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, store.backoff_max)
             finally:
+                self.live = False
                 self.connection = None
                 try:
                     conn.close()
@@ -145,6 +154,10 @@ class Listener:
         row = conn.execute("SELECT now()").fetchone()
         assert row is not None
         connected_at: datetime = row[0]
+        # From here on every change is heard: a cache may fill again (after dropping all).
+        self.epoch += 1
+        self.alive_at = time.monotonic()
+        self.live = True
         if self.last_alive is not None:
             self._replay(conn, self.last_alive)
         else:
@@ -159,10 +172,11 @@ class Listener:
                 if self._stop.is_set():
                     break
             if time.monotonic() - beat >= store.heartbeat:
+                started = time.monotonic()
                 row = conn.execute("SELECT now()").fetchone()
                 assert row is not None
                 self.last_alive = row[0]
-                beat = time.monotonic()
+                self.alive_at = beat = started
 
     def _replay(self, conn: psycopg.Connection[Any], last_alive: datetime) -> None:
         """

@@ -24,6 +24,7 @@ from sixchat.irp.store.common import (
     sha256,
 )
 from sixchat.irp.store.interfaces import Binding, ConflictError, IdentityState
+from sixchat.irp.store.postgres_cache import REVOCATION
 from sixchat.irp.store.postgres_notify import CHANGES_RETENTION, announce
 
 
@@ -38,19 +39,23 @@ def _int(value: Decimal | int) -> int:
 
 _REVOKED = sql.SQL(REVOKED_SQL)
 
-#: An identity's live bindings at a time: not expired, certificate neither expired nor
-#: revoked (irp-1 §3.3). Parameters: identity, now, now.
-_LIVE_BINDINGS = sql.SQL(
-    "SELECT x.node, x.contacts, x.cert, x.serial, x.until, x.updated, x.spelling"
-    " FROM bindings x WHERE x.identity = %s AND x.until > %s AND x.cert_not_after > %s"
-    " AND NOT {revoked} ORDER BY x.node"
-).format(revoked=_REVOKED)
-
-#: The identity-level certificate (irp-1 §7.4): the unrevoked, unexpired leaf most recently
-#: presented in a register. Parameters: identity, now.
-_IDENTITY_CERT = sql.SQL(
-    "SELECT x.cert, x.spelling FROM presented x WHERE x.identity = %s AND x.not_after > %s"
-    " AND NOT {revoked} ORDER BY x.seq DESC LIMIT 1"
+#: An identity's state at a time in one statement (so in one snapshot, and one round trip
+#: where a transaction took five): its live bindings (not expired, certificate neither expired
+#: nor revoked: irp-1 §3.3) with C{kind} 0, in node order, then the identity-level
+#: certificate (irp-1 §7.4: the unrevoked, unexpired leaf most recently presented in a
+#: register) with C{kind} 1. C{not_after} is each row's certificate's, which the lookup
+#: cache needs (L{sixchat.irp.store.postgres_cache.valid_until}).
+_STATE = sql.SQL(
+    "SELECT u.kind, u.node, u.contacts, u.cert, u.serial, u.until, u.updated, u.spelling,"
+    " u.not_after FROM ("
+    " SELECT 0 AS kind, x.node, x.contacts, x.cert, x.serial, x.until, x.updated, x.spelling,"
+    " x.cert_not_after AS not_after"
+    " FROM bindings x WHERE x.identity = %(key)s AND x.until > %(now)s"
+    " AND x.cert_not_after > %(now)s AND NOT {revoked}"
+    " UNION ALL (SELECT 1, NULL, NULL, x.cert, NULL, NULL, NULL, x.spelling, x.not_after"
+    " FROM presented x WHERE x.identity = %(key)s AND x.not_after > %(now)s"
+    " AND NOT {revoked} ORDER BY x.seq DESC LIMIT 1)"
+    ") u ORDER BY u.kind, u.node"
 ).format(revoked=_REVOKED)
 
 
@@ -122,13 +127,15 @@ def unregister(conn: psycopg.Connection[Any], identity: str, node: str) -> bool:
 
 
 def state_of(conn: psycopg.Connection[Any], identity: str, now: datetime) -> IdentityState:
+    return state_and_expiry(conn, identity, now)[0]
+
+
+def state_and_expiry(
+    conn: psycopg.Connection[Any], identity: str, now: datetime
+) -> tuple[IdentityState, list[datetime]]:
+    """The identity's state at C{now}, and the expiry of every certificate in it."""
     key = normalize_identity(identity)
-    with conn.transaction():
-        # One snapshot for the three reads, so the bindings and the identity-level
-        # certificate never mix two moments.
-        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-        rows = conn.execute(_LIVE_BINDINGS, (key, now, now)).fetchall()
-        cert_row = conn.execute(_IDENTITY_CERT, (key, now)).fetchone()
+    rows = conn.execute(_STATE, {"key": key, "now": now}).fetchall()
     bindings = tuple(
         Binding(
             node=node,
@@ -138,9 +145,13 @@ def state_of(conn: psycopg.Connection[Any], identity: str, now: datetime) -> Ide
             until=_utc(until_),
             updated=_utc(updated),
         )
-        for node, contacts, cert, serial, until_, updated, _spelling in rows
+        for kind, node, contacts, cert, serial, until_, updated, _spelling, _na in rows
+        if kind == 0
     )
-    return identity_state(identity, bindings, cert_row, rows[0][6] if rows else None)
+    cert_row = next(((r[3], r[7]) for r in rows if r[0] == 1), None)
+    spelling = rows[0][7] if rows and rows[0][0] == 0 else None
+    state = identity_state(identity, bindings, cert_row, spelling)
+    return state, [_utc(r[8]) for r in rows]
 
 
 def expire(conn: psycopg.Connection[Any], now: datetime) -> set[str]:
@@ -196,6 +207,10 @@ def revoke(conn: psycopg.Connection[Any], serial: int, issuer: bytes, now: datet
             " UNION SELECT identity FROM issued WHERE serial = %s AND issuer = %s",
             (serial, name, name, serial, key),
         ).fetchall()
+        # First every instance's cache of "not revoked" answers (L{postgres_cache}), so
+        # that a listener rechecking on the identities' notifications (which PostgreSQL
+        # delivers in this order) reads the revocation, not its cache.
+        announce(conn, REVOCATION)
         for identity in sorted({k for k, _ in rows} | {k for (k,) in holders}):
             announce(conn, identity)
     return {spelling for _, spelling in rows}
