@@ -50,6 +50,7 @@ class Inbox:
         now: Callable[[], datetime],
         key_changes: KeyChanges,
         files: tuple[Any, Any] | None = None,
+        sync: Any = None,
     ) -> None:
         self.sessions = sessions
         self.crls = crls
@@ -60,6 +61,8 @@ class Inbox:
         self.key_changes = key_changes
         #: (L{FileInbox}, L{FileOutbox}) when the agent takes files (§8.7).
         self.files = files
+        #: The L{OwnNodeSync} (sessions with our own other nodes), when the agent syncs.
+        self.sync = sync
 
     def sessionStarted(self, session: Session) -> None:
         if self.sessions.endIfRevokedSince(session, self.crls):
@@ -73,6 +76,8 @@ class Inbox:
                 result.peer_name, result.peer.spki_sha256, f"in an {role} handshake"
             )
         self.emit(events.session_opened_event(session))
+        if self.sync is not None:
+            self.sync.sessionStarted(session)
         # A peer that reaches us may be one we owe messages: try now.
         self.kick(result.peer_name)
 
@@ -94,6 +99,9 @@ class Inbox:
         return d.addCallback(stored)
 
     def stanzaReceived(self, session: Session, stanza: object) -> None:
+        if self.sync is not None and session not in self.sessions.revoked:
+            if self.sync.stanza(session, stanza):
+                return
         if isinstance(stanza, Typing):
             self.emit(events.typing_event(session.peer, stanza.state))
         elif self.files is not None and session not in self.sessions.revoked:
@@ -105,6 +113,8 @@ class Inbox:
 
     def sessionEnded(self, session: Session, reason: Failure) -> None:
         self.sessions.remove(session)
+        if self.sync is not None:
+            self.sync.sessionEnded(session)
         if self.files is not None:
             for side in self.files:
                 side.sessionEnded(session)

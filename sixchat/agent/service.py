@@ -39,15 +39,17 @@ from sixchat.agent.files.sending import FileOutbox
 from sixchat.agent.inbox import Inbox
 from sixchat.agent.interfaces import IAgentEvents, IDirectory, IUserAgent
 from sixchat.agent.outbox import DEFAULT_TTL, OutboxScheduler
+from sixchat.agent.ownnodes import OwnNodeSync, received_events
 from sixchat.agent.pinning import KeyChanges, RegistryKeyPins
 from sixchat.agent.sessions import SessionTable
 from sixchat.agent.store import MessageStatus, MessageStore, encryption
 from sixchat.agent.store.files import TransferStore
+from sixchat.agent.store.sync import Applied, SyncStore
 from sixchat.agent.views import status_dict
 from sixchat.agent.waiters import DeliveryWaiters
 from sixchat.filetransfer.machine import DEFAULT_MAX_CONCURRENT, DEFAULT_MAX_FILE_SIZE, FileLimits
 from sixchat.handshake import PeerConfig
-from sixchat.identity import is_valid_identity, normalize_identity
+from sixchat.identity import is_valid_identity, normalize_identity, same_identity
 from sixchat.listener import DEFAULT_LISTEN, PeerListenerService
 from sixchat.netaddr import format_hostport
 from sixchat.protocol import HANDSHAKE_TIMEOUT, IDLE_TIMEOUT, KEEPALIVE, split_text
@@ -115,6 +117,7 @@ class UserAgentService(service.MultiService):
         files_dir: str | None = None,
         max_file_size: int = DEFAULT_MAX_FILE_SIZE,
         max_concurrent_files: int = DEFAULT_MAX_CONCURRENT,
+        own_sync: bool = True,
     ) -> None:
         super().__init__()
         self.reactor = reactor
@@ -143,8 +146,10 @@ class UserAgentService(service.MultiService):
                 note=lambda text: reactor.callFromThread(log.warn, "{text}", text=text),
             ),
         )
-        policy = PinPolicy(self.store.pins, pin_policy)
-        self.config = dataclasses.replace(config, pins=policy, file_transfer=True)
+        policy = PinPolicy(self.store.pins, pin_policy, own=self.name_)
+        self.config = dataclasses.replace(
+            config, pins=policy, file_transfer=True, own_sync=own_sync
+        )
         self._events = events.EventFanout(events.LogEvents())
         #: The registry's parts (directory, keeper, CRL source), when there is a registry.
         self.link: RegistryLink | None = None
@@ -214,11 +219,24 @@ class UserAgentService(service.MultiService):
             ),
             deliver=self.file_outbox.deliver,
         )
-        self.outbox.keep_watching = lambda peer: normalize_identity(peer) in self._following
+        self.outbox.keep_watching = lambda peer: (
+            normalize_identity(peer) in self._following or same_identity(peer, self.name_)
+        )
+        #: Own-device sync with this identity's other nodes (L{sixchat.agent.ownnodes}).
+        self.own_nodes: OwnNodeSync | None = None
+        if own_sync:
+            self.own_nodes = OwnNodeSync(
+                self.clock, self.name_, self.node, SyncStore(self.store), self.sessions,
+                self.directory, self.now, self._synced, self._unlinked,
+            )  # fmt: skip
+            self.outbox.elsewhere = lambda m: self.own_nodes is not None and (
+                self.own_nodes.defers(m.origin)
+            )
         self.inbox = Inbox(
             self.sessions, self.crls, self.store, self._emit, self.outbox.kick, self.now,
             self.key_changes,
             files=(self.file_inbox, self.file_outbox),
+            sync=self.own_nodes,
         )  # fmt: skip
         self.sessions.observer = self.inbox
         self.listener = PeerListenerService(
@@ -322,11 +340,15 @@ class UserAgentService(service.MultiService):
             else "store NOT encrypted (docs/security.md: at rest)",
         )
         self.outbox.schedule(0)
+        if self.own_nodes is not None:
+            yield self.own_nodes.start()
         self.ready.callback(None)
 
     @defer.inlineCallbacks
     def stopService(self) -> Any:
         self.outbox.stop()
+        if self.own_nodes is not None:
+            self.own_nodes.stop()
         crls_stopped = self.crls.stop()
         self._waiters.releaseAll()
         yield self.sessions.closeAll()
@@ -364,9 +386,26 @@ class UserAgentService(service.MultiService):
         self._events.emit(event)
 
     def _presence(self, peer: str, record: Record) -> None:
+        if self.own_nodes is not None and same_identity(peer, self.name_):
+            self.own_nodes.nodesChanged(record)
+            return
         self._emit(events.presence_event(peer, record))
         if getattr(record, "nodes", None):
             self.outbox.peerAppeared(peer)
+
+    def _synced(self, applied: Applied) -> None:
+        """A batch from another node of ours is merged: tell, deliver, re-read pins."""
+        received_events(applied, self._emit)
+        if applied.outgoing:
+            self.outbox.schedule(0)
+        if applied.pins_changed:
+            SyncStore(self.store).reload_pins().addErrback(
+                lambda f: log.failure("reloading pins after sync", f)
+            )
+
+    def _unlinked(self, node: str) -> None:
+        """Own node C{node} is gone: what it was delivering is ours to deliver now."""
+        self.outbox.schedule(0)
 
     def _statusChanged(self, status: MessageStatus) -> None:
         self._emit(events.delivery_event(status))
@@ -513,7 +552,16 @@ class UserAgentService(service.MultiService):
             "sessions": self.sessions.describe(),
             "outbox": counts,
             "revocation": self.crls.status(),
+            "devices": (yield self.devices()),
         }
+
+    @defer.inlineCallbacks
+    def devices(self) -> Any:
+        """This node and the identity's other nodes, with their sync state (C{sixchat devices})."""
+        if self.own_nodes is None:
+            return {"node": self.node, "sync": False, "own_nodes": []}
+        known = yield self.own_nodes.store.own_nodes()
+        return {"node": self.node, "sync": True, "own_nodes": self.own_nodes.describe(known)}
 
     def trust(
         self, identity: str, accept_new_key: bool, forget_old: bool = False
