@@ -24,11 +24,12 @@ from hypothesis.stateful import (
 from twisted.trial import unittest
 
 from sixchat._sqlite import migrate
-from sixchat.agent.store import schema
+from sixchat.agent.store import cipher, encryption, schema
 from sixchat.agent.store import sync as ssync
 from sixchat.agent.store.database import MessageDatabase
 from sixchat.stanzas import Message
 from sixchat.sync.stanzas import CancelledItem, ContactItem, InItem, NodeEntry, OutItem, PinItem
+from sixchat.test.test_agent_store_keyfile import FAST
 
 BOB = "bob@example.com"
 CAROL = "carol@Example.com"
@@ -120,6 +121,45 @@ class MigrationTests(unittest.TestCase):
         self.addCleanup(a.close)
         self.addCleanup(b.close)
         self.assertNotEqual(ssync.store_id(a), ssync.store_id(b))
+
+
+class EncryptedMigrationTests(unittest.TestCase):
+    """The store may be SQLCipher-encrypted: version 4 comes to such a store too, and the
+    feed's triggers survive encrypting a plain store (sqlcipher_export copies the schema)."""
+
+    skip = None if cipher.available() else "SQLCipher (sqlcipher3) is not installed"
+
+    def test_encrypted_version_3_store_is_migrated(self) -> None:
+        path = self.mktemp() + ".sqlite"
+        key = os.urandom(cipher.KEY_BYTES)
+        conn = cipher.connect(path, key)
+        migrate(conn, schema.MIGRATIONS[:3], lambda v, k: RuntimeError())
+        conn.close()
+        db = MessageDatabase(path, key)
+        self.addCleanup(db.close)
+        self.assertEqual(db.schema_version, 4)
+        queued = db.queue_outgoing(BOB, "secret", T0)
+        page = ssync.read_feed(db, 0, 100, node="laptop")
+        self.assertEqual([i.id for i in page.items if isinstance(i, OutItem)], [queued.id])
+
+    def test_encrypting_a_version_4_store_keeps_the_feed_and_its_triggers(self) -> None:
+        data_dir = self.mktemp()
+        os.makedirs(data_dir)
+        path = os.path.join(data_dir, "messages.sqlite")
+        db = MessageDatabase(path)
+        first = db.queue_outgoing(BOB, "one", T0)
+        store = ssync.store_id(db)
+        db.close()
+        encryption.encrypt(data_dir, b"pw", FAST)
+        key = encryption.unlock(data_dir, b"pw", "on")
+        db = MessageDatabase(path, key)
+        self.addCleanup(db.close)
+        self.assertTrue(db.encrypted)
+        self.assertEqual(ssync.store_id(db), store)
+        second = db.queue_outgoing(BOB, "two", T0)
+        page = ssync.read_feed(db, 0, 100, node="laptop")
+        out = [i.id for i in page.items if isinstance(i, OutItem)]
+        self.assertEqual(out, [first.id, second.id])
 
 
 class FeedTests(unittest.TestCase):
@@ -269,6 +309,18 @@ class FeedTests(unittest.TestCase):
         pull(self.laptop, "laptop", self.home, "home")
         self.assertEqual(self.home.load_pins()[0], {BOB: {SPKI[0]}})
         self.assertEqual(self.laptop.load_pins()[0], {BOB: {SPKI[0]}})
+
+    def test_an_outgoing_file_stays_with_its_node(self) -> None:
+        from sixchat.agent.store import files
+
+        record = files.TransferRecord(
+            "out", BOB, BOB, "f1", "a.txt", 3, b"\x01" * 32, None, "/tmp/a.txt", None, 0, 0,
+            "offered", None, T0, T0,
+        )  # fmt: skip
+        files.queue_file(self.laptop, record, T0)
+        text = self.laptop.queue_outgoing(BOB, "text", T0)
+        pull(self.laptop, "laptop", self.home, "home")
+        self.assertEqual([m.id for m in self.home.pending()], [text.id])
 
     def test_cancelled_id_without_the_message_is_relayed(self) -> None:
         ssync.apply_items(

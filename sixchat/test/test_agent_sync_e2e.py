@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet import defer
+from twisted.python import log
 
 from sixchat.test.processes import eventually
 from sixchat.test.test_agent_e2e import ALICE, BOB, DELIVERY_TIMEOUT, AgentProcess, E2ECase
@@ -151,10 +152,17 @@ class SyncCrashTests(E2ECase):
         results = yield bounded(sends, DELIVERY_TIMEOUT, "queueing the burst", laptop.tail)
         ids = {r["id"] for r in results}
         self.assertEqual(len(ids), self.BURST)
-        yield restart(laptop)  # everything queued, much still in flight
+        status = yield client.status()
+        owed_at_kill = sum(status["outbox"].values())
+        yield restart(laptop)  # everything queued, some of it maybe still in flight
         yield defer.gatherResults([home_back, phone_back])
         for agent in (home, phone, laptop):
             self.assertEqual(len(agent.runs), 2, f"{agent.name} was not restarted")
+        stored_first = phone.runs[0].count(received)
+        self.assertGreaterEqual(stored_first, 150)
+        self.assertLess(stored_first, self.BURST, "the burst was over before the phone's kill")
+        log.msg(f"burst: phone stored {stored_first} before its kill; {owed_at_kill} owed "
+                "when the laptop was killed")  # fmt: skip
 
         def all_delivered(agent: AgentProcess) -> Any:
             def check(history: list[dict[str, Any]]) -> bool:

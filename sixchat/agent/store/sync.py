@@ -183,6 +183,10 @@ def _item(db: MessageDatabase, kind: str, ref: str, node: str) -> SyncItem | Non
     direction, display, mid, ts, body, thread, reply_to, at_us, is_read = row[:9]
     if direction == "in":
         return InItem(display, mid, ts, at_us, body, thread, reply_to, bool(is_read))
+    if conn.execute(
+        "SELECT 1 FROM transfers WHERE direction = 'out' AND id = ?", (mid,)
+    ).fetchone():
+        return None  # a file: only the node holding it can deliver it (not synced yet)
     nodes = tuple(
         NodeEntry(n, s, done, reason)
         for n, s, done, reason in conn.execute(
