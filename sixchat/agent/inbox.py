@@ -69,6 +69,11 @@ class Inbox:
             return
         self.sessions.add(session)
         result = session.result
+        if self.sync is not None and self.sync.isOwn(result.peer_name):
+            # Another node of ours: not a contact, nothing owed to it; it syncs.
+            self.emit(events.session_opened_event(session))
+            self.sync.sessionStarted(session)
+            return
         self.store.touch_contact(result.peer_name, self.now()).addErrback(lambda f: None)
         if result.pin_status == "changed":
             role = "incoming" if session.connection.role == "responder" else "outgoing"
@@ -76,8 +81,6 @@ class Inbox:
                 result.peer_name, result.peer.spki_sha256, f"in an {role} handshake"
             )
         self.emit(events.session_opened_event(session))
-        if self.sync is not None:
-            self.sync.sessionStarted(session)
         # A peer that reaches us may be one we owe messages: try now.
         self.kick(result.peer_name)
 

@@ -79,6 +79,7 @@ class OwnNodeSync:
         sessions: SessionTable,
         directory: IDirectory | None,
         now: Callable[[], datetime],
+        *,
         on_applied: Callable[[Applied], None],
         on_unlinked: Callable[[str], None],
     ) -> None:
@@ -341,6 +342,12 @@ class OwnNodeSync:
         """Whether an outgoing message queued by C{origin} is that node's to deliver now."""
         return origin is not None and origin != self.node and self.linked(origin)
 
+    def report(self) -> defer.Deferred[dict[str, Any]]:
+        """C{sixchat devices}: this node, and each other node with its sync state."""
+        return self.store.own_nodes().addCallback(
+            lambda known: {"node": self.node, "sync": True, "own_nodes": self.describe(known)}
+        )
+
     def describe(self, known: list[Any]) -> list[dict[str, Any]]:
         """Own nodes for C{status}/C{devices}: registered, linked, and what the store knows."""
         by_name = {n.node: n for n in known}
@@ -377,8 +384,22 @@ def _address(session: Session) -> str:
         return "?"
 
 
-def received_events(applied: Applied, emit: Callable[[dict[str, Any]], None]) -> None:
-    """A C{message} event for every message another node of ours received first."""
-    for sender, message, at_us in applied.received:
-        at = format_timestamp(datetime.fromtimestamp(at_us / 1e6, UTC))
-        emit(events.message_event(sender, message, at))
+def merged_handler(
+    emit: Callable[[dict[str, Any]], None], outbox: Any, store: SyncStore
+) -> Callable[[Applied], None]:
+    """
+    What the agent does once a batch from another node of ours is merged: a C{message} event
+    for each message that node received first, a delivery round for the outgoing messages
+    (they may be ours to deliver), and the pin cache re-read when pins changed.
+    """
+
+    def merged(applied: Applied) -> None:
+        for sender, message, at_us in applied.received:
+            at = format_timestamp(datetime.fromtimestamp(at_us / 1e6, UTC))
+            emit(events.message_event(sender, message, at))
+        if applied.outgoing:
+            outbox.schedule(0)
+        if applied.pins_changed:
+            store.reload_pins().addErrback(lambda f: log.failure("reloading pins after sync", f))
+
+    return merged

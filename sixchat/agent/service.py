@@ -39,12 +39,12 @@ from sixchat.agent.files.sending import FileOutbox
 from sixchat.agent.inbox import Inbox
 from sixchat.agent.interfaces import IAgentEvents, IDirectory, IUserAgent
 from sixchat.agent.outbox import DEFAULT_TTL, OutboxScheduler
-from sixchat.agent.ownnodes import OwnNodeSync, received_events
+from sixchat.agent.ownnodes import OwnNodeSync, merged_handler
 from sixchat.agent.pinning import KeyChanges, RegistryKeyPins
 from sixchat.agent.sessions import SessionTable
 from sixchat.agent.store import MessageStatus, MessageStore, encryption
 from sixchat.agent.store.files import TransferStore
-from sixchat.agent.store.sync import Applied, SyncStore
+from sixchat.agent.store.sync import SyncStore
 from sixchat.agent.views import status_dict
 from sixchat.agent.waiters import DeliveryWaiters
 from sixchat.filetransfer.machine import DEFAULT_MAX_CONCURRENT, DEFAULT_MAX_FILE_SIZE, FileLimits
@@ -110,8 +110,7 @@ class UserAgentService(service.MultiService):
         rand: Callable[[], float] = random.random,
         clock: IReactorTime | None = None,
         crl_refresh: float = DEFAULT_CRL_REFRESH,
-        crl_fetch: Callable[[], defer.Deferred[list[x509.CertificateRevocationList]]]
-        | None = None,
+        crl_fetch: Callable[[], defer.Deferred[list[x509.CertificateRevocationList]]] | None = None,
         store_password: bytes | None = None,
         store_encryption: str = "auto",
         files_dir: str | None = None,
@@ -227,10 +226,12 @@ class UserAgentService(service.MultiService):
         if own_sync:
             self.own_nodes = OwnNodeSync(
                 self.clock, self.name_, self.node, SyncStore(self.store), self.sessions,
-                self.directory, self.now, self._synced, self._unlinked,
+                self.directory, self.now,
+                on_applied=merged_handler(self._emit, self.outbox, SyncStore(self.store)),
+                on_unlinked=lambda node: self.outbox.schedule(0),  # its messages are ours now
             )  # fmt: skip
-            self.outbox.elsewhere = lambda m: self.own_nodes is not None and (
-                self.own_nodes.defers(m.origin)
+            self.outbox.elsewhere = lambda m: (
+                self.own_nodes is not None and (self.own_nodes.defers(m.origin))
             )
         self.inbox = Inbox(
             self.sessions, self.crls, self.store, self._emit, self.outbox.kick, self.now,
@@ -393,20 +394,6 @@ class UserAgentService(service.MultiService):
         if getattr(record, "nodes", None):
             self.outbox.peerAppeared(peer)
 
-    def _synced(self, applied: Applied) -> None:
-        """A batch from another node of ours is merged: tell, deliver, re-read pins."""
-        received_events(applied, self._emit)
-        if applied.outgoing:
-            self.outbox.schedule(0)
-        if applied.pins_changed:
-            SyncStore(self.store).reload_pins().addErrback(
-                lambda f: log.failure("reloading pins after sync", f)
-            )
-
-    def _unlinked(self, node: str) -> None:
-        """Own node C{node} is gone: what it was delivering is ours to deliver now."""
-        self.outbox.schedule(0)
-
     def _statusChanged(self, status: MessageStatus) -> None:
         self._emit(events.delivery_event(status))
         if status.state in ("delivered", "expired", "failed"):
@@ -555,13 +542,11 @@ class UserAgentService(service.MultiService):
             "devices": (yield self.devices()),
         }
 
-    @defer.inlineCallbacks
-    def devices(self) -> Any:
+    def devices(self) -> defer.Deferred[dict[str, Any]]:
         """This node and the identity's other nodes, with their sync state (C{sixchat devices})."""
         if self.own_nodes is None:
-            return {"node": self.node, "sync": False, "own_nodes": []}
-        known = yield self.own_nodes.store.own_nodes()
-        return {"node": self.node, "sync": True, "own_nodes": self.own_nodes.describe(known)}
+            return defer.succeed({"node": self.node, "sync": False, "own_nodes": []})
+        return self.own_nodes.report()
 
     def trust(
         self, identity: str, accept_new_key: bool, forget_old: bool = False

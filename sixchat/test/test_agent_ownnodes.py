@@ -17,6 +17,8 @@ from sixchat.agent.store import sync as ssync
 from sixchat.agent.store.database import MessageDatabase
 from sixchat.stanzas import ErrorStanza
 from sixchat.sync.stanzas import SYNC_STANZAS, SyncPull
+from sixchat.test import certs
+from sixchat.test.test_agent_service import CA, AgentCase
 from sixchat.xmlcodec import parse, serialize
 
 ALICE = "alice@example.com"
@@ -106,7 +108,7 @@ class Node:
         self.unlinked: list[str] = []
         self.sync = OwnNodeSync(
             clock, ALICE, name, self.store, self.sessions, None,  # type: ignore[arg-type]
-            lambda: T0, self.applied.append, self.unlinked.append,
+            lambda: T0, on_applied=self.applied.append, on_unlinked=self.unlinked.append,
         )  # fmt: skip
         self.sync.start()
 
@@ -225,3 +227,58 @@ class OwnNodeSyncTests(SynchronousTestCase):
         )
         self.assertEqual(entry["their_top"], entry["pulled_to"])
         self.assertGreater(entry["items_merged"], 0)
+
+
+class AgentsTests(AgentCase):
+    """Two nodes of alice, each with its own key, as real agents on 127.0.0.1."""
+
+    @defer.inlineCallbacks
+    def nodes(self, crls: Any = None) -> Any:
+        self.crls: list[Any] = []
+        fetch = lambda: defer.succeed(list(self.crls))  # noqa: E731
+        self.laptop_id = self.identity(ALICE, key=certs.new_key("ed25519"))
+        self.home_id = self.identity(ALICE, key=certs.new_key("ed25519"))
+        laptop, self.laptop_events = yield self.agent(
+            ALICE, "laptop", identity=self.laptop_id, crl_fetch=fetch
+        )
+        home, _ = yield self.agent(ALICE, "home", identity=self.home_id, crl_fetch=fetch)
+        self.directory.publish(ALICE, "laptop", laptop)
+        self.directory.publish(ALICE, "home", home)
+        yield self.until(
+            lambda: laptop.own_nodes.linked("home") and home.own_nodes.linked("laptop")
+        )
+        return laptop, home
+
+    @defer.inlineCallbacks
+    def test_own_nodes_link_with_no_pin_and_no_key_change(self) -> Any:
+        laptop, home = yield self.nodes()
+        sent = yield laptop.send(BOB, "hello", queue_unknown=True)
+        yield self.until(lambda: home.store.outgoing(sent["id"]))
+        contacts = yield laptop.contacts()
+        self.assertEqual([c["identity"] for c in contacts if c["identity"] == ALICE], [])
+        self.assertEqual(self.laptop_events.of("key_change"), [])
+        devices = yield home.devices()
+        self.assertEqual(devices["node"], "home")
+        self.assertEqual(
+            [(n["node"], n["linked"]) for n in devices["own_nodes"]], [("laptop", True)]
+        )
+
+    @defer.inlineCallbacks
+    def test_a_revoked_node_is_cut_off_from_sync_at_once(self) -> Any:
+        from sixchat.test.test_agent_crl import crl_of
+
+        laptop, home = yield self.nodes()
+        self.crls = [crl_of(CA, [self.home_id], number=2)]
+        yield laptop.crls.fetchNow()
+        yield self.until(lambda: not laptop.own_nodes.linked("home"))
+        self.assertEqual(
+            [s for s in laptop.sessions.live if s.result.peer.leaf_der == self.home_id.leaf_der],
+            [],
+        )
+        self.assertEqual(len(self.laptop_events.of("revoked")), 1)
+        # what the revoked node queues from now on never reaches the laptop: it cannot get back in
+        sent = yield home.send(BOB, "from a stolen phone", queue_unknown=True)
+        yield self.until(lambda: "laptop" in home.own_nodes._redial)
+        stored = yield laptop.store.outgoing(sent["id"])
+        self.assertIsNone(stored)
+        self.flushLoggedErrors()
