@@ -40,12 +40,15 @@ if TYPE_CHECKING:
     from sixchat.agent.store.sync import Applied, SyncStore
     from sixchat.irp.messages import NodeBinding, Record
 
-__all__ = ["NOTIFY", "REDIAL_MAX", "Link", "OwnNodeSync"]
+__all__ = ["KEEP_LINKED", "NOTIFY", "REDIAL_MAX", "Link", "OwnNodeSync", "merged_handler"]
 
 log = Logger(namespace="sixchat.agent.service")
 
 #: How often a linked node looks whether its feed grew (and says so with a hello).
 NOTIFY = 1.0
+#: A hello at least this often even when nothing changed, so that the link never reaches
+#: the idle timeout (§9.2; a third of it when that is shorter): own nodes stay linked.
+KEEP_LINKED = 120.0
 #: Redialling an own node that is registered but not linked: from REDIAL_MIN, doubling.
 REDIAL_MIN = 2.0
 REDIAL_MAX = 60.0
@@ -63,6 +66,8 @@ class Link:
     pulling: str | None = None
     unsupported: bool = False
     pulled_items: int = 0
+    #: When our last hello went out on it (the clock's seconds).
+    said_at: float = 0.0
 
 
 class OwnNodeSync:
@@ -219,6 +224,7 @@ class OwnNodeSync:
 
     def _hello(self, link: Link) -> None:
         hello = SyncHello(link.hello_id, self.node, self.store_id, self.top)
+        link.said_at = self.clock.seconds()
         try:
             link.session.sendStanza(hello)
         except Exception as e:
@@ -230,16 +236,21 @@ class OwnNodeSync:
 
     @defer.inlineCallbacks
     def _look(self) -> Any:
-        """Has our feed grown? Then say so on every link (they pull)."""
+        """
+        Has our feed grown? Then say so on every link (they pull); and on a link that heard
+        nothing from us for a while, say it all the same (it keeps the link from going idle).
+        """
         self._notify = None
         try:
             if self.links:
                 _, top = yield self.store.feed_state()
-                if top != self.top:
-                    self.top = top
-                    for link in list(self.links.values()):
-                        if not link.unsupported and not link.session.ended:
-                            self._hello(link)
+                grown, self.top = top != self.top, top
+                keep = min(KEEP_LINKED, self.sessions.idle_timeout / 3)
+                for link in list(self.links.values()):
+                    if link.unsupported or link.session.ended:
+                        continue
+                    if grown or self.clock.seconds() - link.said_at >= keep:
+                        self._hello(link)
         except Exception as e:
             if self.running:
                 log.debug("sync feed check failed: {e}", e=e)

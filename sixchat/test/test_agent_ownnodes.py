@@ -12,7 +12,7 @@ from typing import Any
 from twisted.internet import defer, task
 from twisted.trial.unittest import SynchronousTestCase
 
-from sixchat.agent.ownnodes import NOTIFY, REDIAL_MIN, OwnNodeSync
+from sixchat.agent.ownnodes import KEEP_LINKED, NOTIFY, REDIAL_MIN, OwnNodeSync
 from sixchat.agent.store import sync as ssync
 from sixchat.agent.store.database import MessageDatabase
 from sixchat.stanzas import ErrorStanza
@@ -79,6 +79,8 @@ class FakeSession:
 
 
 class FakeSessions:
+    idle_timeout = 300.0
+
     def __init__(self) -> None:
         self.dialled: list[str] = []
         self.fail = False
@@ -155,6 +157,10 @@ class OwnNodeSyncTests(SynchronousTestCase):
         for _ in range(10):
             self.clock.advance(NOTIFY)
         self.assertEqual((len(sa.sent), len(sb.sent)), sent)
+        # ... but a hello now and then keeps the link from the idle timeout
+        self.clock.advance(KEEP_LINKED)
+        self.assertEqual((len(sa.sent), len(sb.sent)), (sent[0] + 1, sent[1] + 1))
+        self.assertEqual({type(s).__name__ for s in sa.sent[sent[0] :]}, {"SyncHello"})
 
     def test_the_end_of_the_last_link_hands_the_messages_over(self) -> None:
         sa, sb = connect(self.laptop, self.home)
