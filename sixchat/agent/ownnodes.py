@@ -12,8 +12,9 @@ hello announced. Batches are merged exactly once (the store moves the cursor in 
 transaction); a peer node without sync answers C{error unsupported}, and is left alone.
 
 Delivery by any node: an outgoing message is delivered by the node that queued it while
-that node is linked to us, and by us otherwise (L{OwnNodeSync.defers}); a receipt any node
-gets travels to the others and marks the message delivered everywhere.
+that node is linked to us, else by the linked node with the smallest name, else by us
+(L{OwnNodeSync.defers}); a receipt any node gets travels to the others and marks the message
+delivered everywhere.
 """
 
 from __future__ import annotations
@@ -350,8 +351,21 @@ class OwnNodeSync:
     # what others ask -----------------------------------------------------------------------
 
     def defers(self, origin: str | None) -> bool:
-        """Whether an outgoing message queued by C{origin} is that node's to deliver now."""
-        return origin is not None and origin != self.node and self.linked(origin)
+        """
+        Whether an outgoing message queued by C{origin} is another node's to deliver now:
+        the origin's while it is linked to us; when it is not, the linked node with the
+        smallest name, if that is not us (so that of several nodes left behind by the
+        origin, the ones linked to each other deliver it once).
+        """
+        if origin is None or origin == self.node:
+            return False
+        if self.linked(origin):
+            return True
+        return any(
+            link.node < self.node and self.linked(link.node)
+            for link in self.links.values()
+            if link.node is not None
+        )
 
     def report(self) -> defer.Deferred[dict[str, Any]]:
         """C{sixchat devices}: this node, and each other node with its sync state."""

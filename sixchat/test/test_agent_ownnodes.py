@@ -171,6 +171,30 @@ class OwnNodeSyncTests(SynchronousTestCase):
         self.assertFalse(self.home.sync.defers("laptop"))
         self.assertFalse(self.home.sync.linked("laptop"))
 
+    def test_who_delivers_what_another_node_queued(self) -> None:
+        phone = Node(self.clock, "phone")
+        self.addCleanup(phone.sync.stop)
+        sa, sb = connect(self.laptop, self.home)
+        connect(self.home, phone)
+        connect(self.laptop, phone)
+        # the origin, while linked
+        self.assertTrue(self.home.sync.defers("laptop"))
+        self.assertTrue(phone.sync.defers("laptop"))
+        self.assertFalse(self.home.sync.defers(None))  # ours: we deliver it
+        self.assertFalse(self.home.sync.defers("home"))
+        # the origin gone: the linked node with the smallest name ("home" < "phone")
+        sa.ended = sb.ended = True
+        self.home.sync.sessionEnded(sb)  # type: ignore[arg-type]
+        phone_links = [s for s, link in phone.sync.links.items() if link.node == "laptop"]
+        for session in phone_links:
+            session.ended = True  # type: ignore[attr-defined]
+            phone.sync.sessionEnded(session)
+        self.assertFalse(self.home.sync.defers("laptop"))
+        self.assertTrue(phone.sync.defers("laptop"))
+        # a lost device the others never hear from again: same rule
+        self.assertFalse(self.home.sync.defers("lost"))
+        self.assertTrue(phone.sync.defers("lost"))
+
     def test_a_node_with_our_own_name_is_not_synced_with(self) -> None:
         twin = Node(self.clock, "laptop")
         self.addCleanup(twin.sync.stop)
