@@ -276,6 +276,11 @@ class OwnNodeSync:
                 link.unsupported = True
                 log.info("our node at {peer} does not sync (error unsupported)",
                          peer=_address(session))  # fmt: skip
+            elif stanza.reason != "unsupported":
+                log.warn(
+                    "our node {node} refused our sync stanza: {reason} {text}",
+                    node=link.node, reason=stanza.reason, text=stanza.text or "",
+                )  # fmt: skip
             link.pulling = None
         else:
             return False

@@ -28,8 +28,17 @@ from sixchat.agent.store import cipher, encryption, schema
 from sixchat.agent.store import sync as ssync
 from sixchat.agent.store.database import MessageDatabase
 from sixchat.stanzas import Message
-from sixchat.sync.stanzas import CancelledItem, ContactItem, InItem, NodeEntry, OutItem, PinItem
+from sixchat.sync.stanzas import (
+    CancelledItem,
+    ContactItem,
+    InItem,
+    NodeEntry,
+    OutItem,
+    PinItem,
+    SyncBatch,
+)
 from sixchat.test.test_agent_store_keyfile import FAST
+from sixchat.xmlcodec import parse, serialize
 
 BOB = "bob@example.com"
 CAROL = "carol@Example.com"
@@ -45,9 +54,12 @@ def pull(src: MessageDatabase, src_node: str, dst: MessageDatabase, dst_node: st
     batches = 0
     while True:
         page = ssync.read_feed(src, after, 3, node=src_node, requester=dst_node, budget=2000)
+        # through the wire format, as between agents
+        batch = SyncBatch("p1", page.store, page.next, page.more, page.items)
+        received = SyncBatch.from_element(parse(serialize(batch.to_element())))
         ssync.apply_items(
-            dst, page.items, node=dst_node, source=src_node, store=page.store,
-            next_cursor=page.next, now=T0,
+            dst, received.items, node=dst_node, source=src_node, store=received.store,
+            next_cursor=received.next, now=T0,
         )  # fmt: skip
         batches += 1
         after = page.next
@@ -322,6 +334,14 @@ class FeedTests(unittest.TestCase):
         pull(self.laptop, "laptop", self.home, "home")
         self.assertEqual([m.id for m in self.home.pending()], [text.id])
 
+    def test_a_text_no_xml_can_carry_is_skipped_not_a_stuck_feed(self) -> None:
+        self.laptop.queue_outgoing(BOB, "bad \x01 text", T0)
+        good = self.laptop.queue_outgoing(BOB, "good", T0)
+        page = ssync.read_feed(self.laptop, 0, 64, node="laptop")
+        self.assertEqual(page.skipped, 1)
+        self.assertEqual([i.id for i in page.items if isinstance(i, OutItem)], [good.id])
+        self.assertFalse(page.more)
+
     def test_cancelled_id_without_the_message_is_relayed(self) -> None:
         ssync.apply_items(
             self.home, [CancelledItem("gone")], node="home", source="laptop", store="0" * 32,
@@ -347,6 +367,8 @@ class ConvergenceMachine(RuleBasedStateMachine):
         super().__init__()
         self.dbs = {n: MessageDatabase(":memory:") for n in NODES}
         self.ids: list[str] = []
+        #: (message id, recipient node) receipted on some node: the model of what must last.
+        self.receipts: set[tuple[str, str]] = set()
         self.clock = T0
         self.count = 0
 
@@ -374,7 +396,8 @@ class ConvergenceMachine(RuleBasedStateMachine):
         mid = self.ids[index % len(self.ids)]
         db = self.dbs[node]
         if what == "delivered":
-            db.mark_delivered(mid, recipient, self.now())
+            if db.mark_delivered(mid, recipient, self.now()) is not None:
+                self.receipts.add((mid, recipient))
         elif what == "failed":
             db.mark_failed(mid, recipient, "declined", self.now())
         elif what == "target":
@@ -435,6 +458,14 @@ class ConvergenceMachine(RuleBasedStateMachine):
         states = [dump(self.dbs[n]) for n in NODES]
         for state in states[1:]:
             assert state == states[0], (states[0], state)
+        # and a receipt, wherever it came, is never lost nor cancelled away
+        for mid, recipient in self.receipts:
+            for db in self.dbs.values():
+                status = db.status(mid)
+                assert status is not None, (mid, "gone")
+                states_of = {n.node: n.state for n in status.nodes}
+                assert states_of.get(recipient) == "delivered", (mid, recipient, states_of)
+                assert status.state == "delivered", status
 
     @rule()
     def converged(self) -> None:
