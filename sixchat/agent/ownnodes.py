@@ -113,6 +113,9 @@ class OwnNodeSync:
         #: Registered names that turned out to be this very agent (a binding registered under
         #: another name with our address): never dialled again while registered so.
         self.ourselves: set[str] = set()
+        #: Whether a registered binding is this very agent under another name (our
+        #: certificate at one of our addresses): not dialled. The agent sets it.
+        self.is_us: Callable[[NodeBinding], bool] = lambda binding: False
 
     # lifecycle -----------------------------------------------------------------------------
 
@@ -144,7 +147,9 @@ class OwnNodeSync:
 
     def nodesChanged(self, record: Record) -> None:
         """Our identity's registry record (lookup or watch): dial the nodes not linked."""
-        self.registered = {n.name: n for n in record.nodes if n.name != self.node}
+        self.registered = {
+            n.name: n for n in record.nodes if n.name != self.node and not self.is_us(n)
+        }
         self.ourselves &= set(self.registered)
         for name in list(self._redial):
             if name not in self.registered:

@@ -233,6 +233,7 @@ class UserAgentService(service.MultiService):
             self.outbox.elsewhere = lambda m: (
                 self.own_nodes is not None and (self.own_nodes.defers(m.origin))
             )
+            self.own_nodes.is_us = self._isUs
         self.inbox = Inbox(
             self.sessions, self.crls, self.store, self._emit, self.outbox.kick, self.now,
             self.key_changes,
@@ -367,6 +368,18 @@ class UserAgentService(service.MultiService):
         if self.store.is_open:
             yield self.store.close()
         self.lock.release()
+
+    def _isUs(self, binding: Any) -> bool:
+        """A registered binding that is this agent: our certificate at one of our addresses."""
+        if binding.cert != self.identity.leaf_der:
+            return False
+        ours = set()
+        port = self._listeningAddress()
+        if port is not None:
+            ours.add((port.host, port.port))
+        if self.keeper is not None:
+            ours |= {(c.host, c.port) for c in self.keeper.contacts}
+        return any((c.host, c.port) in ours for c in binding.contacts)
 
     def _listeningAddress(self) -> Any:
         port = self.listener.port

@@ -245,6 +245,11 @@ class OwnNodeSyncTests(SynchronousTestCase):
         self.assertEqual(len(sessions.dialled), 3)
         self.flushLoggedErrors()
 
+    def test_a_binding_that_is_this_agent_under_another_name_is_not_dialled(self) -> None:
+        self.home.sync.is_us = lambda binding: binding.name == "alias"
+        self.home.sync.nodesChanged(FakeRecord("home", "alias", "laptop"))  # type: ignore[arg-type]
+        self.assertEqual(self.home.sessions.dialled, ["laptop"])
+
     def test_describe(self) -> None:
         self.laptop.store.db.queue_outgoing(BOB, "one", T0)
         connect(self.laptop, self.home)
