@@ -22,6 +22,7 @@ from sixchat.handshake import (
     ResponderHandshake,
 )
 from sixchat.handshake_fastpaths import parse_handshake
+from sixchat.identity import same_identity
 from sixchat.record import (
     MAX_PLAINTEXT,
     MAX_SEQ,
@@ -46,6 +47,7 @@ from sixchat.stanzas import (
     parse_application,
     serialize_stanza,
 )
+from sixchat.sync.stanzas import SYNC_STANZAS
 from sixchat.xmlcodec import Element, parse, serialize
 
 INITIATOR = "initiator"
@@ -429,6 +431,8 @@ class Connection:
         cls = APPLICATION_STANZAS.get(tag)
         if cls is None and self.config.file_transfer:
             cls = FILE_STANZAS.get(tag)  # §8.7, when the application takes files
+        if cls is None and self.config.own_sync and self._own_node():
+            cls = SYNC_STANZAS.get(tag)  # own-device sync: only between nodes of one identity
         if cls is None:
             ref = element.get("id")
             error = StanzaError(
@@ -443,6 +447,11 @@ class Connection:
                 self._stanza_error(error, events)
             return
         self._application_stanza(stanza, events)
+
+    def _own_node(self) -> bool:
+        """Whether the peer proved the identity we proved: another node of ours."""
+        result = self.result
+        return result is not None and same_identity(result.local_name, result.peer_name)
 
     def _application_stanza(
         self, stanza: ApplicationStanza | FileStanza, events: list[Event]

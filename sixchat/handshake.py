@@ -117,6 +117,9 @@ class PeerConfig:
     #: Parse the §8.7 file-transfer stanzas and hand them to the application (which must
     #: then answer them); off: they get C{error unsupported}, as a UA without file transfer.
     file_transfer: bool = False
+    #: Parse the own-device sync stanzas (docs/protocol.md) on sessions whose two ends prove
+    #: the same identity; off, or with any other peer: C{error unsupported}.
+    own_sync: bool = False
     #: The time chains are validated at.
     now: Callable[[], datetime] = field(default_factory=lambda: _utcnow)
     entropy: G.Entropy = field(default_factory=G.Entropy)

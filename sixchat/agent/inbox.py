@@ -50,6 +50,7 @@ class Inbox:
         now: Callable[[], datetime],
         key_changes: KeyChanges,
         files: tuple[Any, Any] | None = None,
+        sync: Any = None,
     ) -> None:
         self.sessions = sessions
         self.crls = crls
@@ -60,12 +61,19 @@ class Inbox:
         self.key_changes = key_changes
         #: (L{FileInbox}, L{FileOutbox}) when the agent takes files (§8.7).
         self.files = files
+        #: The L{OwnNodeSync} (sessions with our own other nodes), when the agent syncs.
+        self.sync = sync
 
     def sessionStarted(self, session: Session) -> None:
         if self.sessions.endIfRevokedSince(session, self.crls):
             return
         self.sessions.add(session)
         result = session.result
+        if self.sync is not None and self.sync.isOwn(result.peer_name):
+            # Another node of ours: not a contact, nothing owed to it; it syncs.
+            self.emit(events.session_opened_event(session))
+            self.sync.sessionStarted(session)
+            return
         self.store.touch_contact(result.peer_name, self.now()).addErrback(lambda f: None)
         if result.pin_status == "changed":
             role = "incoming" if session.connection.role == "responder" else "outgoing"
@@ -94,6 +102,9 @@ class Inbox:
         return d.addCallback(stored)
 
     def stanzaReceived(self, session: Session, stanza: object) -> None:
+        if self.sync is not None and session not in self.sessions.revoked:
+            if self.sync.stanza(session, stanza):
+                return
         if isinstance(stanza, Typing):
             self.emit(events.typing_event(session.peer, stanza.state))
         elif self.files is not None and session not in self.sessions.revoked:
@@ -105,6 +116,8 @@ class Inbox:
 
     def sessionEnded(self, session: Session, reason: Failure) -> None:
         self.sessions.remove(session)
+        if self.sync is not None:
+            self.sync.sessionEnded(session)
         if self.files is not None:
             for side in self.files:
                 side.sessionEnded(session)

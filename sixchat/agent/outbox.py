@@ -158,6 +158,9 @@ class OutboxScheduler:
         #: How one entry goes out on a session: fires with the receipt, fails like
         #: C{Session.send} (the agent's file outbox sends files this way, §8.7).
         self.deliver = deliver or _send_message
+        #: Whether another node of ours delivers this message now (own-device sync: the
+        #: node that queued it, while linked to us; L{sixchat.agent.ownnodes}).
+        self.elsewhere: Callable[[OutgoingMessage], bool] = lambda message: False
         self.running = False
         self.stopping = False
         self._tick_call: IDelayedCall | None = None
@@ -249,6 +252,7 @@ class OutboxScheduler:
     async def _deliverPeer(self, peer: str) -> None:
         key = normalize_identity(peer)
         pending: list[OutgoingMessage] = await self.store.pending_for(peer)
+        pending = [m for m in pending if not self.elsewhere(m)]
         if not pending:
             self.unknown.pop(key, None)
             if self.directory is not None and not self.keep_watching(peer):
@@ -288,6 +292,7 @@ class OutboxScheduler:
         )
         now = self.now()
         due: list[OutgoingMessage] = await self.store.pending_for(peer, now)
+        due = [m for m in due if not self.elsewhere(m)]
         work = []
         for node in nodes:
             owed = [m for m in due if node.name in m.due_nodes(now)]

@@ -40,15 +40,17 @@ from sixchat.agent.files.sending import FileOutbox
 from sixchat.agent.inbox import Inbox
 from sixchat.agent.interfaces import IAgentEvents, IDirectory, IUserAgent
 from sixchat.agent.outbox import DEFAULT_TTL, OutboxScheduler
+from sixchat.agent.ownnodes import OwnNodeSync, merged_handler
 from sixchat.agent.pinning import KeyChanges, RegistryKeyPins
 from sixchat.agent.sessions import SessionTable
 from sixchat.agent.store import MessageStatus, MessageStore, encryption
 from sixchat.agent.store.files import TransferStore
+from sixchat.agent.store.sync import SyncStore
 from sixchat.agent.views import status_dict
 from sixchat.agent.waiters import DeliveryWaiters
 from sixchat.filetransfer.machine import DEFAULT_MAX_CONCURRENT, DEFAULT_MAX_FILE_SIZE, FileLimits
 from sixchat.handshake import PeerConfig
-from sixchat.identity import is_valid_identity, normalize_identity
+from sixchat.identity import is_valid_identity, normalize_identity, same_identity
 from sixchat.listener import DEFAULT_LISTEN, PeerListenerService
 from sixchat.netaddr import format_hostport
 from sixchat.protocol import HANDSHAKE_TIMEOUT, IDLE_TIMEOUT, KEEPALIVE, split_text
@@ -111,13 +113,13 @@ class UserAgentService(service.MultiService):
         rand: Callable[[], float] = random.random,
         clock: IReactorTime | None = None,
         crl_refresh: float = DEFAULT_CRL_REFRESH,
-        crl_fetch: Callable[[], defer.Deferred[list[x509.CertificateRevocationList]]]
-        | None = None,
+        crl_fetch: Callable[[], defer.Deferred[list[x509.CertificateRevocationList]]] | None = None,
         store_password: bytes | None = None,
         store_encryption: str = "auto",
         files_dir: str | None = None,
         max_file_size: int = DEFAULT_MAX_FILE_SIZE,
         max_concurrent_files: int = DEFAULT_MAX_CONCURRENT,
+        own_sync: bool = True,
     ) -> None:
         super().__init__()
         self.reactor = reactor
@@ -146,8 +148,10 @@ class UserAgentService(service.MultiService):
                 note=lambda text: reactor.callFromThread(log.warn, "{text}", text=text),
             ),
         )
-        policy = PinPolicy(self.store.pins, pin_policy)
-        self.config = dataclasses.replace(config, pins=policy, file_transfer=True)
+        policy = PinPolicy(self.store.pins, pin_policy, own=self.name_)
+        self.config = dataclasses.replace(
+            config, pins=policy, file_transfer=True, own_sync=own_sync
+        )
         self._events = events.EventFanout(events.LogEvents())
         #: The registry's parts (directory, keeper, CRL source), when there is a registry.
         self.link: RegistryLink | None = None
@@ -217,11 +221,27 @@ class UserAgentService(service.MultiService):
             ),
             deliver=self.file_outbox.deliver,
         )
-        self.outbox.keep_watching = lambda peer: normalize_identity(peer) in self._following
+        self.outbox.keep_watching = lambda peer: (
+            normalize_identity(peer) in self._following or same_identity(peer, self.name_)
+        )
+        #: Own-device sync with this identity's other nodes (L{sixchat.agent.ownnodes}).
+        self.own_nodes: OwnNodeSync | None = None
+        if own_sync:
+            self.own_nodes = OwnNodeSync(
+                self.clock, self.name_, self.node, SyncStore(self.store), self.sessions,
+                self.directory, self.now,
+                on_applied=merged_handler(self._emit, self.outbox, SyncStore(self.store)),
+                on_unlinked=lambda node: self.outbox.schedule(0),  # its messages are ours now
+            )  # fmt: skip
+            self.outbox.elsewhere = lambda m: (
+                self.own_nodes is not None and (self.own_nodes.defers(m.origin))
+            )
+            self.own_nodes.is_us = self._isUs
         self.inbox = Inbox(
             self.sessions, self.crls, self.store, self._emit, self.outbox.kick, self.now,
             self.key_changes,
             files=(self.file_inbox, self.file_outbox),
+            sync=self.own_nodes,
         )  # fmt: skip
         self.sessions.observer = self.inbox
         self.listener = PeerListenerService(
@@ -335,11 +355,15 @@ class UserAgentService(service.MultiService):
             else "store NOT encrypted (docs/security.md: at rest)",
         )
         self.outbox.schedule(0)
+        if self.own_nodes is not None:
+            yield self.own_nodes.start()
         self.ready.callback(None)
 
     @defer.inlineCallbacks
     def stopService(self) -> Any:
         self.outbox.stop()
+        if self.own_nodes is not None:
+            self.own_nodes.stop()
         crls_stopped = self.crls.stop()
         self._waiters.releaseAll()
         yield self.sessions.closeAll()
@@ -357,6 +381,18 @@ class UserAgentService(service.MultiService):
         if self.store.is_open:
             yield self.store.close()
         self.lock.release()
+
+    def _isUs(self, binding: Any) -> bool:
+        """A registered binding that is this agent: our certificate at one of our addresses."""
+        if binding.cert != self.identity.leaf_der:
+            return False
+        ours = set()
+        port = self._listeningAddress()
+        if port is not None:
+            ours.add((port.host, port.port))
+        if self.keeper is not None:
+            ours |= {(c.host, c.port) for c in self.keeper.contacts}
+        return any((c.host, c.port) in ours for c in binding.contacts)
 
     def _listeningAddress(self) -> Any:
         port = self.listener.port
@@ -377,6 +413,9 @@ class UserAgentService(service.MultiService):
         self._events.emit(event)
 
     def _presence(self, peer: str, record: Record) -> None:
+        if self.own_nodes is not None and same_identity(peer, self.name_):
+            self.own_nodes.nodesChanged(record)
+            return
         self._emit(events.presence_event(peer, record))
         if getattr(record, "nodes", None):
             self.sessions.contactsChanged(peer, record)  # a node moved: leave where it was
@@ -538,7 +577,14 @@ class UserAgentService(service.MultiService):
             "sessions": self.sessions.describe(),
             "outbox": counts,
             "revocation": self.crls.status(),
+            "devices": (yield self.devices()),
         }
+
+    def devices(self) -> defer.Deferred[dict[str, Any]]:
+        """This node and the identity's other nodes, with their sync state (C{sixchat devices})."""
+        if self.own_nodes is None:
+            return defer.succeed({"node": self.node, "sync": False, "own_nodes": []})
+        return self.own_nodes.report()
 
     def trust(
         self, identity: str, accept_new_key: bool, forget_old: bool = False

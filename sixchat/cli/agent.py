@@ -37,7 +37,7 @@ from sixchat.cli.client import (
     with_agent,
 )
 from sixchat.cli.inbox import run_inbox
-from sixchat.cli.status import run_status
+from sixchat.cli.status import run_devices, run_status
 from sixchat.cli.terminal import (
     clean,
     devices_suffix,
@@ -416,6 +416,17 @@ def register(subparsers: Any) -> None:
     add_json_option(p, "print the agent's status object")
     add_connection_options(p)
     p.set_defaults(handler=run_status)
+
+    p = subparsers.add_parser(
+        "devices",
+        help="this identity's other nodes (devices) and own-device sync with each",
+        description="List the other nodes of this identity: registered at the registry, "
+        "linked to this agent (a session that syncs), when their changes were last merged "
+        "and how many of their changes are still to merge.",
+    )
+    add_json_option(p, "print the devices object")
+    add_connection_options(p)
+    p.set_defaults(handler=run_devices)
 
     p = subparsers.add_parser(
         "trust",

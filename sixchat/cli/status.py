@@ -21,7 +21,7 @@ from sixchat.cli.terminal import (
     print_json,
 )
 
-__all__ = ["format_status", "run_status"]
+__all__ = ["format_devices", "format_status", "run_devices", "run_status"]
 
 
 def _scalar(value: Any) -> str:
@@ -44,6 +44,7 @@ def format_status(status: dict[str, Any]) -> list[str]:
         "sessions",
         "outbox",
         "revocation",
+        "devices",
     }
     lines.append(f"identity:    {_scalar(status.get('identity'))}")
     if "node" in status:
@@ -94,9 +95,54 @@ def format_status(status: dict[str, Any]) -> list[str]:
         lines += _format_revocation(revocation)
     elif revocation is not None:
         lines.append(f"revocation:  {_scalar(revocation)}")
+    devices = status.get("devices")
+    if isinstance(devices, dict):
+        lines += format_devices(devices)
     for key in sorted(set(status) - shown):
         lines.append(f"{key + ':':<13}{_scalar(status[key])}")
     return lines
+
+
+def format_devices(devices: dict[str, Any]) -> list[str]:
+    """This identity's other nodes and how far sync with each has come (C{sixchat devices})."""
+    nodes = [n for n in devices.get("own_nodes") or [] if isinstance(n, dict)]
+    if not devices.get("sync"):
+        return ["own nodes:   not synced (this agent runs without own-device sync)"]
+    lines = [f"own nodes:   {len(nodes)} besides this one ({_scalar(devices.get('node'))})"]
+    for node in nodes:
+        if node.get("linked"):
+            how = "linked"
+            if node.get("sync") == "pulling":
+                how += ", syncing"
+            elif node.get("sync") == "unsupported":
+                how += ", but it does not sync (older sixchat)"
+        elif node.get("registered"):
+            how = "registered, not linked yet"
+        else:
+            how = "offline"
+        text = f"  {_scalar(node.get('node'))}  {how}"
+        if node.get("last_sync"):
+            text += f"; last merged {local_time(node['last_sync'])}"
+            text += f", {_scalar(node.get('items_merged'))} changes in all"
+        if isinstance(node.get("their_top"), int) and isinstance(node.get("pulled_to"), int):
+            behind = node["their_top"] - node["pulled_to"]
+            text += "; up to date" if behind <= 0 else f"; {behind} of its changes to go"
+        lines.append(text)
+    return lines
+
+
+def run_devices(args: argparse.Namespace) -> int:
+    async def body(reactor: Any, client: Any) -> int:
+        status = await timed(reactor, client.status(), CALL_TIMEOUT)
+        devices = status.get("devices") or {"sync": False, "own_nodes": []}
+        if args.json:
+            print_json(devices)
+        else:
+            for line in format_devices(devices):
+                out(line)
+        return 0
+
+    return with_agent(args, body)
 
 
 #: The outbox states, as the status names them, in words.
@@ -162,5 +208,3 @@ def run_status(args: argparse.Namespace) -> int:
         return 0
 
     return with_agent(args, body)
-
-

@@ -243,6 +243,44 @@ class CLITests(AgentCLIMixin, unittest.TestCase):
             ],
         )
 
+    def test_devices_lines(self) -> None:
+        from sixchat.cli.status import format_devices
+
+        nodes = [
+            {"node": "laptop", "registered": True, "linked": True, "sync": "idle",
+             "their_top": 40, "pulled_to": 40, "last_sync": "2026-12-07T06:10:03.000Z",
+             "items_merged": 12},
+            {"node": "phone", "registered": True, "linked": True, "sync": "pulling",
+             "their_top": 90, "pulled_to": 40, "last_sync": None, "items_merged": 0},
+            {"node": "old", "registered": True, "linked": True, "sync": "unsupported",
+             "their_top": None, "pulled_to": None, "last_sync": None, "items_merged": 0},
+            {"node": "tablet", "registered": True, "linked": False, "sync": None,
+             "their_top": None, "pulled_to": None, "last_sync": None, "items_merged": 0},
+            {"node": "lost", "registered": False, "linked": False, "sync": None,
+             "their_top": 7, "pulled_to": 7, "last_sync": None, "items_merged": 3},
+        ]  # fmt: skip
+        lines = format_devices({"node": "home", "sync": True, "own_nodes": nodes})
+        self.assertEqual(lines[0], "own nodes:   5 besides this one (home)")
+        self.assertRegex(
+            lines[1], r"^  laptop  linked; last merged .*, 12 changes in all; up to date$"
+        )
+        self.assertEqual(lines[2], "  phone  linked, syncing; 50 of its changes to go")
+        self.assertEqual(lines[3], "  old  linked, but it does not sync (older sixchat)")
+        self.assertEqual(lines[4], "  tablet  registered, not linked yet")
+        self.assertEqual(lines[5], "  lost  offline; up to date")
+        self.assertEqual(
+            format_devices({"sync": False}),
+            ["own nodes:   not synced (this agent runs without own-device sync)"],
+        )
+
+    @defer.inlineCallbacks
+    def test_devices_of_an_agent_without_sync(self) -> Any:
+        out, err, code = yield run(["devices", *self.dd])
+        self.assertEqual((code, err), (0, ""))
+        self.assertEqual(out, "own nodes:   not synced (this agent runs without own-device sync)\n")
+        out, err, code = yield run(["devices", "--json", *self.dd])
+        self.assertEqual(json.loads(out), {"sync": False, "own_nodes": []})
+
     @defer.inlineCallbacks
     def test_trust(self) -> Any:
         out, err, code = yield run(["trust", "carol@example.com", *self.dd])

@@ -40,7 +40,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("identity and trust", ("sixchat.identity", "sixchat.trust", "sixchat.pki", "sixchat.netaddr")),
     (
         "sans-IO handshake and connection",
-        ("sixchat.handshake", "sixchat.handshake_fastpaths", "sixchat.connection"),
+        ("sixchat.handshake", "sixchat.handshake_fastpaths", "sixchat.connection", "sixchat.sync"),
     ),
     (
         "Twisted adapters",

@@ -6,7 +6,7 @@ reader), with C{sixchat} and C{twistd} on the C{PATH} running this source tree.
 The commands are read from the page itself, so the page and this test cannot drift apart.
 What the test changes, and only that:
 
-  - the ports 4604, 4605 and 4606 become free ephemeral ports (several test runs, or a real
+  - the ports 4604, 4605, 4606 and 4607 become free ephemeral ports (several test runs, or a real
     agent on the machine, must not collide); everything else stays loopback as written;
   - C{twistd -n …} stays in the foreground, as in the reader's extra shell: it runs in the
     background until it logs that it is ready (and registered, with C{--registry});
@@ -132,7 +132,7 @@ class QuickstartTests(unittest.TestCase):
 
     def setUp(self) -> None:
         self.base = short_tempdir(self, "qs-")
-        self.ports = {p: str(free_port()) for p in ("4604", "4605", "4606")}
+        self.ports = {p: str(free_port()) for p in ("4604", "4605", "4606", "4607")}
         bindir = os.path.join(self.base, ".bin")
         os.mkdir(bindir)
         for name, code in (
@@ -159,7 +159,7 @@ class QuickstartTests(unittest.TestCase):
         return proc
 
     def substitute(self, command: str) -> str:
-        return re.sub(r"\b(4604|4605|4606)\b", lambda m: self.ports[m.group(1)], command)
+        return re.sub(r"\b(4604|4605|4606|4607)\b", lambda m: self.ports[m.group(1)], command)
 
     def context(self) -> str:
         return "\n".join(self.transcript[-40:]) + "\n" + "\n".join(p.tail(15) for p in self.agents)

@@ -85,3 +85,21 @@ class PinTests(SynchronousTestCase):
         self.assertEqual(pins.enforce(again.names[0], again.spki_sha256), "known")
         changed = trust.validate(rekeyed.chain_der, now)
         self.assertRaises(BadCertificate, pins.enforce, changed.names[0], changed.spki_sha256)
+
+
+class OwnIdentityTests(SynchronousTestCase):
+    """Our own identity's nodes are trusted through the CA and CRL alone (own-device sync)."""
+
+    def test_own_identity_is_never_pinned_nor_a_key_change(self) -> None:
+        store = InMemoryPinStore()
+        policy = PinPolicy(store, "refuse", own="alice@Example.COM")
+        one, two = b"\x01" * 32, b"\x02" * 32
+        self.assertEqual(policy.enforce("alice@example.com", one), "known")
+        policy.add("alice@example.com", one)
+        self.assertEqual(store.known("alice@example.com"), frozenset())
+        self.assertEqual(policy.enforce("alice@example.com", two), "known")
+        # anyone else is pinned as before
+        policy.add("bob@example.com", one)
+        self.assertEqual(policy.check("bob@example.com", two), "changed")
+        with self.assertRaises(BadCertificate):
+            policy.enforce("bob@example.com", two)

@@ -68,18 +68,25 @@ class PinPolicy:
         store: IPinStore | None = None,
         policy: str = "warn",
         on_refused: Callable[[str, bytes], None] | None = None,
+        own: str | None = None,
     ) -> None:
         if policy not in PIN_POLICIES:
             raise ValueError(f"pin policy must be one of {', '.join(PIN_POLICIES)}, not {policy!r}")
         self.store: IPinStore = store if store is not None else InMemoryPinStore()
         self.policy = policy
         self.on_refused = on_refused
+        #: Our own identity: its nodes are trusted through the CA and the CRL alone, never
+        #: pinned (each node may have its own key; docs/security.md, own devices).
+        self.own = normalize_identity(own) if own is not None else None
 
     def check(self, identity: str, spki_sha256: bytes) -> str:
         """C{'new'} (first contact), C{'known'} (in the set) or C{'changed'} (another key)."""
         if len(spki_sha256) != 32:
             raise ValueError("a pin is a 32-byte SHA-256")
-        known = self.store.known(normalize_identity(identity))
+        key = normalize_identity(identity)
+        if key == self.own:
+            return "known"
+        known = self.store.known(key)
         if not known:
             return "new"
         return "known" if bytes(spki_sha256) in known else "changed"
@@ -101,4 +108,6 @@ class PinPolicy:
         """Accept a key for C{identity} (an accepted handshake, or a certificate from IRP)."""
         if len(spki_sha256) != 32:
             raise ValueError("a pin is a 32-byte SHA-256")
+        if normalize_identity(identity) == self.own:
+            return
         self.store.add(normalize_identity(identity), bytes(spki_sha256))

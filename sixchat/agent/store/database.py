@@ -430,18 +430,25 @@ class MessageDatabase(DatabaseReads):
                 return status
             peer = status.to
             conn.execute("DELETE FROM messages WHERE direction = 'out' AND id = ?", (message_id,))
-            # A contact made only by queueing to it goes with its last message: nothing ever
-            # came from it, no key of it is pinned, no key change is pending.
-            conn.execute(
-                """
-                DELETE FROM peers WHERE peer = ? AND last_seen_us IS NULL
-                    AND NOT EXISTS (SELECT 1 FROM messages WHERE peer = ?)
-                    AND NOT EXISTS (SELECT 1 FROM pins WHERE peer = ?)
-                    AND NOT EXISTS (SELECT 1 FROM key_changes WHERE peer = ?)
-                """,
-                (peer, peer, peer, peer),
-            )
+            self._drop_unused_peer(peer)
         return status
+
+    def _drop_unused_peer(self, peer: str) -> None:
+        """
+        A contact made only by queueing to it goes with its last message: nothing ever came
+        from it (a key change noted makes it seen, so none is pending). Keys pinned for it
+        (from the registry) stay pinned, as for any identity looked up. The rule depends on
+        nothing but the messages, so every node of ours that merges the cancel (own-device
+        sync) takes the contact away too.
+        """
+        self._conn.execute(
+            """
+            DELETE FROM peers WHERE peer = ? AND last_seen_us IS NULL
+                AND NOT EXISTS (SELECT 1 FROM messages WHERE peer = ?)
+                AND NOT EXISTS (SELECT 1 FROM key_changes WHERE peer = ?)
+            """,
+            (peer, peer, peer),
+        )
 
     def expire(self, now: datetime, ttl: timedelta) -> list[MessageStatus]:
         if ttl < timedelta(0):

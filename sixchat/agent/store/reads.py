@@ -50,6 +50,8 @@ class DatabaseReads:
     """
 
     _conn: sqlite3.Connection
+    #: The outgoing columns read (a read-only store older than version 4 has no origin).
+    _out_columns = OUT_COLUMNS
 
     def pending(
         self, now: datetime | None = None, *, to: str | None = None
@@ -104,7 +106,7 @@ class DatabaseReads:
 
     def _out_rows(self, where: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
         sql = (
-            "SELECT " + OUT_COLUMNS + " FROM messages "  # noqa: S608
+            "SELECT " + self._out_columns + " FROM messages "  # noqa: S608
             "WHERE direction = 'out' AND " + where + " ORDER BY at_us, seq"
         )
         return list(self._conn.execute(sql, params))
@@ -151,6 +153,7 @@ class DatabaseReads:
                     reply_to=row[7],
                     created_at=from_us(row[8]),
                     status=status,
+                    origin=row[12],
                 )
             )
         return result
@@ -352,6 +355,8 @@ class ReadOnlyDatabase(DatabaseReads):
             self._conn.close()
             raise StoreError(f"{path} is not a sixchat message store ({e})") from None
         self.schema_version = int(row[0]) if row else 0
+        if self.schema_version < 4:  # written before own-device sync
+            self._out_columns = OUT_COLUMNS.replace("origin", "NULL AS origin")
         if self.schema_version > SCHEMA_VERSION:
             self._conn.close()
             raise SchemaTooNewError(

@@ -151,6 +151,8 @@ class OutgoingMessage:
 
     @ivar to: the recipient identity, normalized; C{to_display} is the spelling given.
     @ivar ts: the C{ts} attribute as sent (§8.1), fixed at queueing time.
+    @ivar origin: the own node that queued it, when another node of ours did (own-device
+        sync); C{None}: this node.
     """
 
     id: str
@@ -162,6 +164,7 @@ class OutgoingMessage:
     reply_to: str | None
     created_at: datetime
     status: MessageStatus
+    origin: str | None = None
 
     @property
     def state(self) -> str:

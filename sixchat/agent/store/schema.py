@@ -134,6 +134,151 @@ MIGRATIONS: tuple[tuple[Step, ...], ...] = (
         ) WITHOUT ROWID
         """,
     ),
+    # version 4: own-device sync (docs/protocol.md, "Extension: own-device sync"). Every
+    # change another node of ours should learn moves the changed thing to the end of a feed
+    # (sync_feed: one row per thing, its seq renewed by each change — delete, insert: inside a
+    # trigger, OR REPLACE would yield to the outer statement's conflict rule —, so the feed
+    # never holds more rows than there are things); the triggers below are the one place that knows
+    # which changes count, so no write path can forget one.
+    (
+        # The own node that queued an outgoing message; NULL: this node.
+        "ALTER TABLE messages ADD COLUMN origin TEXT",
+        # This store's id: a feed is read by (store, seq); a store made anew starts afresh.
+        """
+        CREATE TABLE sync_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID
+        """,
+        "INSERT INTO sync_meta (key, value) VALUES ('store', lower(hex(randomblob(16))))",
+        # kind: 'm' a message (ref: messages.seq), 'x' a cancelled outgoing message (ref: its
+        # id), 'c' a contact (ref: peers.peer), 'p' a pin decision (ref: pin_decisions.rowid).
+        # source: the own node whose batch made the change (not served back to it).
+        """
+        CREATE TABLE sync_feed (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            kind TEXT NOT NULL CHECK (kind IN ('m', 'x', 'c', 'p')),
+            ref TEXT NOT NULL,
+            source TEXT,
+            UNIQUE (kind, ref)
+        )
+        """,
+        # Per own node: which of its stores we read, how far, and when.
+        """
+        CREATE TABLE sync_nodes (
+            node TEXT PRIMARY KEY,
+            store TEXT,
+            after INTEGER NOT NULL DEFAULT 0,
+            top INTEGER NOT NULL DEFAULT 0,
+            seen_us INTEGER,
+            synced_us INTEGER,
+            items INTEGER NOT NULL DEFAULT 0
+        ) WITHOUT ROWID
+        """,
+        # Outgoing messages cancelled here or on another node: never brought back by sync.
+        "CREATE TABLE sync_cancelled (id TEXT PRIMARY KEY) WITHOUT ROWID",
+        # The last decision on each pinned key, versioned: the higher version wins, and at
+        # equal versions "not pinned" wins (merge rule, docs/protocol.md).
+        """
+        CREATE TABLE pin_decisions (
+            peer TEXT NOT NULL,
+            spki BLOB NOT NULL CHECK (length(spki) = 32),
+            pinned INTEGER NOT NULL CHECK (pinned IN (0, 1)),
+            version INTEGER NOT NULL,
+            PRIMARY KEY (peer, spki)
+        )
+        """,
+        "INSERT INTO pin_decisions (peer, spki, pinned, version) SELECT peer, spki, 1, 1 FROM pins",
+        """
+        CREATE TRIGGER sync_message_new AFTER INSERT ON messages BEGIN
+            DELETE FROM sync_feed WHERE kind = 'm' AND ref = CAST(NEW.seq AS TEXT);
+            INSERT INTO sync_feed (kind, ref) VALUES ('m', CAST(NEW.seq AS TEXT));
+        END
+        """,
+        """
+        CREATE TRIGGER sync_message_changed AFTER UPDATE OF is_read, outcome ON messages
+        WHEN NEW.is_read != OLD.is_read OR NEW.outcome IS NOT OLD.outcome BEGIN
+            DELETE FROM sync_feed WHERE kind = 'm' AND ref = CAST(NEW.seq AS TEXT);
+            INSERT INTO sync_feed (kind, ref) VALUES ('m', CAST(NEW.seq AS TEXT));
+        END
+        """,
+        """
+        CREATE TRIGGER sync_message_cancelled AFTER DELETE ON messages
+        WHEN OLD.direction = 'out' BEGIN
+            DELETE FROM sync_feed WHERE kind = 'm' AND ref = CAST(OLD.seq AS TEXT);
+            INSERT OR IGNORE INTO sync_cancelled (id) VALUES (OLD.id);
+            DELETE FROM sync_feed WHERE kind = 'x' AND ref = OLD.id;
+            INSERT INTO sync_feed (kind, ref) VALUES ('x', OLD.id);
+        END
+        """,
+        """
+        CREATE TRIGGER sync_delivery_new AFTER INSERT ON deliveries BEGIN
+            DELETE FROM sync_feed WHERE kind = 'm' AND ref = CAST(NEW.msg AS TEXT);
+            INSERT INTO sync_feed (kind, ref) VALUES ('m', CAST(NEW.msg AS TEXT));
+        END
+        """,
+        # Attempts (queued -> sent, retry times) stay local: only final states are news.
+        """
+        CREATE TRIGGER sync_delivery_changed AFTER UPDATE OF state ON deliveries
+        WHEN NEW.state != OLD.state AND NEW.state NOT IN ('queued', 'sent') BEGIN
+            DELETE FROM sync_feed WHERE kind = 'm' AND ref = CAST(NEW.msg AS TEXT);
+            INSERT INTO sync_feed (kind, ref) VALUES ('m', CAST(NEW.msg AS TEXT));
+        END
+        """,
+        """
+        CREATE TRIGGER sync_peer_new AFTER INSERT ON peers BEGIN
+            DELETE FROM sync_feed WHERE kind = 'c' AND ref = NEW.peer;
+            INSERT INTO sync_feed (kind, ref) VALUES ('c', NEW.peer);
+        END
+        """,
+        """
+        CREATE TRIGGER sync_peer_changed AFTER UPDATE ON peers
+        WHEN NEW.display != OLD.display OR NEW.first_seen_us != OLD.first_seen_us
+            OR NEW.last_seen_us IS NOT OLD.last_seen_us BEGIN
+            DELETE FROM sync_feed WHERE kind = 'c' AND ref = NEW.peer;
+            INSERT INTO sync_feed (kind, ref) VALUES ('c', NEW.peer);
+        END
+        """,
+        # A pin added or removed here is a new decision (a higher version); one that only
+        # follows a decision already recorded (sync applying another node's) is not.
+        """
+        CREATE TRIGGER sync_pin_added AFTER INSERT ON pins BEGIN
+            INSERT INTO pin_decisions (peer, spki, pinned, version)
+            VALUES (NEW.peer, NEW.spki, 1, 1)
+            ON CONFLICT (peer, spki) DO UPDATE SET pinned = 1, version = version + 1
+            WHERE pinned = 0;
+        END
+        """,
+        """
+        CREATE TRIGGER sync_pin_removed AFTER DELETE ON pins BEGIN
+            UPDATE pin_decisions SET pinned = 0, version = version + 1
+            WHERE peer = OLD.peer AND spki = OLD.spki AND pinned = 1;
+        END
+        """,
+        """
+        CREATE TRIGGER sync_pin_decision_new AFTER INSERT ON pin_decisions BEGIN
+            DELETE FROM sync_feed WHERE kind = 'p' AND ref = CAST(NEW.rowid AS TEXT);
+            INSERT INTO sync_feed (kind, ref) VALUES ('p', CAST(NEW.rowid AS TEXT));
+        END
+        """,
+        """
+        CREATE TRIGGER sync_pin_decision_changed AFTER UPDATE ON pin_decisions
+        WHEN NEW.pinned != OLD.pinned OR NEW.version != OLD.version BEGIN
+            DELETE FROM sync_feed WHERE kind = 'p' AND ref = CAST(NEW.rowid AS TEXT);
+            INSERT INTO sync_feed (kind, ref) VALUES ('p', CAST(NEW.rowid AS TEXT));
+        END
+        """,
+        # What existed before the upgrade is news to the other nodes too.
+        """
+        INSERT INTO sync_feed (kind, ref)
+        SELECT 'c', peer FROM peers ORDER BY first_seen_us
+        """,
+        """
+        INSERT INTO sync_feed (kind, ref)
+        SELECT 'm', CAST(seq AS TEXT) FROM messages ORDER BY seq
+        """,
+        """
+        INSERT INTO sync_feed (kind, ref)
+        SELECT 'p', CAST(rowid AS TEXT) FROM pin_decisions ORDER BY rowid
+        """,
+    ),
 )
 
 #: The schema version this code writes.
@@ -141,7 +286,7 @@ SCHEMA_VERSION = len(MIGRATIONS)
 
 OUT_COLUMNS = (
     "seq, peer, peer_display, id, ts, body, thread, reply_to, at_us, "
-    "outcome, outcome_reason, outcome_at_us"
+    "outcome, outcome_reason, outcome_at_us, origin"
 )
 DELIVERY_COLUMNS = (
     "msg, node, state, attempts, last_attempt_us, next_attempt_us, done_at_us, reason"
