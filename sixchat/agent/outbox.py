@@ -28,6 +28,7 @@ from twisted.python.failure import Failure
 from sixchat.agent.errors import UnknownIdentity
 from sixchat.agent.interfaces import IDirectory
 from sixchat.identity import normalize_identity
+from sixchat.irp.messages import IRPError
 from sixchat.protocol import HandshakeFailed, SessionLost, StanzaRefused
 
 if TYPE_CHECKING:
@@ -39,6 +40,7 @@ __all__ = [
     "DEFAULT_TTL",
     "EXPIRE_EVERY",
     "RETRY_BASE",
+    "RATE_LIMITED_RETRY",
     "RETRY_MAX",
     "SEND_WINDOW",
     "TICK",
@@ -61,6 +63,10 @@ TICK = 1.0
 EXPIRE_EVERY = 60.0
 #: How often messages owed to an unknown peer look it up again (besides its presence push).
 UNKNOWN_RETRY = 30.0
+#: A lookup the registry refused for its request rate (irp-1: 50 a second per connection,
+#: one token back every 20 ms) is asked again after this, times a jitter in [0.5, 1), rather
+#: than at the next L{TICK}.
+RATE_LIMITED_RETRY = 0.1
 
 
 class OutboxStore(Protocol):
@@ -159,6 +165,8 @@ class OutboxScheduler:
         self._last_expire = 0.0
         self._delivering: set[str] = set()
         self._again: set[str] = set()
+        #: Peers whose lookup the registry refused for its rate: the retry waiting.
+        self._soon: dict[str, IDelayedCall] = {}
 
     def now(self) -> datetime:
         return datetime.fromtimestamp(self.clock.seconds(), UTC)
@@ -173,6 +181,10 @@ class OutboxScheduler:
         if self._tick_call is not None and self._tick_call.active():
             self._tick_call.cancel()
         self._tick_call = None
+        for call in self._soon.values():
+            if call.active():
+                call.cancel()
+        self._soon.clear()
 
     def schedule(self, delay: float) -> None:
         """Tick in C{delay} seconds, unless a tick is due sooner already."""
@@ -238,6 +250,19 @@ class OutboxScheduler:
         self.unknown.pop(normalize_identity(peer), None)
         self.kick(peer)
 
+    def _retrySoon(self, peer: str) -> None:
+        """Kick C{peer} again after L{RATE_LIMITED_RETRY} (jittered), once per peer."""
+        key = normalize_identity(peer)
+        if key in self._soon or self.stopping:
+            return
+
+        def again() -> None:
+            del self._soon[key]
+            self.kick(peer)
+
+        delay = RATE_LIMITED_RETRY * (0.5 + self.rand() / 2)
+        self._soon[key] = self.clock.callLater(delay, again)
+
     def retryDelay(self, attempts: int) -> float:
         return min(RETRY_MAX, RETRY_BASE * (2 ** min(attempts, 16))) * (0.5 + self.rand() / 2)
 
@@ -267,6 +292,8 @@ class OutboxScheduler:
             return
         except Exception as e:
             log.debug("lookup of {peer} failed: {e}", peer=peer, e=e)
+            if isinstance(e, IRPError) and e.reason == "rate_limited":
+                self._retrySoon(peer)
             return
         self.unknown.pop(key, None)
         nodes = self.usable_nodes(peer, record.nodes)

@@ -403,6 +403,59 @@ class SchedulerTests(unittest.TestCase):
         lookups[1].callback(self.directory.record(BOB))
         self.assertEqual(len(lookups), 2)
 
+    def test_rate_limited_lookup_is_retried_soon_not_at_the_next_tick(self) -> None:
+        # The cold-latency outlier of issue 15: a new contact every ~20 ms costs the agent
+        # three registry requests each (lookup, watch, unwatch), past the registry's 50 a
+        # second; a refused lookup (rate_limited) left the message for the 1 s tick.
+        from sixchat.irp.messages import IRPError
+
+        self.directory.register(BOB, binding())
+        real_lookup = self.directory.lookup
+        refusals = [IRPError("rate_limited", "too many requests", "7")]
+
+        def lookup(identity: str) -> defer.Deferred[Any]:
+            if refusals:
+                return defer.fail(refusals.pop())
+            return real_lookup(identity)
+
+        self.patch(self.directory, "lookup", lookup)
+        scheduler = self.scheduler()
+        self.queue(scheduler)
+        scheduler.kick(BOB)
+        self.assertEqual(self.sessions.dials, [])  # refused: nothing dialled yet
+        self.clock.advance(outbox.RATE_LIMITED_RETRY * 0.5 - 0.001)
+        self.assertEqual(self.sessions.dials, [])  # not before the (jittered) delay
+        self.clock.advance(0.001)
+        self.assertEqual(self.sessions.dials, [(BOB, "phone")])
+        self.assertEqual(len(self.sessions.sessions["phone"].sent), 1)
+        self.assertLess(outbox.RATE_LIMITED_RETRY, outbox.TICK)
+
+    def test_rate_limited_retry_once_per_peer_and_cancelled_at_stop(self) -> None:
+        from sixchat.irp.messages import IRPError
+
+        self.patch(
+            self.directory,
+            "lookup",
+            lambda identity: defer.fail(IRPError("rate_limited", "too many requests", "7")),
+        )
+        scheduler = self.scheduler()
+        self.queue(scheduler)
+        scheduler.kick(BOB)
+        scheduler.kick(BOB)
+        self.assertEqual(len(scheduler._soon), 1)  # one retry pending per peer
+        scheduler.stop()
+        self.assertEqual(scheduler._soon, {})
+        self.assertEqual([c for c in self.clock.getDelayedCalls() if c.active()], [])
+
+    def test_other_lookup_failures_wait_for_the_tick(self) -> None:
+        self.patch(
+            self.directory, "lookup", lambda identity: defer.fail(ConnectionRefusedError())
+        )
+        scheduler = self.scheduler()
+        self.queue(scheduler)
+        scheduler.kick(BOB)
+        self.assertEqual(scheduler._soon, {})  # an unreachable registry is not hammered
+
     def test_watch_while_owed_unwatch_when_done(self) -> None:
         scheduler = self.scheduler()
         self.queue(scheduler)
