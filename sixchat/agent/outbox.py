@@ -300,19 +300,19 @@ class OutboxScheduler:
         if not nodes:
             return  # offline: the watch will kick us when a node registers
         names = [n.name for n in nodes]
-        # All at once: the store commits them together (group commit), in this order.
-        await defer.gatherResults(
-            [
-                self.store.add_targets(message.id, names)
-                for message in pending
-                if message.state in ("queued", "sent", "delivered")
-            ]
-        )
+        # The targets are recorded (group-committed with the attempts below, in this order)
+        # while the messages go out: what is due is worked out here, from the entries read
+        # above and the nodes that are new to a message (queued, never tried: due now),
+        # rather than read back after the write (one store round trip less per delivery).
         now = self.now()
-        due: list[OutgoingMessage] = await self.store.pending_for(peer, now)
+        targetable = [m for m in pending if m.state in ("queued", "sent", "delivered")]
+        for message in targetable:
+            self.store.add_targets(message.id, names).addErrback(
+                self._targetsNotRecorded, message.id
+            )
         work = []
         for node in nodes:
-            owed = [m for m in due if node.name in m.due_nodes(now)]
+            owed = [m for m in targetable if _due_to(m, node.name, now)]
             if owed:
                 work.append(defer.ensureDeferred(self._deliverNode(peer, node, owed)))
         if work:
@@ -327,8 +327,7 @@ class OutboxScheduler:
             log.info("cannot reach {peer} node {node}: {why}", peer=peer, node=node.name, why=e)
             now = self.now()
             for message in owed:
-                entry = next(n for n in message.nodes if n.node == node.name)
-                delay = self.retryDelay(entry.attempts)
+                delay = self.retryDelay(_attempts(message, node.name))
                 await self.store.mark_attempt(
                     message.id, node.name, now, now + timedelta(seconds=delay), sent=False
                 )
@@ -344,8 +343,7 @@ class OutboxScheduler:
                 window.release()
                 break  # the rest stays owed; the next tick retries on a new session
             now = self.now()
-            entry = next(n for n in message.nodes if n.node == node.name)
-            retry_at = now + timedelta(seconds=self.retryDelay(entry.attempts))
+            retry_at = now + timedelta(seconds=self.retryDelay(_attempts(message, node.name)))
             # Not awaited: the store records the attempt in order, before the receipt's
             # mark_delivered; meanwhile the message is already on its way. A crash before
             # the record leaves the message queued: it is sent again and the peer, which
@@ -368,6 +366,10 @@ class OutboxScheduler:
         if status is not None:
             self.on_status(status)
 
+    def _targetsNotRecorded(self, failure: Failure, message_id: str) -> None:
+        if not self.stopping:
+            log.failure("could not record the targets of {id}", failure, id=message_id)
+
     def _attemptNotRecorded(self, failure: Failure, message_id: str) -> None:
         if not self.stopping:
             log.failure("could not record the attempt for {id}", failure, id=message_id)
@@ -387,6 +389,18 @@ class OutboxScheduler:
             self.schedule(0)  # the next tick re-sends when the entry is due
             return None
         return failure
+
+
+def _due_to(message: OutgoingMessage, node: str, now: datetime) -> bool:
+    """Whether C{message} is due to C{node} at C{now}: its entry is, or it has none yet."""
+    for entry in message.nodes:
+        if entry.node == node:
+            return entry.due(now)
+    return True  # a new target: queued, never tried
+
+
+def _attempts(message: OutgoingMessage, node: str) -> int:
+    return next((n.attempts for n in message.nodes if n.node == node), 0)
 
 
 def _send_message(session: Session, message: OutgoingMessage) -> defer.Deferred[Any]:

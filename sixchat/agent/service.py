@@ -402,14 +402,20 @@ class UserAgentService(service.MultiService):
                         unknown += " (never registered there, or its certificate expired or "
                         unknown += "was revoked)"
                     raise UnknownIdentity(unknown)
-            ids = []
-            for part in split_text(text):
-                queued = yield self.store.queue_outgoing(
-                    to, part, self.now(), thread=thread, reply_to=reply_to
-                )
-                ids.append(queued.id)
-                self._emit(events.delivery_event(queued.status))
+            writes = [
+                self.store.queue_outgoing(to, part, self.now(), thread=thread, reply_to=reply_to)
+                for part in split_text(text)
+            ]
+            # Kicked now: the outbox's first read runs on the store's thread after these
+            # writes have committed, so it finds them without another round trip.
             self.outbox.kick(to)
+            try:
+                queued = yield defer.gatherResults(writes, consumeErrors=True)
+            except defer.FirstError as e:
+                e.subFailure.raiseException()
+            for message in queued:
+                self._emit(events.delivery_event(message.status))
+            ids = [message.id for message in queued]
             return {"id": ids[-1], "ids": ids, "peer": to, "state": "queued"}
 
         return queue()

@@ -57,6 +57,32 @@ class DatabaseBatchTests(SynchronousTestCase):
         self.assertEqual(self.db.pragma("synchronous"), 2)  # FULL
 
 
+    def test_targets_and_attempts_are_bookkeeping_a_receipt_is_durable(self) -> None:
+        # add_targets and mark_attempt commit with NORMAL (a later FULL commit's fsync of the
+        # WAL covers them); a batch holding anything else commits with FULL.
+        from sixchat.agent.store.store import _Batch
+
+        queued = self.db.queue_outgoing("bob@example.com", "hi", T0)
+        later = T0 + 2 * SEC
+        self.assertEqual(self.db.add_targets(queued.id, ["n1"]), ["n1"])
+        self.assertEqual(self.db.pragma("synchronous"), 1)  # NORMAL
+        batch = _Batch((MessageDatabase.add_targets, (queued.id, ["n2"]), {}, None))
+        self.assertTrue(batch.join((MessageDatabase.mark_attempt, (queued.id, "n1", T0, later),
+                                    {}, None)))  # fmt: skip
+        self.assertEqual(batch.run(self.db)[0], (True, ["n2"]))
+        self.assertEqual(self.db.pragma("synchronous"), 1)
+        batch = _Batch((MessageDatabase.add_targets, (queued.id, ["n3"]), {}, None))
+        self.assertTrue(batch.join((MessageDatabase.mark_delivered, (queued.id, "n1", T0), {},
+                                    None)))  # fmt: skip
+        batch.run(self.db)
+        self.assertEqual(self.db.pragma("synchronous"), 2)  # FULL: the receipt
+        status = self.db.status(queued.id)
+        assert status is not None
+        self.assertEqual(
+            [(n.node, n.state) for n in status.nodes],
+            [("n1", "delivered"), ("n2", "queued"), ("n3", "queued")],
+        )
+
 # -- property test ---------------------------------------------------------------------------
 
 NODES = ("n1", "n2", "n3")

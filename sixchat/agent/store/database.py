@@ -301,7 +301,7 @@ class MessageDatabase(DatabaseReads):
 
     def add_targets(self, message_id: str, nodes: Iterable[str]) -> list[str]:
         wanted = list(dict.fromkeys(check_node(n) for n in nodes))
-        with self._write() as conn:
+        with self._write(durable=False) as conn:
             found = self._lookup(message_id)
             if found is None or found[1] is not None:
                 return []

@@ -39,6 +39,10 @@ _P = ParamSpec("_P")
 _R = TypeVar("_R")
 
 
+#: Batched calls that commit with C{synchronous=NORMAL} (the package docstring says why).
+_NOT_DURABLE = (MessageDatabase.mark_attempt, MessageDatabase.add_targets)
+
+
 class _Batch:
     """
     Calls for one group commit. The reactor thread adds calls until the store's thread
@@ -64,7 +68,7 @@ class _Batch:
         with self._lock:
             self._started = True
         calls = [(method, args, kwargs) for method, args, kwargs, _ in self.calls]
-        durable = any(method is not MessageDatabase.mark_attempt for method, _, _ in calls)
+        durable = any(method not in _NOT_DURABLE for method, _, _ in calls)
         return db.batch(calls, durable)
 
 
@@ -292,7 +296,9 @@ class MessageStore:
         lookup or when the peer registers another device. Idempotent: fires with the nodes
         that were new (in the order given). A message that is expired or failed, or unknown,
         gets no new targets (fires with C{[]}); a delivered one does (another device of the
-        person still gets it).
+        person still gets it). Committed with C{synchronous=NORMAL}: after a power cut the
+        targets may be missing (the message is looked up and targeted again), never a
+        receipt recorded after them.
         """
         return self._batched(MessageDatabase.add_targets, message_id, list(nodes))
 
