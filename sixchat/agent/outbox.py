@@ -164,7 +164,9 @@ class OutboxScheduler:
         self._tick_call: IDelayedCall | None = None
         self._last_expire = 0.0
         self._delivering: set[str] = set()
-        self._again: set[str] = set()
+        #: Peers kicked during a delivery to them: the newest list of what they are owed
+        #: given meanwhile, or None (read it again).
+        self._again: dict[str, list[OutgoingMessage] | None] = {}
         #: Peers whose lookup the registry refused for its rate: the retry waiting.
         self._soon: dict[str, IDelayedCall] = {}
 
@@ -217,16 +219,27 @@ class OutboxScheduler:
         finally:
             self.schedule(TICK)
 
-    def kick(self, peer: str) -> None:
-        """Deliver what is owed to C{peer} now (coalesced per peer)."""
+    def kick(self, peer: str, pending: list[OutgoingMessage] | None = None) -> None:
+        """
+        Deliver what is owed to C{peer} now (coalesced per peer). C{pending}: what is owed
+        to it, just read by the caller (L{MessageStore.queue_outgoing}'s C{on_written}),
+        which saves a read. A kick during a delivery to the peer makes one more pass after
+        it: from the newest list given meanwhile, less what that delivery attempted (the
+        only entries that changed since that list was read), or from a read if any kick
+        came without a list.
+        """
         if not self.running or self.stopping or not self.store.is_open:
             return
         key = normalize_identity(peer)
         if key in self._delivering:
-            self._again.add(key)
+            if pending is None or self._again.get(key, []) is None:
+                self._again[key] = None
+            else:
+                self._again[key] = pending
             return
         self._delivering.add(key)
-        d = defer.ensureDeferred(self._deliverPeer(peer))
+        attempted: set[str] = set()
+        d = defer.ensureDeferred(self._deliverPeer(peer, pending, attempted))
         d.addErrback(
             lambda f: (
                 None if self.stopping else log.failure("delivery to {peer} failed", f, peer=peer)
@@ -236,8 +249,10 @@ class OutboxScheduler:
         def done(_: object) -> None:
             self._delivering.discard(key)
             if key in self._again:
-                self._again.discard(key)
-                self.kick(peer)
+                again = self._again.pop(key)
+                if again is not None:
+                    again = [m for m in again if m.id not in attempted]
+                self.kick(peer, again)
 
         d.addBoth(done)
 
@@ -266,9 +281,12 @@ class OutboxScheduler:
     def retryDelay(self, attempts: int) -> float:
         return min(RETRY_MAX, RETRY_BASE * (2 ** min(attempts, 16))) * (0.5 + self.rand() / 2)
 
-    async def _deliverPeer(self, peer: str) -> None:
+    async def _deliverPeer(
+        self, peer: str, pending: list[OutgoingMessage] | None, attempted: set[str]
+    ) -> None:
         key = normalize_identity(peer)
-        pending: list[OutgoingMessage] = await self.store.pending_for(peer)
+        if pending is None:
+            pending = await self.store.pending_for(peer)
         if not pending:
             self.unknown.pop(key, None)
             if self.directory is not None and not self.keep_watching(peer):
@@ -314,6 +332,7 @@ class OutboxScheduler:
         for node in nodes:
             owed = [m for m in targetable if _due_to(m, node.name, now)]
             if owed:
+                attempted.update(m.id for m in owed)
                 work.append(defer.ensureDeferred(self._deliverNode(peer, node, owed)))
         if work:
             await defer.DeferredList(work, consumeErrors=True)

@@ -456,6 +456,41 @@ class SchedulerTests(unittest.TestCase):
         scheduler.kick(BOB)
         self.assertEqual(scheduler._soon, {})  # an unreachable registry is not hammered
 
+    def test_a_kick_with_what_is_owed_skips_the_read(self) -> None:
+        reads: list[str] = []
+        real = self.store.pending_for
+        self.patch(self.store, "pending_for",
+                   lambda to, now=None: reads.append(to) or real(to, now))  # fmt: skip
+        self.directory.register(BOB, binding())
+        scheduler = self.scheduler()
+        self.queue(scheduler)
+        owed = self.successResultOf(real(BOB))
+        scheduler.kick(BOB, owed)
+        self.assertEqual(reads, [])
+        self.assertEqual(len(self.sessions.sessions["phone"].sent), 1)
+        # Coalesced with the delivery in flight: the pass after it starts from the newest
+        # list given, less what that delivery attempted (m1, whose entry it changed).
+        self.queue(scheduler, "m2")
+        stale_m1 = self.successResultOf(real(BOB))
+        self.queue(scheduler, "m3")
+        fresh = self.successResultOf(real(BOB))
+        self.assertEqual([m.id for m in fresh], ["m1", "m2", "m3"])
+        scheduler.kick(BOB, stale_m1)
+        scheduler.kick(BOB, fresh)
+        session = self.sessions.sessions["phone"]
+        self.assertEqual(len(session.sent), 1)
+        session.receipt(0)
+        self.assertEqual(reads, [])
+        self.assertEqual([m.id for m, _ in session.sent], ["m1", "m2", "m3"])
+        # A kick without a list during a delivery: the pass after it reads.
+        scheduler.kick(BOB, fresh)  # in flight: m2, m3
+        scheduler.kick(BOB)
+        scheduler.kick(BOB, fresh)  # a list after a plain kick still reads
+        session.receipt(1)
+        session.receipt(2)
+        self.assertEqual(reads, [BOB])
+        self.assertEqual(len(session.sent), 3)  # nothing sent twice
+
     def test_watch_while_owed_unwatch_when_done(self) -> None:
         scheduler = self.scheduler()
         self.queue(scheduler)

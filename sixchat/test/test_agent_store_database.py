@@ -83,6 +83,30 @@ class DatabaseBatchTests(SynchronousTestCase):
             [("n1", "delivered"), ("n2", "queued"), ("n3", "queued")],
         )
 
+    def test_written_between_commit_and_sync(self) -> None:
+        import os
+        import tempfile
+
+        directory = tempfile.mkdtemp()
+        db = MessageDatabase(os.path.join(directory, "m.sqlite"))
+        self.addCleanup(db.close)
+        events: list[Any] = []
+        self.patch(db, "sync", lambda: events.append("sync"))
+        results = db.batch(
+            [(MessageDatabase.store_incoming, ("bob@example.com", msg("w1"), T0), {})],
+            True,
+            lambda res: events.append(("written", res, db.pragma("synchronous"))),
+        )
+        self.assertEqual(results, [(True, True)])
+        self.assertEqual(events, [("written", [(True, True)], 1), "sync"])  # NORMAL, synced
+        del events[:]
+        db.batch([(MessageDatabase.mark_read, ("bob@example.com",), {})], False,
+                 lambda res: events.append("written"))  # fmt: skip
+        self.assertEqual(events, ["written"])  # bookkeeping: no fsync
+        self.patch(db, "sync", MessageDatabase.sync.__get__(db))
+        db.sync()  # the real one: fdatasync of the write-ahead log
+        MessageDatabase(":memory:").sync()  # nothing to sync
+
 # -- property test ---------------------------------------------------------------------------
 
 NODES = ("n1", "n2", "n3")
