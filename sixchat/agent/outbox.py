@@ -167,6 +167,8 @@ class OutboxScheduler:
         #: Peers kicked during a delivery to them: the newest list of what they are owed
         #: given meanwhile, or None (read it again).
         self._again: dict[str, list[OutgoingMessage] | None] = {}
+        #: Peers whose pass after the one in flight treats every owed entry as due.
+        self._now_due: set[str] = set()
         #: Peers whose lookup the registry refused for its rate: the retry waiting.
         self._soon: dict[str, IDelayedCall] = {}
 
@@ -219,19 +221,24 @@ class OutboxScheduler:
         finally:
             self.schedule(TICK)
 
-    def kick(self, peer: str, pending: list[OutgoingMessage] | None = None) -> None:
+    def kick(
+        self, peer: str, pending: list[OutgoingMessage] | None = None, *, now_due: bool = False
+    ) -> None:
         """
         Deliver what is owed to C{peer} now (coalesced per peer). C{pending}: what is owed
         to it, just read by the caller (L{MessageStore.queue_outgoing}'s C{on_written}),
         which saves a read. A kick during a delivery to the peer makes one more pass after
         it: from the newest list given meanwhile, less what that delivery attempted (the
         only entries that changed since that list was read), or from a read if any kick
-        came without a list.
+        came without a list. C{now_due}: every owed entry is due at once, whatever its
+        backoff (the peer just registered: L{peerAppeared}).
         """
         if not self.running or self.stopping or not self.store.is_open:
             return
         key = normalize_identity(peer)
         if key in self._delivering:
+            if now_due:
+                self._now_due.add(key)
             if pending is None or self._again.get(key, []) is None:
                 self._again[key] = None
             else:
@@ -239,7 +246,7 @@ class OutboxScheduler:
             return
         self._delivering.add(key)
         attempted: set[str] = set()
-        d = defer.ensureDeferred(self._deliverPeer(peer, pending, attempted))
+        d = defer.ensureDeferred(self._deliverPeer(peer, pending, attempted, now_due))
         d.addErrback(
             lambda f: (
                 None if self.stopping else log.failure("delivery to {peer} failed", f, peer=peer)
@@ -252,7 +259,9 @@ class OutboxScheduler:
                 again = self._again.pop(key)
                 if again is not None:
                     again = [m for m in again if m.id not in attempted]
-                self.kick(peer, again)
+                forced = key in self._now_due
+                self._now_due.discard(key)
+                self.kick(peer, again, now_due=forced)
 
         d.addBoth(done)
 
@@ -263,7 +272,7 @@ class OutboxScheduler:
     def peerAppeared(self, peer: str) -> None:
         """C{peer} has nodes now (a presence push): known again, deliver at once."""
         self.unknown.pop(normalize_identity(peer), None)
-        self.kick(peer)
+        self.kick(peer, now_due=True)
 
     def _retrySoon(self, peer: str) -> None:
         """Kick C{peer} again after L{RATE_LIMITED_RETRY} (jittered), once per peer."""
@@ -282,7 +291,11 @@ class OutboxScheduler:
         return min(RETRY_MAX, RETRY_BASE * (2 ** min(attempts, 16))) * (0.5 + self.rand() / 2)
 
     async def _deliverPeer(
-        self, peer: str, pending: list[OutgoingMessage] | None, attempted: set[str]
+        self,
+        peer: str,
+        pending: list[OutgoingMessage] | None,
+        attempted: set[str],
+        now_due: bool = False,
     ) -> None:
         key = normalize_identity(peer)
         if pending is None:
@@ -330,7 +343,9 @@ class OutboxScheduler:
             )
         work = []
         for node in nodes:
-            owed = [m for m in targetable if _due_to(m, node.name, now)]
+            # An entry in flight is never in a new pass (a delivery awaits all its sends),
+            # so now_due re-sends only what waits for its backoff.
+            owed = [m for m in targetable if _due_to(m, node.name, now, now_due)]
             if owed:
                 attempted.update(m.id for m in owed)
                 work.append(defer.ensureDeferred(self._deliverNode(peer, node, owed)))
@@ -410,11 +425,14 @@ class OutboxScheduler:
         return failure
 
 
-def _due_to(message: OutgoingMessage, node: str, now: datetime) -> bool:
-    """Whether C{message} is due to C{node} at C{now}: its entry is, or it has none yet."""
+def _due_to(message: OutgoingMessage, node: str, now: datetime, now_due: bool) -> bool:
+    """
+    Whether C{message} is due to C{node} at C{now}: its entry is (or, C{now_due}, is owed
+    at all), or it has none yet.
+    """
     for entry in message.nodes:
         if entry.node == node:
-            return entry.due(now)
+            return entry.owed if now_due else entry.due(now)
     return True  # a new target: queued, never tried
 
 

@@ -491,6 +491,35 @@ class SchedulerTests(unittest.TestCase):
         self.assertEqual(reads, [BOB])
         self.assertEqual(len(session.sent), 3)  # nothing sent twice
 
+    def test_a_peer_that_registers_gets_its_messages_at_once_whatever_the_backoff(self) -> None:
+        # The module's promise ("at once when the directory reports the peer online"): a
+        # presence push does not wait for the entries' backoff.
+        self.sessions.down = True
+        self.directory.register(BOB, binding())
+        scheduler = self.scheduler()
+        self.queue(scheduler)
+        for _ in range(4):  # four failed dials: the next try is 8-16 s away
+            scheduler.kick(BOB)
+            self.clock.advance(self.seconds_until(self.entry().next_attempt, scheduler))
+        scheduler.kick(BOB)
+        self.assertEqual(self.entry().attempts, 5)
+        self.assertGreater(self.seconds_until(self.entry().next_attempt, scheduler), 15)
+        self.sessions.down = False
+        scheduler.kick(BOB)  # a plain kick keeps to the backoff
+        self.assertEqual(self.sessions.sessions, {})
+        scheduler.peerAppeared(BOB)
+        self.assertEqual(len(self.sessions.sessions["phone"].sent), 1)
+        # During a delivery, the push is kept for the pass after it; an entry in flight
+        # is not sent twice.
+        self.queue(scheduler, "m2")
+        self.store.nodes["m2"]["phone"] = dataclasses.replace(
+            self.entry(), attempts=3, next_attempt=scheduler.now() + timedelta(seconds=60),
+            state="queued",
+        )  # fmt: skip
+        scheduler.peerAppeared(BOB)
+        self.sessions.sessions["phone"].receipt(0)
+        self.assertEqual([m.id for m, _ in self.sessions.sessions["phone"].sent], ["m1", "m2"])
+
     def test_watch_while_owed_unwatch_when_done(self) -> None:
         scheduler = self.scheduler()
         self.queue(scheduler)
