@@ -337,6 +337,33 @@ class GroupCommitTests(StoreTestCase):
             db.close()
 
     @defer.inlineCallbacks
+    def test_on_written_reads_once_per_recipient_and_batch(self) -> Gen:
+        # A burst of sends must not read the (growing) outbox once per message.
+        reads: list[str] = []
+        real = MessageDatabase.pending
+
+        def pending(db: MessageDatabase, now: Any = None, to: Any = None) -> Any:
+            reads.append(to)
+            return real(db, now, to=to)
+
+        self.patch(MessageDatabase, "pending", pending)
+        told: list[Any] = []
+        batches = self.store.batches
+        calls = [
+            self.store.queue_outgoing(to, f"m{i}", T0, on_written=told.append)
+            for i in range(100)
+            for to in ("bob@example.com", "Carol@example.com")
+        ]
+        yield defer.gatherResults(calls)
+        self.assertEqual(len(told), 200)  # every caller told
+        used = self.store.batches - batches
+        self.assertLessEqual(len(reads), 2 * used)
+        self.assertLess(used, 20)
+        self.assertEqual(set(reads), {"bob@example.com", "Carol@example.com"})
+        last = told[-1]
+        self.assertEqual(len([m for m in last if m.to_display == "Carol@example.com"]), 100)
+
+    @defer.inlineCallbacks
     def test_on_written_is_not_called_for_a_refused_message(self) -> Gen:
         told: list[Any] = []
         d = self.store.queue_outgoing("nobody", "hi", T0, on_written=told.append)

@@ -33,6 +33,15 @@ attempts recorded before it, and after a power cut only bookkeeping newer than t
 C{FULL} commit can be missing (a message without targets is looked up and targeted again).
 Each call is applied wholly or not at all: a crash never leaves half of one.
 
+Sending while the sender's fsync runs. L{MessageStore.queue_outgoing}'s C{on_written} hands
+the outbox what the recipient is owed as soon as the message is committed (it survives a
+crash of the process from then on), and the fsync of the write-ahead log
+(L{MessageDatabase.sync}) follows in the same job: the message travels to the peer while the
+disk syncs, and C{send} still fires only once it is durable. A power cut in that window (a
+few milliseconds, before C{send} returned) can leave the peer holding a message our history
+lacks; never the reverse, and never a receipt or "delivered" recorded for a message that is
+not durably stored on both sides.
+
 Group commit. The frequent writes of a busy conversation (L{MessageStore.store_incoming},
 L{MessageStore.queue_outgoing}, L{MessageStore.add_targets}, L{MessageStore.mark_attempt},
 L{MessageStore.mark_delivered}) made while an earlier one is still on the store's thread are

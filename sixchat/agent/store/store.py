@@ -30,6 +30,7 @@ from sixchat.agent.store.records import (
     StoreClosedError,
     StoreError,
 )
+from sixchat.identity import normalize_identity
 from sixchat.stanzas import Message
 
 __all__ = ["MessageStore"]
@@ -91,15 +92,17 @@ class _Batch:
             return db.batch(calls, durable)
 
         def written(results: list[tuple[bool, Any]]) -> None:
+            owed: dict[str, list[OutgoingMessage] | None] = {}  # one read per recipient
             for index, to, callback in self.early:
                 if not results[index][0]:
                     continue  # not queued: the call's Deferred fails
-                pending: list[OutgoingMessage] | None
-                try:
-                    pending = db.pending(None, to=to)
-                except Exception:  # the caller reads for itself
-                    pending = None
-                reactor.callFromThread(callback, pending)
+                key = normalize_identity(to)
+                if key not in owed:
+                    try:
+                        owed[key] = db.pending(None, to=to)
+                    except Exception:  # the caller reads for itself
+                        owed[key] = None
+                reactor.callFromThread(callback, owed[key])
 
         return db.batch(calls, durable, written)
 
