@@ -134,8 +134,15 @@ class RegistryDirectory:
         return self._connecting.wait()
 
     def _startWatch(self, client: RegistryClient, identity: str) -> None:
+        def refused(f: Failure) -> None:
+            # No pushes will come (e.g. rate_limited): not watched, so a lookup does not
+            # trust its cached record beyond RECORD_TTL and the next watch() asks again.
+            log.debug("watch {peer}: {f}", peer=identity, f=f.getErrorMessage())
+            if self._client is client:
+                self.watched.discard(normalize_identity(identity))
+
         client.watch(identity, lambda record: self._presence(identity, record)).addErrback(
-            lambda f: log.debug("watch {peer}: {f}", peer=identity, f=f.getErrorMessage())
+            refused
         )
 
     def _lost(self, client: RegistryClient) -> None:

@@ -33,6 +33,7 @@ from twisted.python.failure import Failure
 from sixchat.agent.errors import UnknownIdentity
 from sixchat.agent.interfaces import IDirectory
 from sixchat.identity import normalize_identity
+from sixchat.irp.messages import IRPError
 from sixchat.protocol import HandshakeFailed, SessionLost, StanzaRefused
 
 if TYPE_CHECKING:
@@ -44,6 +45,7 @@ __all__ = [
     "DEFAULT_TTL",
     "EXPIRE_EVERY",
     "RETRY_BASE",
+    "RATE_LIMITED_RETRY",
     "RETRY_MAX",
     "SEND_WINDOW",
     "TICK",
@@ -66,6 +68,10 @@ TICK = 1.0
 EXPIRE_EVERY = 60.0
 #: How often messages owed to an unknown peer look it up again (besides its presence push).
 UNKNOWN_RETRY = 30.0
+#: A lookup the registry refused for its request rate (irp-1: 50 a second per connection,
+#: one token back every 20 ms) is asked again after this, times a jitter in [0.5, 1), rather
+#: than at the next L{TICK}.
+RATE_LIMITED_RETRY = 0.1
 
 
 class OutboxStore(Protocol):
@@ -166,7 +172,13 @@ class OutboxScheduler:
         self._tick_call: IDelayedCall | None = None
         self._last_expire = 0.0
         self._delivering: set[str] = set()
-        self._again: set[str] = set()
+        #: Peers kicked during a delivery to them: the newest list of what they are owed
+        #: given meanwhile, or None (read it again).
+        self._again: dict[str, list[OutgoingMessage] | None] = {}
+        #: Peers whose pass after the one in flight treats every owed entry as due.
+        self._now_due: set[str] = set()
+        #: Peers whose lookup the registry refused for its rate: the retry waiting.
+        self._soon: dict[str, IDelayedCall] = {}
 
     def now(self) -> datetime:
         return datetime.fromtimestamp(self.clock.seconds(), UTC)
@@ -181,6 +193,10 @@ class OutboxScheduler:
         if self._tick_call is not None and self._tick_call.active():
             self._tick_call.cancel()
         self._tick_call = None
+        for call in self._soon.values():
+            if call.active():
+                call.cancel()
+        self._soon.clear()
 
     def schedule(self, delay: float) -> None:
         """Tick in C{delay} seconds, unless a tick is due sooner already."""
@@ -213,16 +229,32 @@ class OutboxScheduler:
         finally:
             self.schedule(TICK)
 
-    def kick(self, peer: str) -> None:
-        """Deliver what is owed to C{peer} now (coalesced per peer)."""
+    def kick(
+        self, peer: str, pending: list[OutgoingMessage] | None = None, *, now_due: bool = False
+    ) -> None:
+        """
+        Deliver what is owed to C{peer} now (coalesced per peer). C{pending}: what is owed
+        to it, just read by the caller (L{MessageStore.queue_outgoing}'s C{on_written}),
+        which saves a read. A kick during a delivery to the peer makes one more pass after
+        it: from the newest list given meanwhile, less what that delivery attempted (the
+        only entries that changed since that list was read), or from a read if any kick
+        came without a list. C{now_due}: every owed entry is due at once, whatever its
+        backoff (the peer just registered: L{peerAppeared}).
+        """
         if not self.running or self.stopping or not self.store.is_open:
             return
         key = normalize_identity(peer)
         if key in self._delivering:
-            self._again.add(key)
+            if now_due:
+                self._now_due.add(key)
+            if pending is None or self._again.get(key, []) is None:
+                self._again[key] = None
+            else:
+                self._again[key] = pending
             return
         self._delivering.add(key)
-        d = defer.ensureDeferred(self._deliverPeer(peer))
+        attempted: set[str] = set()
+        d = defer.ensureDeferred(self._deliverPeer(peer, pending, attempted, now_due))
         d.addErrback(
             lambda f: (
                 None if self.stopping else log.failure("delivery to {peer} failed", f, peer=peer)
@@ -232,8 +264,12 @@ class OutboxScheduler:
         def done(_: object) -> None:
             self._delivering.discard(key)
             if key in self._again:
-                self._again.discard(key)
-                self.kick(peer)
+                again = self._again.pop(key)
+                if again is not None:
+                    again = [m for m in again if m.id not in attempted]
+                forced = key in self._now_due
+                self._now_due.discard(key)
+                self.kick(peer, again, now_due=forced)
 
         d.addBoth(done)
 
@@ -244,14 +280,34 @@ class OutboxScheduler:
     def peerAppeared(self, peer: str) -> None:
         """C{peer} has nodes now (a presence push): known again, deliver at once."""
         self.unknown.pop(normalize_identity(peer), None)
-        self.kick(peer)
+        self.kick(peer, now_due=True)
+
+    def _retrySoon(self, peer: str) -> None:
+        """Kick C{peer} again after L{RATE_LIMITED_RETRY} (jittered), once per peer."""
+        key = normalize_identity(peer)
+        if key in self._soon or self.stopping:
+            return
+
+        def again() -> None:
+            del self._soon[key]
+            self.kick(peer)
+
+        delay = RATE_LIMITED_RETRY * (0.5 + self.rand() / 2)
+        self._soon[key] = self.clock.callLater(delay, again)
 
     def retryDelay(self, attempts: int) -> float:
         return min(RETRY_MAX, RETRY_BASE * (2 ** min(attempts, 16))) * (0.5 + self.rand() / 2)
 
-    async def _deliverPeer(self, peer: str) -> None:
+    async def _deliverPeer(
+        self,
+        peer: str,
+        pending: list[OutgoingMessage] | None,
+        attempted: set[str],
+        now_due: bool = False,
+    ) -> None:
         key = normalize_identity(peer)
-        pending: list[OutgoingMessage] = await self.store.pending_for(peer)
+        if pending is None:
+            pending = await self.store.pending_for(peer)
         pending = [m for m in pending if not self.elsewhere(m)]
         if not pending:
             self.unknown.pop(key, None)
@@ -276,27 +332,31 @@ class OutboxScheduler:
             return
         except Exception as e:
             log.debug("lookup of {peer} failed: {e}", peer=peer, e=e)
+            if isinstance(e, IRPError) and e.reason == "rate_limited":
+                self._retrySoon(peer)
             return
         self.unknown.pop(key, None)
         nodes = self.usable_nodes(peer, record.nodes)
         if not nodes:
             return  # offline: the watch will kick us when a node registers
         names = [n.name for n in nodes]
-        # All at once: the store commits them together (group commit), in this order.
-        await defer.gatherResults(
-            [
-                self.store.add_targets(message.id, names)
-                for message in pending
-                if message.state in ("queued", "sent", "delivered")
-            ]
-        )
+        # The targets are recorded (group-committed with the attempts below, in this order)
+        # while the messages go out: what is due is worked out here, from the entries read
+        # above and the nodes that are new to a message (queued, never tried: due now),
+        # rather than read back after the write (one store round trip less per delivery).
         now = self.now()
-        due: list[OutgoingMessage] = await self.store.pending_for(peer, now)
-        due = [m for m in due if not self.elsewhere(m)]
+        targetable = [m for m in pending if m.state in ("queued", "sent", "delivered")]
+        for message in targetable:
+            self.store.add_targets(message.id, names).addErrback(
+                self._targetsNotRecorded, message.id
+            )
         work = []
         for node in nodes:
-            owed = [m for m in due if node.name in m.due_nodes(now)]
+            # An entry in flight is never in a new pass (a delivery awaits all its sends),
+            # so now_due re-sends only what waits for its backoff.
+            owed = [m for m in targetable if _due_to(m, node.name, now, now_due)]
             if owed:
+                attempted.update(m.id for m in owed)
                 work.append(defer.ensureDeferred(self._deliverNode(peer, node, owed)))
         if work:
             await defer.DeferredList(work, consumeErrors=True)
@@ -342,8 +402,7 @@ class OutboxScheduler:
                 return
             now = self.now()
             for message in owed:
-                entry = next(n for n in message.nodes if n.node == node.name)
-                delay = self.retryDelay(entry.attempts)
+                delay = self.retryDelay(_attempts(message, node.name))
                 await self.store.mark_attempt(
                     message.id, node.name, now, now + timedelta(seconds=delay), sent=False
                 )
@@ -359,8 +418,7 @@ class OutboxScheduler:
                 window.release()
                 break  # the rest stays owed; the next tick retries on a new session
             now = self.now()
-            entry = next(n for n in message.nodes if n.node == node.name)
-            retry_at = now + timedelta(seconds=self.retryDelay(entry.attempts))
+            retry_at = now + timedelta(seconds=self.retryDelay(_attempts(message, node.name)))
             # Not awaited: the store records the attempt in order, before the receipt's
             # mark_delivered; meanwhile the message is already on its way. A crash before
             # the record leaves the message queued: it is sent again and the peer, which
@@ -383,6 +441,10 @@ class OutboxScheduler:
         if status is not None:
             self.on_status(status)
 
+    def _targetsNotRecorded(self, failure: Failure, message_id: str) -> None:
+        if not self.stopping:
+            log.failure("could not record the targets of {id}", failure, id=message_id)
+
     def _attemptNotRecorded(self, failure: Failure, message_id: str) -> None:
         if not self.stopping:
             log.failure("could not record the attempt for {id}", failure, id=message_id)
@@ -402,6 +464,21 @@ class OutboxScheduler:
             self.schedule(0)  # the next tick re-sends when the entry is due
             return None
         return failure
+
+
+def _due_to(message: OutgoingMessage, node: str, now: datetime, now_due: bool) -> bool:
+    """
+    Whether C{message} is due to C{node} at C{now}: its entry is (or, C{now_due}, is owed
+    at all), or it has none yet.
+    """
+    for entry in message.nodes:
+        if entry.node == node:
+            return entry.owed if now_due else entry.due(now)
+    return True  # a new target: queued, never tried
+
+
+def _attempts(message: OutgoingMessage, node: str) -> int:
+    return next((n.attempts for n in message.nodes if n.node == node), 0)
 
 
 def _send_message(session: Session, message: OutgoingMessage) -> defer.Deferred[Any]:

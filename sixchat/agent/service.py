@@ -43,7 +43,7 @@ from sixchat.agent.outbox import DEFAULT_TTL, OutboxScheduler
 from sixchat.agent.ownnodes import OwnNodeSync, merged_handler
 from sixchat.agent.pinning import KeyChanges, RegistryKeyPins
 from sixchat.agent.sessions import SessionTable
-from sixchat.agent.store import MessageStatus, MessageStore, encryption
+from sixchat.agent.store import MessageStatus, MessageStore, OutgoingMessage, encryption
 from sixchat.agent.store.files import TransferStore
 from sixchat.agent.store.sync import SyncStore
 from sixchat.agent.views import status_dict
@@ -466,14 +466,32 @@ class UserAgentService(service.MultiService):
                         unknown += " (never registered there, or its certificate expired or "
                         unknown += "was revoked)"
                     raise UnknownIdentity(unknown)
-            ids = []
-            for part in split_text(text):
-                queued = yield self.store.queue_outgoing(
-                    to, part, self.now(), thread=thread, reply_to=reply_to
+            parts = split_text(text)
+            # The outbox starts on the last part as soon as the parts are committed, with
+            # what the store read for it then, while the fsync that makes them durable runs
+            # (send still fires only once they are durable).
+            def written(pending: list[OutgoingMessage] | None) -> None:
+                self.outbox.kick(to, pending)
+
+            writes = [
+                self.store.queue_outgoing(
+                    to,
+                    part,
+                    self.now(),
+                    thread=thread,
+                    reply_to=reply_to,
+                    on_written=written if i == len(parts) - 1 else None,
                 )
-                ids.append(queued.id)
-                self._emit(events.delivery_event(queued.status))
-            self.outbox.kick(to)
+                for i, part in enumerate(parts)
+            ]
+            try:
+                queued = yield defer.gatherResults(writes, consumeErrors=True)
+            except defer.FirstError as e:
+                self.outbox.kick(to)  # the parts that were queued
+                e.subFailure.raiseException()
+            for message in queued:
+                self._emit(events.delivery_event(message.status))
+            ids = [message.id for message in queued]
             return {"id": ids[-1], "ids": ids, "peer": to, "state": "queued"}
 
         return queue()

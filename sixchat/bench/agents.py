@@ -6,7 +6,8 @@ outbox, listener) in two processes.
     alice's outbox, sent, stored durably by bob's agent, receipted, and marked delivered in
     alice's outbox. The rate is messages/s from the first C{send} call to the last
     "delivered" event, end to end.
-  - B{latency} (warm): the same two agents, one message at a time (L{sixchat.bench.latency});
+  - B{latency} (warm): the same two agents, one message at a time, and at a fixed offered
+    rate for the load curve (L{sixchat.bench.latency});
   - B{agent_idle}: bob's agent holds C{count} idle sessions opened by a load process; its
     resident size before and after gives the memory per session, and the number still open
     after a hold period shows they are all kept.
@@ -108,6 +109,11 @@ async def agent(reactor: Any, spec: dict[str, Any]) -> None:
             emit("sample", bench="latency", variant="warm", round=rnd,
                  metrics=latency.stats(ms, queued))  # fmt: skip
 
+    async def load(to: str, rate: float, count: int, body: str) -> None:
+        ms, achieved = await latency.offered_load(service, clock, to, body, rate, count)
+        metrics = {**latency.stats(ms), "offered_per_s": float(rate), "sent_per_s": achieved}
+        emit("sample", bench="latency_load", variant=str(rate), round=0, metrics=metrics)
+
     def command(cmd: dict[str, Any]) -> None:
         name = cmd["cmd"]
         if name == "peer":
@@ -122,6 +128,9 @@ async def agent(reactor: Any, spec: dict[str, Any]) -> None:
             d.addErrback(lambda f: emit("error", error=f.getTraceback()))
         elif name == "latency":
             d = defer.ensureDeferred(timed(cmd["to"], cmd["count"], cmd["body"], cmd["round"]))
+            d.addErrback(lambda f: emit("error", error=f.getTraceback()))
+        elif name == "load":
+            d = defer.ensureDeferred(load(cmd["to"], cmd["rate"], cmd["count"], cmd["body"]))
             d.addErrback(lambda f: emit("error", error=f.getTraceback()))
         elif name == "measure":
             sessions = len(service.listener.factory.sessions)

@@ -67,6 +67,10 @@ class Profile:
     visibility_samples: int = 300
     #: The registry-visibility latency needs PostgreSQL (off with --no-postgres).
     latency_postgres: bool = True
+    #: Offered loads (messages/s) for the latency-under-load curve (C{--latency-loads});
+    #: none by default. Each load runs for C{latency_load_seconds}.
+    latency_loads: tuple[int, ...] = ()
+    latency_load_seconds: float = 3.0
 
 
 PROFILES = {
@@ -113,6 +117,7 @@ PROFILES = {
         latency_warm=300,
         latency_cold=20,
         visibility_samples=100,
+        latency_load_seconds=1.0,
     ),
     # Not for measuring: the smallest run that exercises every piece of plumbing (the unit
     # tests run it; numbers from it mean nothing).
@@ -139,6 +144,7 @@ PROFILES = {
         latency_warm=5,
         latency_cold=2,
         visibility_samples=5,
+        latency_load_seconds=0.2,
     ),
 }
 
@@ -165,9 +171,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rounds", type=_positive_int, help="interleaved rounds (default 3; quick 1)")
     p.add_argument("--no-postgres", action="store_true",
                    help="skip the PostgreSQL registry and registry-visibility latency")  # fmt: skip
+    p.add_argument("--latency-loads", metavar="RATES", type=_rates,
+                   help="with the latency benchmark, also measure p50/p99 at each offered "
+                   "load (messages/s, comma-separated, e.g. "
+                   f"{','.join(map(str, DEFAULT_LOADS))}; 'default' for that list)")  # fmt: skip
     p.add_argument("--workdir", help="keep certificates, databases and worker logs here")
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     return p
+
+
+#: The offered loads of the latency curve in docs/benchmarks.md.
+DEFAULT_LOADS = (10, 50, 100, 200, 400, 800, 1600)
+
+
+def _rates(text: str) -> tuple[int, ...]:
+    if text == "default":
+        return DEFAULT_LOADS
+    try:
+        rates = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            "a comma-separated list of messages per second, e.g. 10,100,1000"
+        ) from None
+    if not rates or min(rates) < 1:
+        raise argparse.ArgumentTypeError("every load must be at least 1 message/s")
+    return rates
 
 
 def _positive_int(text: str) -> int:
@@ -198,6 +226,8 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
     if args.no_postgres:
         profile.registry_postgres = False
         profile.latency_postgres = False
+    if args.latency_loads:
+        profile.latency_loads = args.latency_loads
     benches = tuple(b for b in (args.only or BENCHES) if b not in args.skip)
     if args.plot:
         _check_matplotlib()

@@ -14,6 +14,11 @@ seen through another registry instance.
     handshake in which both sides validate a leaf they have never seen (no validated-chain
     cache hit: each receiver has its own certificate and has never seen alice's), the
     store at the receiver, and the receipt.
+  - B{latency under load} (bench C{latency_load}, one variant per offered rate, only with
+    C{--latency-loads}): the warm pair again; alice sends at a fixed rate (open loop, on a
+    schedule that does not wait for deliveries) for a few seconds. One sample per message:
+    its scheduled send time to its C{delivered} event, so a send delayed by a busy agent
+    counts its wait too.
   - B{registry visibility} (bench C{registry_visibility}, variant C{postgres}): two registry
     processes on one PostgreSQL database; a client registers a new contact through registry
     A while another client watches that identity through registry B. One sample per
@@ -34,12 +39,6 @@ from zope.interface import implementer
 from sixchat.bench import fixtures
 from sixchat.bench.common import commands, emit, sleep
 from sixchat.bench.results import percentile
-
-#: Seconds between two cold samples. Back to back (one new contact every 20 ms), after about
-#: 25 contacts one or two messages waited for the outbox's next 1 s tick instead of going at
-#: once (cause not found; no registry request failed: docs/benchmarks.md). Paced, none did;
-#: a person meets fewer than ten new contacts a second.
-COLD_PAUSE = 0.1
 
 
 def stats(latencies_ms: list[float], queued_ms: list[float] | None = None) -> dict[str, float]:
@@ -92,12 +91,12 @@ def observe(service: Any) -> DeliveryClock:
 
 
 async def one_at_a_time(
-    service: Any, clock: DeliveryClock, recipients: list[str], body: str, pause: float = 0.0
+    service: Any, clock: DeliveryClock, recipients: list[str], body: str
 ) -> tuple[list[float], list[float]]:
     """
     Send one message to each recipient in turn, each after the last is delivered: the
     latencies (ms) to C{delivered}, and to C{send} firing (the message stored in the outbox;
-    with a registry, after the recipient's lookup). C{pause} seconds between messages.
+    with a registry, after the recipient's lookup).
     """
     latencies, queued_ms = [], []
     for to in recipients:
@@ -106,9 +105,45 @@ async def one_at_a_time(
         queued_ms.append((time.perf_counter() - t0) * 1000)
         t1 = await clock.delivered(queued["id"])
         latencies.append((t1 - t0) * 1000)
-        if pause:
-            await sleep(service.reactor, pause)
     return latencies, queued_ms
+
+
+async def offered_load(
+    service: Any, clock: DeliveryClock, to: str, body: str, rate: float, count: int
+) -> tuple[list[float], float]:
+    """
+    Send C{count} messages to C{to} at C{rate} a second, on a fixed schedule (open loop):
+    message i is due at start + i / rate and is sent at the first reactor turn at or after
+    that. Returns the latencies (ms) from each message's due time to its C{delivered} event,
+    and the rate actually achieved (messages over the time until the last send call).
+    """
+    reactor = service.reactor
+    start = time.perf_counter() + 0.01
+    waits: list[defer.Deferred[float]] = []
+    due_at: list[float] = []
+    finished: defer.Deferred[None] = defer.Deferred()
+    sent = 0
+
+    def track(queued: dict[str, Any]) -> defer.Deferred[float]:
+        return clock.delivered(queued["id"])
+
+    def burst() -> None:
+        nonlocal sent
+        now = time.perf_counter()
+        while sent < count and start + sent / rate <= now:
+            due_at.append(start + sent / rate)
+            waits.append(service.send(to, body).addCallback(track))
+            sent += 1
+        if sent < count:
+            reactor.callLater(max(0.0, start + sent / rate - time.perf_counter()), burst)
+        else:
+            finished.callback(None)
+
+    reactor.callLater(0.01, burst)
+    await finished
+    achieved = count / max(1e-9, time.perf_counter() - start)
+    delivered_at = await defer.gatherResults(waits)
+    return [(t - due) * 1000 for t, due in zip(delivered_at, due_at, strict=True)], achieved
 
 
 # -- cold: agents with a registry ----------------------------------------------------------------
@@ -174,8 +209,7 @@ async def latency_sender(reactor: Any, spec: dict[str, Any]) -> None:
     await _start_registered(service)
     emit("ready")
     cmd = await commands(reactor).wait("go")
-    latencies, queued = await one_at_a_time(service, clock, cmd["to"], "Hello, stranger! " * 4,
-                                            cmd.get("pause", 0.0))
+    latencies, queued = await one_at_a_time(service, clock, cmd["to"], "Hello, stranger! " * 4)
     emit("sample", bench="latency", variant="cold", round=0, metrics=stats(latencies, queued))
 
 
@@ -234,6 +268,8 @@ def bench_latency(run: Any) -> None:
     _warm(run)
     _cold(run)
     _visibility(run)
+    if run.profile.latency_loads:
+        _load_curve(run)
 
 
 def _warm(run: Any) -> None:
@@ -252,6 +288,27 @@ def _warm(run: Any) -> None:
             alice.expect("latencies", 120)
             alice.send("latency", to=b["identity"], count=n, body=body, round=0)
             run.record(alice.expect("sample", 900))
+
+
+def _load_curve(run: Any) -> None:
+    """Offered load against p50/p99: the warm pair at each rate of C{--latency-loads}."""
+    loads, seconds = run.profile.latency_loads, run.profile.latency_load_seconds
+    run.say(f"latency under load: {', '.join(map(str, loads))} messages/s offered, "
+            f"{seconds:g} s each, alice -> bob, session open")  # fmt: skip
+    spec = {"role": "agent", "deadline": 900}
+    with run.worker("load-bob", {**spec, "who": "bob"}) as bob:
+        b = bob.expect("ready", 60)
+        with run.worker("load-alice", {**spec, "who": "alice"}) as alice:
+            alice.expect("ready", 60)
+            alice.send("peer", identity=b["identity"], port=b["port"], cert=b["cert"])
+            alice.expect("ok", 30)
+            body = "Hello, Bob! " * 8
+            alice.send("latency", to=b["identity"], count=20, body=body, round=-1)  # warm-up
+            alice.expect("latencies", 120)
+            for rate in loads:
+                count = max(20, int(rate * seconds))
+                alice.send("load", to=b["identity"], rate=rate, count=count, body=body)
+                run.record(alice.expect("sample", 600))
 
 
 def _cold(run: Any) -> None:
@@ -273,7 +330,10 @@ def _cold(run: Any) -> None:
                                           "deadline": 900})  # fmt: skip
         )
         sender.expect("ready", 120)
-        sender.send("go", to=identities, pause=COLD_PAUSE)
+        # Back to back, one new contact every ~20 ms: past the registry's 50 requests a
+        # second (three per contact), so some lookups are refused (rate_limited) and retried
+        # 50-100 ms later (agent/outbox.py); until that retry they waited for the 1 s tick.
+        sender.send("go", to=identities)
         run.record(sender.expect("sample", 900))
 
 

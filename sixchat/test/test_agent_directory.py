@@ -130,6 +130,28 @@ class UnknownIsNotOfflineTests(unittest.TestCase):
         self.clock.advance(RECORD_TTL)
         self.failureResultOf(self.directory.lookup(CAROL), UnknownIdentity)
 
+    def test_a_refused_watch_is_not_trusted(self) -> None:
+        # A watch the registry refused (rate_limited) pushes nothing: the cached record must
+        # not be trusted as if it were kept current, and a later watch asks again.
+        refused: list[str] = []
+
+        def watch(identity: str, callback: Any) -> defer.Deferred[None]:
+            refused.append(identity)
+            return defer.fail(IRPError("rate_limited", "too many requests", "3"))
+
+        self.patch(self.client, "watch", watch)
+        self.client.answers[CAROL] = Record(CAROL, [])  # offline when looked up
+        self.successResultOf(self.directory.lookup(CAROL))
+        self.successResultOf(self.directory.lookup(CAROL))  # cached: one lookup
+        self.directory.watch(CAROL)
+        self.assertEqual(refused, [CAROL])
+        self.assertNotIn(CAROL, self.directory.watched)
+        self.client.answers[CAROL] = Record(CAROL, [node()])  # online now; no push came
+        self.clock.advance(RECORD_TTL)
+        self.assertEqual(len(self.successResultOf(self.directory.lookup(CAROL)).nodes), 1)
+        self.directory.watch(CAROL)
+        self.assertEqual(refused, [CAROL, CAROL])
+
     def test_connection_loss_forgets(self) -> None:
         self.failureResultOf(self.directory.lookup(CAROL), UnknownIdentity)
         self.client.lost.callback(None)

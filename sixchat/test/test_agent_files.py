@@ -277,6 +277,8 @@ class AgentFileTests(unittest.TestCase):
             [(e.reason, e.ref) for e in errors if isinstance(e, ErrorStanza)][:2],
             [("bad_request", "nope"), ("bad_request", "nope")],
         )
+        # The accepts follow bob's durable records of the transfers; the rejects do not wait.
+        yield self.until(lambda: len([e for e in errors if isinstance(e, Accept)]) >= 4)
         self.assertEqual(len([e for e in errors if isinstance(e, Accept)]), 4)
         self.assertEqual(len(bob_events.of("message")), 1)
 

@@ -403,6 +403,123 @@ class SchedulerTests(unittest.TestCase):
         lookups[1].callback(self.directory.record(BOB))
         self.assertEqual(len(lookups), 2)
 
+    def test_rate_limited_lookup_is_retried_soon_not_at_the_next_tick(self) -> None:
+        # The cold-latency outlier of issue 15: a new contact every ~20 ms costs the agent
+        # three registry requests each (lookup, watch, unwatch), past the registry's 50 a
+        # second; a refused lookup (rate_limited) left the message for the 1 s tick.
+        from sixchat.irp.messages import IRPError
+
+        self.directory.register(BOB, binding())
+        real_lookup = self.directory.lookup
+        refusals = [IRPError("rate_limited", "too many requests", "7")]
+
+        def lookup(identity: str) -> defer.Deferred[Any]:
+            if refusals:
+                return defer.fail(refusals.pop())
+            return real_lookup(identity)
+
+        self.patch(self.directory, "lookup", lookup)
+        scheduler = self.scheduler()
+        self.queue(scheduler)
+        scheduler.kick(BOB)
+        self.assertEqual(self.sessions.dials, [])  # refused: nothing dialled yet
+        self.clock.advance(outbox.RATE_LIMITED_RETRY * 0.5 - 0.001)
+        self.assertEqual(self.sessions.dials, [])  # not before the (jittered) delay
+        self.clock.advance(0.001)
+        self.assertEqual(self.sessions.dials, [(BOB, "phone")])
+        self.assertEqual(len(self.sessions.sessions["phone"].sent), 1)
+        self.assertLess(outbox.RATE_LIMITED_RETRY, outbox.TICK)
+
+    def test_rate_limited_retry_once_per_peer_and_cancelled_at_stop(self) -> None:
+        from sixchat.irp.messages import IRPError
+
+        self.patch(
+            self.directory,
+            "lookup",
+            lambda identity: defer.fail(IRPError("rate_limited", "too many requests", "7")),
+        )
+        scheduler = self.scheduler()
+        self.queue(scheduler)
+        scheduler.kick(BOB)
+        scheduler.kick(BOB)
+        self.assertEqual(len(scheduler._soon), 1)  # one retry pending per peer
+        scheduler.stop()
+        self.assertEqual(scheduler._soon, {})
+        self.assertEqual([c for c in self.clock.getDelayedCalls() if c.active()], [])
+
+    def test_other_lookup_failures_wait_for_the_tick(self) -> None:
+        self.patch(
+            self.directory, "lookup", lambda identity: defer.fail(ConnectionRefusedError())
+        )
+        scheduler = self.scheduler()
+        self.queue(scheduler)
+        scheduler.kick(BOB)
+        self.assertEqual(scheduler._soon, {})  # an unreachable registry is not hammered
+
+    def test_a_kick_with_what_is_owed_skips_the_read(self) -> None:
+        reads: list[str] = []
+        real = self.store.pending_for
+        self.patch(self.store, "pending_for",
+                   lambda to, now=None: reads.append(to) or real(to, now))  # fmt: skip
+        self.directory.register(BOB, binding())
+        scheduler = self.scheduler()
+        self.queue(scheduler)
+        owed = self.successResultOf(real(BOB))
+        scheduler.kick(BOB, owed)
+        self.assertEqual(reads, [])
+        self.assertEqual(len(self.sessions.sessions["phone"].sent), 1)
+        # Coalesced with the delivery in flight: the pass after it starts from the newest
+        # list given, less what that delivery attempted (m1, whose entry it changed).
+        self.queue(scheduler, "m2")
+        stale_m1 = self.successResultOf(real(BOB))
+        self.queue(scheduler, "m3")
+        fresh = self.successResultOf(real(BOB))
+        self.assertEqual([m.id for m in fresh], ["m1", "m2", "m3"])
+        scheduler.kick(BOB, stale_m1)
+        scheduler.kick(BOB, fresh)
+        session = self.sessions.sessions["phone"]
+        self.assertEqual(len(session.sent), 1)
+        session.receipt(0)
+        self.assertEqual(reads, [])
+        self.assertEqual([m.id for m, _ in session.sent], ["m1", "m2", "m3"])
+        # A kick without a list during a delivery: the pass after it reads.
+        scheduler.kick(BOB, fresh)  # in flight: m2, m3
+        scheduler.kick(BOB)
+        scheduler.kick(BOB, fresh)  # a list after a plain kick still reads
+        session.receipt(1)
+        session.receipt(2)
+        self.assertEqual(reads, [BOB])
+        self.assertEqual(len(session.sent), 3)  # nothing sent twice
+
+    def test_a_peer_that_registers_gets_its_messages_at_once_whatever_the_backoff(self) -> None:
+        # The module's promise ("at once when the directory reports the peer online"): a
+        # presence push does not wait for the entries' backoff.
+        self.sessions.down = True
+        self.directory.register(BOB, binding())
+        scheduler = self.scheduler()
+        self.queue(scheduler)
+        for _ in range(4):  # four failed dials: the next try is 8-16 s away
+            scheduler.kick(BOB)
+            self.clock.advance(self.seconds_until(self.entry().next_attempt, scheduler))
+        scheduler.kick(BOB)
+        self.assertEqual(self.entry().attempts, 5)
+        self.assertGreater(self.seconds_until(self.entry().next_attempt, scheduler), 15)
+        self.sessions.down = False
+        scheduler.kick(BOB)  # a plain kick keeps to the backoff
+        self.assertEqual(self.sessions.sessions, {})
+        scheduler.peerAppeared(BOB)
+        self.assertEqual(len(self.sessions.sessions["phone"].sent), 1)
+        # During a delivery, the push is kept for the pass after it; an entry in flight
+        # is not sent twice.
+        self.queue(scheduler, "m2")
+        self.store.nodes["m2"]["phone"] = dataclasses.replace(
+            self.entry(), attempts=3, next_attempt=scheduler.now() + timedelta(seconds=60),
+            state="queued",
+        )  # fmt: skip
+        scheduler.peerAppeared(BOB)
+        self.sessions.sessions["phone"].receipt(0)
+        self.assertEqual([m.id for m, _ in self.sessions.sessions["phone"].sent], ["m1", "m2"])
+
     def test_watch_while_owed_unwatch_when_done(self) -> None:
         scheduler = self.scheduler()
         self.queue(scheduler)

@@ -149,6 +149,33 @@ class AgentTests(AgentCase):
         self.assertEqual(status["outbox"].get("queued", 0), 0)
 
     @defer.inlineCallbacks
+    def test_a_warm_send_costs_no_outbox_read(self) -> Any:
+        # Issue 15: the outbox starts from what the store read right after the commit
+        # (queue_outgoing's on_written), while the fsync runs; no pending_for round trip.
+        alice, _ = yield self.agent("alice@example.com")
+        bob, _ = yield self.agent("bob@example.com")
+        self.directory.publish("bob@example.com", "n1", bob)
+        first = yield alice.send("bob@example.com", "opens the session")
+        yield alice.waitDelivered(first["id"], 10)
+        yield deferLater(0.1)  # the session's own kicks (sessionStarted) are over
+        # No periodic tick meanwhile: it kicks whatever is due (a message just queued, not
+        # yet targeted, is) without a list, and then the outbox reads, as it should.
+        self.patch(alice.outbox, "schedule", lambda delay: None)
+        tick = alice.outbox._tick_call
+        if tick is not None and tick.active():
+            tick.cancel()
+        reads: list[str] = []
+        real = alice.store.pending_for
+        self.patch(alice.store, "pending_for",
+                   lambda to, now=None: reads.append(to) or real(to, now))  # fmt: skip
+        for i in range(5):
+            sent = yield alice.send("bob@example.com", f"warm {i}")
+            status = yield alice.waitDelivered(sent["id"], 10)
+            self.assertEqual(status["state"], "delivered")
+        self.assertEqual(reads, [])
+        self.assertEqual(len(alice.sessions.outgoing), 1)
+
+    @defer.inlineCallbacks
     def test_two_nodes_both_receive(self) -> Any:
         alice, _ = yield self.agent("alice@example.com")
         bob_key = certs.key_for("ed25519", "leaf:bob@example.com")

@@ -300,6 +300,90 @@ class GroupCommitTests(StoreTestCase):
         self.assertEqual(status.total_nodes, 2)
 
     @defer.inlineCallbacks
+    def test_on_written_comes_between_the_commit_and_the_fsync(self) -> Gen:
+        # The outbox may start sending once the row is committed (crash-safe); the caller
+        # learns "queued" only once the write-ahead log is fsynced.
+        import threading
+
+        order: list[str] = []
+        told = threading.Event()
+        real_sync = MessageDatabase.sync
+
+        def sync(db: MessageDatabase) -> None:
+            # The fsync waits for the reactor to have been told: on_written does not wait
+            # for the disk.
+            order.append("sync after written" if told.wait(10) else "sync first")
+            real_sync(db)
+
+        self.patch(MessageDatabase, "sync", sync)
+        owed: list[Any] = []
+
+        def written(pending: Any) -> None:
+            order.append("written")
+            owed.append(pending)
+            told.set()
+
+        older = yield self.store.queue_outgoing("bob@example.com", "first", T0)
+        d = self.store.queue_outgoing("bob@example.com", "second", T0 + SEC, on_written=written)
+        d.addCallback(lambda queued: order.append("fired") or queued)
+        queued = yield d
+        self.assertEqual(order, ["written", "sync after written", "fired"])
+        [pending] = owed
+        self.assertEqual([m.id for m in pending], [older.id, queued.id])
+        db = MessageDatabase(self.path)  # another connection sees it committed
+        try:
+            self.assertIsNotNone(db.outgoing(queued.id))
+        finally:
+            db.close()
+
+    @defer.inlineCallbacks
+    def test_on_written_reads_once_per_recipient_and_batch(self) -> Gen:
+        # A burst of sends must not read the (growing) outbox once per message.
+        reads: list[str] = []
+        real = MessageDatabase.pending
+
+        def pending(db: MessageDatabase, now: Any = None, to: Any = None) -> Any:
+            reads.append(to)
+            return real(db, now, to=to)
+
+        self.patch(MessageDatabase, "pending", pending)
+        told: list[Any] = []
+        batches = self.store.batches
+        calls = [
+            self.store.queue_outgoing(to, f"m{i}", T0, on_written=told.append)
+            for i in range(100)
+            for to in ("bob@example.com", "Carol@example.com")
+        ]
+        yield defer.gatherResults(calls)
+        self.assertEqual(len(told), 200)  # every caller told
+        used = self.store.batches - batches
+        self.assertLessEqual(len(reads), 2 * used)
+        self.assertLess(used, 20)
+        self.assertEqual(set(reads), {"bob@example.com", "Carol@example.com"})
+        last = told[-1]
+        self.assertEqual(len([m for m in last if m.to_display == "Carol@example.com"]), 100)
+
+    @defer.inlineCallbacks
+    def test_on_written_is_not_called_for_a_refused_message(self) -> Gen:
+        told: list[Any] = []
+        d = self.store.queue_outgoing("nobody", "hi", T0, on_written=told.append)
+        yield self.assertFailure(d, ValueError)
+        self.assertEqual(told, [])
+
+    @defer.inlineCallbacks
+    def test_on_written_without_a_list_when_the_read_fails(self) -> Gen:
+        def broken(*args: Any, **kwargs: Any) -> Any:
+            raise sqlite3.OperationalError("disk I/O error")
+
+        told: list[Any] = []
+        self.patch(MessageDatabase, "pending", broken)
+        queued = yield self.store.queue_outgoing(
+            "bob@example.com", "hi", T0, on_written=told.append
+        )
+        self.assertEqual(told, [None])
+        self.assertEqual(queued.state, "queued")
+
+    @defer.inlineCallbacks
     def test_a_failed_commit_fails_every_call_of_the_batch(self) -> Gen:
         from sixchat.agent.store import store as store_module
 

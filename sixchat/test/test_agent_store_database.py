@@ -57,6 +57,56 @@ class DatabaseBatchTests(SynchronousTestCase):
         self.assertEqual(self.db.pragma("synchronous"), 2)  # FULL
 
 
+    def test_targets_and_attempts_are_bookkeeping_a_receipt_is_durable(self) -> None:
+        # add_targets and mark_attempt commit with NORMAL (a later FULL commit's fsync of the
+        # WAL covers them); a batch holding anything else commits with FULL.
+        from sixchat.agent.store.store import _Batch
+
+        queued = self.db.queue_outgoing("bob@example.com", "hi", T0)
+        later = T0 + 2 * SEC
+        self.assertEqual(self.db.add_targets(queued.id, ["n1"]), ["n1"])
+        self.assertEqual(self.db.pragma("synchronous"), 1)  # NORMAL
+        batch = _Batch((MessageDatabase.add_targets, (queued.id, ["n2"]), {}, None))
+        self.assertTrue(batch.join((MessageDatabase.mark_attempt, (queued.id, "n1", T0, later),
+                                    {}, None)))  # fmt: skip
+        self.assertEqual(batch.run(self.db)[0], (True, ["n2"]))
+        self.assertEqual(self.db.pragma("synchronous"), 1)
+        batch = _Batch((MessageDatabase.add_targets, (queued.id, ["n3"]), {}, None))
+        self.assertTrue(batch.join((MessageDatabase.mark_delivered, (queued.id, "n1", T0), {},
+                                    None)))  # fmt: skip
+        batch.run(self.db)
+        self.assertEqual(self.db.pragma("synchronous"), 2)  # FULL: the receipt
+        status = self.db.status(queued.id)
+        assert status is not None
+        self.assertEqual(
+            [(n.node, n.state) for n in status.nodes],
+            [("n1", "delivered"), ("n2", "queued"), ("n3", "queued")],
+        )
+
+    def test_written_between_commit_and_sync(self) -> None:
+        import os
+        import tempfile
+
+        directory = tempfile.mkdtemp()
+        db = MessageDatabase(os.path.join(directory, "m.sqlite"))
+        self.addCleanup(db.close)
+        events: list[Any] = []
+        self.patch(db, "sync", lambda: events.append("sync"))
+        results = db.batch(
+            [(MessageDatabase.store_incoming, ("bob@example.com", msg("w1"), T0), {})],
+            True,
+            lambda res: events.append(("written", res, db.pragma("synchronous"))),
+        )
+        self.assertEqual(results, [(True, True)])
+        self.assertEqual(events, [("written", [(True, True)], 1), "sync"])  # NORMAL, synced
+        del events[:]
+        db.batch([(MessageDatabase.mark_read, ("bob@example.com",), {})], False,
+                 lambda res: events.append("written"))  # fmt: skip
+        self.assertEqual(events, ["written"])  # bookkeeping: no fsync
+        self.patch(db, "sync", MessageDatabase.sync.__get__(db))
+        db.sync()  # the real one: fdatasync of the write-ahead log
+        MessageDatabase(":memory:").sync()  # nothing to sync
+
 # -- property test ---------------------------------------------------------------------------
 
 NODES = ("n1", "n2", "n3")

@@ -95,6 +95,17 @@ class ArgumentTests(SynchronousTestCase):
         self.assertLess(quick.latency_warm, full.latency_warm)
         self.assertLess(quick.latency_cold, full.latency_cold)
 
+    def test_latency_loads(self) -> None:
+        self.assertEqual(cli.parse_args([]).profile.latency_loads, ())  # not in a plain run
+        options = cli.parse_args(["--only", "latency", "--latency-loads", "10,200,1000"])
+        self.assertEqual(options.profile.latency_loads, (10, 200, 1000))
+        self.assertEqual(cli.parse_args(["--latency-loads", "default"]).profile.latency_loads,
+                         cli.DEFAULT_LOADS)  # fmt: skip
+        self.assertEqual(cli.PROFILES["full"].latency_loads, ())  # profiles stay untouched
+        for bad in ("", "10,,20", "0", "-5", "fast", "10;20"):
+            with self.assertRaises(SystemExit, msg=bad):
+                cli.parse_args(["--latency-loads", bad])
+
     def test_json_and_workdir(self) -> None:
         options = cli.parse_args(["--json", "out.json", "--workdir", "w", "--quiet"])
         self.assertEqual((options.json_path, options.workdir, options.quiet),
@@ -344,6 +355,54 @@ class SmokeTests(SynchronousTestCase):
         self.assertIn(("stanza", "xmpp_tls"), variants)
         self.assertIn(("bulk", "tcp"), variants)
         self.assertIn(("handshake", "tls-conc-ed25519-x25519"), variants)
+
+
+class LatencyLoadSmokeTests(SynchronousTestCase):
+    """The load curve's plumbing: two agents, two offered rates, and the chart's script."""
+
+    def test_curve_and_chart(self) -> None:
+        out = os.path.abspath(self.mktemp())
+        root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        env = dict(os.environ, PYTHONPATH=root)
+        proc = subprocess.run(
+            [sys.executable, "-m", "sixchat.bench", "--smoke", "--quiet", "--json", out,
+             "--only", "latency", "--no-postgres", "--latency-loads", "20,100"],
+            capture_output=True, text=True, timeout=300, env=env, check=False,
+        )  # fmt: skip
+        self.assertEqual(proc.returncode, 0, proc.stdout + proc.stderr)
+        with open(out) as f:
+            report = json.load(f)
+        self.assertEqual(report["meta"]["failures"], {})
+        loads = {s["variant"]: s["metrics"] for s in report["samples"]
+                 if s["bench"] == "latency_load"}  # fmt: skip
+        self.assertEqual(sorted(loads, key=float), ["20", "100"])
+        for rate, metrics in loads.items():
+            self.assertEqual(metrics["offered_per_s"], float(rate))
+            self.assertGreaterEqual(metrics["samples"], 20)
+            self.assertGreater(metrics["p99_ms"], 0)
+            self.assertGreaterEqual(metrics["p99_ms"], metrics["p50_ms"])
+        import importlib.util
+
+        spec = importlib.util.spec_from_file_location(
+            "latency_curve", os.path.join(root, "scripts", "latency_curve.py")
+        )
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        points = module.curve(report)
+        self.assertEqual([p[0] for p in points], [20.0, 100.0])
+        self.assertEqual(points[1][2], loads["100"]["p50_ms"])
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            return
+        png = os.path.abspath(self.mktemp()) + ".png"
+        proc = subprocess.run([sys.executable, os.path.join(root, "scripts", "latency_curve.py"),
+                               out, png], capture_output=True, text=True, timeout=120,
+                              env=env, check=False)  # fmt: skip
+        self.assertEqual(proc.returncode, 0, proc.stderr)
+        with open(png, "rb") as f:
+            self.assertEqual(f.read(8), b"\x89PNG\r\n\x1a\n")
 
 
 #: The latency keys (issue 15, item 1), with the (bench, variant) each comes from.

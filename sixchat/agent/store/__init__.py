@@ -19,15 +19,28 @@ Two layers:
 
 Durability ("chat that loses nothing"). The file is in WAL mode. A transaction that a
 receipt or the outbox depends on (L{MessageStore.store_incoming},
-L{MessageStore.queue_outgoing}, L{MessageStore.add_targets}, L{MessageStore.mark_delivered},
+L{MessageStore.queue_outgoing}, L{MessageStore.mark_delivered},
 L{MessageStore.mark_failed}, L{MessageStore.expire}, pins and key acceptance) commits with
 C{synchronous=FULL}: SQLite fsyncs the WAL before C{COMMIT} returns, and the Deferred fires
 only after that, so a caller may send the receipt (§8.2) as soon as it fires. Bookkeeping
-whose loss costs nothing but a retry or a repeated "unread" (L{MessageStore.mark_attempt},
-L{MessageStore.mark_read}, L{MessageStore.touch_contact},
-L{SQLitePinStore.note_key_change}) commits with C{synchronous=NORMAL}, which survives a
-process crash (SIGKILL) but not necessarily a power cut. Each call is applied wholly or not
-at all: a crash never leaves half of one.
+whose loss costs nothing but a retry, a lookup or a repeated "unread"
+(L{MessageStore.mark_attempt}, L{MessageStore.add_targets}, L{MessageStore.mark_read},
+L{MessageStore.touch_contact}, L{SQLitePinStore.note_key_change}) commits with
+C{synchronous=NORMAL}, which survives a process crash (SIGKILL) but not necessarily a power
+cut. The WAL is one file written in order, so the fsync of a later C{FULL} commit makes every
+earlier commit durable too: a receipt recorded durably never outlives the targets and
+attempts recorded before it, and after a power cut only bookkeeping newer than the last
+C{FULL} commit can be missing (a message without targets is looked up and targeted again).
+Each call is applied wholly or not at all: a crash never leaves half of one.
+
+Sending while the sender's fsync runs. L{MessageStore.queue_outgoing}'s C{on_written} hands
+the outbox what the recipient is owed as soon as the message is committed (it survives a
+crash of the process from then on), and the fsync of the write-ahead log
+(L{MessageDatabase.sync}) follows in the same job: the message travels to the peer while the
+disk syncs, and C{send} still fires only once it is durable. A power cut in that window (a
+few milliseconds, before C{send} returned) can leave the peer holding a message our history
+lacks; never the reverse, and never a receipt or "delivered" recorded for a message that is
+not durably stored on both sides.
 
 Group commit. The frequent writes of a busy conversation (L{MessageStore.store_incoming},
 L{MessageStore.queue_outgoing}, L{MessageStore.add_targets}, L{MessageStore.mark_attempt},

@@ -30,6 +30,7 @@ from sixchat.agent.store.records import (
     StoreClosedError,
     StoreError,
 )
+from sixchat.identity import normalize_identity
 from sixchat.stanzas import Message
 
 __all__ = ["MessageStore"]
@@ -37,6 +38,14 @@ __all__ = ["MessageStore"]
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
+
+
+#: Told, in the reactor thread, what is owed to a recipient once a queued message is
+#: committed and before it is durable (C{None}: not available; read it after the batch).
+_Early = Callable[[list[OutgoingMessage] | None], object]
+
+#: Batched calls that commit with C{synchronous=NORMAL} (the package docstring says why).
+_NOT_DURABLE = (MessageDatabase.mark_attempt, MessageDatabase.add_targets)
 
 
 class _Batch:
@@ -48,15 +57,28 @@ class _Batch:
     #: A bound on one transaction, so that a burst does not hold the write lock for long.
     MAX_CALLS = 512
 
-    def __init__(self, call: tuple[Any, ...]) -> None:
+    def __init__(
+        self,
+        call: tuple[Any, ...],
+        early: _Early | None = None,
+        reactor: IReactorFromThreads | None = None,
+    ) -> None:
         self.calls = [call]
+        self.reactor = reactor
+        #: (index of the call, recipient, callback) for L{MessageStore.queue_outgoing}'s
+        #: C{on_written}.
+        self.early: list[tuple[int, str, _Early]] = []
+        if early is not None:
+            self.early.append((0, call[1][0], early))
         self._lock = threading.Lock()
         self._started = False
 
-    def join(self, call: tuple[Any, ...]) -> bool:
+    def join(self, call: tuple[Any, ...], early: _Early | None = None) -> bool:
         with self._lock:
             if self._started or len(self.calls) >= self.MAX_CALLS:
                 return False
+            if early is not None:
+                self.early.append((len(self.calls), call[1][0], early))
             self.calls.append(call)
             return True
 
@@ -64,8 +86,25 @@ class _Batch:
         with self._lock:
             self._started = True
         calls = [(method, args, kwargs) for method, args, kwargs, _ in self.calls]
-        durable = any(method is not MessageDatabase.mark_attempt for method, _, _ in calls)
-        return db.batch(calls, durable)
+        durable = any(method not in _NOT_DURABLE for method, _, _ in calls)
+        reactor = self.reactor
+        if not self.early or reactor is None:
+            return db.batch(calls, durable)
+
+        def written(results: list[tuple[bool, Any]]) -> None:
+            owed: dict[str, list[OutgoingMessage] | None] = {}  # one read per recipient
+            for index, to, callback in self.early:
+                if not results[index][0]:
+                    continue  # not queued: the call's Deferred fails
+                key = normalize_identity(to)
+                if key not in owed:
+                    try:
+                        owed[key] = db.pending(None, to=to)
+                    except Exception:  # the caller reads for itself
+                        owed[key] = None
+                reactor.callFromThread(callback, owed[key])
+
+        return db.batch(calls, durable, written)
 
 
 class MessageStore:
@@ -192,12 +231,23 @@ class MessageStore:
         db = self._db
         if db is None or self._pool is None:
             return fail(StoreClosedError("the message store is not open"))
+        return self._enqueue(db, method, args, kwargs, None)
+
+    def _enqueue(
+        self,
+        db: MessageDatabase,
+        method: Callable[..., _R],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        early: _Early | None,
+    ) -> Deferred[_R]:
+        assert self._pool is not None
         d: Deferred[_R] = Deferred()
         call = (method, args, kwargs, d)
         batch = self._open_batch
-        if batch is not None and batch.join(call):
+        if batch is not None and batch.join(call, early):
             return d
-        batch = _Batch(call)
+        batch = _Batch(call, early, self._reactor)
         self._pool.run(batch.run, db).addCallbacks(
             self._batchDone, self._batchFailed, callbackArgs=(batch,), errbackArgs=(batch,)
         )
@@ -264,6 +314,7 @@ class MessageStore:
         id: str | None = None,  # noqa: A002 - the stanza attribute's name
         thread: str | None = None,
         reply_to: str | None = None,
+        on_written: _Early | None = None,
     ) -> Deferred[OutgoingMessage]:
         """
         Put a message in the outbox; it is durable when this fires and stays in L{pending}
@@ -275,11 +326,22 @@ class MessageStore:
             content it fails with L{MessageIdConflict}.
         @param now: our clock: C{ts} is C{format_timestamp(now)}, C{created_at} is C{now}
             (history order and L{expire} use it).
+        @param on_written: called in the reactor thread with everything owed to C{to}
+            (L{pending_for}, this message included) as soon as the message is committed,
+            while the fsync that makes it durable is still running, or with C{None} if that
+            read failed; not called if queueing failed. The outbox starts sending then: a
+            message may reach the peer a moment before it is durable here (never before it
+            would survive a crash of this process), and this Deferred still fires only once
+            it is durable.
         @raise ValueError: (as a failure) body over 32,768 characters (split it first),
             invalid id or reply_to.
         """
-        return self._batched(
-            MessageDatabase.queue_outgoing, to, body, now, id=id, thread=thread, reply_to=reply_to
+        db = self._db
+        if db is None or self._pool is None:
+            return fail(StoreClosedError("the message store is not open"))
+        kwargs = {"id": id, "thread": thread, "reply_to": reply_to}
+        return self._enqueue(
+            db, MessageDatabase.queue_outgoing, (to, body, now), kwargs, on_written
         )
 
     def outgoing(self, message_id: str) -> Deferred[OutgoingMessage | None]:
@@ -292,7 +354,9 @@ class MessageStore:
         lookup or when the peer registers another device. Idempotent: fires with the nodes
         that were new (in the order given). A message that is expired or failed, or unknown,
         gets no new targets (fires with C{[]}); a delivered one does (another device of the
-        person still gets it).
+        person still gets it). Committed with C{synchronous=NORMAL}: after a power cut the
+        targets may be missing (the message is looked up and targeted again), never a
+        receipt recorded after them.
         """
         return self._batched(MessageDatabase.add_targets, message_id, list(nodes))
 
