@@ -102,6 +102,10 @@ def _settled(d: defer.Deferred[Any]) -> defer.Deferred[None]:
     return waiter
 
 
+def _nothing(_: object) -> None:
+    return None
+
+
 def _write_and_sync(writer: PartialWriter, hasher: Hasher, data: bytes, sync: bool) -> int:
     """In the disk thread: hash and append C{data}, fsync if asked; the durable length."""
     if data:
@@ -293,19 +297,25 @@ class FileInbox:
         held = writing.pending_held
         writing.pending, writing.pending_bytes, writing.pending_held = [], 0, 0
         if data or sync:
-            writing.chain.addCallback(
-                lambda _: defer.ensureDeferred(self._write(writing, data, sync))
-            )
+            writing.chain.addCallback(self._write, writing, data, sync)
         writing.chain.addBoth(self._released, writing, held)
 
-    async def _write(self, writing: _Writing, data: bytes, sync: bool) -> None:
+    def _write(
+        self, _: object, writing: _Writing, data: bytes, sync: bool
+    ) -> defer.Deferred[None] | None:
+        # Plain callbacks, not a coroutine: this runs for every 128 KiB received.
         if writing.failed:
-            return
-        synced = await self._thread(_write_and_sync, writing.writer, writing.hasher, data, sync)
-        if sync:
-            writing.record = replace(writing.record, received=synced, updated=self.now())
-            await self.transfers.put(writing.record, durable=False)
-            self.emit(file_event(writing.record, "receiving", received=synced))
+            return None
+        d = self._thread(_write_and_sync, writing.writer, writing.hasher, data, sync)
+        return d.addCallback(self._synced, writing) if sync else d.addCallback(_nothing)
+
+    def _synced(self, synced: int, writing: _Writing) -> defer.Deferred[None]:
+        """A sync made C{synced} bytes durable: record that prefix (what a resume takes)."""
+        writing.record = replace(writing.record, received=synced, updated=self.now())
+        d = self.transfers.put(writing.record, durable=False)
+        return d.addCallback(
+            lambda _: self.emit(file_event(writing.record, "receiving", received=synced))
+        )
 
     def _released(self, result: Any, writing: _Writing, held: int) -> Any:
         if held:
