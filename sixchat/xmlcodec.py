@@ -385,9 +385,10 @@ def b64decode(text: str) -> bytes:
     return b64decode_bytes(raw)
 
 
-def b64decode_bytes(raw: bytes) -> bytes:
+def b64decode_bytes(raw: bytes | memoryview) -> bytes:
     """
-    L{b64decode} of ASCII bytes (a file chunk's text as it stands in the record).
+    L{b64decode} of ASCII bytes (a file chunk's text as it stands in the record, or a view
+    of it).
 
     From L{_SIMD_FROM} characters on, the decoding is C{pybase64}'s (SIMD: some 20 times
     faster than C{binascii} on a 43 KB file chunk; below, its call costs more than

@@ -239,7 +239,7 @@ def parse_chunk(data: bytes) -> Chunk | None:
     if offset is None:
         return None
     try:
-        payload = b64decode_bytes(data[start:end])
+        payload = b64decode_bytes(memoryview(data)[start:end])  # no 43 KB copy
     except ValueError:
         return None
     if len(payload) > MAX_CHUNK:

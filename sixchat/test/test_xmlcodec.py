@@ -595,6 +595,13 @@ class Base64SIMDTests(SynchronousTestCase):
         except ValueError:
             got = None
         self.assertEqual(got, _reference_b64decode(raw))
+        # A view into a larger buffer (how parse_chunk passes a chunk's text) reads the same.
+        view = memoryview(b"<x>" + raw + b"</x>")[3 : 3 + len(raw)]
+        try:
+            from_view: bytes | None = xmlcodec.b64decode_bytes(view)
+        except ValueError:
+            from_view = None
+        self.assertEqual(from_view, got)
 
     @HYPOTHESIS
     @given(
