@@ -374,6 +374,35 @@ class AgentFileTests(unittest.TestCase):
         self.assertEqual(os.listdir(bob.files_dir.partial_dir), [])
 
     @defer.inlineCallbacks
+    def test_a_disk_error_while_deciding_rejects_only_that_offer(self) -> Any:
+        """
+        The partial file cannot be opened: that offer gets reject io_error; a later offer
+        of the same file, once the disk works again, is taken as usual.
+        """
+        yield self.agent("alice@example.com")
+        bob, _ = yield self.agent("bob@example.com")
+        real = bob.files_dir.open_partial
+
+        def broken(path: str, offset: int) -> Any:
+            raise OSError(5, "Input/output error")
+
+        self.patch(bob.files_dir, "open_partial", broken)
+        offer = FileOffer("f-eio", "e.bin", 3, hashlib.sha256(b"abc").digest())
+        session, answers = yield self.raw_session(bob)
+        session.sendStanza(offer)
+        yield self.until(lambda: bool(answers))
+        self.assertEqual(answers, [Reject("f-eio", "io_error")])
+        self.flushLoggedErrors(OSError)
+        self.patch(bob.files_dir, "open_partial", real)
+        session.sendStanza(offer)
+        yield self.until(lambda: len(answers) == 2)
+        self.assertEqual(answers[1], Accept("f-eio", 0))
+        session.sendStanza(Chunk("f-eio", 0, b"abc"))
+        session.sendStanza(Done("f-eio"))
+        yield self.until(lambda: len(answers) == 3)
+        self.assertEqual(answers[2], Receipt("f-eio"))
+
+    @defer.inlineCallbacks
     def test_a_stuck_disk_stops_reading_instead_of_buffering(self) -> Any:
         """Chunks waiting for the disk count toward the §9.2 input limit: memory stays bounded."""
         gate = threading.Event()

@@ -193,7 +193,7 @@ class FileInbox:
             if pending is not None
         ]
         d = defer.ensureDeferred(self._decide(session, key, receiver, answer, earlier))
-        d.addErrback(self._decisionFailed, session, receiver, offer)
+        d.addErrback(self._decisionFailed, session, receiver, answer)
         deciding = self._deciding[(key, offer.id)] = _settled(d)
 
         def decided(_: object) -> None:
@@ -251,17 +251,19 @@ class FileInbox:
         self.emit(file_event(new, "receiving", received=offset, resumed_from=offset))
 
     def _decisionFailed(
-        self, failure: Failure, session: Session, receiver: FileReceiver, offer: FileOffer
+        self, failure: Failure, session: Session, receiver: FileReceiver, incoming: IncomingFile
     ) -> None:
+        offer = incoming.offer
+        mine = receiver.get(offer.id) is incoming  # not an offer of the same file since
         if self.stopping or failure.check(StoreClosedError):
             # Not the file's fault: no answer (a reject would be final, §11.9); the sender
             # offers it again on its next session, which is this one's end.
             log.info("file {id} from {peer} not taken: stopping", id=offer.id, peer=session.peer)
-            if receiver.get(offer.id) is not None:
+            if mine:
                 receiver.decline(offer.id, "io_error")
             return
         log.failure("could not take file {id} from {peer}", failure, id=offer.id, peer=session.peer)
-        if receiver.get(offer.id) is not None:
+        if mine:
             self._answer(session, receiver.decline(offer.id, "io_error"))
 
     def chunk(self, session: Session, chunk: Chunk) -> None:
