@@ -41,6 +41,14 @@ MAX_UNPROCESSED = 256 * 1024
 MAX_ANSWER_BACKLOG = 256 * 1024
 #: Queued application stanzas are sealed and written in batches of about this many bytes.
 WRITE_BATCH = 64 * 1024
+#: While received data is held for storage by L{sixchat.session.Session.holdInput} (file
+#: chunks waiting for the disk), the transport reads at most the room left under
+#: L{MAX_UNPROCESSED}, within these bounds, instead of Twisted's 64 KiB: large reads while
+#: there is room (fewer reads, reactor turns and records joined across reads), and never a
+#: read that completes more than one chunk record past the limit.
+READ_MIN = 16 * 1024
+READ_MAX = 256 * 1024
+_READ_DEFAULT = 64 * 1024
 
 
 @implementer(IPushProducer)
@@ -84,6 +92,32 @@ class FlowControl(Protocol):
 
     def stopProducing(self) -> None:
         pass
+
+    #: Of L{unstored}, the bytes held through L{holdInput} (file chunks awaiting the disk).
+    _held = 0
+
+    def holdInput(self, nbytes: int) -> None:
+        self.unstored += nbytes
+        self._held += nbytes
+        self._fitReads()
+        self._updateReading()
+
+    def releaseInput(self, nbytes: int) -> None:
+        self.unstored -= nbytes
+        self._held -= nbytes
+        self._fitReads()
+        self._updateReading()
+
+    def _fitReads(self) -> None:
+        """Read at most the room left under the limit while input is held (L{READ_MIN})."""
+        transport = self.transport
+        if transport is None or getattr(transport, "bufferSize", None) is None:
+            return
+        if self._held > 0:
+            size = min(READ_MAX, max(READ_MIN, MAX_UNPROCESSED - self.unstored))
+        else:
+            size = _READ_DEFAULT
+        transport.bufferSize = size  # type: ignore[attr-defined]
 
     # writing --------------------------------------------------------------------------------
 

@@ -269,13 +269,12 @@ class Session:
         """
         Count C{nbytes} of received data as not yet stored (the §9.2 limit): past
         L{sixchat.flow.MAX_UNPROCESSED} we stop reading the peer until L{releaseInput}.
+        Meanwhile the transport reads at most the room left (L{sixchat.flow.READ_MAX}).
         """
-        self._protocol.unstored += nbytes
-        self._protocol._updateReading()
+        self._protocol.holdInput(nbytes)
 
     def releaseInput(self, nbytes: int) -> None:
-        self._protocol.unstored -= nbytes
-        self._protocol._updateReading()
+        self._protocol.releaseInput(nbytes)
 
     def rekey(self) -> None:
         """Switch our write key now (§8.5); it also happens automatically before the limits."""

@@ -12,18 +12,21 @@ See C{docs/protocol.md} "XML".
 
 from __future__ import annotations
 
-import base64
 import binascii
 from collections.abc import Iterator
 from typing import NoReturn
 from xml.parsers import expat
+
+import pybase64
 
 from sixchat.errors import ProtocolError
 
 __all__ = [
     "Element",
     "b64decode",
+    "b64decode_bytes",
     "b64encode",
+    "b64encode_bytes",
     "encode_checked",
     "escape_attribute",
     "escape_text",
@@ -348,8 +351,18 @@ def serialize(element: Element) -> bytes:
 # ---------------------------------------------------------------------------------------------
 # base64 (§3: the RFC 4648 §4 alphabet, '=' padding, no whitespace)
 
+#: Texts of at least this many characters are decoded by C{pybase64}, shorter ones by
+#: C{binascii} (see L{b64decode_bytes}).
+_SIMD_FROM = 128
+
+
 def b64encode(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
+    return pybase64.b64encode(data).decode("ascii")
+
+
+def b64encode_bytes(data: bytes) -> bytes:
+    """L{b64encode} as ASCII bytes (what a serialiser writes as it stands)."""
+    return pybase64.b64encode(data)
 
 
 def b64decode(text: str) -> bytes:
@@ -367,15 +380,37 @@ def b64decode(text: str) -> bytes:
     """
     try:
         raw = text.encode("ascii")
-        data = binascii.a2b_base64(raw, strict_mode=True)
-    except (UnicodeEncodeError, binascii.Error):
+    except UnicodeEncodeError:
         raise ValueError("invalid base64") from None
-    # strict_mode refuses everything but the alphabet and well-placed padding; what it lets
-    # through is a length that is not a whole number of quads, and padding bits that are not
-    # zero (RFC 4648 §3.5), which only the last quad can have: re-encoding that quad's bytes
-    # (not the whole text: a 43 KB file chunk would cost twice) gives one spelling per value.
+    return b64decode_bytes(raw)
+
+
+def b64decode_bytes(raw: bytes | memoryview) -> bytes:
+    """
+    L{b64decode} of ASCII bytes (a file chunk's text as it stands in the record, or a view
+    of it).
+
+    From L{_SIMD_FROM} characters on, the decoding is C{pybase64}'s (SIMD: some 20 times
+    faster than C{binascii} on a 43 KB file chunk; below, its call costs more than
+    C{binascii}'s whole decoding) with C{validate=True}, which refuses everything but the
+    alphabet and well-placed padding; it accepts no input that
+    C{binascii.a2b_base64(strict_mode=True)} refuses (property-tested). What either lets
+    through that is not canonical — a length that is not a whole number of quads, padding
+    bits that are not zero (RFC 4648 §3.5), which only the last quad can have — the checks
+    here refuse: re-encoding the last quad's bytes (not the whole text: a 43 KB chunk would
+    cost twice) gives one spelling per value.
+
+    @raise ValueError: on anything else.
+    """
     if len(raw) % 4:
         raise ValueError("invalid base64")
+    try:
+        if len(raw) < _SIMD_FROM:
+            data = binascii.a2b_base64(raw, strict_mode=True)
+        else:
+            data = pybase64.b64decode(raw, validate=True)
+    except (binascii.Error, ValueError, TypeError):
+        raise ValueError("invalid base64") from None
     tail = len(data) % 3 or 3
     if data and binascii.b2a_base64(data[-tail:], newline=False) != raw[-4:]:
         raise ValueError("invalid base64")

@@ -37,11 +37,22 @@ def _rss_kib() -> int:
         return int(f.read().split()[1]) * _PAGE_KIB
 
 
+def _cpu_seconds() -> float:
+    """User and system CPU time of this process so far, every thread (the disk threads too)."""
+    times = os.times()
+    return times.user + times.system
+
+
 class PeakRSS:
-    """The peak resident size since L{mark}, sampled every 20 ms on the reactor."""
+    """
+    The peak resident size since L{mark}, sampled every 20 ms on the reactor, and the CPU
+    time used since L{mark} (which, unlike the rate, hardly depends on what else the
+    machine runs).
+    """
 
     def __init__(self, reactor: Any) -> None:
         self.base = self.peak = _rss_kib()
+        self.cpu_base = _cpu_seconds()
         self._loop = task.LoopingCall(self._sample)
         self._loop.clock = reactor
         self._loop.start(0.02)
@@ -51,6 +62,10 @@ class PeakRSS:
 
     def mark(self) -> None:
         self.base = self.peak = _rss_kib()
+        self.cpu_base = _cpu_seconds()
+
+    def cpu(self) -> float:
+        return _cpu_seconds() - self.cpu_base
 
     def growth_mib(self) -> float:
         self._sample()
@@ -121,7 +136,8 @@ async def file_agent(reactor: Any, spec: dict[str, Any]) -> None:
         d: defer.Deferred[str] = defer.Deferred()
         delivered[queued["id"]] = d
         state = await d
-        emit("sent", seconds=time.perf_counter() - t0, state=state, rss_mib=peak.growth_mib())
+        seconds = time.perf_counter() - t0
+        emit("sent", seconds=seconds, state=state, rss_mib=peak.growth_mib(), cpu_s=peak.cpu())
 
     def command(cmd: dict[str, Any]) -> None:
         name = cmd["cmd"]
@@ -136,7 +152,7 @@ async def file_agent(reactor: Any, spec: dict[str, Any]) -> None:
             peak.mark()
             emit("ok")
         elif name == "peak":
-            emit("peak", rss_mib=peak.growth_mib())
+            emit("peak", rss_mib=peak.growth_mib(), cpu_s=peak.cpu())
         elif name == "clean":
             for entry in os.scandir(service.files_dir.root):
                 if entry.is_file():
@@ -203,7 +219,7 @@ async def tls_file_server(reactor: Any, spec: dict[str, Any]) -> None:
             peak.mark()
             emit("ok")
         elif cmd["cmd"] == "peak":
-            emit("peak", rss_mib=peak.growth_mib())
+            emit("peak", rss_mib=peak.growth_mib(), cpu_s=peak.cpu())
 
     commands(reactor, command)
     emit("ready", port=port.getHost().port, pid=os.getpid())
@@ -253,7 +269,8 @@ async def tls_file_client(reactor: Any, spec: dict[str, Any]) -> None:
         await client.done
         seconds = time.perf_counter() - t0
         client.transport.loseConnection()  # type: ignore[union-attr]
-        emit("sent", seconds=seconds, state="delivered", rss_mib=peak.growth_mib())
+        growth = peak.growth_mib()
+        emit("sent", seconds=seconds, state="delivered", rss_mib=growth, cpu_s=peak.cpu())
 
     def command(cmd: dict[str, Any]) -> None:
         if cmd["cmd"] == "send_file":
@@ -318,6 +335,9 @@ def bench_file(run: Any) -> None:
                                     "rss_growth_mib": max(sent["rss_mib"], peak["rss_mib"]),
                                     "sender_rss_growth_mib": sent["rss_mib"],
                                     "receiver_rss_growth_mib": peak["rss_mib"],
+                                    # CPU seconds per GiB, every thread of each process
+                                    "sender_cpu_s_per_gib": sent["cpu_s"] * 1024 / mib,
+                                    "receiver_cpu_s_per_gib": peak["cpu_s"] * 1024 / mib,
                                 },
                             })  # fmt: skip
     os.unlink(source)

@@ -5,6 +5,7 @@ import: the agent drives these with its own disk and network I/O.
 """
 
 from sixchat.filetransfer.machine import (
+    Check,
     FileLimits,
     FileReceiver,
     FileSender,
@@ -27,6 +28,7 @@ __all__ = [
     "FILE_STANZAS",
     "MAX_CHUNK",
     "Accept",
+    "Check",
     "Chunk",
     "Done",
     "FileLimits",

@@ -16,6 +16,12 @@ Receiving one file::
             Reject      Reject / Receipt (already stored)    Reject (size or   Receipt once
                                                               sha256 mismatch)  stored (stored())
 
+The hash may be the caller's instead (C{accept} with C{hasher=None}: it hashes, in order,
+what L{FileReceiver.chunk} returns — the agent does it in its disk thread, with the writes):
+then C{done} with the right size gives L{Check} (state C{checking}), and the caller settles
+it with L{FileReceiver.verify} and the digest of what it wrote, which gives the same
+L{Reject} C{sha256_mismatch} or L{Verified} as C{done} would have.
+
 Sending one file::
 
     offer() ──accept──▶ sending ──finish()──▶ sent ──receipt──▶ delivered
@@ -40,6 +46,7 @@ __all__ = [
     "FileLimits",
     "FileReceiver",
     "FileSender",
+    "Check",
     "Hasher",
     "IncomingFile",
     "OutgoingFile",
@@ -75,6 +82,16 @@ class Verified:
     file: IncomingFile
 
 
+@dataclass(frozen=True)
+class Check:
+    """
+    C{done} arrived with the offered size and the caller does the hashing: once what it
+    wrote is hashed, it calls L{FileReceiver.verify} with the digest.
+    """
+
+    file: IncomingFile
+
+
 def _bad(text: str, ref: str) -> StanzaError:
     return StanzaError("bad_request", text, ref)
 
@@ -92,7 +109,8 @@ class IncomingFile:
     @ivar held: bytes of the file held, at most C{size}: the durable prefix once the caller
         has synced what L{chunk} returned.
     @ivar resumed_from: the offset of the accept.
-    @ivar state: C{deciding}, C{receiving}, C{verifying}, C{finished}.
+    @ivar state: C{deciding}, C{receiving}, C{checking} (caller's hash, see L{Check}),
+        C{verifying}, C{finished}.
     """
 
     def __init__(self, offer: FileOffer, owner: Hashable) -> None:
@@ -112,7 +130,7 @@ class IncomingFile:
     def __repr__(self) -> str:
         return f"<IncomingFile {self.id} {self.state} {self.held}/{self.offer.size}>"
 
-    def _start(self, offset: int, hasher: Hasher) -> Accept:
+    def _start(self, offset: int, hasher: Hasher | None) -> Accept:
         if not 0 <= offset <= self.offer.size:
             raise ValueError("the accepted offset must be within the file")
         self.state = "receiving"
@@ -137,20 +155,31 @@ class IncomingFile:
         if len(keep) < len(chunk.data):
             self.overflow = True
         if keep:
-            assert self._hasher is not None
-            self._hasher.update(keep)
+            if self._hasher is not None:
+                self._hasher.update(keep)
             self.held += len(keep)
         return keep
 
-    def done(self) -> Reject | Verified:
-        """C{done}: a size lie or a SHA-256 mismatch is a L{Reject}, else L{Verified}."""
+    def done(self) -> Reject | Verified | Check:
+        """
+        C{done}: a size lie or a SHA-256 mismatch is a L{Reject}, else L{Verified}; L{Check}
+        when the hash is the caller's (see L{verify}).
+        """
         if self.state != "receiving":
             raise _bad(f"<done> while the transfer is {self.state}", self.id)
-        assert self._hasher is not None
         if self.overflow or self.received != self.offer.size:
             self.state = "finished"
             return Reject(self.id, "size_mismatch")
-        if self._hasher.digest() != self.offer.sha256:
+        if self._hasher is None:
+            self.state = "checking"
+            return Check(self)
+        return self.verify(self._hasher.digest())
+
+    def verify(self, digest: bytes) -> Reject | Verified:
+        """The SHA-256 of the bytes held, after C{done}: L{Verified} if it is the offer's."""
+        if self.state not in ("receiving", "checking"):
+            raise ValueError(f"file {self.id!r} is {self.state}, not being checked")
+        if digest != self.offer.sha256:
             self.state = "finished"
             return Reject(self.id, "sha256_mismatch")
         self.state = "verifying"
@@ -201,12 +230,13 @@ class FileReceiver:
         return incoming
 
     def accept(
-        self, file_id: str, offset: int, hasher: Hasher, free: int | None = None
+        self, file_id: str, offset: int, hasher: Hasher | None, free: int | None = None
     ) -> Accept | Reject:
         """
         Take the file from C{offset}, the durable prefix the caller holds (0 for none), with
-        C{hasher} already fed that prefix. C{free}: bytes the disk can still take; a L{Reject}
-        C{no_space} if the rest of the file would not fit.
+        C{hasher} already fed that prefix — or None: the caller hashes the prefix and what
+        L{chunk} returns, and settles C{done} with L{verify} (see L{Check}). C{free}: bytes
+        the disk can still take; a L{Reject} C{no_space} if the rest would not fit.
         """
         incoming = self._deciding(file_id)
         if free is not None and incoming.offer.size - offset > free:
@@ -246,8 +276,11 @@ class FileReceiver:
             self._end(incoming)
             raise
 
-    def done(self, done: Done, owner: Hashable) -> Reject | Verified:
-        """C{done}: a L{Reject} (the transfer is over) or L{Verified} (store, then L{stored})."""
+    def done(self, done: Done, owner: Hashable) -> Reject | Verified | Check:
+        """
+        C{done}: a L{Reject} (the transfer is over), L{Verified} (store, then L{stored}), or
+        L{Check} when the hash is the caller's (then L{verify}).
+        """
         incoming = self._active(done.id, owner, "done")
         try:
             outcome = incoming.done()
@@ -256,6 +289,20 @@ class FileReceiver:
             raise
         if isinstance(outcome, Reject):
             del self._files[done.id]
+        return outcome
+
+    def verify(self, incoming: IncomingFile, digest: bytes) -> Reject | Verified:
+        """
+        Settle a L{Check}: C{digest} is the SHA-256 of every byte held (prefix included). A
+        mismatch is a L{Reject} C{sha256_mismatch} and ends the transfer; L{Verified}: store
+        the file, then L{stored}. The transfer may have been detached from its session
+        meanwhile (the verdict is the same; the caller answers a later offer).
+        """
+        if incoming.state != "checking":
+            raise ValueError(f"file {incoming.id!r} is {incoming.state}, not being checked")
+        outcome = incoming.verify(digest)
+        if isinstance(outcome, Reject) and self._files.get(incoming.id) is incoming:
+            del self._files[incoming.id]
         return outcome
 
     def _end(self, incoming: IncomingFile) -> None:

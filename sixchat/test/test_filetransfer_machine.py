@@ -14,6 +14,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from sixchat.errors import StanzaError
 from sixchat.filetransfer.machine import (
+    Check,
     FileLimits,
     FileReceiver,
     FileSender,
@@ -136,6 +137,136 @@ class PropertyTests(SynchronousTestCase):
             else:
                 self.assertIn(outcome.reason, ("size_mismatch", "sha256_mismatch"))
                 self.assertIsNone(receiver.get("f1"))
+
+
+def run_receiver(
+    data: bytes, held: bytes, chunks: list[tuple[int, bytes]], done: bool, ours: bool
+) -> list[object]:
+    """
+    Feed C{chunks} (and C{done}) to a receiver that took the offer of C{data} at the
+    prefix C{held}: with the machine hashing, or (C{ours}) with the caller hashing what
+    C{chunk} returns and settling C{done} with C{verify}. Every answer, in order.
+    """
+    receiver = FileReceiver()
+    offer = offer_for(data)
+    receiver.reserve(offer, SESSION)
+    caller = prefix_hasher(held)
+    receiver.accept("f1", len(held), None if ours else prefix_hasher(held))
+    answers: list[object] = []
+    for offset, payload in chunks:
+        try:
+            incoming, keep = receiver.chunk(Chunk("f1", offset, payload), SESSION)
+        except StanzaError as e:
+            answers.append((e.reason, e.ref))
+            continue
+        caller.update(keep)
+        answers.append((incoming.received, incoming.held, keep))
+    if done:
+        try:
+            outcome = receiver.done(Done("f1"), SESSION)
+        except StanzaError as e:
+            answers.append((e.reason, e.ref))
+        else:
+            if isinstance(outcome, Check):
+                assert ours and outcome.file.state == "checking"
+                outcome = receiver.verify(outcome.file, caller.digest())
+            answers.append(outcome if isinstance(outcome, Reject) else "verified")
+    answers.append(sorted(f.id for f in receiver))
+    return answers
+
+
+class CallerHashTests(SynchronousTestCase):
+    """C{accept(hasher=None)}: the caller hashes (the agent, in its disk thread)."""
+
+    @HYPOTHESIS
+    @given(
+        st.binary(max_size=3 * MAX_CHUNK),
+        st.lists(
+            st.tuples(
+                st.integers(0, 4 * MAX_CHUNK),
+                st.binary(max_size=MAX_CHUNK) | st.integers(0, MAX_CHUNK).map(bytes),
+            ),
+            max_size=10,
+        ),
+        st.booleans(),
+        st.booleans(),
+        st.data(),
+    )
+    def test_same_answers_as_the_machine_hashing(
+        self,
+        data: bytes,
+        chunks: list[tuple[int, bytes]],
+        done: bool,
+        good_prefix: bool,
+        draw: st.DataObject,
+    ) -> None:
+        """Hostile or not, every answer and verdict is the same whoever hashes."""
+        cut = draw.draw(st.integers(0, len(data)))
+        held = data[:cut] if good_prefix else bytes(cut)
+        # Make the honest continuation likely: the rest of the file in chunks, then junk.
+        if draw.draw(st.booleans()):
+            chunks = [(cut + i, data[cut + i : cut + i + MAX_CHUNK])
+                      for i in range(0, len(data) - cut, MAX_CHUNK)] + chunks  # fmt: skip
+        self.assertEqual(
+            run_receiver(data, held, chunks, done, ours=True),
+            run_receiver(data, held, chunks, done, ours=False),
+        )
+
+    def test_the_whole_file_checks_and_is_stored(self) -> None:
+        data = bytes(range(256)) * 300
+        receiver = FileReceiver()
+        receiver.reserve(offer_for(data), SESSION)
+        self.assertEqual(receiver.accept("f1", 0, None), Accept("f1", 0))
+        for offset in range(0, len(data), MAX_CHUNK):
+            receiver.chunk(Chunk("f1", offset, data[offset : offset + MAX_CHUNK]), SESSION)
+        check = receiver.done(Done("f1"), SESSION)
+        assert isinstance(check, Check)
+        self.assertEqual(check.file.state, "checking")
+        # Nothing more is taken while the caller hashes.
+        self.assertEqual(refused(self, receiver.done, Done("f1"), SESSION).reason, "bad_request")
+
+    def test_verify(self) -> None:
+        data = b"abc"
+        for digest, expected in (
+            (hashlib.sha256(data).digest(), "verified"),
+            (hashlib.sha256(b"abd").digest(), Reject("f1", "sha256_mismatch")),
+        ):
+            receiver = FileReceiver()
+            receiver.reserve(offer_for(data), SESSION)
+            receiver.accept("f1", 0, None)
+            receiver.chunk(Chunk("f1", 0, data), SESSION)
+            check = receiver.done(Done("f1"), SESSION)
+            assert isinstance(check, Check)
+            outcome = receiver.verify(check.file, digest)
+            if expected == "verified":
+                self.assertIsInstance(outcome, Verified)
+                self.assertEqual(receiver.stored("f1"), Receipt("f1"))
+            else:
+                self.assertEqual(outcome, expected)
+                self.assertIsNone(receiver.get("f1"))
+            self.assertEqual(len(receiver), 0)
+            # Only a transfer being checked can be verified, and only once.
+            self.assertRaises(ValueError, receiver.verify, check.file, digest)
+
+    def test_a_size_lie_needs_no_hash(self) -> None:
+        receiver = FileReceiver()
+        receiver.reserve(offer_for(b"abcdef"), SESSION)
+        receiver.accept("f1", 0, None)
+        receiver.chunk(Chunk("f1", 0, b"abc"), SESSION)
+        self.assertEqual(receiver.done(Done("f1"), SESSION), Reject("f1", "size_mismatch"))
+
+    def test_verify_after_the_session_ended(self) -> None:
+        """The session went while the caller hashed: the verdict is the same, nothing leaks."""
+        receiver = FileReceiver()
+        receiver.reserve(offer_for(b"abc"), SESSION)
+        receiver.accept("f1", 0, None)
+        receiver.chunk(Chunk("f1", 0, b"abc"), SESSION)
+        check = receiver.done(Done("f1"), SESSION)
+        assert isinstance(check, Check)
+        self.assertEqual(receiver.detach(SESSION), [check.file])
+        outcome = receiver.verify(check.file, hashlib.sha256(b"abc").digest())
+        self.assertIsInstance(outcome, Verified)
+        self.assertEqual(len(receiver), 0)
 
 
 class ReceiverTests(SynchronousTestCase):

@@ -173,6 +173,35 @@ class OutboxTests(unittest.TestCase):
         )
 
 
+    def test_held_input_fits_the_read_size_to_the_room_left(self) -> None:
+        """
+        While input is held (file chunks awaiting the disk), the transport reads at most the
+        room left under the §9.2 limit, within READ_MIN..READ_MAX; the default once nothing
+        is held. A transport without a read size is left alone.
+        """
+        transport: Any = self.server.transport
+        transport.bufferSize = 65536  # as a TCP transport has (iosim's has none)
+        calls = watch_reading(self.server)
+        limit = flow.MAX_UNPROCESSED
+        session = self.bob_session
+        session.holdInput(32768)
+        self.assertEqual(transport.bufferSize, min(flow.READ_MAX, limit - 32768))
+        session.holdInput(limit - 32768 - 1000)  # 1000 bytes of room: the smallest read
+        self.assertEqual(transport.bufferSize, flow.READ_MIN)
+        self.assertEqual(calls, [])  # not over the limit yet
+        session.holdInput(2000)
+        self.assertEqual(calls, ["pause"])
+        session.releaseInput(limit - 32768 + 1000)  # 32,768 bytes still held
+        self.assertEqual((transport.bufferSize, calls), (limit - 32768, ["pause", "resume"]))
+        session.releaseInput(32768)
+        self.assertEqual(transport.bufferSize, 65536)
+        self.assertEqual(self.server.unstored, 0)
+        del transport.bufferSize
+        session.holdInput(100)
+        session.releaseInput(100)
+        self.assertFalse(hasattr(transport, "bufferSize"))
+
+
 class BothSidesFloodTests(unittest.TestCase):
     """
     Real TCP on 127.0.0.1: each peer queues 24 MB of 16 KB messages in one go, far more

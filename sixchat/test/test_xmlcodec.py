@@ -538,6 +538,114 @@ class Base64Tests(SynchronousTestCase):
         self.assertEqual(len(text) % 4, 0)
 
 
+
+def _reference_b64decode(raw: bytes) -> bytes | None:
+    """Strict decoding the slow, obvious way: the standard library, then the whole text
+    re-encoded must be the very same text (one spelling per value)."""
+    import binascii
+
+    try:
+        data = binascii.a2b_base64(raw, strict_mode=True)
+    except binascii.Error:
+        return None
+    return data if binascii.b2a_base64(data, newline=False) == raw else None
+
+
+#: Long texts (the SIMD decoder's range, from xmlcodec._SIMD_FROM characters) and damaged
+#: copies of them: a character replaced or inserted anywhere, cut short, padding added.
+_LONG_TEXTS = st.tuples(
+    st.binary(min_size=96, max_size=3000),
+    st.sampled_from(["none", "replace", "insert", "truncate", "suffix", "prefix"]),
+    st.integers(0, 2**16),
+    st.sampled_from(
+        [b"=", b"==", b"-", b"_", b" ", b"\n", b"\x00", b"\xff", b"\xc3\xa9", b"A", b"/"]
+    ),
+).map(lambda t: _damage(base64.b64encode(t[0]), *t[1:]))
+
+
+def _damage(text: bytes, how: str, where: int, junk: bytes) -> bytes:
+    i = where % (len(text) + 1)
+    if how == "replace" and i < len(text):
+        return text[:i] + junk + text[i + len(junk) :]
+    if how == "insert":
+        return text[:i] + junk + text[i:]
+    if how == "truncate":
+        return text[:i]
+    if how == "suffix":
+        return text + junk
+    if how == "prefix":
+        return junk + text
+    return text
+
+
+class Base64SIMDTests(SynchronousTestCase):
+    """
+    Texts of L{xmlcodec._SIMD_FROM} characters or more are decoded by C{pybase64}, shorter
+    ones by C{binascii}: both routes give exactly the strict reading.
+    """
+
+    def test_long_texts_take_the_simd_route(self) -> None:
+        self.assertLess(xmlcodec._SIMD_FROM, 4 * ((32_768 + 2) // 3))  # a file chunk's text
+
+    @HYPOTHESIS
+    @given(_LONG_TEXTS)
+    def test_long_texts_same_as_the_reference(self, raw: bytes) -> None:
+        try:
+            got: bytes | None = xmlcodec.b64decode_bytes(raw)
+        except ValueError:
+            got = None
+        self.assertEqual(got, _reference_b64decode(raw))
+        # A view into a larger buffer (how parse_chunk passes a chunk's text) reads the same.
+        view = memoryview(b"<x>" + raw + b"</x>")[3 : 3 + len(raw)]
+        try:
+            from_view: bytes | None = xmlcodec.b64decode_bytes(view)
+        except ValueError:
+            from_view = None
+        self.assertEqual(from_view, got)
+
+    @HYPOTHESIS
+    @given(
+        st.one_of(
+            _LONG_TEXTS,
+            st.binary(max_size=12).map(base64.b64encode),
+            st.lists(st.sampled_from(list(b"ABQRgh9+/=-_ \n\xff")), max_size=16).map(bytes),
+        )
+    )
+    def test_both_routes_agree(self, raw: bytes) -> None:
+        """Either decoder, whatever the length: the same bytes or the same refusal."""
+        results = []
+        for simd_from in (0, 10**9):
+            self.patch(xmlcodec, "_SIMD_FROM", simd_from)
+            try:
+                results.append(xmlcodec.b64decode_bytes(raw))
+            except ValueError:
+                results.append(None)
+        self.assertEqual(results[0], results[1])
+        self.assertEqual(results[0], _reference_b64decode(raw))
+
+    def test_damaged_long_texts(self) -> None:
+        good = base64.b64encode(bytes(range(256)) * 4)
+        self.assertEqual(xmlcodec.b64decode_bytes(good), bytes(range(256)) * 4)
+        self.assertEqual(b64decode(good.decode()), bytes(range(256)) * 4)
+        for bad in (
+            good[:-1],  # not whole quads
+            good + b"====",
+            good[:100] + b"=" + good[101:],  # padding inside
+            good[:100] + b"-" + good[101:],  # URL alphabet
+            good[:100] + b"\n" + good[101:],
+            good[:100] + b"\xff" + good[101:],
+            base64.b64encode(b"x" * 200)[:-4] + b"eR==",  # stray padding bits at the end
+        ):
+            self.assertRaises(ValueError, xmlcodec.b64decode_bytes, bad)
+        self.assertRaises(ValueError, b64decode, good.decode()[:200] + "\u00e9" + "A" * 3)
+
+    @HYPOTHESIS
+    @given(st.binary(max_size=5000))
+    def test_encode_bytes(self, data: bytes) -> None:
+        self.assertEqual(xmlcodec.b64encode_bytes(data), base64.b64encode(data))
+        self.assertEqual(b64encode(data), base64.b64encode(data).decode("ascii"))
+
+
 class ModuleTests(SynchronousTestCase):
     def test_all(self) -> None:
         for name in xmlcodec.__all__:

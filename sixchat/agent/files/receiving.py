@@ -4,7 +4,9 @@ in a thread, fsyncs every L{SYNC_EVERY} bytes and records that durable prefix, v
 SHA-256 at C{done}, and sends the receipt only once the file is stored under its final name
 and recorded. A transfer cut off (lost connection, either side crashing) resumes from the
 recorded prefix: the next offer of the same id, size and sha256 is accepted at that offset,
-with the hash state rebuilt from the prefix on disk.
+with the hash state rebuilt from the prefix on disk. The SHA-256 is computed in the disk
+thread, batch by batch as the batches are written (the state machine leaves the hash to us:
+L{sixchat.filetransfer.Check}), so the reactor thread does not hash 32 KiB per chunk.
 
 Memory stays bounded: chunks waiting for the disk count toward the session's §9.2 input
 limit (L{Session.holdInput}), so a disk slower than the network stops reading the peer.
@@ -27,14 +29,17 @@ from sixchat.agent.store.records import StoreClosedError
 from sixchat.agent.store.store import MessageStore
 from sixchat.errors import StanzaError
 from sixchat.filetransfer import (
+    Check,
     Chunk,
     Done,
     FileLimits,
     FileOffer,
     FileReceiver,
+    IncomingFile,
     Reject,
     Verified,
 )
+from sixchat.filetransfer.machine import Hasher
 from sixchat.identity import normalize_identity
 from sixchat.session import Session
 from sixchat.stanzas import ErrorStanza, Message, Receipt, format_timestamp
@@ -58,6 +63,8 @@ class _Writing:
     record: TransferRecord
     writer: PartialWriter
     session: Session
+    #: The SHA-256 of what was written, fed in the disk thread with each batch.
+    hasher: Hasher
     chain: defer.Deferred[Any] = field(default_factory=lambda: defer.succeed(None))
     unsynced: int = 0
     #: Chunks not yet handed to the disk thread (written in batches of L{WRITE_BATCH}).
@@ -83,9 +90,26 @@ def file_event(record: TransferRecord, state: str, **extra: Any) -> dict[str, An
     return event
 
 
-def _write_and_sync(writer: PartialWriter, data: bytes, sync: bool) -> int:
-    """In the disk thread: append C{data}, fsync if asked; the durable length."""
+def _settled(d: defer.Deferred[Any]) -> defer.Deferred[None]:
+    """A Deferred that fires (with None) once C{d} has, leaving C{d}'s result to its chain."""
+    waiter: defer.Deferred[None] = defer.Deferred()
+
+    def wake(result: object) -> object:
+        waiter.callback(None)
+        return result
+
+    d.addBoth(wake)
+    return waiter
+
+
+def _nothing(_: object) -> None:
+    return None
+
+
+def _write_and_sync(writer: PartialWriter, hasher: Hasher, data: bytes, sync: bool) -> int:
+    """In the disk thread: hash and append C{data}, fsync if asked; the durable length."""
     if data:
+        hasher.update(data)
         writer.write(data)
     return writer.sync() if sync else writer.synced
 
@@ -115,10 +139,10 @@ class FileInbox:
         self._closing: dict[tuple[str, str], defer.Deferred[None]] = {}
         self.stopping = False
         #: Offers being decided (store and disk look-ups in flight); L{stop} waits for them.
-        self._deciding: set[defer.Deferred[None]] = set()
+        self._deciding: dict[tuple[str, str], defer.Deferred[None]] = {}
         #: Transfers whose C{done} came: their last writes, check and storing are in flight;
         #: L{stop} waits for them too, so none of it outlives the store.
-        self._finishing: set[defer.Deferred[None]] = set()
+        self._finishing: dict[tuple[str, str], defer.Deferred[None]] = {}
 
     def _thread(self, f: Callable[..., Any], *args: Any) -> defer.Deferred[Any]:
         return threads.deferToThreadPool(self.reactor, self.reactor.getThreadPool(), f, *args)
@@ -156,24 +180,41 @@ class FileInbox:
             self._answer(session, answer)
             self.emit(self._event(session, offer, "rejected", reason=answer.reason))
             return
-        d = defer.ensureDeferred(self._decide(session, key, receiver, offer))
-        d.addErrback(self._decisionFailed, session, receiver, offer)
-        self._deciding.add(d)
-        d.addBoth(lambda _: self._deciding.discard(d))
+        # Whatever the disk still does for this file — an earlier offer being decided, a
+        # transfer being closed or finished — comes first: the partial file has one writer
+        # at a time (a re-offer that truncated it under a finishing writer left a hole).
+        earlier = [
+            pending
+            for pending in (
+                self._deciding.get((key, offer.id)),
+                self._closing.get((key, offer.id)),
+                self._finishing.get((key, offer.id)),
+            )
+            if pending is not None
+        ]
+        d = defer.ensureDeferred(self._decide(session, key, receiver, answer, earlier))
+        d.addErrback(self._decisionFailed, session, receiver, answer)
+        deciding = self._deciding[(key, offer.id)] = _settled(d)
+
+        def decided(_: object) -> None:
+            if self._deciding.get((key, offer.id)) is deciding:
+                del self._deciding[(key, offer.id)]
+
+        deciding.addCallback(decided)
 
     async def _decide(
-        self, session: Session, key: str, receiver: FileReceiver, offer: FileOffer
+        self,
+        session: Session,
+        key: str,
+        receiver: FileReceiver,
+        incoming: IncomingFile,
+        earlier: list[defer.Deferred[None]],
     ) -> None:
-        closing = self._closing.get((key, offer.id))
-        if closing is not None:
-            waiter: defer.Deferred[None] = defer.Deferred()
-
-            def wake(result: object) -> object:
-                waiter.callback(None)
-                return result
-
-            closing.addBoth(wake)
-            await waiter
+        offer = incoming.offer
+        for pending in earlier:
+            await _settled(pending)
+        if receiver.get(offer.id) is not incoming:
+            return  # offered again meanwhile: the later offer is the one answered
         record = await self.transfers.get("in", session.peer, offer.id)
         if record is not None and record.state == "received":
             self._answer(session, receiver.already_stored(offer.id))  # §11.9
@@ -188,7 +229,7 @@ class FileInbox:
         durable = record.received if same and record is not None else 0
         offset, hasher = await self._thread(self.files.load_prefix, partial, durable)
         free = await self._thread(self.files.free_space)
-        answer = receiver.accept(offer.id, offset, hasher, free)
+        answer = receiver.accept(offer.id, offset, None, free)  # we hash, in the disk thread
         now = self.now()
         new = TransferRecord(
             "in", key, session.peer, offer.id, offer.name, offer.size, offer.sha256,
@@ -202,25 +243,27 @@ class FileInbox:
             return
         writer = await self._thread(self.files.open_partial, partial, offset)
         await self.transfers.put(new, durable=False)
-        if receiver.get(offer.id) is None or session.ended or self.stopping:  # gone meanwhile
-            await self._thread(writer.close)
+        if receiver.get(offer.id) is not incoming or session.ended or self.stopping:
+            await self._thread(writer.close)  # gone or offered again meanwhile
             return
-        self._writing[(key, offer.id)] = _Writing(new, writer, session)
+        self._writing[(key, offer.id)] = _Writing(new, writer, session, hasher)
         self._answer(session, answer)
         self.emit(file_event(new, "receiving", received=offset, resumed_from=offset))
 
     def _decisionFailed(
-        self, failure: Failure, session: Session, receiver: FileReceiver, offer: FileOffer
+        self, failure: Failure, session: Session, receiver: FileReceiver, incoming: IncomingFile
     ) -> None:
+        offer = incoming.offer
+        mine = receiver.get(offer.id) is incoming  # not an offer of the same file since
         if self.stopping or failure.check(StoreClosedError):
             # Not the file's fault: no answer (a reject would be final, §11.9); the sender
             # offers it again on its next session, which is this one's end.
             log.info("file {id} from {peer} not taken: stopping", id=offer.id, peer=session.peer)
-            if receiver.get(offer.id) is not None:
+            if mine:
                 receiver.decline(offer.id, "io_error")
             return
         log.failure("could not take file {id} from {peer}", failure, id=offer.id, peer=session.peer)
-        if receiver.get(offer.id) is not None:
+        if mine:
             self._answer(session, receiver.decline(offer.id, "io_error"))
 
     def chunk(self, session: Session, chunk: Chunk) -> None:
@@ -231,7 +274,7 @@ class FileInbox:
             _, keep = receiver.chunk(chunk, session)
         except StanzaError as e:
             self._answer(session, ErrorStanza(e.reason, e.ref, e.text))
-            self._stop((key, chunk.id))
+            self._stop((key, chunk.id), session)
             return
         writing = self._writing.get((key, chunk.id))
         if writing is None:  # accepted, but the writer is gone (cannot happen: defensive)
@@ -256,19 +299,25 @@ class FileInbox:
         held = writing.pending_held
         writing.pending, writing.pending_bytes, writing.pending_held = [], 0, 0
         if data or sync:
-            writing.chain.addCallback(
-                lambda _: defer.ensureDeferred(self._write(writing, data, sync))
-            )
+            writing.chain.addCallback(self._write, writing, data, sync)
         writing.chain.addBoth(self._released, writing, held)
 
-    async def _write(self, writing: _Writing, data: bytes, sync: bool) -> None:
+    def _write(
+        self, _: object, writing: _Writing, data: bytes, sync: bool
+    ) -> defer.Deferred[None] | None:
+        # Plain callbacks, not a coroutine: this runs for every 128 KiB received.
         if writing.failed:
-            return
-        synced = await self._thread(_write_and_sync, writing.writer, data, sync)
-        if sync:
-            writing.record = replace(writing.record, received=synced, updated=self.now())
-            await self.transfers.put(writing.record, durable=False)
-            self.emit(file_event(writing.record, "receiving", received=synced))
+            return None
+        d = self._thread(_write_and_sync, writing.writer, writing.hasher, data, sync)
+        return d.addCallback(self._synced, writing) if sync else d.addCallback(_nothing)
+
+    def _synced(self, synced: int, writing: _Writing) -> defer.Deferred[None]:
+        """A sync made C{synced} bytes durable: record that prefix (what a resume takes)."""
+        writing.record = replace(writing.record, received=synced, updated=self.now())
+        d = self.transfers.put(writing.record, durable=False)
+        return d.addCallback(
+            lambda _: self.emit(file_event(writing.record, "receiving", received=synced))
+        )
 
     def _released(self, result: Any, writing: _Writing, held: int) -> Any:
         if held:
@@ -287,7 +336,7 @@ class FileInbox:
             outcome = receiver.done(done, session)
         except StanzaError as e:
             self._answer(session, ErrorStanza(e.reason, e.ref, e.text))
-            self._stop((key, done.id))
+            self._stop((key, done.id), session)
             return
         writing = self._writing.pop((key, done.id), None)
         if writing is None:
@@ -296,16 +345,17 @@ class FileInbox:
         writing.chain.addCallback(lambda _: defer.ensureDeferred(self._finish(writing, outcome)))
         writing.chain.addErrback(self._finishFailed, writing, receiver)
         finished: defer.Deferred[None] = defer.Deferred()
-        self._finishing.add(finished)
+        self._finishing[(key, done.id)] = finished
 
         def settled(result: object) -> object:
-            self._finishing.discard(finished)
+            if self._finishing.get((key, done.id)) is finished:
+                del self._finishing[(key, done.id)]
             finished.callback(None)
             return result
 
         writing.chain.addBoth(settled)
 
-    async def _finish(self, writing: _Writing, outcome: Reject | Verified) -> None:
+    async def _finish(self, writing: _Writing, outcome: Reject | Verified | Check) -> None:
         record, session = writing.record, writing.session
         if writing.failed and not isinstance(outcome, Reject):
             receiver = self._receivers.get(record.peer)
@@ -314,6 +364,13 @@ class FileInbox:
                 if receiver is not None
                 else Reject(record.id, "io_error")
             )
+        elif isinstance(outcome, Check):
+            # Every batch is written and hashed (this runs after them): the verdict. (A
+            # receiver gone with its session meanwhile gives the same verdict.)
+            receiver = self._receivers.get(record.peer)
+            if receiver is None:
+                receiver = FileReceiver(self.limits)
+            outcome = receiver.verify(outcome.file, writing.hasher.digest())
         if isinstance(outcome, Reject):
             await self._thread(writing.writer.close)
             await self._thread(self.files.discard, writing.writer.path)
@@ -330,9 +387,12 @@ class FileInbox:
         message = Message(record.id, format_timestamp(now), file_body(record.name, record.size))
         await self.store.store_incoming(session.peer, message, now)
         receiver = self._receivers.get(record.peer)
-        if receiver is not None and receiver.get(record.id) is not None:
+        if receiver is not None and receiver.get(record.id) is outcome.file:
             self._answer(session, receiver.stored(record.id))
-        else:  # the session ended meanwhile: stored all the same, a re-offer gets the receipt
+        else:
+            # The session ended (or the file was offered again) meanwhile: stored all the
+            # same; the receipt goes on this session if it is still open, and a re-offer
+            # gets one too (§11.9).
             self._answer(session, Receipt(record.id))
         log.info(
             "received file {id} from {peer}: {path}", id=record.id, peer=session.peer, path=path
@@ -348,10 +408,15 @@ class FileInbox:
 
     # the end of a transfer or a session ------------------------------------------------------
 
-    def _stop(self, key: tuple[str, str]) -> None:
-        """Close a transfer's writer after its pending writes, keeping the durable prefix."""
-        writing = self._writing.pop(key, None)
-        if writing is not None:
+    def _stop(self, key: tuple[str, str], session: Session | None = None) -> None:
+        """
+        Close a transfer's writer after its pending writes, keeping the durable prefix;
+        with C{session}, only if the transfer runs on that session (a stale session's bad
+        chunk ends nothing of the transfer that replaced it on another session).
+        """
+        writing = self._writing.get(key)
+        if writing is not None and (session is None or writing.session is session):
+            del self._writing[key]
             self._flush(writing)
             writing.chain.addCallback(lambda _: defer.ensureDeferred(self._keep(writing)))
             writing.chain.addErrback(lambda f: log.failure("closing a partial file failed", f))
@@ -377,7 +442,7 @@ class FileInbox:
         self.stopping = True
         for key in list(self._writing):
             self._stop(key)
-        waits = [*self._deciding, *self._closing.values(), *self._finishing]
+        waits = [*self._deciding.values(), *self._closing.values(), *self._finishing.values()]
         return defer.DeferredList(waits, consumeErrors=True)
 
     def sessionEnded(self, session: Session) -> None:
