@@ -29,7 +29,13 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from sixchat import handshake_fastpaths as H
 from sixchat import keyschedule as K
-from sixchat.connection import INITIATOR, RESPONDER, Connection, HandshakeComplete
+from sixchat.connection import (
+    INITIATOR,
+    RESPONDER,
+    Connection,
+    ConnectionFailed,
+    HandshakeComplete,
+)
 from sixchat.errors import AlertError
 from sixchat.handshake import PeerConfig
 from sixchat.pki import create_intermediate, issue_crl
@@ -728,6 +734,33 @@ class KnownIssuerTests(SynchronousTestCase):
         store = TrustStore([CA.anchor], chain_cache=0)
         store.validate(_leaf(CA, "alice@example.com"), _at(0))
         self.assertEqual(len(store._issuers), 0)
+
+    def test_handshakes_of_new_peers_under_a_known_intermediate(self) -> None:
+        """
+        Through the handshake: the responder validates the first initiator's chain in full,
+        the next initiator (another leaf, the same intermediate) through the known issuer,
+        and once the root's CRL revokes the intermediate the third is refused.
+        """
+        issuer = certs.make_intermediate(CA, "known issuer test")
+        trust = TrustStore([CA.anchor], chain_cache=0)
+        calls = _counting(self, trust)
+        bob = PeerConfig([certs.make_identity("bob@example.com", CA)], trust)
+
+        def handshake(name: str) -> list[Any]:
+            alice = PeerConfig([certs.make_identity(name, issuer)], certs.trust_for(CA))
+            initiator = Connection(alice, INITIATOR, to="bob@example.com")
+            return _run(initiator, Connection(bob, RESPONDER))
+
+        for name, full in (("alice@example.com", 1), ("carol@example.com", 1)):
+            events = handshake(name)
+            self.assertEqual([type(e) for e in events], [HandshakeComplete, HandshakeComplete])
+            peer = events[1].result.peer
+            self.assertEqual((peer.names, len(peer.chain), len(calls)), ((name,), 3, full))
+        trust.add_crl(issue_crl(CA.key, CA.cert, [issuer.cert.serial_number], crl_number=9))
+        events = handshake("dave@example.com")  # the initiator's completion, bob's refusal
+        self.assertIsInstance(events[-1], ConnectionFailed)
+        self.assertEqual(events[-1].error.reason, "certificate_revoked")
+        self.assertEqual(len(calls), 2)  # the new CRL emptied the cache: validated in full
 
     def test_bounded(self) -> None:
         store = TrustStore([CA.anchor], chain_cache=0, issuer_cache=2)
