@@ -1,7 +1,8 @@
 """
 Time C{TrustStore.validate} on a P-256 leaf + intermediate + root chain with both CAs' CRLs:
-without the validated-chain cache (what a new peer costs) and from it (a peer reconnecting),
-and without the cache under three OpenSSL flag sets (ours with X509_STRICT, ours without it,
+in full, without either cache (a new peer under a CA never seen), with the known-issuer cache
+only (a new peer under an intermediate seen before), from the validated-chain cache (a peer
+reconnecting), and in full under three OpenSSL flag sets (ours with X509_STRICT, ours without it,
 the former PARTIAL_CHAIN alone), alternated in one process so that load affects each alike.
 
     python scripts/validation_timing.py [ROUNDS]
@@ -40,9 +41,18 @@ def main() -> None:
     crls = [pki.issue_crl(ca.key, ca.cert, []), pki.issue_crl(inter.key, inter.cert, [])]
     now = certs.utcnow()
     chain = list(alice.chain_der)
-    uncached = per_call(TrustStore([ca.anchor], crls, chain_cache=0), chain, now, 300)
-    print(f"uncached: {uncached:.0f} us")
-    print(f"cached:   {per_call(TrustStore([ca.anchor], crls), chain, now, 3000):.0f} us")
+    full = {"chain_cache": 0, "issuer_cache": 0}
+    known = {"chain_cache": 0}
+    times0: dict[str, list[float]] = {"in full": [], "known issuer": [], "cached chain": []}
+    for _ in range(rounds):
+        times0["in full"].append(per_call(TrustStore([ca.anchor], crls, **full), chain, now, 300))
+        times0["known issuer"].append(
+            per_call(TrustStore([ca.anchor], crls, **known), chain, now, 300)
+        )
+        times0["cached chain"].append(per_call(TrustStore([ca.anchor], crls), chain, now, 3000))
+    for name, values in times0.items():
+        values.sort()
+        print(f"{name:26} median {values[len(values) // 2]:.0f} us, best {values[0]:.0f} us")
     flags = getattr(chain_module, "_VERIFY_FLAGS", None)
     if flags is None:
         return
@@ -56,9 +66,7 @@ def main() -> None:
     for _ in range(rounds):
         for name, value in sets.items():
             chain_module._VERIFY_FLAGS = value  # type: ignore[attr-defined]
-            times[name].append(
-                per_call(TrustStore([ca.anchor], crls, chain_cache=0), chain, now, 300)
-            )
+            times[name].append(per_call(TrustStore([ca.anchor], crls, **full), chain, now, 300))
     chain_module._VERIFY_FLAGS = flags  # type: ignore[attr-defined]
     for name, values in times.items():
         values.sort()

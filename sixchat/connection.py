@@ -55,6 +55,9 @@ RESPONDER = "responder"
 
 #: §8.5: a UA SHOULD rekey after this many bytes under one key.
 REKEY_BYTES = 2**30
+#: From this plaintext size on, a record is queued as header and ciphertext (two pieces)
+#: rather than joined (see L{Connection.pieces_to_send}).
+_SEAL_APART = 4096
 #: Stanzas L{Connection.send} refuses (they have methods of their own).
 _NOT_SENDABLE = (Close, Rekey)
 
@@ -201,6 +204,14 @@ class Connection:
         out, self._out = self._out, []
         return b"".join(out)
 
+    def pieces_to_send(self) -> list[bytes]:
+        """
+        L{data_to_send} as the pieces queued (whole records, or a large record's header and
+        ciphertext apart), for a transport that joins its writes anyway; empties the queue.
+        """
+        out, self._out = self._out, []
+        return out
+
     def send(self, stanza: ApplicationStanza | FileStanza) -> None:
         """
         Seal one application stanza.
@@ -247,7 +258,10 @@ class Connection:
         assert write is not None
         if write.seq >= MAX_SEQ or write.bytes_sealed >= self.rekey_bytes:
             self._rekey()
-        self._out.append(write.seal(plaintext))
+        if len(plaintext) < _SEAL_APART:
+            self._out.append(write.seal(plaintext))
+        else:  # header and ciphertext apart: joining them here would copy the record
+            self._out += write.seal_parts(plaintext)
 
     def rekey(self) -> None:
         """Send C{<rekey/>} and switch our write key now (§8.5), on demand."""

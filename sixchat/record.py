@@ -158,6 +158,14 @@ class CipherState:
 
     def seal(self, plaintext: bytes) -> bytes:
         """The whole SEALED record for C{plaintext} (padding already added)."""
+        head, ciphertext = self.seal_parts(plaintext)
+        return head + ciphertext
+
+    def seal_parts(self, plaintext: bytes) -> tuple[bytes, bytes]:
+        """
+        The SEALED record for C{plaintext} as its header and its ciphertext: for a large
+        record, what the transport joins anyway (L{sixchat.flow}), without a copy here.
+        """
         size = len(plaintext)
         if not 0 < size <= MAX_PLAINTEXT:
             raise ValueError("SEALED plaintext must be 1 to 65,536 bytes")
@@ -174,7 +182,7 @@ class CipherState:
         ciphertext = aead.encrypt((self._iv ^ seq).to_bytes(12, "big"), plaintext, head)
         self.seq = seq + 1
         self.bytes_sealed += size
-        return head + ciphertext
+        return head, ciphertext
 
     def open(self, head: bytes, ciphertext: bytes) -> bytes:
         seq = self.seq

@@ -349,6 +349,7 @@ def _stream(run: Run, bench: str, variants: list[str], spec: dict[str, Any]) -> 
                 "role": "stream_client",
                 "bench": bench,
                 "ports": ready["ports"],
+                "server_pid": ready["pid"],
                 "variants": variants,
                 "rounds": run.profile.rounds,
                 "deadline": 900,

@@ -596,8 +596,17 @@ async def stream_client(reactor: Any, spec: dict[str, Any]) -> None:
     for rnd in range(spec["rounds"]):
         order = variants if rnd % 2 == 0 else list(reversed(variants))
         for variant in order:
+            server0, client0 = cpu_seconds(spec.get("server_pid")), cpu_seconds()
             elapsed = await runners[variant](count)
-            metrics = {"seconds": elapsed, "mib_per_s": count * size / elapsed / 2**20}
+            server1, client1 = cpu_seconds(spec.get("server_pid")), cpu_seconds()
+            metrics = {
+                "seconds": elapsed,
+                "mib_per_s": count * size / elapsed / 2**20,
+                # CPU microseconds per write (a message, for ours) of each process: steadier
+                # than throughput on a loaded machine (connection set-up included, negligible).
+                "sender_cpu_us": (client1 - client0) / count * 1e6,
+                "receiver_cpu_us": (server1 - server0) / count * 1e6,
+            }
             if bench == "stanza":
                 metrics["msgs_per_s"] = count / elapsed
             emit("sample", bench=bench, variant=variant, round=rnd, metrics=metrics)

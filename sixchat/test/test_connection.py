@@ -184,6 +184,24 @@ class StanzaTests(SynchronousTestCase):
             wire.alice.send(Message(f"m{i}", TS, "x"))
         self.assertEqual([r[0] for r in records(wire.alice.data_to_send())], [SEALED] * 3)
 
+    def test_pieces_are_the_same_bytes(self) -> None:
+        """
+        pieces_to_send hands over what data_to_send would join: small records whole, a
+        large one as its header and ciphertext; the bytes are the same either way.
+        """
+        one, two = established(), established()  # different keys: compare lengths
+        stanzas = [Message("m0", TS, "x"), Message("m1", TS, "y" * 5000), Receipt("m0")]
+        for stanza in stanzas:
+            one.alice.send(stanza)
+            two.alice.send(stanza)
+        pieces = one.alice.pieces_to_send()
+        self.assertEqual([len(p) for p in pieces[1:3]], [4, len(pieces[2])])
+        self.assertEqual(len(pieces), 4)  # the large record in two
+        self.assertEqual(len(b"".join(pieces)), len(two.alice.data_to_send()))
+        self.assertEqual(one.alice.pieces_to_send(), [])
+        one.events["bob"] += one.bob.receive_data(b"".join(pieces))
+        self.assertEqual([e.stanza for e in one.take("bob")], stanzas)
+
     def test_ping_is_answered_by_the_connection(self) -> None:
         wire = established()
         wire.alice.send(Ping("p1"))

@@ -162,6 +162,44 @@ class OutboxTests(unittest.TestCase):
         self.assertIsInstance(self.successResultOf(sent), Receipt)
         self.failureResultOf(self.alice_session.whenWritable(), SessionLost)
 
+    def test_writes_pieces_as_a_sequence_or_joined(self) -> None:
+        """
+        A large message leaves as one writeSequence (header and ciphertext, not joined by
+        us), many small records as one joined write; the peer gets them all either way.
+        """
+        calls: list[tuple[str, int]] = []
+        transport: Any = self.client.transport
+        write, write_sequence = transport.write, transport.writeSequence
+
+        inside: list[bool] = []  # iosim's writeSequence calls write: not counted
+
+        def counting_write(data: bytes) -> None:
+            if not inside:
+                calls.append(("write", 1))
+            write(data)
+
+        def counting_sequence(pieces: list[bytes]) -> None:
+            calls.append(("sequence", len(pieces)))
+            inside.append(True)
+            write_sequence(pieces)
+            inside.pop()
+
+        transport.write, transport.writeSequence = counting_write, counting_sequence
+        self.alice_session.sendMessage("x" * 20_000)
+        self.assertEqual(calls, [("sequence", 2)])
+        del calls[:]
+        self.client._coalescing = True  # as while handling a read: one flush for all
+        for i in range(flow._PIECES_AS_SEQUENCE + 1):
+            self.alice_session.sendMessage(f"m{i}")
+        self.client._coalescing = False
+        self.client.flush()
+        self.assertEqual(calls, [("write", 1)])
+        self.pair.flush()
+        self.assertEqual(
+            self.received_bodies(),
+            ["x" * 20_000, *(f"m{i}" for i in range(flow._PIECES_AS_SEQUENCE + 1))],
+        )
+
     def test_explicit_receipts_are_answers(self) -> None:
         self.client.pauseProducing()
         self.alice_session.sendReceipt("0123456789abcdef")

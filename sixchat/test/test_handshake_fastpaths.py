@@ -29,7 +29,13 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from sixchat import handshake_fastpaths as H
 from sixchat import keyschedule as K
-from sixchat.connection import INITIATOR, RESPONDER, Connection, HandshakeComplete
+from sixchat.connection import (
+    INITIATOR,
+    RESPONDER,
+    Connection,
+    ConnectionFailed,
+    HandshakeComplete,
+)
 from sixchat.errors import AlertError
 from sixchat.handshake import PeerConfig
 from sixchat.pki import create_intermediate, issue_crl
@@ -503,6 +509,268 @@ class ChainCacheTests(SynchronousTestCase):
         store.validate(identity.chain_der, _at(0))
         with self.assertRaises(AlertError):
             store.validate(identity.chain_der, _at(0), require_key_encipherment=True)
+
+
+_NAMES = ("alice@example.com", "bob@example.com", "carol@example.com")
+
+
+def _counting(test: SynchronousTestCase, store: TrustStore) -> list[object]:
+    """The full validations C{store} makes from now on (calls of C{_validate})."""
+    calls: list[object] = []
+    original = store._validate
+
+    def counting(*args: Any) -> Any:
+        calls.append(args)
+        return original(*args)
+
+    test.patch(store, "_validate", counting)
+    return calls
+
+
+def _intermediate(window: tuple[int, int], name: str = "cache test", extra: Any = ()) -> Any:
+    """An intermediate under CA valid in C{window}, with C{extra} (value, critical) added."""
+    key, cert = create_intermediate(
+        CA.key, CA.cert, name, key=_INTERMEDIATE_KEY,
+        not_before=_at(window[0]), not_after=_at(window[1]),
+    )  # fmt: skip
+    if extra:
+        builder = (
+            x509.CertificateBuilder().subject_name(cert.subject).issuer_name(cert.issuer)
+            .public_key(cert.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(cert.not_valid_before_utc).not_valid_after(cert.not_valid_after_utc)
+        )  # fmt: skip
+        for ext in cert.extensions:
+            builder = builder.add_extension(ext.value, ext.critical)
+        for value, critical in extra:
+            builder = builder.add_extension(value, critical)
+        cert = builder.sign(CA.key, None)
+    return certs.TestCA(key=key, cert=cert, anchor=CA.anchor, chain=(cert,))
+
+
+def _leaf(issuer: Any, name: str, window: tuple[int, int] = (-100, 100)) -> list[bytes]:
+    identity = certs.make_identity(
+        name, issuer, not_before=_at(window[0]), not_after=_at(window[1])
+    )
+    return list(identity.chain_der)
+
+
+class KnownIssuerTests(SynchronousTestCase):
+    """
+    The known-issuer cache: a new leaf under an intermediate validated before is checked by
+    OpenSSL against that intermediate alone, with exactly the result a full validation gives.
+    """
+
+    @settings(max_examples=40, deadline=None)
+    @given(
+        _WINDOWS,
+        st.lists(
+            st.tuples(
+                st.integers(0, 2), _WINDOWS,
+                st.one_of(st.integers(-34, 64), st.sampled_from([-1, 0, 1, 2, 3])),
+                st.sampled_from([0, 999_999]),
+            ),
+            min_size=3, max_size=10,
+        ),
+        st.lists(st.tuples(st.integers(0, 9), st.sampled_from(["none", "leaf", "int"])),
+                 max_size=3),
+    )  # fmt: skip
+    def test_same_as_without_cache(
+        self,
+        intermediate_window: tuple[int, int],
+        steps: list[tuple[int, tuple[int, int], int, int]],
+        crl_steps: list[tuple[int, str]],
+    ) -> None:
+        """
+        New leaves under one intermediate at any times, with CRLs of the root (revoking the
+        intermediate or not) and of the intermediate (revoking a leaf or not) arriving in
+        between: the store with the cache and the one without agree on every result, error
+        and warning.
+        """
+        issuer = _intermediate(intermediate_window)
+        cached_warnings: list[str] = []
+        plain_warnings: list[str] = []
+        cached = TrustStore([CA.anchor], warn=cached_warnings.append, chain_cache=0)
+        plain = TrustStore(
+            [CA.anchor], warn=plain_warnings.append, chain_cache=0, issuer_cache=0
+        )
+        crls = dict(crl_steps)
+        for step, (who, leaf_window, seconds, micro) in enumerate(steps):
+            chain = _leaf(issuer, _NAMES[who], leaf_window)
+            if step in crls:
+                what = crls[step]
+                if what == "int":  # the root revokes the intermediate, or not
+                    crl = issue_crl(CA.key, CA.cert, [issuer.cert.serial_number],
+                                    last_update=_at(-100), next_update=_at(seconds + step),
+                                    crl_number=100 + step)  # fmt: skip
+                else:  # the intermediate revokes this leaf, or no one
+                    serial = x509.load_der_x509_certificate(chain[0]).serial_number
+                    crl = issue_crl(issuer.key, issuer.cert, [serial] if what == "leaf" else [],
+                                    last_update=_at(-100), next_update=_at(seconds - 1 + step),
+                                    crl_number=step + 1)  # fmt: skip
+                self.assertEqual(cached.add_crl(crl), plain.add_crl(crl))
+            when = _at(seconds) + datetime.timedelta(microseconds=micro)
+            self.assertEqual(_validation(cached, chain, when), _validation(plain, chain, when))
+            self.assertEqual(cached_warnings, plain_warnings)
+
+    def test_a_new_leaf_under_a_known_intermediate(self) -> None:
+        issuer = _intermediate((-100, 100))
+        store = TrustStore([CA.anchor], chain_cache=0)
+        calls = _counting(self, store)
+        store.validate(_leaf(issuer, "alice@example.com"), _at(0))
+        self.assertEqual(len(calls), 1)
+        peer = store.validate(_leaf(issuer, "bob@example.com"), _at(1))
+        self.assertEqual(len(calls), 1)  # through the known issuer
+        self.assertEqual(peer.names, ("bob@example.com",))
+        self.assertEqual(
+            [c.public_bytes(_DER) for c in peer.chain[1:]],
+            [issuer.cert.public_bytes(_DER), CA.anchor.public_bytes(_DER)],
+        )
+
+    def test_a_revoked_intermediate_is_refused(self) -> None:
+        """Revocation of the intermediate is checked at every use of the cache."""
+        issuer = _intermediate((-100, 100))
+        store = TrustStore([CA.anchor], chain_cache=0)
+        store.validate(_leaf(issuer, "alice@example.com"), _at(0))
+        store.add_crl(issue_crl(CA.key, CA.cert, [issuer.cert.serial_number], crl_number=7))
+        with self.assertRaises(AlertError) as caught:
+            store.validate(_leaf(issuer, "bob@example.com"), _at(1))
+        self.assertEqual(caught.exception.reason, "certificate_revoked")
+        self.assertIn("depth 1", caught.exception.text)
+
+    def test_revocation_checked_even_without_a_crl_change(self) -> None:
+        """The cache is not what refuses: a revocation the CRLs held is seen at each use."""
+        issuer = _intermediate((-100, 100))
+        store = TrustStore([CA.anchor], chain_cache=0)
+        bob = _leaf(issuer, "bob@example.com")
+        serial = x509.load_der_x509_certificate(bob[0]).serial_number
+        store.add_crl(issue_crl(issuer.key, issuer.cert, [serial], crl_number=1))
+        calls = _counting(self, store)
+        store.validate(_leaf(issuer, "alice@example.com"), _at(0))
+        with self.assertRaises(AlertError) as caught:
+            store.validate(bob, _at(1))
+        self.assertEqual(caught.exception.reason, "certificate_revoked")
+        self.assertEqual(len(calls), 1)  # refused through the cache, by the revocation step
+
+    def test_an_expired_intermediate_is_refused(self) -> None:
+        issuer = _intermediate((-100, 10))
+        store = TrustStore([CA.anchor], chain_cache=0)
+        calls = _counting(self, store)
+        store.validate(_leaf(issuer, "alice@example.com", (-100, 100)), _at(0))
+        with self.assertRaises(AlertError) as caught:
+            store.validate(_leaf(issuer, "bob@example.com", (-100, 100)), _at(11))
+        self.assertEqual(caught.exception.reason, "certificate_expired")
+        self.assertEqual(len(calls), 2)  # past the intermediate's notAfter: in full
+
+    def test_an_expired_leaf_is_refused(self) -> None:
+        issuer = _intermediate((-100, 100))
+        store = TrustStore([CA.anchor], chain_cache=0)
+        store.validate(_leaf(issuer, "alice@example.com"), _at(0))
+        with self.assertRaises(AlertError) as caught:
+            store.validate(_leaf(issuer, "bob@example.com", (-100, 5)), _at(6))
+        self.assertEqual(caught.exception.reason, "certificate_expired")
+
+    def test_a_changed_intermediate_is_validated_in_full(self) -> None:
+        """Keyed by the exact DER: the same name and key in another certificate is new."""
+        store = TrustStore([CA.anchor], chain_cache=0)
+        calls = _counting(self, store)
+        store.validate(_leaf(_intermediate((-100, 100)), "alice@example.com"), _at(0))
+        other = _intermediate((-100, 101))
+        store.validate(_leaf(other, "bob@example.com"), _at(1))
+        self.assertEqual(len(calls), 2)
+        der = other.cert.public_bytes(_DER)
+        forged = der[:-1] + bytes([der[-1] ^ 1])  # its signature damaged
+        with self.assertRaises(AlertError) as caught:
+            store.validate([_leaf(other, "carol@example.com")[0], forged], _at(2))
+        self.assertEqual(caught.exception.reason, "bad_certificate")
+        self.assertEqual(len(calls), 3)
+
+    def test_a_crl_change_empties_it(self) -> None:
+        issuer = _intermediate((-100, 100))
+        store = TrustStore([CA.anchor], chain_cache=0)
+        store.validate(_leaf(issuer, "alice@example.com"), _at(0))
+        self.assertEqual(len(store._issuers), 1)
+        store.add_crl(issue_crl(CA.key, CA.cert, [], crl_number=3))
+        self.assertEqual(len(store._issuers), 0)
+
+    def test_a_leaf_of_another_issuer_gets_the_full_error(self) -> None:
+        """A leaf not issued by the known intermediate: the full validation decides."""
+        issuer = _intermediate((-100, 100))
+        store = TrustStore([CA.anchor], chain_cache=0)
+        plain = TrustStore([CA.anchor], chain_cache=0, issuer_cache=0)
+        store.validate(_leaf(issuer, "alice@example.com"), _at(0))
+        stranger = certs.make_intermediate(certs.make_ca("ed25519", "another root"))
+        chain = [_leaf(stranger, "bob@example.com")[0], issuer.cert.public_bytes(_DER)]
+        self.assertEqual(_validation(store, chain, _at(1)), _validation(plain, chain, _at(1)))
+        self.assertEqual(_validation(store, chain, _at(1))[0], "UnknownCA")
+
+    def test_path_dependent_intermediates_are_not_kept(self) -> None:
+        """Name constraints or policy constraints above the leaf: every leaf in full."""
+        for extra in (
+            (x509.NameConstraints(permitted_subtrees=[x509.RFC822Name("example.com")],
+                                  excluded_subtrees=None), True),
+            (x509.PolicyConstraints(require_explicit_policy=None, inhibit_policy_mapping=0),
+             True),
+            (x509.InhibitAnyPolicy(0), True),
+        ):  # fmt: skip
+            issuer = _intermediate((-100, 100), extra=[extra])
+            store = TrustStore([CA.anchor], chain_cache=0)
+            calls = _counting(self, store)
+            store.validate(_leaf(issuer, "alice@example.com"), _at(0))
+            store.validate(_leaf(issuer, "bob@example.com"), _at(1))
+            self.assertEqual((len(calls), len(store._issuers)), (2, 0), extra)
+
+    def test_only_the_exact_path_in_order(self) -> None:
+        """Extra or reordered certificates after the leaf are validated in full."""
+        issuer = _intermediate((-100, 100))
+        store = TrustStore([CA.anchor], chain_cache=0)
+        calls = _counting(self, store)
+        store.validate(_leaf(issuer, "alice@example.com"), _at(0))
+        bob = _leaf(issuer, "bob@example.com")
+        store.validate([*bob, CA.anchor.public_bytes(_DER)], _at(1))
+        self.assertEqual(len(calls), 2)
+        self.assertEqual(len(store._issuers), 1)  # the longer chain is not kept either
+
+    def test_leaves_under_a_root_are_not_concerned(self) -> None:
+        store = TrustStore([CA.anchor], chain_cache=0)
+        store.validate(_leaf(CA, "alice@example.com"), _at(0))
+        self.assertEqual(len(store._issuers), 0)
+
+    def test_handshakes_of_new_peers_under_a_known_intermediate(self) -> None:
+        """
+        Through the handshake: the responder validates the first initiator's chain in full,
+        the next initiator (another leaf, the same intermediate) through the known issuer,
+        and once the root's CRL revokes the intermediate the third is refused.
+        """
+        issuer = certs.make_intermediate(CA, "known issuer test")
+        trust = TrustStore([CA.anchor], chain_cache=0)
+        calls = _counting(self, trust)
+        bob = PeerConfig([certs.make_identity("bob@example.com", CA)], trust)
+
+        def handshake(name: str) -> list[Any]:
+            alice = PeerConfig([certs.make_identity(name, issuer)], certs.trust_for(CA))
+            initiator = Connection(alice, INITIATOR, to="bob@example.com")
+            return _run(initiator, Connection(bob, RESPONDER))
+
+        for name, full in (("alice@example.com", 1), ("carol@example.com", 1)):
+            events = handshake(name)
+            self.assertEqual([type(e) for e in events], [HandshakeComplete, HandshakeComplete])
+            peer = events[1].result.peer
+            self.assertEqual((peer.names, len(peer.chain), len(calls)), ((name,), 3, full))
+        trust.add_crl(issue_crl(CA.key, CA.cert, [issuer.cert.serial_number], crl_number=9))
+        events = handshake("dave@example.com")  # the initiator's completion, bob's refusal
+        self.assertIsInstance(events[-1], ConnectionFailed)
+        self.assertEqual(events[-1].error.reason, "certificate_revoked")
+        self.assertEqual(len(calls), 2)  # the new CRL emptied the cache: validated in full
+
+    def test_bounded(self) -> None:
+        store = TrustStore([CA.anchor], chain_cache=0, issuer_cache=2)
+        issuers = [_intermediate((-100, 100 + i)) for i in range(4)]
+        for issuer in issuers:
+            store.validate(_leaf(issuer, "alice@example.com"), _at(0))
+        self.assertEqual(
+            list(store._issuers), [(i.cert.public_bytes(_DER),) for i in issuers[2:]]
+        )
+        self.assertLessEqual(len(store._issuer_stores), 2)
 
 
 class IssuerNameTests(SynchronousTestCase):

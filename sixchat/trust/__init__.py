@@ -15,7 +15,13 @@ The package is split along the seams of that work, so that each rule has one hom
 Everything other code imports from C{sixchat.trust} is re-exported here.
 """
 
-from sixchat.trust.chain import CHAIN_CACHE_SIZE, OPENSSL_ERRORS, PeerCertificate, TrustStore
+from sixchat.trust.chain import (
+    CHAIN_CACHE_SIZE,
+    ISSUER_CACHE_SIZE,
+    OPENSSL_ERRORS,
+    PeerCertificate,
+    TrustStore,
+)
 from sixchat.trust.crl import MAX_CRL_CANDIDATES
 from sixchat.trust.der import issuer_field as _issuer_field
 from sixchat.trust.files import TrustLoadError
@@ -23,6 +29,7 @@ from sixchat.trust.pins import PIN_POLICIES, InMemoryPinStore, IPinStore, PinPol
 
 __all__ = [
     "CHAIN_CACHE_SIZE",
+    "ISSUER_CACHE_SIZE",
     "MAX_CRL_CANDIDATES",
     "OPENSSL_ERRORS",
     "PIN_POLICIES",

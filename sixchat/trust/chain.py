@@ -41,7 +41,10 @@ OpenSSL path validation → chain strength → revocation → leaf profile.
 A chain that passed is remembered (L{TrustStore} C{chain_cache}, see C{_cached}): presented
 again while no validity period of a candidate certificate starts or ends and the CRLs are
 the same, it gets the same result without the parsing, path validation and profile checks;
-revocation is checked again at every use.
+revocation is checked again at every use. So is the path above its leaf when the leaf's
+issuer is an intermediate (C{issuer_cache}, see C{_via_known_issuer}): a new leaf presented
+with exactly those intermediates is verified by OpenSSL against its issuer alone, the rest
+of the path being known; revocation of the whole path is again checked at every use.
 """
 
 from __future__ import annotations
@@ -67,14 +70,7 @@ from sixchat.errors import (
     UnknownCA,
 )
 from sixchat.identity import MAX_CHAIN, same_identity, spki_sha256
-from sixchat.trust.cache import (
-    EPOCH,
-    MAX_SECOND,
-    MIN_SECOND,
-    ONE_SECOND,
-    Validated,
-    boundaries,
-)
+from sixchat.trust.cache import EPOCH, ONE_SECOND, KnownIssuer, Validated, ValidationCaches
 from sixchat.trust.crl import REVOCATION_MODES
 from sixchat.trust.crlset import CRLSet
 from sixchat.trust.files import TrustLoadError, load_anchors, load_crls
@@ -87,7 +83,13 @@ from sixchat.trust.profile import (
     check_signature_strength,
 )
 
-__all__ = ["CHAIN_CACHE_SIZE", "OPENSSL_ERRORS", "PeerCertificate", "TrustStore"]
+__all__ = [
+    "CHAIN_CACHE_SIZE",
+    "ISSUER_CACHE_SIZE",
+    "OPENSSL_ERRORS",
+    "PeerCertificate",
+    "TrustStore",
+]
 
 #: OpenSSL C{X509_V_ERR_*} codes and the alert each becomes; every other code is
 #: C{bad_certificate} (bad signature, CA without cA=TRUE, pathLen exceeded, unknown critical
@@ -126,6 +128,9 @@ _NO_EXPLICIT_POLICY = 43
 
 #: Validated chains a trust store keeps by default (see L{TrustStore._cached}).
 CHAIN_CACHE_SIZE = 512
+#: Validated paths above a leaf (issuing intermediate to anchor) it keeps by default (see
+#: L{TrustStore._via_known_issuer}).
+ISSUER_CACHE_SIZE = 64
 
 
 def _no_warning(message: str) -> None:
@@ -184,7 +189,26 @@ def _utc(when: datetime.datetime) -> datetime.datetime:
     return when.astimezone(datetime.UTC)
 
 
-class TrustStore:
+def _peer(
+    path: tuple[x509.Certificate, ...], leaf_der: bytes, require_key_encipherment: bool
+) -> PeerCertificate:
+    """The result for a verified C{path}, once the leaf passes the §4 profile."""
+    names, alg, public_key = check_leaf(path[0], require_key_encipherment)
+    # The leaf object the checks used caches every parsed extension (about 3 KiB per
+    # session, held as long as the session): keep a fresh, lean parse of the same DER.
+    leaf = x509.load_der_x509_certificate(leaf_der)
+    return PeerCertificate(
+        leaf=leaf,
+        leaf_der=leaf_der,
+        names=names,
+        alg=alg,
+        public_key=public_key,
+        spki_sha256=spki_sha256(public_key),
+        chain=(leaf, *path[1:]),
+    )
+
+
+class TrustStore(ValidationCaches):
     """
     The locally configured trust anchors and CRLs, and the validator of peer chains.
 
@@ -193,6 +217,9 @@ class TrustStore:
         logger here. Each situation is reported once per issuer or CRL, not per handshake.
     """
 
+    _verify_flags = _VERIFY_FLAGS
+    _result = staticmethod(_peer)
+
     def __init__(
         self,
         anchors: Iterable[x509.Certificate],
@@ -200,6 +227,7 @@ class TrustStore:
         *,
         warn: Callable[[str], None] | None = None,
         chain_cache: int = CHAIN_CACHE_SIZE,
+        issuer_cache: int = ISSUER_CACHE_SIZE,
         revocation: str = "soft",
     ) -> None:
         if revocation not in REVOCATION_MODES:
@@ -211,6 +239,12 @@ class TrustStore:
         #: Validated chains (see L{_cached}); at most this many, 0 for none.
         self.chain_cache_size = chain_cache
         self._validated: OrderedDict[tuple[tuple[bytes, ...], bool], Validated] = OrderedDict()
+        #: Validated paths above a leaf, by the exact DER of the intermediates presented with
+        #: it, in order (see L{_via_known_issuer}); at most this many, 0 for none.
+        self.issuer_cache_size = issuer_cache
+        self._issuers: OrderedDict[tuple[bytes, ...], KnownIssuer] = OrderedDict()
+        #: The OpenSSL store of each known issuer for the current second.
+        self._issuer_stores: dict[tuple[bytes, ...], tuple[int, crypto.X509Store]] = {}
         #: Bumped whenever the CRLs change: cached validations of an older generation are
         #: not used.
         self._generation = 0
@@ -290,6 +324,8 @@ class TrustStore:
         if problem is None:
             self._generation += 1
             self._validated.clear()
+            self._issuers.clear()
+            self._issuer_stores.clear()
         return problem is None, problem
 
     def validate(
@@ -320,9 +356,14 @@ class TrustStore:
                 key = hit = None
             if hit is not None:
                 return hit
-        peer, presented, ders, signers = self._validate(
-            certs_der, now, require_key_encipherment
-        )
+        found = None
+        if self.issuer_cache_size > 0 and len(certs_der) > 1:
+            found = self._via_known_issuer(certs_der, now, require_key_encipherment)
+        if found is None:
+            found = self._validate(certs_der, now, require_key_encipherment)
+            if self.issuer_cache_size > 0 and len(certs_der) > 1:
+                self._remember_issuer(certs_der, *found, now)
+        peer, presented, ders, signers = found
         if key is not None and all(
             any(s is c for c in peer.chain) for found in signers for s in found
         ):
@@ -398,19 +439,7 @@ class TrustStore:
                 signers=signers[depth], hard=hard,
             )  # fmt: skip
 
-        names, alg, public_key = check_leaf(path[0], require_key_encipherment)
-        # The leaf object the checks used caches every parsed extension (about 3 KiB per
-        # session, held as long as the session): keep a fresh, lean parse of the same DER.
-        leaf = x509.load_der_x509_certificate(certs_der[0])
-        peer = PeerCertificate(
-            leaf=leaf,
-            leaf_der=certs_der[0],
-            names=names,
-            alg=alg,
-            public_key=public_key,
-            spki_sha256=spki_sha256(public_key),
-            chain=(leaf, *path[1:]),
-        )
+        peer = _peer(path, certs_der[0], require_key_encipherment)
         ders_out = tuple(ders.get(id(c)) for c in path[:-1])
         return peer, list(ours.values()), ders_out, signers
 
@@ -501,79 +530,6 @@ class TrustStore:
         except AlertError:
             return False
         return True
-
-    # -- validated chains ----------------------------------------------------------------
-    #
-    # A chain presented again (the same peer reconnecting) skips the parsing, OpenSSL's path
-    # validation and the profile checks, and gets the very result a validation would give:
-    #
-    #   - keyed by the exact DER of every presented certificate, in order, and by
-    #     require_key_encipherment; only successes are kept;
-    #   - everything those checks depend on is fixed for a given key, except time and CRLs:
-    #     our anchors never change, and OpenSSL's path building and verification depend on
-    #     the time only through the validity periods of the candidate certificates (ours and
-    #     the presented ones). An entry is used only while the time, in OpenSSL's whole
-    #     seconds, lies in the interval around its validation in which no notBefore or
-    #     notAfter of any of them falls (two seconds of margin on either side): every
-    #     certificate is valid or invalid there exactly as when it was validated;
-    #   - revocation is checked again at every use, with the current CRLs and time (it is
-    #     cheap, and its warnings, such as a stale CRL, depend on the time); a change of
-    #     CRLs also empties the cache (generation);
-    #   - bounded: the least recently used of more than chain_cache_size entries goes.
-
-    def _cached(
-        self, key: tuple[tuple[bytes, ...], bool], now: datetime.datetime
-    ) -> PeerCertificate | None:
-        entry = self._validated.get(key)
-        if entry is None or entry.generation != self._generation:
-            return None
-        if not entry.first <= (now - EPOCH) // ONE_SECOND < entry.end:
-            return None
-        self._validated.move_to_end(key)
-        chain = entry.peer.chain
-        ders = entry.ders
-        signers = entry.signers
-        hard = self._hard
-        for depth in range(len(chain) - 1):
-            self._crls.check(
-                chain[depth], chain[depth + 1], now, depth, ders[depth],
-                signers=signers[depth], hard=hard,
-            )  # fmt: skip
-        return entry.peer
-
-    def _remember(
-        self,
-        key: tuple[tuple[bytes, ...], bool],
-        peer: PeerCertificate,
-        presented: list[x509.Certificate],
-        ders: tuple[bytes | None, ...],
-        signers: tuple[tuple[x509.Certificate, ...], ...],
-        now: datetime.datetime,
-    ) -> None:
-        second = (now - EPOCH) // ONE_SECOND
-        try:
-            bounds = self._anchor_boundaries() + boundaries(presented)
-        except (ValueError, OverflowError):  # pragma: no cover - a time we cannot read
-            return
-        first, end = MIN_SECOND, MAX_SECOND
-        for bound in bounds:
-            if bound <= second - 2:
-                first = max(first, bound + 2)
-            elif bound >= second + 2:
-                end = min(end, bound - 1)
-            else:
-                return  # a validity period starts or ends right now: not worth keeping
-        validated = self._validated
-        validated[key] = Validated(peer, ders, signers, self._generation, first, end)
-        validated.move_to_end(key)
-        while len(validated) > self.chain_cache_size:
-            validated.popitem(last=False)
-
-    def _anchor_boundaries(self) -> list[int]:
-        bounds = self._anchor_bounds
-        if bounds is None:
-            bounds = self._anchor_bounds = boundaries(self._anchors)
-        return bounds
 
     def _verify_store(self, now: datetime.datetime, policy: bool = True) -> crypto.X509Store:
         """
