@@ -163,14 +163,25 @@ class AgentFileTests(unittest.TestCase):
         alice, _ = yield self.agent("alice@example.com")
         bob, bob_events = yield self.agent("bob@example.com")
         data = payload(2_000_000)
+
+        class CutWhenPartlyHeld:
+            """Cut both ends the moment bob holds 256 KiB durably: in that same reactor turn,
+            so a fast transfer cannot finish first (polling for it raced the last chunks)."""
+
+            cut = False
+
+            def agentEvent(self, event: dict[str, Any]) -> None:
+                if self.cut or event["type"] != "file" or event.get("received", 0) < 256 * 1024:
+                    return
+                self.cut = True
+                for agent in (alice, bob):
+                    for session in list(agent.sessions.live):
+                        session._protocol.transport.abortConnection()  # the connection is lost
+
+        cutter = CutWhenPartlyHeld()
+        bob.addObserver(cutter)
         queued = yield alice.sendFile("bob@example.com", self.source(data, "video.mp4"))
-
-        def receiving_progress() -> bool:
-            return any(e.get("received", 0) >= 256 * 1024 for e in bob_events.of("file"))
-
-        yield self.until(receiving_progress)
-        for session in list(alice.sessions.live):
-            session._protocol.transport.abortConnection()  # the connection is lost
+        yield self.until(lambda: cutter.cut)
         status = yield alice.waitDelivered(queued["id"], 60)
         self.assertEqual(status["state"], "delivered")
         [incoming] = yield bob.files()
