@@ -16,6 +16,11 @@ A dial that fails makes the outbox doubt the address it dialled: it drops the di
 record of the peer (C{invalidate}, where the directory has it) and looks it up again, and if
 the node registers other contacts now (it moved) dials those at once rather than after the
 retry backoff.
+
+An entry in flight is never sent again while it is (a file is in flight until its receipt,
+however long it streams, though its retry time passes meanwhile): a delivery to a peer lasts
+until every send it started has ended, and kicks during it make one pass after it. It is
+due again only once it ended without a receipt (the session lost).
 """
 
 from __future__ import annotations
