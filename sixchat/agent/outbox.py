@@ -16,12 +16,22 @@ A dial that fails makes the outbox doubt the address it dialled: it drops the di
 record of the peer (C{invalidate}, where the directory has it) and looks it up again, and if
 the node registers other contacts now (it moved) dials those at once rather than after the
 retry backoff.
+
+An entry in flight is never sent again while it is (a file is in flight until its receipt,
+however long it streams, though its retry time passes meanwhile): a delivery to a peer lasts
+until every send it started has ended, and kicks during it make one pass after it. It is
+due again only once it ended without a receipt (the session lost).
+
+When the registry cannot be asked (unreachable, or no registry at all) and holds no record
+of the peer, what is owed goes over the sessions the peer's nodes opened to us, if any
+(their handshakes proved the peer's identity and passed pinning; a session a CRL revoked is
+never used): each key among them is a target of its own, named L{incoming_node}.
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -53,6 +63,7 @@ __all__ = [
     "OutboxScheduler",
     "OutboxSessions",
     "OutboxStore",
+    "incoming_node",
 ]
 
 log = Logger(namespace="sixchat.agent.service")
@@ -113,6 +124,9 @@ class OutboxSessions(Protocol):
     """What the scheduler needs of the session table (L{sixchat.agent.sessions.SessionTable})."""
 
     async def sessionFor(self, peer: str, node: NodeBinding) -> Session: ...
+
+    def incomingFrom(self, peer: str) -> list[Session]:
+        """The open sessions C{peer} opened to us (none that a CRL revoked)."""
 
 
 def _all_nodes(peer: str, nodes: Sequence[NodeBinding]) -> list[NodeBinding]:
@@ -179,6 +193,9 @@ class OutboxScheduler:
         self._now_due: set[str] = set()
         #: Peers whose lookup the registry refused for its rate: the retry waiting.
         self._soon: dict[str, IDelayedCall] = {}
+        #: Peers served over their incoming sessions since their last lookup that worked
+        #: (logged once).
+        self._over_incoming: set[str] = set()
 
     def now(self) -> datetime:
         return datetime.fromtimestamp(self.clock.seconds(), UTC)
@@ -314,8 +331,9 @@ class OutboxScheduler:
             if self.directory is not None and not self.keep_watching(peer):
                 self.directory.unwatch(peer)
             return
-        if self.directory is None:
-            return  # no registry: nowhere to look the peer up; incoming sessions still work
+        if self.directory is None:  # no registry: only the peer's sessions to us reach it
+            await self._deliverIncoming(peer, pending, attempted, now_due, "no registry")
+            return
         self.directory.watch(peer)  # be told at once when the peer's nodes change
         last = self.unknown.get(key)
         if last is not None and self.clock.seconds() - last < UNKNOWN_RETRY:
@@ -333,13 +351,57 @@ class OutboxScheduler:
         except Exception as e:
             log.debug("lookup of {peer} failed: {e}", peer=peer, e=e)
             if isinstance(e, IRPError) and e.reason == "rate_limited":
-                self._retrySoon(peer)
+                self._retrySoon(peer)  # the registry answers: soon, the peer's record
+                return
+            # The registry cannot be asked and holds no record of the peer.
+            await self._deliverIncoming(peer, pending, attempted, now_due, str(e))
             return
         self.unknown.pop(key, None)
-        nodes = self.usable_nodes(peer, record.nodes)
+        self._over_incoming.discard(key)
+        nodes = {n.name: n for n in self.usable_nodes(peer, record.nodes)}
         if not nodes:
             return  # offline: the watch will kick us when a node registers
-        names = [n.name for n in nodes]
+        await self._fanOut(
+            pending, list(nodes), attempted, now_due,
+            lambda name, owed: self._deliverNode(peer, nodes[name], owed),
+        )  # fmt: skip
+
+    async def _deliverIncoming(
+        self,
+        peer: str,
+        pending: list[OutgoingMessage],
+        attempted: set[str],
+        now_due: bool,
+        why: str,
+    ) -> None:
+        """
+        Deliver what is owed to C{peer} over the sessions its nodes opened to us, one per
+        key (the registry cannot be asked, and there is no record of the peer to dial).
+        """
+        sessions: dict[str, Session] = {}
+        for session in self.sessions.incomingFrom(peer):
+            sessions.setdefault(incoming_node(session), session)
+        if not sessions:
+            return  # nothing reaches the peer: its messages stay queued
+        key = normalize_identity(peer)
+        if key not in self._over_incoming:
+            self._over_incoming.add(key)
+            log.info("cannot look {peer} up ({why}); delivering over the {n} session(s) it "
+                     "opened to us", peer=peer, why=why, n=len(sessions))  # fmt: skip
+        await self._fanOut(
+            pending, list(sessions), attempted, now_due,
+            lambda name, owed: self._sendOn(sessions[name], name, owed),
+        )  # fmt: skip
+
+    async def _fanOut(
+        self,
+        pending: list[OutgoingMessage],
+        names: list[str],
+        attempted: set[str],
+        now_due: bool,
+        send: Callable[[str, list[OutgoingMessage]], Coroutine[Any, Any, None]],
+    ) -> None:
+        """Target every message owed to the peer at the nodes C{names}; C{send} what is due."""
         # The targets are recorded (group-committed with the attempts below, in this order)
         # while the messages go out: what is due is worked out here, from the entries read
         # above and the nodes that are new to a message (queued, never tried: due now),
@@ -351,13 +413,13 @@ class OutboxScheduler:
                 self._targetsNotRecorded, message.id
             )
         work = []
-        for node in nodes:
+        for name in names:
             # An entry in flight is never in a new pass (a delivery awaits all its sends),
             # so now_due re-sends only what waits for its backoff.
-            owed = [m for m in targetable if _due_to(m, node.name, now, now_due)]
+            owed = [m for m in targetable if _due_to(m, name, now, now_due)]
             if owed:
                 attempted.update(m.id for m in owed)
-                work.append(defer.ensureDeferred(self._deliverNode(peer, node, owed)))
+                work.append(defer.ensureDeferred(send(name, owed)))
         if work:
             await defer.DeferredList(work, consumeErrors=True)
 
@@ -407,6 +469,10 @@ class OutboxScheduler:
                     message.id, node.name, now, now + timedelta(seconds=delay), sent=False
                 )
             return
+        await self._sendOn(session, node.name, owed)
+
+    async def _sendOn(self, session: Session, node: str, owed: list[OutgoingMessage]) -> None:
+        """Send C{owed} on C{session}, to C{node}'s entries, awaiting every send's end."""
         # A window of unreceipted messages per session: a long outbox never floods the
         # transport (both peers writing faster than the other reads would stall both, since
         # each stops reading while its write buffer is full).
@@ -418,12 +484,12 @@ class OutboxScheduler:
                 window.release()
                 break  # the rest stays owed; the next tick retries on a new session
             now = self.now()
-            retry_at = now + timedelta(seconds=self.retryDelay(_attempts(message, node.name)))
+            retry_at = now + timedelta(seconds=self.retryDelay(_attempts(message, node)))
             # Not awaited: the store records the attempt in order, before the receipt's
             # mark_delivered; meanwhile the message is already on its way. A crash before
             # the record leaves the message queued: it is sent again and the peer, which
             # keys messages by id, stores it once (§8.2).
-            self.store.mark_attempt(message.id, node.name, now, retry_at).addCallbacks(
+            self.store.mark_attempt(message.id, node, now, retry_at).addCallbacks(
                 self._attempted, self._attemptNotRecorded, errbackArgs=(message.id,)
             )
             d: defer.Deferred[Any] = self.deliver(session, message)
@@ -431,8 +497,8 @@ class OutboxScheduler:
             d.addCallbacks(
                 self._receipted,
                 self._notReceipted,
-                callbackArgs=(message.id, node.name),
-                errbackArgs=(message.id, node.name),
+                callbackArgs=(message.id, node),
+                errbackArgs=(message.id, node),
             )
             sends.append(d)
         await defer.DeferredList(sends, consumeErrors=True)
@@ -475,6 +541,15 @@ def _due_to(message: OutgoingMessage, node: str, now: datetime, now_due: bool) -
         if entry.node == node:
             return entry.owed if now_due else entry.due(now)
     return True  # a new target: queued, never tried
+
+
+def incoming_node(session: Session) -> str:
+    """
+    The outbox target for a session the peer opened to us, when its node's name is not known
+    (the registry cannot be asked): C{key:} and the first 16 hex digits of the SHA-256 of the
+    peer's key, which no registered node name can be (irp-1: C{[A-Za-z0-9_.-]}).
+    """
+    return "key:" + session.result.peer.spki_sha256.hex()[:16]
 
 
 def _attempts(message: OutgoingMessage, node: str) -> int:

@@ -107,6 +107,18 @@ class SessionTable:
                 return session
         return None
 
+    def incomingFrom(self, peer: str) -> list[Session]:
+        """
+        The open sessions C{peer} opened to us: the outbox's way to the peer when
+        the registry cannot be asked (their handshakes proved the identity and passed pinning;
+        a session a CRL revoked is never used).
+        """
+        return [
+            s
+            for s in self.incoming.get(normalize_identity(peer), ())
+            if not s.ended and s.connection.state == "open" and s not in self.revoked
+        ]
+
     def describe(self) -> list[dict[str, Any]]:
         return [session_dict(s, node) for (_, node), s in self.outgoing.items()] + [
             session_dict(s, None) for group in self.incoming.values() for s in group

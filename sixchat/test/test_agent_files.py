@@ -196,11 +196,12 @@ class AgentFileTests(unittest.TestCase):
         """
         The receiver stops gracefully mid-file and starts again on the same data directory:
         the file arrives intact. (It used to fail about 1 run in 50–100: the sender's
-        outbox offered the file again on a second session while the first still streamed,
-        and the receiver either truncated the partial file under the writer finishing it —
-        a hole of zeros in a file that passed its SHA-256 check, which covers the bytes
-        received, not the bytes on disk — or let the first session's stale chunks close
-        the second session's writer, failing the file with io_error. See
+        outbox offered the file again on a second session once it saw the first end, while
+        the receiver still handled the first's chunks, and the receiver either truncated the
+        partial file under the writer finishing it — a hole of zeros in a file that passed
+        its SHA-256 check, which covers the bytes received, not the bytes on disk — or let
+        the first session's stale chunks close the second session's writer, failing the file
+        with io_error. See
         test_a_stale_sessions_chunks_leave_the_reoffered_transfer_alone and
         test_an_offer_while_the_file_is_finishing_waits_for_it.)
         """

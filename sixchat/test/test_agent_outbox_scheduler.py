@@ -181,6 +181,9 @@ class FakeSessions:
             raise ConnectionRefusedError("refused")
         return self.sessions.setdefault(node.name, FakeSession())
 
+    def incomingFrom(self, peer: str) -> list[Any]:
+        return []  # the peer never opened a session to us
+
 
 def binding(name: str = "phone", cert: bytes = b"cert") -> NodeBinding:
     return NodeBinding(name, (Contact("192.0.2.1", 4605),), cert, "", "")
