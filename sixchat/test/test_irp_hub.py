@@ -6,7 +6,7 @@ transport (L{sixchat.test.irp_harness.Harness}).
 
 from __future__ import annotations
 
-from twisted.internet import reactor
+from twisted.internet import defer, reactor
 from twisted.python.failure import Failure
 
 from sixchat.irp.messages import (
@@ -18,7 +18,7 @@ from sixchat.irp.messages import (
     Unwatch,
     Watch,
 )
-from sixchat.irp.store.sqlite import SQLiteStore
+from sixchat.irp.store.sqlite import SQLiteStore, StoreError
 from sixchat.test import certs
 from sixchat.test.irp_harness import (
     CONTACT,
@@ -65,6 +65,28 @@ class HubTests(RequestTestCase):
         await a.request(Unregister("4", "phone"))
         await h.settle()
         self.assertEqual(b.take(), [])
+
+    async def _refresh_failing(self, stop_first: bool) -> None:
+        """A watchers' refresh whose store read fails, with the hub stopped before or not."""
+        h = await self.harness()
+        b = h.connect(h.identity("bob@example.com"))
+        await b.request(Watch("w", "alice@example.com"))
+        hub = h.factory.hub
+        pending: defer.Deferred[object] = defer.Deferred()
+        self.patch(hub.store, "state", lambda identity, now: pending)
+        hub._changed("alice@example.com")  # a change: the watchers' state is read again
+        if stop_first:
+            await hub.stop()
+        pending.errback(StoreError("registry database x is closed"))
+
+    async def test_a_refresh_cut_short_by_the_stop_is_not_an_error(self) -> None:
+        # The demo's registry logged a traceback when its store closed under a refresh.
+        await self._refresh_failing(stop_first=True)
+        self.assertEqual(self.flushLoggedErrors(StoreError), [])
+
+    async def test_a_refresh_failing_while_running_is_logged(self) -> None:
+        await self._refresh_failing(stop_first=False)
+        self.assertEqual(len(self.flushLoggedErrors(StoreError)), 1)
 
     async def test_watch_expiry_on_the_clock(self) -> None:
         h = await self.harness()

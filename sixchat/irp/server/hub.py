@@ -233,6 +233,11 @@ class RegistryHub:
                 watch.offer(seq, state)
 
         def failed(failure: Failure) -> None:
+            if not self._running:
+                # The registry is stopping and its store may be closed already: nobody is
+                # left to tell, and a traceback would only alarm the operator.
+                self.log.debug("refreshing watchers of {key} cut short by the stop", key=key)
+                return
             self.log.failure("refreshing watchers of {key} failed", failure, key=key)
 
         def done(_: Any) -> None:
