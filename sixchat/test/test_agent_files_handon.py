@@ -35,7 +35,7 @@ def held(agent: Any) -> defer.Deferred[list[tuple[str, str, str]]]:
 
 
 class HandOnTests(AgentCase):
-    timeout = 120
+    timeout = 60
 
     def source(self, data: bytes, name: str = "photo.jpg") -> str:
         os.makedirs(self.base, exist_ok=True)
@@ -149,6 +149,26 @@ class HandOnTests(AgentCase):
                 self.fail(f"from={origin!r} was taken")
         files = yield home.files()
         self.assertEqual(files, [])
+
+    @defer.inlineCallbacks
+    def test_a_copy_never_replaces_the_peers_transfer_in_progress(self) -> Any:
+        yield self.bob()
+        laptop, _ = yield self.node("laptop")
+        home, _ = yield self.node("home")
+        yield self.until(lambda: laptop.own_nodes.file_links() and home.own_nodes.file_links())
+        home.file_inbox._writing[(BOB, "fz")] = "bob is sending it"  # a transfer in progress
+        try:
+            now = laptop.now()
+            record = TransferRecord(
+                "in", BOB, BOB, "fz", "x.bin", 10, b"\x01" * 32, None,
+                self.source(b"0123456789"), None, 10, 0, "received", None, now, now,
+            )  # fmt: skip
+            with self.assertRaises(StanzaRefused) as caught:
+                yield laptop.file_outbox.offer(self.own_session(laptop), record, origin=BOB)
+            self.assertIn("busy", str(caught.exception))
+            self.assertEqual(home.file_inbox._writing[(BOB, "fz")], "bob is sending it")
+        finally:
+            del home.file_inbox._writing[(BOB, "fz")]
 
     @defer.inlineCallbacks
     def test_from_on_a_session_with_another_identity_is_ignored(self) -> Any:

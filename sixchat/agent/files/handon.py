@@ -12,9 +12,11 @@ has it, so a node never offers a file back to the node it got it from. A node th
 holds the file answers the offer with a receipt (§11.9), no bytes sent. A cut transfer
 resumes from the receiver's durable prefix on the next link, like any file.
 
-One file at a time per link, oldest first, looked up again after each run (what arrived
-meanwhile is offered too). A file the other node refuses (C{reject}, C{error}: its size
-limit, its disk) is not offered again on that link; the next link tries again.
+One file at a time per node (two nodes that dialled each other at once have two links: one
+of them carries the files; when it ends, another takes over), oldest first, looked up again
+after each run (what arrived meanwhile is offered too). A file the other node refuses
+(C{reject}, C{error}: its size limit, its disk, C{busy} while the peer itself is sending it
+the same file) is not offered again on that link; the next link tries again.
 """
 
 from __future__ import annotations
@@ -49,8 +51,9 @@ class FileHandOn:
         self.outbox = outbox
         self.links = links
         self.running = True
-        self._busy: set[Session] = set()
-        self._again: set[Session] = set()
+        #: Nodes being handed files (one run per node), and those to look at again after it.
+        self._busy: set[str] = set()
+        self._again: set[str] = set()
         #: Files the node on a session refused: (peer, id) per session, not offered again.
         self._refused: dict[Session, set[tuple[str, str]]] = {}
 
@@ -60,12 +63,11 @@ class FileHandOn:
             return
         for gone in [s for s in self._refused if s.ended]:
             del self._refused[gone]
-            self._again.discard(gone)
         for session, node in self.links():
-            if session in self._busy:
-                self._again.add(session)
+            if node in self._busy:
+                self._again.add(node)
                 continue
-            self._busy.add(session)
+            self._busy.add(node)
             d = defer.ensureDeferred(self._run(session, node))
             d.addErrback(self._failed, session, node)
 
@@ -82,11 +84,11 @@ class FileHandOn:
     async def _run(self, session: Session, node: str) -> None:
         try:
             while self.running and not session.ended:
-                self._again.discard(session)
+                self._again.discard(node)
                 refused = self._refused.setdefault(session, set())
                 records = await self.transfers.files_for_node(node)
                 todo = [r for r in records if (r.peer, r.id) not in refused]
-                if not todo and session not in self._again:
+                if not todo and node not in self._again:
                     return
                 for record in todo:
                     if not self.running or session.ended:
@@ -107,7 +109,9 @@ class FileHandOn:
                         id=record.id, peer=record.peer_display, node=node,
                     )  # fmt: skip
         finally:
-            self._busy.discard(session)
+            self._busy.discard(node)
+            if session.ended and self.running:
+                self.kick()  # another link with that node (if any) goes on
 
     def _failed(self, failure: Any, session: Session, node: str) -> None:
         if failure.check(SessionLost) or session.ended or not self.running:

@@ -184,6 +184,14 @@ class FileInbox:
         if not self._origin(session, offer):
             return
         key, receiver = self._receiver(session, offer.id)
+        if (session, offer.id) in self._origins and (
+            (key, offer.id) in self._writing or (key, offer.id) in self._deciding
+        ):
+            # The peer itself (or another node of ours) is sending us this very file: a copy
+            # handed on never replaces a transfer in progress (the peer's would fail).
+            del self._origins[(session, offer.id)]
+            self._answer(session, Reject(offer.id, "busy"))
+            return
         self._stop((key, offer.id))  # a re-offer replaces the transfer in progress (§11.9)
         answer = receiver.reserve(offer, session)
         if isinstance(answer, Reject):
