@@ -13,6 +13,8 @@ from typing import Any
 from twisted.internet import defer
 from twisted.trial.unittest import SynchronousTestCase
 
+from sixchat.agent import ownnodes
+from sixchat.agent.files import receiving
 from sixchat.agent.store import files
 from sixchat.agent.store.database import MessageDatabase
 from sixchat.agent.store.files import TransferRecord
@@ -106,6 +108,39 @@ class HandOnTests(AgentCase):
         laptop_files = yield laptop.files()
         self.assertEqual(len(laptop_files), 1)
         self.assertEqual(home.files_dir and os.listdir(home.files_dir.partial_dir), [])
+
+    @defer.inlineCallbacks
+    def test_a_cut_hand_on_resumes_from_the_durable_prefix(self) -> Any:
+        self.patch(receiving, "SYNC_EVERY", 64 * 1024)
+        self.patch(ownnodes, "REDIAL_MIN", 0.1)
+        bob = yield self.bob()
+        laptop, _ = yield self.node("laptop")
+        data = payload(2_000_000)
+        queued = yield bob.sendFile(ALICE, self.source(data, "video.mp4"))
+        yield bob.waitDelivered(queued["id"], 30)
+        home, _ = yield self.agent(ALICE, "home", identity=self.alice_ids["home"])
+
+        class CutWhenPartlyHeld:
+            """Cut the link the moment home holds 256 KiB durably (in that reactor turn)."""
+
+            cut = False
+
+            def agentEvent(self, event: dict[str, Any]) -> None:
+                if self.cut or event["type"] != "file" or event.get("received", 0) < 256 * 1024:
+                    return
+                self.cut = True
+                for session in list(home.sessions.live):
+                    session._protocol.transport.abortConnection()
+
+        cutter = CutWhenPartlyHeld()
+        home.addObserver(cutter)
+        self.directory.publish(ALICE, "home", home)
+        yield self.until(lambda: cutter.cut, 30)
+        [got] = yield self.until(lambda: self.files_with_path(home), 30)
+        self.assertEqual((got["peer"], got["state"], got["size"]), (BOB, "received", len(data)))
+        self.assertGreater(got["resumed_from"], 0)
+        with open(got["path"], "rb") as f:
+            self.assertEqual(hashlib.sha256(f.read()).digest(), hashlib.sha256(data).digest())
 
     @defer.inlineCallbacks
     def test_a_file_both_nodes_got_from_the_peer_moves_no_bytes_between_them(self) -> Any:

@@ -192,6 +192,13 @@ class FileInbox:
             del self._origins[(session, offer.id)]
             self._answer(session, Reject(offer.id, "busy"))
             return
+        previous = receiver.get(offer.id)
+        if previous is not None and previous.owner is not session:
+            handed_on = (previous.owner, offer.id)
+            if handed_on in self._origins and isinstance(previous.owner, Session):
+                # A copy an own node was handing on gives way (it hears busy, final for it).
+                del self._origins[handed_on]
+                self._answer(previous.owner, Reject(offer.id, "busy"))
         self._stop((key, offer.id))  # a re-offer replaces the transfer in progress (§11.9)
         answer = receiver.reserve(offer, session)
         if isinstance(answer, Reject):
@@ -260,6 +267,8 @@ class FileInbox:
         peer = self._peer(session, offer.id)
         handed_on = (session, offer.id) in self._origins
         record = await self.transfers.get("in", peer, offer.id)
+        if receiver.get(offer.id) is not incoming:
+            return  # offered again while we looked (the later offer is the one answered)
         if record is not None and record.state == "received":
             self._answer(session, receiver.already_stored(offer.id))  # §11.9
             if handed_on:
