@@ -205,7 +205,7 @@ class FileInbox:
             log.info(
                 "refused file {id} from {peer}: {reason}",
                 id=offer.id,
-                peer=session.peer,
+                peer=self._peer(session, offer.id),
                 reason=answer.reason,
             )
             self._answer(session, answer)
