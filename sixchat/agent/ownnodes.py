@@ -116,6 +116,8 @@ class OwnNodeSync:
         #: Whether a registered binding is this very agent under another name (our
         #: certificate at one of our addresses): not dialled. The agent sets it.
         self.is_us: Callable[[NodeBinding], bool] = lambda binding: False
+        #: Told when a link with another node of ours is up (its hello came): files.
+        self.on_linked: Callable[[], None] = lambda: None
 
     # lifecycle -----------------------------------------------------------------------------
 
@@ -228,6 +230,14 @@ class OwnNodeSync:
             self.on_unlinked(link.node)
             self._retry(link.node)
 
+    def file_links(self) -> list[tuple[Session, str]]:
+        """The open links whose node syncs, with its name (received files go there)."""
+        return [
+            (link.session, link.node)
+            for link in self.links.values()
+            if link.node is not None and not link.unsupported and not link.session.ended
+        ]
+
     def _hello(self, link: Link) -> None:
         hello = SyncHello(link.hello_id, self.node, self.store_id, self.top)
         link.said_at = self.clock.seconds()
@@ -317,6 +327,7 @@ class OwnNodeSync:
         if first:
             log.info("linked with our node {node}", node=hello.node)
             self._redial.pop(hello.node, None)
+            self.on_linked()
         if link.pulling is None:
             after = await self.store.node_seen(hello.node, hello.store, hello.top, self.now())
             if hello.top > after and link.pulling is None:

@@ -35,6 +35,7 @@ from sixchat.agent.datadir import DataDirLock, prepare_data_dir
 from sixchat.agent.directory import unknown_reason
 from sixchat.agent.errors import AgentError, MessageFinal, UnknownIdentity, UnknownMessage
 from sixchat.agent.files.disk import FilesDir
+from sixchat.agent.files.handon import FileHandOn
 from sixchat.agent.files.receiving import FileInbox
 from sixchat.agent.files.sending import FileOutbox
 from sixchat.agent.inbox import Inbox
@@ -226,6 +227,7 @@ class UserAgentService(service.MultiService):
         )
         #: Own-device sync with this identity's other nodes (L{sixchat.agent.ownnodes}).
         self.own_nodes: OwnNodeSync | None = None
+        self.file_handon: FileHandOn | None = None
         if own_sync:
             self.own_nodes = OwnNodeSync(
                 self.clock, self.name_, self.node, SyncStore(self.store), self.sessions,
@@ -237,6 +239,15 @@ class UserAgentService(service.MultiService):
                 self.own_nodes is not None and (self.own_nodes.defers(m.origin))
             )
             self.own_nodes.is_us = self._isUs
+            # Received files go to our other nodes too (docs/protocol.md 8.6, "Files").
+            own = self.own_nodes
+            handon = self.file_handon = FileHandOn(
+                self.transfers, self.file_outbox, own.file_links
+            )
+            own.on_linked = handon.kick
+            self.file_inbox.is_own = lambda session: own.isOwn(session.peer)
+            self.file_inbox.on_stored = lambda record: handon.kick()
+            self.file_inbox.on_handed_on = handon.holds
         self.inbox = Inbox(
             self.sessions, self.crls, self.store, self._emit, self.outbox.kick, self.now,
             self.key_changes,
@@ -364,6 +375,8 @@ class UserAgentService(service.MultiService):
         self.outbox.stop()
         if self.own_nodes is not None:
             self.own_nodes.stop()
+        if self.file_handon is not None:
+            self.file_handon.stop()
         crls_stopped = self.crls.stop()
         self._waiters.releaseAll()
         yield self.sessions.closeAll()

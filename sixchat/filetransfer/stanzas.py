@@ -87,13 +87,19 @@ def _number(element: Element, name: str, sid: str) -> int:
 
 @dataclass(frozen=True)
 class FileOffer:
-    """C{<file id name size sha256 [mime]/>}: the sender's offer. C{sha256} is the raw digest."""
+    """
+    C{<file id name size sha256 [mime] [from]/>}: the sender's offer. C{sha256} is the raw
+    digest. C{origin} (C{from}) is the own-device sync extension (docs/protocol.md 8.6): a
+    node of ours handing on a file it received from that peer; it means something only on
+    a session between two nodes of one identity (the receiver checks that).
+    """
 
     id: str
     name: str
     size: int
     sha256: bytes
     mime: str | None = None
+    origin: str | None = None
 
     def to_element(self) -> Element:
         attrs = {
@@ -104,6 +110,8 @@ class FileOffer:
         }
         if self.mime is not None:
             attrs["mime"] = self.mime
+        if self.origin is not None:
+            attrs["from"] = self.origin
         return Element("file", attrs)
 
     @classmethod
@@ -122,7 +130,8 @@ class FileOffer:
             raise StanzaError("bad_request", "invalid base64 in sha256", sid) from None
         if len(digest) != 32:
             raise StanzaError("bad_request", "sha256 is not 32 bytes", sid)
-        return cls(sid, name, size, digest, element.get("mime"))
+        # C{from} is checked by the receiver, which knows identities and its own nodes.
+        return cls(sid, name, size, digest, element.get("mime"), element.get("from"))
 
 
 @dataclass(frozen=True)

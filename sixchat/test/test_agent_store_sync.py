@@ -116,7 +116,7 @@ class MigrationTests(unittest.TestCase):
         conn.close()
         db = MessageDatabase(path)
         self.addCleanup(db.close)
-        self.assertEqual(db.schema_version, 4)
+        self.assertEqual(db.schema_version, 5)  # v4 (sync), v5 (sync_files)
         page = ssync.read_feed(db, 0, 100, node="laptop")
         self.assertEqual(
             page.items,
@@ -149,7 +149,7 @@ class EncryptedMigrationTests(unittest.TestCase):
         conn.close()
         db = MessageDatabase(path, key)
         self.addCleanup(db.close)
-        self.assertEqual(db.schema_version, 4)
+        self.assertEqual(db.schema_version, 5)  # v4 (sync), v5 (sync_files)
         queued = db.queue_outgoing(BOB, "secret", T0)
         page = ssync.read_feed(db, 0, 100, node="laptop")
         self.assertEqual([i.id for i in page.items if isinstance(i, OutItem)], [queued.id])

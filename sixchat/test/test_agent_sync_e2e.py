@@ -193,3 +193,52 @@ class SyncCrashTests(E2ECase):
 
 #: Bound for the burst's waits (seconds): three agents and three restarts on a loaded machine.
 BURST = 300.0
+
+
+class ReceivedFileTests(E2ECase):
+    """A file one node of alice received reaches her other node (protocol.md 8.6, "Files")."""
+
+    timeout = 400
+
+    @defer.inlineCallbacks
+    def test_a_file_the_laptop_received_is_listed_with_a_path_on_the_home_node(self) -> Any:
+        import os
+
+        from sixchat.test.test_agent_files_e2e import sha256_of, write_file
+
+        yield self.startRegistry()
+        laptop = yield self.agent("alice-laptop", ALICE, node="laptop").start()
+        bob = yield self.agent("bob", BOB).start()
+        path = os.path.join(self.base, "scan.pdf")
+        size = 1024 * 1024 + 5
+        digest = write_file(path, size)
+        out, err, code = yield bob.cli("send-file", ALICE, path, "--wait", str(DELIVERY_TIMEOUT))
+        self.assertEqual(code, 0, f"{out}{err}")
+        [sent] = yield bob.cli_json("files")
+        # home starts after the laptop got the file: bob owes it nothing, the laptop hands it on
+        home = yield self.agent("alice-home", ALICE, node="home").start()
+
+        def listed() -> Any:
+            def find(files: list[dict[str, Any]]) -> Any:
+                return [f for f in files if f["id"] == sent["id"] and f.get("path")]
+
+            return home.cli_json("files").addCallback(find)
+
+        try:
+            [entry] = yield eventually(listed, DELIVERY_TIMEOUT, "home lists the file")
+        except AssertionError as e:
+            raise AssertionError(f"{e}\n{self.dump(laptop, home)}") from None
+        self.assertEqual(
+            {k: entry[k] for k in ("peer", "direction", "name", "size", "state", "sha256")},
+            {"peer": BOB, "direction": "in", "name": "scan.pdf", "size": size,
+             "state": "received", "sha256": digest},
+        )  # fmt: skip
+        self.assertEqual(entry["path"], os.path.join(home.data_dir, "files", "scan.pdf"))
+        self.assertEqual(sha256_of(entry["path"]), digest)
+        out, err, code = yield home.cli("files")
+        self.assertEqual(code, 0, err)
+        self.assertIn("<- bob@example.com  scan.pdf", out)
+        # one copy each, never a file from alice herself
+        for node in (laptop, home):
+            files = yield node.cli_json("files")
+            self.assertEqual([(f["peer"], f["id"]) for f in files], [(BOB, sent["id"])])

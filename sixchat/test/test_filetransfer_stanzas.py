@@ -59,6 +59,24 @@ class RoundTripTests(SynchronousTestCase):
         self.assertEqual(wire(offer), offer)
 
     @HYPOTHESIS
+    @given(ids, texts, numbers, st.binary(min_size=32, max_size=32), st.none() | texts, texts)
+    def test_file_handed_on(
+        self, sid: str, name: str, size: int, digest: bytes, mime: str | None, origin: str
+    ) -> None:
+        """The own-device sync extension's C{from} (docs/protocol.md 8.6) travels as is."""
+        offer = FileOffer(sid, name, size, digest, mime, origin)
+        self.assertEqual(wire(offer), offer)
+
+    def test_from_is_written_last(self) -> None:
+        offer = FileOffer("f1", "a", 1, DIGEST, None, "bob@example.com")
+        self.assertEqual(
+            serialize(offer.to_element()),
+            b'<file id="f1" name="a" size="1" sha256="'
+            + b64encode(DIGEST).encode()
+            + b'" from="bob@example.com"/>',
+        )
+
+    @HYPOTHESIS
     @given(ids, numbers, st.binary(max_size=MAX_CHUNK))
     def test_accept_chunk(self, sid: str, offset: int, data: bytes) -> None:
         self.assertEqual(wire(Accept(sid, offset)), Accept(sid, offset))

@@ -40,7 +40,7 @@ from sixchat.filetransfer import (
     Verified,
 )
 from sixchat.filetransfer.machine import Hasher
-from sixchat.identity import normalize_identity
+from sixchat.identity import is_valid_identity, normalize_identity, same_identity
 from sixchat.session import Session
 from sixchat.stanzas import ErrorStanza, Message, Receipt, format_timestamp
 
@@ -74,6 +74,8 @@ class _Writing:
     pending_held: int = 0
     #: A write failed: the file on disk is not what was received (rejected at done).
     failed: bool = False
+    #: Handed on by another node of ours (docs/protocol.md 8.6, "Files"), not sent by the peer.
+    handed_on: bool = False
 
 
 def file_event(record: TransferRecord, state: str, **extra: Any) -> dict[str, Any]:
@@ -143,12 +145,24 @@ class FileInbox:
         #: Transfers whose C{done} came: their last writes, check and storing are in flight;
         #: L{stop} waits for them too, so none of it outlives the store.
         self._finishing: dict[tuple[str, str], defer.Deferred[None]] = {}
+        #: Own-device sync (docs/protocol.md 8.6, "Files"): whether a session is with another
+        #: node of ours, which may hand on a file it received (C{<file from=…>}); the peer
+        #: each such offer names, by (session, id); told of every file stored (C{on_stored})
+        #: and of each one an own node handed on or already held (C{on_handed_on}).
+        self.is_own: Callable[[Session], bool] = lambda session: False
+        self._origins: dict[tuple[Session, str], str] = {}
+        self.on_stored: Callable[[TransferRecord], None] = lambda record: None
+        self.on_handed_on: Callable[[Session, str, str], None] = lambda session, peer, id: None
 
     def _thread(self, f: Callable[..., Any], *args: Any) -> defer.Deferred[Any]:
         return threads.deferToThreadPool(self.reactor, self.reactor.getThreadPool(), f, *args)
 
-    def _receiver(self, session: Session) -> tuple[str, FileReceiver]:
-        key = normalize_identity(session.peer)
+    def _peer(self, session: Session, file_id: str) -> str:
+        """Whose file C{file_id} on C{session} is: the peer's, or the one an own node names."""
+        return self._origins.get((session, file_id), session.peer)
+
+    def _receiver(self, session: Session, file_id: str) -> tuple[str, FileReceiver]:
+        key = normalize_identity(self._peer(session, file_id))
         receiver = self._receivers.get(key)
         if receiver is None:
             receiver = self._receivers[key] = FileReceiver(self.limits)
@@ -167,14 +181,31 @@ class FileInbox:
     def offer(self, session: Session, offer: FileOffer) -> None:
         if self.stopping:
             return  # no answer: the session ends with the agent; the sender offers it again
-        key, receiver = self._receiver(session)
+        if not self._origin(session, offer):
+            return
+        key, receiver = self._receiver(session, offer.id)
+        if (session, offer.id) in self._origins and (
+            (key, offer.id) in self._writing or (key, offer.id) in self._deciding
+        ):
+            # The peer itself (or another node of ours) is sending us this very file: a copy
+            # handed on never replaces a transfer in progress (the peer's would fail).
+            del self._origins[(session, offer.id)]
+            self._answer(session, Reject(offer.id, "busy"))
+            return
+        previous = receiver.get(offer.id)
+        if previous is not None and previous.owner is not session:
+            handed_on = (previous.owner, offer.id)
+            if handed_on in self._origins and isinstance(previous.owner, Session):
+                # A copy an own node was handing on gives way (it hears busy, final for it).
+                del self._origins[handed_on]
+                self._answer(previous.owner, Reject(offer.id, "busy"))
         self._stop((key, offer.id))  # a re-offer replaces the transfer in progress (§11.9)
         answer = receiver.reserve(offer, session)
         if isinstance(answer, Reject):
             log.info(
                 "refused file {id} from {peer}: {reason}",
                 id=offer.id,
-                peer=session.peer,
+                peer=self._peer(session, offer.id),
                 reason=answer.reason,
             )
             self._answer(session, answer)
@@ -202,6 +233,24 @@ class FileInbox:
 
         deciding.addCallback(decided)
 
+    def _origin(self, session: Session, offer: FileOffer) -> bool:
+        """
+        Note whose file an offer is. C{from} counts only from another node of ours (from
+        anyone else it is ignored: the file is theirs); there it must name a valid identity
+        that is not ours (a file is never handed on as one from ourselves), else
+        C{error bad_request}.
+        """
+        self._origins.pop((session, offer.id), None)
+        if offer.origin is None or not self.is_own(session):
+            return True
+        if not is_valid_identity(offer.origin) or same_identity(offer.origin, session.peer):
+            self._answer(
+                session, ErrorStanza("bad_request", offer.id, "<file> from is not another identity")
+            )
+            return False
+        self._origins[(session, offer.id)] = offer.origin
+        return True
+
     async def _decide(
         self,
         session: Session,
@@ -215,9 +264,16 @@ class FileInbox:
             await _settled(pending)
         if receiver.get(offer.id) is not incoming:
             return  # offered again meanwhile: the later offer is the one answered
-        record = await self.transfers.get("in", session.peer, offer.id)
+        peer = self._peer(session, offer.id)
+        handed_on = (session, offer.id) in self._origins
+        record = await self.transfers.get("in", peer, offer.id)
+        if receiver.get(offer.id) is not incoming:
+            return  # offered again while we looked (the later offer is the one answered)
         if record is not None and record.state == "received":
             self._answer(session, receiver.already_stored(offer.id))  # §11.9
+            if handed_on:
+                self._origins.pop((session, offer.id), None)
+                self.on_handed_on(session, peer, offer.id)
             return
         same = (
             record is not None
@@ -232,7 +288,7 @@ class FileInbox:
         answer = receiver.accept(offer.id, offset, None, free)  # we hash, in the disk thread
         now = self.now()
         new = TransferRecord(
-            "in", key, session.peer, offer.id, offer.name, offer.size, offer.sha256,
+            "in", key, peer, offer.id, offer.name, offer.size, offer.sha256,
             offer.mime, None, partial, offset, offset, "receiving", None,
             record.at if same and record is not None else now, now,
         )  # fmt: skip
@@ -246,7 +302,7 @@ class FileInbox:
         if receiver.get(offer.id) is not incoming or session.ended or self.stopping:
             await self._thread(writer.close)  # gone or offered again meanwhile
             return
-        self._writing[(key, offer.id)] = _Writing(new, writer, session, hasher)
+        self._writing[(key, offer.id)] = _Writing(new, writer, session, hasher, handed_on=handed_on)
         self._answer(session, answer)
         self.emit(file_event(new, "receiving", received=offset, resumed_from=offset))
 
@@ -269,7 +325,7 @@ class FileInbox:
     def chunk(self, session: Session, chunk: Chunk) -> None:
         if self.stopping:
             return  # the agent is going; the sender resumes on its next session
-        key, receiver = self._receiver(session)
+        key, receiver = self._receiver(session, chunk.id)
         try:
             _, keep = receiver.chunk(chunk, session)
         except StanzaError as e:
@@ -331,13 +387,14 @@ class FileInbox:
     def done(self, session: Session, done: Done) -> None:
         if self.stopping:
             return
-        key, receiver = self._receiver(session)
+        key, receiver = self._receiver(session, done.id)
         try:
             outcome = receiver.done(done, session)
         except StanzaError as e:
             self._answer(session, ErrorStanza(e.reason, e.ref, e.text))
             self._stop((key, done.id), session)
             return
+        self._origins.pop((session, done.id), None)  # nothing more comes for it
         writing = self._writing.pop((key, done.id), None)
         if writing is None:
             return
@@ -385,7 +442,7 @@ class FileInbox:
         )
         await self.transfers.put(stored)
         message = Message(record.id, format_timestamp(now), file_body(record.name, record.size))
-        await self.store.store_incoming(session.peer, message, now)
+        await self.store.store_incoming(record.peer_display, message, now)
         receiver = self._receivers.get(record.peer)
         if receiver is not None and receiver.get(record.id) is outcome.file:
             self._answer(session, receiver.stored(record.id))
@@ -395,9 +452,15 @@ class FileInbox:
             # gets one too (§11.9).
             self._answer(session, Receipt(record.id))
         log.info(
-            "received file {id} from {peer}: {path}", id=record.id, peer=session.peer, path=path
+            "received file {id} from {peer}: {path}",
+            id=record.id,
+            peer=record.peer_display,
+            path=path,
         )
         self.emit(file_event(stored, "received", received=record.size, path=path))
+        if writing.handed_on:
+            self.on_handed_on(session, record.peer_display, record.id)
+        self.on_stored(stored)
 
     def _finishFailed(self, failure: Failure, writing: _Writing, receiver: FileReceiver) -> None:
         if self.stopping or failure.check(StoreClosedError):
@@ -446,15 +509,21 @@ class FileInbox:
         return defer.DeferredList(waits, consumeErrors=True)
 
     def sessionEnded(self, session: Session) -> None:
-        key = normalize_identity(session.peer)
-        receiver = self._receivers.get(key)
-        if receiver is None:
-            return
-        for incoming in receiver.detach(session):
-            self._stop((key, incoming.id))
-            self.emit(self._event(session, incoming.offer, "interrupted", received=incoming.held))
-        if not len(receiver):
-            del self._receivers[key]
+        keys = {normalize_identity(session.peer)}
+        for mapped in [m for m in self._origins if m[0] is session]:
+            keys.add(normalize_identity(self._origins[mapped]))
+        for key in keys:
+            receiver = self._receivers.get(key)
+            if receiver is None:
+                continue
+            for incoming in receiver.detach(session):
+                self._stop((key, incoming.id))
+                event = self._event(session, incoming.offer, "interrupted", received=incoming.held)
+                self.emit(event)
+            if not len(receiver):
+                del self._receivers[key]
+        for mapped in [m for m in self._origins if m[0] is session]:
+            del self._origins[mapped]
 
     # helpers -----------------------------------------------------------------------------------
 
@@ -469,8 +538,9 @@ class FileInbox:
         self, session: Session, offer: FileOffer, state: str, **extra: Any
     ) -> dict[str, Any]:
         now = self.now()
+        peer = self._peer(session, offer.id)
         record = TransferRecord(
-            "in", normalize_identity(session.peer), session.peer, offer.id, offer.name,
+            "in", normalize_identity(peer), peer, offer.id, offer.name,
             offer.size, offer.sha256, offer.mime, None, None, 0, 0, state, None, now, now,
         )  # fmt: skip
         return file_event(record, state, **extra)

@@ -148,13 +148,17 @@ class FileOutbox:
         finally:
             lock.release()
 
-    async def offer(self, session: Session, record: TransferRecord) -> Receipt:
+    async def offer(
+        self, session: Session, record: TransferRecord, origin: str | None = None
+    ) -> Receipt:
         """
         Offer the file of C{record} on C{session} and stream it once accepted; returns the
         receipt (or raises like L{Session.send}). The outbox calls it one file at a time per
-        session; C{sixchat probe --send-file} calls it directly.
+        session; C{sixchat probe --send-file} calls it directly. With C{origin}, C{record} is
+        a file we received from that peer, handed on to another node of ours (docs/protocol.md
+        8.6, "Files"; L{sixchat.agent.files.handon}): no events (it is not a file we send).
         """
-        offer = FileOffer(record.id, record.name, record.size, record.sha256, record.mime)
+        offer = FileOffer(record.id, record.name, record.size, record.sha256, record.mime, origin)
         sender = self._senders.get(session)
         if sender is None:
             sender = self._senders[session] = FileSender()
@@ -170,9 +174,15 @@ class FileOutbox:
         finally:
             self._records.pop((session, offer.id), None)
         sender.receipt(receipt)
-        self.progress[record.id] = record.size
-        self.emit(_event(record, "delivered"))
+        if record.direction == "out":
+            self.progress[record.id] = record.size
+        self._tell(record, "delivered")
         return receipt
+
+    def _tell(self, record: TransferRecord, state: str, **extra: Any) -> None:
+        """An event about one of our outgoing files (none for a file handed on)."""
+        if record.direction == "out":
+            self.emit(_event(record, state, **extra))
 
     # answers -------------------------------------------------------------------------------
 
@@ -192,8 +202,9 @@ class FileOutbox:
         except StanzaError as e:
             session.sendAnswer(ErrorStanza(e.reason, e.ref, e.text))
             return
-        self.resumed[accept.id] = accept.offset
-        self.emit(_event(record, "sending", sent=accept.offset, resumed_from=accept.offset))
+        if record.direction == "out":
+            self.resumed[accept.id] = accept.offset
+        self._tell(record, "sending", sent=accept.offset, resumed_from=accept.offset)
         d = defer.ensureDeferred(self._stream(session, outgoing, record))
         d.addErrback(self._streamFailed, session, outgoing)
 
@@ -208,7 +219,7 @@ class FileOutbox:
             return
         record = self._records.get((session, reject.id))
         if record is not None:
-            self.emit(_event(record, "rejected", reason=reject.reason))
+            self._tell(record, "rejected", reason=reject.reason)
         session.fileRejected(reject)  # the outbox entry for this node fails (§11.9)
 
     async def _stream(
@@ -247,7 +258,7 @@ class FileOutbox:
                 self.progress[outgoing.id] = outgoing.sent
                 if outgoing.sent - last_event >= PROGRESS_EVERY:
                     last_event = outgoing.sent
-                    self.emit(_event(record, "sending", sent=outgoing.sent))
+                    self._tell(record, "sending", sent=outgoing.sent)
             if outgoing.state == "sending":
                 done = outgoing.finish() if not outgoing.want() else outgoing.cut_short()
                 session.sendStanza(done)

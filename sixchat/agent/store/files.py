@@ -129,6 +129,25 @@ def queue_file(db: MessageDatabase, record: TransferRecord, now: datetime) -> No
             db._in_batch = False
 
 
+def files_for_node(db: MessageDatabase, node: str) -> list[TransferRecord]:
+    """Received files (stored, checked) that own node C{node} is not known to hold, oldest first."""
+    query = (
+        f"SELECT {_COLUMNS} FROM transfers t WHERE direction = 'in' AND state = 'received' "  # noqa: S608
+        "AND path IS NOT NULL AND NOT EXISTS (SELECT 1 FROM sync_files s "
+        "WHERE s.node = ? AND s.peer = t.peer AND s.id = t.id) ORDER BY at_us, id"
+    )
+    return [_record(r) for r in db._conn.execute(query, (node,)).fetchall()]
+
+
+def node_holds(db: MessageDatabase, node: str, peer: str, file_id: str) -> None:
+    """Own node C{node} holds the received file (C{peer}, C{file_id}): never offered to it."""
+    with db._write() as conn:
+        conn.execute(
+            "INSERT OR IGNORE INTO sync_files (node, peer, id) VALUES (?, ?, ?)",
+            (node, normalize_identity(peer), file_id),
+        )
+
+
 class TransferStore:
     """The Deferred face of the functions above, on the message store's thread and queue."""
 
@@ -149,3 +168,9 @@ class TransferStore:
 
     def queue_file(self, record: TransferRecord, now: datetime) -> Deferred[None]:
         return self.store._run(queue_file, record, now)
+
+    def files_for_node(self, node: str) -> Deferred[list[TransferRecord]]:
+        return self.store._run(files_for_node, node)
+
+    def node_holds(self, node: str, peer: str, file_id: str) -> Deferred[None]:
+        return self.store._run(node_holds, node, peer, file_id)

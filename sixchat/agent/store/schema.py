@@ -279,6 +279,19 @@ MIGRATIONS: tuple[tuple[Step, ...], ...] = (
         SELECT 'p', CAST(rowid AS TEXT) FROM pin_decisions ORDER BY rowid
         """,
     ),
+    # version 5: received files handed on between own nodes (docs/protocol.md 8.6, "Files").
+    # One row per own node and received file (peer, id) that node holds: it gave us the file,
+    # or receipted ours. A file is offered to an own node only while no row says it has it.
+    (
+        """
+        CREATE TABLE sync_files (
+            node TEXT NOT NULL,
+            peer TEXT NOT NULL,                   -- normalize_identity()
+            id TEXT NOT NULL,
+            PRIMARY KEY (node, peer, id)
+        ) WITHOUT ROWID
+        """,
+    ),
 )
 
 #: The schema version this code writes.
