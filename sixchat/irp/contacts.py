@@ -52,8 +52,9 @@ def _usable(host: str) -> str | None:
         return None
 
 
-def _proc_ipv6(path: str = "/proc/net/if_inet6") -> list[str]:
-    found = []
+def _proc_ipv6_entries(path: str) -> list[tuple[str, int, int]]:
+    """(address, scope, flags) of each line of C{/proc/net/if_inet6}; [] when unreadable."""
+    entries = []
     try:
         with open(path) as f:
             lines = f.readlines()
@@ -68,36 +69,26 @@ def _proc_ipv6(path: str = "/proc/net/if_inet6") -> list[str]:
             addr = ipaddress.IPv6Address(bytes.fromhex(fields[0]))
         except ValueError:
             continue
-        if scope != 0:  # 0x00 global; 0x10 host, 0x20 link, 0x40 site (deprecated)
-            continue
-        if flags & (_IFA_F_TEMPORARY | _IFA_F_DADFAILED | _IFA_F_DEPRECATED | _IFA_F_TENTATIVE):
-            continue
-        found.append(str(addr))
-    return found
+        entries.append((str(addr), scope, flags))
+    return entries
+
+
+def _proc_ipv6(path: str = "/proc/net/if_inet6") -> list[str]:
+    # scope 0x00 is global; 0x10 host, 0x20 link, 0x40 site (deprecated)
+    unusable = _IFA_F_TEMPORARY | _IFA_F_DADFAILED | _IFA_F_DEPRECATED | _IFA_F_TENTATIVE
+    entries = _proc_ipv6_entries(path)
+    return [a for a, scope, flags in entries if scope == 0 and not flags & unusable]
 
 
 def _proc_all_ipv6(path: str = "/proc/net/if_inet6") -> list[str]:
     """Every IPv6 address of this host (any scope but host and link, any flags but tentative
     or failed duplicate-address detection)."""
-    found = []
-    try:
-        with open(path) as f:
-            lines = f.readlines()
-    except OSError:
-        return []
-    for line in lines:
-        fields = line.split()
-        if len(fields) < 6 or len(fields[0]) != 32:
-            continue
-        try:
-            scope, flags = int(fields[3], 16), int(fields[4], 16)
-            addr = ipaddress.IPv6Address(bytes.fromhex(fields[0]))
-        except ValueError:
-            continue
-        if scope in (0x10, 0x20) or flags & (_IFA_F_DADFAILED | _IFA_F_TENTATIVE):
-            continue
-        found.append(str(addr))
-    return found
+    unusable = _IFA_F_DADFAILED | _IFA_F_TENTATIVE
+    return [
+        a
+        for a, scope, flags in _proc_ipv6_entries(path)
+        if scope not in (0x10, 0x20) and not flags & unusable
+    ]
 
 
 def _fib_trie_ipv4(path: str = "/proc/net/fib_trie") -> list[str] | None:
