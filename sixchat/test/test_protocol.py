@@ -258,6 +258,21 @@ class TimeoutTests(unittest.TestCase):
         proto.connectionLost(iosim.Failure(Exception("closed")))
         self.assertEqual(factory.handshaking, 0)
 
+    def test_connection_lost_without_a_reason(self) -> None:
+        """
+        Twisted's own default applies when C{connectionLost} is called with no reason (as
+        C{Protocol.connectionLost} allows): the handshake fails with a message, not a crash.
+        """
+        alice, _ = pair_config()
+        clock = task.Clock()
+        factory = PeerFactory(alice, clock, role=INITIATOR, to="bob@example.com")
+        proto = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1))
+        proto.makeConnection(iosim.FakeTransport(proto, isServer=False))
+        proto.connectionLost()
+        failure = self.failureResultOf(proto.handshakeDone, SessionLost)
+        self.assertIn("connection lost during the handshake", str(failure.value))
+        self.assertIn("Connection was closed cleanly", str(failure.value))
+
     def test_cancelling_handshake_aborts(self) -> None:
         alice, _ = pair_config()
         clock = task.Clock()
