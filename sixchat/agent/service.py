@@ -232,12 +232,12 @@ class UserAgentService(service.MultiService):
             self.own_nodes = OwnNodeSync(
                 self.clock, self.name_, self.node, SyncStore(self.store), self.sessions,
                 self.directory, self.now,
-                on_applied=merged_handler(self._emit, self.outbox, SyncStore(self.store)),
+                on_applied=merged_handler(
+                    self._emit, self.outbox, SyncStore(self.store), self._filesSynced
+                ),
                 on_unlinked=lambda node: self.outbox.schedule(0),  # its messages are ours now
             )  # fmt: skip
-            self.outbox.elsewhere = lambda m: (
-                self.own_nodes is not None and (self.own_nodes.defers(m.origin))
-            )
+            self.outbox.elsewhere = self._elsewhere
             self.own_nodes.is_us = self._isUs
             # Received files go to our other nodes too (docs/protocol.md 8.6, "Files").
             own = self.own_nodes
@@ -355,7 +355,9 @@ class UserAgentService(service.MultiService):
         if self.addresses is not None:
             self.addresses.setServiceParent(self)
         self.crls.start()
-        self.file_outbox.ids = yield self.transfers.outgoing_ids()
+        outgoing = yield self.transfers.outgoing_files()
+        self.file_outbox.ids, self.file_outbox.held = outgoing.ids, outgoing.held
+        self.file_outbox.holders = outgoing.holders
         log.info(
             "user agent {identity} (node {node}) ready; data in {dir} ({at_rest})",
             identity=self.name_,
@@ -394,6 +396,26 @@ class UserAgentService(service.MultiService):
         if self.store.is_open:
             yield self.store.close()
         self.lock.release()
+
+    def _elsewhere(self, message: Any) -> bool:
+        """
+        Whether another node of ours delivers C{message} now (docs/protocol.md 8.6,
+        "Delivery by any node"). A file only a node holding its bytes delivers: never one
+        without them, and among those that hold them, the same rule as for messages.
+        """
+        if self.own_nodes is None:
+            return False
+        files = self.file_outbox
+        if message.id in files.ids:
+            if message.id not in files.held:
+                return True
+            return self.own_nodes.defers(message.origin, files.holders.get(message.id, set()))
+        return self.own_nodes.defers(message.origin)
+
+    def _filesSynced(self, applied: Any) -> None:
+        """Outgoing files learnt from another node of ours: files, never messages, here."""
+        for _, file_id in applied.files:
+            self.file_outbox.ids.add(file_id)
 
     def _isUs(self, binding: Any) -> bool:
         """A registered binding that is this agent: our certificate at one of our addresses."""

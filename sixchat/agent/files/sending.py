@@ -72,8 +72,16 @@ class FileOutbox:
         self.transfers = transfers
         self.emit = emit
         self.now = now
-        #: Ids of our outgoing files (loaded when the store opens, added by L{queued}).
+        #: Ids of our outgoing files (loaded when the store opens, added by L{queue} and by
+        #: own-device sync): the outbox delivers these as files, never as messages.
         self.ids: set[str] = set()
+        #: Those whose bytes this node holds (queued here, or a spooled copy from another
+        #: node of ours), and which other own nodes are known to hold each: the delivery
+        #: rule (docs/protocol.md 8.6, "Files").
+        self.held: set[str] = set()
+        self.holders: dict[str, set[str]] = {}
+        #: Offers that hand a file on to another node of ours: no events, no progress.
+        self._quiet: set[tuple[Session, str]] = set()
         self._senders: dict[Session, FileSender] = {}
         self._locks: dict[Session, defer.DeferredLock] = {}
         self._records: dict[tuple[Session, str], TransferRecord] = {}
@@ -101,6 +109,7 @@ class FileOutbox:
         )  # fmt: skip
         await self.transfers.queue_file(record, now)
         self.ids.add(record.id)
+        self.held.add(record.id)
         status = await self.transfers.store.status(record.id)
         if status is not None:
             self.emit(events.delivery_event(status))
@@ -116,7 +125,10 @@ class FileOutbox:
                 result.append(views.transfer_dict(record, record.state, record.received))
                 continue
             status = await self.transfers.store.status(record.id)
-            state = status.state if status is not None else "failed"
+            if status is not None:
+                state = status.state
+            else:  # cancelled; or a copy from another node of ours before its message came
+                state = "queued" if record.state in ("spooled", "receiving") else "failed"
             sent = self.progress.get(record.id, 0)
             held = record.size if state == "delivered" else sent
             resumed = self.resumed.get(record.id, 0)
@@ -144,6 +156,8 @@ class FileOutbox:
             record = await self.transfers.get("out", message.to, message.id)
             if record is None:
                 raise SessionLost(f"file {message.id} has no transfer record")
+            if record.path is None:  # known from another node of ours, bytes not here
+                raise SessionLost(f"file {message.id}: its bytes are not on this node")
             return await self.offer(session, record)
         finally:
             lock.release()
