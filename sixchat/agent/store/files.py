@@ -209,12 +209,13 @@ def out_node_holds(db: MessageDatabase, node: str, peer: str, file_id: str) -> N
 
 def spool_final(db: MessageDatabase) -> list[TransferRecord]:
     """
-    Spooled copies no longer needed: their message is final (owed to no recipient node:
-    delivered to every one owed, failed or expired) or was cancelled.
+    Spooled copies (and partial ones) no longer needed: their message is final (owed to no
+    recipient node: delivered to every one owed, failed or expired) or was cancelled.
     """
     query = (
-        f"SELECT {_COLUMNS} FROM transfers t WHERE direction = 'out' "  # noqa: S608
-        "AND state = 'spooled' AND path IS NOT NULL AND ("
+        f"SELECT {_COLUMNS} FROM transfers t WHERE direction = 'out' AND ("  # noqa: S608
+        "(state = 'spooled' AND path IS NOT NULL) "
+        "OR (state IN ('receiving', 'failed') AND partial IS NOT NULL)) AND ("
         "EXISTS (SELECT 1 FROM messages m WHERE m.direction = 'out' AND m.id = t.id "
         "AND m.owed = 0) OR EXISTS (SELECT 1 FROM sync_cancelled c WHERE c.id = t.id))"
     )
@@ -225,8 +226,8 @@ def spool_removed(db: MessageDatabase, peer: str, file_id: str) -> None:
     """The spooled copy of (C{peer}, C{file_id}) is gone: the row stays, without a path."""
     with db._write() as conn:
         conn.execute(
-            "UPDATE transfers SET path = NULL WHERE direction = 'out' AND peer = ? AND id = ? "
-            "AND state = 'spooled'",
+            "UPDATE transfers SET path = NULL, partial = NULL WHERE direction = 'out' "
+            "AND peer = ? AND id = ? AND state != 'offered'",
             (normalize_identity(peer), file_id),
         )
 
