@@ -244,6 +244,29 @@ class HandOnTests(OutgoingFileCase):
         yield self.until(lambda: self.out_file(home, fid, "delivered"), 30)
 
     @defer.inlineCallbacks
+    def test_two_nodes_delivering_at_once_store_it_once(self) -> Any:
+        """The race the rule avoids, forced: both nodes send it; bob stores it once."""
+        bob = yield self.bob(publish=False)
+        laptop, _ = yield self.node("laptop")
+        home, _ = yield self.node("home")
+        yield self.linked(laptop, home)
+        data = payload(1_500_000)
+        queued = yield laptop.sendFile(BOB, self.source(data))
+        fid = queued["id"]
+        yield self.can_deliver(home, fid)
+        self.patch(home.own_nodes, "defers", lambda origin, holders=None: False)
+        self.directory.publish(BOB, "n1", bob)
+        [got] = yield self.until(lambda: self.received(bob, fid), 30)
+        with open(got["path"], "rb") as f:
+            self.assertEqual(f.read(), data)
+        for node in (laptop, home):
+            yield self.until(lambda node=node: self.out_file(node, fid, "delivered"), 30)
+        self.assertEqual([f["id"] for f in (yield bob.files())], [fid])
+        history = yield bob.history(ALICE, None, 10)
+        self.assertEqual([m["id"] for m in history], [fid])
+        self.assertEqual(sorted(os.listdir(bob.files_dir.root)), [".partial", "report.pdf"])
+
+    @defer.inlineCallbacks
     def test_a_cut_hand_on_resumes_and_a_second_offer_moves_no_bytes(self) -> Any:
         self.patch(receiving, "SYNC_EVERY", 64 * 1024)
         yield self.bob(publish=False)
