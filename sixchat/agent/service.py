@@ -434,8 +434,8 @@ class UserAgentService(service.MultiService):
         """
         for _, file_id in applied.files:
             self.file_outbox.ids.add(file_id)
-        if applied.outgoing and self.file_spool is not None:
-            self.file_spool.sweep()
+        if (applied.outgoing or applied.changed) and self.file_spool is not None:
+            self.file_spool.sweep()  # (a receipt or a cancel another node got)
 
     def _spooled(self, record: Any) -> None:
         """A copy of our outgoing file is in the spool: this node may deliver it now."""
@@ -578,6 +578,8 @@ class UserAgentService(service.MultiService):
                 raise MessageFinal(f"message {message_id} is already {what}; nothing to cancel")
             event = events.cancelled_event(status)
             self._emit(event)
+            if self.file_spool is not None:
+                self.file_spool.sweep()  # a spooled copy of it is not needed any more
             result = {k: v for k, v in event.items() if k != "type"}
             self._waiters.release(message_id, result)
             return result

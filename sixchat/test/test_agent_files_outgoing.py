@@ -370,6 +370,24 @@ class HandOnTests(OutgoingFileCase):
         self.assertEqual(spool_files(laptop), [])
 
     @defer.inlineCallbacks
+    def test_a_copy_of_a_cancelled_file_is_removed(self) -> Any:
+        yield self.bob(publish=False)
+        laptop, _ = yield self.node("laptop")
+        home, _ = yield self.node("home")
+        yield self.linked(laptop, home)
+        queued = yield laptop.sendFile(BOB, self.source(payload(100_000)))
+        fid = queued["id"]
+        yield self.can_deliver(home, fid)
+        self.assertEqual(spool_files(home), ["report.pdf"])
+        yield laptop.cancel(fid)
+        yield self.until(lambda: spool_files(home) == [], 30)
+        yield self.until(lambda: fid not in home.file_outbox.held, 30)
+        got = yield self.out_file(home, fid)
+        self.assertEqual((got["state"], got["path"]), ("failed", None))  # as on the laptop
+        mine = yield self.out_file(laptop, fid)
+        self.assertEqual(mine["state"], "failed")
+
+    @defer.inlineCallbacks
     def test_a_copy_of_a_file_that_failed_is_removed(self) -> Any:
         bob, _ = yield self.agent(BOB, identity=self.bob_id, max_file_size=10)
         laptop, _ = yield self.node("laptop")

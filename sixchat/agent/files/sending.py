@@ -127,8 +127,12 @@ class FileOutbox:
             status = await self.transfers.store.status(record.id)
             if status is not None:
                 state = status.state
-            else:  # cancelled; or a copy from another node of ours before its message came
-                state = "queued" if record.state in ("spooled", "receiving") else "failed"
+            elif (record.state == "spooled" and record.path) or (
+                record.state == "receiving" and record.partial
+            ):
+                state = "queued"  # a copy from another node of ours before its message came
+            else:
+                state = "failed"  # cancelled
             sent = self.progress.get(record.id, 0)
             held = record.size if state == "delivered" else sent
             resumed = self.resumed.get(record.id, 0)

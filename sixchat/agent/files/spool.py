@@ -7,9 +7,10 @@ with partial copies in C{spool/.partial/}.
 
 A copy is removed once its file is final — owed to no recipient node (delivered to every
 node it was owed to, failed or expired) or cancelled —: L{FileSpool.sweep} looks when the
-agent starts, when a delivery state becomes final here, and after each merged sync batch
-(a receipt another node got). The transfer row stays, without a path, so C{sixchat files}
-still lists the file with its state. The file a user queued (its source) is never touched.
+agent starts, when a delivery state becomes final here or the file is cancelled here, and
+after each merged sync batch that changed something (a receipt or a cancel another node
+got). The transfer row stays, without a path, so C{sixchat files} still lists the file with
+its state. The file a user queued (its source) is never touched.
 """
 
 from __future__ import annotations
