@@ -371,22 +371,24 @@ class OwnNodeSync:
 
     # what others ask -----------------------------------------------------------------------
 
-    def defers(self, origin: str | None) -> bool:
+    def defers(self, origin: str | None, holders: set[str] | None = None) -> bool:
         """
         Whether an outgoing message queued by C{origin} is another node's to deliver now:
         the origin's while it is linked to us; when it is not, the linked node with the
         smallest name, if that is not us (so that of several nodes left behind by the
-        origin, the ones linked to each other deliver it once).
+        origin, the ones linked to each other deliver it once). For a file, C{holders}: the
+        other nodes known to hold its bytes (the origin always does); only they count, so a
+        node without the bytes never keeps one that has them from delivering.
         """
         if origin is None or origin == self.node:
             return False
         if self.linked(origin):
             return True
-        return any(
-            link.node < self.node and self.linked(link.node)
-            for link in self.links.values()
-            if link.node is not None
-        )
+        if holders is None:
+            others = {link.node for link in self.links.values() if link.node is not None}
+        else:
+            others = holders
+        return any(node < self.node and self.linked(node) for node in others)
 
     def report(self) -> defer.Deferred[dict[str, Any]]:
         """C{sixchat devices}: this node, and each other node with its sync state."""
@@ -431,15 +433,21 @@ def _address(session: Session) -> str:
 
 
 def merged_handler(
-    emit: Callable[[dict[str, Any]], None], outbox: Any, store: SyncStore
+    emit: Callable[[dict[str, Any]], None],
+    outbox: Any,
+    store: SyncStore,
+    files: Callable[[Applied], None] = lambda applied: None,
 ) -> Callable[[Applied], None]:
     """
     What the agent does once a batch from another node of ours is merged: a C{message} event
-    for each message that node received first, a delivery round for the outgoing messages
-    (they may be ours to deliver), and the pin cache re-read when pins changed.
+    for each message that node received first, outgoing files made known to the file outbox
+    (C{files}: before any delivery round, so that no file id is ever sent as a message), a
+    delivery round for the outgoing messages (they may be ours to deliver), and the pin
+    cache re-read when pins changed.
     """
 
     def merged(applied: Applied) -> None:
+        files(applied)
         for sender, message, at_us in applied.received:
             at = format_timestamp(datetime.fromtimestamp(at_us / 1e6, UTC))
             emit(events.message_event(sender, message, at))

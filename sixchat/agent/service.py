@@ -38,6 +38,7 @@ from sixchat.agent.files.disk import FilesDir
 from sixchat.agent.files.handon import FileHandOn
 from sixchat.agent.files.receiving import FileInbox
 from sixchat.agent.files.sending import FileOutbox
+from sixchat.agent.files.spool import FileSpool
 from sixchat.agent.inbox import Inbox
 from sixchat.agent.interfaces import IAgentEvents, IDirectory, IUserAgent
 from sixchat.agent.outbox import DEFAULT_TTL, OutboxScheduler
@@ -228,16 +229,19 @@ class UserAgentService(service.MultiService):
         #: Own-device sync with this identity's other nodes (L{sixchat.agent.ownnodes}).
         self.own_nodes: OwnNodeSync | None = None
         self.file_handon: FileHandOn | None = None
+        #: Copies of our outgoing files another node of ours handed to us (own_sync only).
+        self.spool_dir: FilesDir | None = None
+        self.file_spool: FileSpool | None = None
         if own_sync:
             self.own_nodes = OwnNodeSync(
                 self.clock, self.name_, self.node, SyncStore(self.store), self.sessions,
                 self.directory, self.now,
-                on_applied=merged_handler(self._emit, self.outbox, SyncStore(self.store)),
+                on_applied=merged_handler(
+                    self._emit, self.outbox, SyncStore(self.store), self._filesSynced
+                ),
                 on_unlinked=lambda node: self.outbox.schedule(0),  # its messages are ours now
             )  # fmt: skip
-            self.outbox.elsewhere = lambda m: (
-                self.own_nodes is not None and (self.own_nodes.defers(m.origin))
-            )
+            self.outbox.elsewhere = self._elsewhere
             self.own_nodes.is_us = self._isUs
             # Received files go to our other nodes too (docs/protocol.md 8.6, "Files").
             own = self.own_nodes
@@ -248,6 +252,11 @@ class UserAgentService(service.MultiService):
             self.file_inbox.is_own = lambda session: own.isOwn(session.peer)
             self.file_inbox.on_stored = lambda record: handon.kick()
             self.file_inbox.on_handed_on = handon.holds
+            # ... and the bytes of our outgoing files, so that any node of ours can deliver.
+            self.spool_dir = FilesDir(os.path.join(data_dir, "spool"))
+            self.file_inbox.spool = self.spool_dir
+            self.file_inbox.on_spooled = self._spooled
+            self.file_spool = FileSpool(reactor, self.spool_dir, self.transfers, self.file_outbox)
         self.inbox = Inbox(
             self.sessions, self.crls, self.store, self._emit, self.outbox.kick, self.now,
             self.key_changes,
@@ -295,6 +304,8 @@ class UserAgentService(service.MultiService):
             prepare_data_dir(self.data_dir)
             self.lock.acquire()
             self.files_dir.prepare()
+            if self.spool_dir is not None:
+                self.spool_dir.prepare()
 
     def privilegedStartService(self) -> None:
         self._lockDataDir()
@@ -355,7 +366,11 @@ class UserAgentService(service.MultiService):
         if self.addresses is not None:
             self.addresses.setServiceParent(self)
         self.crls.start()
-        self.file_outbox.ids = yield self.transfers.outgoing_ids()
+        outgoing = yield self.transfers.outgoing_files()
+        self.file_outbox.ids, self.file_outbox.held = outgoing.ids, outgoing.held
+        self.file_outbox.holders = outgoing.holders
+        if self.file_spool is not None:
+            self.file_spool.sweep()  # copies whose file became final while we were away
         log.info(
             "user agent {identity} (node {node}) ready; data in {dir} ({at_rest})",
             identity=self.name_,
@@ -377,6 +392,8 @@ class UserAgentService(service.MultiService):
             self.own_nodes.stop()
         if self.file_handon is not None:
             self.file_handon.stop()
+        if self.file_spool is not None:
+            self.file_spool.stop()
         crls_stopped = self.crls.stop()
         self._waiters.releaseAll()
         yield self.sessions.closeAll()
@@ -394,6 +411,47 @@ class UserAgentService(service.MultiService):
         if self.store.is_open:
             yield self.store.close()
         self.lock.release()
+
+    def _elsewhere(self, message: Any) -> bool:
+        """
+        Whether another node of ours delivers C{message} now (docs/protocol.md 8.6,
+        "Delivery by any node"). A file only a node holding its bytes delivers: never one
+        without them, and among those that hold them, the same rule as for messages.
+        """
+        if self.own_nodes is None:
+            return False
+        files = self.file_outbox
+        if message.id in files.ids:
+            if message.id not in files.held:
+                return True
+            return self.own_nodes.defers(message.origin, files.holders.get(message.id, set()))
+        return self.own_nodes.defers(message.origin)
+
+    def _filesSynced(self, applied: Any) -> None:
+        """
+        Outgoing files learnt from another node of ours: files, never messages, here; and
+        spooled copies whose file another node saw become final are removed.
+        """
+        for _, file_id in applied.files:
+            self.file_outbox.ids.add(file_id)
+        if (applied.outgoing or applied.changed) and self.file_spool is not None:
+            self.file_spool.sweep()  # (a receipt or a cancel another node got)
+
+    def _spooled(self, record: Any) -> None:
+        """A copy of our outgoing file is in the spool: this node may deliver it now."""
+        self.file_outbox.ids.add(record.id)
+        self.file_outbox.held.add(record.id)
+        self.outbox.kick(record.peer_display)
+        if self.file_handon is not None:
+            self.file_handon.kick()  # our other nodes learn we hold it (or get it too)
+        if self.file_spool is not None:
+            self.file_spool.sweep()  # final already (a receipt came meanwhile): not kept
+
+    def _fileQueued(self, peer: str) -> None:
+        """A file was queued here: deliver it, and hand its bytes to our other nodes."""
+        self.outbox.kick(peer)
+        if self.file_handon is not None:
+            self.file_handon.kick()
 
     def _isUs(self, binding: Any) -> bool:
         """A registered binding that is this agent: our certificate at one of our addresses."""
@@ -449,6 +507,8 @@ class UserAgentService(service.MultiService):
         self._emit(events.delivery_event(status))
         if status.state in ("delivered", "expired", "failed"):
             self._waiters.release(status.id, status_dict(status))
+            if self.file_spool is not None and status.id in self.file_outbox.ids:
+                self.file_spool.sweep()
 
     # the API -------------------------------------------------------------------------------
 
@@ -518,6 +578,8 @@ class UserAgentService(service.MultiService):
                 raise MessageFinal(f"message {message_id} is already {what}; nothing to cancel")
             event = events.cancelled_event(status)
             self._emit(event)
+            if self.file_spool is not None:
+                self.file_spool.sweep()  # a spooled copy of it is not needed any more
             result = {k: v for k, v in event.items() if k != "type"}
             self._waiters.release(message_id, result)
             return result
@@ -535,7 +597,7 @@ class UserAgentService(service.MultiService):
         if not self.store.is_open:
             return defer.fail(AgentError("the agent is still starting"))
         return defer.ensureDeferred(
-            self.file_outbox.queue(to, os.path.abspath(path), self.outbox.kick)
+            self.file_outbox.queue(to, os.path.abspath(path), self._fileQueued)
         )
 
     def files(self) -> defer.Deferred[list[dict[str, Any]]]:

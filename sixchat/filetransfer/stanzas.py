@@ -88,10 +88,12 @@ def _number(element: Element, name: str, sid: str) -> int:
 @dataclass(frozen=True)
 class FileOffer:
     """
-    C{<file id name size sha256 [mime] [from]/>}: the sender's offer. C{sha256} is the raw
-    digest. C{origin} (C{from}) is the own-device sync extension (docs/protocol.md 8.6): a
-    node of ours handing on a file it received from that peer; it means something only on
-    a session between two nodes of one identity (the receiver checks that).
+    C{<file id name size sha256 [mime] [from] [to]/>}: the sender's offer. C{sha256} is the
+    raw digest. C{origin} (C{from}) and C{recipient} (C{to}) are the own-device sync
+    extension (docs/protocol.md 8.6): a node of ours handing on a file it received from that
+    peer, or the bytes of a file our identity sends to that peer (so that another node of
+    ours can deliver it); they mean something only on a session between two nodes of one
+    identity (the receiver checks that).
     """
 
     id: str
@@ -100,6 +102,7 @@ class FileOffer:
     sha256: bytes
     mime: str | None = None
     origin: str | None = None
+    recipient: str | None = None
 
     def to_element(self) -> Element:
         attrs = {
@@ -112,6 +115,8 @@ class FileOffer:
             attrs["mime"] = self.mime
         if self.origin is not None:
             attrs["from"] = self.origin
+        if self.recipient is not None:
+            attrs["to"] = self.recipient
         return Element("file", attrs)
 
     @classmethod
@@ -130,8 +135,11 @@ class FileOffer:
             raise StanzaError("bad_request", "invalid base64 in sha256", sid) from None
         if len(digest) != 32:
             raise StanzaError("bad_request", "sha256 is not 32 bytes", sid)
-        # C{from} is checked by the receiver, which knows identities and its own nodes.
-        return cls(sid, name, size, digest, element.get("mime"), element.get("from"))
+        # C{from} and C{to} are checked by the receiver, which knows identities and its
+        # own nodes.
+        return cls(
+            sid, name, size, digest, element.get("mime"), element.get("from"), element.get("to")
+        )
 
 
 @dataclass(frozen=True)

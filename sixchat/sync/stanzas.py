@@ -20,7 +20,7 @@ from typing import Any
 from sixchat.errors import StanzaError
 from sixchat.identity import is_valid_identity
 from sixchat.stanzas import MAX_BODY_CHARS, is_valid_id, parse_timestamp
-from sixchat.xmlcodec import Element
+from sixchat.xmlcodec import Element, b64decode, b64encode
 
 __all__ = [
     "DELIVERY_STATES",
@@ -28,6 +28,7 @@ __all__ = [
     "SYNC_STANZAS",
     "CancelledItem",
     "ContactItem",
+    "FileMeta",
     "InItem",
     "NodeEntry",
     "OutItem",
@@ -51,6 +52,9 @@ _UINT = re.compile(r"[0-9]{1,19}\Z", re.ASCII)
 _SPKI = re.compile(r"[0-9a-f]{64}\Z", re.ASCII)
 _MAX_UINT = 2**63 - 1
 _MAX_TOKEN = 64
+#: The longest file name and MIME type an C{out} item's C{file} may carry.
+MAX_FILE_NAME = 1024
+MAX_MIME = 255
 
 
 def is_valid_node(value: str | None) -> bool:
@@ -175,6 +179,42 @@ class NodeEntry:
 
 
 @dataclass(frozen=True)
+class FileMeta:
+    """
+    C{<file name size sha256 [mime]/>} inside an C{out} item: the outgoing message is a file
+    (§8.7), with what its offer carries (C{sha256} the raw digest). A node that gets it knows
+    the id names a file, never a text message, and delivers it only once it holds the bytes.
+    """
+
+    name: str
+    size: int
+    sha256: bytes
+    mime: str | None = None
+
+    def to_element(self) -> Element:
+        attrs = {"name": self.name, "size": str(self.size), "sha256": b64encode(self.sha256)}
+        if self.mime is not None:
+            attrs["mime"] = self.mime
+        return Element("file", attrs)
+
+    @classmethod
+    def from_element(cls, element: Element, ref: str | None) -> FileMeta:
+        name = element.get("name")
+        if not name or len(name) > MAX_FILE_NAME:
+            raise _bad("<file> in <out> without a valid name", ref)
+        mime = element.get("mime")
+        if mime is not None and not (0 < len(mime) <= MAX_MIME):
+            raise _bad("<file> in <out> with an invalid mime", ref)
+        try:
+            digest = b64decode(element.get("sha256") or "")
+        except ValueError:
+            digest = b""
+        if len(digest) != 32:
+            raise _bad("<file> in <out> without a valid sha256", ref)
+        return cls(name, _uint(element, "size", ref), digest, mime)
+
+
+@dataclass(frozen=True)
 class OutItem:
     """
     An outgoing message of this identity, as queued by C{origin} (the node that queued it),
@@ -193,6 +233,8 @@ class OutItem:
     reason: str | None = None
     outcome_at: int | None = None
     nodes: tuple[NodeEntry, ...] = ()
+    #: The file this message is, if it is one (a C{file} child after C{body}/C{thread}).
+    file: FileMeta | None = None
 
     def to_element(self) -> Element:
         attrs = {"id": self.id, "to": self.to, "ts": self.ts, "at": str(self.at)}
@@ -207,6 +249,8 @@ class OutItem:
             if self.outcome_at is not None:
                 attrs["outcome-at"] = str(self.outcome_at)
         children = _message_children(self.body, self.thread)
+        if self.file is not None:
+            children.append(self.file.to_element())
         children += [n.to_element() for n in self.nodes]
         return Element("out", attrs, children)
 
@@ -221,6 +265,9 @@ class OutItem:
         nodes = tuple(NodeEntry.from_element(n, ref) for n in element.findall("node"))
         if len({n.node for n in nodes}) != len(nodes):
             raise _bad("<out> names a node twice", ref)
+        files = element.findall("file")
+        if len(files) > 1:
+            raise _bad("<out> with more than one file", ref)
         return cls(
             _item_id(element, "id", ref),
             _identity(element, "to", ref),
@@ -234,6 +281,7 @@ class OutItem:
             _token(element, "reason", ref) if outcome else None,
             _uint(element, "outcome-at", ref, optional=True) if outcome else None,
             nodes,
+            FileMeta.from_element(files[0], ref) if files else None,
         )
 
 

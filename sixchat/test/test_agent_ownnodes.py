@@ -195,6 +195,32 @@ class OwnNodeSyncTests(SynchronousTestCase):
         self.assertFalse(self.home.sync.defers("lost"))
         self.assertTrue(phone.sync.defers("lost"))
 
+    def test_who_delivers_a_file_only_nodes_holding_it_count(self) -> None:
+        """
+        A file's delivery: the origin while linked; else, among the nodes known to hold its
+        bytes, the linked one with the smallest name. A node without them never stops one
+        that has them (the agent never lets a node without the bytes deliver at all).
+        """
+        phone = Node(self.clock, "phone")
+        self.addCleanup(phone.sync.stop)
+        sa, sb = connect(self.laptop, self.home)
+        connect(self.home, phone)
+        connect(self.laptop, phone)
+        self.assertTrue(phone.sync.defers("laptop", set()))  # the origin holds it, linked
+        sa.ended = sb.ended = True
+        self.home.sync.sessionEnded(sb)  # type: ignore[arg-type]
+        for session in [s for s, link in phone.sync.links.items() if link.node == "laptop"]:
+            session.ended = True  # type: ignore[attr-defined]
+            phone.sync.sessionEnded(session)
+        # home (smaller name, linked) does not hold the bytes: phone, which does, delivers
+        self.assertFalse(phone.sync.defers("laptop", set()))
+        self.assertTrue(phone.sync.defers("laptop"))  # (a message: home would)
+        # home known to hold them too: home delivers, phone leaves it
+        self.assertTrue(phone.sync.defers("laptop", {"home"}))
+        self.assertFalse(self.home.sync.defers("laptop", {"phone"}))
+        # a holder that is not linked does not count
+        self.assertFalse(phone.sync.defers("laptop", {"absent"}))
+
     def test_a_node_with_our_own_name_is_not_synced_with(self) -> None:
         twin = Node(self.clock, "laptop")
         self.addCleanup(twin.sync.stop)

@@ -24,13 +24,14 @@ from hypothesis.stateful import (
 from twisted.trial import unittest
 
 from sixchat._sqlite import migrate
-from sixchat.agent.store import cipher, encryption, schema
+from sixchat.agent.store import cipher, encryption, files, schema
 from sixchat.agent.store import sync as ssync
 from sixchat.agent.store.database import MessageDatabase
 from sixchat.stanzas import Message
 from sixchat.sync.stanzas import (
     CancelledItem,
     ContactItem,
+    FileMeta,
     InItem,
     NodeEntry,
     OutItem,
@@ -95,7 +96,14 @@ def dump(db: MessageDatabase) -> dict[str, Any]:
         )
     }
     pins = set(conn.execute("SELECT peer, spki FROM pins"))
-    return {"messages": messages, "peers": peers, "pins": pins}
+    # Outgoing files: what their offer carries (the bytes and where they are stay local).
+    out_files = set(
+        conn.execute(
+            "SELECT peer, id, name, size, sha256, mime FROM transfers WHERE direction = 'out' "
+            "AND id IN (SELECT id FROM messages WHERE direction = 'out')"
+        )
+    )
+    return {"messages": messages, "peers": peers, "pins": pins, "files": out_files}
 
 
 class MigrationTests(unittest.TestCase):
@@ -116,7 +124,7 @@ class MigrationTests(unittest.TestCase):
         conn.close()
         db = MessageDatabase(path)
         self.addCleanup(db.close)
-        self.assertEqual(db.schema_version, 5)  # v4 (sync), v5 (sync_files)
+        self.assertEqual(db.schema_version, 6)  # v4 (sync), v5 (sync_files), v6 (out files)
         page = ssync.read_feed(db, 0, 100, node="laptop")
         self.assertEqual(
             page.items,
@@ -149,7 +157,7 @@ class EncryptedMigrationTests(unittest.TestCase):
         conn.close()
         db = MessageDatabase(path, key)
         self.addCleanup(db.close)
-        self.assertEqual(db.schema_version, 5)  # v4 (sync), v5 (sync_files)
+        self.assertEqual(db.schema_version, 6)  # v4 (sync), v5 (sync_files), v6 (out files)
         queued = db.queue_outgoing(BOB, "secret", T0)
         page = ssync.read_feed(db, 0, 100, node="laptop")
         self.assertEqual([i.id for i in page.items if isinstance(i, OutItem)], [queued.id])
@@ -322,17 +330,95 @@ class FeedTests(unittest.TestCase):
         self.assertEqual(self.home.load_pins()[0], {BOB: {SPKI[0]}})
         self.assertEqual(self.laptop.load_pins()[0], {BOB: {SPKI[0]}})
 
-    def test_an_outgoing_file_stays_with_its_node(self) -> None:
-        from sixchat.agent.store import files
-
+    def file(self, db: MessageDatabase, file_id: str = "f1", name: str = "a.txt") -> Any:
         record = files.TransferRecord(
-            "out", BOB, BOB, "f1", "a.txt", 3, b"\x01" * 32, None, "/tmp/a.txt", None, 0, 0,
-            "offered", None, T0, T0,
+            "out", BOB, BOB, file_id, name, 3, b"\x01" * 32, "text/plain", "/tmp/a.txt", None,
+            0, 0, "offered", None, T0, T0,
         )  # fmt: skip
-        files.queue_file(self.laptop, record, T0)
+        files.queue_file(db, record, T0)
+        return record
+
+    def test_an_outgoing_file_travels_as_a_file_without_its_bytes(self) -> None:
+        self.file(self.laptop)
         text = self.laptop.queue_outgoing(BOB, "text", T0)
+        page = ssync.read_feed(self.laptop, 0, 64, node="laptop")
+        [item] = [i for i in page.items if isinstance(i, OutItem) and i.id == "f1"]
+        self.assertEqual(item.file, FileMeta("a.txt", 3, b"\x01" * 32, "text/plain"))
+        self.assertEqual(item.body, "[file] a.txt (3 bytes)")
         pull(self.laptop, "laptop", self.home, "home")
-        self.assertEqual([m.id for m in self.home.pending()], [text.id])
+        # the history line and the outbox entry are on home too, and the id is a file there
+        self.assertEqual(sorted(m.id for m in self.home.pending()), sorted(["f1", text.id]))
+        self.assertEqual(self.home.outgoing("f1").origin, "laptop")
+        got = files.get(self.home, "out", BOB, "f1")
+        assert got is not None
+        self.assertEqual(
+            (got.name, got.size, got.sha256, got.mime, got.path, got.state),
+            ("a.txt", 3, b"\x01" * 32, "text/plain", None, "synced"),
+        )
+        known = files.outgoing_files(self.home)
+        self.assertEqual((known.ids, known.held), ({"f1"}, set()))  # no bytes: not held
+        self.assertEqual(files.outgoing_files(self.laptop).held, {"f1"})
+        # and back on the laptop nothing changes: its own row keeps its path
+        pull(self.home, "home", self.laptop, "laptop")
+        mine = files.get(self.laptop, "out", BOB, "f1")
+        assert mine is not None
+        self.assertEqual((mine.path, mine.state), ("/tmp/a.txt", "offered"))
+
+    def test_merge_tells_which_new_outgoing_messages_are_files(self) -> None:
+        self.file(self.laptop)
+        page = ssync.read_feed(self.laptop, 0, 64, node="laptop")
+        applied = ssync.apply_items(
+            self.home, page.items, node="home", source="laptop", store=page.store,
+            next_cursor=page.next, now=T0,
+        )  # fmt: skip
+        self.assertEqual(applied.files, [(BOB, "f1")])
+        again = ssync.apply_items(
+            self.home, page.items, node="home", source="laptop", store=page.store,
+            next_cursor=page.next, now=T0,
+        )  # fmt: skip
+        self.assertEqual(again.files, [])
+
+    def merge(self, db: MessageDatabase, item: OutItem) -> ssync.Applied:
+        return ssync.apply_items(
+            db, [item], node="home", source="laptop", store="0" * 32, next_cursor=1, now=T0,
+        )  # fmt: skip
+
+    def test_a_file_whose_body_is_not_its_history_line_is_ignored(self) -> None:
+        meta = FileMeta("a.txt", 3, b"\x01" * 32)
+        item = OutItem("f9", BOB, "2026-12-07T05:00:00.000Z", T0_US, "send me as text", file=meta)
+        self.merge(self.home, item)
+        self.assertIsNone(self.home.outgoing("f9"))
+        self.assertIsNone(files.get(self.home, "out", BOB, "f9"))
+
+    def test_a_message_here_is_never_made_a_file_nor_a_file_a_message(self) -> None:
+        text = self.home.queue_outgoing(BOB, "[file] a.txt (3 bytes)", T0)
+        meta = FileMeta("a.txt", 3, b"\x01" * 32)
+        item = OutItem(text.id, BOB, text.ts, T0_US, text.body, file=meta)
+        applied = self.merge(self.home, item)
+        self.assertEqual((applied.files, applied.outgoing), ([], []))
+        self.assertIsNone(files.get(self.home, "out", BOB, text.id))
+        # the other way round: a file here, an item saying it is a text message
+        self.file(self.home, "f2")
+        self.merge(self.home, OutItem("f2", BOB, text.ts, T0_US, "[file] a.txt (3 bytes)"))
+        self.assertEqual(files.outgoing_files(self.home).ids, {"f2"})
+        # and a spooled copy (bytes first) with no message yet: a text item does not take it
+        spooled = files.TransferRecord(
+            "out", BOB, BOB, "f3", "a.txt", 3, b"\x01" * 32, None, "/spool/a.txt", None, 3, 0,
+            "spooled", None, T0, T0,
+        )  # fmt: skip
+        files.put(self.home, spooled)
+        self.merge(self.home, OutItem("f3", BOB, text.ts, T0_US, "[file] a.txt (3 bytes)"))
+        self.assertIsNone(self.home.outgoing("f3"))
+        # its file item does, and the copy keeps its path (held here)
+        applied = self.merge(
+            self.home, OutItem("f3", BOB, text.ts, T0_US, "[file] a.txt (3 bytes)", file=meta)
+        )
+        self.assertEqual(applied.files, [(BOB, "f3")])
+        self.assertIsNotNone(self.home.outgoing("f3"))
+        got = files.get(self.home, "out", BOB, "f3")
+        assert got is not None
+        self.assertEqual((got.path, got.state), ("/spool/a.txt", "spooled"))
+        self.assertIn("f3", files.outgoing_files(self.home).held)
 
     def test_a_text_no_xml_can_carry_is_skipped_not_a_stuck_feed(self) -> None:
         self.laptop.queue_outgoing(BOB, "bad \x01 text", T0)
@@ -371,6 +457,8 @@ class ConvergenceMachine(RuleBasedStateMachine):
         self.receipts: set[tuple[str, str]] = set()
         self.clock = T0
         self.count = 0
+        #: Ids queued as files: a file on every node that has it, never a text message.
+        self.file_ids: set[str] = set()
 
     def now(self) -> datetime:
         self.clock += timedelta(seconds=1)
@@ -388,6 +476,20 @@ class ConvergenceMachine(RuleBasedStateMachine):
         queued = self.dbs[node].queue_outgoing(BOB, f"m{self.count}", self.now())
         self.dbs[node].add_targets(queued.id, recipients)
         self.ids.append(queued.id)
+
+    @rule(node=nodes, recipients=st.lists(st.sampled_from(RECIPIENTS), max_size=2))
+    def queue_file(self, node: str, recipients: list[str]) -> None:
+        self.count += 1
+        fid = f"file{self.count}"
+        now = self.now()
+        record = files.TransferRecord(
+            "out", BOB, BOB, fid, f"f{self.count}.bin", self.count, bytes([self.count % 256]) * 32,
+            None, f"/src/{fid}", None, 0, 0, "offered", None, now, now,
+        )  # fmt: skip
+        files.queue_file(self.dbs[node], record, now)
+        self.dbs[node].add_targets(fid, recipients)
+        self.ids.append(fid)
+        self.file_ids.add(fid)
 
     @precondition(lambda self: self.ids)
     @rule(node=nodes, index=st.integers(0, 100), recipient=st.sampled_from(RECIPIENTS),
@@ -445,6 +547,12 @@ class ConvergenceMachine(RuleBasedStateMachine):
             for message in db.pending():
                 # a message given up owes nobody
                 self.assertIn(message.state, ("queued", "sent", "delivered"))
+            known = files.outgoing_files(db).ids
+            for fid in self.file_ids:
+                if db.outgoing(fid) is not None:
+                    self.assertIn(fid, known)  # a file's id is never a text message's
+            for mid in set(self.ids) - self.file_ids:
+                assert mid not in known, mid
 
     def assertIn(self, a: Any, b: Any) -> None:  # noqa: N802 - the unittest spelling
         assert a in b, (a, b)

@@ -67,6 +67,24 @@ class RoundTripTests(SynchronousTestCase):
         offer = FileOffer(sid, name, size, digest, mime, origin)
         self.assertEqual(wire(offer), offer)
 
+    @HYPOTHESIS
+    @given(ids, texts, numbers, st.binary(min_size=32, max_size=32), st.none() | texts, texts)
+    def test_outgoing_file_handed_on(
+        self, sid: str, name: str, size: int, digest: bytes, mime: str | None, to: str
+    ) -> None:
+        """The own-device sync extension's C{to} (docs/protocol.md 8.6) travels as is."""
+        offer = FileOffer(sid, name, size, digest, mime, None, to)
+        self.assertEqual(wire(offer), offer)
+
+    def test_to_is_written_last(self) -> None:
+        offer = FileOffer("f1", "a", 1, DIGEST, "text/plain", None, "bob@example.com")
+        self.assertEqual(
+            serialize(offer.to_element()),
+            b'<file id="f1" name="a" size="1" sha256="'
+            + b64encode(DIGEST).encode()
+            + b'" mime="text/plain" to="bob@example.com"/>',
+        )
+
     def test_from_is_written_last(self) -> None:
         offer = FileOffer("f1", "a", 1, DIGEST, None, "bob@example.com")
         self.assertEqual(

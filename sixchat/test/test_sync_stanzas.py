@@ -21,6 +21,7 @@ from sixchat.sync.stanzas import (
     SYNC_STANZAS,
     CancelledItem,
     ContactItem,
+    FileMeta,
     InItem,
     NodeEntry,
     OutItem,
@@ -30,7 +31,7 @@ from sixchat.sync.stanzas import (
     SyncPull,
 )
 from sixchat.test import certs
-from sixchat.xmlcodec import Element, parse, serialize
+from sixchat.xmlcodec import Element, b64encode, parse, serialize
 
 CA = certs.make_ca()
 TS = "2026-12-07T05:00:00.000Z"
@@ -50,6 +51,15 @@ entries = st.builds(
 )
 
 
+file_metas = st.builds(
+    FileMeta,
+    texts.filter(bool),
+    uints,
+    st.binary(min_size=32, max_size=32),
+    st.none() | st.sampled_from(["image/jpeg", "application/pdf"]),
+)
+
+
 @st.composite
 def out_items(draw: Any) -> OutItem:
     outcome = draw(st.sampled_from([None, "expired", "failed"]))
@@ -61,6 +71,7 @@ def out_items(draw: Any) -> OutItem:
         draw(st.none() | st.just("declined")) if outcome else None,
         draw(st.none() | uints) if outcome else None,
         tuple(chosen),
+        draw(st.none() | file_metas),
     )  # fmt: skip
 
 
@@ -195,6 +206,39 @@ class MalformedTests(SynchronousTestCase):
         self.assertEqual(error.reason, "too_large")
         error = bad("sync-batch", {**attrs, "more": "yes"})
         self.assertEqual(error.reason, "bad_request")
+
+    def test_file_in_out(self) -> None:
+        """An C{out} item's C{file}: name, size, a 32-byte sha256, an optional mime; one."""
+        attrs = {"ref": "p", "store": STORE, "next": "3", "more": "0"}
+        good = {"name": "a.jpg", "size": "10", "sha256": b64encode(b"\x01" * 32)}
+        out = {"id": "m", "to": "a@b.c", "ts": TS, "at": "1"}
+        item = SyncBatch.from_element(
+            Element(
+                "sync-batch", attrs, [Element("out", out, [Element("body"), Element("file", good)])]
+            )
+        ).items[0]
+        assert isinstance(item, OutItem)
+        self.assertEqual(item.file, FileMeta("a.jpg", 10, b"\x01" * 32, None))
+        for broken in (
+            {**good, "name": ""},
+            {k: v for k, v in good.items() if k != "name"},
+            {**good, "name": "x" * 1025},
+            {**good, "size": "-1"},
+            {**good, "size": "ten"},
+            {**good, "sha256": b64encode(b"\x01" * 31)},
+            {**good, "sha256": "not base64!"},
+            {k: v for k, v in good.items() if k != "sha256"},
+            {**good, "mime": ""},
+            {**good, "mime": "m" * 256},
+        ):
+            children = [Element("out", out, [Element("body"), Element("file", broken)])]
+            error = bad("sync-batch", attrs, children)
+            self.assertEqual((error.reason, error.ref), ("bad_request", "p"), broken)
+        two = [Element("body"), Element("file", good), Element("file", good)]
+        error = bad("sync-batch", attrs, [Element("out", out, two)])
+        self.assertEqual(
+            (error.reason, error.text), ("bad_request", "<out> with more than one file")
+        )
 
     def test_body_over_the_limit_is_too_large(self) -> None:
         body = Element("body", text="x" * 32_769)

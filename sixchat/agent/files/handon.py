@@ -12,6 +12,13 @@ has it, so a node never offers a file back to the node it got it from. A node th
 holds the file answers the offer with a receipt (§11.9), no bytes sent. A cut transfer
 resumes from the receiver's durable prefix on the next link, like any file.
 
+Outgoing files too (the bytes of a file our identity sends, C{<file … to="PEER"/>}): each
+node that holds them (it queued the file, or holds a copy in its spool) hands them to each
+own node not known to hold them while the file is still owed to some recipient node, so
+that another node of ours can deliver it (docs/protocol.md 8.6, "Delivery by any node").
+Which own node holds which is in C{sync_out_files} and in the file outbox's C{holders}, the
+delivery rule's input; the two ends of a hand-on each record the other as a holder.
+
 One file at a time per node (two nodes that dialled each other at once have two links: one
 of them carries the files; when it ends, another takes over), oldest first, looked up again
 after each run (what arrived meanwhile is offered too). A file the other node refuses
@@ -54,8 +61,9 @@ class FileHandOn:
         #: Nodes being handed files (one run per node), and those to look at again after it.
         self._busy: set[str] = set()
         self._again: set[str] = set()
-        #: Files the node on a session refused: (peer, id) per session, not offered again.
-        self._refused: dict[Session, set[tuple[str, str]]] = {}
+        #: Files the node on a session refused: (direction, peer, id) per session, not
+        #: offered again.
+        self._refused: dict[Session, set[tuple[str, str, str]]] = {}
 
     def kick(self) -> None:
         """A link came up or a file was stored: offer what each linked node lacks."""
@@ -74,38 +82,55 @@ class FileHandOn:
     def stop(self) -> None:
         self.running = False
 
-    def holds(self, session: Session, peer: str, file_id: str) -> None:
-        """The node on C{session} handed us this file or already had it: never offered to it."""
+    def holds(self, session: Session, direction: str, peer: str, file_id: str) -> None:
+        """
+        The node on C{session} handed us this file or already had it: never offered to it
+        (and, for our outgoing file, a node that can deliver it).
+        """
         for linked, node in self.links():
             if linked is session:
-                d = self.transfers.node_holds(node, peer, file_id)
-                d.addErrback(lambda f: log.debug("sync_files: {e}", e=f.getErrorMessage()))
+                self._noted(node, direction, peer, file_id).addErrback(
+                    lambda f: log.debug("sync_files: {e}", e=f.getErrorMessage())
+                )
+
+    def _noted(self, node: str, direction: str, peer: str, file_id: str) -> defer.Deferred[None]:
+        if direction == "in":
+            return self.transfers.node_holds(node, peer, file_id)
+        self.outbox.holders.setdefault(file_id, set()).add(node)
+        return self.transfers.out_node_holds(node, peer, file_id)
 
     async def _run(self, session: Session, node: str) -> None:
         try:
             while self.running and not session.ended:
                 self._again.discard(node)
                 refused = self._refused.setdefault(session, set())
-                records = await self.transfers.files_for_node(node)
-                todo = [r for r in records if (r.peer, r.id) not in refused]
+                # Outgoing files first: another node may have to deliver them.
+                records = await self.transfers.out_files_for_node(node)
+                records += await self.transfers.files_for_node(node)
+                todo = [r for r in records if (r.direction, r.peer, r.id) not in refused]
                 if not todo and node not in self._again:
                     return
                 for record in todo:
                     if not self.running or session.ended:
                         return
+                    out = record.direction == "out"
+                    what = "our file {id} to {peer}" if out else "file {id} from {peer}"
                     try:
-                        await self.outbox.offer(session, record, origin=record.peer_display)
+                        if out:
+                            await self.outbox.offer(session, record, to=record.peer_display)
+                        else:
+                            await self.outbox.offer(session, record, origin=record.peer_display)
                     except StanzaRefused as e:
-                        refused.add((record.peer, record.id))
+                        refused.add((record.direction, record.peer, record.id))
                         log.info(
-                            "our node {node} refused file {id} from {peer}: {reason}",
+                            "our node {node} refused " + what + ": {reason}",
                             node=node, id=record.id, peer=record.peer_display,
                             reason=getattr(e, "reason", e),
                         )  # fmt: skip
                         continue
-                    await self.transfers.node_holds(node, record.peer, record.id)
+                    await self._noted(node, record.direction, record.peer, record.id)
                     log.info(
-                        "handed file {id} from {peer} on to our node {node}",
+                        "handed " + what + " on to our node {node}",
                         id=record.id, peer=record.peer_display, node=node,
                     )  # fmt: skip
         finally:

@@ -50,6 +50,9 @@ log = Logger(namespace="sixchat.agent.service")
 
 #: fsync the partial file and record the durable prefix every this many bytes.
 SYNC_EVERY = 32 * 1024 * 1024
+#: The receivers' key of an outgoing file's copy (direction C{out}) starts with this, which
+#: no identity can (they never hold a NUL): such a copy never meets a transfer from the peer.
+_OUT_KEY = "\0out\0"
 #: Chunks are handed to the disk thread in batches of about this many bytes: one thread
 #: hop per batch, not per 32 KiB chunk. Below the session's 256 KiB input limit (chunks
 #: waiting here count toward it), or reading would stop before a batch is full.
@@ -76,6 +79,12 @@ class _Writing:
     failed: bool = False
     #: Handed on by another node of ours (docs/protocol.md 8.6, "Files"), not sent by the peer.
     handed_on: bool = False
+
+
+def _key_of(direction: str, peer: str) -> str:
+    """The receivers' key of a transfer: the peer's, or our outgoing file's copy's."""
+    key = normalize_identity(peer)
+    return _OUT_KEY + key if direction == "out" else key
 
 
 def file_event(record: TransferRecord, state: str, **extra: Any) -> dict[str, Any]:
@@ -150,19 +159,42 @@ class FileInbox:
         #: each such offer names, by (session, id); told of every file stored (C{on_stored})
         #: and of each one an own node handed on or already held (C{on_handed_on}).
         self.is_own: Callable[[Session], bool] = lambda session: False
-        self._origins: dict[tuple[Session, str], str] = {}
+        #: (session, id) -> (direction, peer): C{in} a file from that peer (C{from}), C{out}
+        #: the bytes of a file our identity sends to that peer (C{to}), kept in C{spool}.
+        self._origins: dict[tuple[Session, str], tuple[str, str]] = {}
         self.on_stored: Callable[[TransferRecord], None] = lambda record: None
-        self.on_handed_on: Callable[[Session, str, str], None] = lambda session, peer, id: None
+        self.on_handed_on: Callable[[Session, str, str, str], None] = (
+            lambda session, direction, peer, id: None
+        )
+        #: Where copies of our outgoing files land (C{<data-dir>/spool}), and who is told of
+        #: each one stored (it may deliver the file now).
+        self.spool: FilesDir | None = None
+        self.on_spooled: Callable[[TransferRecord], None] = lambda record: None
 
     def _thread(self, f: Callable[..., Any], *args: Any) -> defer.Deferred[Any]:
         return threads.deferToThreadPool(self.reactor, self.reactor.getThreadPool(), f, *args)
 
     def _peer(self, session: Session, file_id: str) -> str:
         """Whose file C{file_id} on C{session} is: the peer's, or the one an own node names."""
-        return self._origins.get((session, file_id), session.peer)
+        return self._origins.get((session, file_id), ("in", session.peer))[1]
+
+    def _direction(self, session: Session, file_id: str) -> str:
+        """C{out} for the copy of a file our identity sends (C{to}), else C{in}."""
+        return self._origins.get((session, file_id), ("in", session.peer))[0]
+
+    def _dir(self, direction: str) -> FilesDir:
+        if direction == "out":
+            assert self.spool is not None
+            return self.spool
+        return self.files
+
+    def _emit_for(self, direction: str, event: dict[str, Any]) -> None:
+        """File events are about files we receive: none for a copy of our own outgoing file."""
+        if direction == "in":
+            self.emit(event)
 
     def _receiver(self, session: Session, file_id: str) -> tuple[str, FileReceiver]:
-        key = normalize_identity(self._peer(session, file_id))
+        key = _key_of(self._direction(session, file_id), self._peer(session, file_id))
         receiver = self._receivers.get(key)
         if receiver is None:
             receiver = self._receivers[key] = FileReceiver(self.limits)
@@ -209,7 +241,8 @@ class FileInbox:
                 reason=answer.reason,
             )
             self._answer(session, answer)
-            self.emit(self._event(session, offer, "rejected", reason=answer.reason))
+            event = self._event(session, offer, "rejected", reason=answer.reason)
+            self._emit_for(self._direction(session, offer.id), event)
             return
         # Whatever the disk still does for this file — an earlier offer being decided, a
         # transfer being closed or finished — comes first: the partial file has one writer
@@ -235,21 +268,31 @@ class FileInbox:
 
     def _origin(self, session: Session, offer: FileOffer) -> bool:
         """
-        Note whose file an offer is. C{from} counts only from another node of ours (from
-        anyone else it is ignored: the file is theirs); there it must name a valid identity
-        that is not ours (a file is never handed on as one from ourselves), else
-        C{error bad_request}.
+        Note whose file an offer is. C{from} and C{to} count only from another node of ours
+        (from anyone else they are ignored: the file is theirs); there the one given must
+        name a valid identity that is not ours (a file is never handed on as one from or to
+        ourselves), and not both may be given, else C{error bad_request}. With C{to} it is
+        a copy of a file our identity sends to that peer: kept in the spool (needs one).
         """
         self._origins.pop((session, offer.id), None)
-        if offer.origin is None or not self.is_own(session):
+        if (offer.origin is None and offer.recipient is None) or not self.is_own(session):
             return True
-        if not is_valid_identity(offer.origin) or same_identity(offer.origin, session.peer):
-            self._answer(
-                session, ErrorStanza("bad_request", offer.id, "<file> from is not another identity")
+        if offer.origin is not None and offer.recipient is not None:
+            text = "<file> with both from and to"
+        elif offer.recipient is not None and self.spool is None:
+            text = "<file> to: this node keeps no copies of outgoing files"
+        else:
+            direction, peer = (
+                ("in", offer.origin) if offer.origin is not None else ("out", offer.recipient)
             )
-            return False
-        self._origins[(session, offer.id)] = offer.origin
-        return True
+            assert peer is not None
+            if is_valid_identity(peer) and not same_identity(peer, session.peer):
+                self._origins[(session, offer.id)] = (direction, peer)
+                return True
+            attr = "from" if direction == "in" else "to"
+            text = f"<file> {attr} is not another identity"
+        self._answer(session, ErrorStanza("bad_request", offer.id, text))
+        return False
 
     async def _decide(
         self,
@@ -265,15 +308,21 @@ class FileInbox:
         if receiver.get(offer.id) is not incoming:
             return  # offered again meanwhile: the later offer is the one answered
         peer = self._peer(session, offer.id)
+        direction = self._direction(session, offer.id)
+        files = self._dir(direction)
         handed_on = (session, offer.id) in self._origins
-        record = await self.transfers.get("in", peer, offer.id)
+        record = await self.transfers.get(direction, peer, offer.id)
         if receiver.get(offer.id) is not incoming:
             return  # offered again while we looked (the later offer is the one answered)
-        if record is not None and record.state == "received":
-            self._answer(session, receiver.already_stored(offer.id))  # §11.9
+        if record is not None and (
+            record.state == "received" if direction == "in" else record.path is not None
+        ):
+            # Stored already (§11.9); for our outgoing file: its bytes are here (we queued
+            # it, or hold a copy).
+            self._answer(session, receiver.already_stored(offer.id))
             if handed_on:
                 self._origins.pop((session, offer.id), None)
-                self.on_handed_on(session, peer, offer.id)
+                self.on_handed_on(session, direction, peer, offer.id)
             return
         same = (
             record is not None
@@ -281,30 +330,32 @@ class FileInbox:
             and record.size == offer.size
             and record.sha256 == offer.sha256
         )
-        partial = self.files.partial_path(key, offer.id)
+        partial = files.partial_path(key, offer.id)
         durable = record.received if same and record is not None else 0
-        offset, hasher = await self._thread(self.files.load_prefix, partial, durable)
-        free = await self._thread(self.files.free_space)
+        offset, hasher = await self._thread(files.load_prefix, partial, durable)
+        free = await self._thread(files.free_space)
         answer = receiver.accept(offer.id, offset, None, free)  # we hash, in the disk thread
         now = self.now()
+        keep_at = record is not None and (same or direction == "out")  # out: when queued
         new = TransferRecord(
-            "in", key, peer, offer.id, offer.name, offer.size, offer.sha256,
-            offer.mime, None, partial, offset, offset, "receiving", None,
-            record.at if same and record is not None else now, now,
+            direction, normalize_identity(peer), peer, offer.id, offer.name, offer.size,
+            offer.sha256, offer.mime, None, partial, offset, offset, "receiving", None,
+            record.at if keep_at and record is not None else now, now,
         )  # fmt: skip
         if isinstance(answer, Reject):
             await self.transfers.put(replace(new, state="failed", reason=answer.reason))
             self._answer(session, answer)
-            self.emit(file_event(new, "rejected", reason=answer.reason))
+            self._emit_for(direction, file_event(new, "rejected", reason=answer.reason))
             return
-        writer = await self._thread(self.files.open_partial, partial, offset)
+        writer = await self._thread(files.open_partial, partial, offset)
         await self.transfers.put(new, durable=False)
         if receiver.get(offer.id) is not incoming or session.ended or self.stopping:
             await self._thread(writer.close)  # gone or offered again meanwhile
             return
         self._writing[(key, offer.id)] = _Writing(new, writer, session, hasher, handed_on=handed_on)
         self._answer(session, answer)
-        self.emit(file_event(new, "receiving", received=offset, resumed_from=offset))
+        event = file_event(new, "receiving", received=offset, resumed_from=offset)
+        self._emit_for(direction, event)
 
     def _decisionFailed(
         self, failure: Failure, session: Session, receiver: FileReceiver, incoming: IncomingFile
@@ -372,7 +423,9 @@ class FileInbox:
         writing.record = replace(writing.record, received=synced, updated=self.now())
         d = self.transfers.put(writing.record, durable=False)
         return d.addCallback(
-            lambda _: self.emit(file_event(writing.record, "receiving", received=synced))
+            lambda _: self._emit_for(
+                writing.record.direction, file_event(writing.record, "receiving", received=synced)
+            )
         )
 
     def _released(self, result: Any, writing: _Writing, held: int) -> Any:
@@ -414,8 +467,9 @@ class FileInbox:
 
     async def _finish(self, writing: _Writing, outcome: Reject | Verified | Check) -> None:
         record, session = writing.record, writing.session
+        key = _key_of(record.direction, record.peer)
         if writing.failed and not isinstance(outcome, Reject):
-            receiver = self._receivers.get(record.peer)
+            receiver = self._receivers.get(key)
             outcome = (
                 receiver.decline(record.id, "io_error")
                 if receiver is not None
@@ -424,7 +478,7 @@ class FileInbox:
         elif isinstance(outcome, Check):
             # Every batch is written and hashed (this runs after them): the verdict. (A
             # receiver gone with its session meanwhile gives the same verdict.)
-            receiver = self._receivers.get(record.peer)
+            receiver = self._receivers.get(key)
             if receiver is None:
                 receiver = FileReceiver(self.limits)
             outcome = receiver.verify(outcome.file, writing.hasher.digest())
@@ -433,7 +487,10 @@ class FileInbox:
             await self._thread(self.files.discard, writing.writer.path)
             await self.transfers.put(replace(record, state="failed", reason=outcome.reason))
             self._answer(session, outcome)
-            self.emit(file_event(record, "failed", reason=outcome.reason))
+            self._emit_for(record.direction, file_event(record, "failed", reason=outcome.reason))
+            return
+        if record.direction == "out":
+            await self._spooled(writing, outcome)
             return
         path = await self._thread(self.files.finish, writing.writer, record.name)
         now = self.now()
@@ -443,7 +500,7 @@ class FileInbox:
         await self.transfers.put(stored)
         message = Message(record.id, format_timestamp(now), file_body(record.name, record.size))
         await self.store.store_incoming(record.peer_display, message, now)
-        receiver = self._receivers.get(record.peer)
+        receiver = self._receivers.get(key)
         if receiver is not None and receiver.get(record.id) is outcome.file:
             self._answer(session, receiver.stored(record.id))
         else:
@@ -459,8 +516,34 @@ class FileInbox:
         )
         self.emit(file_event(stored, "received", received=record.size, path=path))
         if writing.handed_on:
-            self.on_handed_on(session, record.peer_display, record.id)
+            self.on_handed_on(session, "in", record.peer_display, record.id)
         self.on_stored(stored)
+
+    async def _spooled(self, writing: _Writing, outcome: Verified) -> None:
+        """
+        A copy of our outgoing file, checked: kept in the spool under its sanitised name, its
+        transfer row (direction C{out}, state C{spooled}) recorded, and only then the receipt;
+        this node may now deliver the file (C{on_spooled}).
+        """
+        record, session = writing.record, writing.session
+        assert self.spool is not None
+        path = await self._thread(self.spool.finish, writing.writer, record.name)
+        stored = replace(
+            record, state="spooled", path=path, partial=None, received=record.size,
+            updated=self.now(),
+        )  # fmt: skip
+        await self.transfers.put(stored)
+        receiver = self._receivers.get(_key_of("out", record.peer))
+        if receiver is not None and receiver.get(record.id) is outcome.file:
+            self._answer(session, receiver.stored(record.id))
+        else:
+            self._answer(session, Receipt(record.id))
+        log.info(
+            "holding a copy of our file {id} to {peer} from our other node: {path}",
+            id=record.id, peer=record.peer_display, path=path,
+        )  # fmt: skip
+        self.on_handed_on(session, "out", record.peer_display, record.id)
+        self.on_spooled(stored)
 
     def _finishFailed(self, failure: Failure, writing: _Writing, receiver: FileReceiver) -> None:
         if self.stopping or failure.check(StoreClosedError):
@@ -511,15 +594,18 @@ class FileInbox:
     def sessionEnded(self, session: Session) -> None:
         keys = {normalize_identity(session.peer)}
         for mapped in [m for m in self._origins if m[0] is session]:
-            keys.add(normalize_identity(self._origins[mapped]))
+            keys.add(_key_of(*self._origins[mapped]))
         for key in keys:
             receiver = self._receivers.get(key)
             if receiver is None:
                 continue
             for incoming in receiver.detach(session):
                 self._stop((key, incoming.id))
-                event = self._event(session, incoming.offer, "interrupted", received=incoming.held)
-                self.emit(event)
+                if not key.startswith(_OUT_KEY):
+                    event = self._event(
+                        session, incoming.offer, "interrupted", received=incoming.held
+                    )
+                    self.emit(event)
             if not len(receiver):
                 del self._receivers[key]
         for mapped in [m for m in self._origins if m[0] is session]:

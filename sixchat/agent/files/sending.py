@@ -72,8 +72,16 @@ class FileOutbox:
         self.transfers = transfers
         self.emit = emit
         self.now = now
-        #: Ids of our outgoing files (loaded when the store opens, added by L{queued}).
+        #: Ids of our outgoing files (loaded when the store opens, added by L{queue} and by
+        #: own-device sync): the outbox delivers these as files, never as messages.
         self.ids: set[str] = set()
+        #: Those whose bytes this node holds (queued here, or a spooled copy from another
+        #: node of ours), and which other own nodes are known to hold each: the delivery
+        #: rule (docs/protocol.md 8.6, "Files").
+        self.held: set[str] = set()
+        self.holders: dict[str, set[str]] = {}
+        #: Offers that hand a file on to another node of ours: no events, no progress.
+        self._quiet: set[tuple[Session, str]] = set()
         self._senders: dict[Session, FileSender] = {}
         self._locks: dict[Session, defer.DeferredLock] = {}
         self._records: dict[tuple[Session, str], TransferRecord] = {}
@@ -101,6 +109,7 @@ class FileOutbox:
         )  # fmt: skip
         await self.transfers.queue_file(record, now)
         self.ids.add(record.id)
+        self.held.add(record.id)
         status = await self.transfers.store.status(record.id)
         if status is not None:
             self.emit(events.delivery_event(status))
@@ -116,7 +125,14 @@ class FileOutbox:
                 result.append(views.transfer_dict(record, record.state, record.received))
                 continue
             status = await self.transfers.store.status(record.id)
-            state = status.state if status is not None else "failed"
+            if status is not None:
+                state = status.state
+            elif (record.state == "spooled" and record.path) or (
+                record.state == "receiving" and record.partial
+            ):
+                state = "queued"  # a copy from another node of ours before its message came
+            else:
+                state = "failed"  # cancelled
             sent = self.progress.get(record.id, 0)
             held = record.size if state == "delivered" else sent
             resumed = self.resumed.get(record.id, 0)
@@ -144,44 +160,60 @@ class FileOutbox:
             record = await self.transfers.get("out", message.to, message.id)
             if record is None:
                 raise SessionLost(f"file {message.id} has no transfer record")
+            if record.path is None:  # known from another node of ours, bytes not here
+                raise SessionLost(f"file {message.id}: its bytes are not on this node")
             return await self.offer(session, record)
         finally:
             lock.release()
 
     async def offer(
-        self, session: Session, record: TransferRecord, origin: str | None = None
+        self,
+        session: Session,
+        record: TransferRecord,
+        origin: str | None = None,
+        to: str | None = None,
     ) -> Receipt:
         """
         Offer the file of C{record} on C{session} and stream it once accepted; returns the
         receipt (or raises like L{Session.send}). The outbox calls it one file at a time per
         session; C{sixchat probe --send-file} calls it directly. With C{origin}, C{record} is
         a file we received from that peer, handed on to another node of ours (docs/protocol.md
-        8.6, "Files"; L{sixchat.agent.files.handon}): no events (it is not a file we send).
+        8.6, "Files"; L{sixchat.agent.files.handon}); with C{to}, the bytes of our outgoing
+        file to that peer, handed to another node of ours so that it can deliver it. Neither
+        is a delivery: no events, no progress.
         """
-        offer = FileOffer(record.id, record.name, record.size, record.sha256, record.mime, origin)
+        offer = FileOffer(
+            record.id, record.name, record.size, record.sha256, record.mime, origin, to
+        )
         sender = self._senders.get(session)
         if sender is None:
             sender = self._senders[session] = FileSender()
         if sender.get(offer.id) is not None:
             raise SessionLost("file already offered on this session")
         sender.offer(offer)
-        self._records[(session, offer.id)] = record
+        key = (session, offer.id)
+        self._records[key] = record
+        quiet = origin is not None or to is not None
+        if quiet:
+            self._quiet.add(key)
         try:
             receipt: Receipt = await session.offerFile(offer)
         except Exception as e:
             sender.error(offer.id, getattr(e, "reason", "lost"))
             raise
         finally:
-            self._records.pop((session, offer.id), None)
+            self._records.pop(key, None)
+            self._quiet.discard(key)
         sender.receipt(receipt)
-        if record.direction == "out":
-            self.progress[record.id] = record.size
-        self._tell(record, "delivered")
+        if not quiet:
+            if record.direction == "out":
+                self.progress[record.id] = record.size
+            self._tell(session, record, "delivered")
         return receipt
 
-    def _tell(self, record: TransferRecord, state: str, **extra: Any) -> None:
+    def _tell(self, session: Session, record: TransferRecord, state: str, **extra: Any) -> None:
         """An event about one of our outgoing files (none for a file handed on)."""
-        if record.direction == "out":
+        if record.direction == "out" and (session, record.id) not in self._quiet:
             self.emit(_event(record, state, **extra))
 
     # answers -------------------------------------------------------------------------------
@@ -202,9 +234,9 @@ class FileOutbox:
         except StanzaError as e:
             session.sendAnswer(ErrorStanza(e.reason, e.ref, e.text))
             return
-        if record.direction == "out":
+        if record.direction == "out" and (session, accept.id) not in self._quiet:
             self.resumed[accept.id] = accept.offset
-        self._tell(record, "sending", sent=accept.offset, resumed_from=accept.offset)
+        self._tell(session, record, "sending", sent=accept.offset, resumed_from=accept.offset)
         d = defer.ensureDeferred(self._stream(session, outgoing, record))
         d.addErrback(self._streamFailed, session, outgoing)
 
@@ -219,7 +251,7 @@ class FileOutbox:
             return
         record = self._records.get((session, reject.id))
         if record is not None:
-            self._tell(record, "rejected", reason=reject.reason)
+            self._tell(session, record, "rejected", reason=reject.reason)
         session.fileRejected(reject)  # the outbox entry for this node fails (§11.9)
 
     async def _stream(
@@ -227,11 +259,13 @@ class FileOutbox:
     ) -> None:
         assert record.path is not None
         size = outgoing.offer.size
+        quiet = (session, outgoing.id) in self._quiet
+        progress: dict[str, int] = {} if quiet else self.progress
         f: BinaryIO = await self._thread(open, record.path, "rb")
         reading: defer.Deferred[bytes] | None = None
         try:
             await self._thread(f.seek, outgoing.sent)
-            self.progress[outgoing.id] = outgoing.sent
+            progress[outgoing.id] = outgoing.sent
             last_event = outgoing.sent
             # Blocks of READ_BLOCK bytes, one ahead: one thread hop per block, not per chunk.
             offset = outgoing.sent
@@ -255,10 +289,10 @@ class FileOutbox:
                     if outgoing.finished:
                         return
                     session.sendStanza(chunk)
-                self.progress[outgoing.id] = outgoing.sent
+                progress[outgoing.id] = outgoing.sent
                 if outgoing.sent - last_event >= PROGRESS_EVERY:
                     last_event = outgoing.sent
-                    self._tell(record, "sending", sent=outgoing.sent)
+                    self._tell(session, record, "sending", sent=outgoing.sent)
             if outgoing.state == "sending":
                 done = outgoing.finish() if not outgoing.want() else outgoing.cut_short()
                 session.sendStanza(done)
@@ -288,6 +322,7 @@ class FileOutbox:
                 outgoing.failed("lost")
         for key in [k for k in self._records if k[0] is session]:
             del self._records[key]
+        self._quiet = {k for k in self._quiet if k[0] is not session}
 
 
 class OneFileSender(SessionObserver):

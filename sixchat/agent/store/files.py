@@ -22,12 +22,20 @@ from sixchat.agent.store.database import MessageDatabase
 from sixchat.agent.store.store import MessageStore
 from sixchat.identity import normalize_identity
 
-__all__ = ["FILE_BODY_PREFIX", "TransferRecord", "TransferStore", "file_body"]
+__all__ = [
+    "FILE_BODY_PREFIX",
+    "TRANSFER_COLUMNS",
+    "OutgoingFiles",
+    "TransferRecord",
+    "TransferStore",
+    "file_body",
+]
 
 _COLUMNS = (
     "direction, peer, peer_display, id, name, size, sha256, mime, path, partial, received, "
     "resumed_from, state, reason, at_us, updated_us"
 )
+TRANSFER_COLUMNS = _COLUMNS
 #: The body of the message row that stands for a file in history.
 FILE_BODY_PREFIX = "[file] "
 
@@ -148,6 +156,82 @@ def node_holds(db: MessageDatabase, node: str, peer: str, file_id: str) -> None:
         )
 
 
+@dataclass(frozen=True)
+class OutgoingFiles:
+    """
+    Our outgoing files as the delivery rule needs them: every id; those whose bytes this
+    node holds (queued here, or a spooled copy); and which other own nodes are known to
+    hold each (C{sync_out_files}).
+    """
+
+    ids: set[str]
+    held: set[str]
+    holders: dict[str, set[str]]
+
+
+def outgoing_files(db: MessageDatabase) -> OutgoingFiles:
+    conn = db._conn
+    ids, held = set(), set()
+    for file_id, path in conn.execute("SELECT id, path FROM transfers WHERE direction = 'out'"):
+        ids.add(file_id)
+        if path is not None:
+            held.add(file_id)
+    holders: dict[str, set[str]] = {}
+    for node, file_id in conn.execute("SELECT node, id FROM sync_out_files"):
+        holders.setdefault(file_id, set()).add(node)
+    return OutgoingFiles(ids, held, holders)
+
+
+def out_files_for_node(db: MessageDatabase, node: str) -> list[TransferRecord]:
+    """
+    Outgoing files whose bytes we hold, still owed to some recipient node, that own node
+    C{node} is not known to hold, oldest first (what we hand on to it).
+    """
+    query = (
+        f"SELECT {_COLUMNS} FROM transfers t WHERE direction = 'out' "  # noqa: S608
+        "AND state IN ('offered', 'spooled') AND path IS NOT NULL "
+        "AND EXISTS (SELECT 1 FROM messages m WHERE m.direction = 'out' AND m.id = t.id "
+        "AND m.peer = t.peer AND m.owed = 1) "
+        "AND NOT EXISTS (SELECT 1 FROM sync_out_files s "
+        "WHERE s.node = ? AND s.peer = t.peer AND s.id = t.id) ORDER BY at_us, id"
+    )
+    return [_record(r) for r in db._conn.execute(query, (node,)).fetchall()]
+
+
+def out_node_holds(db: MessageDatabase, node: str, peer: str, file_id: str) -> None:
+    """Own node C{node} holds the bytes of our outgoing file (C{peer}, C{file_id})."""
+    with db._write() as conn:
+        conn.execute(
+            "INSERT OR IGNORE INTO sync_out_files (node, peer, id) VALUES (?, ?, ?)",
+            (node, normalize_identity(peer), file_id),
+        )
+
+
+def spool_final(db: MessageDatabase) -> list[TransferRecord]:
+    """
+    Spooled copies (and partial ones) no longer needed: their message is final (owed to no
+    recipient node: delivered to every one owed, failed or expired) or was cancelled.
+    """
+    query = (
+        f"SELECT {_COLUMNS} FROM transfers t WHERE direction = 'out' AND ("  # noqa: S608
+        "(state = 'spooled' AND path IS NOT NULL) "
+        "OR (state IN ('receiving', 'failed') AND partial IS NOT NULL)) AND ("
+        "EXISTS (SELECT 1 FROM messages m WHERE m.direction = 'out' AND m.id = t.id "
+        "AND m.owed = 0) OR EXISTS (SELECT 1 FROM sync_cancelled c WHERE c.id = t.id))"
+    )
+    return [_record(r) for r in db._conn.execute(query).fetchall()]
+
+
+def spool_removed(db: MessageDatabase, peer: str, file_id: str) -> None:
+    """The spooled copy of (C{peer}, C{file_id}) is gone: the row stays, without a path."""
+    with db._write() as conn:
+        conn.execute(
+            "UPDATE transfers SET path = NULL, partial = NULL WHERE direction = 'out' "
+            "AND peer = ? AND id = ? AND state != 'offered'",
+            (normalize_identity(peer), file_id),
+        )
+
+
 class TransferStore:
     """The Deferred face of the functions above, on the message store's thread and queue."""
 
@@ -174,3 +258,18 @@ class TransferStore:
 
     def node_holds(self, node: str, peer: str, file_id: str) -> Deferred[None]:
         return self.store._run(node_holds, node, peer, file_id)
+
+    def outgoing_files(self) -> Deferred[OutgoingFiles]:
+        return self.store._run(outgoing_files)
+
+    def out_files_for_node(self, node: str) -> Deferred[list[TransferRecord]]:
+        return self.store._run(out_files_for_node, node)
+
+    def out_node_holds(self, node: str, peer: str, file_id: str) -> Deferred[None]:
+        return self.store._run(out_node_holds, node, peer, file_id)
+
+    def spool_final(self) -> Deferred[list[TransferRecord]]:
+        return self.store._run(spool_final)
+
+    def spool_removed(self, peer: str, file_id: str) -> Deferred[None]:
+        return self.store._run(spool_removed, peer, file_id)

@@ -292,6 +292,22 @@ MIGRATIONS: tuple[tuple[Step, ...], ...] = (
         ) WITHOUT ROWID
         """,
     ),
+    # version 6: outgoing files across own nodes (docs/protocol.md 8.6, "Files"). One row per
+    # own node and outgoing file (recipient, id) that node is known to hold the bytes of (it
+    # receipted our hand-on, or handed the file to us): only those nodes count when choosing
+    # which node delivers the file, and a file is handed on to a node only while no row says
+    # it has it. Outgoing transfer rows now also come from the feed (state 'synced', no path)
+    # and from a hand-on (state 'spooled', the copy in the data directory's spool).
+    (
+        """
+        CREATE TABLE sync_out_files (
+            node TEXT NOT NULL,
+            peer TEXT NOT NULL,                   -- normalize_identity() of the recipient
+            id TEXT NOT NULL,
+            PRIMARY KEY (node, peer, id)
+        ) WITHOUT ROWID
+        """,
+    ),
 )
 
 #: The schema version this code writes.

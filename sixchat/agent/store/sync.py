@@ -33,12 +33,14 @@ from twisted.internet.defer import Deferred
 
 from sixchat._sqlite import to_us
 from sixchat.agent.store.database import MessageDatabase
+from sixchat.agent.store.files import TRANSFER_COLUMNS, file_body
 from sixchat.agent.store.store import MessageStore
 from sixchat.identity import normalize_identity
 from sixchat.stanzas import Message
 from sixchat.sync.stanzas import (
     CancelledItem,
     ContactItem,
+    FileMeta,
     InItem,
     NodeEntry,
     OutItem,
@@ -82,6 +84,8 @@ class Applied:
 
     received: list[tuple[str, Message, int]] = field(default_factory=list)
     outgoing: list[str] = field(default_factory=list)
+    #: Outgoing messages that are files (C{out} with C{file}), new here: (recipient, id).
+    files: list[tuple[str, str]] = field(default_factory=list)
     pins_changed: bool = False
     changed: int = 0
 
@@ -186,10 +190,15 @@ def _item(db: MessageDatabase, kind: str, ref: str, node: str) -> SyncItem | Non
     direction, display, mid, ts, body, thread, reply_to, at_us, is_read = row[:9]
     if direction == "in":
         return InItem(display, mid, ts, at_us, body, thread, reply_to, bool(is_read))
-    if conn.execute(
-        "SELECT 1 FROM transfers WHERE direction = 'out' AND id = ?", (mid,)
-    ).fetchone():
-        return None  # a file: only the node holding it can deliver it (not synced yet)
+    transfer = conn.execute(
+        "SELECT name, size, sha256, mime FROM transfers WHERE direction = 'out' AND id = ?",
+        (mid,),
+    ).fetchone()
+    # A file travels with what its offer carries, so that no node ever takes it for a text
+    # message (its body is only the history line); its bytes go by hand-on (handon.py).
+    meta = None
+    if transfer is not None:
+        meta = FileMeta(transfer[0], transfer[1], bytes(transfer[2]), transfer[3])
     nodes = tuple(
         NodeEntry(n, s, done, reason)
         for n, s, done, reason in conn.execute(
@@ -200,7 +209,7 @@ def _item(db: MessageDatabase, kind: str, ref: str, node: str) -> SyncItem | Non
     outcome, reason, outcome_at, origin = row[9:]
     return OutItem(
         mid, display, ts, at_us, body, thread, reply_to, origin or node,
-        outcome, reason, outcome_at, nodes,
+        outcome, reason, outcome_at, nodes, meta,
     )  # fmt: skip
 
 
@@ -302,10 +311,21 @@ def _merge_out(
             return None  # cancelled here or elsewhere: stays cancelled
         conn.execute("DELETE FROM sync_cancelled WHERE id = ?", (item.id,))  # a receipt wins
     peer = normalize_identity(item.to)
+    if item.file is not None and item.body != file_body(item.file.name, item.file.size):
+        return None  # a file's history line names it: anything else is not one of ours
     row = conn.execute(
         "SELECT seq, peer, body, outcome FROM messages WHERE direction = 'out' AND id = ?",
         (item.id,),
     ).fetchone()
+    is_file = (
+        conn.execute(
+            "SELECT 1 FROM transfers WHERE direction = 'out' AND peer = ? AND id = ?",
+            (peer, item.id),
+        ).fetchone()
+        is not None
+    )
+    if is_file != (item.file is not None) and (row is not None or is_file):
+        return None  # a message here and a file there (or the other way round): not the same
     if row is None:
         db._see_peer(peer, item.to, item.at, seen=False)
         cursor = conn.execute(
@@ -321,6 +341,8 @@ def _merge_out(
             ),
         )  # fmt: skip
         seq, outcome, new = int(cursor.lastrowid or 0), None, True
+        if item.file is not None:
+            _file_known(db, item, peer, now_us, applied)
     elif row[1] != peer or row[2] != item.body:
         return None  # another message under this id: ids are 128 random bits, so a forgery
     else:
@@ -363,6 +385,23 @@ def _merge_out(
     db._settle(seq, now_us, item.reason)
     applied.outgoing.append(item.id)
     return ("m", str(seq)) if new else None
+
+
+def _file_known(
+    db: MessageDatabase, item: OutItem, peer: str, now_us: int, applied: Applied
+) -> None:
+    """
+    An outgoing file learnt from the feed: its transfer row, with no bytes (state C{synced},
+    no path) unless a hand-on brought them first (that row stays as it is).
+    """
+    assert item.file is not None
+    meta = item.file
+    db._conn.execute(
+        f"INSERT OR IGNORE INTO transfers ({TRANSFER_COLUMNS}) "  # noqa: S608 - constants
+        "VALUES ('out', ?, ?, ?, ?, ?, ?, ?, NULL, NULL, 0, 0, 'synced', NULL, ?, ?)",
+        (peer, item.to, item.id, meta.name, meta.size, meta.sha256, meta.mime, item.at, now_us),
+    )
+    applied.files.append((item.to, item.id))
 
 
 def _merge_cancelled(db: MessageDatabase, item: CancelledItem) -> tuple[str, str] | None:
