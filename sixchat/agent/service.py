@@ -27,7 +27,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from sixchat.agent import events, views
+from sixchat.agent import events
 from sixchat.agent.addresses import AddressSource, AddressWatch, thread_source
 from sixchat.agent.crls import DEFAULT_REFRESH as DEFAULT_CRL_REFRESH
 from sixchat.agent.crls import CRLUpdater
@@ -35,15 +35,15 @@ from sixchat.agent.datadir import DataDirLock, prepare_data_dir
 from sixchat.agent.directory import unknown_reason
 from sixchat.agent.errors import AgentError, MessageFinal, UnknownIdentity, UnknownMessage
 from sixchat.agent.files.disk import FilesDir
-from sixchat.agent.files.handon import FileHandOn
+from sixchat.agent.files.own import OwnNodeFiles
 from sixchat.agent.files.receiving import FileInbox
 from sixchat.agent.files.sending import FileOutbox
-from sixchat.agent.files.spool import FileSpool
 from sixchat.agent.inbox import Inbox
 from sixchat.agent.interfaces import IAgentEvents, IDirectory, IUserAgent
 from sixchat.agent.outbox import DEFAULT_TTL, OutboxScheduler
 from sixchat.agent.ownnodes import OwnNodeSync, merged_handler
 from sixchat.agent.pinning import KeyChanges, RegistryKeyPins
+from sixchat.agent.queries import AgentQueries
 from sixchat.agent.sessions import SessionTable
 from sixchat.agent.store import MessageStatus, MessageStore, OutgoingMessage, encryption
 from sixchat.agent.store.files import TransferStore
@@ -53,10 +53,10 @@ from sixchat.agent.waiters import DeliveryWaiters
 from sixchat.filetransfer.machine import DEFAULT_MAX_CONCURRENT, DEFAULT_MAX_FILE_SIZE, FileLimits
 from sixchat.handshake import PeerConfig
 from sixchat.identity import is_valid_identity, normalize_identity, same_identity
+from sixchat.irp.messages import default_node
 from sixchat.listener import DEFAULT_LISTEN, PeerListenerService
-from sixchat.netaddr import format_hostport
 from sixchat.protocol import HANDSHAKE_TIMEOUT, IDLE_TIMEOUT, KEEPALIVE, split_text
-from sixchat.stanzas import TYPING_STATES, parse_timestamp
+from sixchat.stanzas import TYPING_STATES
 from sixchat.trust import PinPolicy
 
 if TYPE_CHECKING:
@@ -64,7 +64,7 @@ if TYPE_CHECKING:
     from sixchat.irp.messages import Record
 
 #: AgentError and DEFAULT_TTL are defined elsewhere and stay importable from here.
-__all__ = ["DEFAULT_TTL", "RECIPIENT_CHECK", "AgentError", "UserAgentService", "default_node"]
+__all__ = ["DEFAULT_TTL", "RECIPIENT_CHECK", "AgentError", "UserAgentService"]
 
 log = Logger()
 
@@ -74,7 +74,7 @@ RECIPIENT_CHECK = 5.0
 
 
 @implementer(IUserAgent)
-class UserAgentService(service.MultiService):
+class UserAgentService(AgentQueries, service.MultiService):
     """
     A complete user agent. Compose it into any Twisted application::
 
@@ -228,35 +228,24 @@ class UserAgentService(service.MultiService):
         )
         #: Own-device sync with this identity's other nodes (L{sixchat.agent.ownnodes}).
         self.own_nodes: OwnNodeSync | None = None
-        self.file_handon: FileHandOn | None = None
-        #: Copies of our outgoing files another node of ours handed to us (own_sync only).
-        self.spool_dir: FilesDir | None = None
-        self.file_spool: FileSpool | None = None
+        #: Files between our nodes (L{sixchat.agent.files.own}), with own-device sync.
+        self.own_files: OwnNodeFiles | None = None
         if own_sync:
             self.own_nodes = OwnNodeSync(
                 self.clock, self.name_, self.node, SyncStore(self.store), self.sessions,
                 self.directory, self.now,
                 on_applied=merged_handler(
-                    self._emit, self.outbox, SyncStore(self.store), self._filesSynced
+                    self._emit, self.outbox, SyncStore(self.store),
+                    lambda applied: self.own_files.synced(applied) if self.own_files else None,
                 ),
                 on_unlinked=lambda node: self.outbox.schedule(0),  # its messages are ours now
             )  # fmt: skip
-            self.outbox.elsewhere = self._elsewhere
             self.own_nodes.is_us = self._isUs
-            # Received files go to our other nodes too (docs/protocol.md 8.6, "Files").
-            own = self.own_nodes
-            handon = self.file_handon = FileHandOn(
-                self.transfers, self.file_outbox, own.file_links
-            )
-            own.on_linked = handon.kick
-            self.file_inbox.is_own = lambda session: own.isOwn(session.peer)
-            self.file_inbox.on_stored = lambda record: handon.kick()
-            self.file_inbox.on_handed_on = handon.holds
-            # ... and the bytes of our outgoing files, so that any node of ours can deliver.
-            self.spool_dir = FilesDir(os.path.join(data_dir, "spool"))
-            self.file_inbox.spool = self.spool_dir
-            self.file_inbox.on_spooled = self._spooled
-            self.file_spool = FileSpool(reactor, self.spool_dir, self.transfers, self.file_outbox)
+            self.own_files = OwnNodeFiles(
+                reactor, data_dir, self.own_nodes, self.transfers, self.file_outbox,
+                self.file_inbox, self.outbox,
+            )  # fmt: skip
+            self.outbox.elsewhere = self.own_files.elsewhere
         self.inbox = Inbox(
             self.sessions, self.crls, self.store, self._emit, self.outbox.kick, self.now,
             self.key_changes,
@@ -304,8 +293,8 @@ class UserAgentService(service.MultiService):
             prepare_data_dir(self.data_dir)
             self.lock.acquire()
             self.files_dir.prepare()
-            if self.spool_dir is not None:
-                self.spool_dir.prepare()
+            if self.own_files is not None:
+                self.own_files.prepare()
 
     def privilegedStartService(self) -> None:
         self._lockDataDir()
@@ -369,8 +358,8 @@ class UserAgentService(service.MultiService):
         outgoing = yield self.transfers.outgoing_files()
         self.file_outbox.ids, self.file_outbox.held = outgoing.ids, outgoing.held
         self.file_outbox.holders = outgoing.holders
-        if self.file_spool is not None:
-            self.file_spool.sweep()  # copies whose file became final while we were away
+        if self.own_files is not None:
+            self.own_files.start()
         log.info(
             "user agent {identity} (node {node}) ready; data in {dir} ({at_rest})",
             identity=self.name_,
@@ -390,10 +379,8 @@ class UserAgentService(service.MultiService):
         self.outbox.stop()
         if self.own_nodes is not None:
             self.own_nodes.stop()
-        if self.file_handon is not None:
-            self.file_handon.stop()
-        if self.file_spool is not None:
-            self.file_spool.stop()
+        if self.own_files is not None:
+            self.own_files.stop()
         crls_stopped = self.crls.stop()
         self._waiters.releaseAll()
         yield self.sessions.closeAll()
@@ -412,46 +399,11 @@ class UserAgentService(service.MultiService):
             yield self.store.close()
         self.lock.release()
 
-    def _elsewhere(self, message: Any) -> bool:
-        """
-        Whether another node of ours delivers C{message} now (docs/protocol.md 8.6,
-        "Delivery by any node"). A file only a node holding its bytes delivers: never one
-        without them, and among those that hold them, the same rule as for messages.
-        """
-        if self.own_nodes is None:
-            return False
-        files = self.file_outbox
-        if message.id in files.ids:
-            if message.id not in files.held:
-                return True
-            return self.own_nodes.defers(message.origin, files.holders.get(message.id, set()))
-        return self.own_nodes.defers(message.origin)
-
-    def _filesSynced(self, applied: Any) -> None:
-        """
-        Outgoing files learnt from another node of ours: files, never messages, here; and
-        spooled copies whose file another node saw become final are removed.
-        """
-        for _, file_id in applied.files:
-            self.file_outbox.ids.add(file_id)
-        if (applied.outgoing or applied.changed) and self.file_spool is not None:
-            self.file_spool.sweep()  # (a receipt or a cancel another node got)
-
-    def _spooled(self, record: Any) -> None:
-        """A copy of our outgoing file is in the spool: this node may deliver it now."""
-        self.file_outbox.ids.add(record.id)
-        self.file_outbox.held.add(record.id)
-        self.outbox.kick(record.peer_display)
-        if self.file_handon is not None:
-            self.file_handon.kick()  # our other nodes learn we hold it (or get it too)
-        if self.file_spool is not None:
-            self.file_spool.sweep()  # final already (a receipt came meanwhile): not kept
-
     def _fileQueued(self, peer: str) -> None:
         """A file was queued here: deliver it, and hand its bytes to our other nodes."""
         self.outbox.kick(peer)
-        if self.file_handon is not None:
-            self.file_handon.kick()
+        if self.own_files is not None:
+            self.own_files.queued()
 
     def _isUs(self, binding: Any) -> bool:
         """A registered binding that is this agent: our certificate at one of our addresses."""
@@ -507,8 +459,8 @@ class UserAgentService(service.MultiService):
         self._emit(events.delivery_event(status))
         if status.state in ("delivered", "expired", "failed"):
             self._waiters.release(status.id, status_dict(status))
-            if self.file_spool is not None and status.id in self.file_outbox.ids:
-                self.file_spool.sweep()
+            if self.own_files is not None:
+                self.own_files.ended(status.id)
 
     # the API -------------------------------------------------------------------------------
 
@@ -578,8 +530,8 @@ class UserAgentService(service.MultiService):
                 raise MessageFinal(f"message {message_id} is already {what}; nothing to cancel")
             event = events.cancelled_event(status)
             self._emit(event)
-            if self.file_spool is not None:
-                self.file_spool.sweep()  # a spooled copy of it is not needed any more
+            if self.own_files is not None:
+                self.own_files.ended(message_id)  # a spooled copy of it is not needed
             result = {k: v for k, v in event.items() if k != "type"}
             self._waiters.release(message_id, result)
             return result
@@ -600,84 +552,8 @@ class UserAgentService(service.MultiService):
             self.file_outbox.queue(to, os.path.abspath(path), self._fileQueued)
         )
 
-    def files(self) -> defer.Deferred[list[dict[str, Any]]]:
-        """Every file transfer, both directions (C{sixchat files})."""
-        return defer.ensureDeferred(self.file_outbox.describe_all())
-
     def waitDelivered(self, message_id: str, timeout: float) -> defer.Deferred[dict[str, Any]]:
         return self._waiters.wait(message_id, timeout)
-
-    def status_of(self, message_id: str) -> defer.Deferred[dict[str, Any]]:
-        def convert(status: MessageStatus | None) -> dict[str, Any]:
-            if status is None:
-                raise AgentError(f"no message {message_id}")
-            result = status_dict(status)
-            result["recipient_unknown"] = self.outbox.isUnknown(status.to)
-            return result
-
-        return self.store.status(message_id).addCallback(convert)
-
-    def history(
-        self, peer: str | None, since: str | None, limit: int
-    ) -> defer.Deferred[list[dict[str, Any]]]:
-        when = parse_timestamp(since) if since else None
-        d = self.store.history(peer, when, limit).addCallback(
-            lambda entries: [views.history_dict(e) for e in entries]
-        )
-        if peer is not None:
-            d.addCallback(lambda r: self.store.mark_read(peer).addCallback(lambda _: r))
-        return d
-
-    def conversations(self) -> defer.Deferred[list[dict[str, Any]]]:
-        return self.store.conversations().addCallback(
-            lambda rows: [views.conversation_dict(c) for c in rows]
-        )
-
-    @defer.inlineCallbacks
-    def contacts(self) -> Any:
-        rows = yield self.store.contacts()
-        history = yield self.store.pins.key_events(None, None, 10_000)
-        by_peer: dict[str, list[Any]] = {}
-        for event in history:
-            by_peer.setdefault(event.identity, []).append(event)
-        pins = self.store.pins
-        return [
-            views.contact_dict(
-                c,
-                self.key_changes.keys(c.identity),
-                sorted(s.hex() for s in pins.pending_changes(c.identity)),
-                by_peer.get(c.identity, []),
-            )
-            for c in rows
-        ]
-
-    @defer.inlineCallbacks
-    def status(self) -> Any:
-        counts = yield self.store.outbox_counts()
-        port = self._listeningAddress()
-        keeper = self.keeper
-        return {
-            "identity": self.name_,
-            "node": self.node,
-            "data_dir": self.data_dir,
-            "listening": None if port is None else format_hostport(port.host, port.port),
-            "registry": None
-            if keeper is None
-            else {"registry": self.registry, **keeper.describe()},
-            "advertised": []
-            if keeper is None
-            else [format_hostport(c.host, c.port) for c in keeper.contacts],
-            "sessions": self.sessions.describe(),
-            "outbox": counts,
-            "revocation": self.crls.status(),
-            "devices": (yield self.devices()),
-        }
-
-    def devices(self) -> defer.Deferred[dict[str, Any]]:
-        """This node and the identity's other nodes, with their sync state (C{sixchat devices})."""
-        if self.own_nodes is None:
-            return defer.succeed({"node": self.node, "sync": False, "own_nodes": []})
-        return self.own_nodes.report()
 
     def trust(
         self, identity: str, accept_new_key: bool, forget_old: bool = False
@@ -722,11 +598,3 @@ class UserAgentService(service.MultiService):
             return defer.succeed({"sent": False})
         return defer.succeed({"sent": True})
 
-
-def default_node() -> str:
-    """The host name's first label, made a valid node name (irp-1 §3.1)."""
-    import re
-    import socket
-
-    name = socket.gethostname().split(".")[0]
-    return re.sub(r"[^A-Za-z0-9_.-]", "-", name)[:64] or "node"

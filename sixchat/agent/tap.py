@@ -285,7 +285,7 @@ def check_registry_options(options: Any) -> None:
             options["registry-anchors"] = load_certificates(options["registry-ca"])
         except SixchatError as e:
             raise usage.UsageError(f"--registry-ca: {e}") from None
-    from sixchat.agent.service import default_node
+    from sixchat.irp.messages import default_node
 
     node = options["node"] or default_node()
     if not messages.is_valid_node(node):

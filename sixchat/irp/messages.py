@@ -73,6 +73,14 @@ def is_valid_node(value: str | None) -> bool:
     return value is not None and _NODE.match(value) is not None
 
 
+def default_node() -> str:
+    """The host name's first label, made a valid node name (irp-1 §3.1)."""
+    import socket
+
+    name = socket.gethostname().split(".")[0]
+    return re.sub(r"[^A-Za-z0-9_.-]", "-", name)[:64] or "node"
+
+
 def clamp_expires(text: str | None) -> int:
     """§3.1 / §7.3: the granted expiry; a missing value is the default 300."""
     if text is None:

@@ -17,7 +17,7 @@ from twisted.internet import defer, reactor, task
 from twisted.trial import unittest
 
 from sixchat.agent import tap
-from sixchat.agent.service import default_node
+from sixchat.irp.messages import default_node
 from sixchat.test.processes import Agent, Registry, run_cli
 
 READY_TIMEOUT = 30
