@@ -67,6 +67,8 @@ class Link:
     pulling: str | None = None
     unsupported: bool = False
     pulled_items: int = 0
+    #: The node takes our outgoing files (its hello said C{out-files="1"}).
+    out_files: bool = False
     #: When our last hello went out on it (the clock's seconds).
     said_at: float = 0.0
 
@@ -238,8 +240,13 @@ class OwnNodeSync:
             if link.node is not None and not link.unsupported and not link.session.ended
         ]
 
+    def takesOutgoingFiles(self, session: Session) -> bool:
+        """Whether the node on C{session} said it takes our outgoing files (C{out-files})."""
+        link = self.links.get(session)
+        return link is not None and link.out_files
+
     def _hello(self, link: Link) -> None:
-        hello = SyncHello(link.hello_id, self.node, self.store_id, self.top)
+        hello = SyncHello(link.hello_id, self.node, self.store_id, self.top, out_files=True)
         link.said_at = self.clock.seconds()
         try:
             link.session.sendStanza(hello)
@@ -324,6 +331,7 @@ class OwnNodeSync:
             return
         first = link.node is None
         link.node, link.store, link.top = hello.node, hello.store, hello.top
+        link.out_files = hello.out_files
         if first:
             log.info("linked with our node {node}", node=hello.node)
             self._redial.pop(hello.node, None)
@@ -347,7 +355,9 @@ class OwnNodeSync:
             link.session.sendAnswer(ErrorStanza("bad_request", pull.id, "sync-hello first"))
             return
         after = pull.after if pull.store == self.store_id else 0  # another feed: from its start
-        page = await self.store.read_feed(after, pull.max, node=self.node, requester=link.node)
+        page = await self.store.read_feed(
+            after, pull.max, node=self.node, requester=link.node, out_files=link.out_files
+        )
         if page.skipped:
             log.warn("{n} item(s) too large for a sync batch were not synced", n=page.skipped)
         if not link.session.ended:

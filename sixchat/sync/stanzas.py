@@ -431,21 +431,25 @@ def parse_item(element: Element, ref: str | None) -> SyncItem:
 @dataclass(frozen=True)
 class SyncHello:
     """
-    C{<sync-hello id node store top/>}: the sender's node name, its store's id (32 hex
-    digits; a new id means a new feed, so cursors into the old one are void) and the seq of
-    its newest feed entry. Sent when a session starts and whenever the feed grows.
+    C{<sync-hello id node store top [out-files]/>}: the sender's node name, its store's id
+    (32 hex digits; a new id means a new feed, so cursors into the old one are void) and the
+    seq of its newest feed entry. Sent when a session starts and whenever the feed grows.
+    C{out_files} (C{out-files="1"}): the sender takes our outgoing files (an C{out} item with
+    C{file}, the bytes by C{<file to>}); a node that does not say so never gets them, so
+    that a node of an earlier version never takes a file for a text message.
     """
 
     id: str
     node: str
     store: str
     top: int
+    out_files: bool = False
 
     def to_element(self) -> Element:
-        return Element(
-            "sync-hello",
-            {"id": self.id, "node": self.node, "store": self.store, "top": str(self.top)},
-        )
+        attributes = {"id": self.id, "node": self.node, "store": self.store, "top": str(self.top)}
+        if self.out_files:
+            attributes["out-files"] = "1"
+        return Element("sync-hello", attributes)
 
     @classmethod
     def from_element(cls, element: Element) -> SyncHello:
@@ -453,7 +457,10 @@ class SyncHello:
         store = element.get("store")
         if store is None or _STORE.match(store) is None:
             raise _bad("<sync-hello> without a valid store", sid)
-        return cls(sid, _node(element, "node", sid), store, _uint(element, "top", sid))
+        return cls(
+            sid, _node(element, "node", sid), store, _uint(element, "top", sid),
+            element.get("out-files") == "1",
+        )  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -408,6 +408,43 @@ class HandOnTests(OutgoingFileCase):
         self.assertTrue(os.path.exists(os.path.join(self.base, "report.pdf")))
 
 
+class EarlierVersionTests(OutgoingFileCase):
+    @defer.inlineCallbacks
+    def test_a_node_that_does_not_say_out_files_gets_neither_entry_nor_bytes(self) -> Any:
+        """
+        A node whose hello lacks C{out-files="1"} (a version before outgoing files) would
+        take the file's C{out} item for a text message and the C{<file to>} copy for a file
+        of its own: it gets neither, and the rest of sync goes on.
+        """
+        home, _ = yield self.node("home")
+        sync = home.own_nodes
+
+        def earlier(link: Any) -> None:
+            link_hello = ownnodes.SyncHello(link.hello_id, sync.node, sync.store_id, sync.top)
+            link.said_at = sync.clock.seconds()
+            link.session.sendStanza(link_hello)
+
+        self.patch(sync, "_hello", earlier)
+        laptop, _ = yield self.node("laptop")
+        yield self.linked(laptop, home)
+        queued = yield laptop.sendFile(BOB, self.source(payload(50_000)))
+        text = yield laptop.send(BOB, "after the file")
+        yield self.until(
+            lambda: home.history(BOB, None, 10).addCallback(
+                lambda h: [m for m in h if m["id"] == text["id"]]
+            ),
+            30,
+        )
+        history = yield home.history(BOB, None, 10)
+        self.assertEqual([m["id"] for m in history], [text["id"]])
+        self.assertIsNone((yield self.out_file(home, queued["id"])))
+        self.assertIsNone((yield home.store.status(queued["id"])))
+        self.assertEqual(spool_files(home), [])
+        self.assertEqual((yield out_held(laptop)), [])
+        [link] = [link for link in laptop.own_nodes.links.values() if link.node == "home"]
+        self.assertFalse(link.out_files)
+
+
 class OutFilesStoreTests(SynchronousTestCase):
     """C{out_files_for_node}, C{out_node_holds}, C{spool_final}, and the spool's guard."""
 

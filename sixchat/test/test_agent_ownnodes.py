@@ -35,8 +35,8 @@ class FakeSyncStore:
     def feed_state(self) -> Any:
         return defer.succeed(ssync.feed_state(self.db))
 
-    def read_feed(self, after: int, limit: int, *, node: str, requester: str | None) -> Any:
-        return defer.succeed(ssync.read_feed(self.db, after, limit, node=node, requester=requester))
+    def read_feed(self, after: int, limit: int, **kw: Any) -> Any:
+        return defer.succeed(ssync.read_feed(self.db, after, limit, **kw))
 
     def apply(self, items: Any, **kw: Any) -> Any:
         return defer.succeed(ssync.apply_items(self.db, items, **kw))

@@ -364,6 +364,24 @@ class FeedTests(unittest.TestCase):
         assert mine is not None
         self.assertEqual((mine.path, mine.state), ("/tmp/a.txt", "offered"))
 
+    def test_a_node_that_does_not_take_outgoing_files_never_gets_them(self) -> None:
+        """
+        A node whose hello did not say C{out-files="1"} (an earlier version) would take a
+        file's C{out} item for a text message: the feed leaves it out, and its cursor passes.
+        """
+        self.file(self.laptop)
+        text = self.laptop.queue_outgoing(BOB, "text", T0)
+        page = ssync.read_feed(self.laptop, 0, 64, node="laptop", out_files=False)
+        outs = [i.id for i in page.items if isinstance(i, OutItem)]
+        self.assertEqual(outs, [text.id])
+        self.assertEqual(page.next, ssync.feed_state(self.laptop)[1])
+        self.assertFalse(page.more)
+        with_files = ssync.read_feed(self.laptop, 0, 64, node="laptop")
+        self.assertEqual(
+            sorted(i.id for i in with_files.items if isinstance(i, OutItem)),
+            sorted(["f1", text.id]),
+        )
+
     def test_merge_tells_which_new_outgoing_messages_are_files(self) -> None:
         self.file(self.laptop)
         page = ssync.read_feed(self.laptop, 0, 64, node="laptop")

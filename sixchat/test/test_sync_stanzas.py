@@ -106,9 +106,27 @@ class RoundTripTests(SynchronousTestCase):
     def test_batch(self, batch: SyncBatch) -> None:
         self.assertEqual(roundtrip(batch), batch)
 
-    @given(st.builds(SyncHello, ids, nodes, st.just(STORE), uints))
+    @given(st.builds(SyncHello, ids, nodes, st.just(STORE), uints, st.booleans()))
     def test_hello(self, hello: SyncHello) -> None:
         self.assertEqual(roundtrip(hello), hello)
+
+    def test_hello_says_out_files_last_and_only_when_it_takes_them(self) -> None:
+        self.assertEqual(
+            serialize(SyncHello("h1", "laptop", STORE, 5, out_files=True).to_element()),
+            f'<sync-hello id="h1" node="laptop" store="{STORE}" top="5" out-files="1"/>'.encode(),
+        )
+        self.assertEqual(
+            serialize(SyncHello("h1", "laptop", STORE, 5).to_element()),
+            f'<sync-hello id="h1" node="laptop" store="{STORE}" top="5"/>'.encode(),
+        )
+
+    def test_hello_out_files_other_than_1_is_not_a_yes(self) -> None:
+        for value in ("0", "true", "yes", "", "11"):
+            element = Element(
+                "sync-hello",
+                {"id": "h1", "node": "laptop", "store": STORE, "top": "5", "out-files": value},
+            )
+            self.assertFalse(SyncHello.from_element(element).out_files, value)
 
     @given(st.builds(SyncPull, ids, st.just(STORE), uints, st.integers(1, MAX_ITEMS)))
     def test_pull(self, pull: SyncPull) -> None:

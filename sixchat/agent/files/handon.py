@@ -53,10 +53,13 @@ class FileHandOn:
         transfers: TransferStore,
         outbox: FileOutbox,
         links: Callable[[], list[tuple[Session, str]]],
+        takes_outgoing: Callable[[Session], bool] = lambda session: True,
     ) -> None:
         self.transfers = transfers
         self.outbox = outbox
         self.links = links
+        #: Whether the node on a session takes our outgoing files (its hello said so).
+        self.takes_outgoing = takes_outgoing
         self.running = True
         #: Nodes being handed files (one run per node), and those to look at again after it.
         self._busy: set[str] = set()
@@ -105,7 +108,9 @@ class FileHandOn:
                 self._again.discard(node)
                 refused = self._refused.setdefault(session, set())
                 # Outgoing files first: another node may have to deliver them.
-                records = await self.transfers.out_files_for_node(node)
+                records = []
+                if self.takes_outgoing(session):
+                    records = await self.transfers.out_files_for_node(node)
                 records += await self.transfers.files_for_node(node)
                 todo = [r for r in records if (r.direction, r.peer, r.id) not in refused]
                 if not todo and node not in self._again:

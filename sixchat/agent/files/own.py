@@ -39,7 +39,9 @@ class OwnNodeFiles:
         self.own_nodes = own_nodes
         self.file_outbox = file_outbox
         self.outbox = outbox
-        self.handon = FileHandOn(transfers, file_outbox, own_nodes.file_links)
+        self.handon = FileHandOn(
+            transfers, file_outbox, own_nodes.file_links, own_nodes.takesOutgoingFiles
+        )
         #: Copies of our outgoing files another node of ours handed to us.
         self.spool_dir = FilesDir(os.path.join(data_dir, "spool"))
         self.spool = FileSpool(reactor, self.spool_dir, transfers, file_outbox)

@@ -124,10 +124,12 @@ def read_feed(
     node: str,
     requester: str | None = None,
     budget: int = BATCH_BYTES,
+    out_files: bool = True,
 ) -> FeedPage:
     """
     The feed after seq C{after}: at most C{limit} items and about C{budget} bytes, leaving
-    out changes that C{requester}'s own batches made. C{node} is this node's name (the
+    out changes that C{requester}'s own batches made, and our outgoing files unless the
+    requester takes them (C{out_files}: its hello said so). C{node} is this node's name (the
     origin of what was queued here).
     """
     conn = db._conn
@@ -145,6 +147,8 @@ def read_feed(
             item = (
                 None if source is not None and source == requester else _item(db, kind, ref, node)
             )
+            if item is not None and not out_files and getattr(item, "file", None) is not None:
+                item = None  # a node that does not know files would take it for a message
             if item is not None:
                 try:
                     length = len(serialize(item.to_element()))
@@ -528,9 +532,11 @@ class SyncStore:
         return self.store._run(feed_state)
 
     def read_feed(
-        self, after: int, limit: int, *, node: str, requester: str | None
+        self, after: int, limit: int, *, node: str, requester: str | None, out_files: bool = True
     ) -> Deferred[FeedPage]:
-        return self.store._run(read_feed, after, limit, node=node, requester=requester)
+        return self.store._run(
+            read_feed, after, limit, node=node, requester=requester, out_files=out_files
+        )
 
     def apply(
         self,
