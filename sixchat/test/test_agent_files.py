@@ -21,7 +21,7 @@ from sixchat.agent.files import receiving
 from sixchat.agent.files.disk import FilesDir, file_digest
 from sixchat.agent.service import AgentError, UserAgentService
 from sixchat.filetransfer import MAX_CHUNK, Accept, Chunk, Done, FileOffer, Reject
-from sixchat.flow import MAX_UNPROCESSED
+from sixchat.flow import MAX_HELD
 from sixchat.handshake import PeerConfig
 from sixchat.stanzas import ErrorStanza, Receipt
 from sixchat.test import certs
@@ -418,7 +418,7 @@ class AgentFileTests(unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_a_stuck_disk_stops_reading_instead_of_buffering(self) -> Any:
-        """Chunks waiting for the disk count toward the §9.2 input limit: memory stays bounded."""
+        """Chunks waiting for the disk count toward the held-input limit: memory stays bounded."""
         gate = threading.Event()
         self.addCleanup(gate.set)
         real = receiving._write_and_sync
@@ -439,7 +439,7 @@ class AgentFileTests(unittest.TestCase):
         yield self.until(paused)
         yield deferLater(0.3)  # more time: still nothing more is read
         [session] = [s for s in bob.sessions.live if s._protocol._reading_paused]
-        self.assertLessEqual(session._protocol.unstored, MAX_UNPROCESSED + MAX_CHUNK)
+        self.assertLessEqual(session._protocol.unstored, MAX_HELD + MAX_CHUNK)
         gate.set()
         status = yield alice.waitDelivered(queued["id"], 60)
         self.assertEqual(status["state"], "delivered")

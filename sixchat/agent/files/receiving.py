@@ -8,8 +8,9 @@ with the hash state rebuilt from the prefix on disk. The SHA-256 is computed in 
 thread, batch by batch as the batches are written (the state machine leaves the hash to us:
 L{sixchat.filetransfer.Check}), so the reactor thread does not hash 32 KiB per chunk.
 
-Memory stays bounded: chunks waiting for the disk count toward the session's §9.2 input
-limit (L{Session.holdInput}), so a disk slower than the network stops reading the peer.
+Memory stays bounded: chunks waiting for the disk count toward the session's limit on data
+held for the disk (L{Session.holdInput}, L{sixchat.flow.MAX_HELD}), so a disk slower than the
+network stops reading the peer.
 """
 
 from __future__ import annotations
@@ -51,9 +52,10 @@ log = Logger(namespace="sixchat.agent.service")
 #: fsync the partial file and record the durable prefix every this many bytes.
 SYNC_EVERY = 32 * 1024 * 1024
 #: Chunks are handed to the disk thread in batches of about this many bytes: one thread
-#: hop per batch, not per 32 KiB chunk. Below the session's 256 KiB input limit (chunks
-#: waiting here count toward it), or reading would stop before a batch is full.
-WRITE_BATCH = 128 * 1024
+#: hop per batch, not per 32 KiB chunk. A quarter of the session's limit on data held for
+#: the disk (L{sixchat.flow.MAX_HELD}: chunks waiting here count toward it), so that reading
+#: goes on while earlier batches are written.
+WRITE_BATCH = 512 * 1024
 
 
 @dataclass
