@@ -110,11 +110,13 @@ def _nothing(_: object) -> None:
     return None
 
 
-def _write_and_sync(writer: PartialWriter, hasher: Hasher, data: bytes, sync: bool) -> int:
-    """In the disk thread: hash and append C{data}, fsync if asked; the durable length."""
+def _write_and_sync(writer: PartialWriter, hasher: Hasher, data: list[bytes], sync: bool) -> int:
+    """In the disk thread: hash and append the chunks C{data}, fsync if asked; the durable
+    length."""
     if data:
-        hasher.update(data)
-        writer.write(data)
+        for piece in data:
+            hasher.update(piece)
+        writer.write_all(data)
     return writer.sync() if sync else writer.synced
 
 
@@ -353,7 +355,7 @@ class FileInbox:
 
     def _flush(self, writing: _Writing, sync: bool = False) -> None:
         """Hand the pending chunks to the disk thread (after the writes before them)."""
-        data = b"".join(writing.pending)
+        data = writing.pending  # written with writev: 512 KiB not joined in the reactor
         held = writing.pending_held
         writing.pending, writing.pending_bytes, writing.pending_held = [], 0, 0
         if data or sync:
@@ -361,7 +363,7 @@ class FileInbox:
         writing.chain.addBoth(self._released, writing, held)
 
     def _write(
-        self, _: object, writing: _Writing, data: bytes, sync: bool
+        self, _: object, writing: _Writing, data: list[bytes], sync: bool
     ) -> defer.Deferred[None] | None:
         # Plain callbacks, not a coroutine: this runs for every 128 KiB received.
         if writing.failed:
