@@ -15,6 +15,7 @@ network stops reading the peer.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -110,6 +111,12 @@ def _nothing(_: object) -> None:
     return None
 
 
+@functools.lru_cache(maxsize=256)
+def _normalized(peer: str) -> str:
+    """L{normalize_identity}, remembered: it runs for every chunk, with a handful of peers."""
+    return normalize_identity(peer)
+
+
 def _write_and_sync(writer: PartialWriter, hasher: Hasher, data: list[bytes], sync: bool) -> int:
     """In the disk thread: hash and append the chunks C{data}, fsync if asked; the durable
     length."""
@@ -166,7 +173,7 @@ class FileInbox:
         return self._origins.get((session, file_id), session.peer)
 
     def _receiver(self, session: Session, file_id: str) -> tuple[str, FileReceiver]:
-        key = normalize_identity(self._peer(session, file_id))
+        key = _normalized(self._peer(session, file_id))
         receiver = self._receivers.get(key)
         if receiver is None:
             receiver = self._receivers[key] = FileReceiver(self.limits)
