@@ -12,7 +12,8 @@ us send, and we stop reading it: a peer cannot make us buffer answers without bo
 peers that both send faster than the other reads keep draining each other instead of
 stalling for good (as they would if a full buffer alone stopped reading). Likewise we stop
 reading while more than L{MAX_UNPROCESSED} bytes of received messages wait for the observer
-to store them.
+to store them. File data opened, checked and waiting for the disk (L{FlowControl.holdInput})
+has a limit of its own, L{MAX_HELD}.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from zope.interface import implementer
 from sixchat.connection import Connection
 from sixchat.session import SessionLost
 
-__all__ = ["MAX_ANSWER_BACKLOG", "MAX_UNPROCESSED", "WRITE_BATCH", "FlowControl"]
+__all__ = ["MAX_ANSWER_BACKLOG", "MAX_HELD", "MAX_UNPROCESSED", "WRITE_BATCH", "FlowControl"]
 
 #: §9.2 "buffered unprocessed input per connection": records are processed as they arrive,
 #: so what can pile up is received messages the observer has not stored (and receipted) yet.
@@ -43,13 +44,19 @@ MAX_ANSWER_BACKLOG = 256 * 1024
 _PIECES_AS_SEQUENCE = 16
 #: Queued application stanzas are sealed and written in batches of about this many bytes.
 WRITE_BATCH = 64 * 1024
-#: While received data is held for storage by L{sixchat.session.Session.holdInput} (file
-#: chunks waiting for the disk), the transport reads at most the room left under
-#: L{MAX_UNPROCESSED}, within these bounds, instead of Twisted's 64 KiB: large reads while
-#: there is room (fewer reads, reactor turns and records joined across reads), and never a
-#: read that completes more than one chunk record past the limit.
+#: File data received, opened, checked and handed to the file's writer, waiting for the disk
+#: (L{sixchat.session.Session.holdInput}): past this many bytes we stop reading from the
+#: peer until the disk catches up. It is a bound of its own beside L{MAX_UNPROCESSED} (which
+#: counts input not yet processed: messages not yet stored): a disk thread needs several
+#: large batches in flight to keep up with the network (docs/benchmarks.md, "Files"), and
+#: 256 KiB held two batches of 128 KiB, so reading stopped and started again at every batch.
+MAX_HELD = 2 * 1024 * 1024
+#: While received data is held for the disk, the transport reads at most the room left under
+#: L{MAX_HELD}, within these bounds, instead of Twisted's 64 KiB: large reads while there is
+#: room (fewer reads, reactor turns and records joined across reads), and never a read that
+#: completes more than one chunk record past the limit.
 READ_MIN = 16 * 1024
-READ_MAX = 256 * 1024
+READ_MAX = 512 * 1024
 _READ_DEFAULT = 64 * 1024
 
 
@@ -81,9 +88,12 @@ class FlowControl(Protocol):
         self._updateReading()
 
     def _updateReading(self) -> None:
+        held = self._held
         pause = (
-            self._write_full and self._backlog > MAX_ANSWER_BACKLOG
-        ) or self.unstored > MAX_UNPROCESSED
+            (self._write_full and self._backlog > MAX_ANSWER_BACKLOG)
+            or self.unstored - held > MAX_UNPROCESSED
+            or held > MAX_HELD
+        )
         if pause == self._reading_paused or self._lost or self.transport is None:
             return
         self._reading_paused = pause
@@ -95,7 +105,8 @@ class FlowControl(Protocol):
     def stopProducing(self) -> None:
         pass
 
-    #: Of L{unstored}, the bytes held through L{holdInput} (file chunks awaiting the disk).
+    #: Of L{unstored}, the bytes held through L{holdInput} (file chunks awaiting the disk),
+    #: bounded by L{MAX_HELD} rather than L{MAX_UNPROCESSED}.
     _held = 0
 
     def holdInput(self, nbytes: int) -> None:
@@ -111,12 +122,12 @@ class FlowControl(Protocol):
         self._updateReading()
 
     def _fitReads(self) -> None:
-        """Read at most the room left under the limit while input is held (L{READ_MIN})."""
+        """Read at most the room left under L{MAX_HELD} while input is held (L{READ_MIN})."""
         transport = self.transport
         if transport is None or getattr(transport, "bufferSize", None) is None:
             return
         if self._held > 0:
-            size = min(READ_MAX, max(READ_MIN, MAX_UNPROCESSED - self.unstored))
+            size = min(READ_MAX, max(READ_MIN, MAX_HELD - self._held))
         else:
             size = _READ_DEFAULT
         transport.bufferSize = size  # type: ignore[attr-defined]

@@ -248,7 +248,7 @@ class RecordReader:
             # The header was checked when the tail was kept: how much of data completes it?
             need = HEADER_LEN + int.from_bytes(tail[1:HEADER_LEN], "big") - len(tail)
             if 0 < need < len(data):
-                self._data = tail + data[:need]
+                self._data = b"".join((tail, memoryview(data)[:need]))  # one copy, not two
                 self._next = bytes(data)
                 self._next_pos = need
                 return

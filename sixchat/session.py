@@ -267,8 +267,8 @@ class Session:
 
     def holdInput(self, nbytes: int) -> None:
         """
-        Count C{nbytes} of received data as not yet stored (the §9.2 limit): past
-        L{sixchat.flow.MAX_UNPROCESSED} we stop reading the peer until L{releaseInput}.
+        Count C{nbytes} of received file data as held for the disk: past
+        L{sixchat.flow.MAX_HELD} we stop reading the peer until L{releaseInput}.
         Meanwhile the transport reads at most the room left (L{sixchat.flow.READ_MAX}).
         """
         self._protocol.holdInput(nbytes)

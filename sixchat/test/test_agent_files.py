@@ -17,11 +17,11 @@ from twisted.trial import unittest
 
 from sixchat.agent import outbox as agent_outbox
 from sixchat.agent import tap
-from sixchat.agent.files import receiving
+from sixchat.agent.files import disk, receiving
 from sixchat.agent.files.disk import FilesDir, file_digest
 from sixchat.agent.service import AgentError, UserAgentService
 from sixchat.filetransfer import MAX_CHUNK, Accept, Chunk, Done, FileOffer, Reject
-from sixchat.flow import MAX_UNPROCESSED
+from sixchat.flow import MAX_HELD
 from sixchat.handshake import PeerConfig
 from sixchat.stanzas import ErrorStanza, Receipt
 from sixchat.test import certs
@@ -359,7 +359,7 @@ class AgentFileTests(unittest.TestCase):
         self.addCleanup(gate.set)
         real = receiving._write_and_sync
 
-        def slow(writer: Any, hasher: Any, data: bytes, sync: bool) -> int:
+        def slow(writer: Any, hasher: Any, data: Any, sync: bool) -> int:
             gate.wait(60)  # the disk thread waits until the re-offer is in
             return real(writer, hasher, data, sync)
 
@@ -418,12 +418,12 @@ class AgentFileTests(unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_a_stuck_disk_stops_reading_instead_of_buffering(self) -> Any:
-        """Chunks waiting for the disk count toward the §9.2 input limit: memory stays bounded."""
+        """Chunks waiting for the disk count toward the held-input limit: memory stays bounded."""
         gate = threading.Event()
         self.addCleanup(gate.set)
         real = receiving._write_and_sync
 
-        def stuck(writer: Any, hasher: Any, data: bytes, sync: bool) -> int:
+        def stuck(writer: Any, hasher: Any, data: Any, sync: bool) -> int:
             gate.wait(60)  # the disk thread blocks until the test opens the gate
             return real(writer, hasher, data, sync)
 
@@ -439,7 +439,7 @@ class AgentFileTests(unittest.TestCase):
         yield self.until(paused)
         yield deferLater(0.3)  # more time: still nothing more is read
         [session] = [s for s in bob.sessions.live if s._protocol._reading_paused]
-        self.assertLessEqual(session._protocol.unstored, MAX_UNPROCESSED + MAX_CHUNK)
+        self.assertLessEqual(session._protocol.unstored, MAX_HELD + MAX_CHUNK)
         gate.set()
         status = yield alice.waitDelivered(queued["id"], 60)
         self.assertEqual(status["state"], "delivered")
@@ -604,6 +604,40 @@ class DiskTests(unittest.SynchronousTestCase):
         writer.close()
         with open(partial, "rb") as f:
             self.assertEqual(f.read(), b"abcdXY")
+
+    def test_write_all_appends_every_piece_in_order(self) -> None:
+        """More pieces than one writev takes, and a short writev: the bytes, in order."""
+        partial = self.files.partial_path("alice@example.com", "f1")
+        writer = self.files.open_partial(partial, 0)
+        pieces = [bytes([i % 251]) * (i % 7 + 1) for i in range(3000)]
+        writer.write_all(pieces)
+        real = os.writev
+        self.patch(disk.os, "writev", lambda fd, bufs: real(fd, [bytes(bufs[0])[:1]]))
+        writer.write_all([b"short", b"write"])  # one byte per writev, the rest written after
+        self.assertEqual(writer.written, sum(map(len, pieces)) + 10)
+        self.assertEqual(writer.sync(), writer.written)
+        writer.close()
+        with open(partial, "rb") as f:
+            self.assertEqual(f.read(), b"".join(pieces) + b"shortwrite")
+
+    def test_sync_drops_what_it_made_durable_from_the_page_cache(self) -> None:
+        calls: list[tuple[int, int, int]] = []
+        self.patch(
+            disk,
+            "_FADVISE",
+            lambda fd, offset, length, advice: calls.append((offset, length, advice)),
+        )
+        partial = self.files.partial_path("alice@example.com", "f1")
+        writer = self.files.open_partial(partial, 0)
+        writer.write_all([b"abc", b"def"])
+        self.assertEqual(writer.sync(), 6)
+        self.assertEqual(writer.sync(), 6)  # nothing new: no advice
+        writer.write(b"gh")
+        self.assertEqual(writer.sync(), 8)
+        writer.close()
+        self.assertEqual(calls, [(0, 6, disk._DONTNEED), (6, 2, disk._DONTNEED)])
+        with open(partial, "rb") as f:
+            self.assertEqual(f.read(), b"abcdefgh")
 
     def test_partial_names_do_not_come_from_the_offer(self) -> None:
         path = self.files.partial_path("alice@example.com", "../../x")

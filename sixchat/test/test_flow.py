@@ -210,17 +210,17 @@ class OutboxTests(unittest.TestCase):
             ["0123456789abcdef"],
         )
 
-
     def test_held_input_fits_the_read_size_to_the_room_left(self) -> None:
         """
         While input is held (file chunks awaiting the disk), the transport reads at most the
-        room left under the §9.2 limit, within READ_MIN..READ_MAX; the default once nothing
-        is held. A transport without a read size is left alone.
+        room left under the limit on data held for the disk (MAX_HELD), within
+        READ_MIN..READ_MAX; the default once nothing is held. A transport without a read
+        size is left alone.
         """
         transport: Any = self.server.transport
         transport.bufferSize = 65536  # as a TCP transport has (iosim's has none)
         calls = watch_reading(self.server)
-        limit = flow.MAX_UNPROCESSED
+        limit = flow.MAX_HELD
         session = self.bob_session
         session.holdInput(32768)
         self.assertEqual(transport.bufferSize, min(flow.READ_MAX, limit - 32768))
@@ -230,7 +230,10 @@ class OutboxTests(unittest.TestCase):
         session.holdInput(2000)
         self.assertEqual(calls, ["pause"])
         session.releaseInput(limit - 32768 + 1000)  # 32,768 bytes still held
-        self.assertEqual((transport.bufferSize, calls), (limit - 32768, ["pause", "resume"]))
+        self.assertEqual(
+            (transport.bufferSize, calls),
+            (min(flow.READ_MAX, limit - 32768), ["pause", "resume"]),
+        )
         session.releaseInput(32768)
         self.assertEqual(transport.bufferSize, 65536)
         self.assertEqual(self.server.unstored, 0)
@@ -238,6 +241,31 @@ class OutboxTests(unittest.TestCase):
         session.holdInput(100)
         session.releaseInput(100)
         self.assertFalse(hasattr(transport, "bufferSize"))
+
+    def test_held_input_and_messages_awaiting_storage_have_their_own_limits(self) -> None:
+        """
+        Data held for the disk stops reading past MAX_HELD, not past the §9.2 limit;
+        messages awaiting storage still stop it past MAX_UNPROCESSED, whatever is held.
+        """
+        calls = watch_reading(self.server)
+        session = self.bob_session
+        self.assertGreater(flow.MAX_HELD, flow.MAX_UNPROCESSED)
+        session.holdInput(flow.MAX_UNPROCESSED + 1)
+        self.assertEqual(calls, [])  # past 256 KiB, but held for the disk: still reading
+        session.holdInput(flow.MAX_HELD - flow.MAX_UNPROCESSED - 1)
+        self.assertEqual(calls, [])  # exactly MAX_HELD: still reading
+        session.holdInput(1)
+        self.assertEqual(calls, ["pause"])
+        session.releaseInput(flow.MAX_HELD)
+        self.assertEqual(calls, ["pause", "resume"])
+        self.server.unstored += flow.MAX_UNPROCESSED + 1  # messages awaiting storage
+        self.server._updateReading()
+        self.assertEqual(calls, ["pause", "resume", "pause"])
+        self.server.unstored -= flow.MAX_UNPROCESSED + 1
+        self.server._updateReading()
+        self.assertEqual(calls, ["pause", "resume", "pause", "resume"])
+        session.releaseInput(1)
+        self.assertEqual(self.server.unstored, 0)
 
 
 class BothSidesFloodTests(unittest.TestCase):

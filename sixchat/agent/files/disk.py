@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
+from collections.abc import Callable, Sequence
 
 from sixchat.filetransfer.names import candidate_names, sanitize_name
 
@@ -20,6 +21,10 @@ __all__ = ["BLOCK", "FilesDir", "PartialWriter", "file_digest"]
 
 #: Read size when hashing.
 BLOCK = 1024 * 1024
+#: At most this many buffers per C{writev} (POSIX guarantees 16; Linux takes 1,024).
+_IOV_MAX = min(os.sysconf("SC_IOV_MAX"), 1024) if hasattr(os, "sysconf") else 16
+_FADVISE: Callable[[int, int, int, int], None] | None = getattr(os, "posix_fadvise", None)
+_DONTNEED = getattr(os, "POSIX_FADV_DONTNEED", 4)
 _MAX_CANDIDATES = 10_000
 
 
@@ -61,10 +66,30 @@ class PartialWriter:
             view = view[n:]
         self.written += len(data)
 
+    def write_all(self, pieces: Sequence[bytes]) -> None:
+        """Append C{pieces} in order, with C{writev}: a batch of chunks is never joined."""
+        for start in range(0, len(pieces), _IOV_MAX):
+            group = pieces[start : start + _IOV_MAX]
+            size = sum(map(len, group))
+            n = os.writev(self._fd, group)
+            if n < size:  # a short write (a full disk, a signal): the rest one by one
+                rest = memoryview(b"".join(group))[n:]
+                while rest:
+                    rest = rest[os.write(self._fd, rest) :]
+            self.written += size
+
     def sync(self) -> int:
-        """fsync; returns the durable length."""
+        """
+        fsync; returns the durable length. The bytes now durable leave the page cache
+        (C{POSIX_FADV_DONTNEED}, where there is one): a received file is not read back here
+        (its SHA-256 is computed as it is written), and without this a large file filled
+        the cache with pages the kernel then had to reclaim, which on the benchmark's
+        machine cost the disk thread more CPU than writing them (docs/benchmarks.md).
+        """
         if self._fd >= 0:
             os.fsync(self._fd)
+            if _FADVISE is not None and self.written > self.synced:
+                _FADVISE(self._fd, self.synced, self.written - self.synced, _DONTNEED)
             self.synced = self.written
         return self.synced
 

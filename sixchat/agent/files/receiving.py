@@ -8,12 +8,14 @@ with the hash state rebuilt from the prefix on disk. The SHA-256 is computed in 
 thread, batch by batch as the batches are written (the state machine leaves the hash to us:
 L{sixchat.filetransfer.Check}), so the reactor thread does not hash 32 KiB per chunk.
 
-Memory stays bounded: chunks waiting for the disk count toward the session's §9.2 input
-limit (L{Session.holdInput}), so a disk slower than the network stops reading the peer.
+Memory stays bounded: chunks waiting for the disk count toward the session's limit on data
+held for the disk (L{Session.holdInput}, L{sixchat.flow.MAX_HELD}), so a disk slower than the
+network stops reading the peer.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -54,9 +56,10 @@ SYNC_EVERY = 32 * 1024 * 1024
 #: no identity can (they never hold a NUL): such a copy never meets a transfer from the peer.
 _OUT_KEY = "\0out\0"
 #: Chunks are handed to the disk thread in batches of about this many bytes: one thread
-#: hop per batch, not per 32 KiB chunk. Below the session's 256 KiB input limit (chunks
-#: waiting here count toward it), or reading would stop before a batch is full.
-WRITE_BATCH = 128 * 1024
+#: hop per batch, not per 32 KiB chunk. A quarter of the session's limit on data held for
+#: the disk (L{sixchat.flow.MAX_HELD}: chunks waiting here count toward it), so that reading
+#: goes on while earlier batches are written.
+WRITE_BATCH = 512 * 1024
 
 
 @dataclass
@@ -83,7 +86,7 @@ class _Writing:
 
 def _key_of(direction: str, peer: str) -> str:
     """The receivers' key of a transfer: the peer's, or our outgoing file's copy's."""
-    key = normalize_identity(peer)
+    key = _normalized(peer)
     return _OUT_KEY + key if direction == "out" else key
 
 
@@ -117,11 +120,19 @@ def _nothing(_: object) -> None:
     return None
 
 
-def _write_and_sync(writer: PartialWriter, hasher: Hasher, data: bytes, sync: bool) -> int:
-    """In the disk thread: hash and append C{data}, fsync if asked; the durable length."""
+@functools.lru_cache(maxsize=256)
+def _normalized(peer: str) -> str:
+    """L{normalize_identity}, remembered: it runs for every chunk, with a handful of peers."""
+    return normalize_identity(peer)
+
+
+def _write_and_sync(writer: PartialWriter, hasher: Hasher, data: list[bytes], sync: bool) -> int:
+    """In the disk thread: hash and append the chunks C{data}, fsync if asked; the durable
+    length."""
     if data:
-        hasher.update(data)
-        writer.write(data)
+        for piece in data:
+            hasher.update(piece)
+        writer.write_all(data)
     return writer.sync() if sync else writer.synced
 
 
@@ -402,7 +413,7 @@ class FileInbox:
 
     def _flush(self, writing: _Writing, sync: bool = False) -> None:
         """Hand the pending chunks to the disk thread (after the writes before them)."""
-        data = b"".join(writing.pending)
+        data = writing.pending  # written with writev: 512 KiB not joined in the reactor
         held = writing.pending_held
         writing.pending, writing.pending_bytes, writing.pending_held = [], 0, 0
         if data or sync:
@@ -410,7 +421,7 @@ class FileInbox:
         writing.chain.addBoth(self._released, writing, held)
 
     def _write(
-        self, _: object, writing: _Writing, data: bytes, sync: bool
+        self, _: object, writing: _Writing, data: list[bytes], sync: bool
     ) -> defer.Deferred[None] | None:
         # Plain callbacks, not a coroutine: this runs for every 128 KiB received.
         if writing.failed:
