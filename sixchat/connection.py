@@ -32,6 +32,10 @@ from sixchat.record import (
     plain_record,
     strip_padding,
 )
+from sixchat.stanza_fastpaths import (
+    parse_application,
+    serialize_stanza,
+)
 from sixchat.stanzas import (
     APPLICATION_STANZAS,
     HANDSHAKE_TAGS,
@@ -44,8 +48,6 @@ from sixchat.stanzas import (
     Receipt,
     Rekey,
     is_valid_id,
-    parse_application,
-    serialize_stanza,
 )
 from sixchat.sync.stanzas import SYNC_STANZAS
 from sixchat.xmlcodec import Element, parse, serialize
@@ -391,7 +393,7 @@ class Connection:
         data = strip_padding(plaintext)
         if self.result is not None:
             # The commonest stanzas, in the form we send them, skip the tree: same result as
-            # the generic path below (see stanzas.parse_application).
+            # the generic path below (see stanza_fastpaths.parse_application).
             stanza = parse_application(data)
             if stanza is not None:
                 self._application_stanza(stanza, events)

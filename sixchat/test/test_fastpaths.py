@@ -3,9 +3,9 @@ The performance shortcuts are exact shortcuts (docs/benchmarks.md): each is chec
 the generic code it bypasses, which stays the definition of what goes on the wire and what
 is accepted from it.
 
-  - L{stanzas.serialize_stanza} is byte for byte C{serialize(stanza.to_element())}, and
+  - L{stanza_fastpaths.serialize_stanza} is byte for byte C{serialize(stanza.to_element())}, and
     raises where that raises;
-  - L{stanzas.parse_application} returns nothing, or exactly what the hardened parser and
+  - L{stanza_fastpaths.parse_application} returns nothing, or exactly what the hardened parser and
     C{from_element} return, for any input — in particular it accepts nothing they refuse;
   - L{stanzas.is_valid_timestamp} accepts exactly what L{stanzas.parse_timestamp} accepts;
   - L{xmlcodec.is_xml_text} and the serializer's C{Char} check are the XML 1.0 C{Char}
@@ -51,6 +51,10 @@ from sixchat.record import (
     header,
     plain_record,
 )
+from sixchat.stanza_fastpaths import (
+    parse_application,
+    serialize_stanza,
+)
 from sixchat.stanzas import (
     APPLICATION_STANZAS,
     MAX_BODY_CHARS,
@@ -59,9 +63,7 @@ from sixchat.stanzas import (
     Pong,
     Receipt,
     is_valid_timestamp,
-    parse_application,
     parse_timestamp,
-    serialize_stanza,
 )
 from sixchat.test.test_connection_fuzz import _PLAINTEXTS, handshake
 from sixchat.xmlcodec import (

@@ -59,13 +59,15 @@ from sixchat.irp.messages import clamp_expires
 from sixchat.irp.server import IRPServerFactory, RegistryConfig
 from sixchat.irp.server.authority import Authority
 from sixchat.record import PLAIN, SEALED, RecordReader, header, plain_record
+from sixchat.stanza_fastpaths import (
+    parse_application,
+)
 from sixchat.stanzas import (
     APPLICATION_STANZAS,
     Message,
     Ping,
     Receipt,
     Typing,
-    parse_application,
 )
 from sixchat.test import certs
 from sixchat.test.fuzz_target import SyncSQLiteStore
@@ -438,7 +440,7 @@ class HandshakeRoleTests(SynchronousTestCase):
 
 
 # ---------------------------------------------------------------------------------------------
-# Fast-path parser vs the hardened parser (stanzas.parse_application skips the tree)
+# Fast-path parser vs the hardened parser (stanza_fastpaths.parse_application skips the tree)
 
 
 def _slow(data: bytes) -> Any:

@@ -30,6 +30,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "sixchat.errors",
             "sixchat.xmlcodec",
             "sixchat.stanzas",
+            "sixchat.stanza_fastpaths",
             "sixchat.filetransfer",
             "sixchat.record",
             "sixchat.keyschedule",
