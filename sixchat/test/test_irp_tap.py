@@ -143,6 +143,20 @@ class PluginTests(TestCase):
             self.assertUsage([*base, "--gc-interval", value], "--gc-interval")
 
 
+    def test_max_queued_option(self) -> None:
+        f = self.write_files()
+        base = ["--cert", f["p12"], "--ca-dir", f["ca"], "--password-file", f["pw"]]
+        base += ["--db", os.path.join(f["tmp"], "r.sqlite")]
+        for args, expected in (([], 2000), (["--max-queued", "17"], 17)):
+            options = irp_tap.Options()
+            options.parseOptions([*base, *args])
+            service = irp_tap.makeService(options)
+            assert isinstance(service, IRPServerService)
+            self.assertEqual(service.factory.config.max_queued_requests, expected)
+            self.assertEqual(service.factory.backlog.limit, expected)
+        for value in ("0", "-3", "many", "2.5"):
+            self.assertUsage([*base, "--max-queued", value], "--max-queued")
+
     def test_lookup_cache_option(self) -> None:
         if pg.psycopg_missing() is not None:
             raise SkipTest(pg.psycopg_missing())

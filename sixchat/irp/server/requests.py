@@ -213,12 +213,14 @@ class RequestHandler:
                     self._rechecked, self._lookup_failed, callbackArgs=(peer, now, request.id),
                     errbackArgs=(request,),
                 )  # fmt: skip
+                factory.backlog.track(both)
                 return True
         d: defer.Deferred[IdentityState] = store.state(request.identity, when)
         d.addCallbacks(
             self._looked_up, self._lookup_failed, callbackArgs=(request.id,),
             errbackArgs=(request,),
         )  # fmt: skip
+        factory.backlog.track(d)
         return True
 
     def _rechecked(
