@@ -97,6 +97,10 @@ async def registry_server(reactor: Any, spec: dict[str, Any]) -> None:
             metrics = {**pauses.metrics(), "rss_kib": rss_kib(), "gc_interval_s": interval,
                        "backlog_refused": float(backlog.refused),
                        "backlog_peak": float(backlog.peak)}  # fmt: skip
+            policy = service.collector
+            if policy is not None:  # complete collections (everything unfrozen)
+                metrics["gc_complete_count"] = float(policy.complete)
+                metrics["gc_complete_max_ms"] = policy.longest_complete * 1000
             cache = getattr(store, "cache", None)
             if cache is not None:  # the PostgreSQL store's lookup cache
                 metrics["cache_hits"] = float(cache.hits)

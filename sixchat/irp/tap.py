@@ -88,9 +88,9 @@ class Options(OneLineOptions):
         [
             "gc-interval",
             None,
-            "10",
-            "seconds between full garbage collections (start-up state frozen, no automatic "
-            "full collections); 0: Python's default collector",
+            "1",
+            "seconds between full garbage collections (start-up state and their survivors "
+            "frozen, no automatic full collections); 0: Python's default collector",
         ],
     ]
     optFlags = [
