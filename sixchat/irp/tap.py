@@ -66,7 +66,7 @@ class Options(OneLineOptions):
         [
             "max-queued",
             None,
-            "2000",
+            "1000",
             "requests of all connections that may wait for the database at once; past it a "
             "request gets rate_limited (overload)",
         ],

@@ -150,7 +150,7 @@ class PluginTests(TestCase):
         f = self.write_files()
         base = ["--cert", f["p12"], "--ca-dir", f["ca"], "--password-file", f["pw"]]
         base += ["--db", os.path.join(f["tmp"], "r.sqlite")]
-        for args, expected in (([], 2000), (["--max-queued", "17"], 17)):
+        for args, expected in (([], 1000), (["--max-queued", "17"], 17)):
             options = irp_tap.Options()
             options.parseOptions([*base, *args])
             service = irp_tap.makeService(options)

@@ -22,9 +22,11 @@ LOOKUP_POLICIES = ("authenticated", "public")
 #: while the buffer is full we stop reading, so no new requests arrive.)
 MAX_PUSH_BACKLOG = 1024 * 1024
 #: Requests that may wait for the store at once, across all connections
-#: (L{sixchat.irp.server.backlog}): twice what 1,000 clients keeping one request each in
-#: flight need, and well under a second of the store's work.
-DEFAULT_MAX_QUEUED = 2000
+#: (L{sixchat.irp.server.backlog}): what 1,000 clients keeping one request each in flight
+#: need, a fifth of a second of the store's work at 5,000/s. Under an overload the queue
+#: stays full, so this is also what each full collection walks (about 15-20 objects per
+#: queued request) and the wait of an answered request (the bound over the store's rate).
+DEFAULT_MAX_QUEUED = 1000
 
 
 @dataclass(frozen=True)
