@@ -407,6 +407,44 @@ class RequestTests(RequestTestCase):
         self.assertEqual((await b.request(Watch("w2", "alice@example.com"))).tag, "watching")
         self.assertEqual(h.factory.backlog.refused, 3)
 
+    async def test_waited_lookup_failure_answers_internal_and_leaves_backlog(self) -> None:
+        """A lookup whose store read fails after waiting (with and without the revocation
+        recheck) is answered C{internal} with its id and leaves the backlog."""
+        h = await self.harness()
+        a = h.connect(h.identity("alice@example.com"))
+        self.assertEqual((await a.request(Register("r", "n", CONTACT))).tag, "registered")
+        self.assertEqual((await a.request(Lookup("first", "alice@example.com"))).tag, "record")
+        reads: list[defer.Deferred[IdentityState]] = []
+        rechecks: list[defer.Deferred[bool]] = []
+
+        def state(identity: str, now: datetime) -> defer.Deferred[IdentityState]:
+            reads.append(defer.Deferred())
+            return reads[-1]
+
+        def is_revoked(serial: int, issuer: bytes) -> defer.Deferred[bool]:
+            rechecks.append(defer.Deferred())
+            return rechecks[-1]
+
+        self.patch(h.store, "state", state)
+        self.patch(h.store, "is_revoked", is_revoked)
+        a.send(Lookup("l1", "alice@example.com"))  # checked recently: no recheck
+        self.assertEqual((len(reads), len(rechecks), h.factory.backlog.queued), (1, 0, 1))
+        reads[0].errback(RuntimeError("disk I/O error"))
+        error = a.answer("l1")
+        assert error is not None
+        self.assertEqual((error.tag, error.get("reason")), ("error", "internal"))
+        self.assertEqual(h.factory.backlog.queued, 0)
+        h.clock.advance(2)  # past revocation_recheck: the recheck goes with the lookup
+        a.send(Lookup("l2", "alice@example.com"))
+        self.assertEqual((len(reads), len(rechecks), h.factory.backlog.queued), (2, 1, 1))
+        rechecks[0].errback(RuntimeError("disk I/O error"))
+        reads[1].callback(IdentityState("alice@example.com"))
+        error = a.answer("l2")
+        assert error is not None
+        self.assertEqual((error.tag, error.get("reason")), ("error", "internal"))
+        self.assertEqual(h.factory.backlog.queued, 0)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 2)
+
     async def test_backlog_is_released_after_the_connection_closed(self) -> None:
         """A request whose connection closed still counts until its store work is over,
         then leaves the backlog (the count never leaks; failures: L{BacklogTests})."""

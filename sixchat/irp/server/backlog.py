@@ -60,11 +60,19 @@ class Backlog:
         """Count C{d} until it fires (nothing, if it has fired already); returns C{d}."""
         if d.called:
             return d
+        self.enter()
+        d.addBoth(self._done)
+        return d
+
+    def enter(self) -> None:
+        """One more request waits (the caller calls L{leave} exactly once when it is over)."""
         self.queued += 1
         if self.queued > self.peak:
             self.peak = self.queued
-        d.addBoth(self._done)
-        return d
+
+    def leave(self) -> None:
+        """A request counted by L{enter} is over."""
+        self.queued -= 1
 
     def _done(self, result: Any) -> Any:
         self.queued -= 1
