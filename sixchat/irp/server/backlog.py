@@ -10,8 +10,8 @@ registry's memory, grows for as long as the overload lasts, and every full garba
 collection walks the thousands of queued requests (measured: SQLite registries queueing
 several thousand lookups, with full collections of 125-460 ms of CPU; docs/benchmarks.md).
 
-With the bound, a request that would need the store while C{limit} requests already wait
-for it is answered at once with C{rate_limited} (irp-1 §2: the spec's error for "too many
+With the bound, a request that arrives while C{limit} requests already wait for the store
+is answered at once with C{rate_limited} (irp-1 §2: the spec's error for "too many
 requests"; §6 already uses it for the per-connection limit, and clients retry it after a
 short pause) and the connection is kept. Requests the store answers without waiting (the
 PostgreSQL store's lookup cache) are never counted, and a C{ping} is never refused.
