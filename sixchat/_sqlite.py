@@ -23,16 +23,17 @@ connection.
 
 from __future__ import annotations
 
+import queue
 import sqlite3
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
-from typing import ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorFromThreads
-from twisted.internet.threads import deferToThreadPool
-from twisted.python.threadpool import ThreadPool
+from twisted.python.failure import Failure
 
 __all__ = [
     "EPOCH",
@@ -148,33 +149,76 @@ class DatabaseThread:
     """
     The one worker thread that owns a store's connection. L{start} and L{stop} are explicit
     (nothing runs from the constructor); L{stop} joins the thread, so call it when the
-    thread is idle (after the store's last call, e.g. its close, has fired).
+    thread is idle (after the store's last call, e.g. its close, has fired). With
+    C{threads} above 1 (the PostgreSQL registry store: one connection per thread), that
+    many threads take the calls from one queue, in order but not one after the other.
+
+    A plain thread and queue rather than Twisted's C{ThreadPool}: every call through
+    C{ThreadPool.callInThreadWithCallback} makes a reference cycle (its C{inContext}
+    function refers to itself through its closure), garbage that only the cycle collector
+    frees. Our calls leave none, so a busy store feeds the collector nothing (see
+    L{sixchat.irp.server.gcpolicy}).
     """
 
-    def __init__(self, reactor: IReactorFromThreads, name: str) -> None:
+    def __init__(self, reactor: IReactorFromThreads, name: str, threads: int = 1) -> None:
+        if threads < 1:
+            raise ValueError("a DatabaseThread needs at least one thread")
         self._reactor = reactor
         self._name = name
-        self._pool: ThreadPool | None = None
+        self._count = threads
+        self._queue: queue.SimpleQueue[tuple[Any, ...] | None] | None = None
+        self._threads: list[threading.Thread] = []
 
     @property
     def running(self) -> bool:
-        return self._pool is not None
+        return self._queue is not None
 
     def start(self) -> None:
-        if self._pool is not None:
+        if self._queue is not None:
             raise RuntimeError(f"{self._name} is already running")
-        pool = ThreadPool(minthreads=1, maxthreads=1, name=self._name)
-        pool.start()
-        self._pool = pool
+        work: queue.SimpleQueue[tuple[Any, ...] | None] = queue.SimpleQueue()
+        self._threads = [
+            threading.Thread(
+                target=self._work, args=(work,), daemon=True,
+                name=self._name if self._count == 1 else f"{self._name}-{i}",
+            )
+            for i in range(self._count)
+        ]  # fmt: skip
+        for thread in self._threads:
+            thread.start()
+        self._queue = work
+
+    def _work(self, work: queue.SimpleQueue[tuple[Any, ...] | None]) -> None:
+        call_from_thread = self._reactor.callFromThread
+        while (item := work.get()) is not None:
+            f, args, kwargs, d = item
+            try:
+                outcome = (d.callback, f(*args, **kwargs))
+            except BaseException:
+                outcome = (d.errback, Failure())
+            # Nothing of this call stays referenced by the idle thread.
+            del item, f, args, kwargs, d
+            call_from_thread(*outcome)
+            del outcome
 
     def run(self, f: Callable[_P, _R], *args: _P.args, **kwargs: _P.kwargs) -> Deferred[_R]:
         """Run C{f} on the thread after every earlier call; fires in the reactor thread."""
-        if self._pool is None:
+        if self._queue is None:
             raise RuntimeError(f"{self._name} is not running")
-        return deferToThreadPool(self._reactor, self._pool, f, *args, **kwargs)
+        d: Deferred[_R] = Deferred()
+        self._queue.put((f, args, kwargs, d))
+        return d
 
     def stop(self) -> None:
-        """Stop (and join) the thread; stopping a stopped thread does nothing."""
-        pool, self._pool = self._pool, None
-        if pool is not None:
-            pool.stop()
+        """
+        Stop (and join) the thread once the calls already made have run; stopping a
+        stopped thread does nothing.
+        """
+        work, threads = self._queue, self._threads
+        self._queue, self._threads = None, []
+        if work is not None:
+            for _ in threads:
+                work.put(None)
+            for thread in threads:
+                if thread is not threading.current_thread():
+                    thread.join()

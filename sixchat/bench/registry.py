@@ -93,7 +93,14 @@ async def registry_server(reactor: Any, spec: dict[str, Any]) -> None:
             emit("measured", rss_kib=rss_kib(), cpu_s=cpu_seconds(),
                  connections=len(service.factory.connections))  # fmt: skip
         elif cmd["cmd"] == "report":
-            metrics = {**pauses.metrics(), "rss_kib": rss_kib(), "gc_interval_s": interval}
+            backlog = service.factory.backlog
+            metrics = {**pauses.metrics(), "rss_kib": rss_kib(), "gc_interval_s": interval,
+                       "backlog_refused": float(backlog.refused),
+                       "backlog_peak": float(backlog.peak)}  # fmt: skip
+            policy = service.collector
+            if policy is not None:  # complete collections (everything unfrozen)
+                metrics["gc_complete_count"] = float(policy.complete)
+                metrics["gc_complete_max_ms"] = policy.longest_complete * 1000
             cache = getattr(store, "cache", None)
             if cache is not None:  # the PostgreSQL store's lookup cache
                 metrics["cache_hits"] = float(cache.hits)

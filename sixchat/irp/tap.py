@@ -63,6 +63,13 @@ class Options(OneLineOptions):
         ["max-requests", None, "50", "requests per second per connection"],
         ["max-watches", None, "1000", "watches per connection"],
         ["max-nodes", None, "16", "nodes per identity"],
+        [
+            "max-queued",
+            None,
+            "1000",
+            "requests of all connections that may wait for the database at once; past it a "
+            "request gets rate_limited (overload)",
+        ],
         ["idle-timeout", None, "600", "seconds without a request before a connection closes"],
         ["leaf-days", None, "365", "validity in days of the certificates the registry issues"],
         [
@@ -81,9 +88,9 @@ class Options(OneLineOptions):
         [
             "gc-interval",
             None,
-            "10",
-            "seconds between full garbage collections (start-up state frozen, no automatic "
-            "full collections); 0: Python's default collector",
+            "1",
+            "seconds between full garbage collections (start-up state and their survivors "
+            "frozen, no automatic full collections); 0: Python's default collector",
         ],
     ]
     optFlags = [
@@ -110,7 +117,7 @@ class Options(OneLineOptions):
             raise usage.UsageError("--lookup-policy must be authenticated or public")
         if self["revocation"] not in ("soft", "hard"):
             raise usage.UsageError(f"--revocation must be soft or hard, not {self['revocation']!r}")
-        for name in ("max-requests", "max-watches", "max-nodes", "leaf-days"):
+        for name in ("max-requests", "max-watches", "max-nodes", "max-queued", "leaf-days"):
             _positive(self, name, int)
         _positive(self, "idle-timeout", float)
         try:
@@ -189,6 +196,7 @@ def makeService(options: Options) -> service.IService:
         max_requests_per_second=options["max-requests"],
         max_watches=options["max-watches"],
         max_nodes=options["max-nodes"],
+        max_queued_requests=options["max-queued"],
         idle_timeout=options["idle-timeout"],
     )
     authority = Authority(

@@ -11,7 +11,13 @@ from typing import Any
 from twisted.internet import task
 from twisted.trial.unittest import TestCase
 
-from sixchat.irp.server.gcpolicy import DEFAULT_INTERVAL, NEVER, CollectorPolicy
+from sixchat.irp.server.gcpolicy import (
+    DEFAULT_GROWTH,
+    DEFAULT_INTERVAL,
+    MIN_GROWTH_OBJECTS,
+    NEVER,
+    CollectorPolicy,
+)
 
 
 class FakeGC:
@@ -105,6 +111,70 @@ class CollectorPolicyTests(TestCase):
         policy.freeze()
         self.assertEqual(self.gc.calls, ["set_threshold", "collect 2", "freeze"])
         self.assertEqual(policy.collections, 1)
+
+    def test_survivors_frozen_after_each_collection(self) -> None:
+        """Once start-up is frozen, every periodic collection freezes what survived it."""
+        gc = FakeGC()
+        policy = self.policy(gc)
+        policy.startService()
+        policy.freeze()
+        gc.calls.clear()
+        gc.frozen = 1500  # grown, but not to twice the 1,234 frozen at start-up
+        self.clock.advance(10)
+        self.assertEqual(gc.calls, ["collect 2", "freeze"])
+        self.assertEqual((policy.collections, policy.complete), (2, 0))
+
+    def test_complete_collection_when_the_frozen_set_doubled(self) -> None:
+        ticks = iter([0.0, 0.001, 1.0, 1.003, 2.0, 2.040, 3.0, 3.002, 4.0, 4.030])
+        gc = FakeGC()
+        policy = self.policy(gc, timer=lambda: next(ticks), min_growth=0)
+        policy.startService()
+        policy.freeze()  # 1,234 frozen
+        gc.calls.clear()
+        gc.frozen = 2468  # exactly twice: not yet
+        self.clock.advance(10)
+        self.assertEqual(gc.calls, ["collect 2", "freeze"])
+        gc.calls.clear()
+        gc.frozen = 2469
+        self.clock.advance(10)
+        # Everything walked once: unfrozen, collected, frozen again.
+        self.assertEqual(gc.calls, ["unfreeze", "collect 2", "freeze"])
+        self.assertEqual(policy.complete, 1)
+        self.assertAlmostEqual(policy.longest_complete, 0.040)
+        # The new base is what was frozen after it (the fake freezes 1,234 again): the
+        # next complete collection waits for twice that.
+        gc.calls.clear()
+        gc.frozen = 2000
+        self.clock.advance(10)
+        self.assertEqual(gc.calls, ["collect 2", "freeze"])
+        gc.frozen = 2469
+        self.clock.advance(10)
+        self.assertEqual(gc.calls[-3:], ["unfreeze", "collect 2", "freeze"])
+        self.assertEqual((policy.collections, policy.complete), (5, 2))
+        self.assertAlmostEqual(policy.longest, 0.040)
+        self.assertAlmostEqual(policy.longest_complete, 0.040)
+
+    def test_complete_collection_waits_for_the_minimum_growth(self) -> None:
+        """A small registry (1,234 objects frozen at start-up) doubling is not enough: the
+        frozen set must also have grown by C{min_growth} objects."""
+        gc = FakeGC()
+        policy = self.policy(gc, min_growth=5000)
+        policy.startService()
+        policy.freeze()
+        gc.calls.clear()
+        gc.frozen = 1234 + 5000
+        self.clock.advance(10)
+        self.assertEqual(gc.calls, ["collect 2", "freeze"])
+        gc.frozen = 1234 + 5001
+        self.clock.advance(10)
+        self.assertEqual(gc.calls[-3:], ["unfreeze", "collect 2", "freeze"])
+        self.assertEqual(policy.complete, 1)
+        self.assertEqual(CollectorPolicy(task.Clock()).min_growth, MIN_GROWTH_OBJECTS)
+
+    def test_growth_must_exceed_one(self) -> None:
+        for growth in (1.0, 0.5, -2.0):
+            self.assertRaises(ValueError, CollectorPolicy, task.Clock(), 10.0, growth=growth)
+        self.assertEqual(CollectorPolicy(task.Clock()).growth, DEFAULT_GROWTH)
 
     def test_freeze_needs_a_running_policy(self) -> None:
         policy = self.policy()

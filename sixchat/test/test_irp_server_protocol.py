@@ -7,6 +7,7 @@ authentication, the per-connection limits). The harness is L{sixchat.test.irp_ha
 from __future__ import annotations
 
 import base64
+import threading
 from datetime import UTC, datetime, timedelta
 
 from cryptography.hazmat.primitives.asymmetric import ed25519
@@ -26,6 +27,7 @@ from sixchat.irp.messages import (
     Unwatch,
     Watch,
 )
+from sixchat.irp.server.backlog import BUSY_TEXT, Backlog
 from sixchat.irp.server.requests import _joined
 from sixchat.irp.store.interfaces import IdentityState
 from sixchat.irp.store.sqlite import issuer_key
@@ -38,6 +40,7 @@ from sixchat.test.irp_harness import (
     el,
     make_csr,
 )
+from sixchat.test.test_irp_store import wait_for
 from sixchat.xmlcodec import Element, serialize
 
 
@@ -365,6 +368,104 @@ class RequestTests(RequestTestCase):
         h.clock.advance(1)
         self.assertEqual((await client.request(Ping("later"))).tag, "pong")
 
+    async def test_overload_sheds_with_rate_limited_and_recovers(self) -> None:
+        """
+        Past C{max_queued_requests} waiting for the store (all connections together), a
+        request that needs the store gets C{rate_limited} at once; C{ping} still passes;
+        the connections are kept, and once the store catches up requests pass again.
+        """
+        h = await self.harness(max_queued_requests=3)
+        alice, bob = h.identity("alice@example.com"), h.identity("bob@example.com")
+        a, b = h.connect(alice), h.connect(bob)
+        self.assertEqual((await a.request(Register("r", "n", CONTACT))).tag, "registered")
+        gate = threading.Event()
+        self.addCleanup(gate.set)
+        blocked = h.store._run(gate.wait)  # the store's thread is busy: reads queue
+        a.send(Lookup("l1", "alice@example.com"), Lookup("l2", "alice@example.com"))
+        b.send(Lookup("l3", "alice@example.com"))
+        self.assertEqual(h.factory.backlog.queued, 3)
+        a.send(Lookup("l4", "alice@example.com"), Watch("w", "bob@example.com"), Ping("p"))
+        b.send(el("lookup", id="l5", identity="alice@example.com"))  # the generic parse path
+        shed = a.take() + b.take()
+        self.assertEqual(
+            sorted((e.tag, e.get("id"), e.get("reason"), e.text) for e in shed),
+            [("error", "l4", "rate_limited", BUSY_TEXT),
+             ("error", "l5", "rate_limited", BUSY_TEXT),
+             ("error", "w", "rate_limited", BUSY_TEXT),
+             ("pong", "p", None, "")],
+        )  # fmt: skip
+        self.assertEqual(h.factory.backlog.refused, 3)
+        self.assertFalse(a.closed or b.closed)
+        gate.set()
+        await blocked
+        await wait_for(lambda: len(a.read()) == 2 and len(b.read()) == 1)
+        self.assertEqual([e.tag for e in a.take() + b.take()], ["record"] * 3)
+        self.assertEqual(h.factory.backlog.queued, 0)
+        self.assertEqual(h.factory.backlog.peak, 3)
+        # Recovered: the same requests pass again, on both connections.
+        self.assertEqual((await a.request(Lookup("l6", "alice@example.com"))).tag, "record")
+        self.assertEqual((await b.request(Watch("w2", "alice@example.com"))).tag, "watching")
+        self.assertEqual(h.factory.backlog.refused, 3)
+
+    async def test_waited_lookup_failure_answers_internal_and_leaves_backlog(self) -> None:
+        """A lookup whose store read fails after waiting (with and without the revocation
+        recheck) is answered C{internal} with its id and leaves the backlog."""
+        h = await self.harness()
+        a = h.connect(h.identity("alice@example.com"))
+        self.assertEqual((await a.request(Register("r", "n", CONTACT))).tag, "registered")
+        self.assertEqual((await a.request(Lookup("first", "alice@example.com"))).tag, "record")
+        reads: list[defer.Deferred[IdentityState]] = []
+        rechecks: list[defer.Deferred[bool]] = []
+
+        def state(identity: str, now: datetime) -> defer.Deferred[IdentityState]:
+            reads.append(defer.Deferred())
+            return reads[-1]
+
+        def is_revoked(serial: int, issuer: bytes) -> defer.Deferred[bool]:
+            rechecks.append(defer.Deferred())
+            return rechecks[-1]
+
+        self.patch(h.store, "state", state)
+        self.patch(h.store, "is_revoked", is_revoked)
+        a.send(Lookup("l1", "alice@example.com"))  # checked recently: no recheck
+        self.assertEqual((len(reads), len(rechecks), h.factory.backlog.queued), (1, 0, 1))
+        reads[0].errback(RuntimeError("disk I/O error"))
+        error = a.answer("l1")
+        assert error is not None
+        self.assertEqual((error.tag, error.get("reason")), ("error", "internal"))
+        self.assertEqual(h.factory.backlog.queued, 0)
+        h.clock.advance(2)  # past revocation_recheck: the recheck goes with the lookup
+        a.send(Lookup("l2", "alice@example.com"))
+        self.assertEqual((len(reads), len(rechecks), h.factory.backlog.queued), (2, 1, 1))
+        rechecks[0].errback(RuntimeError("disk I/O error"))
+        reads[1].callback(IdentityState("alice@example.com"))
+        error = a.answer("l2")
+        assert error is not None
+        self.assertEqual((error.tag, error.get("reason")), ("error", "internal"))
+        self.assertEqual(h.factory.backlog.queued, 0)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 2)
+
+    async def test_backlog_is_released_after_the_connection_closed(self) -> None:
+        """A request whose connection closed still counts until its store work is over,
+        then leaves the backlog (the count never leaks; failures: L{BacklogTests})."""
+        h = await self.harness(max_queued_requests=2)
+        a = h.connect(h.identity("alice@example.com"))
+        self.assertEqual((await a.request(Register("r", "n", CONTACT))).tag, "registered")
+        gate = threading.Event()
+        self.addCleanup(gate.set)
+        blocked = h.store._run(gate.wait)
+        a.send(Lookup("l1", "alice@example.com"), Unregister("u", "n"))
+        self.assertEqual(h.factory.backlog.queued, 2)
+        a.protocol.connectionLost()
+        c = h.connect(h.identity("carol@example.com"))
+        c.send(Lookup("l2", "alice@example.com"))
+        self.assertEqual(c.answer("l2").get("reason"), "rate_limited")  # type: ignore[union-attr]
+        gate.set()
+        await blocked
+        await wait_for(lambda: h.factory.backlog.queued == 0)
+        record = await c.request(Lookup("l3", "alice@example.com"))
+        self.assertEqual([e.tag for e in record.children], ["cert"])  # unregistered: no node
+
     async def test_idle_timeout(self) -> None:
         h = await self.harness()
         client = h.connect()
@@ -426,3 +527,36 @@ class JoinedTests(SynchronousTestCase):
     def test_second_fails(self) -> None:
         d = _joined(defer.succeed(False), defer.fail(ValueError("state read")))
         self.failureResultOf(d, ValueError)
+
+
+class BacklogTests(SynchronousTestCase):
+    """L{Backlog}: the bound on requests waiting for the store."""
+
+    def test_counts_until_fired(self) -> None:
+        backlog = Backlog(2)
+        first: defer.Deferred[int] = defer.Deferred()
+        second: defer.Deferred[int] = defer.Deferred()
+        self.assertTrue(backlog.admit())
+        self.assertIs(backlog.track(first), first)
+        self.assertTrue(backlog.admit())
+        backlog.track(second)
+        self.assertEqual((backlog.queued, backlog.peak), (2, 2))
+        self.assertFalse(backlog.admit())
+        self.assertFalse(backlog.admit())
+        self.assertEqual(backlog.refused, 2)
+        first.callback(7)
+        self.assertEqual(self.successResultOf(first), 7)  # the result passes through
+        self.assertEqual(backlog.queued, 1)
+        self.assertTrue(backlog.admit())
+        second.errback(RuntimeError("store closed"))
+        self.failureResultOf(second, RuntimeError)  # so do failures
+        self.assertEqual((backlog.queued, backlog.peak, backlog.refused), (0, 2, 2))
+
+    def test_answered_at_once_is_not_counted(self) -> None:
+        backlog = Backlog(1)
+        backlog.track(defer.succeed(1))
+        self.assertEqual(backlog.queued, 0)
+        self.assertTrue(backlog.admit())
+
+    def test_limit_must_be_positive(self) -> None:
+        self.assertRaises(ValueError, Backlog, 0)

@@ -27,11 +27,13 @@ from sixchat.irp.messages import (
     CRL,
     Contact,
     Enroll,
+    Lookup,
     Ping,
     Register,
     Unregister,
 )
 from sixchat.irp.server import IRPServerService
+from sixchat.irp.server.backlog import BUSY_TEXT
 from sixchat.irp.server.gcpolicy import CollectorPolicy
 from sixchat.irp.store.sqlite import SQLiteStore
 from sixchat.test import certs, pg
@@ -41,6 +43,7 @@ from sixchat.test.irp_harness import (
     tls_connect,
 )
 from sixchat.test.processes import Registry, run_cli, run_twistd
+from sixchat.test.test_irp_store import wait_for
 
 
 class PluginTests(TestCase):
@@ -118,7 +121,7 @@ class PluginTests(TestCase):
         service = irp_tap.makeService(options)
         assert isinstance(service, IRPServerService)
         assert isinstance(service.collector, CollectorPolicy)  # the default policy
-        self.assertEqual(service.collector.interval, 10.0)
+        self.assertEqual(service.collector.interval, 1.0)
         self.assertFalse(service.collector.running)  # nothing changes before twistd starts it
         config = service.factory.config
         self.assertEqual(config.lookup_policy, "public")
@@ -142,6 +145,20 @@ class PluginTests(TestCase):
         for value in ("-1", "soon", "nan", "inf"):
             self.assertUsage([*base, "--gc-interval", value], "--gc-interval")
 
+
+    def test_max_queued_option(self) -> None:
+        f = self.write_files()
+        base = ["--cert", f["p12"], "--ca-dir", f["ca"], "--password-file", f["pw"]]
+        base += ["--db", os.path.join(f["tmp"], "r.sqlite")]
+        for args, expected in (([], 1000), (["--max-queued", "17"], 17)):
+            options = irp_tap.Options()
+            options.parseOptions([*base, *args])
+            service = irp_tap.makeService(options)
+            assert isinstance(service, IRPServerService)
+            self.assertEqual(service.factory.config.max_queued_requests, expected)
+            self.assertEqual(service.factory.backlog.limit, expected)
+        for value in ("0", "-3", "many", "2.5"):
+            self.assertUsage([*base, "--max-queued", value], "--max-queued")
 
     def test_lookup_cache_option(self) -> None:
         if pg.psycopg_missing() is not None:
@@ -256,6 +273,45 @@ class RealProcessTests(TestCase):
         self.assertIn("registered alice@example.com node n", registry.log)
         self.assertIn("revoked", registry.log)
         self.assertNotIn(token, registry.log)
+        await registry.stop()
+
+    async def test_registry_process_sheds_overload(self) -> None:
+        """
+        C{twistd sixchat-irp --max-queued 1}: of a burst of lookups read at once, those
+        that find the store busy are answered C{rate_limited} at once, the others
+        normally; the connection is kept and serves again once the store caught up.
+        """
+        await self.cli("pki", "init-ca", "ca")
+        await self.cli("pki", "issue-server", "127.0.0.1", "--ca", "ca", "--out", "irp.p12")
+        registry = Registry(
+            self.tmp,
+            ["--cert", "irp.p12", "--ca-dir", "ca", "--listen", "tcp:0:interface=127.0.0.1",
+             "--db", "irp.sqlite", "--lookup-policy", "public", "--max-queued", "1"],
+        )  # fmt: skip
+        self.addCleanup(registry.stop)
+        port = await registry.start()
+        with open(os.path.join(self.tmp, "ca", "ca.pem"), "rb") as f:
+            anchor = x509.load_pem_x509_certificate(f.read())
+        client = await tls_connect(self, port, anchor)
+        lookups = [Lookup(f"l{i}", f"nobody{i}@example.com") for i in range(20)]
+        for lookup in lookups:  # one burst: read in one reactor turn
+            client.send(lookup)
+        ids = {lookup.id for lookup in lookups}
+        await wait_for(lambda: {e.get("id") for e in client.elements} >= ids, 30)
+        answers = [e for e in client.elements if e.get("id") in ids]
+        client.elements.clear()
+        self.assertEqual(len(answers), 20)
+        reasons = [(a.get("reason"), a.text) for a in answers]
+        self.assertIn(("rate_limited", BUSY_TEXT), reasons)
+        self.assertIn(("not_found", "unknown identity"), reasons)
+        self.assertEqual(
+            set(reasons), {("rate_limited", BUSY_TEXT), ("not_found", "unknown identity")}
+        )
+        # Kept, and recovered: requests one at a time pass.
+        for i in range(3):
+            answer = await client.request(Lookup(f"again{i}", "nobody@example.com"))
+            self.assertEqual(answer.get("reason"), "not_found")
+        self.assertEqual((await client.request(Ping("p"))).tag, "pong")
         await registry.stop()
 
     async def test_startup_errors_are_one_line(self) -> None:

@@ -5,6 +5,7 @@ The IRP registry server (irp-1), one concept per module:
   - L{protocol}: L{IRPServerProtocol}, one connection (framing, pipelining, rate limit,
     idle timeout, flow control); L{IRPServerFactory} builds them.
   - L{requests}: what each request does on a connection, and its authentication.
+  - L{backlog}: L{Backlog}, the bound on requests of all connections waiting for the store.
   - L{hub}: what connections share: identity tracking, watch fan-out, expiry, the CRL loop.
   - L{fastpaths}: the commonest request and answer at the byte level.
   - L{tls}: the registry's TLS context and the guard on connections in their handshake.

@@ -7,7 +7,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["DEFAULT_LISTEN", "LOOKUP_POLICIES", "MAX_PUSH_BACKLOG", "RegistryConfig"]
+__all__ = [
+    "DEFAULT_LISTEN",
+    "DEFAULT_MAX_QUEUED",
+    "LOOKUP_POLICIES",
+    "MAX_PUSH_BACKLOG",
+    "RegistryConfig",
+]
 
 DEFAULT_LISTEN = "tcp6:4604"
 LOOKUP_POLICIES = ("authenticated", "public")
@@ -15,6 +21,12 @@ LOOKUP_POLICIES = ("authenticated", "public")
 #: C{presence} were written while its write buffer was full. (Answers need no such bound:
 #: while the buffer is full we stop reading, so no new requests arrive.)
 MAX_PUSH_BACKLOG = 1024 * 1024
+#: Requests that may wait for the store at once, across all connections
+#: (L{sixchat.irp.server.backlog}): what 1,000 clients keeping one request each in flight
+#: need, a fifth of a second of the store's work at 5,000/s. Under an overload the queue
+#: stays full, so this is also what each full collection walks (about 15-20 objects per
+#: queued request) and the wait of an answered request (the bound over the store's rate).
+DEFAULT_MAX_QUEUED = 1000
 
 
 @dataclass(frozen=True)
@@ -40,6 +52,9 @@ class RegistryConfig:
         C{max_tls_handshakes} in all) a new TCP connection is closed at once. irp-1 sets no
         such limits; these have the shape of E2E §9.2, sized for many clients behind one
         address. Connections that completed TLS are not counted.
+    @ivar max_queued_requests: requests that may wait for the store at once, across all
+        connections; past it a request that needs the store is answered C{rate_limited}
+        at once (L{sixchat.irp.server.backlog}).
     """
 
     lookup_policy: str = "authenticated"
@@ -55,12 +70,15 @@ class RegistryConfig:
     tls_handshake_timeout: float = 15.0
     max_tls_handshakes: int = 1024
     max_tls_handshakes_per_source: int = 64
+    max_queued_requests: int = DEFAULT_MAX_QUEUED
 
     def __post_init__(self) -> None:
         if self.lookup_policy not in LOOKUP_POLICIES:
             raise ValueError(f"lookup policy must be one of {', '.join(LOOKUP_POLICIES)}")
         if self.domains is not None:
             object.__setattr__(self, "domains", frozenset(d.lower() for d in self.domains))
+        if self.max_queued_requests < 1:
+            raise ValueError("max_queued_requests must be at least 1")
 
     @property
     def public(self) -> bool:

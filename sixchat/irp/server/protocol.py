@@ -22,6 +22,9 @@ How the rules of irp-1 map onto the code:
   - B{Rate limit} (§6): a token bucket per connection, C{max_requests_per_second} deep and
     refilled at that rate, so bursts up to the limit pass and the sustained rate is the
     limit. A request over it gets C{rate_limited}; the connection is kept.
+  - B{Overload}: a request that needs the store while the factory's L{Backlog} is full (too
+    many requests of all connections already wait for it) also gets C{rate_limited}, at
+    once, instead of joining an unbounded queue.
   - B{Idle timeout} (§5, §6): any request resets it; when it fires the connection is closed
     without an error.
   - B{Authentication} and what each request does: L{sixchat.irp.server.requests}.
@@ -53,11 +56,13 @@ from sixchat.errors import AlertError
 from sixchat.irp.messages import (
     IRPError,
     Lookup,
+    Ping,
     Record,
     is_valid_id,
     parse_request,
 )
 from sixchat.irp.server.authority import Authority
+from sixchat.irp.server.backlog import BUSY_TEXT, Backlog
 from sixchat.irp.server.config import MAX_PUSH_BACKLOG, RegistryConfig
 from sixchat.irp.server.fastpaths import _nodes, fast_lookup
 from sixchat.irp.server.hub import RegistryHub, Subscription
@@ -232,10 +237,13 @@ class IRPServerProtocol(Protocol):
         if not self._take_token():
             self.send(IRPError("rate_limited", "too many requests", rid).to_element())
             return
+        if not self.factory.backlog.admit():
+            self.send(IRPError("rate_limited", BUSY_TEXT, rid).to_element())
+            return
         self._inflight.add(rid)
         if not self.requests.lookup(request):
             d = defer.ensureDeferred(self.requests.dispatch(request))
-            d.addCallback(self.answered, rid)
+            self.factory.backlog.track(d.addCallback(self.answered, rid))
 
     def _request(self, element: Element) -> None:
         if self._idle is not None and self._idle.active():
@@ -259,11 +267,14 @@ class IRPServerProtocol(Protocol):
             else:
                 self.send(e.to_element())
             return
+        if not isinstance(request, Ping) and not self.factory.backlog.admit():
+            self.send(IRPError("rate_limited", BUSY_TEXT, rid).to_element())
+            return
         self._inflight.add(rid)
         if isinstance(request, Lookup) and self.requests.lookup(request):
             return
         d = defer.ensureDeferred(self.requests.dispatch(request))
-        d.addCallback(self.answered, rid)
+        self.factory.backlog.track(d.addCallback(self.answered, rid))
 
     def _take_token(self) -> bool:
         now = self.factory.clock.seconds()
@@ -364,6 +375,8 @@ class IRPServerFactory(Factory[IRPServerProtocol]):
         self.config = config or RegistryConfig()
         self.peer_for: Callable[[Any], PeerCertificate | None] = peer_for or (lambda _t: None)
         self.connections: set[IRPServerProtocol] = set()
+        #: Requests of all connections waiting for the store (their bound, and counts).
+        self.backlog = Backlog(self.config.max_queued_requests)
         self.hub = RegistryHub(store, authority, clock, self.config)
 
     def buildProtocol(self, addr: IAddress | None) -> IRPServerProtocol:

@@ -209,17 +209,45 @@ class RequestHandler:
                 revoked = store.is_revoked(peer.leaf.serial_number, self._issuer_der(peer))
                 state = store.state(request.identity, when)
                 both = _joined(revoked, state)
-                both.addCallbacks(
-                    self._rechecked, self._lookup_failed, callbackArgs=(peer, now, request.id),
-                    errbackArgs=(request,),
-                )  # fmt: skip
+                if both.called:  # the PostgreSQL store's cache answered both at once
+                    both.addCallbacks(
+                        self._rechecked, self._lookup_failed,
+                        callbackArgs=(peer, now, request.id), errbackArgs=(request,),
+                    )  # fmt: skip
+                else:
+                    factory.backlog.enter()
+                    both.addBoth(self._rechecked_waited, peer, now, request)
                 return True
         d: defer.Deferred[IdentityState] = store.state(request.identity, when)
-        d.addCallbacks(
-            self._looked_up, self._lookup_failed, callbackArgs=(request.id,),
-            errbackArgs=(request,),
-        )  # fmt: skip
+        if d.called:  # answered at once (the PostgreSQL store's lookup cache)
+            d.addCallbacks(
+                self._looked_up, self._lookup_failed, callbackArgs=(request.id,),
+                errbackArgs=(request,),
+            )  # fmt: skip
+        else:
+            # One callback for both outcomes, which also leaves the backlog: each queued
+            # lookup holds as few objects as it can while it waits (every full garbage
+            # collection walks them; sixchat.irp.server.gcpolicy).
+            factory.backlog.enter()
+            d.addBoth(self._looked_up_waited, request)
         return True
+
+    def _looked_up_waited(self, result: IdentityState | Failure, request: Lookup) -> None:
+        self.factory.backlog.leave()
+        if isinstance(result, Failure):
+            self._lookup_failed(result, request)
+        else:
+            self._looked_up(result, request.id)
+
+    def _rechecked_waited(
+        self, result: tuple[bool, IdentityState] | Failure, peer: PeerCertificate, now: float,
+        request: Lookup,
+    ) -> None:  # fmt: skip
+        self.factory.backlog.leave()
+        if isinstance(result, Failure):
+            self._lookup_failed(result, request)
+        else:
+            self._rechecked(result, peer, now, request.id)
 
     def _rechecked(
         self, results: tuple[bool, IdentityState], peer: PeerCertificate, now: float, rid: str

@@ -6,7 +6,7 @@ the watchers of every instance").
 Why it is built this way:
 
  - B{psycopg 3, synchronously, in a small dedicated thread pool.} The reactor is epoll, not
-   asyncio, so psycopg's async API has no loop to run on; a L{ThreadPool} of a few threads,
+   asyncio, so psycopg's async API has no loop to run on; a L{DatabaseThread} of a few threads,
    each with its own connection (psycopg connections are not meant to be shared between
    concurrent callers), keeps every round trip off the reactor thread without a new
    dependency such as psycopg_pool.
@@ -49,12 +49,11 @@ from typing import Any, TypeVar
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 from twisted.internet import defer
-from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
+from sixchat._sqlite import DatabaseThread
 from sixchat.identity import normalize_identity
 from sixchat.irp.messages import Contact
 from sixchat.irp.store import postgres_queries as queries
@@ -125,7 +124,9 @@ class PostgresStore:
         if "connect_timeout" not in params:
             self._extra["connect_timeout"] = 10
         self._reactor = reactor
-        self._pool = ThreadPool(minthreads=0, maxthreads=pool_size, name="sixchat-irp-postgres")
+        # Not Twisted's ThreadPool: each of its calls leaves a reference cycle (see
+        # DatabaseThread), garbage for the registry's collector on every cache miss.
+        self._pool = DatabaseThread(reactor, "sixchat-irp-postgres", threads=pool_size)
         self._local = threading.local()
         self._conns: set[psycopg.Connection[Any]] = set()
         self._conns_lock = threading.Lock()
@@ -284,7 +285,7 @@ class PostgresStore:
         """Run C{fn(connection, *args)} in the pool; fires in the reactor thread."""
         if self._state in ("new", "closing", "closed"):
             return defer.fail(RuntimeError(f"PostgresStore used when {self._state}"))
-        return deferToThreadPool(self._reactor, self._pool, self._in_thread, fn, args)
+        return self._pool.run(self._in_thread, fn, args)
 
     # --- schema -----------------------------------------------------------------------------
 

@@ -117,6 +117,15 @@ def _identity_state(
     return identity_state("", bindings, latest, rows[0][6] if rows else None)
 
 
+def _read_state(conn: sqlite3.Connection, identity: str, key: str, t: int) -> IdentityState:
+    """L{SQLiteStore.state} in the store's thread."""
+    rows = conn.execute(_LIVE_BINDINGS, (key, t, t)).fetchall()
+    latest = conn.execute(_LATEST_PRESENTED, (key, t)).fetchone()
+    if not rows and latest is None:
+        return IdentityState(identity)
+    return _identity_state(tuple(rows), latest)
+
+
 # Live: not expired, certificate neither expired nor revoked (L{REVOKED_SQL}). The queries
 # are constants: no value is ever formatted into SQL.
 _LIVE_BINDINGS = (
@@ -392,17 +401,9 @@ class SQLiteStore:
         return self._write(run).addCallback(done)
 
     def state(self, identity: str, now: datetime) -> defer.Deferred[IdentityState]:
-        key = normalize_identity(identity)
-        t = to_us(now)
-
-        def run(conn: sqlite3.Connection) -> IdentityState:
-            rows = conn.execute(_LIVE_BINDINGS, (key, t, t)).fetchall()
-            latest = conn.execute(_LATEST_PRESENTED, (key, t)).fetchone()
-            if not rows and latest is None:
-                return IdentityState(identity)
-            return _identity_state(tuple(rows), latest)
-
-        return self._read(run)
+        # A module function and its arguments, not a closure: a queued read holds fewer
+        # objects (a busy registry's full collections walk every queued read).
+        return self._read(_read_state, identity, normalize_identity(identity), to_us(now))
 
     def expire(self, now: datetime) -> defer.Deferred[set[str]]:
         t = to_us(now)
