@@ -4,8 +4,7 @@ entries (spec §11.16), contacts, and pins (§9.3, §11.15) — one SQLite file 
 directory (conventionally C{<data-dir>/messages.sqlite}, L{DEFAULT_FILENAME}).
 
 Modules: L{records} (states, values, errors), L{schema} (migrations), L{reads} and L{database} (the
-synchronous core), L{store} (the Deferred face with group commit), L{checkpoint} (WAL
-checkpoints on a thread of their own, off the commits of messages), L{pins} (the pin store).
+synchronous core), L{store} (the Deferred face with group commit), L{pins} (the pin store).
 Everything public is importable from C{sixchat.agent.store} itself.
 
 Two layers:

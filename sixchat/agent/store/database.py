@@ -71,8 +71,6 @@ class MessageDatabase(DatabaseReads):
         # A key: SQLCipher (sixchat.agent.store.cipher, the one place that knows it).
         self._conn = cipher.connect(path, key, timeout=10.0)
         self.encrypted = key is not None
-        self._path = path
-        self._key = key  # for checkpoint_connection (a second connection to the same file)
         try:
             mode = self._conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
             if str(mode).lower() != ("memory" if memory else "wal"):
@@ -110,50 +108,11 @@ class MessageDatabase(DatabaseReads):
         else:
             os.fdatasync(self._wal_fd)
 
-    @property
-    def has_log(self) -> bool:
-        """Whether the database has a write-ahead log (a file, not C{":memory:"})."""
-        return self._wal is not None
-
-    def checkpoint_connection(self) -> sqlite3.Connection:
-        """
-        A second connection to the same file for L{sixchat.agent.store.checkpoint}'s
-        checkpoints on another thread. Its checkpoints sync as this connection's commits do
-        (C{synchronous=FULL}).
-
-        @raise StoreError: an in-memory database (it has no log, nor a file to share).
-        """
-        if self._wal is None:
-            raise StoreError("an in-memory database has no write-ahead log to checkpoint")
-        conn = cipher.connect(self._path, self._key, timeout=10.0)
-        try:
-            conn.execute("PRAGMA fullfsync = ON")
-            conn.execute("PRAGMA synchronous = FULL")
-        except BaseException:
-            conn.close()
-            raise
-        return conn
-
-    def defer_checkpoints(self, backstop_pages: int) -> None:
-        """
-        Leave checkpoints to another connection: this one checkpoints in its own commits
-        only once the log has grown past C{backstop_pages} (SQLite's default: 1,000).
-        """
-        if backstop_pages < 1:
-            raise ValueError("the backstop must be at least one page")
-        self._conn.execute(f"PRAGMA wal_autocheckpoint = {int(backstop_pages)}")
-
     # -- plumbing
 
     def pragma(self, name: str) -> Any:
         """The value of a read-only C{PRAGMA} (tests check the durability settings)."""
-        if name not in (
-            "journal_mode",
-            "synchronous",
-            "foreign_keys",
-            "integrity_check",
-            "wal_autocheckpoint",
-        ):
+        if name not in ("journal_mode", "synchronous", "foreign_keys", "integrity_check"):
             raise ValueError(f"unsupported pragma {name!r}")
         return self._conn.execute("PRAGMA " + name).fetchone()[0]
 

@@ -18,7 +18,6 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from sixchat._sqlite import DatabaseThread
-from sixchat.agent.store.checkpoint import BACKSTOP_PAGES, Checkpointer
 from sixchat.agent.store.database import MessageDatabase, _open_database
 from sixchat.agent.store.pins import SQLitePinStore
 from sixchat.agent.store.records import (
@@ -149,11 +148,6 @@ class MessageStore:
         #: Calls and transactions so far (tests and the benchmark read them).
         self.batched_calls = 0
         self.batches = 0
-        #: Runs the WAL checkpoints on a thread of their own, off the commits of messages
-        #: (L{sixchat.agent.store.checkpoint}); C{None} until open, or without a log.
-        self.checkpointer: Checkpointer | None = None
-        #: Jobs handed to the store's thread and not finished (0: the thread is idle).
-        self._queued = 0
 
     @property
     def is_open(self) -> bool:
@@ -182,15 +176,6 @@ class MessageStore:
                 self._trigger = self._reactor.addSystemEventTrigger(
                     "before", "shutdown", self.close
                 )
-            if db.has_log:
-                self.checkpointer = Checkpointer(
-                    DatabaseThread(self._reactor, "sixchat-store-checkpoint"),
-                    db.checkpoint_connection,
-                )
-                self.checkpointer.start()
-                pool.run(db.defer_checkpoints, BACKSTOP_PAGES).addErrback(
-                    lambda f: self.log.failure("cannot leave checkpoints to their thread", f)
-                )
 
         def failed(failure: Failure) -> Failure:
             self._pool = None
@@ -218,11 +203,7 @@ class MessageStore:
             pool.stop()  # the close ran last: the worker is idle, this join is immediate
             return result
 
-        checkpointer, self.checkpointer = self.checkpointer, None
-        stopped = succeed(None) if checkpointer is None else checkpointer.stop()
-        # The checkpoint connection closes first (stopped), then the store's own, the last,
-        # which checkpoints everything and removes the log.
-        d = stopped.addCallback(lambda _: pool.run(db.close))
+        d = pool.run(db.close)
         d.addBoth(stop)
         return d
 
@@ -235,12 +216,7 @@ class MessageStore:
         if self._db is None or self._pool is None:
             return fail(StoreClosedError("the message store is not open"))
         self._open_batch = None  # a later batched call must not overtake this one
-        self._queued += 1
-        return self._pool.run(f, *args, **kwargs).addBoth(self._finished)
-
-    def _finished(self, result: _R) -> _R:
-        self._queued -= 1
-        return result
+        return self._pool.run(f, *args, **kwargs)
 
     def _batched(
         self,
@@ -272,8 +248,7 @@ class MessageStore:
         if batch is not None and batch.join(call, early):
             return d
         batch = _Batch(call, early, self._reactor)
-        self._queued += 1
-        self._pool.run(batch.run, db).addBoth(self._finished).addCallbacks(
+        self._pool.run(batch.run, db).addCallbacks(
             self._batchDone, self._batchFailed, callbackArgs=(batch,), errbackArgs=(batch,)
         )
         self._open_batch = batch
@@ -283,8 +258,6 @@ class MessageStore:
         if self._open_batch is batch:
             self._open_batch = None
         self.batches += 1
-        if self.checkpointer is not None:
-            self.checkpointer.committed(idle=self._queued == 0)
         self.batched_calls += len(results)
         for (ok, value), (_, _, _, d) in zip(results, batch.calls, strict=True):
             if ok:
