@@ -9,6 +9,7 @@ Configuration errors become one actionable line (C{usage.UsageError}), never a t
 
 from __future__ import annotations
 
+import gc
 from typing import Any
 
 from twisted.application import service
@@ -370,9 +371,25 @@ def makeService(options: Options) -> service.IService:
         max_file_size=options["max-file-size"],
         max_concurrent_files=options["max-file-transfers"],
     )
+    agent.ready.addCallback(freeze_start_up)
     if options["web"]:
         from sixchat.web.server import WebService
 
         web = WebService(reactor, agent, options["web"], max_upload=options["max-file-size"])
         web.setServiceParent(agent)
     return agent
+
+
+def freeze_start_up(result: object, gc_module: Any = gc) -> object:
+    """
+    Once the agent is ready: collect once, then keep everything alive now (modules, the
+    trust store, the identity, the store) out of every later collection (C{gc.freeze}).
+    They live as long as the process; without this each full collection walks them all,
+    19-25 ms in the latency benchmark (docs/benchmarks.md, "Latency"), a stall of the
+    reactor that a message in flight waits for. Process-wide, so only the twistd plugin
+    (and the benchmark's agents, which stand for it) apply it, never library code.
+    """
+    if hasattr(gc_module, "freeze"):
+        gc_module.collect()
+        gc_module.freeze()
+    return result

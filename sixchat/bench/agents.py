@@ -39,6 +39,7 @@ async def agent(reactor: Any, spec: dict[str, Any]) -> None:
     """
     from sixchat.agent.interfaces import IAgentEvents
     from sixchat.agent.service import UserAgentService
+    from sixchat.agent.tap import freeze_start_up
     from sixchat.bench.peers import _quiet_logs
     from sixchat.handshake import PeerConfig
     from sixchat.testing.directory import MemoryDirectory
@@ -75,6 +76,7 @@ async def agent(reactor: Any, spec: dict[str, Any]) -> None:
     service.privilegedStartService()
     service.startService()
     await service.ready
+    freeze_start_up(None)  # as `twistd sixchat` does once the agent is ready
     port = service.listener.port.getHost().port  # type: ignore[union-attr]
 
     async def send(to: str, count: int, body: str, rnd: int) -> None:
