@@ -17,6 +17,7 @@ from sixchat.agent.views import status_dict
 
 if TYPE_CHECKING:
     from sixchat.agent.store import MessageStatus
+    from sixchat.agent.store.files import TransferRecord
     from sixchat.irp.messages import Record
     from sixchat.protocol import Session
     from sixchat.stanzas import Message
@@ -27,6 +28,7 @@ __all__ = [
     "LogEvents",
     "cancelled_event",
     "delivery_event",
+    "file_event",
     "key_change_event",
     "message_event",
     "presence_event",
@@ -66,6 +68,21 @@ def message_event(sender: str, message: Message, received_at: str) -> Event:
         "reply_to": message.reply_to,
         "received_at": received_at,
     }
+
+
+def file_event(record: TransferRecord, state: str, **extra: Any) -> Event:
+    """A file transfer's progress or end, either direction (C{sixchat watch}, the web UI)."""
+    event = {
+        "type": "file",
+        "id": record.id,
+        "peer": record.peer_display,
+        "direction": record.direction,
+        "name": record.name,
+        "size": record.size,
+        "state": state,
+    }
+    event.update(extra)
+    return event
 
 
 def delivery_event(status: MessageStatus) -> Event:

@@ -357,11 +357,11 @@ class AgentFileTests(unittest.TestCase):
         """
         gate = threading.Event()
         self.addCleanup(gate.set)
-        real = receiving._write_and_sync
+        real = disk.PartialWriter.write_hashed
 
-        def slow(writer: Any, hasher: Any, data: Any, sync: bool) -> int:
+        def slow(writer: Any, data: Any, hasher: Any, sync: bool) -> int:
             gate.wait(60)  # the disk thread waits until the re-offer is in
-            return real(writer, hasher, data, sync)
+            return real(writer, data, hasher, sync)
 
         yield self.agent("alice@example.com")
         bob, _ = yield self.agent("bob@example.com")
@@ -371,7 +371,7 @@ class AgentFileTests(unittest.TestCase):
         second, second_answers = yield self.raw_session(bob)
         first.sendStanza(offer)
         yield self.until(lambda: Accept("f-fin", 0) in first_answers)
-        self.patch(receiving, "_write_and_sync", slow)
+        self.patch(disk.PartialWriter, "write_hashed", slow)
         for offset in range(0, len(data), MAX_CHUNK):
             first.sendStanza(Chunk("f-fin", offset, data[offset : offset + MAX_CHUNK]))
         first.sendStanza(Done("f-fin"))
@@ -421,13 +421,13 @@ class AgentFileTests(unittest.TestCase):
         """Chunks waiting for the disk count toward the held-input limit: memory stays bounded."""
         gate = threading.Event()
         self.addCleanup(gate.set)
-        real = receiving._write_and_sync
+        real = disk.PartialWriter.write_hashed
 
-        def stuck(writer: Any, hasher: Any, data: Any, sync: bool) -> int:
+        def stuck(writer: Any, data: Any, hasher: Any, sync: bool) -> int:
             gate.wait(60)  # the disk thread blocks until the test opens the gate
-            return real(writer, hasher, data, sync)
+            return real(writer, data, hasher, sync)
 
-        self.patch(receiving, "_write_and_sync", stuck)
+        self.patch(disk.PartialWriter, "write_hashed", stuck)
         alice, _ = yield self.agent("alice@example.com")
         bob, _ = yield self.agent("bob@example.com")
         data = payload(4_000_000)

@@ -15,6 +15,7 @@ import os
 import stat
 from collections.abc import Callable, Sequence
 
+from sixchat.filetransfer.machine import Hasher
 from sixchat.filetransfer.names import candidate_names, sanitize_name
 
 __all__ = ["BLOCK", "FilesDir", "PartialWriter", "file_digest"]
@@ -77,6 +78,17 @@ class PartialWriter:
                 while rest:
                     rest = rest[os.write(self._fd, rest) :]
             self.written += size
+
+    def write_hashed(self, pieces: Sequence[bytes], hasher: Hasher, sync: bool) -> int:
+        """
+        Hash and append C{pieces} (a batch of chunks, in the disk thread: the reactor never
+        hashes 32 KiB per chunk), then fsync if asked; returns the durable length.
+        """
+        if pieces:
+            for piece in pieces:
+                hasher.update(piece)
+            self.write_all(pieces)
+        return self.sync() if sync else self.synced
 
     def sync(self) -> int:
         """

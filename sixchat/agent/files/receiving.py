@@ -15,7 +15,6 @@ network stops reading the peer.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -25,7 +24,9 @@ from twisted.internet import defer, threads
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from sixchat.agent import events
 from sixchat.agent.files.disk import FilesDir, PartialWriter
+from sixchat.agent.files.provenance import OUT_KEY, provenance, receiver_key
 from sixchat.agent.store.files import TransferRecord, TransferStore, file_body
 from sixchat.agent.store.records import StoreClosedError
 from sixchat.agent.store.store import MessageStore
@@ -42,7 +43,7 @@ from sixchat.filetransfer import (
     Verified,
 )
 from sixchat.filetransfer.machine import Hasher
-from sixchat.identity import is_valid_identity, normalize_identity, same_identity
+from sixchat.identity import normalize_identity
 from sixchat.session import Session
 from sixchat.stanzas import ErrorStanza, Message, Receipt, format_timestamp
 
@@ -52,9 +53,6 @@ log = Logger(namespace="sixchat.agent.service")
 
 #: fsync the partial file and record the durable prefix every this many bytes.
 SYNC_EVERY = 32 * 1024 * 1024
-#: The receivers' key of an outgoing file's copy (direction C{out}) starts with this, which
-#: no identity can (they never hold a NUL): such a copy never meets a transfer from the peer.
-_OUT_KEY = "\0out\0"
 #: Chunks are handed to the disk thread in batches of about this many bytes: one thread
 #: hop per batch, not per 32 KiB chunk. A quarter of the session's limit on data held for
 #: the disk (L{sixchat.flow.MAX_HELD}: chunks waiting here count toward it), so that reading
@@ -84,26 +82,6 @@ class _Writing:
     handed_on: bool = False
 
 
-def _key_of(direction: str, peer: str) -> str:
-    """The receivers' key of a transfer: the peer's, or our outgoing file's copy's."""
-    key = _normalized(peer)
-    return _OUT_KEY + key if direction == "out" else key
-
-
-def file_event(record: TransferRecord, state: str, **extra: Any) -> dict[str, Any]:
-    event = {
-        "type": "file",
-        "id": record.id,
-        "peer": record.peer_display,
-        "direction": record.direction,
-        "name": record.name,
-        "size": record.size,
-        "state": state,
-    }
-    event.update(extra)
-    return event
-
-
 def _settled(d: defer.Deferred[Any]) -> defer.Deferred[None]:
     """A Deferred that fires (with None) once C{d} has, leaving C{d}'s result to its chain."""
     waiter: defer.Deferred[None] = defer.Deferred()
@@ -118,22 +96,6 @@ def _settled(d: defer.Deferred[Any]) -> defer.Deferred[None]:
 
 def _nothing(_: object) -> None:
     return None
-
-
-@functools.lru_cache(maxsize=256)
-def _normalized(peer: str) -> str:
-    """L{normalize_identity}, remembered: it runs for every chunk, with a handful of peers."""
-    return normalize_identity(peer)
-
-
-def _write_and_sync(writer: PartialWriter, hasher: Hasher, data: list[bytes], sync: bool) -> int:
-    """In the disk thread: hash and append the chunks C{data}, fsync if asked; the durable
-    length."""
-    if data:
-        for piece in data:
-            hasher.update(piece)
-        writer.write_all(data)
-    return writer.sync() if sync else writer.synced
 
 
 class FileInbox:
@@ -204,8 +166,11 @@ class FileInbox:
         if direction == "in":
             self.emit(event)
 
+    def _fileEvent(self, record: TransferRecord, state: str, **extra: Any) -> None:
+        self._emit_for(record.direction, events.file_event(record, state, **extra))
+
     def _receiver(self, session: Session, file_id: str) -> tuple[str, FileReceiver]:
-        key = _key_of(self._direction(session, file_id), self._peer(session, file_id))
+        key = receiver_key(self._direction(session, file_id), self._peer(session, file_id))
         receiver = self._receivers.get(key)
         if receiver is None:
             receiver = self._receivers[key] = FileReceiver(self.limits)
@@ -279,31 +244,18 @@ class FileInbox:
 
     def _origin(self, session: Session, offer: FileOffer) -> bool:
         """
-        Note whose file an offer is. C{from} and C{to} count only from another node of ours
-        (from anyone else they are ignored: the file is theirs); there the one given must
-        name a valid identity that is not ours (a file is never handed on as one from or to
-        ourselves), and not both may be given, else C{error bad_request}. With C{to} it is
-        a copy of a file our identity sends to that peer: kept in the spool (needs one).
+        Note whose file an offer is (L{provenance}: C{from} and C{to} count only from another
+        node of ours); a C{from} or C{to} that cannot be taken gets C{error bad_request}.
         """
         self._origins.pop((session, offer.id), None)
-        if (offer.origin is None and offer.recipient is None) or not self.is_own(session):
-            return True
-        if offer.origin is not None and offer.recipient is not None:
-            text = "<file> with both from and to"
-        elif offer.recipient is not None and self.spool is None:
-            text = "<file> to: this node keeps no copies of outgoing files"
-        else:
-            direction, peer = (
-                ("in", offer.origin) if offer.origin is not None else ("out", offer.recipient)
-            )
-            assert peer is not None
-            if is_valid_identity(peer) and not same_identity(peer, session.peer):
-                self._origins[(session, offer.id)] = (direction, peer)
-                return True
-            attr = "from" if direction == "in" else "to"
-            text = f"<file> {attr} is not another identity"
-        self._answer(session, ErrorStanza("bad_request", offer.id, text))
-        return False
+        try:
+            origin = provenance(offer, session.peer, self.is_own(session), self.spool is not None)
+        except ValueError as e:
+            self._answer(session, ErrorStanza("bad_request", offer.id, str(e)))
+            return False
+        if origin is not None:
+            self._origins[(session, offer.id)] = origin
+        return True
 
     async def _decide(
         self,
@@ -356,7 +308,7 @@ class FileInbox:
         if isinstance(answer, Reject):
             await self.transfers.put(replace(new, state="failed", reason=answer.reason))
             self._answer(session, answer)
-            self._emit_for(direction, file_event(new, "rejected", reason=answer.reason))
+            self._fileEvent(new, "rejected", reason=answer.reason)
             return
         writer = await self._thread(files.open_partial, partial, offset)
         await self.transfers.put(new, durable=False)
@@ -365,8 +317,7 @@ class FileInbox:
             return
         self._writing[(key, offer.id)] = _Writing(new, writer, session, hasher, handed_on=handed_on)
         self._answer(session, answer)
-        event = file_event(new, "receiving", received=offset, resumed_from=offset)
-        self._emit_for(direction, event)
+        self._fileEvent(new, "receiving", received=offset, resumed_from=offset)
 
     def _decisionFailed(
         self, failure: Failure, session: Session, receiver: FileReceiver, incoming: IncomingFile
@@ -423,10 +374,10 @@ class FileInbox:
     def _write(
         self, _: object, writing: _Writing, data: list[bytes], sync: bool
     ) -> defer.Deferred[None] | None:
-        # Plain callbacks, not a coroutine: this runs for every 128 KiB received.
+        # Plain callbacks, not a coroutine: this runs for every write batch received.
         if writing.failed:
             return None
-        d = self._thread(_write_and_sync, writing.writer, writing.hasher, data, sync)
+        d = self._thread(writing.writer.write_hashed, data, writing.hasher, sync)
         return d.addCallback(self._synced, writing) if sync else d.addCallback(_nothing)
 
     def _synced(self, synced: int, writing: _Writing) -> defer.Deferred[None]:
@@ -434,9 +385,7 @@ class FileInbox:
         writing.record = replace(writing.record, received=synced, updated=self.now())
         d = self.transfers.put(writing.record, durable=False)
         return d.addCallback(
-            lambda _: self._emit_for(
-                writing.record.direction, file_event(writing.record, "receiving", received=synced)
-            )
+            lambda _: self._fileEvent(writing.record, "receiving", received=synced)
         )
 
     def _released(self, result: Any, writing: _Writing, held: int) -> Any:
@@ -478,7 +427,7 @@ class FileInbox:
 
     async def _finish(self, writing: _Writing, outcome: Reject | Verified | Check) -> None:
         record, session = writing.record, writing.session
-        key = _key_of(record.direction, record.peer)
+        key = receiver_key(record.direction, record.peer)
         if writing.failed and not isinstance(outcome, Reject):
             receiver = self._receivers.get(key)
             outcome = (
@@ -498,7 +447,7 @@ class FileInbox:
             await self._thread(self.files.discard, writing.writer.path)
             await self.transfers.put(replace(record, state="failed", reason=outcome.reason))
             self._answer(session, outcome)
-            self._emit_for(record.direction, file_event(record, "failed", reason=outcome.reason))
+            self._fileEvent(record, "failed", reason=outcome.reason)
             return
         if record.direction == "out":
             await self._spooled(writing, outcome)
@@ -525,7 +474,7 @@ class FileInbox:
             peer=record.peer_display,
             path=path,
         )
-        self.emit(file_event(stored, "received", received=record.size, path=path))
+        self.emit(events.file_event(stored, "received", received=record.size, path=path))
         if writing.handed_on:
             self.on_handed_on(session, "in", record.peer_display, record.id)
         self.on_stored(stored)
@@ -544,7 +493,7 @@ class FileInbox:
             updated=self.now(),
         )  # fmt: skip
         await self.transfers.put(stored)
-        receiver = self._receivers.get(_key_of("out", record.peer))
+        receiver = self._receivers.get(receiver_key("out", record.peer))
         if receiver is not None and receiver.get(record.id) is outcome.file:
             self._answer(session, receiver.stored(record.id))
         else:
@@ -605,14 +554,14 @@ class FileInbox:
     def sessionEnded(self, session: Session) -> None:
         keys = {normalize_identity(session.peer)}
         for mapped in [m for m in self._origins if m[0] is session]:
-            keys.add(_key_of(*self._origins[mapped]))
+            keys.add(receiver_key(*self._origins[mapped]))
         for key in keys:
             receiver = self._receivers.get(key)
             if receiver is None:
                 continue
             for incoming in receiver.detach(session):
                 self._stop((key, incoming.id))
-                if not key.startswith(_OUT_KEY):
+                if not key.startswith(OUT_KEY):
                     event = self._event(
                         session, incoming.offer, "interrupted", received=incoming.held
                     )
@@ -640,4 +589,4 @@ class FileInbox:
             "in", normalize_identity(peer), peer, offer.id, offer.name,
             offer.size, offer.sha256, offer.mime, None, None, 0, 0, state, None, now, now,
         )  # fmt: skip
-        return file_event(record, state, **extra)
+        return events.file_event(record, state, **extra)

@@ -44,20 +44,6 @@ PROGRESS_EVERY = 8 * 1024 * 1024
 READ_BLOCK = 32 * MAX_CHUNK
 
 
-def _event(record: TransferRecord, state: str, **extra: Any) -> dict[str, Any]:
-    event = {
-        "type": "file",
-        "id": record.id,
-        "peer": record.peer_display,
-        "direction": "out",
-        "name": record.name,
-        "size": record.size,
-        "state": state,
-    }
-    event.update(extra)
-    return event
-
-
 class FileOutbox:
     """The sending side of file transfer for every session of the agent."""
 
@@ -214,7 +200,7 @@ class FileOutbox:
     def _tell(self, session: Session, record: TransferRecord, state: str, **extra: Any) -> None:
         """An event about one of our outgoing files (none for a file handed on)."""
         if record.direction == "out" and (session, record.id) not in self._quiet:
-            self.emit(_event(record, state, **extra))
+            self.emit(events.file_event(record, state, **extra))
 
     # answers -------------------------------------------------------------------------------
 
