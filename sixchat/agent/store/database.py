@@ -18,11 +18,11 @@ from typing import Any
 
 from sixchat._sqlite import MICROSECOND, immediate, migrate, opt_us, to_us
 from sixchat.agent.store import cipher
+from sixchat.agent.store.pinwrites import PinWrites
 from sixchat.agent.store.reads import DatabaseReads
 from sixchat.agent.store.records import (
     EXPIRED,
     FAILED,
-    KEY_EVENTS,
     QUEUED,
     SENT,
     MessageIdConflict,
@@ -32,7 +32,6 @@ from sixchat.agent.store.records import (
     SchemaTooNewError,
     StoreError,
     check_node,
-    check_spki,
 )
 from sixchat.agent.store.schema import MIGRATIONS
 from sixchat.identity import normalize_identity
@@ -41,7 +40,7 @@ from sixchat.stanzas import MAX_BODY_CHARS, Message, format_timestamp, is_valid_
 __all__ = ["MessageDatabase"]
 
 
-class MessageDatabase(DatabaseReads):
+class MessageDatabase(PinWrites, DatabaseReads):
     """
     The store's data model over one C{sqlite3} connection. Blocking: the reactor thread
     must not call it (L{MessageStore} runs it on its own thread). Not thread-safe: one
@@ -529,69 +528,6 @@ class MessageDatabase(DatabaseReads):
         peer = normalize_identity(identity)
         with self._write(durable=False):
             self._see_peer(peer, identity, to_us(now), seen=True)
-
-    # -- pins
-
-    def add_pins(self, identity: str, spkis: Sequence[bytes]) -> None:
-        """Pin keys, and drop any pending key change they settle."""
-        peer = normalize_identity(identity)
-        with self._write() as conn:
-            for spki in spkis:
-                conn.execute(
-                    "INSERT OR IGNORE INTO pins (peer, spki) VALUES (?, ?)",
-                    (peer, check_spki(spki)),
-                )
-                conn.execute(
-                    "DELETE FROM key_changes WHERE peer = ? AND spki = ?", (peer, bytes(spki))
-                )
-
-    def note_key_change(self, identity: str, spki: bytes, now: datetime) -> bool:
-        peer = normalize_identity(identity)
-        spki = check_spki(spki)
-        now_us = to_us(now)
-        with self._write(durable=False) as conn:
-            if conn.execute(
-                "SELECT 1 FROM pins WHERE peer = ? AND spki = ?", (peer, spki)
-            ).fetchone():
-                return False
-            self._see_peer(peer, identity, now_us, seen=True)
-            conn.execute(
-                """
-                INSERT INTO key_changes (peer, spki, first_noted_us, last_noted_us, times)
-                VALUES (?, ?, ?, ?, 1)
-                ON CONFLICT (peer, spki) DO UPDATE SET
-                    last_noted_us = max(key_changes.last_noted_us, excluded.last_noted_us),
-                    times = key_changes.times + 1
-                """,
-                (peer, spki, now_us, now_us),
-            )
-            return True
-
-    def note_key_event(self, identity: str, spki: bytes, what: str, now: datetime) -> None:
-        """Add a line to the contact's key history (L{KeyEvent})."""
-        if what not in KEY_EVENTS:
-            raise ValueError(f"key event must be one of {', '.join(KEY_EVENTS)}")
-        peer = normalize_identity(identity)
-        with self._write(durable=False) as conn:
-            conn.execute(
-                "INSERT INTO key_events (peer, spki, what, at_us) VALUES (?, ?, ?, ?)",
-                (peer, check_spki(spki), what, to_us(now)),
-            )
-
-    def forget_pins(self, identity: str, spkis: Sequence[bytes], now: datetime) -> None:
-        """Unpin keys (C{sixchat trust --forget-old}), each noted as C{forgotten}."""
-        peer = normalize_identity(identity)
-        now_us = to_us(now)
-        with self._write() as conn:
-            for spki in spkis:
-                conn.execute(
-                    "DELETE FROM pins WHERE peer = ? AND spki = ?", (peer, check_spki(spki))
-                )
-                conn.execute(
-                    "INSERT INTO key_events (peer, spki, what, at_us) "
-                    "VALUES (?, ?, 'forgotten', ?)",
-                    (peer, bytes(spki), now_us),
-                )
 
 
 def _too_new(version: int, known: int) -> SchemaTooNewError:
