@@ -43,13 +43,12 @@ from __future__ import annotations
 import functools
 import json
 import os
-import secrets
 import sqlite3
 from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import Any, TypeVar
 
-from twisted.internet import defer, task
+from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -68,6 +67,7 @@ from sixchat.irp.store.common import (
     sha256,
 )
 from sixchat.irp.store.interfaces import Binding, ConflictError, IdentityState, IRegistryStore
+from sixchat.irp.store.sqlite_changes import ChangeFeed
 from sixchat.irp.store.sqlite_schema import MIGRATIONS, SCHEMA_VERSION
 
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "SQLiteStore", "StoreError", "issuer_key"]
@@ -75,10 +75,6 @@ __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "SQLiteStore", "StoreError", "issuer_
 log = Logger()
 
 T = TypeVar("T")
-
-
-#: Rows kept in C{changes}; a process polling once a second never falls that far behind.
-CHANGES_KEPT = 10_000
 
 
 class StoreError(SixchatError):
@@ -165,7 +161,7 @@ class SQLiteStore:
         self.poll_interval = poll_interval
         self._pool: DatabaseThread | None = None
         self._conn: sqlite3.Connection | None = None
-        self._changes = _Changes(self)
+        self._changes = ChangeFeed(self)
         self._shutdown_trigger: Any = None
         self._closing: defer.Deferred[None] | None = None
         self._pending_reads: list[tuple[Callable[..., Any], tuple[Any, ...], Any]] = []
@@ -544,80 +540,3 @@ class SQLiteStore:
 
         return self._write(run).addCallback(lambda _: self._changes.announce([identity]))
 
-
-class _Changes:
-    """
-    Change notification of one L{SQLiteStore}: the identities a mutation touched go to the
-    C{changes} table in its transaction, tagged with this store's random origin, and to
-    the local subscribers once it committed; a poll delivers the rows of other processes.
-    """
-
-    def __init__(self, store: SQLiteStore) -> None:
-        self._store = store
-        self.subscribers: list[Callable[[str], None]] = []
-        self.origin = secrets.token_hex(8)
-        #: The newest row seen (rows up to it were delivered or are ours).
-        self.last_change = 0
-        self._poller: task.LoopingCall | None = None
-        self._polls = 0
-
-    def log(self, conn: sqlite3.Connection, identities: Iterable[str]) -> None:
-        conn.executemany(
-            "INSERT INTO changes (identity, origin) VALUES (?, ?)",
-            [(identity, self.origin) for identity in sorted(set(identities))],
-        )
-
-    def announce(self, identities: Iterable[str]) -> None:
-        for identity in sorted(set(identities)):
-            for callback in list(self.subscribers):
-                try:
-                    callback(identity)
-                except Exception:
-                    log.failure("registry change subscriber failed")
-
-    def announce_and_return(self, identities: set[str]) -> set[str]:
-        self.announce(identities)
-        return identities
-
-    def start_polling(self) -> None:
-        """Poll while the store is open and someone listens (idempotent)."""
-        store = self._store
-        if self._poller is not None or store._pool is None or not self.subscribers:
-            return
-        self._poller = task.LoopingCall(self._poll)
-        self._poller.clock = store._reactor
-        self._poller.start(store.poll_interval, now=False).addErrback(
-            lambda f: log.failure("registry change poll stopped", f)
-        )
-
-    def stop_polling(self) -> None:
-        if self._poller is not None and self._poller.running:
-            self._poller.stop()
-        self._poller = None
-
-    def _poll(self) -> defer.Deferred[None] | None:
-        store = self._store
-        if store._pool is None:
-            return None
-        self._polls += 1
-        last, trim = self.last_change, self._polls % 100 == 0
-
-        def run(conn: sqlite3.Connection) -> tuple[int, list[str]]:
-            rows = conn.execute(
-                "SELECT seq, identity, origin FROM changes WHERE seq > ? ORDER BY seq", (last,)
-            ).fetchall()
-            newest = rows[-1][0] if rows else last
-            if trim:
-                conn.execute("DELETE FROM changes WHERE seq <= ?", (newest - CHANGES_KEPT,))
-            return newest, [identity for _seq, identity, origin in rows if origin != self.origin]
-
-        def got(result: tuple[int, list[str]]) -> None:
-            newest, identities = result
-            self.last_change = max(self.last_change, newest)
-            self.announce(identities)
-
-        def failed(failure: Any) -> None:
-            if store._pool is not None:
-                log.failure("polling the registry database for changes failed", failure)
-
-        return store._read(run).addCallbacks(got, failed)
