@@ -460,14 +460,7 @@ class FileInbox:
         await self.transfers.put(stored)
         message = Message(record.id, format_timestamp(now), file_body(record.name, record.size))
         await self.store.store_incoming(record.peer_display, message, now)
-        receiver = self._receivers.get(key)
-        if receiver is not None and receiver.get(record.id) is outcome.file:
-            self._answer(session, receiver.stored(record.id))
-        else:
-            # The session ended (or the file was offered again) meanwhile: stored all the
-            # same; the receipt goes on this session if it is still open, and a re-offer
-            # gets one too (§11.9).
-            self._answer(session, Receipt(record.id))
+        self._receipt(session, key, record.id, outcome.file)
         log.info(
             "received file {id} from {peer}: {path}",
             id=record.id,
@@ -493,11 +486,7 @@ class FileInbox:
             updated=self.now(),
         )  # fmt: skip
         await self.transfers.put(stored)
-        receiver = self._receivers.get(receiver_key("out", record.peer))
-        if receiver is not None and receiver.get(record.id) is outcome.file:
-            self._answer(session, receiver.stored(record.id))
-        else:
-            self._answer(session, Receipt(record.id))
+        self._receipt(session, receiver_key("out", record.peer), record.id, outcome.file)
         log.info(
             "holding a copy of our file {id} to {peer} from our other node: {path}",
             id=record.id, peer=record.peer_display, path=path,
@@ -572,6 +561,18 @@ class FileInbox:
             del self._origins[mapped]
 
     # helpers -----------------------------------------------------------------------------------
+
+    def _receipt(self, session: Session, key: str, file_id: str, file: IncomingFile) -> None:
+        """
+        The receipt of a file now stored: through its receiver while that still holds this
+        very transfer; else (the session ended, or the file was offered again meanwhile)
+        on this session if it is still open, and a re-offer gets one too (§11.9).
+        """
+        receiver = self._receivers.get(key)
+        if receiver is not None and receiver.get(file_id) is file:
+            self._answer(session, receiver.stored(file_id))
+        else:
+            self._answer(session, Receipt(file_id))
 
     def _answer(self, session: Session, stanza: Any) -> None:
         if not session.ended and session.connection.state in ("open", "closing"):
