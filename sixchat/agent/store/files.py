@@ -93,11 +93,6 @@ def all_transfers(db: MessageDatabase) -> list[TransferRecord]:
     return [_record(r) for r in rows]
 
 
-def outgoing_ids(db: MessageDatabase) -> set[str]:
-    rows = db._conn.execute("SELECT id FROM transfers WHERE direction = 'out'").fetchall()
-    return {r[0] for r in rows}
-
-
 def put(db: MessageDatabase, record: TransferRecord, durable: bool = True) -> None:
     """Insert or replace one transfer row (one transaction)."""
     with db._write(durable=durable) as conn:
@@ -243,9 +238,6 @@ class TransferStore:
 
     def all(self) -> Deferred[list[TransferRecord]]:
         return self.store._run(all_transfers)
-
-    def outgoing_ids(self) -> Deferred[set[str]]:
-        return self.store._run(outgoing_ids)
 
     def put(self, record: TransferRecord, durable: bool = True) -> Deferred[None]:
         return self.store._run(put, record, durable)
