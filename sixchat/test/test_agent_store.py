@@ -972,5 +972,8 @@ class CrashTests(SynchronousTestCase):
             finally:
                 db.close()
             self.assertEqual(pending, out_ids)
-            self.assertEqual(pending[: len(reported_out)], reported_out)
+            # In order; a message committed but killed before its line was read is owed too
+            # (it sits among them: not reported, not lost).
+            reported = set(reported_out)
+            self.assertEqual([m for m in pending if m in reported], reported_out)
         self.assertGreater(len(reported_out), 50)
