@@ -44,15 +44,21 @@ def rss_kib() -> float:
 
 def cpu_seconds(pid: int | None = None) -> float:
     """User + system CPU time of a process (default: this one)."""
+    user, system = cpu_times(pid)
+    return user + system
+
+
+def cpu_times(pid: int | None = None) -> tuple[float, float]:
+    """(user, system) CPU seconds of a process (default: this one); NaNs if it is gone."""
     if pid is None or pid == os.getpid():
         usage = resource.getrusage(resource.RUSAGE_SELF)
-        return usage.ru_utime + usage.ru_stime
+        return usage.ru_utime, usage.ru_stime
     try:
         with open(f"/proc/{pid}/stat") as f:
             fields = f.read().rsplit(")", 1)[1].split()
     except OSError:
-        return float("nan")
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+        return float("nan"), float("nan")
+    return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK
 
 
 def sleep(reactor: Any, seconds: float) -> defer.Deferred[None]:

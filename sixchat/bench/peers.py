@@ -24,7 +24,15 @@ from twisted.internet.protocol import Factory, Protocol
 from zope.interface import implementer
 
 from sixchat.bench import baselines, fixtures
-from sixchat.bench.common import SOURCE_ADDRESSES, commands, cpu_seconds, emit, rss_kib, sleep
+from sixchat.bench.common import (
+    SOURCE_ADDRESSES,
+    commands,
+    cpu_seconds,
+    cpu_times,
+    emit,
+    rss_kib,
+    sleep,
+)
 
 #: Batches the senders write per reactor turn before letting the reactor run (writes,
 #: reads, receipts): the same for ours and the baselines.
@@ -596,16 +604,19 @@ async def stream_client(reactor: Any, spec: dict[str, Any]) -> None:
     for rnd in range(spec["rounds"]):
         order = variants if rnd % 2 == 0 else list(reversed(variants))
         for variant in order:
-            server0, client0 = cpu_seconds(spec.get("server_pid")), cpu_seconds()
+            server0, client0 = cpu_times(spec.get("server_pid")), cpu_times()
             elapsed = await runners[variant](count)
-            server1, client1 = cpu_seconds(spec.get("server_pid")), cpu_seconds()
+            server1, client1 = cpu_times(spec.get("server_pid")), cpu_times()
             metrics = {
                 "seconds": elapsed,
                 "mib_per_s": count * size / elapsed / 2**20,
                 # CPU microseconds per write (a message, for ours) of each process: steadier
                 # than throughput on a loaded machine (connection set-up included, negligible).
-                "sender_cpu_us": (client1 - client0) / count * 1e6,
-                "receiver_cpu_us": (server1 - server0) / count * 1e6,
+                "sender_cpu_us": (sum(client1) - sum(client0)) / count * 1e6,
+                "receiver_cpu_us": (sum(server1) - sum(server0)) / count * 1e6,
+                # Of which in the kernel (system time: the socket calls, epoll).
+                "sender_sys_us": (client1[1] - client0[1]) / count * 1e6,
+                "receiver_sys_us": (server1[1] - server0[1]) / count * 1e6,
             }
             if bench == "stanza":
                 metrics["msgs_per_s"] = count / elapsed

@@ -476,6 +476,64 @@ class StanzaIdTests(unittest.SynchronousTestCase):
         os.close(read)
 
 
+class TimestampTests(unittest.SynchronousTestCase):
+    """C{ts} of the messages we send: formatted once a second, milliseconds appended."""
+
+    @staticmethod
+    def reference(ms: int) -> str:
+        from datetime import UTC, datetime
+
+        from sixchat.stanzas import format_timestamp
+
+        whole, milli = divmod(ms, 1000)
+        when = datetime.fromtimestamp(whole, UTC).replace(microsecond=milli * 1000)
+        return format_timestamp(when)
+
+    def test_clock_readings_across_milliseconds_and_seconds(self) -> None:
+        from sixchat.stanzas import is_valid_timestamp
+
+        clock = task.Clock()
+        proto = PeerProtocol(pair_config()[0], INITIATOR, clock)
+        clock.advance(1_765_000_000.9985)
+        steps = [0, 0.0001, 0.0005, 0.0004, 0.001, 0.999, 1.0, 59.0, 3600.0, 86_400 * 366]
+        seen = []
+        for step in steps:
+            clock.advance(step)
+            ts = proto.timestamp()
+            self.assertEqual(ts, self.reference(int(clock.seconds() * 1000)))
+            self.assertTrue(is_valid_timestamp(ts), ts)
+            seen.append(ts)
+        self.assertEqual(seen[0], "2025-12-06T05:46:40.998Z")
+        self.assertEqual(seen[3], "2025-12-06T05:46:40.999Z")  # 40.9995 + 0.0004
+        self.assertEqual(seen[4], "2025-12-06T05:46:41.000Z")  # into the next second
+        self.assertEqual(seen[6], "2025-12-06T05:46:42.999Z")
+        self.assertEqual(seen[7], "2025-12-06T05:47:41.999Z")
+
+    def test_same_millisecond_in_another_second_is_not_reused(self) -> None:
+        from sixchat.protocol import _format_ms
+
+        self.assertEqual(_format_ms(5_123), "1970-01-01T00:00:05.123Z")
+        self.assertEqual(_format_ms(6_123), "1970-01-01T00:00:06.123Z")
+        self.assertEqual(_format_ms(6_124), "1970-01-01T00:00:06.124Z")
+        self.assertEqual(_format_ms(5_124), "1970-01-01T00:00:05.124Z")
+
+    def test_property_matches_format_timestamp(self) -> None:
+        from hypothesis import given, settings
+        from hypothesis import strategies as st
+
+        from sixchat.protocol import _format_ms
+
+        # From 1970 to the year 9999, in any order (so the cache is hit and missed).
+        @settings(max_examples=400, deadline=None)
+        @given(st.lists(st.integers(0, 253_402_300_799_999), min_size=1, max_size=8))
+        def check(readings: list[int]) -> None:
+            for ms in readings:
+                self.assertEqual(_format_ms(ms), self.reference(ms))
+                self.assertEqual(_format_ms(ms), self.reference(ms))  # cached
+
+        check()
+
+
 class ErrorsTests(unittest.SynchronousTestCase):
     def test_stanza_error_reason_normalised(self) -> None:
         self.assertEqual(StanzaError("weird").reason, "bad_request")
