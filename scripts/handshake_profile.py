@@ -9,10 +9,12 @@ Ed25519 leaves issued by the anchor and X25519MLKEM768, as in C{python -m sixcha
 keep none (C{chain_cache=0}, the benchmark's C{ourscold}), so every handshake validates both
 chains in full.
 
-    python scripts/handshake_profile.py time [N]       CPU per handshake (both sides),
-                                                       warm and cold alternated, 3 rounds
-    python scripts/handshake_profile.py profile [N]    cProfile, cold minus warm, per function
-    python scripts/handshake_profile.py run warm|cold N  just N handshakes (for valgrind)
+    python scripts/handshake_profile.py time [N [KEY]]     CPU per handshake (both sides),
+                                                           warm and cold alternated, 3 rounds
+    python scripts/handshake_profile.py profile [N [KEY]]  cProfile, cold minus warm, per function
+    python scripts/handshake_profile.py run warm|cold N [KEY]  just N handshakes (for valgrind)
+
+KEY is the key type of the CA and both leaves: ed25519 (the default) or p256.
 
 Instruction counts, which do not depend on the load: run C{run warm} and C{run cold} with two
 values of N under C{valgrind --tool=callgrind} and subtract (the difference of the totals over
@@ -38,10 +40,10 @@ GROUPS = ["x25519-mlkem768"]
 class Peers:
     """One CA and two identities under it, made once."""
 
-    def __init__(self) -> None:
-        self.ca = ThrowawayCA()
-        self.alice = self.ca.identity("alice@example.com")
-        self.bob = self.ca.identity("bob@example.com")
+    def __init__(self, key_type: str = "ed25519") -> None:
+        self.ca = ThrowawayCA(key_type=key_type)
+        self.alice = self.ca.identity("alice@example.com", key_type=key_type)
+        self.bob = self.ca.identity("bob@example.com", key_type=key_type)
 
     def configs(self, cold: bool) -> tuple[PeerConfig, PeerConfig]:
         options: dict[str, Any] = {"chain_cache": 0} if cold else {}
@@ -70,15 +72,16 @@ def main(argv: list[str]) -> int:
     if not argv or argv[0] not in ("time", "profile", "run"):
         print(__doc__.strip().split("\n\n")[2], file=sys.stderr)
         return 2
-    peers = Peers()
     if argv[0] == "run":
-        if len(argv) != 3 or argv[1] not in ("warm", "cold"):
-            print("usage: handshake_profile.py run warm|cold N", file=sys.stderr)
+        if len(argv) not in (3, 4) or argv[1] not in ("warm", "cold"):
+            print("usage: handshake_profile.py run warm|cold N [KEY]", file=sys.stderr)
             return 2
+        peers = Peers(*argv[3:])
         peers.run(argv[1] == "cold", 5)
         peers.run(argv[1] == "cold", int(argv[2]))
         return 0
     n = int(argv[1]) if len(argv) > 1 else 200
+    peers = Peers(*argv[2:3])
     if argv[0] == "time":
         for rnd in range(3):
             warm = per_handshake_ms(peers, False, n)
