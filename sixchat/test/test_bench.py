@@ -544,3 +544,44 @@ class FileSmokeTests(SynchronousTestCase):
         self.assertGreater(report["file_mib_per_s"], 0)
         variants = {(s["bench"], s["variant"]) for s in report["samples"]}
         self.assertEqual(variants, {("file", "ours"), ("file", "tls")})
+
+
+class HandshakeProfileScriptTests(SynchronousTestCase):
+    """scripts/handshake_profile.py: warm and cold handshakes in one process."""
+
+    def load(self):
+        import importlib.util
+
+        root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        spec = importlib.util.spec_from_file_location(
+            "handshake_profile", os.path.join(root, "scripts", "handshake_profile.py")
+        )
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    def test_cold_validates_every_chain(self):
+        """Cold handshakes validate both chains each time; warm ones only the first time."""
+        module = self.load()
+        peers = module.Peers()
+        calls = {False: 0, True: 0}
+        for cold in (False, True):
+            initiator, responder = module.Peers.configs(peers, cold)
+            for config in (initiator, responder):
+                original = config.trust._validate
+
+                def counting(*args, _original=original, _cold=cold, **kwargs):
+                    calls[_cold] += 1
+                    return _original(*args, **kwargs)
+
+                config.trust._validate = counting
+            peers.configs = lambda c, _pair=(initiator, responder), _cold=cold: _pair
+            peers.run(cold, 3)
+        self.assertEqual(calls, {False: 2, True: 6})
+
+    def test_usage(self):
+        module = self.load()
+        self.assertEqual(module.main([]), 2)
+        self.assertEqual(module.main(["run", "lukewarm", "1"]), 2)
+        self.assertEqual(module.main(["run", "cold", "1"]), 0)

@@ -14,7 +14,9 @@ import os
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding
-from cryptography.x509.oid import ObjectIdentifier
+from cryptography.x509.oid import ExtensionOID, ObjectIdentifier
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from sixchat import pki
@@ -22,6 +24,7 @@ from sixchat.errors import BadCertificate, CertificateExpired, UnknownCA
 from sixchat.identity import Identity
 from sixchat.test import certs
 from sixchat.trust import PeerCertificate, TrustStore
+from sixchat.trust.profile import check_constrained_mailboxes
 
 VECTORS = os.path.join(os.path.dirname(__file__), "vectors")
 DAY = datetime.timedelta(days=1)
@@ -617,3 +620,63 @@ class ConstrainedMailboxTests(SynchronousTestCase):
     def test_outside_the_constraint(self):
         self.assertRaises(BadCertificate, self.trust.validate,
                           self.leaf("alice@example.org"), self.now)  # fmt: skip
+
+    def test_scan_agrees_with_lookup(self):
+        """
+        check_constrained_mailboxes finds name constraints by scanning the parsed extensions
+        (a shortcut for speed); on any path of these certificates (constrained CA or not,
+        at any depth, leaves with and without a bad mailbox) it decides exactly as the
+        get_extension_for_oid lookup it replaced.
+        """
+        pool = [
+            self.ca.anchor,
+            self.inter,
+            x509.load_der_x509_certificate(self.leaf("alice@x.example.com")[0]),
+            x509.load_der_x509_certificate(self.leaf("bob@x.example.com", "a@b@x.example.com")[0]),
+            x509.load_der_x509_certificate(
+                certs.make_identity("carol@example.com", self.ca).chain_der[0]
+            ),
+        ]
+
+        def outcome(check, path):
+            try:
+                check(path)
+            except BadCertificate as e:
+                return e.text
+            return None
+
+        @settings(max_examples=200, deadline=None)
+        @given(st.lists(st.integers(0, len(pool) - 1), min_size=1, max_size=5))
+        def agree(indices):
+            path = tuple(pool[i] for i in indices)
+            self.assertEqual(outcome(check_constrained_mailboxes, path),
+                             outcome(_constrained_mailboxes_by_lookup, path))  # fmt: skip
+
+        agree()
+        # The property is not vacuous: both outcomes occur.
+        self.assertIsNone(outcome(check_constrained_mailboxes, (pool[2], self.inter)))
+        self.assertIn("not a mailbox", outcome(check_constrained_mailboxes, (pool[3], self.inter)))
+
+
+def _constrained_mailboxes_by_lookup(path):
+    """check_constrained_mailboxes as it was written before the scan (the reference)."""
+    for depth in range(1, len(path)):
+        try:
+            path[depth].extensions.get_extension_for_oid(ExtensionOID.NAME_CONSTRAINTS)
+        except x509.ExtensionNotFound:
+            continue
+        for below in range(depth):
+            try:
+                san = path[below].extensions.get_extension_for_oid(
+                    ExtensionOID.SUBJECT_ALTERNATIVE_NAME
+                ).value
+            except x509.ExtensionNotFound:
+                continue
+            for name in san.get_values_for_type(x509.RFC822Name):
+                local, at, domain = name.partition("@")
+                if not (at and local and domain) or "@" in domain:
+                    raise BadCertificate(
+                        f"certificate at depth {below} has rfc822Name {name!r}, which is not a "
+                        "mailbox, under name constraints"
+                    )
+        return

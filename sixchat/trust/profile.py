@@ -39,6 +39,7 @@ _SAN = ExtensionOID.SUBJECT_ALTERNATIVE_NAME
 _BASIC_CONSTRAINTS = ExtensionOID.BASIC_CONSTRAINTS
 _KEY_USAGE = ExtensionOID.KEY_USAGE
 _EXTENDED_KEY_USAGE = ExtensionOID.EXTENDED_KEY_USAGE
+_NAME_CONSTRAINTS = ExtensionOID.NAME_CONSTRAINTS
 
 
 def check_key_strength(cert: x509.Certificate, depth: int) -> None:
@@ -126,12 +127,15 @@ def check_constrained_mailboxes(path: tuple[x509.Certificate, ...]) -> None:
     path without name constraints is not looked at (one extension lookup per CA).
     """
     for depth in range(1, len(path)):
+        # A scan of the parsed extensions rather than get_extension_for_oid, whose miss (the
+        # usual case: no CA on the path is constrained) builds and raises an exception: 1 µs
+        # instead of 3 for a leaf under an anchor (docs/benchmarks.md, first contact).
         try:
-            path[depth].extensions.get_extension_for_oid(ExtensionOID.NAME_CONSTRAINTS)
-        except x509.ExtensionNotFound:
-            continue
+            constrained = any(ext.oid == _NAME_CONSTRAINTS for ext in path[depth].extensions)
         except ValueError:  # pragma: no cover - OpenSSL refused the path already
             raise BadCertificate("malformed extensions on the path") from None
+        if not constrained:
+            continue
         for below in range(depth):
             try:
                 san = path[below].extensions.get_extension_for_oid(_SAN).value
