@@ -189,8 +189,10 @@ HEADLINES: tuple[Headline, ...] = (
              unit="MiB/s", label="bulk, 16 KiB writes, vs Twisted TLS 1.3"),
     Headline("bulk_ratio_tcp", "bulk", "mib_per_s", "ratio", baseline="tcp",
              unit="MiB/s", label="bulk, 16 KiB writes, vs plain TCP (ceiling)"),
+    # No target against XMPP that nobody receipts (issue 15 retired it: its transport packs a
+    # reactor turn's stanzas into one TLS record, which our one element per record forbids).
     Headline("stanza_ratio_xmpp_tls", "stanza", "msgs_per_s", "ratio", baseline="xmpp_tls",
-             target=1.5, unit="msgs/s", label="200-byte messages, one way, vs XMPP over TLS"),
+             unit="msgs/s", label="200-byte messages, one way, vs XMPP over TLS"),
     Headline("stanza_msgs_per_s", "stanza", "msgs_per_s", target=40_000, unit="msgs/s",
              label="200-byte messages/s, one way (ours)"),
     Headline("stanza_ratio_xmpp_tls_receipts", "stanza", "msgs_per_s", "ratio",
