@@ -278,6 +278,17 @@ class Agent(TwistdProcess):
         self.data_dir = args[args.index("--data-dir") + 1]
         return args
 
+    @defer.inlineCallbacks
+    def start(self, timeout: float = START_TIMEOUT) -> Any:
+        """
+        Ready once it also logged "ready": it listens before its store is open, and until
+        then closes every connection at once (a probe right after "listening" was refused).
+        """
+        port = yield super().start(timeout)
+        assert self.proc is not None
+        yield self.proc.wait(r"user agent \S+ \(node \S+\) ready", timeout=timeout)
+        return port
+
 
 class Registry(TwistdProcess):
     """A C{twistd -n sixchat-irp} registry."""
