@@ -161,6 +161,34 @@ class AgentFileTests(unittest.TestCase):
         self.assertLess(len(waits), len(chunks))
 
     @defer.inlineCallbacks
+    def test_a_file_cut_short_while_being_sent_fails_with_size_mismatch(self) -> Any:
+        """
+        The source shrinks between two block reads: the short read ends the stream with
+        C{done}, the receiver rejects the file (size_mismatch) and nothing is stored.
+        """
+        self.patch(sending, "READ_BLOCK", 2 * MAX_CHUNK)
+        data = payload(6 * 2 * MAX_CHUNK)
+        path = self.source(data)
+        reads: list[int] = []
+        thread = sending.FileOutbox._thread
+
+        def cutting(outbox: Any, f: Any, *args: Any) -> Any:
+            if getattr(f, "__name__", "") == "readinto":
+                reads.append(1)
+                if len(reads) == 3:  # the first two blocks are read whole
+                    os.truncate(path, 5 * MAX_CHUNK)
+            return thread(outbox, f, *args)
+
+        self.patch(sending.FileOutbox, "_thread", cutting)
+        alice, _ = yield self.agent("alice@example.com")
+        bob, _ = yield self.agent("bob@example.com")
+        queued = yield alice.sendFile("bob@example.com", path)
+        status = yield alice.waitDelivered(queued["id"], 30)
+        self.assertEqual((status["state"], status["reason"]), ("failed", "size_mismatch"))
+        self.assertEqual(len(reads), 3)  # no read after the short one
+        self.assertEqual(os.listdir(bob.files_dir.root), [".partial"])
+
+    @defer.inlineCallbacks
     def test_queued_while_offline_and_names_collide(self) -> Any:
         alice, _ = yield self.agent("alice@example.com")
         first = yield alice.sendFile("bob@example.com", self.source(b"one", "../../x.txt"))
