@@ -225,6 +225,15 @@ class FlowControl(Protocol):
         self._outbox = None
         self._outbox_bytes = 0
 
+    def _writable(self) -> bool:
+        """True when L{_whenWritable} would fire at once (no Deferred needed)."""
+        return (
+            not self._outbox
+            and not self._write_full
+            and not self._lost
+            and self.connection.state == "open"
+        )
+
     def _whenWritable(self) -> defer.Deferred[None]:
         d: defer.Deferred[None] = defer.Deferred()
         if self._lost or self.connection.state != "open":

@@ -233,6 +233,15 @@ class Session:
         """
         return self._protocol._outbox_bytes
 
+    @property
+    def writable(self) -> bool:
+        """
+        True when L{whenWritable} would fire at once: a sender of many stanzas (a file's
+        chunks) checks this and waits on L{whenWritable} only when it is False, instead of
+        a Deferred per stanza.
+        """
+        return self._protocol._writable()
+
     def whenWritable(self) -> defer.Deferred[None]:
         """
         Fires once nothing of ours waits for the transport and its buffer has room: the

@@ -17,12 +17,13 @@ from twisted.trial import unittest
 
 from sixchat.agent import outbox as agent_outbox
 from sixchat.agent import tap
-from sixchat.agent.files import disk, receiving
+from sixchat.agent.files import disk, receiving, sending
 from sixchat.agent.files.disk import FilesDir, file_digest
 from sixchat.agent.service import AgentError, UserAgentService
 from sixchat.filetransfer import MAX_CHUNK, Accept, Chunk, Done, FileOffer, Reject
 from sixchat.flow import MAX_HELD
 from sixchat.handshake import PeerConfig
+from sixchat.session import Session
 from sixchat.stanzas import ErrorStanza, Receipt
 from sixchat.test import certs
 from sixchat.test.test_agent_service import CA, Events, FakeDirectory, deferLater
@@ -118,6 +119,74 @@ class AgentFileTests(unittest.TestCase):
         states = [e["state"] for e in bob_events.of("file")]
         self.assertEqual((states[0], states[-1]), ("receiving", "received"))
         self.assertIn("delivered", [e["state"] for e in alice_events.of("file")])
+
+    @defer.inlineCallbacks
+    def test_a_file_of_many_read_blocks_arrives_whole_with_few_waits(self) -> Any:
+        """
+        The sender reads the file in blocks into two buffers in turn and sends chunks while
+        the session is writable, waiting on a Deferred only when it is not: every byte
+        arrives in order across the block boundaries (a buffer reused too early would
+        corrupt it), no chunk carries more than MAX_CHUNK bytes, and there are fewer waits
+        than chunks (the transport takes more than one chunk before it is full).
+        """
+        self.patch(sending, "READ_BLOCK", 3 * MAX_CHUNK)
+        waits: list[int] = []
+        when_writable = Session.whenWritable
+
+        def counting(session: Session) -> Any:
+            waits.append(1)
+            return when_writable(session)
+
+        self.patch(Session, "whenWritable", counting)
+        chunks: list[int] = []
+        serialized = Chunk.serialized
+
+        def recording(chunk: Chunk) -> bytes:
+            chunks.append(len(chunk.data))
+            return serialized(chunk)
+
+        self.patch(Chunk, "serialized", recording)
+        alice, _ = yield self.agent("alice@example.com")
+        bob, _ = yield self.agent("bob@example.com")
+        data = payload(7 * 3 * MAX_CHUNK + 12_345)
+        queued = yield alice.sendFile("bob@example.com", self.source(data))
+        status = yield alice.waitDelivered(queued["id"], 30)
+        self.assertEqual(status["state"], "delivered")
+        [incoming] = yield bob.files()
+        with open(incoming["path"], "rb") as f:
+            self.assertEqual(f.read(), data)
+        self.assertEqual(sum(chunks), len(data))
+        self.assertEqual(max(chunks), MAX_CHUNK)
+        self.assertEqual(len(chunks), 7 * 3 + 1)
+        self.assertLess(len(waits), len(chunks))
+
+    @defer.inlineCallbacks
+    def test_a_file_cut_short_while_being_sent_fails_with_size_mismatch(self) -> Any:
+        """
+        The source shrinks between two block reads: the short read ends the stream with
+        C{done}, the receiver rejects the file (size_mismatch) and nothing is stored.
+        """
+        self.patch(sending, "READ_BLOCK", 2 * MAX_CHUNK)
+        data = payload(6 * 2 * MAX_CHUNK)
+        path = self.source(data)
+        reads: list[int] = []
+        thread = sending.FileOutbox._thread
+
+        def cutting(outbox: Any, f: Any, *args: Any) -> Any:
+            if getattr(f, "__name__", "") == "readinto":
+                reads.append(1)
+                if len(reads) == 3:  # the first two blocks are read whole
+                    os.truncate(path, 5 * MAX_CHUNK)
+            return thread(outbox, f, *args)
+
+        self.patch(sending.FileOutbox, "_thread", cutting)
+        alice, _ = yield self.agent("alice@example.com")
+        bob, _ = yield self.agent("bob@example.com")
+        queued = yield alice.sendFile("bob@example.com", path)
+        status = yield alice.waitDelivered(queued["id"], 30)
+        self.assertEqual((status["state"], status["reason"]), ("failed", "size_mismatch"))
+        self.assertEqual(len(reads), 3)  # no read after the short one
+        self.assertEqual(os.listdir(bob.files_dir.root), [".partial"])
 
     @defer.inlineCallbacks
     def test_queued_while_offline_and_names_collide(self) -> Any:

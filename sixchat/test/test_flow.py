@@ -162,6 +162,27 @@ class OutboxTests(unittest.TestCase):
         self.assertIsInstance(self.successResultOf(sent), Receipt)
         self.failureResultOf(self.alice_session.whenWritable(), SessionLost)
 
+    def test_writable_says_whether_when_writable_would_fire_at_once(self) -> None:
+        self.assertTrue(self.alice_session.writable)
+        self.client.pauseProducing()  # the transport's buffer is full
+        self.assertFalse(self.alice_session.writable)
+        self.client.resumeProducing()
+        self.assertTrue(self.alice_session.writable)
+        self.client.pauseProducing()
+        self.alice_session.sendMessage("queued")
+        self.client.resumeProducing()  # drained: the outbox is empty again
+        self.assertTrue(self.alice_session.writable)
+        self.client.pauseProducing()
+        self.alice_session.sendMessage("still queued")
+        self.client._write_full = False  # room again, but our own stanza still waits
+        self.assertFalse(self.alice_session.writable)
+        self.client.resumeProducing()
+        self.assertTrue(self.alice_session.writable)
+        self.client.transport.loseConnection()  # type: ignore[union-attr]
+        self.pair.flush()
+        self.assertFalse(self.alice_session.writable)
+        self.failureResultOf(self.alice_session.whenWritable(), SessionLost)
+
     def test_writes_pieces_as_a_sequence_or_joined(self) -> None:
         """
         A large message leaves as one writeSequence (header and ciphertext, not joined by

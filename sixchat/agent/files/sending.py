@@ -2,9 +2,10 @@
 Sending files (§8.7): L{FileOutbox.deliver} is the outbox's way to deliver an entry that is a
 file. It offers the file on the session (one file at a time per session, so a receiver's
 concurrency limit never refuses our own queue), and once the peer accepts it streams the
-file from disk from the accepted offset (the peer's durable prefix: a resume): reads run in
-a thread one chunk ahead, each chunk of at most 32,768 bytes is sent when the session's flow
-control says it has room (L{Session.whenWritable}: the session is the transport's registered
+file from disk from the accepted offset (the peer's durable prefix: a resume): reads of
+L{READ_BLOCK} run in a thread one block ahead, each chunk of at most 32,768 bytes is sent when
+the session's flow control says it has room (L{Session.writable}, else
+L{Session.whenWritable}: the session is the transport's registered
 producer, so a slow reader pauses the file instead of filling memory), then C{done}. The
 Deferred fires with the receipt or fails like a message send (L{StanzaRefused} for a
 C{reject} or C{error}, final; L{SessionLost}, retried by the outbox on a new session).
@@ -13,12 +14,13 @@ C{reject} or C{error}, final; L{SessionLost}, retried by the outbox on a new ses
 from __future__ import annotations
 
 import contextlib
+import io
 import mimetypes
 import os
 import secrets
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any, BinaryIO
+from typing import Any
 
 from twisted.internet import defer, threads
 from twisted.logger import Logger
@@ -40,7 +42,8 @@ log = Logger(namespace="sixchat.agent.service")
 
 #: Emit a progress event every this many bytes sent.
 PROGRESS_EVERY = 8 * 1024 * 1024
-#: The file is read in blocks of this many bytes (one thread hop each), one block ahead.
+#: The file is read in blocks of this many bytes (one thread hop each), one block ahead, into
+#: two buffers of this size allocated once per transfer (2 MiB).
 READ_BLOCK = 32 * MAX_CHUNK
 
 
@@ -247,34 +250,42 @@ class FileOutbox:
         size = outgoing.offer.size
         quiet = (session, outgoing.id) in self._quiet
         progress: dict[str, int] = {} if quiet else self.progress
-        f: BinaryIO = await self._thread(open, record.path, "rb")
-        reading: defer.Deferred[bytes] | None = None
+        f: io.BufferedReader = await self._thread(open, record.path, "rb")
+        reading: defer.Deferred[int] | None = None
         try:
             await self._thread(f.seek, outgoing.sent)
             progress[outgoing.id] = outgoing.sent
             last_event = outgoing.sent
-            # Blocks of READ_BLOCK bytes, one ahead: one thread hop per block, not per chunk.
+            # Blocks of READ_BLOCK bytes, one ahead: one thread hop per block, not per chunk,
+            # read into two buffers in turn (no fresh memory per block: each chunk copies
+            # its bytes out, so a buffer is free again once its chunks are made).
+            buffers = (memoryview(bytearray(READ_BLOCK)), memoryview(bytearray(READ_BLOCK)))
+            turn = 0
             offset = outgoing.sent
             want = min(READ_BLOCK, size - offset)
-            reading = self._thread(f.read, want) if want else None
+            reading = self._thread(f.readinto, buffers[turn][:want]) if want else None
             while reading is not None:
-                block: bytes = await reading
+                got: int = await reading
                 if outgoing.finished:
                     return  # refused or lost meanwhile
-                if len(block) != want:
+                if got != want:
                     # The file changed under us: say done; the peer rejects it (size).
                     log.warn("file {path} changed while being sent", path=record.path)
                     break
+                view = buffers[turn][:got]
                 offset += want
                 want = min(READ_BLOCK, size - offset)
-                reading = self._thread(f.read, want) if want else None
-                view = memoryview(block)
-                for start in range(0, len(block), MAX_CHUNK):
-                    chunk = outgoing.next_chunk(bytes(view[start : start + MAX_CHUNK]))
-                    await session.whenWritable()
-                    if outgoing.finished:
-                        return
-                    session.sendStanza(chunk)
+                turn ^= 1
+                reading = self._thread(f.readinto, buffers[turn][:want]) if want else None
+                for start in range(0, got, MAX_CHUNK):
+                    # A Deferred only when the session has no room: while the transport
+                    # takes them, chunks go one after another without a hop through the
+                    # reactor (the transport's pauseProducing ends the run).
+                    if not session.writable:
+                        await session.whenWritable()
+                        if outgoing.finished:
+                            return
+                    session.sendStanza(outgoing.next_chunk(bytes(view[start : start + MAX_CHUNK])))
                 progress[outgoing.id] = outgoing.sent
                 if outgoing.sent - last_event >= PROGRESS_EVERY:
                     last_event = outgoing.sent
