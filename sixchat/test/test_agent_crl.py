@@ -522,17 +522,9 @@ class SessionTests(CRLCase):
 
 class OptionTests(unittest.TestCase):
     def options(self, *args: str) -> tap.Options:
-        from sixchat.test.test_integration import write_people
+        from sixchat.test.test_integration import alice_options
 
-        tmp = self.mktemp()
-        os.makedirs(tmp)
-        people = write_people(tmp)
-        options = tap.Options()
-        options.parseOptions(
-            ["--cert", people["alice"], "--trust", people["ca"],
-             "--data-dir", os.path.abspath(os.path.join(tmp, "data")), *args]
-        )  # fmt: skip
-        return options
+        return alice_options(self.mktemp(), *args)
 
     def test_crl_refresh(self) -> None:
         self.assertEqual(self.options()["crl-refresh"], 3600.0)

@@ -39,13 +39,6 @@ def held(agent: Any) -> defer.Deferred[list[tuple[str, str, str]]]:
 class HandOnTests(AgentCase):
     timeout = 60
 
-    def source(self, data: bytes, name: str = "photo.jpg") -> str:
-        os.makedirs(self.base, exist_ok=True)
-        path = os.path.join(self.base, name)
-        with open(path, "wb") as f:
-            f.write(data)
-        return path
-
     @defer.inlineCallbacks
     def node(self, name: str) -> Any:
         agent, events = yield self.agent(ALICE, name, identity=self.alice_ids[name])

@@ -43,12 +43,7 @@ class OutgoingFileCase(AgentCase):
         }
         self.bob_id = self.identity(BOB)
 
-    def source(self, data: bytes, name: str = "report.pdf") -> str:
-        os.makedirs(self.base, exist_ok=True)
-        path = os.path.join(self.base, name)
-        with open(path, "wb") as f:
-            f.write(data)
-        return path
+    source_name = "report.pdf"
 
     @defer.inlineCallbacks
     def node(self, name: str, **kw: Any) -> Any:
@@ -226,8 +221,13 @@ class HandOnTests(OutgoingFileCase):
         test = self
 
         async def stop_laptop() -> None:
+            # Both ends cut in this reactor turn: bob would otherwise read on what the laptop
+            # had already written (the whole file fits in the sockets and bob's held data).
             for session in list(laptop.sessions.live):
                 if session.peer == BOB:
+                    session._protocol.transport.abortConnection()
+            for session in list(bob.sessions.live):
+                if session.peer == ALICE:
                     session._protocol.transport.abortConnection()
             await test.stop(laptop, "laptop")
 

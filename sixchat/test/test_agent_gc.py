@@ -6,7 +6,6 @@ the agent is ready, what start-up made is kept out of later collections.
 from __future__ import annotations
 
 import gc
-import os
 from typing import Any
 
 from twisted.python.failure import Failure
@@ -41,16 +40,9 @@ class FreezeTests(unittest.SynchronousTestCase):
         self.assertIsNone(tap.freeze_start_up(None, Old()))
 
     def agent(self) -> Any:
-        from sixchat.test.test_integration import write_people
+        from sixchat.test.test_integration import alice_options
 
-        tmp = self.mktemp()
-        os.makedirs(tmp)
-        people = write_people(tmp)
-        options = tap.Options()
-        options.parseOptions(
-            ["--cert", people["alice"], "--trust", people["ca"],
-             "--data-dir", os.path.abspath(os.path.join(tmp, "data"))]
-        )  # fmt: skip
+        options = alice_options(self.mktemp())
         self.addCleanup(gc.unfreeze)
         gc.unfreeze()
         self.assertEqual(gc.get_freeze_count(), 0)

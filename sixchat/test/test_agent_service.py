@@ -56,6 +56,16 @@ class AgentCase(unittest.TestCase):
     """Agents on real TCP with real stores, found through a L{FakeDirectory}."""
 
     timeout = 60
+    #: The name L{source} gives a file by default.
+    source_name = "photo.jpg"
+
+    def source(self, data: bytes, name: str | None = None) -> str:
+        """A file holding C{data} to send, in the test's directory."""
+        os.makedirs(self.base, exist_ok=True)
+        path = os.path.join(self.base, name or self.source_name)
+        with open(path, "wb") as f:
+            f.write(data)
+        return path
 
     def setUp(self) -> None:
         self.patch(agent_outbox, "TICK", 0.05)

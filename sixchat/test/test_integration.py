@@ -37,6 +37,18 @@ def write_people(tmp: str) -> dict[str, str]:
     return paths
 
 
+def alice_options(tmp: str, *args: str) -> tap.Options:
+    """C{twistd sixchat} options for alice (fresh people in C{tmp}), plus C{args}."""
+    os.makedirs(tmp)
+    people = write_people(tmp)
+    options = tap.Options()
+    options.parseOptions(
+        ["--cert", people["alice"], "--trust", people["ca"],
+         "--data-dir", os.path.abspath(os.path.join(tmp, "data")), *args]
+    )  # fmt: skip
+    return options
+
+
 class PluginTests(unittest.TestCase):
     def test_plugin_is_discovered(self) -> None:
         makers = {p.tapname: p for p in getPlugins(IServiceMaker)}
