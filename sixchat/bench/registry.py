@@ -102,7 +102,7 @@ async def registry_server(reactor: Any, spec: dict[str, Any]) -> None:
                 metrics["gc_complete_count"] = float(policy.complete)
                 metrics["gc_complete_max_ms"] = policy.longest_complete * 1000
             cache = getattr(store, "cache", None)
-            if cache is not None:  # the PostgreSQL store's lookup cache
+            if cache is not None:  # the store's lookup cache
                 metrics["cache_hits"] = float(cache.hits)
                 metrics["cache_misses"] = float(cache.misses)
             variant = cmd.get("variant", "server")

@@ -83,7 +83,7 @@ class Options(OneLineOptions):
             "lookup-cache",
             None,
             "20000",
-            "PostgreSQL only: identities each instance keeps in its lookup cache (0: none)",
+            "identities each registry process keeps in its lookup cache (0: none)",
         ],
         [
             "gc-interval",

@@ -1,5 +1,5 @@
 """
-The PostgreSQL store's lookup cache (L{sixchat.irp.store.postgres_cache}): first the cache
+The PostgreSQL store's lookup cache (L{sixchat.irp.store.lookup_cache}): first the cache
 alone (tickets, time bounds, sizes; a property test against a model database), then two
 stores on one real database (two registry instances): a change made through A is never
 answered by B's cache once B heard of it, and never later than C{cache_fresh} seconds even
@@ -18,7 +18,7 @@ from twisted.trial import unittest
 
 from sixchat.irp.store.common import issuer_key
 from sixchat.irp.store.interfaces import Binding, IdentityState
-from sixchat.irp.store.postgres_cache import FOREVER, REVOCATION, LookupCache, valid_until
+from sixchat.irp.store.lookup_cache import FOREVER, REVOCATION, LookupCache, valid_until
 from sixchat.test.test_irp_postgres import (
     CERT_END,
     LATER,

@@ -176,6 +176,22 @@ class PluginTests(TestCase):
         for value in ("-1", "many", "2.5"):
             self.assertUsage([*base, "--lookup-cache", value], "--lookup-cache")
 
+    def test_lookup_cache_option_sqlite(self) -> None:
+        """The SQLite store takes the same option (docs/admin.md)."""
+        f = self.write_files()
+        base = ["--cert", f["p12"], "--ca-dir", f["ca"], "--password-file", f["pw"]]
+        base += ["--db", self.mktemp()]  # not opened here
+        for value, expected in ((None, 20_000), ("7", 7), ("0", None)):
+            options = irp_tap.Options()
+            options.parseOptions([*base, "--lookup-cache", value] if value else base)
+            service = irp_tap.makeService(options)
+            assert isinstance(service, IRPServerService)
+            cache = service.store.cache  # type: ignore[attr-defined]
+            self.assertEqual(cache.max_states if cache is not None else None, expected)
+
+
+A_NAME = "alice@example.com"
+
 
 class RealProcessTests(TestCase):
     """C{sixchat pki} and C{twistd -n sixchat-irp} as an administrator runs them."""
@@ -312,6 +328,49 @@ class RealProcessTests(TestCase):
             answer = await client.request(Lookup(f"again{i}", "nobody@example.com"))
             self.assertEqual(answer.get("reason"), "not_found")
         self.assertEqual((await client.request(Ping("p"))).tag, "pong")
+        await registry.stop()
+
+    async def test_registry_cache_sees_an_admin_revocation_within_the_bound(self) -> None:
+        """
+        C{twistd sixchat-irp} on SQLite answers lookups from its cache (the default
+        C{--lookup-cache}); C{sixchat pki revoke}, another process on the same file, removes
+        the binding from the answers within C{SQLiteStore.cache_fresh} seconds (docs/irp.md).
+        """
+        await self.cli("pki", "init-ca", "ca")
+        await self.cli("pki", "issue-server", "127.0.0.1", "--ca", "ca", "--out", "irp.p12")
+        registry = Registry(
+            self.tmp,
+            ["--cert", "irp.p12", "--ca-dir", "ca", "--listen", "tcp:0:interface=127.0.0.1",
+             "--db", "irp.sqlite", "--lookup-policy", "public"],
+        )  # fmt: skip
+        self.addCleanup(registry.stop)
+        port = await registry.start()
+        with open(os.path.join(self.tmp, "ca", "ca.pem"), "rb") as f:
+            anchor = x509.load_pem_x509_certificate(f.read())
+        client = await tls_connect(self, port, anchor)
+        out, _err, _code = await self.cli("pki", "invite", A_NAME, "--db", "irp.sqlite")
+        key = ed25519.Ed25519PrivateKey.generate()
+        issued = await client.request(Enroll("e", out.strip(), make_csr(key)))
+        leaf = x509.load_der_x509_certificate(base64.b64decode(issued.find("cert").text))  # type: ignore[union-attr]
+        a = await tls_connect(self, port, anchor, Identity(key, leaf, [anchor]))
+        self.assertEqual((await a.request(Register("r", "n", CONTACT))).tag, "registered")
+        for i in range(3):  # the first reads the file, the others are answered from the cache
+            self.assertEqual((await client.request(Lookup(f"l{i}", A_NAME))).tag, "record")
+        pem = os.path.join(self.tmp, "alice.pem")
+        with open(pem, "wb") as f:
+            f.write(leaf.public_bytes(serialization.Encoding.PEM))
+        await self.cli("pki", "revoke", "--db", "irp.sqlite", "--ca", "ca", "--cert", pem)
+        revoked_at = reactor.seconds()
+        for i in range(200):
+            answer = await client.request(Lookup(f"after{i}", A_NAME))
+            if answer.get("reason") == "not_found":
+                break
+            self.assertEqual(answer.tag, "record")
+            await task.deferLater(reactor, 0.05, lambda: None)
+        else:
+            self.fail("the revoked binding was still answered:\n" + registry.log)
+        # Within the bound (plus the lookup's own round trip on a loaded machine).
+        self.assertLess(reactor.seconds() - revoked_at, SQLiteStore.cache_fresh + 2.0)
         await registry.stop()
 
     async def test_startup_errors_are_one_line(self) -> None:

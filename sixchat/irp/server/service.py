@@ -118,8 +118,8 @@ class IRPServerService(EndpointService):
 def make_store(db: str, reactor: Any, *, lookup_cache: int = 20_000) -> IRegistryStore:
     """
     The store a C{--db} value names: a C{postgresql://} (or C{postgres://}) DSN opens the
-    shared PostgreSQL store, with a lookup cache of C{lookup_cache} identities (0: none;
-    C{--lookup-cache}), anything else is a SQLite file.
+    shared PostgreSQL store, anything else is a SQLite file; either with a lookup cache of
+    C{lookup_cache} identities (0: none; C{--lookup-cache}).
     """
     if db.startswith(("postgresql://", "postgres://")):
         from sixchat.irp.store.postgres import PostgresStore
@@ -128,4 +128,4 @@ def make_store(db: str, reactor: Any, *, lookup_cache: int = 20_000) -> IRegistr
         return store
     from sixchat.irp.store.sqlite import SQLiteStore
 
-    return SQLiteStore(db, reactor)
+    return SQLiteStore(db, reactor, cache_size=lookup_cache)

@@ -57,9 +57,10 @@ from sixchat._sqlite import DatabaseThread
 from sixchat.identity import normalize_identity
 from sixchat.irp.messages import Contact
 from sixchat.irp.store import postgres_queries as queries
+from sixchat.irp.store.cached import cached_is_revoked, cached_state, changing, revoking
 from sixchat.irp.store.common import issuer_key
 from sixchat.irp.store.interfaces import IdentityState, IRegistryStore
-from sixchat.irp.store.postgres_cache import REVOCATION, LookupCache, valid_until
+from sixchat.irp.store.lookup_cache import REVOCATION, LookupCache
 from sixchat.irp.store.postgres_dsn import PostgresStoreError, mask_dsn, scrub
 from sixchat.irp.store.postgres_notify import CHANNEL, Listener
 from sixchat.irp.store.postgres_schema import MIGRATIONS, migrate
@@ -325,27 +326,11 @@ class PostgresStore:
         From the lookup cache when it holds the identity at C{now}; else read in one
         statement, and cached if nothing changed the identity meanwhile (L{LookupCache}).
         """
-        cache = self._live_cache()
-        if cache is None:
-            return self._run(queries.state_of, identity, now)
-        try:
-            key = normalize_identity(identity)
-        except ValueError:
-            return self._run(queries.state_of, identity, now)  # fails as it always did
-        hit = cache.get(key, now)
-        if hit is not None:
-            return defer.succeed(hit)
-        ticket = cache.ticket()
-
-        def read(result: tuple[IdentityState, list[datetime]]) -> IdentityState:
-            state, not_afters = result
-            # Unknown identities are not kept: their answer is spelled as asked.
-            if state.known and self._live_cache() is cache:
-                cache.put(key, ticket, now, state, valid_until(state, not_afters))
-            return state
-
-        d = self._run(queries.state_and_expiry, identity, now)
-        return d.addCallback(read)
+        return cached_state(
+            self._live_cache, identity, now,
+            lambda: self._run(queries.state_and_expiry, identity, now),
+            lambda: self._run(queries.state_of, identity, now),
+        )  # fmt: skip
 
     def _live_cache(self) -> LookupCache | None:
         """
@@ -362,25 +347,7 @@ class PostgresStore:
         return cache
 
     def _changing(self, identity: str, d: defer.Deferred[_R]) -> defer.Deferred[_R]:
-        """
-        A write of this process to C{identity}: its cached state goes now (reads in flight
-        are not cached) and again once the write is over, so that a lookup made after the
-        write's answer reads it even before its own notification comes back.
-        """
-        cache = self.cache
-        if cache is None:
-            return d
-        try:
-            key = normalize_identity(identity)
-        except ValueError:
-            return d
-        cache.invalidate(key)
-
-        def over(result: _R | Failure) -> _R | Failure:
-            cache.invalidate(key)
-            return result
-
-        return d.addBoth(over)
+        return changing(self.cache, identity, d)
 
     def expire(self, now: datetime) -> defer.Deferred[set[str]]:
         """
@@ -424,17 +391,7 @@ class PostgresStore:
         spell them. Every identity known to hold the certificate is announced, bindings or
         not, so connections it authenticated learn of it on every instance (irp-1 §7.7).
         """
-        cache = self.cache
-        if cache is None:
-            return self._run(queries.revoke, serial, issuer, now)
-        # Rare: every cached state and "not revoked" answer goes, before and after.
-        cache.clear()
-
-        def over(result: Any) -> Any:
-            cache.clear()
-            return result
-
-        return self._run(queries.revoke, serial, issuer, now).addBoth(over)
+        return revoking(self.cache, lambda: self._run(queries.revoke, serial, issuer, now))
 
     def revoked(self, issuer: bytes) -> defer.Deferred[list[tuple[int, datetime]]]:
         return self._run(queries.revoked, issuer)
@@ -445,22 +402,10 @@ class PostgresStore:
         anywhere drops every cached "not revoked" (L{REVOCATION}), which is also kept a
         minute at most (L{LookupCache.not_revoked_ttl}).
         """
-        cache = self._live_cache()
-        if cache is None:
-            return self._run(queries.is_revoked, serial, issuer)
-        key = issuer_key(issuer)[0]
-        asked = self._monotonic()
-        hit = cache.revoked(serial, key, asked)
-        if hit is not None:
-            return defer.succeed(hit)
-        ticket = cache.ticket()
-
-        def read(revoked: bool) -> bool:
-            if self._live_cache() is cache:
-                cache.put_revoked(serial, key, ticket, revoked, asked)
-            return revoked
-
-        return self._run(queries.is_revoked, serial, issuer).addCallback(read)
+        return cached_is_revoked(
+            self._live_cache, serial, issuer_key(issuer)[0], self._monotonic(),
+            lambda: self._run(queries.is_revoked, serial, issuer),
+        )  # fmt: skip
 
     # --- enrolment tokens -------------------------------------------------------------------
 

@@ -65,7 +65,7 @@ class Listener:
         #: reconnection starts there (minus L{REPLAY_MARGIN}). Only the thread touches it.
         self.last_alive: datetime | None = None
         self._listening = False
-        #: For the lookup cache (L{sixchat.irp.store.postgres_cache}), read from the reactor
+        #: For the lookup cache (L{sixchat.irp.store.lookup_cache}), read from the reactor
         #: thread: whether the connection is LISTENing, which connection it is (a new
         #: number after every reconnection), and when (C{time.monotonic}) a round trip on
         #: it last completed: every notification committed before that round trip started

@@ -24,7 +24,7 @@ from sixchat.irp.store.common import (
     sha256,
 )
 from sixchat.irp.store.interfaces import Binding, ConflictError, IdentityState
-from sixchat.irp.store.postgres_cache import REVOCATION
+from sixchat.irp.store.lookup_cache import REVOCATION
 from sixchat.irp.store.postgres_notify import CHANGES_RETENTION, announce
 
 
@@ -44,7 +44,7 @@ _REVOKED = sql.SQL(REVOKED_SQL)
 #: nor revoked: irp-1 §3.3) with C{kind} 0, in node order, then the identity-level
 #: certificate (irp-1 §7.4: the unrevoked, unexpired leaf most recently presented in a
 #: register) with C{kind} 1. C{not_after} is each row's certificate's, which the lookup
-#: cache needs (L{sixchat.irp.store.postgres_cache.valid_until}).
+#: cache needs (L{sixchat.irp.store.lookup_cache.valid_until}).
 _STATE = sql.SQL(
     "SELECT u.kind, u.node, u.contacts, u.cert, u.serial, u.until, u.updated, u.spelling,"
     " u.not_after FROM ("
@@ -207,7 +207,7 @@ def revoke(conn: psycopg.Connection[Any], serial: int, issuer: bytes, now: datet
             " UNION SELECT identity FROM issued WHERE serial = %s AND issuer = %s",
             (serial, name, name, serial, key),
         ).fetchall()
-        # First every instance's cache of "not revoked" answers (L{postgres_cache}), so
+        # First every instance's cache of "not revoked" answers (L{lookup_cache}), so
         # that a listener rechecking on the identities' notifications (which PostgreSQL
         # delivers in this order) reads the revocation, not its cache.
         announce(conn, REVOCATION)

@@ -33,9 +33,14 @@ Why it looks the way it does:
   - B{Change notification.} Each mutation appends the identities it touched to a C{changes}
     table in the same transaction, tagged with this store's random origin, and calls the local
     subscribers at once. A poll every C{poll_interval} seconds (on the injected reactor's
-    clock, only while someone subscribed) delivers the rows written by I{other} processes, so
-    an administrator's C{sixchat pki revoke} reaches the running registry's watchers and
-    connections within a second. The table is trimmed to its most recent rows.
+    clock, while someone subscribed or the lookup cache is on) delivers the rows written by
+    I{other} processes, so an administrator's C{sixchat pki revoke} reaches the running
+    registry's watchers and connections within a second. The table is trimmed to its most
+    recent rows.
+  - B{A lookup cache} (L{LookupCache}, as the PostgreSQL store's), kept exact against this
+    process's writes at once and against other processes' through that poll; it answers
+    only while a poll that started within L{SQLiteStore.cache_fresh} seconds succeeded
+    (docs/irp.md). A cached lookup costs no thread hop and no query.
 """
 
 from __future__ import annotations
@@ -57,6 +62,7 @@ from sixchat._sqlite import DatabaseThread, from_us, immediate, migrate, to_us
 from sixchat.errors import SixchatError
 from sixchat.identity import normalize_identity
 from sixchat.irp.messages import Contact
+from sixchat.irp.store.cached import cached_is_revoked, cached_state, changing, revoking
 from sixchat.irp.store.common import (
     REVOKED_SQL,
     cert_issuer_name,
@@ -67,6 +73,7 @@ from sixchat.irp.store.common import (
     sha256,
 )
 from sixchat.irp.store.interfaces import Binding, ConflictError, IdentityState, IRegistryStore
+from sixchat.irp.store.lookup_cache import REVOCATION, LookupCache
 from sixchat.irp.store.sqlite_changes import ChangeFeed
 from sixchat.irp.store.sqlite_schema import MIGRATIONS, SCHEMA_VERSION
 
@@ -107,30 +114,51 @@ def _identity_state(
     bindings = tuple(
         Binding(node, _contacts(contacts), bytes(cert), int(serial, 16), from_us(until),
                 from_us(updated))
-        for node, contacts, cert, serial, until, updated, _spelling in rows
+        for node, contacts, cert, serial, until, updated, _spelling, _not_after in rows
     )  # fmt: skip
     # Not both empty, so the spelling asked with (not part of the memo key) is never used.
     return identity_state("", bindings, latest, rows[0][6] if rows else None)
 
 
-def _read_state(conn: sqlite3.Connection, identity: str, key: str, t: int) -> IdentityState:
-    """L{SQLiteStore.state} in the store's thread."""
+def _read_state(
+    conn: sqlite3.Connection, identity: str, key: str, t: int
+) -> tuple[IdentityState, list[datetime]]:
+    """
+    L{SQLiteStore.state} in the store's thread: the state, and the expiry of every
+    certificate in it (for the lookup cache, L{valid_until}).
+    """
     rows = conn.execute(_LIVE_BINDINGS, (key, t, t)).fetchall()
     latest = conn.execute(_LATEST_PRESENTED, (key, t)).fetchone()
     if not rows and latest is None:
-        return IdentityState(identity)
-    return _identity_state(tuple(rows), latest)
+        return IdentityState(identity), []
+    not_afters = [from_us(row[7]) for row in rows]
+    if latest is not None:
+        not_afters.append(from_us(latest[2]))
+    return _identity_state(tuple(rows), latest), not_afters
+
+
+def _state_only(conn: sqlite3.Connection, identity: str, key: str, t: int) -> IdentityState:
+    return _read_state(conn, identity, key, t)[0]
+
+
+def _is_revoked(conn: sqlite3.Connection, key: bytes, serial: str) -> bool:
+    row = conn.execute(
+        "SELECT 1 FROM revocations WHERE issuer = ? AND serial = ?", (key, serial)
+    ).fetchone()
+    return row is not None
 
 
 # Live: not expired, certificate neither expired nor revoked (L{REVOKED_SQL}). The queries
 # are constants: no value is ever formatted into SQL.
 _LIVE_BINDINGS = (
-    "SELECT node, contacts, cert, serial, until, updated, spelling FROM bindings x"  # noqa: S608
+    "SELECT node, contacts, cert, serial, until, updated, spelling, cert_not_after"  # noqa: S608
+    " FROM bindings x"
     " WHERE identity = ? AND until > ? AND cert_not_after > ? AND NOT " + REVOKED_SQL +
     " ORDER BY node"
 )  # fmt: skip
 _LATEST_PRESENTED = (
-    "SELECT cert, spelling FROM presented x WHERE identity = ? AND not_after > ?"  # noqa: S608
+    "SELECT cert, spelling, not_after FROM presented x"  # noqa: S608
+    " WHERE identity = ? AND not_after > ?"
     " AND NOT " + REVOKED_SQL + " ORDER BY seq DESC LIMIT 1"
 )  # fmt: skip
 _REVOKE_BINDINGS = """
@@ -152,10 +180,18 @@ class SQLiteStore:
     @param reactor: provides C{IReactorTime} (the change poll) and
         C{IReactorFromThreads} (results come back to the reactor thread).
     @param poll_interval: seconds between looks for changes made by other processes.
+    @param cache_size: identities kept in the lookup cache (L{LookupCache}); 0: none,
+        every lookup reads the file.
     """
 
+    #: The lookup cache answers only while a poll of the C{changes} table that started at
+    #: most this many seconds ago succeeded: the most a lookup can lag behind a change
+    #: written by another process sharing the file (docs/irp.md). Several poll intervals,
+    #: so that one slow poll does not turn the cache off.
+    cache_fresh = 3.0
+
     def __init__(self, path: str | os.PathLike[str], reactor: Any, *,
-                 poll_interval: float = 1.0) -> None:  # fmt: skip
+                 poll_interval: float = 1.0, cache_size: int = 20_000) -> None:  # fmt: skip
         self.path = os.fspath(path)
         self._reactor = reactor
         self.poll_interval = poll_interval
@@ -166,6 +202,9 @@ class SQLiteStore:
         self._closing: defer.Deferred[None] | None = None
         self._pending_reads: list[tuple[Callable[..., Any], tuple[Any, ...], Any]] = []
         self._reading = False
+        #: Identity states and revocation answers (L{LookupCache}); None: every read goes
+        #: to the file (C{cache_size=0}).
+        self.cache = LookupCache(cache_size) if cache_size > 0 else None
 
     def __repr__(self) -> str:
         return f"<SQLiteStore {self.path}>"
@@ -232,6 +271,21 @@ class SQLiteStore:
                 self._submit_reads()
 
         self._run(run_batch).addCallbacks(deliver, failed).addBoth(next_batch)
+
+    def _live_cache(self) -> LookupCache | None:
+        """
+        The cache if it may answer now: the store is open and a poll for other processes'
+        changes that started at most L{cache_fresh} seconds ago succeeded. Everything
+        cached is dropped when the polls resume after a stall (changes may have been
+        trimmed from the table meanwhile).
+        """
+        cache, feed = self.cache, self._changes
+        if cache is None or self._pool is None or feed.fresh_at is None:
+            return None
+        if self._reactor.seconds() - feed.fresh_at > self.cache_fresh:
+            return None
+        cache.sync(feed.epoch)
+        return cache
 
     def _connection(self) -> sqlite3.Connection:
         if self._conn is None:
@@ -376,7 +430,9 @@ class SQLiteStore:
             )  # fmt: skip
             self._changes.log(conn, [identity])
 
-        return self._write(run).addCallback(lambda _: self._changes.announce([identity]))
+        # The cache forgets before the local subscribers hear of the change.
+        d = changing(self.cache, identity, self._write(run))
+        return d.addCallback(lambda _: self._changes.announce([identity]))
 
     def unregister(self, identity: str, node: str) -> defer.Deferred[bool]:
         key = normalize_identity(identity)
@@ -394,12 +450,23 @@ class SQLiteStore:
                 self._changes.announce([identity])
             return removed
 
-        return self._write(run).addCallback(done)
+        return changing(self.cache, identity, self._write(run)).addCallback(done)
 
     def state(self, identity: str, now: datetime) -> defer.Deferred[IdentityState]:
-        # A module function and its arguments, not a closure: a queued read holds fewer
+        """
+        From the lookup cache when it holds the identity at C{now}; else read, and cached
+        if nothing changed the identity meanwhile (L{LookupCache}, L{cached_state}).
+        """
+        # Module functions and their arguments, not closures: a queued read holds fewer
         # objects (a busy registry's full collections walk every queued read).
-        return self._read(_read_state, identity, normalize_identity(identity), to_us(now))
+        key, t = normalize_identity(identity), to_us(now)
+        if self.cache is None:
+            return self._read(_state_only, identity, key, t)
+        return cached_state(
+            self._live_cache, identity, now,
+            lambda: self._read(_read_state, identity, key, t),
+            lambda: self._read(_state_only, identity, key, t),
+        )  # fmt: skip
 
     def expire(self, now: datetime) -> defer.Deferred[set[str]]:
         t = to_us(now)
@@ -416,7 +483,15 @@ class SQLiteStore:
             self._changes.log(conn, touched)
             return touched
 
-        return self._write(run).addCallback(self._changes.announce_and_return)
+        def expired(touched: set[str]) -> set[str]:
+            # Cached states already leave out what this deletes (L{valid_until}); dropping
+            # them is for tidiness.
+            if self.cache is not None:
+                for spelling in touched:
+                    self.cache.invalidate(normalize_identity(spelling))
+            return self._changes.announce_and_return(touched)
+
+        return self._write(run).addCallback(expired)
 
     def next_expiry(self) -> defer.Deferred[datetime | None]:
         def run(conn: sqlite3.Connection) -> datetime | None:
@@ -461,7 +536,8 @@ class SQLiteStore:
                 _CERT_HOLDERS, (hex_serial, name, name, key, hex_serial)
             ).fetchall()
             announced = touched | {s for (s,) in holders}
-            self._changes.log(conn, announced)
+            # REVOCATION first tells other processes' caches to forget every "not revoked".
+            self._changes.log(conn, [REVOCATION, *announced])
             return touched, announced
 
         def done(result: tuple[set[str], set[str]]) -> set[str]:
@@ -469,7 +545,7 @@ class SQLiteStore:
             self._changes.announce(announced)
             return touched
 
-        return self._write(run).addCallback(done)
+        return revoking(self.cache, lambda: self._write(run)).addCallback(done)
 
     def revoked(self, issuer: bytes) -> defer.Deferred[list[tuple[int, datetime]]]:
         key, _name = issuer_key(issuer)
@@ -484,15 +560,18 @@ class SQLiteStore:
         return self._read(run)
 
     def is_revoked(self, serial: int, issuer: bytes) -> defer.Deferred[bool]:
+        """
+        Cached like states: a revocation through any process drops every cached "not
+        revoked" (this one's at once, others' with the poll that reads their L{REVOCATION}
+        row), which is also kept a minute at most (L{LookupCache.not_revoked_ttl}).
+        """
         key, _name = issuer_key(issuer)
-
-        def run(conn: sqlite3.Connection) -> bool:
-            row = conn.execute(
-                "SELECT 1 FROM revocations WHERE issuer = ? AND serial = ?", (key, _serial(serial))
-            ).fetchone()
-            return row is not None
-
-        return self._read(run)
+        if self.cache is None:
+            return self._read(_is_revoked, key, _serial(serial))
+        return cached_is_revoked(
+            self._live_cache, serial, key, self._reactor.seconds(),
+            lambda: self._read(_is_revoked, key, _serial(serial)),
+        )  # fmt: skip
 
     # --- enrolment tokens -------------------------------------------------------------------
 
@@ -538,5 +617,7 @@ class SQLiteStore:
         def run(conn: sqlite3.Connection) -> None:
             self._changes.log(conn, [identity])
 
-        return self._write(run).addCallback(lambda _: self._changes.announce([identity]))
+        # The cache forgets before the local subscribers hear of the change.
+        d = changing(self.cache, identity, self._write(run))
+        return d.addCallback(lambda _: self._changes.announce([identity]))
 

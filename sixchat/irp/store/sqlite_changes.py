@@ -4,6 +4,12 @@ processes may share one database file, and each must tell its watchers about cha
 others made. The identities a mutation touched go to the C{changes} table in its own
 transaction, tagged with the process's random origin, and to the local subscribers once it
 committed; a poll delivers the rows of other processes.
+
+The poll also keeps the store's lookup cache (L{sixchat.irp.store.lookup_cache}) exact
+against those other processes: the identities it reads are dropped from the cache before
+anyone hears of them, a L{REVOCATION} row drops every cached "not revoked", and the cache
+answers only while a poll that started at most C{cache_fresh} seconds ago succeeded
+(L{ChangeFeed.fresh_at}). So with a cache the poll runs even when nobody subscribed.
 """
 
 from __future__ import annotations
@@ -15,6 +21,9 @@ from typing import TYPE_CHECKING, Any
 
 from twisted.internet import defer, task
 from twisted.logger import Logger
+
+from sixchat.identity import normalize_identity
+from sixchat.irp.store.lookup_cache import REVOCATION
 
 if TYPE_CHECKING:
     from sixchat.irp.store.sqlite import SQLiteStore
@@ -42,6 +51,13 @@ class ChangeFeed:
         self.last_change = 0
         self._poller: task.LoopingCall | None = None
         self._polls = 0
+        #: When (the reactor's clock) the last poll that succeeded started, None before
+        #: the first: every change committed by another process before that moment has
+        #: reached the cache.
+        self.fresh_at: float | None = None
+        #: Changes when the polls resume after a stall longer than the store's
+        #: C{cache_fresh}: the cache then drops everything (L{LookupCache.sync}).
+        self.epoch = 0
 
     def log(self, conn: sqlite3.Connection, identities: Iterable[str]) -> None:
         conn.executemany(
@@ -50,7 +66,7 @@ class ChangeFeed:
         )
 
     def announce(self, identities: Iterable[str]) -> None:
-        for identity in sorted(set(identities)):
+        for identity in sorted(set(identities) - {REVOCATION}):
             for callback in list(self.subscribers):
                 try:
                     callback(identity)
@@ -64,7 +80,8 @@ class ChangeFeed:
     def start_polling(self) -> None:
         """Poll while the store is open and someone listens (idempotent)."""
         store = self._store
-        if self._poller is not None or store._pool is None or not self.subscribers:
+        listening = bool(self.subscribers) or store.cache is not None
+        if self._poller is not None or store._pool is None or not listening:
             return
         self._poller = task.LoopingCall(self._poll)
         self._poller.clock = store._reactor
@@ -83,6 +100,7 @@ class ChangeFeed:
             return None
         self._polls += 1
         last, trim = self.last_change, self._polls % 100 == 0
+        started = store._reactor.seconds()
 
         def run(conn: sqlite3.Connection) -> tuple[int, list[str]]:
             rows = conn.execute(
@@ -96,6 +114,7 @@ class ChangeFeed:
         def got(result: tuple[int, list[str]]) -> None:
             newest, identities = result
             self.last_change = max(self.last_change, newest)
+            self._invalidate(identities, started)
             self.announce(identities)
 
         def failed(failure: Any) -> None:
@@ -103,3 +122,20 @@ class ChangeFeed:
                 log.failure("polling the registry database for changes failed", failure)
 
         return store._read(run).addCallbacks(got, failed)
+
+    def _invalidate(self, identities: list[str], started: float) -> None:
+        """The cache forgets what other processes changed, then counts as fresh."""
+        cache = self._store.cache
+        if cache is None:
+            return
+        for identity in identities:
+            if identity == REVOCATION:
+                cache.revocations_changed()
+                continue
+            try:
+                cache.invalidate(normalize_identity(identity))
+            except ValueError:  # pragma: no cover - only valid identities are logged
+                pass
+        if self.fresh_at is None or started - self.fresh_at > self._store.cache_fresh:
+            self.epoch += 1
+        self.fresh_at = started

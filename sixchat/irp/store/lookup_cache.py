@@ -1,28 +1,31 @@
 """
-The PostgreSQL store's per-instance answer cache (L{LookupCache}): identity states and
-revocation answers, kept exact by the change notifications every write sends
-(L{sixchat.irp.store.postgres_notify}), so that a busy registry answers most lookups
-without a database round trip.
+The registry stores' per-instance answer cache (L{LookupCache}): identity states and
+revocation answers, so that a busy registry answers most lookups without a database read.
+Both stores use it (L{sixchat.irp.store.postgres}, L{sixchat.irp.store.sqlite}); each feeds
+it the changes it hears of (PostgreSQL: LISTEN/NOTIFY; SQLite: its own writes and the poll
+of the C{changes} table, L{sixchat.irp.store.sqlite_changes}).
 
 No I/O and no threads: the store calls it from the reactor thread only. What keeps it exact:
 
-  - B{Invalidation by notification.} Every change to an identity, through any instance, is
-    NOTIFYed when it commits; the store drops the identity's entry before anything else
-    hears of the change. A revocation also sends L{REVOCATION}, which drops every cached
-    "not revoked" answer.
+  - B{Invalidation by change.} Every change to an identity, through any instance, reaches
+    the store (its own writes at once, before and after the write; others' through the
+    store's change feed), which drops the identity's entry before anything else hears of
+    the change. A revocation drops every cached "not revoked" answer
+    (L{LookupCache.revocations_changed}; PostgreSQL sends L{REVOCATION} for it).
   - B{No stale fill.} A read that was in flight when its identity was invalidated may
     have seen the state before the change; its answer is returned but not cached. Every
     read takes a ticket (L{LookupCache.ticket}) when it starts and L{LookupCache.put}
     refuses it if an invalidation of that identity, a L{LookupCache.clear}, or a change of
-    the listener's connection (L{LookupCache.sync}) came after the ticket.
+    the feed's epoch (L{LookupCache.sync}) came after the ticket.
   - B{Time.} A state holds at the C{now} it was read for until its first binding or
     certificate runs out (L{valid_until}); a later C{now} past that reads the database
     again, and an earlier C{now} than the read's is never answered from the cache. So the
     expiry timer is not needed for correctness.
-  - B{A live listener.} Entries are answered only while the listener is connected and
-    proved itself alive (a round trip on its connection) within the store's
-    C{cache_fresh} seconds, and everything is dropped when it reconnects (notifications
-    may have been lost in between): L{LookupCache.sync}. A listener whose connection died
+  - B{A live change feed.} Entries are answered only while the store's feed proved itself
+    alive within the store's C{cache_fresh} seconds (PostgreSQL: a round trip on the
+    listener's connection; SQLite: a poll of the C{changes} table that succeeded), and
+    everything is dropped when the feed starts a new epoch (a reconnection, a poll after a
+    stall: changes may have been missed in between): L{LookupCache.sync}. A feed that stops
     silently therefore stops the cache within that bound.
 """
 
