@@ -596,6 +596,34 @@ class RegistryFastPathTests(SynchronousTestCase):
         self.assertEqual(fast, generic)
 
 
+    def test_record_memo_by_object(self) -> None:
+        """
+        The tail remembered by the state object answers that object only (an equal or a
+        changed state gets its own, right bytes), and stays bounded.
+        """
+        from datetime import UTC, datetime
+
+        from sixchat.irp.messages import Contact, Record
+        from sixchat.irp.server import fastpaths
+        from sixchat.irp.store.interfaces import Binding, IdentityState
+
+        def generic(state: IdentityState, rid: str) -> bytes:
+            nodes = fastpaths._nodes(state)
+            return serialize(Record(state.identity, nodes, state.cert, rid).to_element())
+
+        t = datetime(2026, 12, 7, tzinfo=UTC)
+        one = IdentityState("a@example.com", (Binding("n", (Contact("192.0.2.1", 1),), b"c",
+                                                       1, t, t),), None)  # fmt: skip
+        moved = IdentityState("a@example.com", (Binding("n", (Contact("192.0.2.2", 1),),
+                                                         b"c", 1, t, t),), None)  # fmt: skip
+        for state, rid in ((one, "1"), (one, "2"), (moved, "3"), (one, "4")):
+            self.assertEqual(fastpaths.record_bytes(state, rid), generic(state, rid))
+        self.assertIs(fastpaths._TAILS[id(one)][0], one)
+        for i in range(fastpaths._TAILS_KEPT + 10):
+            fastpaths.record_bytes(IdentityState(f"u{i}@example.com"), "x")
+        self.assertLessEqual(len(fastpaths._TAILS), fastpaths._TAILS_KEPT)
+
+
 # ---------------------------------------------------------------------------------------------
 # The receive loop of an established session (sixchat.connection)
 

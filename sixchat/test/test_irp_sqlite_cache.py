@@ -142,7 +142,7 @@ class SQLiteCacheTests(TestCase):
         cache.sync(1)
         reads: list[defer.Deferred[Any]] = []
 
-        def read() -> defer.Deferred[Any]:
+        def read(*_key: str) -> defer.Deferred[Any]:
             reads.append(defer.Deferred())
             return reads[-1]
 

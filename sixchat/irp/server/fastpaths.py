@@ -24,6 +24,10 @@ __all__ = ["fast_lookup", "record_bytes"]
 _LOOKUP_ID = re.compile(rb"[A-Za-z0-9_-]{1,64}")
 _LOOKUP_IDENTITY = re.compile(rb"[A-Za-z0-9.@_+-]{3,320}")
 
+#: L{is_valid_identity} remembered for the identities asked about most (a pure function of
+#: the text): a lookup of a known name costs a dictionary probe instead of the label checks.
+_valid_identity = functools.lru_cache(maxsize=4096)(is_valid_identity)
+
 
 def fast_lookup(payload: bytes) -> Lookup | None:
     """
@@ -44,7 +48,7 @@ def fast_lookup(payload: bytes) -> Lookup | None:
     if _LOOKUP_IDENTITY.fullmatch(payload, start, len(payload) - 3) is None:
         return None
     identity = payload[start:-3].decode("ascii")
-    if not is_valid_identity(identity):
+    if not _valid_identity(identity):
         return None
     return Lookup(payload[12:id_end].decode("ascii"), identity)
 
@@ -58,7 +62,24 @@ def record_bytes(state: IdentityState, rid: str) -> bytes:
 
     @raise ValueError: where that raises (a code point outside XML C{Char}).
     """
-    return b'<record id="' + encode_checked(escape_attribute(rid)) + _record_tail(state)
+    tails = _TAILS
+    hit = tails.get(id(state))
+    if hit is not None and hit[0] is state:
+        tail = hit[1]
+    else:
+        tail = _record_tail(state)
+        if len(tails) >= _TAILS_KEPT:
+            del tails[next(iter(tails))]  # the oldest
+        tails[id(state)] = (state, tail)
+    return b'<record id="' + encode_checked(escape_attribute(rid)) + tail
+
+
+#: L{_record_tail} by the state I{object}: the stores' lookup caches hand out the same state
+#: object for every lookup of an unchanged identity, and an object's id costs nothing, where
+#: the memo by value must hash the whole state (its bindings, contacts and certificates) on
+#: every call. Each entry holds its state, so an id is never reused while it is kept.
+_TAILS: dict[int, tuple[IdentityState, bytes]] = {}
+_TAILS_KEPT = 4096
 
 
 @functools.lru_cache(maxsize=1024)

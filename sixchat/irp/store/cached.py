@@ -32,12 +32,13 @@ def cached_state(
     live: Live,
     identity: str,
     now: datetime,
-    read: Callable[[], defer.Deferred[tuple[IdentityState, list[datetime]]]],
+    read: Callable[[str], defer.Deferred[tuple[IdentityState, list[datetime]]]],
     plain: Callable[[], defer.Deferred[IdentityState]],
 ) -> defer.Deferred[IdentityState]:
     """
-    C{identity}'s state at C{now}: from the cache when it holds it at C{now}; else C{read}
-    (the state and the expiry of every certificate in it), cached if nothing invalidated
+    C{identity}'s state at C{now}: from the cache when it holds it at C{now}; else
+    C{read(normalized identity)} (the state and the expiry of every certificate in it),
+    cached if nothing invalidated
     the identity meanwhile and the cache may still answer. Without a live cache, or for an
     identity that does not normalize, C{plain()} (which fails as it always did).
     """
@@ -60,7 +61,7 @@ def cached_state(
             cache.put(key, ticket, now, state, valid_until(state, not_afters))
         return state
 
-    return read().addCallback(got)
+    return read(key).addCallback(got)
 
 
 def cached_is_revoked(

@@ -328,7 +328,7 @@ class PostgresStore:
         """
         return cached_state(
             self._live_cache, identity, now,
-            lambda: self._run(queries.state_and_expiry, identity, now),
+            lambda _key: self._run(queries.state_and_expiry, identity, now),
             lambda: self._run(queries.state_of, identity, now),
         )  # fmt: skip
 

@@ -459,13 +459,12 @@ class SQLiteStore:
         """
         # Module functions and their arguments, not closures: a queued read holds fewer
         # objects (a busy registry's full collections walk every queued read).
-        key, t = normalize_identity(identity), to_us(now)
         if self.cache is None:
-            return self._read(_state_only, identity, key, t)
+            return self._read(_state_only, identity, normalize_identity(identity), to_us(now))
         return cached_state(
             self._live_cache, identity, now,
-            lambda: self._read(_read_state, identity, key, t),
-            lambda: self._read(_state_only, identity, key, t),
+            lambda key: self._read(_read_state, identity, key, to_us(now)),
+            lambda: self._read(_state_only, identity, normalize_identity(identity), to_us(now)),
         )  # fmt: skip
 
     def expire(self, now: datetime) -> defer.Deferred[set[str]]:
