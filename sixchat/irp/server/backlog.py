@@ -13,8 +13,8 @@ several thousand lookups, with full collections of 125-460 ms of CPU; docs/bench
 With the bound, a request that arrives while C{limit} requests already wait for the store
 is answered at once with C{rate_limited} (irp-1 §2: the spec's error for "too many
 requests"; §6 already uses it for the per-connection limit, and clients retry it after a
-short pause) and the connection is kept. Requests the store answers without waiting (the
-PostgreSQL store's lookup cache) are never counted, and a C{ping} is never refused.
+short pause) and the connection is kept. Requests the store answers without waiting (a
+store's lookup cache) are never counted, and a C{ping} is never refused.
 """
 
 from __future__ import annotations

@@ -122,7 +122,7 @@ def _joined(
     """
     Both results as a pair, or the first failure (the other one consumed): what
     C{gatherResults} does for two, at a third of its cost when both have fired already
-    (the PostgreSQL store's lookup cache answers both at once).
+    (a store's lookup cache answers both at once).
     """
 
     def got(value: bool) -> defer.Deferred[tuple[bool, IdentityState]]:
@@ -209,7 +209,7 @@ class RequestHandler:
                 revoked = store.is_revoked(peer.leaf.serial_number, self._issuer_der(peer))
                 state = store.state(request.identity, when)
                 both = _joined(revoked, state)
-                if both.called:  # the PostgreSQL store's cache answered both at once
+                if both.called:  # the store's lookup cache answered both at once
                     both.addCallbacks(
                         self._rechecked, self._lookup_failed,
                         callbackArgs=(peer, now, request.id), errbackArgs=(request,),
@@ -219,7 +219,7 @@ class RequestHandler:
                     both.addBoth(self._rechecked_waited, peer, now, request)
                 return True
         d: defer.Deferred[IdentityState] = store.state(request.identity, when)
-        if d.called:  # answered at once (the PostgreSQL store's lookup cache)
+        if d.called:  # answered at once (the store's lookup cache)
             d.addCallbacks(
                 self._looked_up, self._lookup_failed, callbackArgs=(request.id,),
                 errbackArgs=(request,),
