@@ -23,7 +23,7 @@ from twisted.trial.unittest import TestCase
 
 from sixchat.identity import Identity
 from sixchat.irp.messages import Contact
-from sixchat.irp.store import sqlite as sqlite_store
+from sixchat.irp.store import sqlite_reads
 from sixchat.irp.store.cached import cached_state
 from sixchat.irp.store.interfaces import Binding, IdentityState
 from sixchat.irp.store.lookup_cache import LookupCache
@@ -316,13 +316,13 @@ class SQLiteCacheTests(TestCase):
         """A miss still reads in the store's thread (the cache never blocks the reactor)."""
         store = await self.store()
         threads: list[threading.Thread] = []
-        real = sqlite_store._read_state
+        real = sqlite_reads.read_state
 
         def spy(*args: Any) -> Any:
             threads.append(threading.current_thread())
             return real(*args)
 
-        self.patch(sqlite_store, "_read_state", spy)
+        self.patch(sqlite_reads, "read_state", spy)
         await self.poll(store)
         await store.state(A, self.now)
         self.assertEqual(len(threads), 1)

@@ -45,7 +45,6 @@ Why it looks the way it does:
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import sqlite3
@@ -62,17 +61,15 @@ from sixchat._sqlite import DatabaseThread, from_us, immediate, migrate, to_us
 from sixchat.errors import SixchatError
 from sixchat.identity import normalize_identity
 from sixchat.irp.messages import Contact
+from sixchat.irp.store import sqlite_reads as reads
 from sixchat.irp.store.cached import cached_is_revoked, cached_state, changing, revoking
 from sixchat.irp.store.common import (
-    REVOKED_SQL,
     cert_issuer_name,
     contact_pairs,
-    contacts_of,
-    identity_state,
     issuer_key,
     sha256,
 )
-from sixchat.irp.store.interfaces import Binding, ConflictError, IdentityState, IRegistryStore
+from sixchat.irp.store.interfaces import ConflictError, IdentityState, IRegistryStore
 from sixchat.irp.store.lookup_cache import REVOCATION, LookupCache
 from sixchat.irp.store.sqlite_changes import ChangeFeed
 from sixchat.irp.store.sqlite_schema import MIGRATIONS, SCHEMA_VERSION
@@ -96,71 +93,6 @@ def _contacts_json(contacts: Iterable[Contact]) -> str:
     return json.dumps(contact_pairs(contacts), separators=(",", ":"))
 
 
-def _contacts(text: str) -> tuple[Contact, ...]:
-    return contacts_of(json.loads(text))
-
-
-@functools.lru_cache(maxsize=1024)
-def _identity_state(
-    rows: tuple[tuple[Any, ...], ...], latest: tuple[Any, ...] | None
-) -> IdentityState:
-    """
-    The L{IdentityState} of a known identity from its rows: C{rows} of L{_LIVE_BINDINGS}
-    and C{latest} of L{_LATEST_PRESENTED}, not both empty. A pure function of the rows, so
-    it is memoised by them: a lookup of an identity whose rows did not change gets the
-    same (immutable) objects instead of parsing the contacts and building the times anew,
-    and the registry's answer cache (L{sixchat.irp.server.record_bytes}) finds them at once.
-    """
-    bindings = tuple(
-        Binding(node, _contacts(contacts), bytes(cert), int(serial, 16), from_us(until),
-                from_us(updated))
-        for node, contacts, cert, serial, until, updated, _spelling, _not_after in rows
-    )  # fmt: skip
-    # Not both empty, so the spelling asked with (not part of the memo key) is never used.
-    return identity_state("", bindings, latest, rows[0][6] if rows else None)
-
-
-def _read_state(
-    conn: sqlite3.Connection, identity: str, key: str, t: int
-) -> tuple[IdentityState, list[datetime]]:
-    """
-    L{SQLiteStore.state} in the store's thread: the state, and the expiry of every
-    certificate in it (for the lookup cache, L{valid_until}).
-    """
-    rows = conn.execute(_LIVE_BINDINGS, (key, t, t)).fetchall()
-    latest = conn.execute(_LATEST_PRESENTED, (key, t)).fetchone()
-    if not rows and latest is None:
-        return IdentityState(identity), []
-    not_afters = [from_us(row[7]) for row in rows]
-    if latest is not None:
-        not_afters.append(from_us(latest[2]))
-    return _identity_state(tuple(rows), latest), not_afters
-
-
-def _state_only(conn: sqlite3.Connection, identity: str, key: str, t: int) -> IdentityState:
-    return _read_state(conn, identity, key, t)[0]
-
-
-def _is_revoked(conn: sqlite3.Connection, key: bytes, serial: str) -> bool:
-    row = conn.execute(
-        "SELECT 1 FROM revocations WHERE issuer = ? AND serial = ?", (key, serial)
-    ).fetchone()
-    return row is not None
-
-
-# Live: not expired, certificate neither expired nor revoked (L{REVOKED_SQL}). The queries
-# are constants: no value is ever formatted into SQL.
-_LIVE_BINDINGS = (
-    "SELECT node, contacts, cert, serial, until, updated, spelling, cert_not_after"  # noqa: S608
-    " FROM bindings x"
-    " WHERE identity = ? AND until > ? AND cert_not_after > ? AND NOT " + REVOKED_SQL +
-    " ORDER BY node"
-)  # fmt: skip
-_LATEST_PRESENTED = (
-    "SELECT cert, spelling, not_after FROM presented x"  # noqa: S608
-    " WHERE identity = ? AND not_after > ?"
-    " AND NOT " + REVOKED_SQL + " ORDER BY seq DESC LIMIT 1"
-)  # fmt: skip
 _REVOKE_BINDINGS = """
     DELETE FROM bindings WHERE serial = ?
     AND (? IS NULL OR issuer_name IS NULL OR issuer_name = ?) RETURNING spelling"""
@@ -459,12 +391,14 @@ class SQLiteStore:
         """
         # Module functions and their arguments, not closures: a queued read holds fewer
         # objects (a busy registry's full collections walk every queued read).
+        def plain() -> defer.Deferred[IdentityState]:
+            return self._read(reads.state_only, identity, normalize_identity(identity), to_us(now))
+
         if self.cache is None:
-            return self._read(_state_only, identity, normalize_identity(identity), to_us(now))
+            return plain()
         return cached_state(
             self._live_cache, identity, now,
-            lambda key: self._read(_read_state, identity, key, to_us(now)),
-            lambda: self._read(_state_only, identity, normalize_identity(identity), to_us(now)),
+            lambda key: self._read(reads.read_state, identity, key, to_us(now)), plain,
         )  # fmt: skip
 
     def expire(self, now: datetime) -> defer.Deferred[set[str]]:
@@ -566,10 +500,10 @@ class SQLiteStore:
         """
         key, _name = issuer_key(issuer)
         if self.cache is None:
-            return self._read(_is_revoked, key, _serial(serial))
+            return self._read(reads.is_revoked, key, _serial(serial))
         return cached_is_revoked(
             self._live_cache, serial, key, self._reactor.seconds(),
-            lambda: self._read(_is_revoked, key, _serial(serial)),
+            lambda: self._read(reads.is_revoked, key, _serial(serial)),
         )  # fmt: skip
 
     # --- enrolment tokens -------------------------------------------------------------------
