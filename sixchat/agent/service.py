@@ -262,7 +262,7 @@ class UserAgentService(AgentQueries, service.MultiService):
             idle_timeout=idle_timeout,
             keepalive=keepalive,
         )
-        self.listener.factory.paused = True  # until the store is open (pins, messages)
+        self.listener.hold()  # until the store is open (pins, messages)
         self.listener.on_fatal = self._fatal  # a bind that fails once running
         self.listener.setServiceParent(self)
         #: The L{RegistrationKeeper} with a registry (typed loosely: callers read its state).
@@ -335,7 +335,7 @@ class UserAgentService(AgentQueries, service.MultiService):
 
     @defer.inlineCallbacks
     def _opened(self, _: object) -> Any:
-        self.listener.factory.paused = False
+        self.listener.release()
         if self.control_enabled:
             from sixchat.agent.control.server import listen_control
 

@@ -10,7 +10,7 @@ import os
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from twisted.internet import defer, reactor, task
+from twisted.internet import defer, endpoints, reactor, task
 from twisted.trial import unittest
 from zope.interface import implementer
 
@@ -113,6 +113,46 @@ class AgentCase(unittest.TestCase):
 
 
 class AgentTests(AgentCase):
+    @defer.inlineCallbacks
+    def test_a_peer_connecting_while_the_store_opens_waits_and_is_served(self) -> Any:
+        from sixchat.agent.store import MessageStore
+        from sixchat.protocol import connectPeer
+
+        gate: defer.Deferred[None] = defer.Deferred()
+        real_open = MessageStore.open
+
+        def slow_open(store: MessageStore) -> defer.Deferred[None]:
+            return gate.addCallback(lambda _: real_open(store))
+
+        self.patch(MessageStore, "open", slow_open)
+        bob = UserAgentService(
+            reactor, PeerConfig([self.identity("bob@example.com")], certs.trust_for(CA)),
+            os.path.join(self.base, "bob"), listen="tcp:0:interface=127.0.0.1",
+            control=False, directory=self.directory,
+        )  # fmt: skip
+        bob.privilegedStartService()
+        bob.startService()
+        self.addCleanup(lambda: bob.stopService() if bob.running else None)
+        self.assertTrue(bob.listener.held)
+        endpoint = endpoints.TCP4ClientEndpoint(
+            reactor, "127.0.0.1", bob.listener.port.getHost().port, timeout=10
+        )
+        config = PeerConfig([self.identity("alice@example.com")], certs.trust_for(CA))
+        done: list[Any] = []
+        handshake = connectPeer(reactor, endpoint, None, to="bob@example.com", config=config)
+        handshake.addBoth(lambda result: done.append(result) or result)
+        yield deferLater(0.3)
+        self.assertEqual(done, [])  # neither a session nor a refusal while the store opens
+        gate.callback(None)
+        yield bob.ready
+        self.assertFalse(bob.listener.held)
+        session = yield handshake
+        self.addCleanup(session.close)
+        receipt = yield session.sendMessage("before you were ready")
+        self.assertTrue(receipt.id)
+        [entry] = yield bob.history("alice@example.com", None, 10)
+        self.assertEqual(entry["body"], "before you were ready")
+
     @defer.inlineCallbacks
     def test_send_while_offline_then_deliver(self) -> Any:
         alice, alice_events = yield self.agent("alice@example.com")
