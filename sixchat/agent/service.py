@@ -343,12 +343,18 @@ class UserAgentService(AgentQueries, service.MultiService):
         if self.keeper is not None:
             self.keeper.setServiceParent(self)
             previous = self.keeper.on_state
+            outage = [False]
 
             def state(new: str) -> None:
                 if previous is not None:
                     previous(new)
-                if new == "registered":
+                if new == "waiting":
+                    outage[0] = True  # the registry could not be reached
+                elif new == "registered":
                     self.crls.registryReachable()
+                    if outage[0]:
+                        outage[0] = False
+                        self.outbox.retryAllNow()  # our network is back
 
             self.keeper.on_state = state
             self.keeper.on_conflict = self._fatal
@@ -453,7 +459,7 @@ class UserAgentService(AgentQueries, service.MultiService):
                 reconnect()  # its connection may be bound to a vanished address
         if self.keeper is not None:
             self.keeper.addressesChanged()
-        self.outbox.schedule(0)
+        self.outbox.retryAllNow()
 
     def _statusChanged(self, status: MessageStatus) -> None:
         self._emit(events.delivery_event(status))

@@ -87,10 +87,9 @@ class AgentCase(unittest.TestCase):
             reactor,
             config,
             os.path.join(self.base, f"{name}-{node}"),
-            listen="tcp:0:interface=127.0.0.1",
             node=node,
             control=False,
-            **{"directory": self.directory, **kw},
+            **{"directory": self.directory, "listen": "tcp:0:interface=127.0.0.1", **kw},
         )
         events = Events()
         agent.addObserver(events)
@@ -552,6 +551,72 @@ class AddressChangeTests(AgentCase):
         [new] = alice.sessions.outgoing.values()
         self.assertIsNot(new, old)
         self.assertEqual(sorted(e["body"] for e in bob_events.of("message")), ["one", "two"])
+
+    @defer.inlineCallbacks
+    def backed_off(self, **alice_options: Any) -> Any:
+        """
+        Alice with a message for bob that failed once and waits a minute for its retry; bob
+        then listens where the directory said, without a presence push to alice.
+        """
+        import socket
+
+        self.patch(agent_outbox, "RETRY_BASE", 60.0)
+        self.patch(agent_outbox, "RETRY_MAX", 300.0)
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        bob_id = self.identity("bob@example.com")
+        binding = NodeBinding("n1", (Contact("127.0.0.1", port),), bob_id.leaf_der, "", "")
+        self.directory.register("bob@example.com", binding)
+        alice, _ = yield self.agent("alice@example.com", **alice_options)
+        sent = yield alice.send("bob@example.com", "after the network came back")
+
+        def waiting() -> Any:
+            d = alice.store.status(sent["id"])
+            return d.addCallback(lambda st: st.nodes and st.nodes[0].next_attempt is not None)
+
+        yield self.until(waiting)
+        yield self.agent("bob@example.com", identity=bob_id,
+                         listen=f"tcp:{port}:interface=127.0.0.1")  # fmt: skip
+        yield deferLater(0.3)
+        status = yield alice.status_of(sent["id"])
+        self.assertEqual(status["state"], "queued")  # still waiting for its backoff
+        return alice, sent["id"]
+
+    @defer.inlineCallbacks
+    def test_an_address_change_retries_at_once_what_waits_for_its_backoff(self) -> Any:
+        addresses = {"now": frozenset({"127.0.0.1"})}
+        alice, message_id = yield self.backed_off(
+            address_poll=0.05, address_source=lambda: addresses["now"]
+        )
+        addresses["now"] = frozenset({"127.0.0.1", "2001:db8::7"})  # a new network
+        status = yield alice.waitDelivered(message_id, 10)
+        self.assertEqual(status["state"], "delivered")
+
+    @defer.inlineCallbacks
+    def test_the_registry_answering_again_retries_at_once(self) -> Any:
+        from twisted.application import service
+
+        class Keeper(service.Service):
+            on_state: Any = None
+            on_conflict: Any = None
+
+        keeper = Keeper()
+        real_opened = UserAgentService._opened
+
+        def opened(agent: UserAgentService, result: Any) -> Any:
+            agent.keeper = keeper
+            return real_opened(agent, result)
+
+        self.patch(UserAgentService, "_opened", opened)
+        alice, message_id = yield self.backed_off()
+        keeper.on_state("registered")  # no outage before: nothing to retry
+        yield deferLater(0.3)
+        self.assertEqual((yield alice.status_of(message_id))["state"], "queued")
+        keeper.on_state("waiting")  # the registry could not be reached …
+        keeper.on_state("registered")  # … and answers again
+        status = yield alice.waitDelivered(message_id, 10)
+        self.assertEqual(status["state"], "delivered")
 
     @defer.inlineCallbacks
     def test_off_by_default_in_the_library(self) -> Any:
