@@ -605,7 +605,7 @@ class AddressChangeTests(AgentCase):
         real_opened = UserAgentService._opened
 
         def opened(agent: UserAgentService, result: Any) -> Any:
-            agent.keeper = keeper
+            agent.keeper = agent.reachability.keeper = keeper
             return real_opened(agent, result)
 
         self.patch(UserAgentService, "_opened", opened)
