@@ -167,7 +167,40 @@ class PeerListenerService(EndpointService):
         )
         super().__init__(reactor, listen, self.factory)
 
+    #: Whether accepting is held (L{hold}).
+    held = False
+
+    def hold(self) -> None:
+        """
+        Accept nothing for now (the agent's store is not open yet: pins, messages), without
+        refusing anyone: the port stops calling C{accept}, so connections wait in the
+        kernel's listen queue (their first bytes with them) and are taken once L{release}
+        is called, within the initiator's handshake timeout. A port that cannot stop
+        accepting (not a file descriptor) closes new connections at once instead.
+        """
+        self.held = True
+        self._holdPort()
+
+    def release(self) -> None:
+        """Accept again, beginning with the connections that waited (L{hold})."""
+        self.held = False
+        self.factory.paused = False
+        start_reading = getattr(self.port, "startReading", None)
+        if callable(start_reading) and getattr(self.port, "connected", False):
+            start_reading()
+
+    def _holdPort(self) -> None:
+        port = self.port
+        if port is None:
+            return  # not bound yet: L{listened} holds it
+        if callable(getattr(port, "stopReading", None)) and getattr(port, "connected", False):
+            port.stopReading()  # type: ignore[attr-defined]
+        else:
+            self.factory.paused = True
+
     def listened(self, port: IListeningPort) -> None:
+        if self.held:
+            self._holdPort()
         host = port.getHost()
         self.log.info(
             "user agent {names} listening on {host} port {port}",

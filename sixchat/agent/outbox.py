@@ -196,6 +196,8 @@ class OutboxScheduler:
         #: Peers served over their incoming sessions since their last lookup that worked
         #: (logged once).
         self._over_incoming: set[str] = set()
+        #: The next tick treats every owed entry as due (L{retryAllNow}).
+        self._retry_all = False
 
     def now(self) -> datetime:
         return datetime.fromtimestamp(self.clock.seconds(), UTC)
@@ -225,11 +227,22 @@ class OutboxScheduler:
             self._tick_call.cancel()
         self._tick_call = self.clock.callLater(delay, self.tick)
 
+    def retryAllNow(self) -> None:
+        """
+        Our side of the network came back or changed (an address appeared or went, the
+        registry answers again after an outage): what failed while it was down waits for
+        its backoff (up to L{RETRY_MAX}), which is now likely stale. The next tick, at
+        once, treats every owed entry as due.
+        """
+        self._retry_all = True
+        self.schedule(0)
+
     @defer.inlineCallbacks
     def tick(self) -> Any:
         self._tick_call = None
         if self.stopping or not self.store.is_open:
             return
+        retry_all, self._retry_all = self._retry_all, False
         try:
             now = self.now()
             if self.clock.seconds() - self._last_expire >= EXPIRE_EVERY:
@@ -237,9 +250,9 @@ class OutboxScheduler:
                 expired = yield self.store.expire(now, self.message_ttl)
                 for status in expired:
                     self.on_status(status)
-            due = yield self.store.pending(now)
+            due = yield self.store.pending(None if retry_all else now)
             for peer in sorted({m.to_display for m in due}):
-                self.kick(peer)
+                self.kick(peer, now_due=retry_all)
         except Exception:
             if not self.stopping:  # a tick in flight while stopping meets a closed store
                 log.failure("outbox tick failed")

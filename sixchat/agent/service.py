@@ -44,6 +44,7 @@ from sixchat.agent.outbox import DEFAULT_TTL, OutboxScheduler
 from sixchat.agent.ownnodes import OwnNodeSync, merged_handler
 from sixchat.agent.pinning import KeyChanges, RegistryKeyPins
 from sixchat.agent.queries import AgentQueries
+from sixchat.agent.reachability import Reachability
 from sixchat.agent.sessions import SessionTable
 from sixchat.agent.store import MessageStatus, MessageStore, OutgoingMessage, encryption
 from sixchat.agent.store.files import TransferStore
@@ -262,7 +263,7 @@ class UserAgentService(AgentQueries, service.MultiService):
             idle_timeout=idle_timeout,
             keepalive=keepalive,
         )
-        self.listener.factory.paused = True  # until the store is open (pins, messages)
+        self.listener.hold()  # until the store is open (pins, messages)
         self.listener.on_fatal = self._fatal  # a bind that fails once running
         self.listener.setServiceParent(self)
         #: The L{RegistrationKeeper} with a registry (typed loosely: callers read its state).
@@ -271,13 +272,17 @@ class UserAgentService(AgentQueries, service.MultiService):
             self.keeper = self.link.keeper(
                 self.node, self._listeningAddress, advertise, register_expires
             )
+        #: What changes of our own network move (addresses, the registry reachable again).
+        self.reachability = Reachability(
+            self.sessions, self.directory, self.keeper, self.outbox, self.crls.registryReachable
+        )
         #: Mobility: the host's addresses looked at every C{address_poll} seconds (None or
         #: 0: never), from C{address_source} (default: the kernel's list, in a thread).
         self.addresses: AddressWatch | None = None
         if address_poll:
             self.addresses = AddressWatch(
-                self.clock, address_source or thread_source(reactor), self._addressesChanged,
-                address_poll,
+                self.clock, address_source or thread_source(reactor),
+                self.reachability.addressesChanged, address_poll,
             )  # fmt: skip
         self._waiters = DeliveryWaiters(self.clock, self.status_of)
         #: Called with one line when the agent cannot go on (another agent holds our node at
@@ -335,7 +340,7 @@ class UserAgentService(AgentQueries, service.MultiService):
 
     @defer.inlineCallbacks
     def _opened(self, _: object) -> Any:
-        self.listener.factory.paused = False
+        self.listener.release()
         if self.control_enabled:
             from sixchat.agent.control.server import listen_control
 
@@ -347,8 +352,7 @@ class UserAgentService(AgentQueries, service.MultiService):
             def state(new: str) -> None:
                 if previous is not None:
                     previous(new)
-                if new == "registered":
-                    self.crls.registryReachable()
+                self.reachability.keeperState(new)
 
             self.keeper.on_state = state
             self.keeper.on_conflict = self._fatal
@@ -443,17 +447,6 @@ class UserAgentService(AgentQueries, service.MultiService):
         if getattr(record, "nodes", None):
             self.sessions.contactsChanged(peer, record)  # a node moved: leave where it was
             self.outbox.peerAppeared(peer)
-
-    def _addressesChanged(self, added: frozenset[str], removed: frozenset[str]) -> None:
-        """Our addresses changed (L{sixchat.agent.addresses}): the mobility steps."""
-        if removed:
-            self.sessions.abandonBoundTo(removed)
-            reconnect = getattr(self.directory, "reconnect", None)
-            if reconnect is not None:
-                reconnect()  # its connection may be bound to a vanished address
-        if self.keeper is not None:
-            self.keeper.addressesChanged()
-        self.outbox.schedule(0)
 
     def _statusChanged(self, status: MessageStatus) -> None:
         self._emit(events.delivery_event(status))

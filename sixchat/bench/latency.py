@@ -316,6 +316,12 @@ def _cold(run: Any) -> None:
     run.say(f"latency, cold: first message to each of {n} contacts never seen before "
             "(real registry, full handshake)")  # fmt: skip
     db = os.path.join(run.workdir, "latency-registry.sqlite")
+    # A --workdir kept from an earlier run holds that run's registrations, whose nodes (the
+    # same names, other ports) the new agents would meet as held by another agent: start
+    # from an empty registry.
+    for leftover in (db, db + "-wal", db + "-shm"):
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(leftover)
     spec = {"role": "registry_server", "db": db, "postgres": False, "deadline": 900}
     with contextlib.ExitStack() as stack:
         server = stack.enter_context(run.worker("latency-registry", spec))

@@ -281,8 +281,9 @@ class Agent(TwistdProcess):
     @defer.inlineCallbacks
     def start(self, timeout: float = START_TIMEOUT) -> Any:
         """
-        Ready once it also logged "ready": it listens before its store is open, and until
-        then closes every connection at once (a probe right after "listening" was refused).
+        Ready once it also logged "ready": it listens before its store is open and accepts
+        nothing until then (connections wait in the listen queue), so a test's timings
+        start from an agent that serves.
         """
         port = yield super().start(timeout)
         assert self.proc is not None

@@ -523,6 +523,28 @@ class SchedulerTests(unittest.TestCase):
         self.sessions.sessions["phone"].receipt(0)
         self.assertEqual([m.id for m, _ in self.sessions.sessions["phone"].sent], ["m1", "m2"])
 
+    def test_retry_all_now_sends_what_waits_for_its_backoff_at_the_next_tick(self) -> None:
+        # Our network came back (the service calls this on an address change and when the
+        # registry answers again after an outage): no entry waits for a stale backoff.
+        self.sessions.down = True
+        self.directory.register(BOB, binding())
+        scheduler = self.scheduler()
+        self.queue(scheduler, "m1")
+        self.queue(scheduler, "m2")
+        for _ in range(4):  # four failed dials: the next try is 8-16 s away
+            scheduler.kick(BOB)
+            self.clock.advance(self.seconds_until(self.entry().next_attempt, scheduler))
+        scheduler.kick(BOB)
+        self.assertGreater(self.seconds_until(self.entry().next_attempt, scheduler), 15)
+        self.assertGreater(self.seconds_until(self.entry("m2").next_attempt, scheduler), 15)
+        self.sessions.down = False
+        scheduler.tick()  # a plain tick keeps to the backoff
+        self.assertEqual(self.sessions.sessions, {})
+        scheduler.retryAllNow()
+        self.clock.advance(0)
+        self.assertEqual([m.id for m, _ in self.sessions.sessions["phone"].sent], ["m1", "m2"])
+        self.assertFalse(scheduler._retry_all)  # once: later ticks keep to the backoff
+
     def test_watch_while_owed_unwatch_when_done(self) -> None:
         scheduler = self.scheduler()
         self.queue(scheduler)

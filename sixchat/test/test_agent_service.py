@@ -10,7 +10,7 @@ import os
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from twisted.internet import defer, reactor, task
+from twisted.internet import defer, endpoints, reactor, task
 from twisted.trial import unittest
 from zope.interface import implementer
 
@@ -87,10 +87,9 @@ class AgentCase(unittest.TestCase):
             reactor,
             config,
             os.path.join(self.base, f"{name}-{node}"),
-            listen="tcp:0:interface=127.0.0.1",
             node=node,
             control=False,
-            **{"directory": self.directory, **kw},
+            **{"directory": self.directory, "listen": "tcp:0:interface=127.0.0.1", **kw},
         )
         events = Events()
         agent.addObserver(events)
@@ -113,6 +112,46 @@ class AgentCase(unittest.TestCase):
 
 
 class AgentTests(AgentCase):
+    @defer.inlineCallbacks
+    def test_a_peer_connecting_while_the_store_opens_waits_and_is_served(self) -> Any:
+        from sixchat.agent.store import MessageStore
+        from sixchat.protocol import connectPeer
+
+        gate: defer.Deferred[None] = defer.Deferred()
+        real_open = MessageStore.open
+
+        def slow_open(store: MessageStore) -> defer.Deferred[None]:
+            return gate.addCallback(lambda _: real_open(store))
+
+        self.patch(MessageStore, "open", slow_open)
+        bob = UserAgentService(
+            reactor, PeerConfig([self.identity("bob@example.com")], certs.trust_for(CA)),
+            os.path.join(self.base, "bob"), listen="tcp:0:interface=127.0.0.1",
+            control=False, directory=self.directory,
+        )  # fmt: skip
+        bob.privilegedStartService()
+        bob.startService()
+        self.addCleanup(lambda: bob.stopService() if bob.running else None)
+        self.assertTrue(bob.listener.held)
+        endpoint = endpoints.TCP4ClientEndpoint(
+            reactor, "127.0.0.1", bob.listener.port.getHost().port, timeout=10
+        )
+        config = PeerConfig([self.identity("alice@example.com")], certs.trust_for(CA))
+        done: list[Any] = []
+        handshake = connectPeer(reactor, endpoint, None, to="bob@example.com", config=config)
+        handshake.addBoth(lambda result: done.append(result) or result)
+        yield deferLater(0.3)
+        self.assertEqual(done, [])  # neither a session nor a refusal while the store opens
+        gate.callback(None)
+        yield bob.ready
+        self.assertFalse(bob.listener.held)
+        session = yield handshake
+        self.addCleanup(session.close)
+        receipt = yield session.sendMessage("before you were ready")
+        self.assertTrue(receipt.id)
+        [entry] = yield bob.history("alice@example.com", None, 10)
+        self.assertEqual(entry["body"], "before you were ready")
+
     @defer.inlineCallbacks
     def test_send_while_offline_then_deliver(self) -> Any:
         alice, alice_events = yield self.agent("alice@example.com")
@@ -512,6 +551,72 @@ class AddressChangeTests(AgentCase):
         [new] = alice.sessions.outgoing.values()
         self.assertIsNot(new, old)
         self.assertEqual(sorted(e["body"] for e in bob_events.of("message")), ["one", "two"])
+
+    @defer.inlineCallbacks
+    def backed_off(self, **alice_options: Any) -> Any:
+        """
+        Alice with a message for bob that failed once and waits a minute for its retry; bob
+        then listens where the directory said, without a presence push to alice.
+        """
+        import socket
+
+        self.patch(agent_outbox, "RETRY_BASE", 60.0)
+        self.patch(agent_outbox, "RETRY_MAX", 300.0)
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        bob_id = self.identity("bob@example.com")
+        binding = NodeBinding("n1", (Contact("127.0.0.1", port),), bob_id.leaf_der, "", "")
+        self.directory.register("bob@example.com", binding)
+        alice, _ = yield self.agent("alice@example.com", **alice_options)
+        sent = yield alice.send("bob@example.com", "after the network came back")
+
+        def waiting() -> Any:
+            d = alice.store.status(sent["id"])
+            return d.addCallback(lambda st: st.nodes and st.nodes[0].next_attempt is not None)
+
+        yield self.until(waiting)
+        yield self.agent("bob@example.com", identity=bob_id,
+                         listen=f"tcp:{port}:interface=127.0.0.1")  # fmt: skip
+        yield deferLater(0.3)
+        status = yield alice.status_of(sent["id"])
+        self.assertEqual(status["state"], "queued")  # still waiting for its backoff
+        return alice, sent["id"]
+
+    @defer.inlineCallbacks
+    def test_an_address_change_retries_at_once_what_waits_for_its_backoff(self) -> Any:
+        addresses = {"now": frozenset({"127.0.0.1"})}
+        alice, message_id = yield self.backed_off(
+            address_poll=0.05, address_source=lambda: addresses["now"]
+        )
+        addresses["now"] = frozenset({"127.0.0.1", "2001:db8::7"})  # a new network
+        status = yield alice.waitDelivered(message_id, 10)
+        self.assertEqual(status["state"], "delivered")
+
+    @defer.inlineCallbacks
+    def test_the_registry_answering_again_retries_at_once(self) -> Any:
+        from twisted.application import service
+
+        class Keeper(service.Service):
+            on_state: Any = None
+            on_conflict: Any = None
+
+        keeper = Keeper()
+        real_opened = UserAgentService._opened
+
+        def opened(agent: UserAgentService, result: Any) -> Any:
+            agent.keeper = agent.reachability.keeper = keeper
+            return real_opened(agent, result)
+
+        self.patch(UserAgentService, "_opened", opened)
+        alice, message_id = yield self.backed_off()
+        keeper.on_state("registered")  # no outage before: nothing to retry
+        yield deferLater(0.3)
+        self.assertEqual((yield alice.status_of(message_id))["state"], "queued")
+        keeper.on_state("waiting")  # the registry could not be reached …
+        keeper.on_state("registered")  # … and answers again
+        status = yield alice.waitDelivered(message_id, 10)
+        self.assertEqual(status["state"], "delivered")
 
     @defer.inlineCallbacks
     def test_off_by_default_in_the_library(self) -> Any:
