@@ -186,6 +186,19 @@ class SQLiteCacheTests(TestCase):
         self.assertEqual(await self.nodes(store), [])
         self.assertEqual(cache.hits, hits, "a stale cache answered")
 
+    async def test_a_clock_gone_back_stops_the_cache(self) -> None:
+        """The reactor's clock is the wall clock: set back, it must not stretch the bound."""
+        store = await self.store()
+        await self.register(store)
+        await self.cached(store)
+        other = await self.other()
+        await other.unregister(A, "n")
+        self.clocked.clock.rightNow -= 3600
+        self.assertEqual(await self.nodes(store), [])
+        self.assertIsNone(store._live_cache())
+        await self.poll(store)  # a poll at the new time makes it fresh again
+        self.assertIsNotNone(store._live_cache())
+
     async def test_a_failing_poll_does_not_keep_the_cache_fresh(self) -> None:
         store = await self.store()
         await self.register(store)

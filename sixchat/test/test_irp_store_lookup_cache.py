@@ -117,6 +117,9 @@ class LookupCacheTests(unittest.TestCase):
         self.assertIs(self.cache.revoked(5, b"ca", 100.0 + ttl - 0.001), False)
         self.assertIsNone(self.cache.revoked(5, b"ca", 100.0 + ttl))
         self.assertIs(self.cache.revoked(6, b"ca", 100.0 + 10 * ttl), True)
+        # A clock that went back (the SQLite store's is the reactor's, the wall clock)
+        # does not stretch the minute.
+        self.assertIsNone(self.cache.revoked(5, b"ca", 99.0))
 
     def test_valid_until(self) -> None:
         early = NOW + timedelta(seconds=5)

@@ -179,8 +179,8 @@ class LookupCache:
         if found is None:
             return None
         revoked, read_at = found
-        if not revoked and now - read_at >= self.not_revoked_ttl:
-            return None
+        if not revoked and not 0 <= now - read_at < self.not_revoked_ttl:
+            return None  # kept too long, or a clock that went back
         return revoked
 
     def put_revoked(

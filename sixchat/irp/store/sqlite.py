@@ -214,7 +214,8 @@ class SQLiteStore:
         cache, feed = self.cache, self._changes
         if cache is None or self._pool is None or feed.fresh_at is None:
             return None
-        if self._reactor.seconds() - feed.fresh_at > self.cache_fresh:
+        # The reactor's clock is the wall clock: one that went back counts as stale too.
+        if not 0 <= self._reactor.seconds() - feed.fresh_at <= self.cache_fresh:
             return None
         cache.sync(feed.epoch)
         return cache

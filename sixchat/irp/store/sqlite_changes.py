@@ -136,6 +136,6 @@ class ChangeFeed:
                 cache.invalidate(normalize_identity(identity))
             except ValueError:  # pragma: no cover - only valid identities are logged
                 pass
-        if self.fresh_at is None or started - self.fresh_at > self._store.cache_fresh:
+        if self.fresh_at is None or not 0 <= started - self.fresh_at <= self._store.cache_fresh:
             self.epoch += 1
         self.fresh_at = started
