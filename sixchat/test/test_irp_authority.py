@@ -258,3 +258,26 @@ class AuthorityTests(TestCase):
         authority = Authority(inter.key, inter.cert, store, chain=[root.cert])
         self.assertEqual(authority.anchors_der, [root.cert_der])
         self.assertEqual(authority.intermediates, [inter.cert_der])
+
+
+class NewTokenTests(TestCase):
+    def test_a_token_never_begins_with_a_dash(self) -> None:
+        # `sixchat enroll … --token -x…` reads the token as an option; one draw in 64 began
+        # with a dash.
+        import secrets
+
+        from sixchat.irp.server import authority
+
+        draws = iter(["-" + "a" * 42, "-" + "b" * 42, "c" * 43])
+        self.patch(secrets, "token_urlsafe", lambda n: next(draws))
+        self.assertEqual(authority.new_token(), "c" * 43)
+
+    def test_tokens_are_url_safe_and_carry_256_bits(self) -> None:
+        from sixchat.irp.server import authority
+
+        tokens = {authority.new_token() for _ in range(2000)}
+        self.assertEqual(len(tokens), 2000)
+        for token in tokens:
+            self.assertEqual(len(token), 43)
+            self.assertFalse(token.startswith("-"))
+            self.assertRegex(token, r"^[A-Za-z0-9_-]+$")
