@@ -29,6 +29,7 @@ from sixchat.irp.store.interfaces import Binding, IdentityState
 from sixchat.irp.store.lookup_cache import LookupCache
 from sixchat.irp.store.sqlite import SQLiteStore
 from sixchat.test import certs
+from sixchat.test.test_irp_store import wait_for
 
 A = "alice@example.com"
 C1 = [Contact("2001:db8::5", 4605)]
@@ -236,7 +237,7 @@ class SQLiteCacheTests(TestCase):
         self.assertEqual(store._changes.subscribers, [])
         self.assertIsNone(store._changes.fresh_at)
         self.advance(1.0)
-        await _until(lambda: store._changes.fresh_at is not None)
+        await wait_for(lambda: store._changes.fresh_at is not None, 10.0)
         self.assertEqual(store._changes.fresh_at, 1.0)  # when the poll started
 
     async def test_other_process_revocation(self) -> None:
@@ -340,13 +341,3 @@ class SQLiteCacheTests(TestCase):
         await store.state(A, self.now)
         self.assertEqual(len(threads), 1)
         self.assertIsNot(threads[0], threading.main_thread())
-
-
-async def _until(predicate: Any, timeout: float = 10.0) -> None:
-    """Let the real reactor run (the database thread answers through it) until true."""
-    waited = 0.0
-    while not predicate():
-        if waited > timeout:
-            raise AssertionError("condition not reached in time")
-        await task.deferLater(reactor, 0.01, lambda: None)
-        waited += 0.01

@@ -160,13 +160,12 @@ class PluginTests(TestCase):
         for value in ("0", "-3", "many", "2.5"):
             self.assertUsage([*base, "--max-queued", value], "--max-queued")
 
-    def test_lookup_cache_option(self) -> None:
-        if pg.psycopg_missing() is not None:
-            raise SkipTest(pg.psycopg_missing())
+    def assertLookupCacheOption(self, db: str, size: str) -> None:
+        """C{--lookup-cache}: default 20,000 identities, C{size} as given, 0 for none."""
         f = self.write_files()
         base = ["--cert", f["p12"], "--ca-dir", f["ca"], "--password-file", f["pw"]]
-        base += ["--db", "postgresql:///sixchat?host=/nonexistent"]  # not connected here
-        for value, expected in ((None, 20_000), ("5", 5), ("0", None)):
+        base += ["--db", db]  # not opened here
+        for value, expected in ((None, 20_000), (size, int(size)), ("0", None)):
             options = irp_tap.Options()
             options.parseOptions([*base, "--lookup-cache", value] if value else base)
             service = irp_tap.makeService(options)
@@ -176,19 +175,14 @@ class PluginTests(TestCase):
         for value in ("-1", "many", "2.5"):
             self.assertUsage([*base, "--lookup-cache", value], "--lookup-cache")
 
+    def test_lookup_cache_option(self) -> None:
+        if pg.psycopg_missing() is not None:
+            raise SkipTest(pg.psycopg_missing())
+        self.assertLookupCacheOption("postgresql:///sixchat?host=/nonexistent", "5")
+
     def test_lookup_cache_option_sqlite(self) -> None:
         """The SQLite store takes the same option (docs/admin.md)."""
-        f = self.write_files()
-        base = ["--cert", f["p12"], "--ca-dir", f["ca"], "--password-file", f["pw"]]
-        base += ["--db", self.mktemp()]  # not opened here
-        for value, expected in ((None, 20_000), ("7", 7), ("0", None)):
-            options = irp_tap.Options()
-            options.parseOptions([*base, "--lookup-cache", value] if value else base)
-            service = irp_tap.makeService(options)
-            assert isinstance(service, IRPServerService)
-            cache = service.store.cache  # type: ignore[attr-defined]
-            self.assertEqual(cache.max_states if cache is not None else None, expected)
-
+        self.assertLookupCacheOption(self.mktemp(), "7")
 
 A_NAME = "alice@example.com"
 

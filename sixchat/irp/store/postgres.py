@@ -316,10 +316,10 @@ class PostgresStore:
             until,
             max_nodes,
         )
-        return self._changing(identity, d)
+        return changing(self.cache, identity, d)
 
     def unregister(self, identity: str, node: str) -> defer.Deferred[bool]:
-        return self._changing(identity, self._run(queries.unregister, identity, node))
+        return changing(self.cache, identity, self._run(queries.unregister, identity, node))
 
     def state(self, identity: str, now: datetime) -> defer.Deferred[IdentityState]:
         """
@@ -345,9 +345,6 @@ class PostgresStore:
             return None
         cache.sync(listener.epoch)
         return cache
-
-    def _changing(self, identity: str, d: defer.Deferred[_R]) -> defer.Deferred[_R]:
-        return changing(self.cache, identity, d)
 
     def expire(self, now: datetime) -> defer.Deferred[set[str]]:
         """
@@ -440,7 +437,7 @@ class PostgresStore:
 
     def notify(self, identity: str) -> defer.Deferred[None]:
         """Announce a change to every process (journal + NOTIFY, one transaction)."""
-        return self._changing(identity, self._run(queries.notify, identity))
+        return changing(self.cache, identity, self._run(queries.notify, identity))
 
     def _deliver(self, key: str) -> None:
         """
