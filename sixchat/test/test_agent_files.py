@@ -234,21 +234,30 @@ class AgentFileTests(unittest.TestCase):
         data = payload(2_000_000)
 
         class CutWhenPartlyHeld:
-            """Cut both ends the moment bob holds 256 KiB durably: in that same reactor turn,
-            so a fast transfer cannot finish first (polling for it raced the last chunks)."""
+            """
+            Cut both ends while bob handles the chunk that takes him past 256 KiB, in that
+            very call: a fast transfer cannot finish first (waiting for bob's progress
+            event, which comes after a store write, let the whole file arrive now and then
+            under load). Closing the partial file syncs what bob was given: the prefix the
+            resume starts from.
+            """
 
             cut = False
 
-            def agentEvent(self, event: dict[str, Any]) -> None:
-                if self.cut or event["type"] != "file" or event.get("received", 0) < 256 * 1024:
+            def __init__(self, chunk: Any) -> None:
+                self.chunk = chunk
+
+            def __call__(self, session: Any, chunk: Any) -> None:
+                self.chunk(session, chunk)
+                if self.cut or chunk.offset + len(chunk.data) < 256 * 1024:
                     return
                 self.cut = True
                 for agent in (alice, bob):
-                    for session in list(agent.sessions.live):
-                        session._protocol.transport.abortConnection()  # the connection is lost
+                    for live in list(agent.sessions.live):
+                        live._protocol.transport.abortConnection()  # the connection is lost
 
-        cutter = CutWhenPartlyHeld()
-        bob.addObserver(cutter)
+        cutter = CutWhenPartlyHeld(bob.file_inbox.chunk)
+        self.patch(bob.file_inbox, "chunk", cutter)
         queued = yield alice.sendFile("bob@example.com", self.source(data, "video.mp4"))
         yield self.until(lambda: cutter.cut)
         status = yield alice.waitDelivered(queued["id"], 60)
