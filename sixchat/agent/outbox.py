@@ -254,6 +254,11 @@ class OutboxScheduler:
             for peer in sorted({m.to_display for m in due}):
                 self.kick(peer, now_due=retry_all)
         except Exception:
+            if retry_all:
+                # The store failed before every owed entry was kicked: the next tick tries
+                # again with all of them due (a kick made twice coalesces), rather than
+                # leaving them to the backoff retryAllNow was asked to cut short.
+                self._retry_all = True
             if not self.stopping:  # a tick in flight while stopping meets a closed store
                 log.failure("outbox tick failed")
         finally:

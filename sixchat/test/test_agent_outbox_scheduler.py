@@ -545,6 +545,38 @@ class SchedulerTests(unittest.TestCase):
         self.assertEqual([m.id for m, _ in self.sessions.sessions["phone"].sent], ["m1", "m2"])
         self.assertFalse(scheduler._retry_all)  # once: later ticks keep to the backoff
 
+    def test_retry_all_now_survives_a_tick_whose_store_read_fails(self) -> None:
+        # The store failing the tick's read must not lose the request: the next tick (one
+        # TICK later) still treats every owed entry as due, not as its backoff says.
+        self.sessions.down = True
+        self.directory.register(BOB, binding())
+        scheduler = self.scheduler()
+        self.queue(scheduler, "m1")
+        for _ in range(4):  # four failed dials: the next try is 8-16 s away
+            scheduler.kick(BOB)
+            self.clock.advance(self.seconds_until(self.entry().next_attempt, scheduler))
+        scheduler.kick(BOB)
+        self.assertGreater(self.seconds_until(self.entry().next_attempt, scheduler), 15)
+        self.sessions.down = False
+        reads: list[datetime | None] = []
+        pending = self.store.pending
+
+        def failing_once(now: datetime | None = None) -> Any:
+            reads.append(now)
+            if len(reads) == 1:
+                return defer.fail(OSError("disk I/O error"))
+            return pending(now)
+
+        self.store.pending = failing_once  # type: ignore[method-assign]
+        scheduler.retryAllNow()
+        self.clock.advance(0)
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
+        self.assertEqual(self.sessions.sessions, {})
+        self.clock.advance(outbox.TICK)
+        self.assertEqual(reads, [None, None])  # both reads ask for every owed entry
+        self.assertEqual([m.id for m, _ in self.sessions.sessions["phone"].sent], ["m1"])
+        self.assertFalse(scheduler._retry_all)
+
     def test_watch_while_owed_unwatch_when_done(self) -> None:
         scheduler = self.scheduler()
         self.queue(scheduler)
