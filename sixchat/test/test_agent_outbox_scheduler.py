@@ -223,6 +223,15 @@ class SchedulerTests(unittest.TestCase):
         assert when is not None
         return (when - scheduler.now()).total_seconds()
 
+    def fail_five_dials(self, scheduler: OutboxScheduler) -> None:
+        """Five failed dials to BOB (sessions down): m1's next try is over 15 s away."""
+        for _ in range(4):
+            scheduler.kick(BOB)
+            self.clock.advance(self.seconds_until(self.entry().next_attempt, scheduler))
+        scheduler.kick(BOB)
+        self.assertEqual(self.entry().attempts, 5)
+        self.assertGreater(self.seconds_until(self.entry().next_attempt, scheduler), 15)
+
     # backoff and jitter ----------------------------------------------------------------------
 
     def test_backoff_doubles_with_jitter_and_is_capped(self) -> None:
@@ -501,12 +510,7 @@ class SchedulerTests(unittest.TestCase):
         self.directory.register(BOB, binding())
         scheduler = self.scheduler()
         self.queue(scheduler)
-        for _ in range(4):  # four failed dials: the next try is 8-16 s away
-            scheduler.kick(BOB)
-            self.clock.advance(self.seconds_until(self.entry().next_attempt, scheduler))
-        scheduler.kick(BOB)
-        self.assertEqual(self.entry().attempts, 5)
-        self.assertGreater(self.seconds_until(self.entry().next_attempt, scheduler), 15)
+        self.fail_five_dials(scheduler)
         self.sessions.down = False
         scheduler.kick(BOB)  # a plain kick keeps to the backoff
         self.assertEqual(self.sessions.sessions, {})
@@ -531,11 +535,7 @@ class SchedulerTests(unittest.TestCase):
         scheduler = self.scheduler()
         self.queue(scheduler, "m1")
         self.queue(scheduler, "m2")
-        for _ in range(4):  # four failed dials: the next try is 8-16 s away
-            scheduler.kick(BOB)
-            self.clock.advance(self.seconds_until(self.entry().next_attempt, scheduler))
-        scheduler.kick(BOB)
-        self.assertGreater(self.seconds_until(self.entry().next_attempt, scheduler), 15)
+        self.fail_five_dials(scheduler)
         self.assertGreater(self.seconds_until(self.entry("m2").next_attempt, scheduler), 15)
         self.sessions.down = False
         scheduler.tick()  # a plain tick keeps to the backoff
@@ -552,11 +552,7 @@ class SchedulerTests(unittest.TestCase):
         self.directory.register(BOB, binding())
         scheduler = self.scheduler()
         self.queue(scheduler, "m1")
-        for _ in range(4):  # four failed dials: the next try is 8-16 s away
-            scheduler.kick(BOB)
-            self.clock.advance(self.seconds_until(self.entry().next_attempt, scheduler))
-        scheduler.kick(BOB)
-        self.assertGreater(self.seconds_until(self.entry().next_attempt, scheduler), 15)
+        self.fail_five_dials(scheduler)
         self.sessions.down = False
         reads: list[datetime | None] = []
         pending = self.store.pending
