@@ -15,8 +15,10 @@ C{sixchat: error: …}, to standard error.
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib
 import os
+import re
 import sys
 from collections.abc import Sequence
 from typing import NoReturn
@@ -58,11 +60,51 @@ class CommandError(SixchatError):
     """The command was understood but could not be carried out (exit status 1)."""
 
 
+#: argparse's wording for a value outside C{choices} (a command, C{--key-type}, ...); Python
+#: 3.12 dropped the quotes around the listed choices.
+_INVALID_CHOICE = re.compile(r"invalid choice: '(?P<given>.*)' \(choose from (?P<choices>.*)\)$")
+
+
+def _closest(given: str, candidates: Sequence[str]) -> str | None:
+    found = difflib.get_close_matches(given, candidates, n=1, cutoff=0.6)
+    return found[0] if found else None
+
+
 class ArgumentParser(argparse.ArgumentParser):
-    """An C{argparse} parser whose errors are one line and never exit the process by itself."""
+    """
+    An C{argparse} parser whose errors are one line and never exit the process by itself,
+    with a "did you mean" for a mistyped command, choice or option.
+
+    A subcommand's parser reports the arguments it does not know itself, rather than leaving
+    them to the top-level parser: the line then points at the subcommand's own C{--help},
+    and a mistyped option can be matched against that subcommand's options.
+    """
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        parsed, extras = super().parse_known_args(args, namespace)
+        if extras and " " in self.prog:  # a subcommand ("sixchat send"), not "sixchat"
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        return parsed, extras
 
     def error(self, message: str) -> NoReturn:
-        raise UsageError(f"{message} (see '{self.prog} --help')")
+        raise UsageError(f"{message}{self._suggestion(message)} (see '{self.prog} --help')")
+
+    def _suggestion(self, message: str) -> str:
+        choice = _INVALID_CHOICE.search(message)
+        if choice is not None:
+            choices = [c.strip().strip("'") for c in choice["choices"].split(",")]
+            best = _closest(choice["given"], choices)
+            return f"; did you mean '{best}'?" if best else ""
+        if message.startswith("unrecognized arguments: "):
+            options = list(self._option_string_actions)
+            for word in message.removeprefix("unrecognized arguments: ").split():
+                if word.startswith("--"):
+                    best = _closest(word.partition("=")[0], options)
+                    if best:
+                        return f"; did you mean {best}?"
+        return ""
 
 
 def positive_int(text: str) -> int:

@@ -491,6 +491,41 @@ class CLITests(CLITestsMixin, SynchronousTestCase):
             self.assertEqual(err.count("\n"), 1, err)
             self.assertIn(text, err)
 
+    def test_usage_errors_suggest_the_closest_command_choice_or_option(self):
+        for argv, text in [
+            (["sned", "bob@example.com", "hi"],
+             "invalid choice: 'sned' (choose from 'pki', 'probe', "),
+            (["pki", "isue", "alice@example.com"],
+             "; did you mean 'issue'? (see 'sixchat pki --help')"),
+            (["pki", "issue", "alice@example.com", "--ca", "x", "--key-type", "ed2551"],
+             "; did you mean 'ed25519'? (see 'sixchat pki issue --help')"),
+            # A subcommand reports its own unknown options, matched against its own options.
+            (["send", "--wiat", "5", "bob@example.com", "hi"],
+             "unrecognized arguments: --wiat hi; did you mean --wait? (see 'sixchat send --help')"),
+            (["send", "--thred=t", "bob@example.com", "hi"], "; did you mean --thread?"),
+        ]:
+            code, out, err = self.run_cli(*argv)
+            self.assertEqual(code, 2, argv)
+            self.assertEqual(out, "")
+            self.assertEqual(err.count("\n"), 1, err)
+            self.assertIn(text, err)
+        _, _, err = self.run_cli("sned", "bob@example.com", "hi")
+        self.assertIn("; did you mean 'send'? (see 'sixchat --help')", err)
+        # Nothing close: no guess.
+        for argv in (["frobnicate"], ["send", "--cert", "me.p12", "bob@example.com", "hi"]):
+            _, _, err = self.run_cli(*argv)
+            self.assertNotIn("did you mean", err)
+            self.assertTrue(err.startswith("sixchat: error: "), err)
+
+    def test_choice_suggestions_read_both_argparse_wordings(self):
+        # Python 3.12 lists the choices without quotes.
+        from sixchat.cli import build_parser
+
+        parser = build_parser()
+        for message in ("argument COMMAND: invalid choice: 'sned' (choose from 'pki', 'send')",
+                        "argument COMMAND: invalid choice: 'sned' (choose from pki, send)"):
+            self.assertEqual(parser._suggestion(message), "; did you mean 'send'?")
+
     def test_init_ca(self):
         out = self.init_ca("--name", "Example CA", "--key-type", "p384", "--days", "30")
         self.assertIn("created CA 'Example CA'", out)
