@@ -21,7 +21,9 @@ one line on stderr and exit status 1, never twistd's usage text or a traceback
 from __future__ import annotations
 
 import atexit
+import difflib
 import os
+import re
 import sys
 from collections.abc import Callable
 from typing import Any, NoReturn
@@ -54,6 +56,12 @@ class OneLineOptions(usage.Options):
             if self.parent is None:
                 raise
             text = str(e)
+            unknown = re.fullmatch(r"option (--[^\s=]+) not recognized", text)
+            if unknown is not None:
+                known = ["--" + name.rstrip("=") for name in self.longOpt]
+                close = difflib.get_close_matches(unknown[1], known, n=1, cutoff=0.6)
+                if close:
+                    text += f"; did you mean {close[0]}?"
             if "not recognized" in text or "requires argument" in text:
                 text += f" (twistd {self.tapname} --help lists the options)"
             raise SystemExit(f"twistd: error: {text}") from None

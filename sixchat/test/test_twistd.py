@@ -48,6 +48,26 @@ class OptionsUnderTwistdTests(unittest.TestCase):
         )
 
 
+    def test_mistyped_option_gets_the_closest_one(self) -> None:
+        for argv, expected in [
+            (["sixchat", "--cret", "me.p12"], "--cret not recognized; did you mean --cert?"),
+            (["sixchat", "--lisen=tcp:4605"], "--lisen not recognized; did you mean --listen?"),
+            (["sixchat-irp", "--ca-dri", "ca"], "--ca-dri not recognized; did you mean --ca-dir?"),
+        ]:
+            config = ServerOptions()
+            with self.assertRaises(SystemExit) as caught:
+                config.parseOptions(argv)
+            text = str(caught.exception.code)
+            self.assertTrue(text.startswith("twistd: error: option --"), text)
+            self.assertTrue(text.endswith(f"(twistd {argv[0]} --help lists the options)"), text)
+            if expected is not None:
+                self.assertIn(expected, text)
+        config = ServerOptions()
+        with self.assertRaises(SystemExit) as caught:
+            config.parseOptions(["sixchat", "--frobnicate"])
+        self.assertNotIn("did you mean", str(caught.exception.code))
+
+
 class StartupErrorProcessTests(E2ECase):
     """C{twistd -n sixchat} and C{twistd -n sixchat-irp} as a user runs them, mistakes each."""
 
