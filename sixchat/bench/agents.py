@@ -40,11 +40,11 @@ async def agent(reactor: Any, spec: dict[str, Any]) -> None:
     from sixchat.agent.interfaces import IAgentEvents
     from sixchat.agent.service import UserAgentService
     from sixchat.agent.tap import freeze_start_up
-    from sixchat.bench.peers import _quiet_logs
+    from sixchat.bench.common import quiet_logs
     from sixchat.handshake import PeerConfig
     from sixchat.testing.directory import MemoryDirectory
 
-    _quiet_logs()
+    quiet_logs()
     workdir = spec["workdir"]
     identity = fixtures.load_identity(workdir, spec["who"], "ed25519")
     directory = MemoryDirectory()

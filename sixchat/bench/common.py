@@ -157,3 +157,25 @@ def run_main(reactor: Any, main: Callable[[], Any], limit: float) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(1 if outcome["failed"] else 0)
+
+
+def quiet_logs() -> None:
+    """
+    Log warnings and errors to stderr (the worker's log file), drop the rest. Without an
+    observer Twisted would keep the last 64k events in memory, which would be counted as
+    per-session memory and is not what a deployed process (twistd logging to a file) does;
+    writing every info line would measure the disk instead.
+    """
+    import sys
+
+    from twisted.logger import (
+        FilteringLogObserver,
+        LogLevel,
+        LogLevelFilterPredicate,
+        globalLogBeginner,
+        textFileLogObserver,
+    )
+
+    predicate = LogLevelFilterPredicate(defaultLogLevel=LogLevel.warn)
+    observer = FilteringLogObserver(textFileLogObserver(sys.stderr), [predicate])
+    globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)

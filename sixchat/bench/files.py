@@ -94,11 +94,11 @@ async def file_agent(reactor: Any, spec: dict[str, Any]) -> None:
     """
     from sixchat.agent.interfaces import IAgentEvents
     from sixchat.agent.service import UserAgentService
-    from sixchat.bench.peers import _quiet_logs
+    from sixchat.bench.common import quiet_logs
     from sixchat.handshake import PeerConfig
     from sixchat.testing.directory import MemoryDirectory
 
-    _quiet_logs()
+    quiet_logs()
     workdir = spec["workdir"]
     identity = fixtures.load_identity(workdir, spec["who"], "ed25519")
     directory = MemoryDirectory()
@@ -202,9 +202,9 @@ class _DiskSink(Protocol):
 
 async def tls_file_server(reactor: Any, spec: dict[str, Any]) -> None:
     from sixchat.bench import baselines
-    from sixchat.bench.peers import _quiet_logs
+    from sixchat.bench.common import quiet_logs
 
-    _quiet_logs()
+    quiet_logs()
     workdir = spec["workdir"]
     identity = fixtures.load_identity(workdir, "bob", "ed25519")
     ca = fixtures.load_cert(os.path.join(workdir, "peer-ca.pem"))
@@ -250,9 +250,9 @@ async def tls_file_client(reactor: Any, spec: dict[str, Any]) -> None:
     from twisted.internet import endpoints
 
     from sixchat.bench import baselines
-    from sixchat.bench.peers import _quiet_logs
+    from sixchat.bench.common import quiet_logs
 
-    _quiet_logs()
+    quiet_logs()
     workdir = spec["workdir"]
     identity = fixtures.load_identity(workdir, "alice", "ed25519")
     ca = fixtures.load_cert(os.path.join(workdir, "peer-ca.pem"))

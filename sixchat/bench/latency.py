@@ -187,9 +187,9 @@ async def _start_registered(service: Any) -> None:
 
 async def latency_farm(reactor: Any, spec: dict[str, Any]) -> None:
     """C{count} receiving agents (registry users 1..count), each registered; then idle."""
-    from sixchat.bench.peers import _quiet_logs
+    from sixchat.bench.common import quiet_logs
 
-    _quiet_logs()
+    quiet_logs()
     users = fixtures.load_registry_users(spec["workdir"], spec["count"] + 1)[1:]
     for i, user in enumerate(users):
         service = _registry_agent(reactor, spec["workdir"], user, spec["port"], f"farm{i}")
@@ -200,9 +200,9 @@ async def latency_farm(reactor: Any, spec: dict[str, Any]) -> None:
 
 async def latency_sender(reactor: Any, spec: dict[str, Any]) -> None:
     """Alice (registry user 0): one message to each identity given, one at a time."""
-    from sixchat.bench.peers import _quiet_logs
+    from sixchat.bench.common import quiet_logs
 
-    _quiet_logs()
+    quiet_logs()
     user = fixtures.load_registry_users(spec["workdir"], 1)[0]
     service = _registry_agent(reactor, spec["workdir"], user, spec["port"], "sender")
     clock = observe(service)
@@ -218,11 +218,11 @@ async def latency_sender(reactor: Any, spec: dict[str, Any]) -> None:
 
 async def visibility_client(reactor: Any, spec: dict[str, Any]) -> None:
     """Register through registry A, watch through registry B; time each push."""
-    from sixchat.bench.peers import _quiet_logs
+    from sixchat.bench.common import quiet_logs
     from sixchat.irp.client import connectRegistry
     from sixchat.irp.messages import Contact
 
-    _quiet_logs()
+    quiet_logs()
     workdir = spec["workdir"]
     writer_user, watcher_user = fixtures.load_registry_users(workdir, 2)
     anchors = [fixtures.load_cert(os.path.join(workdir, "registry-ca.pem"))]

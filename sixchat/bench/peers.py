@@ -1,5 +1,6 @@
 """
-Worker roles for the peer benchmarks: handshakes, bulk transfer, stanza rate, idle memory.
+Worker roles for the peer benchmarks: the responder, handshakes and idle memory (bulk and
+stanzas are in L{sixchat.bench.streams}), and our initiator as all of them build it.
 
 C{peer_server} is the responder process: it listens on 127.0.0.1 for every variant the
 parent asks for (our responder per key type, the TLS and TCP baselines) and answers
@@ -13,13 +14,12 @@ from __future__ import annotations
 
 import functools
 import os
-import struct
 import time
 from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import defer, endpoints
-from twisted.internet.interfaces import IHandshakeListener, IPushProducer
+from twisted.internet.interfaces import IHandshakeListener
 from twisted.internet.protocol import Factory, Protocol
 from zope.interface import implementer
 
@@ -28,47 +28,16 @@ from sixchat.bench.common import (
     SOURCE_ADDRESSES,
     commands,
     cpu_seconds,
-    cpu_times,
     emit,
+    quiet_logs,
     rss_kib,
     sleep,
 )
 
-#: Batches the senders write per reactor turn before letting the reactor run (writes,
-#: reads, receipts): the same for ours and the baselines.
-STANZA_BATCH = 100
-BULK_BATCH = 4
-#: Unreceipted messages our sender allows (bulk: 4 MiB; stanzas: ~400 KiB).
-BULK_WINDOW = 256
-STANZA_WINDOW = 2000
-
-
-def _quiet_logs() -> None:
-    """
-    Log warnings and errors to stderr (the worker's log file), drop the rest. Without an
-    observer Twisted would keep the last 64k events in memory, which would be counted as
-    per-session memory and is not what a deployed process (twistd logging to a file) does;
-    writing every info line would measure the disk instead.
-    """
-    import sys
-
-    from twisted.logger import (
-        FilteringLogObserver,
-        LogLevel,
-        LogLevelFilterPredicate,
-        globalLogBeginner,
-        textFileLogObserver,
-    )
-
-    predicate = LogLevelFilterPredicate(defaultLogLevel=LogLevel.warn)
-    observer = FilteringLogObserver(textFileLogObserver(sys.stderr), [predicate])
-    globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
-
-
 # -- our protocol -------------------------------------------------------------------------------
 
 
-def _peer_config(
+def peer_config(
     workdir: str,
     who: str,
     key_type: str,
@@ -125,7 +94,7 @@ class OurClientFactory(Factory):
         return proto
 
 
-def _endpoint(reactor: Any, port: int, i: int) -> Any:
+def client_endpoint(reactor: Any, port: int, i: int) -> Any:
     source = SOURCE_ADDRESSES[i % len(SOURCE_ADDRESSES)]
     return endpoints.TCP4ClientEndpoint(
         reactor, "127.0.0.1", port, timeout=30, bindAddress=(source, 0)
@@ -133,7 +102,7 @@ def _endpoint(reactor: Any, port: int, i: int) -> Any:
 
 
 async def our_session(reactor: Any, factory: OurClientFactory, port: int, i: int = 0) -> Any:
-    proto = await _endpoint(reactor, port, i).connect(factory)
+    proto = await client_endpoint(reactor, port, i).connect(factory)
     return await proto.handshakeDone
 
 
@@ -164,101 +133,6 @@ class _Probe(Protocol):
             self.done.errback(reason)
 
 
-@implementer(IPushProducer, IHandshakeListener)
-class _Streamer(Protocol):
-    """
-    Baseline sender for bulk and stanzas: writes chunks made by C{make(i)} while the
-    transport is not paused, C{batch} per reactor turn; C{reply} fires with the first bytes
-    the peer sends back (its end-of-run answer).
-    """
-
-    def __init__(self) -> None:
-        self.reply: defer.Deferred[bytes] = defer.Deferred()
-        self.handshake: defer.Deferred[None] = defer.Deferred()
-        self.paused = False
-        self._on_resume: Callable[[], None] | None = None
-        self._buffer = b""
-
-    def connectionMade(self) -> None:
-        self.transport.registerProducer(self, True)  # type: ignore[union-attr]
-        if not hasattr(self.transport, "_tlsConnection"):
-            self.handshakeCompleted()  # plain TCP: nothing to wait for
-
-    def handshakeCompleted(self) -> None:
-        if not self.handshake.called:
-            self.handshake.callback(None)
-
-    def pauseProducing(self) -> None:
-        self.paused = True
-
-    def resumeProducing(self) -> None:
-        self.paused = False
-        if self._on_resume is not None:
-            self._on_resume()
-
-    def stopProducing(self) -> None:
-        self.paused = True
-
-    def dataReceived(self, data: bytes) -> None:
-        if self.counter is not None:  # receipted XMPP: parse every answer as it comes
-            if not self.reply.called and self.counter.feed(data):
-                self.reply.callback(b"")
-            return
-        self._buffer += data
-        if not self.reply.called and self._complete(self._buffer):
-            self.reply.callback(self._buffer)
-
-    counter: Any = None
-
-    _complete: Callable[[bytes], bool] = staticmethod(lambda data: True)
-
-    def connectionLost(self, reason: Any = None) -> None:
-        if not self.reply.called:
-            self.reply.errback(reason)
-
-
-def pump(
-    reactor: Any,
-    count: int,
-    batch: int,
-    send: Callable[[int], None],
-    is_paused: Callable[[], bool],
-    set_resume: Callable[[Callable[[], None]], None],
-) -> defer.Deferred[None]:
-    """
-    Call C{send(i)} for i in 0..count-1, C{batch} per reactor turn, pausing while the
-    transport says its buffer is full. Fires when the last one was handed to the transport.
-    """
-    done: defer.Deferred[None] = defer.Deferred()
-    state = {"i": 0, "scheduled": False}
-
-    def run() -> None:
-        state["scheduled"] = False
-        i = state["i"]
-        end = min(count, i + batch)
-        while i < end:
-            if is_paused():
-                break
-            send(i)
-            i += 1
-        state["i"] = i
-        if i >= count:
-            if not done.called:
-                done.callback(None)
-            return
-        if not is_paused():
-            schedule()
-
-    def schedule() -> None:
-        if not state["scheduled"] and state["i"] < count:
-            state["scheduled"] = True
-            reactor.callLater(0, run)
-
-    set_resume(schedule)
-    schedule()
-    return done
-
-
 # -- the server -------------------------------------------------------------------------------
 
 
@@ -266,7 +140,7 @@ async def peer_server(reactor: Any, spec: dict[str, Any]) -> None:
     """Listen for every requested variant; answer C{measure}; stop at EOF."""
     from sixchat.peers import PeerFactory
 
-    _quiet_logs()
+    quiet_logs()
     workdir = spec["workdir"]
     ports: dict[str, int] = {}
     ca = fixtures.load_cert(os.path.join(workdir, "peer-ca.pem"))
@@ -280,7 +154,7 @@ async def peer_server(reactor: Any, spec: dict[str, Any]) -> None:
     for listener in spec["listeners"]:
         kind = listener["kind"]
         if kind == "ours":
-            config = _peer_config(
+            config = peer_config(
                 workdir, "bob", listener["key"], chain_cache=listener.get("chain_cache")
             )
             factory: Any = PeerFactory(config, reactor, None)
@@ -322,7 +196,7 @@ async def _one_ours(reactor: Any, factory: OurClientFactory, port: int, i: int) 
 
 
 async def _one_tls(reactor: Any, factory: Any, port: int, i: int) -> Any:
-    proto = await _endpoint(reactor, port, i).connect(factory)
+    proto = await client_endpoint(reactor, port, i).connect(factory)
     probe = proto.wrappedProtocol
     await probe.done
     group = baselines.tls_group(proto)
@@ -330,7 +204,7 @@ async def _one_tls(reactor: Any, factory: Any, port: int, i: int) -> Any:
     return group
 
 
-async def _run_concurrently(
+async def run_concurrently(
     count: int, concurrency: int, one: Callable[[int], Any]
 ) -> list[Any]:
     results: list[Any] = []
@@ -354,7 +228,7 @@ async def handshake_client(reactor: Any, spec: dict[str, Any]) -> None:
     pong, the baseline's echoed byte) so the responder has verified the initiator, then an
     abortive close. Reports handshakes/s and CPU milliseconds per handshake on both sides.
     """
-    _quiet_logs()
+    quiet_logs()
     workdir = spec["workdir"]
     ports = spec["ports"]
     server_pid = spec["server_pid"]
@@ -366,7 +240,7 @@ async def handshake_client(reactor: Any, spec: dict[str, Any]) -> None:
         if impl in ("ours", "ourscold"):  # ourscold: no validated-chain cache on either side
             chain_cache = 0 if impl == "ourscold" else None
             groups = [baselines.OUR_GROUPS[group]]
-            config = _peer_config(workdir, "alice", key, groups, chain_cache)
+            config = peer_config(workdir, "alice", key, groups, chain_cache)
             ofactory = OurClientFactory(reactor, config, groups)
             port = ports[f"{impl}-{key}"]
             makers[variant] = functools.partial(_one_ours, reactor, ofactory, port)
@@ -397,7 +271,7 @@ async def handshake_client(reactor: Any, spec: dict[str, Any]) -> None:
             one = makers[variant]
             server0, client0 = cpu_seconds(server_pid), cpu_seconds()
             t0 = time.perf_counter()
-            await _run_concurrently(count, concurrency, one)
+            await run_concurrently(count, concurrency, one)
             elapsed = time.perf_counter() - t0
             server1, client1 = cpu_seconds(server_pid), cpu_seconds()
             emit(
@@ -414,222 +288,6 @@ async def handshake_client(reactor: Any, spec: dict[str, Any]) -> None:
             await sleep(reactor, 0.05)
 
 
-# -- bulk and stanzas ----------------------------------------------------------------------------
-
-
-def _letters(n: int, seed: int = 0) -> str:
-    alphabet = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 .,"
-    return "".join(alphabet[(i * 7 + seed) % len(alphabet)] for i in range(n))
-
-
-async def _ours_stream(
-    reactor: Any,
-    port: int,
-    workdir: str,
-    count: int,
-    batch: int,
-    body_of: Callable[[int], str],
-    window: int,
-) -> float:
-    """
-    Send C{count} messages on one session; seconds until the last receipt arrived.
-
-    At most C{window} messages are unreceipted at a time, as an application that waits for
-    its receipts would do. Without such a window, both peers can end up with full write
-    buffers (messages one way, receipts the other) while each has stopped reading because
-    its own buffer is full: the back-pressure rule of the protocol adapter would then stall
-    both (see docs/benchmarks.md).
-    """
-    factory = OurClientFactory(reactor, _peer_config(workdir, "alice", "ed25519"))
-    session = await our_session(reactor, factory, port)
-    proto = session._protocol
-    all_receipted: defer.Deferred[None] = defer.Deferred()
-    state = {"receipts": 0, "sent": 0}
-    resume: list[Callable[[], None]] = []
-
-    def receipted(_: Any) -> None:
-        state["receipts"] += 1
-        if state["receipts"] == count:
-            all_receipted.callback(None)
-        elif state["sent"] - state["receipts"] == window // 2 and resume:
-            resume[0]()  # hysteresis: refill half a window at a time
-
-    def failed(f: Any) -> None:
-        if not all_receipted.called:
-            all_receipted.errback(f)
-
-    def send(i: int) -> None:
-        state["sent"] += 1
-        session.sendMessage(body_of(i)).addCallbacks(receipted, failed)
-
-    def set_resume(callback: Callable[[], None]) -> None:
-        proto.on_resume = callback
-        resume.append(callback)
-
-    def blocked() -> bool:
-        return bool(proto.paused) or state["sent"] - state["receipts"] >= window
-
-    t0 = time.perf_counter()
-    await pump(reactor, count, batch, send, blocked, set_resume)
-    await all_receipted
-    elapsed = time.perf_counter() - t0
-    proto.transport.abortConnection()
-    return elapsed
-
-
-async def _baseline_stream(
-    reactor: Any,
-    port: int,
-    tls_options: Any,
-    count: int,
-    batch: int,
-    first: bytes,
-    chunk_of: Callable[[int], bytes],
-    last: bytes,
-    complete: Callable[[bytes], bool],
-    counter: Any = None,
-    aggregate: bool = True,
-) -> float:
-    app = Factory.forProtocol(_Streamer)
-    app.noisy = False
-    factory: Any = (
-        app if tls_options is None else baselines.wrap_tls(tls_options, True, app, aggregate)
-    )
-    factory.noisy = False
-    proto = await _endpoint(reactor, port, 0).connect(factory)
-    streamer: _Streamer = proto.wrappedProtocol if tls_options is not None else proto
-    streamer._complete = complete
-    streamer.counter = counter
-    await streamer.handshake
-    transport = streamer.transport
-    assert transport is not None
-
-    def set_resume(callback: Callable[[], None]) -> None:
-        streamer._on_resume = callback
-
-    t0 = time.perf_counter()
-    transport.write(first)
-    await pump(reactor, count, batch, lambda i: transport.write(chunk_of(i)),
-               lambda: streamer.paused, set_resume)  # fmt: skip
-    if last:
-        transport.write(last)
-    await streamer.reply
-    elapsed = time.perf_counter() - t0
-    transport.abortConnection()  # type: ignore[attr-defined]
-    return elapsed
-
-
-async def stream_client(reactor: Any, spec: dict[str, Any]) -> None:
-    """
-    C{bulk}: C{total} bytes of application data in C{write}-byte writes, on one session.
-    Ours carries each write as a C{message} whose body is C{write} characters, receipted as
-    the protocol requires; the baselines carry raw bytes and answer once at the end.
-
-    C{stanza}: C{count} 200-byte C{message} stanzas, each its own write, one way; ours are
-    receipted one by one, XMPP's are answered by one C{iq} after the last.
-    """
-    _quiet_logs()
-    workdir = spec["workdir"]
-    ports = spec["ports"]
-    bench = spec["bench"]
-    ca = fixtures.load_cert(os.path.join(workdir, "peer-ca.pem"))
-    tls_options = baselines.tls_options(
-        fixtures.load_identity(workdir, "alice", "ed25519"), ca, b"X25519MLKEM768"
-    )
-    runners: dict[str, Callable[[int], Any]] = {}
-    if bench == "bulk":
-        size = spec["write"]
-        count = spec["total"] // size
-        body = _letters(size)
-        chunk = body.encode("ascii")
-        runners["ours"] = lambda n: _ours_stream(
-            reactor, ports["ours-ed25519"], workdir, n, BULK_BATCH, lambda i: body, BULK_WINDOW
-        )
-        def bulk_runner(name: str, options: Any) -> Callable[[int], Any]:
-            return lambda n: _baseline_stream(
-                reactor, ports[f"{name}-sink"], options, n, BULK_BATCH,
-                struct.pack(">Q", n * size), lambda i: chunk, b"",
-                lambda data: data.startswith(b"D"),
-            )  # fmt: skip
-
-        runners["tls"] = bulk_runner("tls", tls_options)
-        runners["tcp"] = bulk_runner("tcp", None)
-    else:
-        count = spec["count"]
-        size = spec["stanza_bytes"]
-        from sixchat.stanzas import Message, format_timestamp
-        from sixchat.xmlcodec import serialize
-
-        # Overheads measured with a one-character body ("" would be written <body/>).
-        probe = serialize(
-            Message(os.urandom(16).hex(), format_timestamp(_now()), "x").to_element()
-        )
-        ours_body = _letters(size - len(probe) + 1)
-        xmpp_body = _letters(size + 1 - len(baselines.xmpp_message("x", os.urandom(16).hex())))
-        assert len(baselines.xmpp_message(xmpp_body, os.urandom(16).hex())) == size
-        assert len(serialize(Message(os.urandom(16).hex(), format_timestamp(_now()),
-                                     ours_body).to_element())) == size  # fmt: skip
-        runners["ours"] = lambda n: _ours_stream(
-            reactor, ports["ours-ed25519"], workdir, n, STANZA_BATCH, lambda i: ours_body,
-            STANZA_WINDOW,
-        )
-
-        def xmpp_chunk(i: int) -> bytes:
-            return baselines.xmpp_message(xmpp_body, os.urandom(16).hex())
-
-        def xmpp_runner(name: str, options: Any) -> Callable[[int], Any]:
-            return lambda n: _baseline_stream(
-                reactor, ports[f"{name}-xmpp"], options, n, STANZA_BATCH,
-                baselines.STREAM_HEADER, xmpp_chunk, b"<iq type='get' id='done'/>",
-                lambda data: b"type='result'" in data,
-            )  # fmt: skip
-
-        runners["xmpp_tls"] = xmpp_runner("tls", tls_options)
-        runners["xmpp_tcp"] = xmpp_runner("tcp", None)
-        # Informational, not in the default run (it needs a "tls_records" listener): XMPP
-        # over TLS with one TLS record per stanza, i.e. without Twisted's write aggregation.
-        runners["xmpp_tls_records"] = lambda n: _baseline_stream(
-            reactor, ports.get("tls_records-xmpp", 0), tls_options, n, STANZA_BATCH,
-            baselines.STREAM_HEADER, xmpp_chunk, b"<iq type='get' id='done'/>",
-            lambda data: b"type='result'" in data, aggregate=False,
-        )  # fmt: skip
-        runners["xmpp_tls_receipts"] = lambda n: _baseline_stream(
-            reactor, ports["tls-xmpp_receipts"], tls_options, n, STANZA_BATCH,
-            baselines.STREAM_HEADER, xmpp_chunk, b"", lambda data: False,
-            baselines.XmppReceiptCounter(n),
-        )  # fmt: skip
-    variants = [v for v in spec["variants"] if v in runners]
-    for variant in variants:  # warm-up: a short run of each, not reported
-        await runners[variant](max(1, count // 20))
-    for rnd in range(spec["rounds"]):
-        order = variants if rnd % 2 == 0 else list(reversed(variants))
-        for variant in order:
-            server0, client0 = cpu_times(spec.get("server_pid")), cpu_times()
-            elapsed = await runners[variant](count)
-            server1, client1 = cpu_times(spec.get("server_pid")), cpu_times()
-            metrics = {
-                "seconds": elapsed,
-                "mib_per_s": count * size / elapsed / 2**20,
-                # CPU microseconds per write (a message, for ours) of each process: steadier
-                # than throughput on a loaded machine (connection set-up included, negligible).
-                "sender_cpu_us": (sum(client1) - sum(client0)) / count * 1e6,
-                "receiver_cpu_us": (sum(server1) - sum(server0)) / count * 1e6,
-                # Of which in the kernel (system time: the socket calls, epoll).
-                "sender_sys_us": (client1[1] - client0[1]) / count * 1e6,
-                "receiver_sys_us": (server1[1] - server0[1]) / count * 1e6,
-            }
-            if bench == "stanza":
-                metrics["msgs_per_s"] = count / elapsed
-            emit("sample", bench=bench, variant=variant, round=rnd, metrics=metrics)
-            await sleep(reactor, 0.05)
-
-
-def _now() -> Any:
-    from datetime import UTC, datetime
-
-    return datetime.now(UTC)
-
-
 # -- idle sessions -------------------------------------------------------------------------------
 
 
@@ -639,7 +297,7 @@ async def idle_client(reactor: Any, spec: dict[str, Any]) -> None:
     C{go}, open C{count} more with C{concurrency} in flight, let them settle, report
     C{established} with our resident size and how many are still open, wait for C{done}.
     """
-    _quiet_logs()
+    quiet_logs()
     control = commands(reactor)
     workdir = spec["workdir"]
     impl = spec["impl"]
@@ -647,7 +305,7 @@ async def idle_client(reactor: Any, spec: dict[str, Any]) -> None:
     held: list[Any] = []
     lost = {"n": 0}
     if impl == "ours":
-        factory: Any = OurClientFactory(reactor, _peer_config(workdir, "alice", "ed25519"))
+        factory: Any = OurClientFactory(reactor, peer_config(workdir, "alice", "ed25519"))
 
         async def one(i: int) -> Any:
             session = await our_session(reactor, factory, port, i)
@@ -665,7 +323,7 @@ async def idle_client(reactor: Any, spec: dict[str, Any]) -> None:
         factory.noisy = False
 
         async def one(i: int) -> Any:
-            proto = await _endpoint(reactor, port, i).connect(factory)
+            proto = await client_endpoint(reactor, port, i).connect(factory)
             await proto.wrappedProtocol.done
             proto.wrappedProtocol.done = defer.Deferred()
             proto.wrappedProtocol.done.addErrback(
@@ -673,12 +331,12 @@ async def idle_client(reactor: Any, spec: dict[str, Any]) -> None:
             )
             held.append(proto)
 
-    await _run_concurrently(spec["warm"], spec["concurrency"], one)
+    await run_concurrently(spec["warm"], spec["concurrency"], one)
     await sleep(reactor, 0.3)
     emit("warm", rss_kib=rss_kib())
     await control.wait("go")
     t0 = time.perf_counter()
-    await _run_concurrently(spec["count"], spec["concurrency"], lambda i: one(i + spec["warm"]))
+    await run_concurrently(spec["count"], spec["concurrency"], lambda i: one(i + spec["warm"]))
     elapsed = time.perf_counter() - t0
     await sleep(reactor, spec.get("settle", 1.0))
     emit(

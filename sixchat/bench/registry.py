@@ -47,13 +47,13 @@ TICK = 0.005
 
 async def registry_server(reactor: Any, spec: dict[str, Any]) -> None:
     """Run the registry on 127.0.0.1 over SQLite (C{db} a path) or PostgreSQL (a DSN)."""
-    from sixchat.bench.peers import _quiet_logs
+    from sixchat.bench.common import quiet_logs
     from sixchat.identity import Identity
     from sixchat.irp.server import IRPServerService, RegistryConfig, make_store
     from sixchat.irp.server.authority import Authority
     from sixchat.irp.server.gcpolicy import DEFAULT_INTERVAL, CollectorPolicy
 
-    _quiet_logs()
+    quiet_logs()
     pauses = _CollectorPauses()
     if spec.get("gc_off"):  # for diagnosis only (docs/benchmarks.md): never by the CLI
         gc.disable()
@@ -408,9 +408,9 @@ async def _full_client_cost(reactor: Any, port: int, users: list[Any], anchors: 
 
 
 async def registry_client(reactor: Any, spec: dict[str, Any]) -> None:
-    from sixchat.bench.peers import _quiet_logs
+    from sixchat.bench.common import quiet_logs
 
-    _quiet_logs()
+    quiet_logs()
     workdir = spec["workdir"]
     bench = spec["bench"]
     # Every registry instance's CPU counts, and (PostgreSQL) the database server's.

@@ -88,13 +88,14 @@ def _pair(clock: Any, initiator: Any, responder: Any) -> tuple[Any, Any, _Wire, 
 async def scaling(reactor: Any, spec: dict[str, Any]) -> None:
     from twisted.internet import task
 
-    from sixchat.bench.peers import _peer_config, _quiet_logs
+    from sixchat.bench.common import quiet_logs
+    from sixchat.bench.peers import peer_config
 
-    _quiet_logs()
+    quiet_logs()
     workdir = spec["workdir"]
     clock = task.Clock()
-    initiator = _peer_config(workdir, "alice", "ed25519", ["x25519"])
-    responder = _peer_config(workdir, "bob", "ed25519")
+    initiator = peer_config(workdir, "alice", "ed25519", ["x25519"])
+    responder = peer_config(workdir, "bob", "ed25519")
     i, r, wi, wr = _pair(clock, initiator, responder)
     session = i.session
     for size in spec.get("sizes", SIZES):

@@ -15,7 +15,7 @@ from typing import Any
 ROLES = {
     "peer_server": ("sixchat.bench.peers", "peer_server"),
     "handshake_client": ("sixchat.bench.peers", "handshake_client"),
-    "stream_client": ("sixchat.bench.peers", "stream_client"),
+    "stream_client": ("sixchat.bench.streams", "stream_client"),
     "idle_client": ("sixchat.bench.peers", "idle_client"),
     "agent": ("sixchat.bench.agents", "agent"),
     "agent_idle_client": ("sixchat.bench.agents", "idle_client"),
