@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import codecs
 import contextlib
+import difflib
 import functools
 import os
 from collections.abc import Callable
@@ -29,6 +30,9 @@ from sixchat.cli.terminal import (
 
 __all__ = ["ChatUI", "run_chat"]
 
+
+#: What a line starting with / may be (the rest are refused, with the closest of these).
+CHAT_COMMANDS = ("/quit", "/exit", "/help", "/file")
 
 class ChatUI:
     """
@@ -302,7 +306,9 @@ class ChatUI:
                 else:
                     self._sending.addBoth(lambda _: self._sendFile(path))
             else:
-                self.show(f"unknown command {clean(command)} (/help lists them)")
+                close = difflib.get_close_matches(command, CHAT_COMMANDS, n=1, cutoff=0.6)
+                guess = f"; did you mean {close[0]}?" if close else ""
+                self.show(f"unknown command {clean(command)}{guess} (/help lists them)")
             return
         if stripped.startswith("//"):
             line = line.replace("//", "/", 1)

@@ -49,7 +49,7 @@ class ChatCLITests(AgentCLIMixin, unittest.TestCase):
         self.assertEqual(self.agent.sends(), [("send", BOB, "héllo", None, None)])
         self.agent.emit({"type": "delivery", "peer": BOB, "id": "m1", "state": "delivered"})
         yield wait_for(lambda: "delivered" in proc.text.splitlines()[-1], what="tick")
-        proc.transport.write(b"/help\n//slash\n/nonsense\n/quit\nnot sent\n")
+        proc.transport.write(b"/help\n//slash\n/nonsense\n/fiel notes.txt\n/quit\nnot sent\n")
         code = yield proc.ended
         self.assertEqual(code, 0, proc.err)
         lines = proc.text.splitlines()[4:]
@@ -60,7 +60,8 @@ class ChatCLITests(AgentCLIMixin, unittest.TestCase):
         self.assertIn("/quit leaves", lines[4])
         self.assertRegex(lines[5], r"^\[\d\d:\d\d\] me: /slash$")
         self.assertEqual(lines[6], "unknown command /nonsense (/help lists them)")
-        self.assertEqual(len(lines), 7)
+        self.assertEqual(lines[7], "unknown command /fiel; did you mean /file? (/help lists them)")
+        self.assertEqual(len(lines), 8)
         self.assertNotIn("not for this chat", proc.text)
         self.assertEqual([s[2] for s in self.agent.sends()], ["héllo", "/slash"])
 
