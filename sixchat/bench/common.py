@@ -10,6 +10,7 @@ so no benchmark process can outlive its run.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import os
@@ -19,6 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import defer, task
+from twisted.internet.error import ReactorNotRunning
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE_KIB = os.sysconf("SC_PAGE_SIZE") // 1024
@@ -88,7 +90,9 @@ class Commands:
                 commands._line(line)
 
             def connectionLost(self, reason: Any = None) -> None:
-                if reactor.running:
+                # The parent closed our stdin: stop, unless the worker is stopping already
+                # (reactor.running stays true during shutdown, when stop() raises).
+                with contextlib.suppress(ReactorNotRunning):
                     reactor.stop()
 
         self._stdio = stdio.StandardIO(_Lines(), reactor=reactor)
