@@ -21,7 +21,6 @@ one line on stderr and exit status 1, never twistd's usage text or a traceback
 from __future__ import annotations
 
 import atexit
-import difflib
 import os
 import re
 import sys
@@ -32,6 +31,7 @@ from twisted.application.service import IService, MultiService
 from twisted.logger import Logger
 from twisted.python import usage
 
+from sixchat.cli import did_you_mean
 from sixchat.errors import SixchatError
 
 __all__ = ["OneLineOptions", "StartupGuard", "check_listen", "guarded"]
@@ -59,9 +59,7 @@ class OneLineOptions(usage.Options):
             unknown = re.fullmatch(r"option (--[^\s=]+) not recognized", text)
             if unknown is not None:
                 known = ["--" + name.rstrip("=") for name in self.longOpt]
-                close = difflib.get_close_matches(unknown[1], known, n=1, cutoff=0.6)
-                if close:
-                    text += f"; did you mean {close[0]}?"
+                text += did_you_mean(unknown[1], known)
             if "not recognized" in text or "requires argument" in text:
                 text += f" (twistd {self.tapname} --help lists the options)"
             raise SystemExit(f"twistd: error: {text}") from None

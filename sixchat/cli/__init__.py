@@ -20,7 +20,7 @@ import importlib
 import os
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import NoReturn
 
 from sixchat import __version__
@@ -32,6 +32,7 @@ __all__ = [
     "CommandError",
     "UsageError",
     "build_parser",
+    "did_you_mean",
     "main",
     "positive_int",
     "warn",
@@ -65,9 +66,13 @@ class CommandError(SixchatError):
 _INVALID_CHOICE = re.compile(r"invalid choice: '(?P<given>.*)' \(choose from (?P<choices>.*)\)$")
 
 
-def _closest(given: str, candidates: Sequence[str]) -> str | None:
-    found = difflib.get_close_matches(given, candidates, n=1, cutoff=0.6)
-    return found[0] if found else None
+def did_you_mean(given: str, candidates: Iterable[str], quote: str = "") -> str:
+    """
+    C{"; did you mean X?"} with the candidate closest to a mistyped C{given}, or C{""} when
+    none is close: the tail of a one-line error (commands, options, chat commands).
+    """
+    found = difflib.get_close_matches(given, list(candidates), n=1, cutoff=0.6)
+    return f"; did you mean {quote}{found[0]}{quote}?" if found else ""
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -95,15 +100,13 @@ class ArgumentParser(argparse.ArgumentParser):
         choice = _INVALID_CHOICE.search(message)
         if choice is not None:
             choices = [c.strip().strip("'") for c in choice["choices"].split(",")]
-            best = _closest(choice["given"], choices)
-            return f"; did you mean '{best}'?" if best else ""
+            return did_you_mean(choice["given"], choices, quote="'")
         if message.startswith("unrecognized arguments: "):
-            options = list(self._option_string_actions)
             for word in message.removeprefix("unrecognized arguments: ").split():
                 if word.startswith("--"):
-                    best = _closest(word.partition("=")[0], options)
-                    if best:
-                        return f"; did you mean {best}?"
+                    guess = did_you_mean(word.partition("=")[0], self._option_string_actions)
+                    if guess:
+                        return guess
         return ""
 
 

@@ -8,14 +8,13 @@ from __future__ import annotations
 import argparse
 import codecs
 import contextlib
-import difflib
 import functools
 import os
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from sixchat.cli import UsageError
+from sixchat.cli import UsageError, did_you_mean
 from sixchat.cli.client import CALL_TIMEOUT, timed, with_agent
 from sixchat.cli.terminal import (
     clean,
@@ -33,6 +32,7 @@ __all__ = ["ChatUI", "run_chat"]
 
 #: What a line starting with / may be (the rest are refused, with the closest of these).
 CHAT_COMMANDS = ("/quit", "/exit", "/help", "/file")
+
 
 class ChatUI:
     """
@@ -306,8 +306,7 @@ class ChatUI:
                 else:
                     self._sending.addBoth(lambda _: self._sendFile(path))
             else:
-                close = difflib.get_close_matches(command, CHAT_COMMANDS, n=1, cutoff=0.6)
-                guess = f"; did you mean {close[0]}?" if close else ""
+                guess = did_you_mean(command, CHAT_COMMANDS)
                 self.show(f"unknown command {clean(command)}{guess} (/help lists them)")
             return
         if stripped.startswith("//"):
