@@ -21,7 +21,7 @@ import os
 import re
 import sys
 from collections.abc import Iterable, Sequence
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from sixchat import __version__
 from sixchat.errors import SixchatError
@@ -71,8 +71,11 @@ def did_you_mean(given: str, candidates: Iterable[str], quote: str = "") -> str:
     C{"; did you mean X?"} with the candidate closest to a mistyped C{given}, or C{""} when
     none is close: the tail of a one-line error (commands, options, chat commands).
     """
-    found = difflib.get_close_matches(given, list(candidates), n=1, cutoff=0.6)
-    return f"; did you mean {quote}{found[0]}{quote}?" if found else ""
+    # Compared without their leading dashes or slash, which would make every option look
+    # alike ("--cret" is not close to "--since").
+    by_name = {candidate.lstrip("-/"): candidate for candidate in candidates}
+    found = difflib.get_close_matches(given.lstrip("-/"), list(by_name), n=1, cutoff=0.6)
+    return f"; did you mean {quote}{by_name[found[0]]}{quote}?" if found else ""
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -84,6 +87,12 @@ class ArgumentParser(argparse.ArgumentParser):
     them to the top-level parser: the line then points at the subcommand's own C{--help},
     and a mistyped option can be matched against that subcommand's options.
     """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        #: What to say when one of these options is given but unknown here: an option of
+        #: another program the user plainly had in mind (L{sixchat.cli.client}).
+        self.option_hints: dict[str, str] = {}
 
     def parse_known_args(  # type: ignore[override]
         self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
@@ -102,11 +111,15 @@ class ArgumentParser(argparse.ArgumentParser):
             choices = [c.strip().strip("'") for c in choice["choices"].split(",")]
             return did_you_mean(choice["given"], choices, quote="'")
         if message.startswith("unrecognized arguments: "):
-            for word in message.removeprefix("unrecognized arguments: ").split():
-                if word.startswith("--"):
-                    guess = did_you_mean(word.partition("=")[0], self._option_string_actions)
-                    if guess:
-                        return guess
+            words = message.removeprefix("unrecognized arguments: ").split()
+            options = [word.partition("=")[0] for word in words if word.startswith("--")]
+            for option in options:
+                if option in self.option_hints:
+                    return f": {self.option_hints[option]}"
+            for option in options:
+                guess = did_you_mean(option, self._option_string_actions)
+                if guess:
+                    return guess
         return ""
 
 

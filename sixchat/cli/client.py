@@ -11,7 +11,7 @@ import argparse
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from sixchat.cli import CommandError
+from sixchat.cli import ArgumentParser, CommandError
 
 __all__ = [
     "CALL_TIMEOUT",
@@ -27,7 +27,17 @@ __all__ = [
 CALL_TIMEOUT = 60.0
 
 
+#: Options of C{twistd sixchat}, given by mistake to a command that talks to the agent.
+_AGENT_OPTIONS = ("--cert", "--trust", "--registry", "--listen", "--password-file", "--crl")
+
+
 def add_connection_options(p: argparse.ArgumentParser) -> None:
+    if isinstance(p, ArgumentParser):
+        for option in _AGENT_OPTIONS:
+            p.option_hints[option] = (
+                f"{option} is an option of the agent (twistd -n sixchat {option} …); this "
+                "command talks to the running agent, chosen with --as IDENTITY or --data-dir DIR"
+            )
     p.add_argument(
         "--data-dir",
         metavar="DIR",

@@ -511,8 +511,17 @@ class CLITests(CLITestsMixin, SynchronousTestCase):
             self.assertIn(text, err)
         _, _, err = self.run_cli("sned", "bob@example.com", "hi")
         self.assertIn("; did you mean 'send'? (see 'sixchat --help')", err)
-        # Nothing close: no guess.
-        for argv in (["frobnicate"], ["send", "--cert", "me.p12", "bob@example.com", "hi"]):
+        # An option of the agent given to a command that talks to it says so.
+        _, _, err = self.run_cli("send", "--cert", "me.p12", "bob@example.com", "hi")
+        self.assertIn(
+            "unrecognized arguments: --cert hi: --cert is an option of the agent (twistd -n "
+            "sixchat --cert …); this command talks to the running agent, chosen with --as "
+            "IDENTITY or --data-dir DIR (see 'sixchat send --help')",
+            err,
+        )
+        # Nothing close: no guess (and the dashes alone do not make "--cret" look like
+        # "--since").
+        for argv in (["frobnicate"], ["inbox", "--cret", "x"]):
             _, _, err = self.run_cli(*argv)
             self.assertNotIn("did you mean", err)
             self.assertTrue(err.startswith("sixchat: error: "), err)
