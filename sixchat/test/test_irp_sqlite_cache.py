@@ -98,6 +98,15 @@ class SQLiteCacheTests(TestCase):
         state = await store.state(A, at or self.now)
         return [b.node for b in state.bindings]
 
+    async def cached_then_removed_elsewhere(self) -> SQLiteStore:
+        """A store with alice's node C{n} cached, which another process then unregistered."""
+        store = await self.store()
+        await self.register(store)
+        await self.cached(store)
+        other = await self.other()
+        await other.unregister(A, "n")
+        return store
+
     async def cached(self, store: SQLiteStore) -> SQLiteStore:
         """C{store} with alice's state in its cache (a poll made it fresh)."""
         await self.poll(store)
@@ -172,11 +181,7 @@ class SQLiteCacheTests(TestCase):
 
     async def test_other_process_write_never_served_past_the_bound(self) -> None:
         """Polls stalled: past C{cache_fresh} seconds after the last good poll, no cache."""
-        store = await self.store()
-        await self.register(store)
-        await self.cached(store)
-        other = await self.other()
-        await other.unregister(A, "n")
+        store = await self.cached_then_removed_elsewhere()
         self.advance(store.cache_fresh)
         self.assertEqual(await self.nodes(store), ["n"])  # still within the bound
         self.advance(0.001)
@@ -189,11 +194,7 @@ class SQLiteCacheTests(TestCase):
 
     async def test_a_clock_gone_back_stops_the_cache(self) -> None:
         """The reactor's clock is the wall clock: set back, it must not stretch the bound."""
-        store = await self.store()
-        await self.register(store)
-        await self.cached(store)
-        other = await self.other()
-        await other.unregister(A, "n")
+        store = await self.cached_then_removed_elsewhere()
         self.clocked.clock.rightNow -= 3600
         self.assertEqual(await self.nodes(store), [])
         self.assertIsNone(store._live_cache())
@@ -201,11 +202,7 @@ class SQLiteCacheTests(TestCase):
         self.assertIsNotNone(store._live_cache())
 
     async def test_a_failing_poll_does_not_keep_the_cache_fresh(self) -> None:
-        store = await self.store()
-        await self.register(store)
-        await self.cached(store)
-        other = await self.other()
-        await other.unregister(A, "n")
+        store = await self.cached_then_removed_elsewhere()
         conn = sqlite3.connect(self.path)
         self.addCleanup(conn.close)
         conn.execute("ALTER TABLE changes RENAME TO changes_away")
